@@ -1,0 +1,215 @@
+"""Public types of pinlab_data: records, the dataset bundle, splits and validation reports.
+
+Records are pydantic models for single rows (APIs, docs, tests); bulk data travels as Arrow
+tables whose schemas below mirror those models column for column.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt
+
+SCHEMA_VERSION = 1
+
+Int64Array = npt.NDArray[np.int64]
+Float32Array = npt.NDArray[np.float32]
+ImageArray = npt.NDArray[np.uint8]
+"""Images packed as (N, H, W, 3) uint8 RGB."""
+
+
+class PinlabDataError(ValueError):
+    """Bad input: a file, directory or value that is not what pinlab expects.
+
+    The message says what was wrong and how to fix it; the CLI turns it into exit code 2.
+    """
+
+
+class EventKind(StrEnum):
+    VIEW = "view"
+    CLICK = "click"
+    SAVE = "save"
+
+
+EVENT_WEIGHTS: dict[EventKind, float] = {EventKind.VIEW: 1.0, EventKind.CLICK: 2.0, EventKind.SAVE: 4.0}
+
+
+class Pin(BaseModel):
+    """One pin: an image with a caption, a category and a creator."""
+
+    model_config = ConfigDict(frozen=True)
+
+    pin_id: NonNegativeInt
+    caption: str
+    category: str
+    creator_id: NonNegativeInt
+    creator_group: str
+    image_row: NonNegativeInt | None = Field(
+        default=None, description="Row in the dataset's packed image array (images.npy)."
+    )
+    image_path: str | None = Field(
+        default=None, description="Image file path, relative to the dataset directory."
+    )
+
+
+class User(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    user_id: NonNegativeInt
+
+
+class Interaction(BaseModel):
+    """A user engaging with a pin at a time (unix seconds)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    user_id: NonNegativeInt
+    pin_id: NonNegativeInt
+    timestamp: NonNegativeInt
+    event: EventKind = EventKind.VIEW
+    weight: float = Field(default=1.0, gt=0)
+
+
+PIN_SCHEMA = pa.schema(
+    [
+        pa.field("pin_id", pa.int64(), nullable=False),
+        pa.field("caption", pa.string(), nullable=False),
+        pa.field("category", pa.string(), nullable=False),
+        pa.field("creator_id", pa.int64(), nullable=False),
+        pa.field("creator_group", pa.string(), nullable=False),
+        pa.field("image_row", pa.int64()),
+        pa.field("image_path", pa.string()),
+    ]
+)
+USER_SCHEMA = pa.schema([pa.field("user_id", pa.int64(), nullable=False)])
+INTERACTION_SCHEMA = pa.schema(
+    [
+        pa.field("user_id", pa.int64(), nullable=False),
+        pa.field("pin_id", pa.int64(), nullable=False),
+        pa.field("timestamp", pa.int64(), nullable=False),
+        pa.field("event", pa.string(), nullable=False),
+        pa.field("weight", pa.float32(), nullable=False),
+    ]
+)
+TABLE_SCHEMAS: dict[str, pa.Schema] = {
+    "pins": PIN_SCHEMA,
+    "users": USER_SCHEMA,
+    "interactions": INTERACTION_SCHEMA,
+}
+
+
+class DatasetManifest(BaseModel):
+    """`dataset.json`: what a dataset directory holds and where it came from."""
+
+    schema_version: int = SCHEMA_VERSION
+    name: str
+    source: str = Field(description="How it was made: 'synth', 'movielens', ...")
+    seed: int | None = None
+    config: dict[str, object] = Field(default_factory=dict, description="Generator settings.")
+    num_pins: NonNegativeInt
+    num_users: NonNegativeInt
+    num_interactions: NonNegativeInt
+    image_size: NonNegativeInt | None = Field(
+        default=None, description="Side of the packed square images, if any."
+    )
+    categories: list[str] = Field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A loaded dataset directory. Images are memory-mapped, never read whole."""
+
+    root: Path
+    manifest: DatasetManifest
+    pins: pa.Table
+    users: pa.Table
+    interactions: pa.Table
+    images: ImageArray | None = None
+
+    def pin_ids(self) -> Int64Array:
+        return self.pins.column("pin_id").to_numpy().astype(np.int64)
+
+    def user_ids(self) -> Int64Array:
+        return self.users.column("user_id").to_numpy().astype(np.int64)
+
+
+@dataclass(frozen=True)
+class InteractionLog:
+    """Interactions in dense index space, the form models and metrics work on.
+
+    `users[i]` and `items[i]` index `user_ids` and `item_ids` (the original ids).
+    """
+
+    users: Int64Array
+    items: Int64Array
+    timestamps: Int64Array
+    weights: Float32Array
+    user_ids: Int64Array
+    item_ids: Int64Array
+
+    @property
+    def num_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def num_items(self) -> int:
+        return len(self.item_ids)
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+
+@dataclass(frozen=True)
+class LeaveLastOutSplit:
+    """Per user, by time: the last distinct pin is test, the one before it validation."""
+
+    train: InteractionLog
+    valid: InteractionLog
+    test: InteractionLog
+    protocol: Literal["leave-last-out"] = "leave-last-out"
+
+
+Severity = Literal["error", "warning"]
+
+
+class Problem(BaseModel):
+    """One thing wrong with a dataset, and where."""
+
+    severity: Severity
+    code: str = Field(description="Stable machine-readable kind, e.g. 'dangling-pin-id'.")
+    where: str = Field(description="File and row or column, e.g. 'interactions.parquet row 12'.")
+    message: str
+
+
+class ValidationReport(BaseModel):
+    root: str
+    problems: list[Problem] = Field(default_factory=list)
+    counts: dict[str, int] = Field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not any(p.severity == "error" for p in self.problems)
+
+
+@dataclass(frozen=True)
+class SynthTruth:
+    """What generated a synthetic world, so evaluation can say how much models recover.
+
+    Tastes are over categories; `taste_end` is each user's taste at their last interaction.
+    """
+
+    categories: list[str]
+    palettes: list[str]
+    taste_start: Float32Array
+    taste_end: Float32Array
+    palette_taste: Float32Array
+    pin_category: Int64Array
+    pin_palette: Int64Array
+    pin_appeal: Float32Array
+    extra: dict[str, Float32Array] = field(default_factory=dict)

@@ -1,0 +1,55 @@
+"""pinlab_models: image encoders, recommenders and their training."""
+
+from pinlab_models._encoder import CNNEncoder, augment, supcon_loss, train_encoder
+from pinlab_models._recommenders import MatrixFactorization, Popularity
+from pinlab_models._runtime import resolve_device, seed_everything
+from pinlab_models.contracts import (
+    Device,
+    EncoderConfig,
+    EpochRecord,
+    FitReport,
+    ImageEncoder,
+    MFConfig,
+    PinlabModelError,
+    PopularityConfig,
+    Recommender,
+    Scorer,
+    TrainContext,
+    Validator,
+)
+from pinlab_models.registry import (
+    RecommenderSpec,
+    build_recommender,
+    load_recommender,
+    recommender_names,
+    recommender_spec,
+    register,
+)
+
+__all__ = [
+    "CNNEncoder",
+    "Device",
+    "EncoderConfig",
+    "EpochRecord",
+    "FitReport",
+    "ImageEncoder",
+    "MFConfig",
+    "MatrixFactorization",
+    "PinlabModelError",
+    "Popularity",
+    "PopularityConfig",
+    "Recommender",
+    "RecommenderSpec",
+    "Scorer",
+    "TrainContext",
+    "Validator",
+    "augment",
+    "build_recommender",
+    "load_recommender",
+    "recommender_names",
+    "recommender_spec",
+    "register",
+    "resolve_device",
+    "seed_everything",
+    "train_encoder",
+]

@@ -1,0 +1,139 @@
+"""Device choice, seeding, checkpoints and the per-epoch log shared by every trainer."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from pinlab_models.contracts import EpochRecord, PinlabModelError
+
+stderr = Console(stderr=True)
+
+
+def resolve_device(device: str) -> str:
+    """'auto' picks CUDA when present; asking for CUDA without one is an error, not a fallback."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise PinlabModelError("device 'cuda' was asked for but no GPU is visible; use --device cpu")
+    if device not in ("cpu", "cuda"):
+        raise PinlabModelError(f"unknown device {device!r}; use auto, cpu or cuda")
+    return device
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 - third-party code may still use the global RNG
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def save_checkpoint(path: Path, payload: Mapping[str, Any]) -> str:
+    """Write a checkpoint atomically; returns its short SHA-256, used as the model id."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(dict(payload), f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return file_digest(path)
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def load_checkpoint(path: Path, kind: str) -> dict[str, Any]:
+    """Load with weights_only=True: a checkpoint is data, never code."""
+    if not path.is_file():
+        raise PinlabModelError(f"no checkpoint at {path}; train one first (`pinlab train ...`)")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise PinlabModelError(
+            f"{path} is not a readable pinlab checkpoint ({type(exc).__name__}); retrain it"
+        ) from exc
+    if not isinstance(payload, dict) or payload.get("kind") != kind:
+        found = payload.get("kind") if isinstance(payload, dict) else type(payload).__name__
+        raise PinlabModelError(f"{path} holds a {found!r} checkpoint, expected {kind!r}")
+    return payload
+
+
+class EpochLog:
+    """Appends one JSON line per epoch to `metrics.jsonl` in the run directory."""
+
+    def __init__(self, run_dir: Path) -> None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.path = run_dir / "metrics.jsonl"
+        self.path.write_text("")
+        self.records: list[EpochRecord] = []
+
+    def write(self, record: EpochRecord) -> None:
+        self.records.append(record)
+        with self.path.open("a") as f:
+            f.write(json.dumps(record.model_dump()) + "\n")
+
+
+@contextmanager
+def epoch_progress(description: str, total: int, enabled: bool) -> Iterator[Progress]:
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=stderr,
+        disable=not enabled,
+        transient=False,
+    )
+    with progress:
+        progress.add_task(description, total=total, status="")
+        yield progress
+
+
+class EarlyStopping:
+    """Keeps the best state seen on validation; says stop after `patience` epochs without gain."""
+
+    def __init__(self, patience: int) -> None:
+        self.patience = patience
+        self.best: float | None = None
+        self.best_epoch = 0
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self._since = 0
+
+    def update(self, epoch: int, value: float | None, module: torch.nn.Module) -> bool:
+        """Record an epoch; returns True when training should stop."""
+        if value is None or self.best is None or value > self.best:
+            self.best, self.best_epoch, self._since = value, epoch, 0
+            self.best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+            return False
+        self._since += 1
+        return self._since >= self.patience
+
+    def restore(self, module: torch.nn.Module) -> None:
+        if self.best_state is not None:
+            module.load_state_dict(self.best_state)
+
+
+class Stopwatch:
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __call__(self) -> float:
+        return time.perf_counter() - self.start

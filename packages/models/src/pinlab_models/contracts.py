@@ -1,0 +1,123 @@
+"""Public types of pinlab_models: the encoder and recommender Protocols, configs and reports.
+
+Models are Protocols, not base classes: anything with these methods plugs in, and registers
+by name in `pinlab_models.registry`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol, runtime_checkable
+
+from pinlab_data.contracts import Float32Array, ImageArray, Int64Array, InteractionLog
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+
+Device = Literal["auto", "cpu", "cuda"]
+
+
+class PinlabModelError(ValueError):
+    """Bad input to a model: unknown name, incompatible checkpoint, wrong shapes."""
+
+
+@dataclass(frozen=True)
+class TrainContext:
+    """Where and how a training run happens; passed in, never read from globals."""
+
+    run_dir: Path
+    seed: int = 0
+    device: str = "cpu"
+    progress: bool = True
+
+
+class Scorer(Protocol):
+    """Scores every item for some users (higher is better): what ranking metrics need."""
+
+    def score(self, users: Int64Array) -> Float32Array: ...
+
+
+Validator = Callable[[Scorer], float]
+"""Called after each epoch with the model; returns a validation metric, higher is better."""
+
+
+class EpochRecord(BaseModel):
+    """One line of a run's `metrics.jsonl`."""
+
+    epoch: int
+    train_loss: float
+    valid: float | None = None
+    seconds: float
+
+
+class FitReport(BaseModel):
+    model: str
+    epochs: int
+    best_epoch: int
+    best_valid: float | None = None
+    seconds: float
+    history: list[EpochRecord] = Field(default_factory=list)
+
+
+@runtime_checkable
+class Recommender(Protocol):
+    """Fits on interactions in index space and scores all items for users."""
+
+    name: str
+
+    def fit(
+        self, train: InteractionLog, ctx: TrainContext, validate: Validator | None = None
+    ) -> FitReport: ...
+
+    def score(self, users: Int64Array) -> Float32Array: ...
+
+    def save(self, path: Path) -> None: ...
+
+
+@runtime_checkable
+class ImageEncoder(Protocol):
+    """Maps packed uint8 RGB images to L2-normalised float32 embeddings."""
+
+    @property
+    def embedding_dim(self) -> int: ...
+
+    @property
+    def image_size(self) -> int: ...
+
+    def embed(self, images: ImageArray, batch_size: int = 512) -> Float32Array: ...
+
+
+class PopularityConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class MFConfig(BaseModel):
+    """Matrix factorisation trained with BPR or sampled softmax."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dim: PositiveInt = 64
+    loss: Literal["bpr", "softmax"] = "bpr"
+    epochs: PositiveInt = 40
+    batch_size: PositiveInt = 1024
+    lr: PositiveFloat = 1e-2
+    weight_decay: float = Field(default=1e-6, ge=0)
+    negatives: PositiveInt = Field(default=256, description="Sampled negatives per batch (softmax).")
+    temperature: PositiveFloat = 0.1
+    patience: PositiveInt = Field(default=4, description="Epochs without validation gain.")
+
+
+class EncoderConfig(BaseModel):
+    """The built-in CNN image encoder and its supervised-contrastive training."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image_size: PositiveInt = 32
+    widths: tuple[PositiveInt, ...] = (24, 48, 96, 96)
+    embedding_dim: PositiveInt = 64
+    epochs: PositiveInt = 20
+    batch_size: PositiveInt = 64
+    lr: PositiveFloat = 2e-3
+    weight_decay: float = Field(default=5e-4, ge=0)
+    temperature: PositiveFloat = 0.1
+    patience: PositiveInt = 5

@@ -1,0 +1,1 @@
+"""pinlab_serve."""
