@@ -1,2 +1,96 @@
+"""`pinlab`: the entry point. Errors become one line and an exit code; bad input exits 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import click
+import torch
+import typer
+from pinlab_data import PinlabDataError
+from pinlab_models import PinlabModelError
+from pinlab_serve import PinlabServeError
+from pydantic import ValidationError
+
+from pinlab_tasks._app import app, settings, use_settings
+from pinlab_tasks._output import configure_logging, stderr
+from pinlab_tasks.commands import data, demo, evaluate, index, meta, query, train
+from pinlab_tasks.settings import LogLevel
+
+BAD_INPUT = (PinlabDataError, PinlabModelError, PinlabServeError, FileNotFoundError)
+
+app.add_typer(data.app, name="data")
+app.add_typer(train.app, name="train")
+app.add_typer(evaluate.app, name="eval")
+app.add_typer(index.app, name="index")
+demo.register(app)
+query.register(app)
+meta.register(app)
+
+
+@app.callback()
+def root(
+    threads: Annotated[
+        int | None, typer.Option("--threads", help="CPU threads for PyTorch [env PINLAB_THREADS].")
+    ] = None,
+    log_level: Annotated[
+        LogLevel | None, typer.Option("--log-level", help="[env PINLAB_LOG_LEVEL]")
+    ] = None,
+    runs_dir: Annotated[
+        Path | None, typer.Option("--runs-dir", help="Where new runs go [env PINLAB_RUNS_DIR].")
+    ] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+) -> None:
+    overrides = {"threads": threads, "log_level": log_level, "runs_dir": runs_dir}
+    resolved = settings().model_copy(
+        update={k: v for k, v in overrides.items() if v is not None} | ({"debug": True} if debug else {})
+    )
+    use_settings(resolved)
+    configure_logging(resolved.log_level)
+    torch.set_num_threads(resolved.threads)
+
+
+def _fail(message: str, code: int) -> int:
+    if "--json" in sys.argv:
+        print(json.dumps({"error": message, "exit_code": code}))
+    stderr.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return code
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI and return its exit code: 0 success, 1 failure, 2 bad usage or input."""
+    debug = "--debug" in (argv or sys.argv) or os.environ.get("PINLAB_DEBUG") == "1"
+    try:
+        code = app(args=argv, prog_name="pinlab", standalone_mode=False)
+    except click.UsageError as exc:
+        return _fail(exc.format_message() + f" (see `pinlab {_command_of(exc)} --help`)", 2)
+    except click.Abort:
+        return _fail("aborted", 1)
+    except BAD_INPUT as exc:
+        if debug:
+            raise
+        return _fail(str(exc), 2)
+    except ValidationError as exc:
+        if debug:
+            raise
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        return _fail(f"bad value for {where}: {first['msg']}", 2)
+    except Exception as exc:
+        if debug:
+            raise
+        return _fail(f"{type(exc).__name__}: {exc} (rerun with --debug for the traceback)", 1)
+    return int(code or 0)
+
+
+def _command_of(exc: click.UsageError) -> str:
+    ctx = exc.ctx
+    return ctx.command_path.removeprefix("pinlab").strip() if ctx else ""
+
+
 def main() -> None:
-    print("pinlab")
+    sys.exit(run())

@@ -1,0 +1,147 @@
+"""The contract every registered recommender meets, plus what each one must learn."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pinlab_data.contracts import InteractionLog
+from pinlab_models import (
+    MFConfig,
+    PinlabModelError,
+    Recommender,
+    TrainContext,
+    build_recommender,
+    load_recommender,
+    recommender_names,
+)
+
+FAST = {"mf": {"epochs": 30, "dim": 8, "batch_size": 64, "lr": 0.05}}
+
+
+def two_tribes(num_users: int = 40, num_items: int = 20, seed: int = 0) -> InteractionLog:
+    """Even users like the first half of the items, odd users the second; item 0 is a hit."""
+    rng = np.random.default_rng(seed)
+    users, items = [], []
+    half = num_items // 2
+    for u in range(num_users):
+        offset = 0 if u % 2 == 0 else half
+        liked = rng.choice(half, 6, replace=False) + offset
+        users += [u] * len(liked)
+        items += list(liked)
+    users += list(range(num_users))
+    items += [0] * num_users
+    n = len(users)
+    return InteractionLog(
+        users=np.array(users, dtype=np.int64),
+        items=np.array(items, dtype=np.int64),
+        timestamps=np.arange(n, dtype=np.int64),
+        weights=np.ones(n, dtype=np.float32),
+        user_ids=np.arange(100, 100 + num_users, dtype=np.int64),
+        item_ids=np.arange(500, 500 + num_items, dtype=np.int64),
+    )
+
+
+def ctx(tmp_path: Path) -> TrainContext:
+    return TrainContext(run_dir=tmp_path / "run", seed=0, progress=False)
+
+
+@pytest.mark.parametrize("name", recommender_names())
+def test_every_recommender_meets_the_contract(name: str, tmp_path: Path) -> None:
+    log = two_tribes()
+    model = build_recommender(name, FAST.get(name))
+    assert isinstance(model, Recommender)
+    calls: list[float] = []
+
+    def validate(scorer: object) -> float:
+        calls.append(1.0)
+        return float(len(calls))  # always improving: trains every epoch
+
+    report = model.fit(log, ctx(tmp_path), validate)
+    assert report.model == name
+    assert len(calls) == report.epochs >= 1
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == report.epochs
+
+    users = np.array([0, 3, 7], dtype=np.int64)
+    scores = model.score(users)
+    assert scores.shape == (3, log.num_items)
+    assert scores.dtype == np.float32
+    assert np.isfinite(scores).all()
+
+    model.save(tmp_path / "model.pt")
+    loaded = load_recommender(tmp_path / "model.pt")
+    assert loaded.name == name
+    np.testing.assert_allclose(loaded.score(users), scores, rtol=1e-6)
+
+    with pytest.raises(PinlabModelError, match="out of range"):
+        model.score(np.array([log.num_users], dtype=np.int64))
+
+
+@pytest.mark.parametrize("name", recommender_names())
+def test_unfitted_models_refuse_to_score(name: str) -> None:
+    with pytest.raises(PinlabModelError, match="not been fitted"):
+        build_recommender(name).score(np.array([0], dtype=np.int64))
+
+
+def test_popularity_ranks_by_distinct_users(tmp_path: Path) -> None:
+    log = two_tribes()
+    model = build_recommender("popularity")
+    model.fit(log, ctx(tmp_path))
+    scores = model.score(np.array([0], dtype=np.int64))[0]
+    assert scores.argmax() == 0
+    assert scores[0] == log.num_users  # every user engaged with item 0 once
+
+
+@pytest.mark.parametrize("loss", ["bpr", "softmax"])
+def test_mf_learns_which_half_each_user_likes(loss: str, tmp_path: Path) -> None:
+    log = two_tribes()
+    model = build_recommender("mf", {**FAST["mf"], "loss": loss})
+    model.fit(log, ctx(tmp_path))
+    scores = model.score(np.arange(log.num_users, dtype=np.int64))
+    half = log.num_items // 2
+    first, second = scores[:, 1:half].mean(axis=1), scores[:, half:].mean(axis=1)
+    even = np.arange(log.num_users) % 2 == 0
+    # Every user scores their own tribe's items above the other tribe's on average.
+    assert (first[even] > second[even]).all()
+    assert (second[~even] > first[~even]).all()
+
+
+def test_mf_sampled_softmax_when_catalogue_exceeds_negatives(tmp_path: Path) -> None:
+    log = two_tribes(num_items=40)
+    model = build_recommender("mf", {**FAST["mf"], "loss": "softmax", "negatives": 8})
+    report = model.fit(log, ctx(tmp_path))
+    assert np.isfinite(report.history[-1].train_loss)
+
+
+def test_registry_errors_name_the_choices() -> None:
+    with pytest.raises(PinlabModelError, match="registered: mf, popularity"):
+        build_recommender("sasrec-ultra")
+    with pytest.raises(PinlabModelError, match="bad mf setting 'dim'"):
+        build_recommender("mf", {"dim": -3})
+    with pytest.raises(PinlabModelError, match="bad mf setting 'colour'"):
+        build_recommender("mf", {"colour": "red"})
+
+
+def test_early_stopping_restores_the_best_epoch(tmp_path: Path) -> None:
+    log = two_tribes()
+    model = build_recommender("mf", {**FAST["mf"], "patience": 2})
+    values = iter([0.1, 0.5, 0.2, 0.2, 0.2, 0.2])
+    snapshots: list[np.ndarray] = []
+
+    def validate(scorer: object) -> float:
+        assert hasattr(scorer, "score")
+        snapshots.append(model.score(np.array([0], dtype=np.int64)))
+        return next(values)
+
+    report = model.fit(log, ctx(tmp_path), validate)
+    assert report.best_epoch == 2
+    assert report.epochs == 4  # two epochs without gain after the best
+    np.testing.assert_allclose(model.score(np.array([0], dtype=np.int64)), snapshots[1])
+
+
+def test_mf_config_is_strict() -> None:
+    assert MFConfig().loss in ("bpr", "softmax")
+    with pytest.raises(ValueError, match="extra"):
+        MFConfig.model_validate({"nope": 1})

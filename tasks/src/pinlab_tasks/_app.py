@@ -1,0 +1,39 @@
+"""The root Typer app, the options every command shares, and the settings they resolve to."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from pinlab_tasks.settings import PinlabSettings
+
+app = typer.Typer(
+    name="pinlab",
+    help="pinlab: a lab for visual search and recommendation. Start with `pinlab demo`.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+JsonFlag = Annotated[
+    bool, typer.Option("--json", help="Print one JSON document on stdout; logs go to stderr.")
+]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed [env PINLAB_SEED].")]
+DeviceOpt = Annotated[
+    str | None, typer.Option("--device", help="auto, cpu or cuda [env PINLAB_DEVICE].")
+]
+KOpt = Annotated[int, typer.Option("-k", "--k", help="How many results.")]
+
+_settings: list[PinlabSettings] = []
+
+
+def settings() -> PinlabSettings:
+    """The settings of this invocation: environment first, then root flags."""
+    if not _settings:
+        _settings.append(PinlabSettings())
+    return _settings[-1]
+
+
+def use_settings(value: PinlabSettings) -> None:
+    _settings[:] = [value]

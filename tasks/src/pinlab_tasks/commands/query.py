@@ -1,0 +1,63 @@
+"""`pinlab search` and `pinlab recommend`: ask a trained run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from pinlab_tasks import workflows
+from pinlab_tasks._app import JsonFlag, KOpt
+from pinlab_tasks._output import emit, stdout
+from pinlab_tasks.runs import RunLayout
+
+RunOpt = Annotated[Path, typer.Option("--run", help="Run directory (the demo's works).")]
+
+
+def register(app: typer.Typer) -> None:
+    app.command("search")(search)
+    app.command("recommend")(recommend)
+
+
+def search(
+    run: RunOpt,
+    pin: Annotated[int | None, typer.Option("--pin", help="Find pins like this pin id.")] = None,
+    image: Annotated[
+        Path | None, typer.Option("--image", help="Find pins like this image file.")
+    ] = None,
+    k: KOpt = 10,
+    as_json: JsonFlag = False,
+) -> None:
+    """Visual search by pin id or image file over the run's index."""
+    result = workflows.search(RunLayout(run), k, pin=pin, image=image)
+    emit(result, as_json, lambda: _table("search results", result["hits"], ["score"]))
+
+
+def recommend(
+    run: RunOpt,
+    user: Annotated[int, typer.Option("--user", help="User id.")],
+    k: KOpt = 10,
+    model: Annotated[
+        str | None, typer.Option("--model", help="Trained model name. Default: the best.")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Top-k pins for a user, excluding pins they already engaged with."""
+    result = workflows.recommend(RunLayout(run), user, k, model)
+    emit(
+        result,
+        as_json,
+        lambda: _table(f"for user {user} by {result['model']}", result["items"], []),
+    )
+
+
+def _table(title: str, rows: list[dict[str, Any]], extra: list[str]) -> None:
+    table = Table(title=title, title_justify="left")
+    columns = ["pin_id", "category", "creator_group", "caption", *extra]
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(f"{row[c]:.3f}" if c == "score" else str(row[c]) for c in columns))
+    stdout.print(table)

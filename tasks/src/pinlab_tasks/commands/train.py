@@ -1,0 +1,102 @@
+"""`pinlab train`: fit the image encoder or a registered recommender into a run directory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pinlab_data import PinlabDataError
+from pinlab_models import EncoderConfig, recommender_names
+
+from pinlab_tasks import workflows
+from pinlab_tasks._app import DeviceOpt, JsonFlag, SeedOpt, settings
+from pinlab_tasks._output import emit, stdout
+from pinlab_tasks.runs import RunLayout, new_run_dir
+
+app = typer.Typer(help="Train models into a run directory.", no_args_is_help=True)
+
+DataOpt = Annotated[Path, typer.Option("--data", help="Dataset directory to train on.")]
+RunOpt = Annotated[
+    Path | None, typer.Option("--run", help="Run directory (created). Default: RUNS_DIR/train-TIME.")
+]
+
+
+def _run(path: Path | None) -> RunLayout:
+    return RunLayout(path or new_run_dir(settings().runs_dir, "train"))
+
+
+@app.command("visual")
+def visual(
+    data: DataOpt,
+    run: RunOpt = None,
+    epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Train the CNN encoder (supervised contrastive on categories). Writes: RUN/visual/."""
+    s = settings()
+    config = EncoderConfig() if epochs is None else EncoderConfig(epochs=epochs)
+    layout = _run(run)
+    result = workflows.train_visual(
+        layout, data, config, s.seed if seed is None else seed, device or s.device, not as_json
+    )
+    result["run_dir"] = str(layout.root)
+    emit(result, as_json, lambda: _render(result))
+
+
+@app.command("recommender")
+def recommender(
+    data: DataOpt,
+    model: Annotated[str, typer.Option("--model", help="A registered recommender name.")] = "mf",
+    run: RunOpt = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Model setting as KEY=VALUE (JSON value), repeatable."),
+    ] = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Fit a recommender on the leave-last-out training part. Writes: RUN/recommender/MODEL/."""
+    if model not in recommender_names():
+        raise PinlabDataError(
+            f"unknown model {model!r}; registered: {', '.join(recommender_names())}"
+        )
+    s = settings()
+    layout = _run(run)
+    result = workflows.train_recommender(
+        layout,
+        data,
+        model,
+        parse_settings(set_ or []),
+        s.seed if seed is None else seed,
+        device or s.device,
+        not as_json,
+    )
+    result["run_dir"] = str(layout.root)
+    emit(result, as_json, lambda: _render(result))
+
+
+def parse_settings(pairs: list[str]) -> dict[str, Any]:
+    """KEY=VALUE pairs; values are JSON when they parse as JSON, strings otherwise."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise PinlabDataError(f"--set expects KEY=VALUE, got {pair!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _render(result: dict[str, Any]) -> None:
+    stdout.print(
+        f"trained [bold]{result['model']}[/] in {result['seconds']:.1f} s, "
+        f"{result['epochs']} epochs (best {result['best_epoch']}, "
+        f"validation {result['best_valid']}) -> {result['run_dir']}"
+    )

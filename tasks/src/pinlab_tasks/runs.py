@@ -1,0 +1,107 @@
+"""The run directory: where every artifact of a run lives, and `run.json`, its record."""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pinlab_data import PinlabDataError, write_json_atomic
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Paths inside one run directory; nothing a run writes lies outside it."""
+
+    root: Path
+
+    @property
+    def record(self) -> Path:
+        return self.root / "run.json"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def visual(self) -> Path:
+        return self.root / "visual"
+
+    @property
+    def encoder(self) -> Path:
+        return self.visual / "encoder.pt"
+
+    @property
+    def untrained_encoder(self) -> Path:
+        return self.visual / "encoder_untrained.pt"
+
+    @property
+    def recommenders(self) -> Path:
+        return self.root / "recommender"
+
+    def recommender(self, name: str) -> Path:
+        return self.recommenders / name / "model.pt"
+
+    @property
+    def index(self) -> Path:
+        return self.root / "index"
+
+    def trained_recommenders(self) -> list[str]:
+        if not self.recommenders.is_dir():
+            return []
+        return sorted(p.parent.name for p in self.recommenders.glob("*/model.pt"))
+
+    def read_record(self) -> dict[str, Any]:
+        if not self.record.is_file():
+            raise PinlabDataError(
+                f"{self.root} is not a pinlab run (no run.json); make one with `pinlab demo` "
+                "or `pinlab train ... --run DIR`"
+            )
+        try:
+            record: dict[str, Any] = json.loads(self.record.read_text())
+        except json.JSONDecodeError as exc:
+            raise PinlabDataError(f"{self.record} is not valid JSON ({exc}); remove it") from exc
+        return record
+
+    def data_dir(self) -> Path:
+        data = self.read_record().get("data_dir")
+        if not data:
+            raise PinlabDataError(f"run {self.root} records no dataset; train into it with --data")
+        return Path(data)
+
+    def log_step(self, command: str, config: dict[str, Any], data_dir: Path | None = None) -> None:
+        """Append a step with its resolved config to run.json (created on first use)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        record = self.read_record() if self.record.is_file() else _new_record()
+        if data_dir is not None:
+            record["data_dir"] = str(data_dir.resolve())
+        record["steps"].append({"command": command, "at": utc_now(), "config": config})
+        write_json_atomic(self.record, record)
+
+
+def _new_record() -> dict[str, Any]:
+    return {
+        "created": utc_now(),
+        "argv": sys.argv,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "steps": [],
+    }
+
+
+def new_run_dir(runs_dir: Path, prefix: str) -> Path:
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    path = runs_dir / f"{prefix}-{stamp}"
+    n = 1
+    while path.exists():
+        n += 1
+        path = runs_dir / f"{prefix}-{stamp}-{n}"
+    return path

@@ -1,0 +1,28 @@
+"""PinlabSettings: defaults from the environment (PINLAB_*), overridden by CLI flags."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
+class PinlabSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PINLAB_", extra="ignore")
+
+    runs_dir: Path = Field(default=Path("runs"), description="Where new run directories go.")
+    seed: int = Field(default=0, ge=0, description="Seed for every random choice of a run.")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=512)
+    log_level: LogLevel = "INFO"
+    debug: bool = Field(default=False, description="Show tracebacks instead of one-line errors.")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value

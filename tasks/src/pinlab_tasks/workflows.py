@@ -1,0 +1,361 @@
+"""Workflows that cross packages: each CLI command is one call here, and so is each test.
+
+Every function reads its inputs from a dataset or run directory, writes its artifacts
+under the run directory, and returns a JSON-able dict.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pinlab_data import (
+    Dataset,
+    InteractionLog,
+    LeaveLastOutSplit,
+    PinlabDataError,
+    SynthConfig,
+    describe_dataset,
+    holdout_mask,
+    interaction_log,
+    leave_last_out,
+    load_dataset,
+    load_truth,
+    seen_csr,
+    write_json_atomic,
+    write_synth,
+)
+from pinlab_eval import evaluate_ranking, evaluate_retrieval, taste_recovery, top_k
+from pinlab_models import (
+    CNNEncoder,
+    EncoderConfig,
+    Recommender,
+    Scorer,
+    TrainContext,
+    build_recommender,
+    load_recommender,
+    recommender_spec,
+    resolve_device,
+    seed_everything,
+    train_encoder,
+)
+from pinlab_serve import PinIndex, embed_image_file
+
+from pinlab_tasks.presets import PRESETS
+from pinlab_tasks.runs import RunLayout
+
+HOLDOUT_FRACTION = 0.2
+"""Share of pins never seen by the encoder in training; retrieval is measured on them."""
+VALID_FRACTION = 0.1
+"""Share of the remaining pins used for early stopping."""
+VISUAL_KS = (1, 10)
+RANKING_KS = (10, 20)
+
+
+@dataclass(frozen=True)
+class VisualSplit:
+    train: np.ndarray
+    valid: np.ndarray
+    test: np.ndarray
+
+
+def visual_split(ds: Dataset, seed: int) -> VisualSplit:
+    """Rows of pins for training, validation and held-out evaluation; stable per pin id."""
+    ids = ds.pin_ids()
+    test = holdout_mask(ids, HOLDOUT_FRACTION, seed)
+    valid = holdout_mask(ids, VALID_FRACTION, seed + 1) & ~test
+    train = ~(test | valid)
+    return VisualSplit(np.flatnonzero(train), np.flatnonzero(valid), np.flatnonzero(test))
+
+
+def _images(ds: Dataset) -> np.ndarray:
+    if ds.images is None:
+        raise PinlabDataError(
+            f"{ds.root} has no packed images (images.npy); visual models need them"
+        )
+    rows = ds.pins.column("image_row").to_numpy(zero_copy_only=False)
+    if np.isnan(rows.astype(np.float64)).any():
+        raise PinlabDataError(f"{ds.root}: some pins have no image_row; run `pinlab data validate`")
+    return np.asarray(ds.images[rows.astype(np.int64)])
+
+
+def _labels(ds: Dataset) -> tuple[np.ndarray, list[str]]:
+    names = ds.pins.column("category").to_pylist()
+    vocab = sorted(set(names))
+    index = {name: i for i, name in enumerate(vocab)}
+    return np.array([index[n] for n in names], dtype=np.int64), vocab
+
+
+def synth(out: Path, config: SynthConfig, overwrite: bool = False) -> dict[str, Any]:
+    start = time.perf_counter()
+    write_synth(out, config, overwrite=overwrite)
+    return {
+        "dataset": str(out),
+        "seconds": round(time.perf_counter() - start, 2),
+        **describe_dataset(load_dataset(out)),
+    }
+
+
+def train_visual(
+    run: RunLayout,
+    data_dir: Path,
+    config: EncoderConfig,
+    seed: int,
+    device: str,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train the CNN encoder on the training pins; early-stop on validation recall@1."""
+    ds = load_dataset(data_dir)
+    images, (labels, _) = _images(ds), _labels(ds)
+    if images.shape[1] != config.image_size:
+        config = config.model_copy(update={"image_size": int(images.shape[1])})
+    split = visual_split(ds, seed)
+    device = resolve_device(device)
+    run.log_step("train visual", {"encoder": config.model_dump(), "seed": seed}, data_dir)
+
+    seed_everything(seed)
+    CNNEncoder(config, device).save(run.untrained_encoder)  # the same init train_encoder draws
+
+    def validate(encoder: Any) -> float:
+        emb = encoder.embed(images[split.valid])
+        report = evaluate_retrieval(emb, labels[split.valid], ks=(1,), protocol="valid")
+        return report.metrics["recall@1"]
+
+    ctx = TrainContext(run_dir=run.visual, seed=seed, device=device, progress=progress)
+    encoder, report = train_encoder(images[split.train], labels[split.train], config, ctx, validate)
+    model_id = encoder.save(run.encoder)
+    result = {"model_id": model_id, "train_pins": len(split.train), **report.model_dump()}
+    write_json_atomic(run.visual / "train.json", result)
+    return result
+
+
+def eval_visual(run: RunLayout, seed: int) -> dict[str, Any]:
+    """Retrieval by category on held-out pins, for the trained and the untrained encoder."""
+    ds = load_dataset(run.data_dir())
+    images, (labels, _) = _images(ds), _labels(ds)
+    test = visual_split(ds, seed).test
+    result: dict[str, Any] = {"protocol": "held-out-pins", "num_queries": len(test)}
+    for name, path in (("trained", run.encoder), ("untrained", run.untrained_encoder)):
+        encoder = CNNEncoder.load(path)
+        report = evaluate_retrieval(
+            encoder.embed(images[test]), labels[test], ks=VISUAL_KS, protocol="held-out-pins"
+        )
+        result[name] = report.metrics
+    write_json_atomic(run.visual / "eval.json", result)
+    return result
+
+
+def recommender_split(ds: Dataset) -> LeaveLastOutSplit:
+    split = leave_last_out(interaction_log(ds))
+    if len(split.test) == 0:
+        raise PinlabDataError(
+            f"{ds.root}: no user has 3 distinct pins, so leave-last-out leaves nothing to test"
+        )
+    return split
+
+
+def _concat(a: InteractionLog, b: InteractionLog) -> InteractionLog:
+    return InteractionLog(
+        users=np.concatenate([a.users, b.users]),
+        items=np.concatenate([a.items, b.items]),
+        timestamps=np.concatenate([a.timestamps, b.timestamps]),
+        weights=np.concatenate([a.weights, b.weights]),
+        user_ids=a.user_ids,
+        item_ids=a.item_ids,
+    )
+
+
+def train_recommender(
+    run: RunLayout,
+    data_dir: Path,
+    name: str,
+    overrides: Mapping[str, Any],
+    seed: int,
+    device: str,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Fit one registered recommender on the leave-last-out training part."""
+    model = build_recommender(name, overrides)
+    config = recommender_spec(name).config_type.model_validate(dict(overrides)).model_dump()
+    ds = load_dataset(data_dir)
+    split = recommender_split(ds)
+    exclude = seen_csr(split.train)
+    run.log_step("train recommender", {"model": name, "config": config, "seed": seed}, data_dir)
+
+    def validate(scorer: Scorer) -> float:
+        report = evaluate_ranking(scorer, split.valid, exclude, ks=(10,), protocol="valid")
+        return report.metrics["ndcg@10"]
+
+    directory = run.recommender(name).parent
+    ctx = TrainContext(run_dir=directory, seed=seed, device=resolve_device(device), progress=progress)
+    report = model.fit(split.train, ctx, validate)
+    model.save(run.recommender(name))
+    result = {"config": config, **report.model_dump()}
+    write_json_atomic(directory / "train.json", result)
+    return result
+
+
+def eval_recommenders(run: RunLayout, ks: tuple[int, ...] = RANKING_KS) -> dict[str, Any]:
+    """Every trained recommender on the test items, full ranking, seen items excluded."""
+    names = run.trained_recommenders()
+    if not names:
+        raise PinlabDataError(
+            f"run {run.root} has no trained recommender; `pinlab train recommender --run ...`"
+        )
+    ds = load_dataset(run.data_dir())
+    split = recommender_split(ds)
+    exclude = seen_csr(_concat(split.train, split.valid))
+    truth = load_truth(ds.root) if ds.manifest.source == "synth" else None
+    models: dict[str, dict[str, float]] = {}
+    for name in names:
+        model = load_recommender(run.recommender(name))
+        report = evaluate_ranking(model, split.test, exclude, ks=ks, protocol="leave-last-out")
+        metrics = dict(report.metrics)
+        if truth is not None:
+            users = np.unique(split.test.users)
+            ranked = top_k(model, users, max(ks), exclude)
+            metrics["taste_recovery"] = taste_recovery(
+                ranked, truth.pin_category, truth.taste_end[users]
+            )
+        models[name] = metrics
+    result = {
+        "protocol": "leave-last-out",
+        "num_users": int(len(np.unique(split.test.users))),
+        "num_items": split.test.num_items,
+        "models": models,
+        "best": max(models, key=lambda n: models[n].get("ndcg@10", 0.0)),
+    }
+    write_json_atomic(run.recommenders / "eval.json", result)
+    return result
+
+
+def build_index(run: RunLayout) -> dict[str, Any]:
+    ds = load_dataset(run.data_dir())
+    encoder = CNNEncoder.load(run.encoder)
+    index = PinIndex.build(encoder.embed(_images(ds)), ds.pin_ids(), model_id=encoder.model_id)
+    manifest = index.save(run.index)
+    run.log_step("index build", {"model_id": encoder.model_id})
+    return manifest.model_dump()
+
+
+def _pin_rows(ds: Dataset, pin_ids: list[int]) -> list[dict[str, Any]]:
+    ids = ds.pin_ids()
+    order = np.argsort(ids)
+    rows = order[np.searchsorted(ids, pin_ids, sorter=order)]
+    table = ds.pins.take(rows).select(["pin_id", "caption", "category", "creator_group"])
+    return table.to_pylist()
+
+
+def search(run: RunLayout, k: int, pin: int | None = None, image: Path | None = None) -> dict[str, Any]:
+    """Pins most similar to a pin of the catalogue or to an image file."""
+    if (pin is None) == (image is None):
+        raise PinlabDataError("give exactly one of --pin ID or --image PATH")
+    _check_k(k)
+    encoder = CNNEncoder.load(run.encoder)
+    index = PinIndex.load(run.index, expect_model_id=encoder.model_id)
+    ds = load_dataset(run.data_dir())
+    if pin is not None:
+        hits = index.similar(pin, k)
+        query: dict[str, Any] = {"pin": _pin_rows(ds, [pin])[0]}
+    else:
+        assert image is not None
+        hits = index.search(embed_image_file(image, encoder), k)[0]
+        query = {"image": str(image)}
+    rows = _pin_rows(ds, [h.pin_id for h in hits])
+    return {"query": query, "hits": [{**r, "score": h.score} for r, h in zip(rows, hits, strict=True)]}
+
+
+def recommend(run: RunLayout, user: int, k: int, model_name: str | None = None) -> dict[str, Any]:
+    """Top-k pins for a user, excluding every pin they already engaged with."""
+    _check_k(k)
+    names = run.trained_recommenders()
+    if not names:
+        raise PinlabDataError(f"run {run.root} has no trained recommender")
+    if model_name is None:
+        evaluation = run.recommenders / "eval.json"
+        model_name = _best_model(evaluation) if evaluation.is_file() else names[-1]
+    if model_name not in names:
+        raise PinlabDataError(f"no trained {model_name!r} in {run.root}; trained: {', '.join(names)}")
+    ds = load_dataset(run.data_dir())
+    log = interaction_log(ds)
+    position = np.flatnonzero(log.user_ids == user)
+    if len(position) == 0:
+        raise PinlabDataError(f"user {user} is not in the dataset; user ids run over the users table")
+    model: Recommender = load_recommender(run.recommender(model_name))
+    ranked = top_k(model, position.astype(np.int64), k, seen_csr(log))[0]
+    pin_ids = [int(p) for p in log.item_ids[ranked]]
+    history = log.item_ids[log.items[log.users == position[0]]][-5:]
+    return {
+        "user": user,
+        "model": model_name,
+        "recent": _pin_rows(ds, [int(p) for p in history]),
+        "items": _pin_rows(ds, pin_ids),
+    }
+
+
+def _best_model(path: Path) -> str:
+    best: str = json.loads(path.read_text())["best"]
+    return best
+
+
+def _check_k(k: int) -> None:
+    if k <= 0:
+        raise PinlabDataError(f"k must be a positive number of results, got {k}")
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def demo(
+    preset_name: str, out: Path, seed: int, device: str, progress: bool = True
+) -> dict[str, Any]:
+    """The whole pipeline on a synthetic world: data, encoder, recommenders, index, queries."""
+    start = time.perf_counter()
+    preset = PRESETS[preset_name]
+    if out.exists() and any(out.iterdir()):
+        raise PinlabDataError(f"{out} already exists and is not empty; pass a new --out directory")
+    run = RunLayout(out)
+    synth_config = preset.synth.model_copy(update={"seed": seed})
+    run.log_step("demo", {"preset": preset_name, "seed": seed, **preset.model_dump()})
+    data = synth(run.data, synth_config, overwrite=True)
+    visual_train = train_visual(run, run.data, preset.encoder, seed, device, progress)
+    visual = eval_visual(run, seed)
+    for name, overrides in preset.recommenders.items():
+        train_recommender(run, run.data, name, overrides, seed, device, progress)
+    rec = eval_recommenders(run)
+    index = build_index(run)
+
+    ds = load_dataset(run.data)
+    query_pin = int(ds.pin_ids()[visual_split(ds, seed).test[0]])
+    query_user = int(ds.user_ids()[0])
+    result = {
+        "run_dir": str(out),
+        "preset": preset_name,
+        "seed": seed,
+        "data": {k: data[k] for k in ("num_pins", "num_users", "num_interactions")},
+        "visual": {
+            "protocol": visual["protocol"],
+            "trained": visual["trained"],
+            "untrained": visual["untrained"],
+            "train_seconds": round(visual_train["seconds"], 2),
+            "model_id": visual_train["model_id"],
+        },
+        "recommender": rec["models"],
+        "best_recommender": rec["best"],
+        "index": index,
+        "search": search(run, k=5, pin=query_pin),
+        "recommend": recommend(run, query_user, k=5),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "torch_threads": torch.get_num_threads(),
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    write_json_atomic(out / "summary.json", result)
+    return result
