@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from pinlab_data.contracts import InteractionLog
 from pinlab_models import (
     MFConfig,

@@ -11,11 +11,11 @@ from typing import Annotated
 import click
 import torch
 import typer
+from pydantic import ValidationError
+
 from pinlab_data import PinlabDataError
 from pinlab_models import PinlabModelError
 from pinlab_serve import PinlabServeError
-from pydantic import ValidationError
-
 from pinlab_tasks._app import app, settings, use_settings
 from pinlab_tasks._output import configure_logging, stderr
 from pinlab_tasks.commands import data, demo, evaluate, index, meta, query, train
@@ -47,7 +47,8 @@ def root(
 ) -> None:
     overrides = {"threads": threads, "log_level": log_level, "runs_dir": runs_dir}
     resolved = settings().model_copy(
-        update={k: v for k, v in overrides.items() if v is not None} | ({"debug": True} if debug else {})
+        update={k: v for k, v in overrides.items() if v is not None}
+        | ({"debug": True} if debug else {})
     )
     use_settings(resolved)
     configure_logging(resolved.log_level)

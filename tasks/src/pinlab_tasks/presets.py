@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from pinlab_data import SynthConfig
 from pinlab_models import EncoderConfig
-from pydantic import BaseModel, ConfigDict, Field
 
 
 class DemoPreset(BaseModel):

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from pinlab_data import (
     Dataset,
     InteractionLog,
@@ -47,7 +48,6 @@ from pinlab_models import (
     train_encoder,
 )
 from pinlab_serve import PinIndex, embed_image_file
-
 from pinlab_tasks.presets import PRESETS
 from pinlab_tasks.runs import RunLayout
 
@@ -194,7 +194,9 @@ def train_recommender(
         return report.metrics["ndcg@10"]
 
     directory = run.recommender(name).parent
-    ctx = TrainContext(run_dir=directory, seed=seed, device=resolve_device(device), progress=progress)
+    ctx = TrainContext(
+        run_dir=directory, seed=seed, device=resolve_device(device), progress=progress
+    )
     report = model.fit(split.train, ctx, validate)
     model.save(run.recommender(name))
     result = {"config": config, **report.model_dump()}
@@ -227,7 +229,7 @@ def eval_recommenders(run: RunLayout, ks: tuple[int, ...] = RANKING_KS) -> dict[
         models[name] = metrics
     result = {
         "protocol": "leave-last-out",
-        "num_users": int(len(np.unique(split.test.users))),
+        "num_users": len(np.unique(split.test.users)),
         "num_items": split.test.num_items,
         "models": models,
         "best": max(models, key=lambda n: models[n].get("ndcg@10", 0.0)),
@@ -253,7 +255,9 @@ def _pin_rows(ds: Dataset, pin_ids: list[int]) -> list[dict[str, Any]]:
     return table.to_pylist()
 
 
-def search(run: RunLayout, k: int, pin: int | None = None, image: Path | None = None) -> dict[str, Any]:
+def search(
+    run: RunLayout, k: int, pin: int | None = None, image: Path | None = None
+) -> dict[str, Any]:
     """Pins most similar to a pin of the catalogue or to an image file."""
     if (pin is None) == (image is None):
         raise PinlabDataError("give exactly one of --pin ID or --image PATH")
@@ -269,7 +273,10 @@ def search(run: RunLayout, k: int, pin: int | None = None, image: Path | None = 
         hits = index.search(embed_image_file(image, encoder), k)[0]
         query = {"image": str(image)}
     rows = _pin_rows(ds, [h.pin_id for h in hits])
-    return {"query": query, "hits": [{**r, "score": h.score} for r, h in zip(rows, hits, strict=True)]}
+    return {
+        "query": query,
+        "hits": [{**r, "score": h.score} for r, h in zip(rows, hits, strict=True)],
+    }
 
 
 def recommend(run: RunLayout, user: int, k: int, model_name: str | None = None) -> dict[str, Any]:
@@ -282,12 +289,16 @@ def recommend(run: RunLayout, user: int, k: int, model_name: str | None = None) 
         evaluation = run.recommenders / "eval.json"
         model_name = _best_model(evaluation) if evaluation.is_file() else names[-1]
     if model_name not in names:
-        raise PinlabDataError(f"no trained {model_name!r} in {run.root}; trained: {', '.join(names)}")
+        raise PinlabDataError(
+            f"no trained {model_name!r} in {run.root}; trained: {', '.join(names)}"
+        )
     ds = load_dataset(run.data_dir())
     log = interaction_log(ds)
     position = np.flatnonzero(log.user_ids == user)
     if len(position) == 0:
-        raise PinlabDataError(f"user {user} is not in the dataset; user ids run over the users table")
+        raise PinlabDataError(
+            f"user {user} is not in the dataset; user ids run over the users table"
+        )
     model: Recommender = load_recommender(run.recommender(model_name))
     ranked = top_k(model, position.astype(np.int64), k, seen_csr(log))[0]
     pin_ids = [int(p) for p in log.item_ids[ranked]]

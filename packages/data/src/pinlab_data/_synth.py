@@ -86,20 +86,25 @@ SHAPES: dict[str, ShapeFn] = {
     "square": lambda u, v: np.maximum(np.abs(u), np.abs(v)) < 0.65,
     "triangle": _polygon(3, 0.9),
     "star": _star,
-    "cross": lambda u, v: ((np.abs(u) < 0.24) & (np.abs(v) < 0.85))
-    | ((np.abs(v) < 0.24) & (np.abs(u) < 0.85)),
+    "cross": lambda u, v: (
+        ((np.abs(u) < 0.24) & (np.abs(v) < 0.85)) | ((np.abs(v) < 0.24) & (np.abs(u) < 0.85))
+    ),
     "ring": lambda u, v: (np.hypot(u, v) < 0.85) & (np.hypot(u, v) > 0.5),
     "crescent": lambda u, v: (np.hypot(u, v) < 0.85) & (np.hypot(u - 0.42, v) > 0.68),
     "heart": _heart,
     "arrow": _arrow,
     "bar": lambda u, v: (np.abs(u) < 0.9) & (np.abs(v) < 0.22),
-    "frame": lambda u, v: (np.maximum(np.abs(u), np.abs(v)) < 0.78)
-    & (np.maximum(np.abs(u), np.abs(v)) > 0.5),
+    "frame": lambda u, v: (
+        (np.maximum(np.abs(u), np.abs(v)) < 0.78) & (np.maximum(np.abs(u), np.abs(v)) > 0.5)
+    ),
     "dots": _dots,
-    "tee": lambda u, v: ((np.abs(u) < 0.75) & (v > 0.35) & (v < 0.75))
-    | ((np.abs(u) < 0.2) & (np.abs(v) < 0.75)),
-    "ell": lambda u, v: ((u > -0.7) & (u < -0.3) & (np.abs(v) < 0.7))
-    | ((np.abs(u) < 0.7) & (v > -0.7) & (v < -0.3)),
+    "tee": lambda u, v: (
+        ((np.abs(u) < 0.75) & (v > 0.35) & (v < 0.75)) | ((np.abs(u) < 0.2) & (np.abs(v) < 0.75))
+    ),
+    "ell": lambda u, v: (
+        ((u > -0.7) & (u < -0.3) & (np.abs(v) < 0.7))
+        | ((np.abs(u) < 0.7) & (v > -0.7) & (v < -0.3))
+    ),
     "hourglass": lambda u, v: (np.abs(v) > np.abs(u) * 1.2) & (np.abs(v) < 0.85),
     "half-moon": lambda u, v: (np.hypot(u, v + 0.3) < 0.85) & (v > -0.3),
 }
@@ -125,7 +130,9 @@ SHAPE_WORDS: dict[str, tuple[str, ...]] = {
 
 # Palettes: (foreground colours, background colours, words). Every palette serves every
 # shape, so colour alone says nothing about category.
-PALETTES: dict[str, tuple[list[tuple[int, int, int]], list[tuple[int, int, int]], tuple[str, ...]]] = {
+PALETTES: dict[
+    str, tuple[list[tuple[int, int, int]], list[tuple[int, int, int]], tuple[str, ...]]
+] = {
     "warm": (
         [(220, 50, 40), (245, 130, 30), (250, 200, 40), (200, 30, 90)],
         [(255, 245, 225), (70, 30, 20)],
@@ -364,7 +371,10 @@ def _render(
 
         tilt = rng.normal(0, 0.15, (b, 2))
         shade = 1 + tilt[:, 0, None, None] * gx + tilt[:, 1, None, None] * gy
-        fg = fg_a[:, None, None] * (1 - pattern[..., None]) + fg_b[:, None, None] * pattern[..., None]
+        fg = (
+            fg_a[:, None, None] * (1 - pattern[..., None])
+            + fg_b[:, None, None] * pattern[..., None]
+        )
         back = bg[:, None, None] * shade[..., None]
         img = np.where(mask[..., None], fg, back)
         img = img.reshape(b, size, 2, size, 2, 3).mean(axis=(2, 4))
@@ -461,10 +471,9 @@ def _behaviour(
             weight = weight * np.where(np.isin(creator[pool], follows[user]), 3.0, 1.0)
             length = min(n_events - len(pins), int(rng.geometric(1 / config.session_length)))
             chosen = rng.choice(pool, length, p=weight / weight.sum())
-            for pin in chosen:
-                if pins and rng.random() < config.repeat_rate:
-                    pin = pins[int(rng.integers(len(pins)))]
-                pins.append(int(pin))
+            for fresh in chosen:
+                repeat = bool(pins) and rng.random() < config.repeat_rate
+                pins.append(pins[int(rng.integers(len(pins)))] if repeat else int(fresh))
                 t += int(rng.uniform(20, 300))
                 times.append(t)
             t += int(rng.exponential(2.0) * DAY * config.days / 120)

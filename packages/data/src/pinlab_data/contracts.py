@@ -6,7 +6,7 @@ tables whose schemas below mirror those models column for column.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Literal
@@ -37,7 +37,11 @@ class EventKind(StrEnum):
     SAVE = "save"
 
 
-EVENT_WEIGHTS: dict[EventKind, float] = {EventKind.VIEW: 1.0, EventKind.CLICK: 2.0, EventKind.SAVE: 4.0}
+EVENT_WEIGHTS: dict[EventKind, float] = {
+    EventKind.VIEW: 1.0,
+    EventKind.CLICK: 2.0,
+    EventKind.SAVE: 4.0,
+}
 
 
 class Pin(BaseModel):
@@ -212,4 +216,3 @@ class SynthTruth:
     pin_category: Int64Array
     pin_palette: Int64Array
     pin_appeal: Float32Array
-    extra: dict[str, Float32Array] = field(default_factory=dict)

@@ -51,5 +51,6 @@ __all__ = [
     "register",
     "resolve_device",
     "seed_everything",
+    "supcon_loss",
     "train_encoder",
 ]

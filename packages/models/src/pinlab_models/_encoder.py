@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 - the PyTorch convention
-from pinlab_data.contracts import Float32Array, ImageArray, Int64Array
 from torch import nn
 
+from pinlab_data.contracts import Float32Array, ImageArray, Int64Array
 from pinlab_models._runtime import (
     EarlyStopping,
     EpochLog,

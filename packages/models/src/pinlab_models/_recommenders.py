@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 - the PyTorch convention
-from pinlab_data.contracts import Float32Array, Int64Array, InteractionLog
 from torch import nn
 
+from pinlab_data.contracts import Float32Array, Int64Array, InteractionLog
 from pinlab_models._runtime import (
     EarlyStopping,
     EpochLog,
@@ -76,7 +76,9 @@ class Popularity:
     def save(self, path: Path) -> None:
         _require_fitted(self.counts is not None, self.name)
         state = {"counts": torch.from_numpy(np.asarray(self.counts))}
-        _save(path, self.name, self.config.model_dump(), state, self.num_users, len(state["counts"]))
+        _save(
+            path, self.name, self.config.model_dump(), state, self.num_users, len(state["counts"])
+        )
 
     @classmethod
     def from_checkpoint(cls, payload: dict[str, Any]) -> Popularity:

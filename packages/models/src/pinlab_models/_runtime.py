@@ -28,7 +28,9 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
-        raise PinlabModelError("device 'cuda' was asked for but no GPU is visible; use --device cpu")
+        raise PinlabModelError(
+            "device 'cuda' was asked for but no GPU is visible; use --device cpu"
+        )
     if device not in ("cpu", "cuda"):
         raise PinlabModelError(f"unknown device {device!r}; use auto, cpu or cuda")
     return device
@@ -36,7 +38,7 @@ def resolve_device(device: str) -> str:
 
 def seed_everything(seed: int) -> torch.Generator:
     random.seed(seed)
-    np.random.seed(seed % 2**32)  # noqa: NPY002 - third-party code may still use the global RNG
+    np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
 
@@ -48,7 +50,7 @@ def save_checkpoint(path: Path, payload: Mapping[str, Any]) -> str:
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(dict(payload), f)
-        os.replace(tmp, path)
+        Path(tmp).replace(path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
-from pinlab_data.contracts import Float32Array, ImageArray, Int64Array, InteractionLog
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+
+from pinlab_data.contracts import Float32Array, ImageArray, Int64Array, InteractionLog
 
 Device = Literal["auto", "cpu", "cuda"]
 
@@ -102,7 +103,9 @@ class MFConfig(BaseModel):
     batch_size: PositiveInt = 1024
     lr: PositiveFloat = 1e-2
     weight_decay: float = Field(default=1e-6, ge=0)
-    negatives: PositiveInt = Field(default=256, description="Sampled negatives per batch (softmax).")
+    negatives: PositiveInt = Field(
+        default=256, description="Sampled negatives per batch (softmax)."
+    )
     temperature: PositiveFloat = 0.1
     patience: PositiveInt = Field(default=4, description="Epochs without validation gain.")
 

@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
-from pinlab_data import describe_dataset, load_dataset, validate_dataset
 from rich.table import Table
 
+from pinlab_data import describe_dataset, load_dataset, validate_dataset
 from pinlab_tasks import workflows
 from pinlab_tasks._app import JsonFlag, SeedOpt, settings
 from pinlab_tasks._output import emit, stdout
@@ -33,7 +33,10 @@ def synth(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing dataset.")] = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """Generate a seeded synthetic pin world. Writes: OUT/{dataset.json, *.parquet, images.npy, truth.npz}."""
+    """Generate a seeded synthetic pin world.
+
+    Writes: OUT/{dataset.json, pins/users/interactions.parquet, images.npy, truth.npz}.
+    """
     updates: dict[str, Any] = {
         "num_pins": pins,
         "num_users": users,
@@ -42,7 +45,9 @@ def synth(
         "seed": settings().seed if seed is None else seed,
     }
     base = PRESETS[preset].synth
-    config = base.model_validate(base.model_dump() | {k: v for k, v in updates.items() if v is not None})
+    config = base.model_validate(
+        base.model_dump() | {k: v for k, v in updates.items() if v is not None}
+    )
     result = workflows.synth(out, config, overwrite=overwrite)
     emit(result, as_json, lambda: _render_description(result))
 
@@ -79,4 +84,3 @@ def _render_description(result: dict[str, Any]) -> None:
     for key, value in result.items():
         table.add_row(key, str(value))
     stdout.print(table)
-

@@ -38,10 +38,15 @@ def visual(run: RunArg, seed: SeedOpt = None, as_json: JsonFlag = False) -> None
 
 @app.command("recommender")
 def recommender(run: RunArg, as_json: JsonFlag = False) -> None:
-    """Every trained recommender, leave-last-out, full ranking. Writes: RUN/recommender/eval.json."""
+    """Every trained recommender, leave-last-out, full ranking.
+
+    Writes: RUN/recommender/eval.json.
+    """
     result = workflows.eval_recommenders(RunLayout(run))
     emit(
         result,
         as_json,
-        lambda: stdout.print(metrics_table(f"recommenders, {result['protocol']}", result["models"])),
+        lambda: stdout.print(
+            metrics_table(f"recommenders, {result['protocol']}", result["models"])
+        ),
     )

@@ -77,7 +77,9 @@ def _param(param: click.Parameter) -> dict[str, Any]:
         "type": kind.name,
         "choices": list(kind.choices) if isinstance(kind, click.Choice) else None,
         "required": param.required,
-        "default": default if isinstance(default, str | int | float | bool | None) else str(default),
+        "default": default
+        if isinstance(default, str | int | float | bool | None)
+        else str(default),
         "multiple": param.multiple,
         "help": getattr(param, "help", None),
     }

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
 from pinlab_data import PinlabDataError
 from pinlab_models import EncoderConfig, recommender_names
-
 from pinlab_tasks import workflows
 from pinlab_tasks._app import DeviceOpt, JsonFlag, SeedOpt, settings
 from pinlab_tasks._output import emit, stdout
@@ -19,7 +19,8 @@ app = typer.Typer(help="Train models into a run directory.", no_args_is_help=Tru
 
 DataOpt = Annotated[Path, typer.Option("--data", help="Dataset directory to train on.")]
 RunOpt = Annotated[
-    Path | None, typer.Option("--run", help="Run directory (created). Default: RUNS_DIR/train-TIME.")
+    Path | None,
+    typer.Option("--run", help="Run directory (created). Default: RUNS_DIR/train-TIME."),
 ]
 
 

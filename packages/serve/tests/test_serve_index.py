@@ -1,0 +1,264 @@
+"""PinIndex against brute-force numpy, its save/load checks, and embedding one image file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pinlab_data.contracts import Float32Array, ImageArray, Int64Array, PinlabDataError
+from pinlab_models.contracts import ImageEncoder
+from pinlab_serve import (
+    INDEX_FILE,
+    MANIFEST_FILE,
+    PinIndex,
+    PinlabServeError,
+    embed_image_file,
+)
+
+DIM = 16
+MODEL = "enc-abc123"
+
+
+def unit(rng: np.random.Generator, n: int, d: int = DIM) -> Float32Array:
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    return np.asarray(x / np.linalg.norm(x, axis=1, keepdims=True), dtype=np.float32)
+
+
+@pytest.fixture
+def data() -> tuple[Float32Array, Int64Array]:
+    rng = np.random.default_rng(0)
+    # Sparse, shuffled ids so a mix-up between row positions and pin ids would show.
+    ids = rng.choice(10_000, size=200, replace=False).astype(np.int64)
+    return unit(rng, 200), ids
+
+
+@pytest.fixture
+def index(data: tuple[Float32Array, Int64Array]) -> PinIndex:
+    return PinIndex.build(*data, model_id=MODEL)
+
+
+def brute_force(
+    emb: Float32Array, ids: Int64Array, query: Float32Array, k: int
+) -> tuple[list[int], Float32Array]:
+    scores = emb @ query
+    order = np.argsort(-scores, kind="stable")[:k]
+    return ids[order].tolist(), scores[order]
+
+
+def test_search_matches_brute_force(data: tuple[Float32Array, Int64Array], index: PinIndex) -> None:
+    emb, ids = data
+    queries = unit(np.random.default_rng(1), 5)
+    results = index.search(queries, k=10)
+    assert len(results) == 5
+    for query, hits in zip(queries, results, strict=True):
+        want_ids, want_scores = brute_force(emb, ids, query, 10)
+        assert [h.pin_id for h in hits] == want_ids
+        np.testing.assert_allclose([h.score for h in hits], want_scores, rtol=1e-5, atol=1e-5)
+
+
+def test_search_renormalises_queries(index: PinIndex) -> None:
+    query = unit(np.random.default_rng(2), 1)
+    plain = index.search(query, k=5)
+    scaled = index.search(query * 7.5, k=5)
+    assert [h.pin_id for h in plain[0]] == [h.pin_id for h in scaled[0]]
+
+
+def test_build_renormalises_embeddings(data: tuple[Float32Array, Int64Array]) -> None:
+    emb, ids = data
+    index = PinIndex.build(emb * 3.0, ids, MODEL)
+    np.testing.assert_allclose(index.vector(int(ids[4])), emb[4], atol=1e-6)
+
+
+def test_search_exclude_and_clip(data: tuple[Float32Array, Int64Array], index: PinIndex) -> None:
+    emb, ids = data
+    own = int(ids[3])
+    hits = index.search(emb[3:5], k=3, exclude=[own, None])
+    assert own not in [h.pin_id for h in hits[0]]
+    assert len(hits[0]) == 3
+    assert hits[1][0].pin_id == int(ids[4])
+    everything = index.search(emb[:1], k=10_000)[0]
+    assert len(everything) == len(index) == 200
+    assert len(index.search(emb[:1], k=10_000, exclude=[own])[0]) == 199
+
+
+def test_similar(data: tuple[Float32Array, Int64Array], index: PinIndex) -> None:
+    emb, ids = data
+    pin = int(ids[7])
+    hits = index.similar(pin, k=8)
+    assert len(hits) == 8
+    assert pin not in [h.pin_id for h in hits]
+    scores = [h.score for h in hits]
+    assert scores == sorted(scores, reverse=True)
+    want_ids, _ = brute_force(emb, ids, emb[7], 9)
+    assert [h.pin_id for h in hits] == [p for p in want_ids if p != pin][:8]
+
+
+def test_vector_len_dim_manifest(data: tuple[Float32Array, Int64Array], index: PinIndex) -> None:
+    emb, ids = data
+    np.testing.assert_allclose(index.vector(int(ids[0])), emb[0], atol=1e-6)
+    assert len(index) == 200
+    assert index.dim == DIM
+    manifest = index.manifest
+    assert (manifest.model_id, manifest.dim, manifest.count) == (MODEL, DIM, 200)
+    assert manifest.kind == "IDMap2,Flat"
+    assert manifest.metric == "inner_product"
+
+
+def test_save_load_round_trip(index: PinIndex, tmp_path: Path) -> None:
+    manifest = index.save(tmp_path / "idx")
+    assert manifest == index.manifest
+    loaded = PinIndex.load(tmp_path / "idx", expect_model_id=MODEL)
+    assert loaded.manifest == manifest
+    assert (len(loaded), loaded.dim, loaded.model_id) == (200, DIM, MODEL)
+    queries = unit(np.random.default_rng(3), 4)
+    assert loaded.search(queries, k=7) == index.search(queries, k=7)
+    on_disk = json.loads((tmp_path / "idx" / MANIFEST_FILE).read_text())
+    assert on_disk["checksum"] == manifest.checksum
+    # Atomic writes leave no temp files behind.
+    assert sorted(p.name for p in (tmp_path / "idx").iterdir()) == [INDEX_FILE, MANIFEST_FILE]
+
+
+def test_save_overwrites(data: tuple[Float32Array, Int64Array], tmp_path: Path) -> None:
+    emb, ids = data
+    PinIndex.build(emb, ids, MODEL).save(tmp_path)
+    PinIndex.build(emb[:10], ids[:10], "other").save(tmp_path)
+    loaded = PinIndex.load(tmp_path)
+    assert (len(loaded), loaded.model_id) == (10, "other")
+
+
+def test_load_corrupt_index(index: PinIndex, tmp_path: Path) -> None:
+    index.save(tmp_path)
+    path = tmp_path / INDEX_FILE
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(PinlabServeError, match="checksum"):
+        PinIndex.load(tmp_path)
+
+
+def test_load_half_written_save(
+    data: tuple[Float32Array, Int64Array], index: PinIndex, tmp_path: Path
+) -> None:
+    """A crash after the index rename but before the manifest's: old manifest, new index."""
+    emb, ids = data
+    index.save(tmp_path)
+    old_manifest = (tmp_path / MANIFEST_FILE).read_text()
+    PinIndex.build(emb[:5], ids[:5], MODEL).save(tmp_path)
+    (tmp_path / MANIFEST_FILE).write_text(old_manifest)
+    with pytest.raises(PinlabServeError, match="checksum"):
+        PinIndex.load(tmp_path)
+
+
+def test_load_missing(index: PinIndex, tmp_path: Path) -> None:
+    with pytest.raises(PinlabServeError, match=r"no index at .*pinlab index build"):
+        PinIndex.load(tmp_path / "nope")
+    index.save(tmp_path)
+    (tmp_path / MANIFEST_FILE).unlink()
+    with pytest.raises(PinlabServeError, match="no index at"):
+        PinIndex.load(tmp_path)
+
+
+@pytest.mark.parametrize("text", ["{not json", '{"model_id": "x"}', "[]"])
+def test_load_malformed_manifest(index: PinIndex, tmp_path: Path, text: str) -> None:
+    index.save(tmp_path)
+    (tmp_path / MANIFEST_FILE).write_text(text)
+    with pytest.raises(PinlabServeError, match="malformed"):
+        PinIndex.load(tmp_path)
+
+
+def test_load_count_disagrees(index: PinIndex, tmp_path: Path) -> None:
+    manifest = index.save(tmp_path)
+    lying = manifest.model_copy(update={"count": 999})
+    (tmp_path / MANIFEST_FILE).write_text(lying.model_dump_json())
+    with pytest.raises(PinlabServeError, match="999"):
+        PinIndex.load(tmp_path)
+
+
+def test_load_model_mismatch(index: PinIndex, tmp_path: Path) -> None:
+    index.save(tmp_path)
+    with pytest.raises(PinlabServeError, match=f"{MODEL}.*enc-new.*rebuild"):
+        PinIndex.load(tmp_path, expect_model_id="enc-new")
+
+
+def test_build_rejects_bad_input(data: tuple[Float32Array, Int64Array]) -> None:
+    emb, ids = data
+    dupes = ids.copy()
+    dupes[1] = dupes[0]
+    with pytest.raises(PinlabServeError, match="unique"):
+        PinIndex.build(emb, dupes, MODEL)
+    nan = emb.copy()
+    nan[2, 3] = np.nan
+    with pytest.raises(PinlabServeError, match="NaN"):
+        PinIndex.build(nan, ids, MODEL)
+    with pytest.raises(PinlabServeError, match="shape"):
+        PinIndex.build(emb[0], ids[:1], MODEL)
+    with pytest.raises(PinlabServeError, match="one id per embedding"):
+        PinIndex.build(emb, ids[:-1], MODEL)
+    with pytest.raises(PinlabServeError, match="non-negative"):
+        PinIndex.build(emb[:1], np.array([-1], dtype=np.int64), MODEL)
+    with pytest.raises(PinlabServeError, match="all zeros"):
+        PinIndex.build(np.zeros((1, DIM), dtype=np.float32), ids[:1], MODEL)
+
+
+def test_query_rejects_bad_input(data: tuple[Float32Array, Int64Array], index: PinIndex) -> None:
+    emb, _ = data
+    with pytest.raises(PinlabServeError, match="dimension 8 but the index has 16"):
+        index.search(emb[:2, :8], k=3)
+    for k in (0, -1):
+        with pytest.raises(PinlabServeError, match="k must be"):
+            index.search(emb[:1], k=k)
+        with pytest.raises(PinlabServeError, match="k must be"):
+            index.similar(0, k=k)
+    with pytest.raises(PinlabServeError, match="one id"):
+        index.search(emb[:2], k=3, exclude=[1])
+    with pytest.raises(PinlabServeError, match="pin 10001 is not in the index"):
+        index.similar(10_001, k=3)
+    with pytest.raises(PinlabServeError, match="pin 10001 is not in the index"):
+        index.vector(10_001)
+
+
+class MeanColourEncoder:
+    """Mean RGB -> fixed random projection, normalised: enough to satisfy ImageEncoder."""
+
+    def __init__(self, dim: int = 8, size: int = 12) -> None:
+        self._proj = np.random.default_rng(0).standard_normal((3, dim)).astype(np.float32)
+        self._size = size
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self._proj.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        return self._size
+
+    def embed(self, images: ImageArray, batch_size: int = 512) -> Float32Array:
+        assert images.shape[1:] == (self._size, self._size, 3)
+        out = (images.mean(axis=(1, 2)).astype(np.float32) / 255.0 + 0.1) @ self._proj
+        return np.asarray(out / np.linalg.norm(out, axis=1, keepdims=True), dtype=np.float32)
+
+
+def test_embed_image_file(tmp_path: Path) -> None:
+    encoder = MeanColourEncoder()
+    assert isinstance(encoder, ImageEncoder)
+    path = tmp_path / "red.png"
+    Image.new("RGB", (20, 30), (200, 10, 10)).save(path)
+    vec = embed_image_file(path, encoder)
+    assert vec.shape == (1, encoder.embedding_dim)
+    assert vec.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vec), 1.0, rtol=1e-5)
+    index = PinIndex.build(vec, np.array([42], dtype=np.int64), "fake")
+    assert index.search(vec, k=1)[0][0].pin_id == 42
+
+
+def test_embed_image_file_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image at all")
+    with pytest.raises(PinlabDataError, match="not a readable image"):
+        embed_image_file(bad, MeanColourEncoder())
+    with pytest.raises(PinlabDataError, match="does not exist"):
+        embed_image_file(tmp_path / "missing.png", MeanColourEncoder())

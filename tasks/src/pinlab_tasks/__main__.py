@@ -1,0 +1,3 @@
+from pinlab_tasks.cli import main
+
+main()

@@ -1,0 +1,209 @@
+"""The `pinlab` CLI end to end: the tiny demo, every command on its run, and bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+from pinlab_tasks.cli import run
+
+
+def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, Any, str]:
+    """Run pinlab in-process with --json; returns (exit code, parsed stdout, stderr)."""
+    code = run([*args, "--json"])
+    captured = capsys.readouterr()
+    return code, json.loads(captured.out) if captured.out.strip() else None, captured.err
+
+
+def test_tiny_demo_reports_every_stage(tiny_demo: dict[str, Any]) -> None:
+    run_dir = Path(tiny_demo["run_dir"])
+    for key in ("recall@1", "recall@10"):
+        assert 0 <= tiny_demo["visual"]["trained"][key] <= 1
+        assert 0 <= tiny_demo["visual"]["untrained"][key] <= 1
+    assert {"popularity", "mf"} <= set(tiny_demo["recommender"])
+    for metrics in tiny_demo["recommender"].values():
+        assert {"ndcg@10", "recall@10", "hr@10", "mrr@10", "coverage@10"} <= set(metrics)
+    assert tiny_demo["seconds"] > 0
+    assert len(tiny_demo["search"]["hits"]) == 5
+    assert len(tiny_demo["recommend"]["items"]) == 5
+    for path in (
+        "run.json",
+        "summary.json",
+        "data/dataset.json",
+        "visual/encoder.pt",
+        "visual/metrics.jsonl",
+        "visual/eval.json",
+        "recommender/mf/model.pt",
+        "recommender/mf/metrics.jsonl",
+        "recommender/eval.json",
+        "index/index.faiss",
+        "index/index.json",
+    ):
+        assert (run_dir / path).is_file(), path
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["steps"][0]["config"]["seed"] == 1  # the resolved config is recorded
+
+
+def test_search_and_recommend_on_the_demo_run(
+    tiny_demo: dict[str, Any], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    run_dir = tiny_demo["run_dir"]
+    pin = tiny_demo["search"]["query"]["pin"]["pin_id"]
+    code, out, _ = cli(capsys, "search", "--run", run_dir, "--pin", str(pin), "-k", "3")
+    assert code == 0
+    assert len(out["hits"]) == 3 and pin not in [h["pin_id"] for h in out["hits"]]
+    scores = [h["score"] for h in out["hits"]]
+    assert scores == sorted(scores, reverse=True)
+
+    image = tmp_path / "query.png"
+    pixels = np.asarray(Image.new("RGB", (40, 40), (200, 30, 30)))
+    Image.fromarray(pixels).save(image)
+    code, out, _ = cli(capsys, "search", "--run", run_dir, "--image", str(image), "-k", "4")
+    assert code == 0 and len(out["hits"]) == 4
+
+    code, out, _ = cli(capsys, "recommend", "--run", run_dir, "--user", "3", "-k", "7")
+    assert code == 0 and len(out["items"]) == 7
+    assert out["model"] in tiny_demo["recommender"]
+
+
+def test_each_step_runs_on_its_own(
+    tiny_demo: dict[str, Any], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    data = Path(tiny_demo["run_dir"]) / "data"
+    run_dir = tmp_path / "steps"
+    code, out, _ = cli(capsys, "data", "validate", str(data))
+    assert code == 0 and out["ok"]
+    code, out, _ = cli(capsys, "data", "describe", str(data))
+    assert code == 0 and out["num_pins"] == tiny_demo["data"]["num_pins"]
+    steps = [
+        ["train", "visual", "--data", str(data), "--run", str(run_dir), "--epochs", "1"],
+        ["train", "recommender", "--data", str(data), "--run", str(run_dir), "--model", "popularity"],
+        ["eval", "visual", "--run", str(run_dir)],
+        ["eval", "recommender", "--run", str(run_dir)],
+        ["index", "build", "--run", str(run_dir)],
+    ]
+    for step in steps:
+        code, out, err = cli(capsys, *step)
+        assert code == 0, (step, err)
+    assert out["count"] == tiny_demo["data"]["num_pins"]
+
+
+def test_data_synth_writes_a_valid_world(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    out = tmp_path / "world"
+    args = ("data", "synth", "--out", str(out), "--preset", "tiny", "--pins", "50", "--users", "10")
+    code, result, _ = cli(capsys, *args)
+    assert code == 0 and result["num_pins"] == 50
+    before = (out / "pins.parquet").read_bytes()
+    code, result, err = cli(capsys, *args)  # again, without --overwrite
+    assert code == 2 and "overwrite" in result["error"]
+    assert (out / "pins.parquet").read_bytes() == before  # nothing damaged
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["recommend", "--user", "99999", "-k", "3"], "user 99999"),
+        (["search", "--pin", "99999"], "pin 99999"),
+        (["search", "--pin", "1", "-k", "0"], "k must be"),
+        (["search", "--image", "/nonexistent.png"], "does not exist"),
+        (["search"], "exactly one of --pin"),
+        (["recommend", "--user", "1", "--model", "nope"], "no trained 'nope'"),
+    ],
+)
+def test_bad_queries_exit_2_with_one_line(
+    tiny_demo: dict[str, Any],
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    message: str,
+) -> None:
+    code, out, err = cli(capsys, *args, "--run", tiny_demo["run_dir"])
+    assert code == 2
+    assert message in out["error"]
+    assert "Traceback" not in err
+
+
+def test_corrupt_image_and_bad_dataset(
+    tiny_demo: dict[str, Any], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    code, out, _ = cli(capsys, "search", "--run", tiny_demo["run_dir"], "--image", str(corrupt))
+    assert code == 2 and "not a readable image" in out["error"]
+
+    code, out, _ = cli(capsys, "data", "describe", str(tmp_path))
+    assert code == 2 and "not a pinlab dataset" in out["error"]
+
+    bad = tmp_path / "bad"
+    code, _, _ = cli(capsys, "data", "synth", "--out", str(bad), "--preset", "tiny")
+    (bad / "interactions.parquet").write_bytes(b"PAR1 garbage")
+    code, out, _ = cli(capsys, "data", "describe", str(bad))
+    assert code == 2 and "interactions.parquet" in out["error"]
+
+    code, out, _ = cli(capsys, "data", "validate", str(tmp_path / "missing"))
+    assert code == 2
+
+
+def test_unknown_model_lists_the_registered_ones(
+    tiny_demo: dict[str, Any], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    data = str(Path(tiny_demo["run_dir"]) / "data")
+    code, out, _ = cli(capsys, "train", "recommender", "--data", data, "--model", "nope")
+    assert code == 2 and "mf, popularity" in out["error"]
+
+
+def test_demo_refuses_a_used_directory(
+    tiny_demo: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = cli(capsys, "demo", "--preset", "tiny", "--out", tiny_demo["run_dir"])
+    assert code == 2 and "not empty" in out["error"]
+
+
+def test_describe_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = cli(capsys, "describe")
+    assert code == 0
+    names = {c["command"] for c in out["commands"]}
+    expected = {
+        "pinlab demo",
+        "pinlab data synth",
+        "pinlab data validate",
+        "pinlab data describe",
+        "pinlab train visual",
+        "pinlab train recommender",
+        "pinlab eval visual",
+        "pinlab eval recommender",
+        "pinlab index build",
+        "pinlab search",
+        "pinlab recommend",
+        "pinlab describe",
+        "pinlab doctor",
+    }
+    assert expected <= names
+    demo = next(c for c in out["commands"] if c["command"] == "pinlab demo")
+    assert {"--preset", "--out", "--json"} <= {f for p in demo["inputs"] for f in p["flags"]}
+    assert "summary.json" in demo["outputs"]["files"]
+
+
+def test_doctor_reports_versions_and_device(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = cli(capsys, "doctor")
+    assert code == 0
+    assert out["libraries"]["torch"] and out["device"]["resolved"] in ("cpu", "cuda")
+    assert out["threads"]["torch"] >= 1
+
+
+def test_the_installed_entry_point_uses_exit_codes(tmp_path: Path) -> None:
+    """Through a real process: usage errors exit 2, JSON goes to stdout alone."""
+    base = [sys.executable, "-m", "pinlab_tasks"]
+    usage = subprocess.run([*base, "demo", "--preset", "huge"], capture_output=True, text=True)
+    assert usage.returncode == 2 and "huge" in usage.stderr
+    missing = subprocess.run(
+        [*base, "data", "describe", str(tmp_path / "nope"), "--json"], capture_output=True, text=True
+    )
+    assert missing.returncode == 2
+    assert json.loads(missing.stdout)["exit_code"] == 2
+    assert "Traceback" not in missing.stderr
