@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
+
 from pinlab_tasks.cli import run
 
 
@@ -83,7 +84,16 @@ def test_each_step_runs_on_its_own(
     assert code == 0 and out["num_pins"] == tiny_demo["data"]["num_pins"]
     steps = [
         ["train", "visual", "--data", str(data), "--run", str(run_dir), "--epochs", "1"],
-        ["train", "recommender", "--data", str(data), "--run", str(run_dir), "--model", "popularity"],
+        [
+            "train",
+            "recommender",
+            "--data",
+            str(data),
+            "--run",
+            str(run_dir),
+            "--model",
+            "popularity",
+        ],
         ["eval", "visual", "--run", str(run_dir)],
         ["eval", "recommender", "--run", str(run_dir)],
         ["index", "build", "--run", str(run_dir)],
@@ -94,13 +104,15 @@ def test_each_step_runs_on_its_own(
     assert out["count"] == tiny_demo["data"]["num_pins"]
 
 
-def test_data_synth_writes_a_valid_world(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_data_synth_writes_a_valid_world(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     out = tmp_path / "world"
     args = ("data", "synth", "--out", str(out), "--preset", "tiny", "--pins", "50", "--users", "10")
     code, result, _ = cli(capsys, *args)
     assert code == 0 and result["num_pins"] == 50
     before = (out / "pins.parquet").read_bytes()
-    code, result, err = cli(capsys, *args)  # again, without --overwrite
+    code, result, _ = cli(capsys, *args)  # again, without --overwrite
     assert code == 2 and "overwrite" in result["error"]
     assert (out / "pins.parquet").read_bytes() == before  # nothing damaged
 
@@ -199,10 +211,15 @@ def test_doctor_reports_versions_and_device(capsys: pytest.CaptureFixture[str]) 
 def test_the_installed_entry_point_uses_exit_codes(tmp_path: Path) -> None:
     """Through a real process: usage errors exit 2, JSON goes to stdout alone."""
     base = [sys.executable, "-m", "pinlab_tasks"]
-    usage = subprocess.run([*base, "demo", "--preset", "huge"], capture_output=True, text=True)
+    usage = subprocess.run(
+        [*base, "demo", "--preset", "huge"], capture_output=True, text=True, check=False
+    )
     assert usage.returncode == 2 and "huge" in usage.stderr
     missing = subprocess.run(
-        [*base, "data", "describe", str(tmp_path / "nope"), "--json"], capture_output=True, text=True
+        [*base, "data", "describe", str(tmp_path / "nope"), "--json"],
+        capture_output=True,
+        check=False,
+        text=True,
     )
     assert missing.returncode == 2
     assert json.loads(missing.stdout)["exit_code"] == 2

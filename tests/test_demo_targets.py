@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from pinlab_tasks.cli import run
 
 

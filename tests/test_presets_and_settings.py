@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from pinlab_models import recommender_names
 from pinlab_tasks.presets import PRESETS, DemoPreset
 from pinlab_tasks.settings import PinlabSettings

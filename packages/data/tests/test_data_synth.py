@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from pinlab_data import (
     SHAPES,
     SynthConfig,
@@ -40,7 +41,7 @@ def test_shapes_and_sizes() -> None:
 
 def test_palette_does_not_give_away_the_category() -> None:
     """Mean colour per category differs much less than across pins: colour is not a label."""
-    _, pins, _, _, images, truth = synthesize(
+    _, _, _, _, images, truth = synthesize(
         SynthConfig(num_pins=2000, num_users=5, num_categories=4, seed=1)
     )
     colour = images.reshape(len(images), -1, 3).mean(axis=1)
@@ -60,16 +61,16 @@ def test_captions_name_the_shape() -> None:
 
 def test_behaviour_follows_taste_and_time() -> None:
     config = SynthConfig(num_pins=600, num_users=80, num_categories=6, seed=2)
-    _, pins, _, interactions, _, truth = synthesize(config)
+    _, _, _, interactions, _, truth = synthesize(config)
     users = interactions.column("user_id").to_numpy() - 1
     items = interactions.column("pin_id").to_numpy() - 1
     times = interactions.column("timestamp").to_numpy()
     assert (np.diff(times)[np.diff(users) == 0] > 0).all()  # each user's log moves forward
-    # Users engage most with the category they like most at the start.
+    # Users engage most with the category they like most over their time (chance: 1 in 6).
     engaged = np.zeros_like(truth.taste_start)
     np.add.at(engaged, (users, truth.pin_category[items]), 1)
-    agree = (engaged.argmax(axis=1) == truth.taste_start.argmax(axis=1)).mean()
-    assert agree > 0.6
+    mean_taste = (truth.taste_start + truth.taste_end) / 2
+    assert (engaged.argmax(axis=1) == mean_taste.argmax(axis=1)).mean() > 0.5
     # Some engagement repeats a pin the user already had.
     pairs = users * 10_000 + items
     assert len(np.unique(pairs)) < len(pairs)

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
-import click
 import torch
 import typer
 from pydantic import ValidationError
@@ -55,42 +54,42 @@ def root(
     torch.set_num_threads(resolved.threads)
 
 
-def _fail(message: str, code: int) -> int:
-    if "--json" in sys.argv:
+def _fail(message: str, code: int, as_json: bool) -> int:
+    if as_json:
         print(json.dumps({"error": message, "exit_code": code}))
     stderr.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     return code
 
 
 def run(argv: list[str] | None = None) -> int:
-    """Run the CLI and return its exit code: 0 success, 1 failure, 2 bad usage or input."""
-    debug = "--debug" in (argv or sys.argv) or os.environ.get("PINLAB_DEBUG") == "1"
+    """Run the CLI and return its exit code: 0 success, 1 failure, 2 bad usage or input.
+
+    Typer reports usage errors itself (exit 2); pinlab's own errors arrive here.
+    """
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args or os.environ.get("PINLAB_DEBUG") == "1"
+    as_json = "--json" in args
     try:
-        code = app(args=argv, prog_name="pinlab", standalone_mode=False)
-    except click.UsageError as exc:
-        return _fail(exc.format_message() + f" (see `pinlab {_command_of(exc)} --help`)", 2)
-    except click.Abort:
-        return _fail("aborted", 1)
+        app(args=argv, prog_name="pinlab")
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except BAD_INPUT as exc:
         if debug:
             raise
-        return _fail(str(exc), 2)
+        return _fail(str(exc), 2, as_json)
     except ValidationError as exc:
         if debug:
             raise
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        return _fail(f"bad value for {where}: {first['msg']}", 2)
+        return _fail(f"bad value for {where}: {first['msg']}", 2, as_json)
     except Exception as exc:
         if debug:
             raise
-        return _fail(f"{type(exc).__name__}: {exc} (rerun with --debug for the traceback)", 1)
-    return int(code or 0)
-
-
-def _command_of(exc: click.UsageError) -> str:
-    ctx = exc.ctx
-    return ctx.command_path.removeprefix("pinlab").strip() if ctx else ""
+        return _fail(
+            f"{type(exc).__name__}: {exc} (rerun with --debug for the traceback)", 1, as_json
+        )
+    return 0
 
 
 def main() -> None:

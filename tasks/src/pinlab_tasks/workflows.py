@@ -250,9 +250,13 @@ def build_index(run: RunLayout) -> dict[str, Any]:
 def _pin_rows(ds: Dataset, pin_ids: list[int]) -> list[dict[str, Any]]:
     ids = ds.pin_ids()
     order = np.argsort(ids)
-    rows = order[np.searchsorted(ids, pin_ids, sorter=order)]
+    rows = order[np.searchsorted(ids, pin_ids, sorter=order).clip(max=len(ids) - 1)]
+    missing = [p for p, found in zip(pin_ids, ids[rows], strict=True) if p != found]
+    if missing:
+        raise PinlabDataError(f"pin {missing[0]} is not in the dataset {ds.root}")
     table = ds.pins.take(rows).select(["pin_id", "caption", "category", "creator_group"])
-    return table.to_pylist()
+    records: list[dict[str, Any]] = table.to_pylist()
+    return records
 
 
 def search(

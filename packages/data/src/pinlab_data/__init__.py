@@ -1,1 +1,74 @@
-"""pinlab_data."""
+"""pinlab_data: typed records, dataset directories, validation, splits and the synthetic world."""
+
+from pinlab_data._describe import describe_dataset
+from pinlab_data._images import decode_image, load_image
+from pinlab_data._splits import holdout_mask, interaction_log, leave_last_out, seen_csr
+from pinlab_data._store import load_dataset, save_dataset, write_bytes_atomic, write_json_atomic
+from pinlab_data._synth import SHAPES, SynthConfig, load_truth, synthesize, write_synth
+from pinlab_data._validate import validate_dataset
+from pinlab_data.contracts import (
+    EVENT_WEIGHTS,
+    INTERACTION_SCHEMA,
+    PIN_SCHEMA,
+    SCHEMA_VERSION,
+    TABLE_SCHEMAS,
+    USER_SCHEMA,
+    Dataset,
+    DatasetManifest,
+    EventKind,
+    Float32Array,
+    ImageArray,
+    Int64Array,
+    Interaction,
+    InteractionLog,
+    LeaveLastOutSplit,
+    Pin,
+    PinlabDataError,
+    Problem,
+    Severity,
+    SynthTruth,
+    User,
+    ValidationReport,
+)
+
+__all__ = [
+    "EVENT_WEIGHTS",
+    "INTERACTION_SCHEMA",
+    "PIN_SCHEMA",
+    "SCHEMA_VERSION",
+    "SHAPES",
+    "TABLE_SCHEMAS",
+    "USER_SCHEMA",
+    "Dataset",
+    "DatasetManifest",
+    "EventKind",
+    "Float32Array",
+    "ImageArray",
+    "Int64Array",
+    "Interaction",
+    "InteractionLog",
+    "LeaveLastOutSplit",
+    "Pin",
+    "PinlabDataError",
+    "Problem",
+    "Severity",
+    "SynthConfig",
+    "SynthTruth",
+    "User",
+    "ValidationReport",
+    "decode_image",
+    "describe_dataset",
+    "holdout_mask",
+    "interaction_log",
+    "leave_last_out",
+    "load_dataset",
+    "load_image",
+    "load_truth",
+    "save_dataset",
+    "seen_csr",
+    "synthesize",
+    "validate_dataset",
+    "write_bytes_atomic",
+    "write_json_atomic",
+    "write_synth",
+]

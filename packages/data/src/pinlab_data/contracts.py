@@ -137,10 +137,10 @@ class Dataset:
     images: ImageArray | None = None
 
     def pin_ids(self) -> Int64Array:
-        return self.pins.column("pin_id").to_numpy().astype(np.int64)
+        return np.asarray(self.pins.column("pin_id").to_numpy(), dtype=np.int64)
 
     def user_ids(self) -> Int64Array:
-        return self.users.column("user_id").to_numpy().astype(np.int64)
+        return np.asarray(self.users.column("user_id").to_numpy(), dtype=np.int64)
 
 
 @dataclass(frozen=True)

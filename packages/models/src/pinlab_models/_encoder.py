@@ -192,7 +192,7 @@ def train_encoder(
                 y = labels_t[idx].to(ctx.device)
                 loss = supcon_loss(net(augment(x, gen)), y, config.temperature)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                torch.autograd.backward(loss)
                 optimizer.step()
                 schedule.step()
                 total += float(loss.detach())

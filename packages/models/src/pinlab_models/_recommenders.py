@@ -99,9 +99,10 @@ class _Factors(nn.Module):
 
     def scores(self, users: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
         """(len(users), len(items)) scores; all items when `items` is None."""
-        item_vecs = self.items.weight if items is None else self.items(items)
+        item_vecs = self.items.weight if items is None else self.items.weight[items]
         item_bias = self.bias if items is None else self.bias[items]
-        return self.users(users) @ item_vecs.T + item_bias
+        result: torch.Tensor = self.users.weight[users] @ item_vecs.T + item_bias
+        return result
 
 
 class MatrixFactorization:
@@ -147,7 +148,7 @@ class MatrixFactorization:
                     idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
                     loss = self._loss(users[idx], items[idx], weights[idx], train.num_items, gen)
                     optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
+                    torch.autograd.backward(loss)
                     optimizer.step()
                     total += float(loss.detach())
                 valid = validate(self) if validate else None

@@ -21,7 +21,8 @@ RunArg = Annotated[Path, typer.Option("--run", help="Run directory with trained 
 def visual(run: RunArg, seed: SeedOpt = None, as_json: JsonFlag = False) -> None:
     """Recall@K and mAP by category on held-out pins, trained vs untrained encoder.
 
-    Writes: RUN/visual/eval.json. Use the seed the encoder was trained with.
+    Use the seed the encoder was trained with: it picks the held-out pins.
+    Writes: RUN/visual/eval.json.
     """
     result = workflows.eval_visual(RunLayout(run), settings().seed if seed is None else seed)
     emit(

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import platform
 import re
+from collections.abc import Callable, Iterator
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
 
-import click
 import torch
 import typer
 from rich.table import Table
+from typer.models import ArgumentInfo, ParameterInfo
 
 from pinlab_tasks._app import JsonFlag, settings
 from pinlab_tasks._output import emit, stdout
@@ -24,13 +27,13 @@ LIBRARIES = ("torch", "numpy", "pyarrow", "faiss-cpu", "pydantic", "typer")
 def register(app: typer.Typer) -> None:
     def describe(as_json: JsonFlag = False) -> None:
         """Every command with its options, inputs and outputs, as JSON for agents."""
-        root = typer.main.get_command(app)
-        commands = list(_walk(root, []))
+        commands = sorted(_walk(app, []), key=lambda c: c["command"])
+        root = app.registered_callback
         payload = {
             "tool": "pinlab",
             "json_flag": "--json prints exactly one JSON document on stdout; logs go to stderr",
             "exit_codes": EXIT_CODES,
-            "global_options": [_param(p) for p in root.params if p.name != "help"],
+            "global_options": _params(root.callback) if root and root.callback else [],
             "commands": commands,
         }
 
@@ -48,41 +51,74 @@ def register(app: typer.Typer) -> None:
     app.command("doctor")(doctor)
 
 
-def _walk(command: click.Command, path: list[str]) -> Any:
-    if isinstance(command, click.Group):
-        for name, sub in sorted(command.commands.items()):
-            yield from _walk(sub, [*path, name])
-        return
-    doc = command.help or ""
-    writes = re.search(r"Writes: (.+?)(?:\n|$)", doc)
-    yield {
+def _walk(app: typer.Typer, path: list[str]) -> Iterator[dict[str, Any]]:
+    """Every command of the app, read from the declared signatures (Typer's public API)."""
+    for info in app.registered_commands:
+        assert info.callback is not None
+        name = info.name or info.callback.__name__.replace("_", "-")
+        yield _command([*path, name], info.callback)
+    for group in app.registered_groups:
+        assert group.typer_instance is not None and group.name is not None
+        yield from _walk(group.typer_instance, [*path, group.name])
+
+
+def _command(path: list[str], fn: Callable[..., Any]) -> dict[str, Any]:
+    doc = inspect.getdoc(fn) or ""
+    writes = re.search(r"Writes: (.+?)(?:\n\n|$)", doc, re.DOTALL)
+    return {
         "command": " ".join(["pinlab", *path]),
-        "summary": doc.strip().splitlines()[0] if doc.strip() else "",
-        "help": doc.strip(),
-        "inputs": [_param(p) for p in command.params if p.name != "help"],
+        "summary": doc.splitlines()[0] if doc else "",
+        "help": doc,
+        "inputs": _params(fn),
         "outputs": {
             "stdout": "rich text, or one JSON document with --json",
-            "files": writes.group(1).strip() if writes else None,
+            "files": " ".join(writes.group(1).split()) if writes else None,
         },
     }
 
 
-def _param(param: click.Parameter) -> dict[str, Any]:
-    kind = param.type
-    default = param.default if not callable(param.default) else None
-    return {
-        "name": param.name,
-        "flags": list(param.opts),
-        "kind": "argument" if isinstance(param, click.Argument) else "option",
-        "type": kind.name,
-        "choices": list(kind.choices) if isinstance(kind, click.Choice) else None,
-        "required": param.required,
-        "default": default
-        if isinstance(default, str | int | float | bool | None)
-        else str(default),
-        "multiple": param.multiple,
-        "help": getattr(param, "help", None),
-    }
+def _params(fn: Callable[..., Any]) -> list[dict[str, Any]]:
+    hints = get_type_hints(fn, include_extras=True)
+    out = []
+    for name, param in inspect.signature(fn).parameters.items():
+        hint = hints[name]
+        base, *extras = get_args(hint) if get_origin(hint) is Annotated else (hint,)
+        info = next((e for e in extras if isinstance(e, ParameterInfo)), None)
+        # Typer reads a string first argument of Option("--flag") under Annotated as a flag.
+        named = [info.default, *(info.param_decls or [])] if info else []
+        decls = [d for d in named if isinstance(d, str) and d.startswith("-")]
+        base = _unwrap_optional(base)
+        default = None if param.default is inspect.Parameter.empty else param.default
+        out.append(
+            {
+                "name": name,
+                "flags": decls
+                or ([] if isinstance(info, ArgumentInfo) else ["--" + name.replace("_", "-")]),
+                "kind": "argument" if isinstance(info, ArgumentInfo) else "option",
+                "type": _type_name(base),
+                "choices": [str(c) for c in get_args(base)]
+                if get_origin(base) is Literal
+                else None,
+                "required": param.default is inspect.Parameter.empty,
+                "default": default if isinstance(default, str | int | float | bool) else None,
+                "help": info.help if info else None,
+            }
+        )
+    return out
+
+
+def _unwrap_optional(hint: Any) -> Any:
+    args = [a for a in get_args(hint) if a is not type(None)]
+    return args[0] if type(None) in get_args(hint) and len(args) == 1 else hint
+
+
+def _type_name(hint: Any) -> str:
+    args = get_args(hint)
+    if get_origin(hint) is Literal:
+        return "choice"
+    if get_origin(hint) is list:
+        return f"list[{_type_name(args[0])}]"
+    return {Path: "path", bool: "flag"}.get(hint, getattr(hint, "__name__", str(hint)))
 
 
 def doctor(as_json: JsonFlag = False) -> None:

@@ -1,0 +1,316 @@
+"""Dataset directories on disk: atomic writes, and loads that fail with one clear line.
+
+A dataset directory holds `dataset.json` (the manifest), `pins.parquet`, `users.parquet`,
+`interactions.parquet`, optionally `images.npy` ((N, H, W, 3) uint8) and extra files such as a
+synthetic world's `truth.npz`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ValidationError
+
+from pinlab_data.contracts import (
+    SCHEMA_VERSION,
+    TABLE_SCHEMAS,
+    Dataset,
+    DatasetManifest,
+    ImageArray,
+    PinlabDataError,
+)
+
+DATASET_FILE = "dataset.json"
+IMAGES_FILE = "images.npy"
+TABLE_FILES = {name: f"{name}.parquet" for name in TABLE_SCHEMAS}
+RESERVED_FILES = frozenset({DATASET_FILE, IMAGES_FILE, *TABLE_FILES.values()})
+
+_ARROW_ERRORS = (pa.ArrowException, OSError)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so readers see the old file or the new one, never a torn one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _sibling(path, "tmp")
+    try:
+        with tmp.open("xb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def write_json_atomic(path: Path, obj: object) -> None:
+    """Write `obj` (JSON-able, or a pydantic model) as indented JSON, atomically."""
+    if isinstance(obj, BaseModel):
+        obj = obj.model_dump(mode="json")
+    write_bytes_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def save_dataset(
+    root: Path,
+    manifest: DatasetManifest,
+    pins: pa.Table,
+    users: pa.Table,
+    interactions: pa.Table,
+    images: ImageArray | None = None,
+    extra: dict[str, bytes] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a dataset directory atomically and return its path.
+
+    Tables are cast to the contract schemas (extra columns are dropped). Everything is written
+    to a hidden sibling directory first and renamed into place, so `root` only ever holds a
+    complete dataset: the old one, or the new one.
+    """
+    root = Path(root).resolve()
+    tables = {
+        "pins": _conform(pins, TABLE_SCHEMAS["pins"], "pins table"),
+        "users": _conform(users, TABLE_SCHEMAS["users"], "users table"),
+        "interactions": _conform(interactions, TABLE_SCHEMAS["interactions"], "interactions table"),
+    }
+    _check_manifest(manifest, tables)
+    if images is not None:
+        _check_images(images, "images", manifest.image_size)
+    extra = dict(extra or {})
+    for name in extra:
+        if not name or Path(name).name != name or name.startswith(".") or name in RESERVED_FILES:
+            raise PinlabDataError(
+                f"extra file name {name!r} is not allowed; use a plain file name other than "
+                f"{', '.join(sorted(RESERVED_FILES))}"
+            )
+    if root.exists():
+        if not root.is_dir():
+            raise PinlabDataError(f"{root} exists and is not a directory; choose another --out")
+        if not overwrite and any(root.iterdir()):
+            raise PinlabDataError(
+                f"{root} already exists and is not empty; pass overwrite (--overwrite) to "
+                "replace it or choose another directory"
+            )
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _sibling(root, "tmp")
+    tmp.mkdir()
+    try:
+        for name, table in tables.items():
+            pq.write_table(table, tmp / TABLE_FILES[name])
+        if images is not None:
+            np.save(tmp / IMAGES_FILE, np.ascontiguousarray(images))
+        for name, data in extra.items():
+            (tmp / name).write_bytes(data)
+        (tmp / DATASET_FILE).write_text(manifest.model_dump_json(indent=2) + "\n")
+        for path in tmp.iterdir():
+            with path.open("rb") as f:
+                os.fsync(f.fileno())
+        _swap_into_place(tmp, root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return root
+
+
+def load_dataset(root: Path) -> Dataset:
+    """Load a dataset directory; anything unreadable raises PinlabDataError saying what to do."""
+    return _load(root, allow_nulls=False)[0]
+
+
+def _load(root: Path, *, allow_nulls: bool) -> tuple[Dataset, dict[str, pa.Schema]]:
+    """The dataset and each table's schema as stored (before casting to the contract)."""
+    root = Path(root)
+    if not root.exists():
+        raise PinlabDataError(
+            f"{root} does not exist; create a dataset with `pinlab data synth --out {root}`"
+        )
+    if not root.is_dir():
+        raise PinlabDataError(f"{root} is not a directory; pass a dataset directory")
+    manifest = _read_manifest(root)
+    tables: dict[str, pa.Table] = {}
+    stored: dict[str, pa.Schema] = {}
+    for name, schema in TABLE_SCHEMAS.items():
+        raw = _read_table(root / TABLE_FILES[name])
+        stored[name] = raw.schema
+        tables[name] = _conform(raw, schema, str(root / TABLE_FILES[name]), allow_nulls)
+    dataset = Dataset(
+        root=root,
+        manifest=manifest,
+        pins=tables["pins"],
+        users=tables["users"],
+        interactions=tables["interactions"],
+        images=_read_images(root / IMAGES_FILE),
+    )
+    return dataset, stored
+
+
+def _read_manifest(root: Path) -> DatasetManifest:
+    path = root / DATASET_FILE
+    if not path.is_file():
+        raise PinlabDataError(
+            f"{root} is not a pinlab dataset (no {DATASET_FILE}); create one with "
+            f"`pinlab data synth --out {root}`"
+        )
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PinlabDataError(
+            f"{path} is not valid JSON ({_one_line(exc)}); restore it or regenerate the dataset"
+        ) from exc
+    if not isinstance(raw, dict):
+        raise PinlabDataError(
+            f"{path} holds a JSON {type(raw).__name__}, not an object; restore it or regenerate "
+            "the dataset"
+        )
+    version = raw.get("schema_version")
+    if isinstance(version, int) and version > SCHEMA_VERSION:
+        raise PinlabDataError(
+            f"{path} has schema_version {version}, newer than this pinlab reads "
+            f"({SCHEMA_VERSION}); upgrade pinlab"
+        )
+    try:
+        return DatasetManifest.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "(top level)"
+        raise PinlabDataError(
+            f"{path}: field {field!r}: {first['msg']} ({exc.error_count()} problem(s) in all); "
+            "fix the file or regenerate the dataset"
+        ) from exc
+
+
+def _read_table(path: Path) -> pa.Table:
+    if not path.is_file():
+        raise PinlabDataError(
+            f"{path} is missing; a dataset needs {', '.join(TABLE_FILES.values())} (regenerate it)"
+        )
+    try:
+        return pq.read_table(path)
+    except _ARROW_ERRORS as exc:
+        raise PinlabDataError(
+            f"{path} is not a readable Parquet file ({_one_line(exc)}); regenerate it"
+        ) from exc
+
+
+def _conform(
+    table: pa.Table, schema: pa.Schema, source: str, allow_nulls: bool = False
+) -> pa.Table:
+    """Select and cast the schema's columns, naming the first column that does not fit."""
+    columns = []
+    for field in schema:
+        matches = table.schema.get_all_field_indices(field.name)
+        if not matches:
+            raise PinlabDataError(
+                f"{source} has no column {field.name!r}; add it (expected columns: "
+                f"{', '.join(schema.names)})"
+            )
+        if len(matches) > 1:
+            raise PinlabDataError(
+                f"{source} has column {field.name!r} {len(matches)} times; keep one"
+            )
+        column = table.column(matches[0])
+        try:
+            column = column.cast(field.type)
+        except _ARROW_ERRORS as exc:
+            raise PinlabDataError(
+                f"{source} column {field.name!r} is {column.type} and cannot be read as "
+                f"{field.type} ({_one_line(exc)}); store it as {field.type}"
+            ) from exc
+        if column.null_count and not field.nullable and not allow_nulls:
+            first = int(np.flatnonzero(np.asarray(column.is_null(), dtype=np.bool_))[0])
+            raise PinlabDataError(
+                f"{source} column {field.name!r} has {column.null_count} null value(s), first "
+                f"at row {first}; fill or drop them (`pinlab data validate` lists them)"
+            )
+        columns.append(column)
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _read_images(path: Path) -> ImageArray | None:
+    if not path.exists():
+        return None
+    try:
+        loaded: object = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise PinlabDataError(
+            f"{path} is not a readable .npy array ({_one_line(exc)}); regenerate it"
+        ) from exc
+    if not isinstance(loaded, np.ndarray):
+        close = getattr(loaded, "close", None)
+        if callable(close):  # an .npz archive holds its file open
+            close()
+        raise PinlabDataError(f"{path} is not a single .npy array; save it with np.save")
+    _check_images(loaded, str(path), None)
+    return loaded
+
+
+def _check_images(images: np.ndarray, source: str, size: int | None) -> None:
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise PinlabDataError(
+            f"{source} is a {images.dtype} array of shape {images.shape}; images must be "
+            "(N, H, W, 3) uint8 RGB"
+        )
+    if size is not None and images.shape[1:3] != (size, size):
+        raise PinlabDataError(
+            f"{source} are {images.shape[1]}x{images.shape[2]} but the manifest says "
+            f"image_size={size}; make them agree"
+        )
+
+
+def _check_manifest(manifest: DatasetManifest, tables: Mapping[str, pa.Table]) -> None:
+    for field, name in (
+        ("num_pins", "pins"),
+        ("num_users", "users"),
+        ("num_interactions", "interactions"),
+    ):
+        claimed, actual = getattr(manifest, field), tables[name].num_rows
+        if claimed != actual:
+            raise PinlabDataError(
+                f"manifest says {field}={claimed} but the {name} table has {actual} rows; "
+                f"set {field}={actual}"
+            )
+
+
+def _swap_into_place(new: Path, root: Path) -> None:
+    """Rename `new` to `root`; an existing `root` is moved aside first and restored on failure."""
+    if not root.exists():
+        new.rename(root)
+    else:
+        old = _sibling(root, "old")
+        root.rename(old)
+        try:
+            new.rename(root)
+        except BaseException:
+            old.rename(root)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    _fsync_dir(root.parent)
+
+
+def _sibling(path: Path, tag: str) -> Path:
+    """A fresh hidden name beside `path`, so a rename to `path` stays on one filesystem."""
+    return path.with_name(f".{path.name}.{tag}-{secrets.token_hex(6)}")
+
+
+def _fsync_dir(path: Path) -> None:
+    # Makes a rename durable; some platforms cannot open directories, where this is a no-op.
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
