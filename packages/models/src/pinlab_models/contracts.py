@@ -24,12 +24,17 @@ class PinlabModelError(ValueError):
 
 @dataclass(frozen=True)
 class TrainContext:
-    """Where and how a training run happens; passed in, never read from globals."""
+    """Where and how a training run happens; passed in, never read from globals.
+
+    `item_features` are dense side features per item index (text or image embeddings) for
+    models that use them; the others ignore them.
+    """
 
     run_dir: Path
     seed: int = 0
     device: str = "cpu"
     progress: bool = True
+    item_features: Float32Array | None = None
 
 
 class Scorer(Protocol):
@@ -118,7 +123,7 @@ class EncoderConfig(BaseModel):
     image_size: PositiveInt = 32
     widths: tuple[PositiveInt, ...] = (24, 48, 96, 96)
     embedding_dim: PositiveInt = 64
-    epochs: PositiveInt = 20
+    epochs: PositiveInt = 30
     batch_size: PositiveInt = 64
     lr: PositiveFloat = 2e-3
     weight_decay: float = Field(default=5e-4, ge=0)

@@ -54,7 +54,16 @@ def render(result: dict[str, Any]) -> None:
             {"cnn (trained)": visual["trained"], "cnn (untrained)": visual["untrained"]},
         )
     )
-    stdout.print(metrics_table("Recommenders, leave-last-out, full ranking", result["recommender"]))
+    shown = ("ndcg@10", "recall@10", "mrr@10", "coverage@10", "taste_recovery")
+    stdout.print(
+        metrics_table(
+            "Recommenders, leave-last-out, full ranking (all metrics: --json)",
+            {
+                n: {m: v for m, v in ms.items() if m in shown}
+                for n, ms in result["recommender"].items()
+            },
+        )
+    )
     search = result["search"]
     hits = Table(title=f"Pins like {search['query']['pin']['caption']!r}", title_justify="left")
     for column in ("pin_id", "category", "caption", "score"):
