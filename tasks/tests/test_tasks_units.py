@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from pinlab_data import PinlabDataError
 from pinlab_tasks._output import metrics_table
 from pinlab_tasks.commands.train import parse_settings
