@@ -76,21 +76,21 @@ def visual_split(ds: Dataset, seed: int) -> VisualSplit:
 
 
 def _images(ds: Dataset) -> np.ndarray:
-    if ds.images is None:
+    """Every pin's packed image, in pin-table order."""
+    rows = ds.pins.column("image_row")
+    if ds.images is None or rows.null_count:
         raise PinlabDataError(
-            f"{ds.root} has no packed images (images.npy); visual models need them"
+            f"{ds.root} lacks packed images (images.npy, image_row) for some pins; visual "
+            f"models need them: run `pinlab data validate {ds.root}`"
         )
-    rows = ds.pins.column("image_row").to_numpy(zero_copy_only=False)
-    if np.isnan(rows.astype(np.float64)).any():
-        raise PinlabDataError(f"{ds.root}: some pins have no image_row; run `pinlab data validate`")
-    return np.asarray(ds.images[rows.astype(np.int64)])
+    return np.asarray(ds.images[rows.to_numpy()])
 
 
-def _labels(ds: Dataset) -> tuple[np.ndarray, list[str]]:
+def _labels(ds: Dataset) -> np.ndarray:
+    """Category names as dense integer labels."""
     names = ds.pins.column("category").to_pylist()
-    vocab = sorted(set(names))
-    index = {name: i for i, name in enumerate(vocab)}
-    return np.array([index[n] for n in names], dtype=np.int64), vocab
+    index = {name: i for i, name in enumerate(sorted(set(names)))}
+    return np.array([index[n] for n in names], dtype=np.int64)
 
 
 def synth(out: Path, config: SynthConfig, overwrite: bool = False) -> dict[str, Any]:
@@ -113,8 +113,8 @@ def train_visual(
 ) -> dict[str, Any]:
     """Train the CNN encoder on the training pins; early-stop on validation recall@1."""
     ds = load_dataset(data_dir)
-    images, (labels, _) = _images(ds), _labels(ds)
-    if images.shape[1] != config.image_size:
+    images, labels = _images(ds), _labels(ds)
+    if images.shape[1] != config.image_size:  # the dataset decides the input size
         config = config.model_copy(update={"image_size": int(images.shape[1])})
     split = visual_split(ds, seed)
     device = resolve_device(device)
@@ -139,7 +139,7 @@ def train_visual(
 def eval_visual(run: RunLayout, seed: int) -> dict[str, Any]:
     """Retrieval by category on held-out pins, for the trained and the untrained encoder."""
     ds = load_dataset(run.data_dir())
-    images, (labels, _) = _images(ds), _labels(ds)
+    images, labels = _images(ds), _labels(ds)
     test = visual_split(ds, seed).test
     result: dict[str, Any] = {"protocol": "held-out-pins", "num_queries": len(test)}
     for name, path in (("trained", run.encoder), ("untrained", run.untrained_encoder)):
