@@ -47,7 +47,9 @@ def test_a_plain_class_with_score_is_a_scorer() -> None:
         "mrr@1": 1.0,
         "precision@1": 1.0,
         "map@1": 1.0,
+        "map_all@1": 1.0,
         "coverage@1": 1.0,
+        "gini@1": 0.0,  # each item recommended exactly once: equal exposure
     }
 
 

@@ -16,18 +16,31 @@ from pinlab_eval import (
     Scorer,
     catalogue_coverage,
     evaluate_ranking,
+    gini_at_k,
     hit_rate_at_k,
+    item_popularity,
+    map_all_at_k,
     map_at_k,
     mrr_at_k,
     ndcg_at_k,
+    novelty_at_k,
     precision_at_k,
     recall_at_k,
     taste_recovery,
     top_k,
+    user_metrics,
 )
 
 PROPERTY = settings(max_examples=60, deadline=None)
-METRICS = (recall_at_k, precision_at_k, hit_rate_at_k, ndcg_at_k, mrr_at_k, map_at_k)
+METRICS = (
+    recall_at_k,
+    precision_at_k,
+    hit_rate_at_k,
+    ndcg_at_k,
+    mrr_at_k,
+    map_at_k,
+    map_all_at_k,
+)
 
 
 class FixedScorer:
@@ -112,6 +125,48 @@ def test_map() -> None:
     # row 0: precision@2 = 1/2 at the only hit, over min(3, 2) = 2 -> 1/4
     # row 1: precision@1 = 1 and precision@3 = 2/3, over 2 -> 5/6
     np.testing.assert_allclose(map_at_k(RANKED, RELEVANT), [0.25, 5 / 6])
+
+
+def test_map_all_divides_by_every_relevant_item_and_map_by_at_most_k() -> None:
+    # 5 relevant {0..4}, k = 3, hits at ranks 1 and 3: precision 1 and 2/3, sum 5/3
+    ranked, relevant = ranked_of([[0, 9, 1]]), csr([[0, 1, 2, 3, 4]])
+    np.testing.assert_allclose(map_at_k(ranked, relevant), [(5 / 3) / 3])  # min(k, 5) = 3
+    np.testing.assert_allclose(map_all_at_k(ranked, relevant), [(5 / 3) / 5])  # all 5
+
+
+def test_a_perfect_list_scores_map_1_but_map_all_only_its_recall() -> None:
+    # 4 relevant, k = 2, both slots hit: map@2 = (1 + 1) / 2; map_all@2 = (1 + 1) / 4
+    ranked, relevant = ranked_of([[0, 1]]), csr([[0, 1, 2, 3]])
+    np.testing.assert_allclose(map_at_k(ranked, relevant), [1.0])
+    np.testing.assert_allclose(map_all_at_k(ranked, relevant), [0.5])
+    np.testing.assert_allclose(recall_at_k(ranked, relevant), [0.5])
+
+
+def test_map_all_equals_map_when_k_covers_every_relevant_item() -> None:
+    np.testing.assert_allclose(map_all_at_k(RANKED, RELEVANT), map_at_k(RANKED, RELEVANT))
+
+
+def test_novelty_is_mean_self_information_of_training_popularity() -> None:
+    # popularity 4, 2, 1, 1, 0 of 8: -log2 p = 1, 2, 3, 3 and, never chosen, as if once: 3
+    popularity = np.array([4, 2, 1, 1, 0], dtype=np.int64)
+    ranked = ranked_of([[0, 1], [2, 4]])
+    np.testing.assert_allclose(novelty_at_k(ranked, popularity), [(1 + 2) / 2, (3 + 3) / 2])
+
+
+def test_item_popularity_counts_distinct_users() -> None:
+    # item 0: users 0 and 1 (user 0 twice counts once); item 2: user 1; items 1, 3: nobody
+    log = log_of([0, 0, 1, 1], [0, 0, 0, 2], num_users=2, num_items=4)
+    np.testing.assert_array_equal(item_popularity(log), [2, 0, 1, 0])
+
+
+def test_gini_of_exposure() -> None:
+    # exposure over 4 items: item 0 twice, items 1 and 2 once, item 3 never -> sorted 0, 1, 1, 2
+    # G = (-3*0 - 1*1 + 1*1 + 3*2) / (4 * 4) = 6 / 16
+    assert gini_at_k(ranked_of([[0, 1], [0, 2]]), 4) == pytest.approx(0.375)
+    # every item shown once: equal exposure
+    assert gini_at_k(ranked_of([[0, 1], [2, 3]]), 4) == pytest.approx(0.0)
+    # one item takes every slot of 3: (n - 1) / n
+    assert gini_at_k(ranked_of([[0], [0], [0]]), 3) == pytest.approx(2 / 3)
 
 
 def test_duplicate_relevant_items_count_once() -> None:
@@ -247,6 +302,21 @@ def test_evaluate_ranking_with_a_fixed_scorer() -> None:
     assert m["ndcg@5"] == pytest.approx((INV_LOG3 + 1 / math.log2(6)) / 2)
 
 
+def test_user_metrics_keep_one_value_per_user_and_list_metrics_apart() -> None:
+    scores = np.array([[0.9, 0.8, 0.7, 0.6], [0.1, 0.2, 0.3, 0.4]], dtype=np.float32)
+    target = log_of([1, 0, 0], [0, 2, 3], num_users=2, num_items=4)
+    popularity = np.array([1, 1, 1, 1], dtype=np.int64)
+    result = user_metrics(FixedScorer(scores), target, None, ks=(2,), popularity=popularity)
+    np.testing.assert_array_equal(result.users, [0, 1])
+    # user 0 ranks 0, 1 and wants {2, 3}: nothing; user 1 ranks 3, 2 and wants {0}: nothing
+    np.testing.assert_allclose(result.per_user["hr@2"], [0.0, 0.0])
+    np.testing.assert_allclose(result.per_user["novelty@2"], [2.0, 2.0])  # -log2(1/4)
+    assert set(result.lists) == {"coverage@2", "gini@2"}
+    assert result.lists["coverage@2"] == pytest.approx(1.0)
+    assert result.means()["hr@2"] == 0.0
+    assert result.means().keys() == result.per_user.keys() | result.lists.keys()
+
+
 def test_evaluate_ranking_refuses_bad_input() -> None:
     scorer = FixedScorer(np.zeros((1, 3), dtype=np.float32))
     with pytest.raises(ValueError, match="nothing to rank"):
@@ -359,3 +429,43 @@ def test_permuting_the_catalogue_changes_nothing(case: tuple[list[int], int]) ->
     assert before.metrics.keys() == after.metrics.keys()
     for name, value in before.metrics.items():
         assert after.metrics[name] == pytest.approx(value), name
+
+
+@PROPERTY
+@given(rankings())
+def test_map_all_is_bounded_by_map_and_recall(case: tuple[Int64Array, Csr, int]) -> None:
+    ranked, relevant, k = case
+    map_all, map_k = map_all_at_k(ranked, relevant), map_at_k(ranked, relevant)
+    assert (map_all <= map_k + 1e-12).all()
+    assert (map_all <= recall_at_k(ranked, relevant) + 1e-12).all()
+    few = np.diff(relevant[0]) <= k  # no more relevant items than slots: the two agree
+    np.testing.assert_allclose(map_all[few], map_k[few])
+
+
+@PROPERTY
+@given(
+    st.integers(1, 8).flatmap(
+        lambda n: st.tuples(st.just(n), st.lists(st.integers(0, n - 1), min_size=1, max_size=30))
+    )
+)
+def test_gini_matches_the_mean_absolute_difference(case: tuple[int, list[int]]) -> None:
+    num_items, shown = case
+    exposure = np.bincount(shown, minlength=num_items).astype(float)
+    # Gini = sum_ij |c_i - c_j| / (2 n^2 mean c)
+    expected = np.abs(exposure[:, None] - exposure[None, :]).sum() / (
+        2 * num_items**2 * exposure.mean()
+    )
+    assert gini_at_k(ranked_of([[i] for i in shown]), num_items) == pytest.approx(expected)
+
+
+@PROPERTY
+@given(st.lists(st.integers(0, 20), min_size=2, max_size=10))
+def test_novelty_is_higher_for_rarer_items(counts: list[int]) -> None:
+    popularity = np.array(counts, dtype=np.int64)
+    if popularity.sum() == 0:
+        return
+    order = np.argsort(-np.maximum(popularity, 1), kind="stable")
+    head, tail = order[:1], order[-1:]
+    novelty = novelty_at_k(np.stack([head, tail]).astype(np.int64), popularity)
+    assert novelty[0] <= novelty[1]
+    assert (novelty >= 0).all()

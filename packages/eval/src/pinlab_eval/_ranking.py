@@ -1,4 +1,4 @@
-"""Recommendation metrics over a full ranking of the catalogue.
+"""Recommendation metrics over a full ranking of the catalogue, or over sampled candidates.
 
 Per-user metric functions take `ranked` (users × k item indices, best first) and the users'
 relevant items as a `Csr` whose rows line up with `ranked`'s rows. They return one float64 per
@@ -10,14 +10,24 @@ the others 0, so callers evaluate only users with at least one relevant item
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from pinlab_data import seen_csr
 from pinlab_data.contracts import Float32Array, Int64Array, InteractionLog, PinlabDataError
-from pinlab_eval.contracts import Csr, Float64Array, RankingReport, Scorer
+from pinlab_eval.contracts import (
+    Csr,
+    Float64Array,
+    Holdout,
+    RankingReport,
+    Scorer,
+    UserMetrics,
+)
 
 BoolArray = npt.NDArray[np.bool_]
+FloatArray = npt.NDArray[np.floating[Any]]
 
 
 def _csr_rows(csr: Csr, rows: Int64Array) -> tuple[Int64Array, Int64Array]:
@@ -33,7 +43,7 @@ def _csr_rows(csr: Csr, rows: Int64Array) -> tuple[Int64Array, Int64Array]:
     return positions, indices[np.repeat(starts, lengths) + within].astype(np.int64)
 
 
-def _best_k(scores: Float32Array, k: int) -> Int64Array:
+def _best_k(scores: FloatArray, k: int) -> Int64Array:
     """Column indices of the k highest scores per row, best first, ties to the lower index."""
     neg = -scores  # ascending `neg` is descending score
     kth = np.partition(neg, k - 1, axis=1)[:, k - 1 : k]
@@ -47,6 +57,30 @@ def _best_k(scores: Float32Array, k: int) -> Int64Array:
     # A stable sort keeps the ascending index order among equal scores.
     order = np.argsort(np.take_along_axis(neg, cols, axis=1), axis=1, kind="stable")
     return np.take_along_axis(cols, order, axis=1).astype(np.int64)
+
+
+def _score_batch(scorer: Scorer, batch: Int64Array, num_items: int | None) -> FloatArray:
+    """The scorer's scores for a batch as a fresh float array, NaN turned into -inf.
+
+    `num_items` is the width earlier batches had (None for the first); a scorer that changes
+    its mind about the catalogue, or returns the wrong shape, is refused.
+    """
+    raw = scorer.score(batch)
+    # A copy in at least float32: we write -inf into it and must not touch the scorer's array.
+    scores = np.array(raw, dtype=np.promote_types(raw.dtype, np.float32))
+    if scores.ndim != 2 or len(scores) != len(batch):
+        raise PinlabDataError(
+            f"scorer returned shape {scores.shape} for {len(batch)} users; "
+            "expected (num_users, num_items)"
+        )
+    if num_items is not None and scores.shape[1] != num_items:
+        raise PinlabDataError(
+            f"scorer returned {scores.shape[1]} items after {num_items} for earlier users"
+        )
+    if scores.shape[1] == 0:
+        raise PinlabDataError("scorer returned no items; the catalogue is empty")
+    scores[np.isnan(scores)] = -np.inf
+    return scores
 
 
 def top_k(
@@ -79,23 +113,8 @@ def top_k(
     num_items: int | None = None
     for start in range(0, len(users), batch_size):
         batch = users[start : start + batch_size]
-        raw = scorer.score(batch)
-        # A copy in at least float32: we write -inf into it and must not touch the scorer's array.
-        scores = np.array(raw, dtype=np.promote_types(raw.dtype, np.float32))
-        if scores.ndim != 2 or len(scores) != len(batch):
-            raise PinlabDataError(
-                f"scorer returned shape {scores.shape} for {len(batch)} users; "
-                "expected (num_users, num_items)"
-            )
-        if num_items is None:
-            num_items = scores.shape[1]
-        elif scores.shape[1] != num_items:
-            raise PinlabDataError(
-                f"scorer returned {scores.shape[1]} items after {num_items} for earlier users"
-            )
-        if num_items == 0:
-            raise PinlabDataError("scorer returned no items; the catalogue is empty")
-        scores[np.isnan(scores)] = -np.inf
+        scores = _score_batch(scorer, batch, num_items)
+        num_items = scores.shape[1]
         if exclude is not None:
             rows, cols = _csr_rows(exclude, batch)
             scores[rows, cols] = -np.inf
@@ -155,11 +174,19 @@ def _mrr(hits: BoolArray) -> Float64Array:
     return np.where(hits.any(axis=1), 1.0 / (first + 1.0), 0.0)
 
 
-def _map(hits: BoolArray, n_relevant: Int64Array) -> Float64Array:
+def _precision_sum(hits: BoolArray) -> Float64Array:
+    """Sum of precision@i over the ranks i of the hits: average precision's numerator."""
     ranks = np.arange(1, hits.shape[1] + 1, dtype=np.float64)
-    precision_at_hits = np.where(hits, np.cumsum(hits, axis=1) / ranks, 0.0)
+    return np.asarray(np.where(hits, np.cumsum(hits, axis=1) / ranks, 0.0).sum(axis=1))
+
+
+def _map(hits: BoolArray, n_relevant: Int64Array) -> Float64Array:
     best_possible = np.minimum(n_relevant, hits.shape[1]).astype(np.float64)
-    return _ratio(precision_at_hits.sum(axis=1), best_possible)
+    return _ratio(_precision_sum(hits), best_possible)
+
+
+def _map_all(hits: BoolArray, n_relevant: Int64Array) -> Float64Array:
+    return _ratio(_precision_sum(hits), n_relevant.astype(np.float64))
 
 
 def recall_at_k(ranked: Int64Array, relevant: Csr) -> Float64Array:
@@ -195,6 +222,75 @@ def map_at_k(ranked: Int64Array, relevant: Csr) -> Float64Array:
     return _map(hits, n_relevant)
 
 
+def map_all_at_k(ranked: Int64Array, relevant: Csr) -> Float64Array:
+    """Sum of precision@i over the ranks i ≤ k of hits, over ALL the user's relevant items.
+
+    Key `map_all@k`. This is the MAP of Microsoft Recommenders' `map(k=...)` (their
+    `python_evaluation.map` sums `hits so far / rank` over the hits in the top k and divides by
+    `actual`, the user's number of relevant items) and of Spark MLlib's
+    `RankingMetrics.meanAveragePrecision` over a top-k list; trec_eval calls it `map_cut_k`.
+    Until recommenders PR #2004 (issue #1702) their `map_at_k` computed it too, which is why
+    the MAP column of their MovieLens benchmark table is this metric. It never exceeds
+    recall@k: a perfect ranking scores min(k, n)/n for n relevant items. `map_at_k` differs
+    only in dividing by min(k, n) (Spark's `meanAveragePrecisionAt(k)`, recommenders'
+    `map_at_k` since #2004), so a perfect ranking scores 1.
+    """
+    hits, n_relevant = _hits(ranked, relevant)
+    return _map_all(hits, n_relevant)
+
+
+def item_popularity(log: InteractionLog) -> Int64Array:
+    """How many distinct users interacted with each item, one count per item of the catalogue."""
+    if len(log) == 0:
+        return np.zeros(log.num_items, dtype=np.int64)
+    pairs = np.unique(log.users.astype(np.int64) * log.num_items + log.items)
+    return np.bincount(pairs % log.num_items, minlength=log.num_items).astype(np.int64)
+
+
+def novelty_at_k(ranked: Int64Array, popularity: Int64Array) -> Float64Array:
+    """Mean self-information -log2 p(i) of each user's recommended items, in bits.
+
+    p(i) = popularity[i] / popularity.sum(), with popularity the training interactions per
+    item (`item_popularity(train)`): the item-choice model of Castells, Vargas & Wang (ECIR
+    2011), as in Microsoft Recommenders' `novelty`. Items nobody chose in training count as
+    chosen once, the highest finite novelty (recommenders would give them 0). Key `novelty@k`.
+    """
+    if ranked.ndim != 2:
+        raise PinlabDataError(f"ranked must be (users, k), got shape {ranked.shape}")
+    total = int(popularity.sum())
+    if total <= 0:
+        raise PinlabDataError("novelty needs training interactions; the popularity is all 0")
+    if ranked.size and (ranked.min() < 0 or ranked.max() >= len(popularity)):
+        raise PinlabDataError(
+            f"ranked items run over {ranked.min()}..{ranked.max()} but popularity covers "
+            f"{len(popularity)} items"
+        )
+    bits = np.log2(total) - np.log2(np.maximum(popularity, 1).astype(np.float64))
+    return np.asarray(bits[ranked].mean(axis=1), dtype=np.float64)
+
+
+def gini_at_k(ranked: Int64Array, num_items: int) -> float:
+    """Gini index of exposure: how unequally the top-k lists spread over the whole catalogue.
+
+    With c_(1) ≤ ... ≤ c_(n) the number of lists each of the n = `num_items` items appears in,
+    G = Σ_j (2j - n - 1) c_(j) / (n Σ_j c_j): 0 when every item is shown equally often,
+    (n - 1) / n when one item takes every slot. Items never recommended count with c = 0. As
+    RecBole's `GiniIndex`; the sales-concentration measure of Fleder & Hosanagar (Management
+    Science 2009). Key `gini@k`.
+    """
+    if num_items <= 0:
+        raise PinlabDataError(f"num_items must be positive, got {num_items}")
+    if ranked.size and (ranked.min() < 0 or ranked.max() >= num_items):
+        raise PinlabDataError(
+            f"ranked items run over {ranked.min()}..{ranked.max()} outside 0..{num_items - 1}"
+        )
+    if ranked.size == 0:
+        raise PinlabDataError("no recommendations to measure exposure on")
+    exposure = np.sort(np.bincount(ranked.ravel(), minlength=num_items)).astype(np.float64)
+    position = np.arange(1, num_items + 1, dtype=np.float64)
+    return float(((2 * position - num_items - 1) @ exposure) / (num_items * exposure.sum()))
+
+
 def catalogue_coverage(ranked: Int64Array, num_items: int) -> float:
     """Share of the catalogue recommended to at least one user."""
     if num_items <= 0:
@@ -212,38 +308,152 @@ def _relevant_csr(target: InteractionLog) -> tuple[Int64Array, Csr]:
     return users, (indptr.astype(np.int64), (keys % width).astype(np.int64))
 
 
+def _check_ks(ks: Sequence[int]) -> list[int]:
+    if not ks or min(ks) <= 0:
+        raise PinlabDataError(f"ks must be positive cut-offs, got {tuple(ks)}")
+    return sorted(set(ks))
+
+
+def _per_user(hits: BoolArray, n_relevant: Int64Array, ks: list[int]) -> dict[str, Float64Array]:
+    """Every accuracy metric at every cut-off, from the hit matrix of the longest list."""
+    out: dict[str, Float64Array] = {}
+    for k in ks:
+        at_k = hits[:, :k]
+        out[f"recall@{k}"] = _recall(at_k, n_relevant)
+        out[f"ndcg@{k}"] = _ndcg(at_k, n_relevant)
+        out[f"hr@{k}"] = _hit_rate(at_k)
+        out[f"mrr@{k}"] = _mrr(at_k)
+        # Over k, not the list's width: a list cut short by a small catalogue still has k slots.
+        out[f"precision@{k}"] = np.asarray(at_k.sum(axis=1), dtype=np.float64) / k
+        out[f"map@{k}"] = _map(at_k, n_relevant)
+        out[f"map_all@{k}"] = _map_all(at_k, n_relevant)
+    return out
+
+
+def user_metrics(
+    scorer: Scorer,
+    target: InteractionLog,
+    exclude: Csr | None,
+    ks: Sequence[int] = (10, 20),
+    popularity: Int64Array | None = None,
+    batch_size: int = 1024,
+) -> UserMetrics:
+    """Rank the whole catalogue for every user in `target`; keep every metric per user.
+
+    The users are the distinct users of `target` (ascending); their target items are the
+    relevant ones. Items in `exclude` (seen in training) are never recommended, so a target
+    item that is also excluded cannot be found. Per user, for each k: `recall@k`, `ndcg@k`,
+    `hr@k`, `mrr@k`, `precision@k`, `map@k`, `map_all@k` and, given the training `popularity`
+    (`item_popularity(train)`), `novelty@k`; for the lists as a whole `coverage@k` and `gini@k`.
+    """
+    ks = _check_ks(ks)
+    if len(target) == 0:
+        raise PinlabDataError("the target log has no interactions, so there is nothing to rank")
+    users, relevant = _relevant_csr(target)
+    ranked = top_k(scorer, users, max(ks), exclude, batch_size)
+    hits, n_relevant = _hits(ranked, relevant)
+    per_user = _per_user(hits, n_relevant, ks)
+    lists: dict[str, float] = {}
+    for k in ks:
+        if popularity is not None:
+            per_user[f"novelty@{k}"] = novelty_at_k(ranked[:, :k], popularity)
+        lists[f"coverage@{k}"] = catalogue_coverage(ranked[:, :k], target.num_items)
+        lists[f"gini@{k}"] = gini_at_k(ranked[:, :k], target.num_items)
+    return UserMetrics(users=users, per_user=per_user, lists=lists)
+
+
+def sampled_user_metrics(
+    scorer: Scorer,
+    target: InteractionLog,
+    negatives: Int64Array,
+    ks: Sequence[int] = (10, 20),
+    batch_size: int = 1024,
+) -> UserMetrics:
+    """Rank each user's one target item among its sampled negatives (the NCF / SASRec protocol).
+
+    `negatives[i]` are the N candidates of the i-th distinct target user (ascending), items the
+    user never interacted with (`sample_negatives`). The rank of the target among the 1 + N
+    candidates is the number of negatives scoring at least as high as it: ties count against
+    the target, so a constant scorer ranks it last rather than first. The metrics are those of
+    `user_metrics` with one relevant item (so `recall@k` = `hr@k`, `map@k` = `map_all@k` =
+    `mrr@k`); coverage, Gini and novelty describe full-catalogue lists and are not computed.
+    Sampled metrics can disagree with full ranking about which model is better (Krichene &
+    Rendle, KDD 2020); report them as the protocol that published numbers used, not instead.
+    """
+    ks = _check_ks(ks)
+    if len(target) == 0:
+        raise PinlabDataError("the target log has no interactions, so there is nothing to rank")
+    users, (indptr, items) = _relevant_csr(target)
+    if not (np.diff(indptr) == 1).all():
+        raise PinlabDataError(
+            "sampled evaluation ranks one held-out item per user, but some target users have "
+            "several; use leave-last-out, or full ranking"
+        )
+    if negatives.ndim != 2 or len(negatives) != len(users) or negatives.shape[1] == 0:
+        raise PinlabDataError(
+            f"negatives have shape {negatives.shape}; expected one non-empty row for each of "
+            f"the {len(users)} target users"
+        )
+    if negatives.min() < 0:
+        raise PinlabDataError("negatives must be item indices, found a negative one")
+    if batch_size <= 0:
+        raise PinlabDataError(f"batch_size must be positive, got {batch_size}")
+    ranks: list[Int64Array] = []
+    num_items: int | None = None
+    for start in range(0, len(users), batch_size):
+        rows = slice(start, start + batch_size)
+        scores = _score_batch(scorer, users[rows], num_items)
+        num_items = scores.shape[1]
+        if max(int(negatives[rows].max()), int(items[rows].max())) >= num_items:
+            raise PinlabDataError(
+                f"candidate items run past the scorer's {num_items} items; sample negatives "
+                "from a log over the same catalogue"
+            )
+        positive = scores[np.arange(len(scores)), items[rows]]
+        negative = np.take_along_axis(scores, negatives[rows], axis=1)
+        ranks.append((negative >= positive[:, None]).sum(axis=1).astype(np.int64))
+    rank = np.concatenate(ranks)
+    # The one relevant item sits at `rank`; past the longest cut-off it is simply not a hit.
+    hits = rank[:, None] == np.arange(max(ks), dtype=np.int64)
+    per_user = _per_user(hits, np.ones(len(users), dtype=np.int64), ks)
+    return UserMetrics(users=users, per_user=per_user, lists={})
+
+
+def evaluate_holdout(
+    scorer: Scorer, holdout: Holdout, ks: Sequence[int] = (10, 20), batch_size: int = 1024
+) -> UserMetrics:
+    """A model fitted on `holdout.train`, measured on `holdout.target`, metrics per user.
+
+    Seen training items are excluded and novelty uses training popularity; a holdout with
+    sampled negatives is ranked against them instead of the whole catalogue.
+    """
+    if holdout.negatives is not None:
+        return sampled_user_metrics(scorer, holdout.target, holdout.negatives, ks, batch_size)
+    return user_metrics(
+        scorer,
+        holdout.target,
+        seen_csr(holdout.train),
+        ks,
+        popularity=item_popularity(holdout.train),
+        batch_size=batch_size,
+    )
+
+
 def evaluate_ranking(
     scorer: Scorer,
     target: InteractionLog,
     exclude: Csr | None,
     ks: Sequence[int] = (10, 20),
     protocol: str = "leave-last-out",
+    popularity: Int64Array | None = None,
 ) -> RankingReport:
-    """Rank the whole catalogue for every user in `target`; their target items are relevant.
-
-    Items in `exclude` (seen in training) are never recommended, so a target item that is also
-    excluded cannot be found. Metrics are means over users; keys are `recall@k`, `ndcg@k`,
-    `hr@k`, `mrr@k`, `precision@k`, `map@k` and `coverage@k` for each k.
-    """
-    if not ks or min(ks) <= 0:
-        raise PinlabDataError(f"ks must be positive cut-offs, got {tuple(ks)}")
-    if len(target) == 0:
-        raise PinlabDataError("the target log has no interactions, so there is nothing to rank")
-    users, relevant = _relevant_csr(target)
-    ranked = top_k(scorer, users, max(ks), exclude)
-    hits, n_relevant = _hits(ranked, relevant)
-    metrics: dict[str, float] = {}
-    for k in sorted(set(ks)):
-        at_k = hits[:, :k]
-        metrics[f"recall@{k}"] = float(_recall(at_k, n_relevant).mean())
-        metrics[f"ndcg@{k}"] = float(_ndcg(at_k, n_relevant).mean())
-        metrics[f"hr@{k}"] = float(_hit_rate(at_k).mean())
-        metrics[f"mrr@{k}"] = float(_mrr(at_k).mean())
-        metrics[f"precision@{k}"] = float(_precision(at_k).mean())
-        metrics[f"map@{k}"] = float(_map(at_k, n_relevant).mean())
-        metrics[f"coverage@{k}"] = catalogue_coverage(ranked[:, :k], target.num_items)
+    """`user_metrics` averaged over users: one number per metric, under a protocol's name."""
+    result = user_metrics(scorer, target, exclude, ks, popularity)
     return RankingReport(
-        protocol=protocol, num_users=len(users), num_items=target.num_items, metrics=metrics
+        protocol=protocol,
+        num_users=len(result.users),
+        num_items=target.num_items,
+        metrics=result.means(),
     )
 
 

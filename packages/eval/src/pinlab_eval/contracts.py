@@ -1,17 +1,18 @@
-"""Public types of pinlab_eval: what metrics consume and the reports they return.
+"""Public types of pinlab_eval: what metrics consume, the protocols, and the reports they return.
 
 Metric names are lower case `name@k` (`ndcg@10`); whole-ranking metrics have no `@`.
 """
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Literal, Protocol, Self, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
-from pinlab_data.contracts import Float32Array, Int64Array
+from pinlab_data.contracts import Float32Array, Int64Array, InteractionLog
 
 Float64Array = npt.NDArray[np.float64]
 
@@ -47,3 +48,222 @@ class RetrievalReport(BaseModel):
     protocol: str
     num_queries: int
     metrics: Metrics = Field(default_factory=dict)
+
+
+# --- protocols ---------------------------------------------------------------------------------
+
+ProtocolName = Literal["stratified", "leave-last-out", "temporal"]
+StratifyBy = Literal["item", "user"]
+NegativeSampling = Literal["uniform", "popularity"]
+
+PROTOCOL_SETTINGS: dict[str, tuple[str, ...]] = {
+    "stratified": ("ratio", "stratify_by"),
+    "leave-last-out": ("negatives", "sampling"),
+    "temporal": ("quantile", "cut"),
+}
+"""The settings each protocol reads, besides `name` and `seed`."""
+
+
+class ProtocolSpec(BaseModel):
+    """A named, seeded evaluation protocol. Print `label()` or `settings()` with every result.
+
+    - `stratified`: per item (`stratify_by="item"`, the default) or per user, the group's
+      interactions in random order and the first `ratio` of them to train, the rest to test
+      (Microsoft Recommenders' `python_stratified_split(ratio=0.75, filter_by=..., seed=42)`).
+    - `leave-last-out`: each user's last distinct item is the test item (pinlab_data's
+      `leave_last_out`); ranked against the whole catalogue, or against `negatives` items the
+      user never touched, drawn `uniform`ly or by `popularity` (the NCF / SASRec protocol).
+    - `temporal`: one global cut in time, at the `quantile` of all timestamps or at the
+      timestamp `cut`: train before it, test from it on.
+
+    Settings that belong to another protocol must stay at their defaults, so a stray option
+    is an error rather than silently ignored.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: ProtocolName
+    seed: int = Field(default=42, description="Seeds the random split and the negatives.")
+    ratio: float = Field(default=0.75, gt=0, lt=1, description="stratified: share to train.")
+    stratify_by: StratifyBy = Field(default="item", description="stratified: the groups.")
+    negatives: PositiveInt | None = Field(
+        default=None, description="leave-last-out: sampled negatives per user; None ranks all."
+    )
+    sampling: NegativeSampling = Field(
+        default="uniform", description="leave-last-out: how negatives are drawn."
+    )
+    quantile: float = Field(
+        default=0.8, gt=0, lt=1, description="temporal: share of interactions before the cut."
+    )
+    cut: int | None = Field(
+        default=None, description="temporal: the cut as a timestamp, instead of `quantile`."
+    )
+
+    @model_validator(mode="after")
+    def _settings_belong_to_the_protocol(self) -> Self:
+        own = PROTOCOL_SETTINGS[self.name]
+        for owner, fields in PROTOCOL_SETTINGS.items():
+            for field in fields:
+                default = type(self).model_fields[field].default
+                if field not in own and getattr(self, field) != default:
+                    raise ValueError(
+                        f"`{field}` is a setting of the {owner} protocol, not of {self.name}"
+                    )
+        if self.sampling != "uniform" and self.negatives is None:
+            raise ValueError("`sampling` chooses how negatives are drawn; set `negatives` too")
+        return self
+
+    def settings(self) -> dict[str, object]:
+        """The name, the seed and this protocol's own settings, to print with every result."""
+        own = {field: getattr(self, field) for field in PROTOCOL_SETTINGS[self.name]}
+        return {"name": self.name, "seed": self.seed, **own}
+
+    def label(self) -> str:
+        """One line, e.g. `stratified(ratio=0.75, stratify_by=item, seed=42)`.
+
+        Unset settings are left out; leave-last-out without negatives says `full ranking`.
+        """
+        own = {k: v for k, v in self.settings().items() if k not in ("name", "seed")}
+        if self.name == "leave-last-out" and self.negatives is None:
+            own = {"ranking": "full"}
+        if self.cut is not None:
+            del own["quantile"]  # the timestamp decides; the quantile would mislead
+        shown = [f"{k}={v}" for k, v in own.items() if v is not None]
+        return f"{self.name}({', '.join([*shown, f'seed={self.seed}'])})"
+
+    def for_validation(self) -> ProtocolSpec:
+        """The same protocol applied again inside the training part, to tune without test.
+
+        The seed moves on by one, so the validation draw differs from the test draw; a
+        temporal cut given as a timestamp falls back to the same `quantile` of the training
+        part, since no training interaction is at or after it.
+        """
+        return self.model_copy(update={"seed": self.seed + 1, "cut": None})
+
+
+class HoldoutCounts(BaseModel):
+    """What one holdout kept and what it had to leave out, to print beside its results."""
+
+    train_interactions: int
+    target_interactions: int
+    target_users: int = Field(description="Users evaluated: held-out items and training data.")
+    skipped_users: int = Field(
+        description="Users with held-out items but no training interaction: not evaluated."
+    )
+    dropped_interactions: int = Field(
+        description="Held-out interactions removed: skipped users', and (temporal) repeats and "
+        "those whose item is unseen in training or already seen by the user."
+    )
+
+
+@dataclass(frozen=True)
+class Holdout:
+    """Fit on `train`; rank for every user of `target`, whose target items are the relevant ones.
+
+    Both logs index the same `user_ids` and `item_ids` as the log that was split. Every target
+    user has training data. `negatives`, for sampled protocols only, holds one row of items the
+    user never interacted with per target user, in ascending user index.
+    """
+
+    train: InteractionLog
+    target: InteractionLog
+    negatives: Int64Array | None
+    counts: HoldoutCounts
+
+
+@dataclass(frozen=True)
+class ProtocolSplit:
+    """A log split by a protocol: `test` for the reported numbers, `valid` for tuning.
+
+    `valid` is the protocol applied again (`spec.for_validation()`) inside `test.train`, so a
+    model chooses its hyperparameters by fitting `valid.train` and ranking for `valid.target`,
+    then refits on `test.train` with them; the test interactions are never seen while tuning.
+    """
+
+    spec: ProtocolSpec
+    test: Holdout
+    valid: Holdout
+
+
+# --- per-user results and statistics -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UserMetrics:
+    """Metrics of one model under one holdout, kept per user for confidence intervals and tests.
+
+    `per_user[name][i]` is user `users[i]`'s value; `lists` holds what only the recommendation
+    lists as a whole have (`coverage@k`, `gini@k`).
+    """
+
+    users: Int64Array
+    per_user: dict[str, Float64Array]
+    lists: dict[str, float]
+
+    def means(self) -> Metrics:
+        """Per-user metrics averaged over users, then the list-level ones."""
+        return {
+            **{name: float(values.mean()) for name, values in self.per_user.items()},
+            **self.lists,
+        }
+
+
+class PairedTest(BaseModel):
+    """A paired test of mean(a) - mean(b) over the same users."""
+
+    difference: float
+    difference_ci95: tuple[float, float]
+    p_value: float
+    significant: bool = Field(description="p_value below the test's alpha (0.05 unless told).")
+    test: str = Field(description="Which test, with its resamples and seed.")
+
+
+class ModelResult(BaseModel):
+    """One model's row of a bench table: mean metrics and their 95% bootstrap intervals."""
+
+    model: str
+    num_users: int
+    metrics: Metrics
+    ci95: dict[str, tuple[float, float]] = Field(
+        description="Percentile bootstrap interval of each per-user metric's mean."
+    )
+
+
+class Comparison(BaseModel):
+    """The two best models by `metric` and whether the gap between them is significant."""
+
+    best: str
+    runner_up: str
+    metric: str
+    difference: float = Field(description="best minus runner-up, mean over the same users.")
+    difference_ci95: tuple[float, float]
+    p_value: float
+    significant: bool
+    test: str
+
+
+class BenchSummary(BaseModel):
+    """Rows in the order given, and the comparison (None with fewer than two models)."""
+
+    rows: list[ModelResult]
+    comparison: Comparison | None
+
+
+# --- published anchors -------------------------------------------------------------------------
+
+
+class Anchor(BaseModel):
+    """A published number to print beside ours: same dataset, same protocol settings.
+
+    `metrics` uses pinlab's metric names; a value of None means the source reports it but it
+    could not be checked against a readable copy, so it is not quoted.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    dataset: str
+    protocol: ProtocolSpec
+    model: str
+    metrics: dict[str, float | None]
+    source: str
+    note: str = ""
