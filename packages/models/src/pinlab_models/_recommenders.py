@@ -104,6 +104,12 @@ class _Factors(nn.Module):
         result: torch.Tensor = self.users.weight[users] @ item_vecs.T + item_bias
         return result
 
+    def pair_scores(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Score of users[i] for items[i], without the full (users x items) product."""
+        product = self.users.weight[users] * self.items.weight[items]
+        result: torch.Tensor = product.sum(dim=1) + self.bias[items]
+        return result
+
 
 class MatrixFactorization:
     """User and item embeddings whose dot product ranks items.
@@ -182,8 +188,8 @@ class MatrixFactorization:
         cfg = self.config
         if cfg.loss == "bpr":
             negatives = torch.randint(0, num_items, (len(users),), generator=gen).to(users.device)
-            pos = self.net.scores(users, items).diagonal()
-            neg = self.net.scores(users, negatives).diagonal()
+            pos = self.net.pair_scores(users, items)
+            neg = self.net.pair_scores(users, negatives)
             return -(F.logsigmoid(pos - neg) * weights).mean()
         if cfg.negatives >= num_items:
             logits = self.net.scores(users) / cfg.temperature
