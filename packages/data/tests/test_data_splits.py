@@ -39,6 +39,7 @@ def dataset(user_ids: list[int], pin_ids: list[int], rows: list[Row]) -> Dataset
             "creator_group": ["g"] * n,
             "image_row": [None] * n,
             "image_path": [None] * n,
+            "external_id": [None] * n,
         },
         schema=PIN_SCHEMA,
     )
@@ -55,7 +56,9 @@ def dataset(user_ids: list[int], pin_ids: list[int], rows: list[Row]) -> Dataset
     manifest = DatasetManifest(
         name="t", source="test", num_pins=n, num_users=len(user_ids), num_interactions=len(rows)
     )
-    users = pa.table({"user_id": user_ids}, schema=USER_SCHEMA)
+    users = pa.table(
+        {"user_id": user_ids, "external_id": [None] * len(user_ids)}, schema=USER_SCHEMA
+    )
     return Dataset(Path("mem"), manifest, pins, users, interactions)
 
 

@@ -25,6 +25,8 @@ from pinlab_data import (
 )
 
 IMAGE_SIZE = 4
+PIN_FIELDS = pa.schema([f for f in PIN_SCHEMA if f.name != "external_id"])
+USER_FIELDS = pa.schema([f for f in USER_SCHEMA if f.name != "external_id"])
 
 
 def world(num_pins: int = 3) -> dict[str, Any]:
@@ -90,13 +92,24 @@ def test_round_trip(tmp_path: Path) -> None:
     ds = load_dataset(root)
     assert ds.root == root
     assert ds.manifest == parts["manifest"]
-    assert ds.pins.equals(parts["pins"].cast(PIN_SCHEMA))
-    assert ds.users.equals(parts["users"].cast(USER_SCHEMA))
+    assert ds.pins.drop_columns(["external_id"]).equals(parts["pins"].cast(PIN_FIELDS))
+    assert ds.users.drop_columns(["external_id"]).equals(parts["users"].cast(USER_FIELDS))
+    assert ds.pins.column("external_id").null_count == 3  # absent columns added since v1: null
     assert ds.interactions.equals(parts["interactions"].cast(INTERACTION_SCHEMA))
     assert isinstance(ds.images, np.memmap)
     np.testing.assert_array_equal(ds.images, parts["images"])
     assert (root / "truth.npz").read_bytes() == b"truth"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
+
+
+def test_external_ids_round_trip_and_older_datasets_load_without_them(tmp_path: Path) -> None:
+    users = pa.table({"user_id": [1, 2], "external_id": ["alice", None]})
+    root = saved(tmp_path, users=users)
+    assert load_dataset(root).users.column("external_id").to_pylist() == ["alice", None]
+    pq.write_table(pa.table({"user_id": [1, 2]}), root / "users.parquet")  # as written before
+    loaded = load_dataset(root).users
+    assert loaded.schema == USER_SCHEMA
+    assert loaded.column("external_id").to_pylist() == [None, None]
 
 
 def test_without_images_loads_none(tmp_path: Path) -> None:

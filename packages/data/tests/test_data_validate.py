@@ -58,8 +58,11 @@ def dataset(tmp_path: Path, **tables: dict[str, list[Any]]) -> Path:
     )
     base = {"pins": PINS, "users": USERS, "interactions": INTERACTIONS}
     for name, changes in tables.items():
-        schema = pa.schema([f.with_nullable(True) for f in TABLE_SCHEMAS[name]])
-        pq.write_table(pa.table(base[name] | changes, schema=schema), root / f"{name}.parquet")
+        columns = base[name] | changes
+        schema = pa.schema(
+            [f.with_nullable(True) for f in TABLE_SCHEMAS[name] if f.name in columns]
+        )
+        pq.write_table(pa.table(columns, schema=schema), root / f"{name}.parquet")
     return root
 
 

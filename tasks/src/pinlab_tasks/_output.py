@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
@@ -27,6 +28,16 @@ def emit(payload: Mapping[str, Any], as_json: bool, render: Callable[[], None]) 
         print(json.dumps(payload, indent=2, default=str))
     else:
         render()
+
+
+@contextmanager
+def busy(message: str, quiet: bool) -> Iterator[None]:
+    """A spinner on stderr while a long step runs; none when `quiet` (--json)."""
+    if quiet:
+        yield
+        return
+    with stderr.status(message):
+        yield
 
 
 def metrics_table(title: str, rows: Mapping[str, Mapping[str, float]]) -> Table:

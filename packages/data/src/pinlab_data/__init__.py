@@ -1,27 +1,50 @@
 """pinlab_data: typed records, dataset directories, validation, splits and the synthetic world."""
 
 from pinlab_data._describe import describe_dataset
+from pinlab_data._download import (
+    GROUPLENS,
+    MOVIELENS_ARCHIVES,
+    Archive,
+    MovieLensName,
+    download_movielens,
+    fetch_movielens,
+)
+from pinlab_data._filters import filter_interactions
 from pinlab_data._images import decode_image, load_image
+from pinlab_data._loaders import (
+    BAD_LINES_FILE,
+    load_interactions,
+    load_movielens,
+    load_sequences,
+)
+from pinlab_data._movielens_like import write_movielens_like
 from pinlab_data._splits import holdout_mask, interaction_log, leave_last_out, seen_csr
 from pinlab_data._store import load_dataset, save_dataset, write_bytes_atomic, write_json_atomic
 from pinlab_data._synth import SHAPES, SynthConfig, load_truth, synthesize, write_synth
 from pinlab_data._validate import validate_dataset
 from pinlab_data.contracts import (
+    ADDED_COLUMNS,
     EVENT_WEIGHTS,
     INTERACTION_SCHEMA,
     PIN_SCHEMA,
     SCHEMA_VERSION,
     TABLE_SCHEMAS,
     USER_SCHEMA,
+    ColumnMapping,
     Dataset,
     DatasetManifest,
     EventKind,
+    FilterStep,
     Float32Array,
     ImageArray,
     Int64Array,
     Interaction,
+    InteractionFilters,
+    InteractionFormat,
     InteractionLog,
     LeaveLastOutSplit,
+    LoadReport,
+    OnBadLines,
     Pin,
     PinlabDataError,
     Problem,
@@ -32,22 +55,34 @@ from pinlab_data.contracts import (
 )
 
 __all__ = [
+    "ADDED_COLUMNS",
+    "BAD_LINES_FILE",
     "EVENT_WEIGHTS",
+    "GROUPLENS",
     "INTERACTION_SCHEMA",
+    "MOVIELENS_ARCHIVES",
     "PIN_SCHEMA",
     "SCHEMA_VERSION",
     "SHAPES",
     "TABLE_SCHEMAS",
     "USER_SCHEMA",
+    "Archive",
+    "ColumnMapping",
     "Dataset",
     "DatasetManifest",
     "EventKind",
+    "FilterStep",
     "Float32Array",
     "ImageArray",
     "Int64Array",
     "Interaction",
+    "InteractionFilters",
+    "InteractionFormat",
     "InteractionLog",
     "LeaveLastOutSplit",
+    "LoadReport",
+    "MovieLensName",
+    "OnBadLines",
     "Pin",
     "PinlabDataError",
     "Problem",
@@ -58,11 +93,17 @@ __all__ = [
     "ValidationReport",
     "decode_image",
     "describe_dataset",
+    "download_movielens",
+    "fetch_movielens",
+    "filter_interactions",
     "holdout_mask",
     "interaction_log",
     "leave_last_out",
     "load_dataset",
     "load_image",
+    "load_interactions",
+    "load_movielens",
+    "load_sequences",
     "load_truth",
     "save_dataset",
     "seen_csr",
@@ -70,5 +111,6 @@ __all__ = [
     "validate_dataset",
     "write_bytes_atomic",
     "write_json_atomic",
+    "write_movielens_like",
     "write_synth",
 ]

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ValidationError
 
 from pinlab_data.contracts import (
+    ADDED_COLUMNS,
     SCHEMA_VERSION,
     TABLE_SCHEMAS,
     Dataset,
@@ -92,14 +93,7 @@ def save_dataset(
                 f"extra file name {name!r} is not allowed; use a plain file name other than "
                 f"{', '.join(sorted(RESERVED_FILES))}"
             )
-    if root.exists():
-        if not root.is_dir():
-            raise PinlabDataError(f"{root} exists and is not a directory; choose another --out")
-        if not overwrite and any(root.iterdir()):
-            raise PinlabDataError(
-                f"{root} already exists and is not empty; pass overwrite (--overwrite) to "
-                "replace it or choose another directory"
-            )
+    check_writable(root, overwrite)
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = _sibling(root, "tmp")
     tmp.mkdir()
@@ -119,6 +113,18 @@ def save_dataset(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return root
+
+
+def check_writable(root: Path, overwrite: bool) -> None:
+    """Refuse a `root` that save_dataset would refuse; loaders call it before any work."""
+    if root.exists():
+        if not root.is_dir():
+            raise PinlabDataError(f"{root} exists and is not a directory; choose another --out")
+        if not overwrite and any(root.iterdir()):
+            raise PinlabDataError(
+                f"{root} already exists and is not empty; pass overwrite (--overwrite) to "
+                "replace it or choose another directory"
+            )
 
 
 def load_dataset(root: Path) -> Dataset:
@@ -208,6 +214,9 @@ def _conform(
     columns = []
     for field in schema:
         matches = table.schema.get_all_field_indices(field.name)
+        if not matches and field.name in ADDED_COLUMNS:
+            columns.append(pa.chunked_array([pa.nulls(table.num_rows, field.type)]))
+            continue
         if not matches:
             raise PinlabDataError(
                 f"{source} has no column {field.name!r}; add it (expected columns: "

@@ -244,6 +244,7 @@ def synthesize(
             "creator_group": [GROUPS[g] for g in creator_group[creator]],
             "image_row": np.arange(n, dtype=np.int64),
             "image_path": pa.nulls(n, pa.string()),
+            "external_id": pa.nulls(n, pa.string()),
         },
         schema=PIN_SCHEMA,
     )
@@ -252,7 +253,11 @@ def synthesize(
         config, categories, palettes, category, palette, creator, exposure, appeal, user_rng
     )
     users = pa.Table.from_pydict(
-        {"user_id": np.arange(1, config.num_users + 1, dtype=np.int64)}, schema=USER_SCHEMA
+        {
+            "user_id": np.arange(1, config.num_users + 1, dtype=np.int64),
+            "external_id": pa.nulls(config.num_users, pa.string()),
+        },
+        schema=USER_SCHEMA,
     )
     manifest = DatasetManifest(
         name=f"synth-{config.num_pins}-seed{config.seed}",
@@ -448,8 +453,8 @@ def _behaviour(
         5, rng.lognormal(np.log(config.interactions_per_user) - 0.18, 0.6, num_users)
     ).astype(np.int64)
     by_cat = [np.flatnonzero(category == c) for c in range(num_cats)]
-    kinds = list(EventKind)
-    kind_p = np.array([0.7, 0.2, 0.1])  # view, click, save
+    kinds = [EventKind.VIEW, EventKind.CLICK, EventKind.SAVE]
+    kind_p = np.array([0.7, 0.2, 0.1])
 
     cols: dict[str, list[npt.NDArray[np.int64]]] = {"user": [], "pin": [], "time": []}
     kind_idx: list[npt.NDArray[np.int64]] = []

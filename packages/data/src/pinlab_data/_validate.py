@@ -64,6 +64,8 @@ def _type_problems(stored: dict[str, pa.Schema]) -> list[Problem]:
     problems = []
     for name, schema in TABLE_SCHEMAS.items():
         for field in schema:
+            if field.name not in stored[name].names:
+                continue  # an ADDED_COLUMNS column of an older dataset, read as null
             actual = stored[name].field(field.name).type
             if actual != field.type:
                 problems.append(

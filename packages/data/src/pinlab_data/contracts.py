@@ -14,7 +14,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, NonNegativeInt, PositiveInt
 
 SCHEMA_VERSION = 1
 
@@ -35,6 +35,8 @@ class EventKind(StrEnum):
     VIEW = "view"
     CLICK = "click"
     SAVE = "save"
+    RATING = "rating"
+    """An explicit rating; its weight is the rating itself (any positive number)."""
 
 
 EVENT_WEIGHTS: dict[EventKind, float] = {
@@ -42,6 +44,7 @@ EVENT_WEIGHTS: dict[EventKind, float] = {
     EventKind.CLICK: 2.0,
     EventKind.SAVE: 4.0,
 }
+"""Default weights of the implicit events; a rating carries its own weight."""
 
 
 class Pin(BaseModel):
@@ -60,12 +63,18 @@ class Pin(BaseModel):
     image_path: str | None = Field(
         default=None, description="Image file path, relative to the dataset directory."
     )
+    external_id: str | None = Field(
+        default=None, description="The item's id in the source data, where pinlab assigned pin_id."
+    )
 
 
 class User(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     user_id: NonNegativeInt
+    external_id: str | None = Field(
+        default=None, description="The user's id in the source data, where pinlab assigned user_id."
+    )
 
 
 class Interaction(BaseModel):
@@ -89,9 +98,12 @@ PIN_SCHEMA = pa.schema(
         pa.field("creator_group", pa.string(), nullable=False),
         pa.field("image_row", pa.int64()),
         pa.field("image_path", pa.string()),
+        pa.field("external_id", pa.string()),
     ]
 )
-USER_SCHEMA = pa.schema([pa.field("user_id", pa.int64(), nullable=False)])
+USER_SCHEMA = pa.schema(
+    [pa.field("user_id", pa.int64(), nullable=False), pa.field("external_id", pa.string())]
+)
 INTERACTION_SCHEMA = pa.schema(
     [
         pa.field("user_id", pa.int64(), nullable=False),
@@ -106,6 +118,9 @@ TABLE_SCHEMAS: dict[str, pa.Schema] = {
     "users": USER_SCHEMA,
     "interactions": INTERACTION_SCHEMA,
 }
+ADDED_COLUMNS = frozenset({"external_id"})
+"""Nullable columns added after the first datasets were written; tables without them (older
+datasets, tables built before the column existed) read them as all null."""
 
 
 class DatasetManifest(BaseModel):
@@ -123,6 +138,71 @@ class DatasetManifest(BaseModel):
         default=None, description="Side of the packed square images, if any."
     )
     categories: list[str] = Field(default_factory=list)
+
+
+InteractionFormat = Literal["csv", "tsv", "parquet"]
+OnBadLines = Literal["error", "skip", "report"]
+"""What a loader does with a malformed line: stop at the first, drop them, or drop them and
+list them in the dataset's `bad_lines.csv`."""
+
+
+class InteractionFilters(BaseModel):
+    """Filters a loader applies to the interactions, in this order: min_rating, dedupe, k_core."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    min_rating: FiniteFloat | None = Field(
+        default=None, description="Keep ratings >= this (explicit ratings to implicit positives)."
+    )
+    dedupe: bool = Field(
+        default=False, description="Keep only the earliest interaction of each (user, item) pair."
+    )
+    k_core: PositiveInt | None = Field(
+        default=None,
+        description="Drop users and items with fewer than k interactions, until none are left.",
+    )
+
+
+class ColumnMapping(BaseModel):
+    """Which columns of an interaction log hold what. Only user and item are required."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    user: str = "user_id"
+    item: str = "item_id"
+    time: str | None = Field(
+        default=None,
+        description="Seconds, milliseconds or ISO datetimes; None: 'timestamp' if the log has "
+        "it, else the row order.",
+    )
+    rating: str | None = Field(default=None, description="None: every row is a 'view' of 1.0.")
+    text: str | None = Field(default=None, description="Item text (its first row's), the caption.")
+    category: str | None = Field(default=None, description="Item category (its first row's).")
+
+
+class FilterStep(BaseModel):
+    """One filter as applied: its setting and the interactions before and after it."""
+
+    name: Literal["min-rating", "dedupe", "k-core"]
+    value: float | int | bool
+    rows_before: NonNegativeInt
+    rows_after: NonNegativeInt
+
+
+class LoadReport(BaseModel):
+    """What a loader read and what it wrote."""
+
+    dataset: str = Field(description="The dataset directory written.")
+    kind: Literal["movielens", "interactions", "sequences"]
+    source: str
+    layout: str = Field(description="The source's format: '100k', '1m', 'csv', 'parquet', ...")
+    rows_read: NonNegativeInt = Field(description="Interactions read, bad lines excluded.")
+    bad_lines: NonNegativeInt = 0
+    filters: list[FilterStep] = Field(default_factory=list)
+    num_pins: NonNegativeInt
+    num_users: NonNegativeInt
+    num_interactions: NonNegativeInt
+    seconds: float
 
 
 @dataclass(frozen=True)

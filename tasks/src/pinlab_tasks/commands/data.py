@@ -2,21 +2,81 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Table
 
-from pinlab_data import describe_dataset, load_dataset, validate_dataset
+from pinlab_data import (
+    BAD_LINES_FILE,
+    ColumnMapping,
+    InteractionFilters,
+    InteractionFormat,
+    LoadReport,
+    MovieLensName,
+    OnBadLines,
+    describe_dataset,
+    fetch_movielens,
+    load_dataset,
+    load_interactions,
+    load_movielens,
+    load_sequences,
+    validate_dataset,
+)
 from pinlab_tasks import workflows
 from pinlab_tasks._app import JsonFlag, SeedOpt, settings
-from pinlab_tasks._output import emit, stdout
+from pinlab_tasks._output import busy, emit, stderr, stdout
 from pinlab_tasks.presets import PRESETS
 
-app = typer.Typer(help="Make, check and describe datasets.", no_args_is_help=True)
+app = typer.Typer(help="Make, load, check and describe datasets.", no_args_is_help=True)
+load_app = typer.Typer(
+    help="Convert data you have into a pinlab dataset (check it with `pinlab data validate`).",
+    no_args_is_help=True,
+)
+app.add_typer(load_app, name="load")
 
 DataDir = Annotated[Path, typer.Argument(help="A pinlab dataset directory.")]
+OutDir = Annotated[Path, typer.Option("--out", help="Dataset directory to create.")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing dataset.")]
+MinRating = Annotated[
+    float | None,
+    typer.Option(
+        "--min-rating", help="Filter 1: keep ratings >= X (ratings to implicit positives)."
+    ),
+]
+Dedupe = Annotated[
+    bool,
+    typer.Option(
+        "--dedupe", help="Filter 2: keep the earliest interaction of each user-item pair."
+    ),
+]
+KCore = Annotated[
+    int | None,
+    typer.Option(
+        "--k-core", min=1, help="Filter 3: drop users and items with < K interactions, repeatedly."
+    ),
+]
+BadLinesOpt = Annotated[
+    OnBadLines,
+    typer.Option(
+        "--on-bad-lines",
+        help=f"error: stop at the first; skip: drop them; report: drop them, list them in "
+        f"OUT/{BAD_LINES_FILE}.",
+    ),
+]
+LOAD_WRITES = "OUT/{dataset.json, pins/users/interactions.parquet}"
 
 
 @app.command("synth")
@@ -83,4 +143,188 @@ def _render_description(result: dict[str, Any]) -> None:
     table = Table(show_header=False, title="dataset", title_justify="left")
     for key, value in result.items():
         table.add_row(key, str(value))
+    stdout.print(table)
+
+
+@load_app.command("movielens")
+def load_movielens_command(
+    source: Annotated[
+        Path, typer.Argument(help="A MovieLens folder or .zip (any size, 100K to 32M).")
+    ],
+    out: OutDir,
+    min_rating: MinRating = None,
+    dedupe: Dedupe = False,
+    k_core: KCore = None,
+    overwrite: Overwrite = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Convert a MovieLens download from GroupLens, read straight from its folder or .zip.
+
+    Movies become pins captioned "Title (Year) | Genres", ratings become "rating" events.
+
+    Writes: OUT/{dataset.json, pins/users/interactions.parquet}.
+    """
+    filters = _filters(min_rating, dedupe, k_core)
+    with busy(f"converting {source}", as_json):
+        report = load_movielens(source, out, filters=filters, overwrite=overwrite)
+    emit(report.model_dump(), as_json, lambda: _render_load(report))
+
+
+@load_app.command("interactions")
+def load_interactions_command(
+    source: Annotated[Path, typer.Argument(help="A CSV, TSV or Parquet log (.gz or .bz2 too).")],
+    out: OutDir,
+    user_col: Annotated[str, typer.Option("--user-col", help="Column of user ids.")] = "user_id",
+    item_col: Annotated[str, typer.Option("--item-col", help="Column of item ids.")] = "item_id",
+    time_col: Annotated[
+        str | None,
+        typer.Option(
+            "--time-col",
+            help="Column of times: unix s or ms, or ISO 8601 (default: 'timestamp' if there, "
+            "else the row order).",
+        ),
+    ] = None,
+    rating_col: Annotated[
+        str | None, typer.Option("--rating-col", help="Column of ratings (the weights).")
+    ] = None,
+    text_col: Annotated[
+        str | None, typer.Option("--text-col", help="Column of item text (pin captions).")
+    ] = None,
+    category_col: Annotated[
+        str | None, typer.Option("--category-col", help="Column of item categories.")
+    ] = None,
+    file_format: Annotated[
+        InteractionFormat | None,
+        typer.Option("--format", help="csv, tsv or parquet (default: from the file name)."),
+    ] = None,
+    on_bad_lines: BadLinesOpt = "error",
+    min_rating: MinRating = None,
+    dedupe: Dedupe = False,
+    k_core: KCore = None,
+    overwrite: Overwrite = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Convert an interaction log (CSV, TSV or Parquet); ids of any kind get dense ids.
+
+    The log's own ids are kept as external_id.
+
+    Writes: OUT/{dataset.json, pins/users/interactions.parquet, bad_lines.csv with report}.
+    """
+    columns = ColumnMapping(
+        user=user_col,
+        item=item_col,
+        time=time_col,
+        rating=rating_col,
+        text=text_col,
+        category=category_col,
+    )
+    with busy(f"converting {source}", as_json):
+        report = load_interactions(
+            source,
+            out,
+            columns=columns,
+            file_format=file_format,
+            on_bad_lines=on_bad_lines,
+            filters=_filters(min_rating, dedupe, k_core),
+            overwrite=overwrite,
+        )
+    emit(report.model_dump(), as_json, lambda: _render_load(report))
+
+
+@load_app.command("sequences")
+def load_sequences_command(
+    source: Annotated[
+        Path, typer.Argument(help="`user item` per line, each user's lines in time order.")
+    ],
+    out: OutDir,
+    on_bad_lines: BadLinesOpt = "error",
+    min_rating: MinRating = None,
+    dedupe: Dedupe = False,
+    k_core: KCore = None,
+    overwrite: Overwrite = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Convert a sequence file (SASRec's benchmark format); a user's k-th item gets time k.
+
+    Writes: OUT/{dataset.json, pins/users/interactions.parquet, bad_lines.csv with report}.
+    """
+    with busy(f"converting {source}", as_json):
+        report = load_sequences(
+            source,
+            out,
+            on_bad_lines=on_bad_lines,
+            filters=_filters(min_rating, dedupe, k_core),
+            overwrite=overwrite,
+        )
+    emit(report.model_dump(), as_json, lambda: _render_load(report))
+
+
+@app.command("download")
+def download(
+    name: Annotated[MovieLensName, typer.Argument(help="Which MovieLens archive.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Dataset directory to create (default: ./NAME).")
+    ] = None,
+    cache: Annotated[
+        Path | None,
+        typer.Option("--cache", help="Where archives are kept (default: ~/.cache/pinlab)."),
+    ] = None,
+    min_rating: MinRating = None,
+    dedupe: Dedupe = False,
+    k_core: KCore = None,
+    overwrite: Overwrite = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Download a MovieLens archive from GroupLens (checksummed, resumable), then convert it.
+
+    Writes: CACHE/ml-*.zip and OUT/{dataset.json, pins/users/interactions.parquet}.
+    """
+    folder = cache or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pinlab"
+    with _download_bar(name, as_json) as progress:
+        report = fetch_movielens(
+            name,
+            out or Path(name),
+            cache=folder,
+            progress=progress,
+            filters=_filters(min_rating, dedupe, k_core),
+            overwrite=overwrite,
+        )
+    emit(report.model_dump(), as_json, lambda: _render_load(report))
+
+
+def _filters(min_rating: float | None, dedupe: bool, k_core: int | None) -> InteractionFilters:
+    return InteractionFilters(min_rating=min_rating, dedupe=dedupe, k_core=k_core)
+
+
+@contextmanager
+def _download_bar(name: str, quiet: bool) -> Iterator[Callable[[int, int | None], None] | None]:
+    if quiet:
+        yield None
+        return
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=stderr, transient=True) as bar:
+        task = bar.add_task(name, total=None)
+
+        def update(done: int, total: int | None) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+def _render_load(report: LoadReport) -> None:
+    table = Table(show_header=False, title=f"dataset {report.dataset}", title_justify="left")
+    for key in ("kind", "layout", "source", "rows_read", "bad_lines"):
+        table.add_row(key, str(getattr(report, key)))
+    for step in report.filters:
+        table.add_row(
+            f"filter {step.name} {step.value}", f"{step.rows_before} -> {step.rows_after}"
+        )
+    for key in ("num_pins", "num_users", "num_interactions", "seconds"):
+        table.add_row(key, str(getattr(report, key)))
     stdout.print(table)

@@ -1,0 +1,260 @@
+"""Interaction logs (CSV, TSV, Parquet) with a column mapping and bad lines, to datasets."""
+
+from __future__ import annotations
+
+import gzip
+import random
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+import pytest
+
+from pinlab_data import (
+    ColumnMapping,
+    InteractionFilters,
+    PinlabDataError,
+    _reader,
+    load_dataset,
+    load_interactions,
+    validate_dataset,
+)
+
+MAPPING = ColumnMapping(
+    user="visitor", item="sku", time="at", rating="stars", text="name", category="aisle"
+)
+LOG = (
+    "visitor,sku,at,stars,name,aisle\n"
+    "ann,tea-1,2024-01-02T10:00:00,4,Green tea,drinks\n"
+    "bob,mug-7,2024-01-02T11:30:00Z,5,Big mug,\n"
+    "ann,mug-7,2024-01-03 09:00:00,3,Another name,kitchen\n"
+    "cid,tea-1,2024-01-04T00:00:00+02:00,2.5,,drinks\n"
+)
+
+
+def iso(text: str) -> int:
+    return int(datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp())
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def check_valid(root: Path) -> None:
+    report = validate_dataset(root)
+    assert report.ok, report.problems
+
+
+def test_string_ids_become_dense_and_keep_their_names(tmp_path: Path) -> None:
+    report = load_interactions(write(tmp_path / "log.csv", LOG), tmp_path / "ds", columns=MAPPING)
+    assert (report.layout, report.rows_read, report.num_users, report.num_pins) == (
+        "csv",
+        4,
+        3,
+        2,
+    )
+    ds = load_dataset(tmp_path / "ds")
+    assert ds.users.to_pylist() == [
+        {"user_id": 0, "external_id": "ann"},
+        {"user_id": 1, "external_id": "bob"},
+        {"user_id": 2, "external_id": "cid"},
+    ]
+    pins = ds.pins.select(["pin_id", "external_id", "caption", "category"]).to_pylist()
+    assert pins == [  # text and category from each item's first row
+        {"pin_id": 0, "external_id": "tea-1", "caption": "Green tea", "category": "drinks"},
+        {"pin_id": 1, "external_id": "mug-7", "caption": "Big mug", "category": "unknown"},
+    ]
+    rows = ds.interactions.to_pylist()
+    assert [(r["user_id"], r["pin_id"], r["weight"], r["event"]) for r in rows] == [
+        (0, 0, 4.0, "rating"),
+        (1, 1, 5.0, "rating"),
+        (0, 1, 3.0, "rating"),
+        (2, 0, 2.5, "rating"),
+    ]
+    assert [r["timestamp"] for r in rows] == [
+        iso("2024-01-02T10:00:00"),
+        iso("2024-01-02T11:30:00"),
+        iso("2024-01-03T09:00:00"),
+        iso("2024-01-03T22:00:00"),
+    ]
+    check_valid(tmp_path / "ds")
+
+
+def test_tsv_with_milliseconds_and_default_column_names(tmp_path: Path) -> None:
+    text = "user_id\titem_id\ttimestamp\n1\t10\t1700000000000\n2\t10\t1700000001\n"
+    load_interactions(write(tmp_path / "log.tsv", text), tmp_path / "ds")
+    ds = load_dataset(tmp_path / "ds")
+    assert ds.interactions.column("timestamp").to_pylist() == [1_700_000_000, 1_700_000_001]
+    assert set(ds.interactions.column("event").to_pylist()) == {"view"}
+    assert ds.users.column("external_id").to_pylist() == ["1", "2"]
+    check_valid(tmp_path / "ds")
+
+
+def test_without_a_time_column_the_row_order_is_the_time(tmp_path: Path) -> None:
+    report = load_interactions(
+        write(tmp_path / "log.csv", "user_id,item_id\na,x\nb,y\na,y\n"), tmp_path / "ds"
+    )
+    assert report.rows_read == 3
+    ds = load_dataset(tmp_path / "ds")
+    assert ds.interactions.column("timestamp").to_pylist() == [0, 1, 2]
+    assert ds.manifest.config["timestamps"] == "row order"
+    check_valid(tmp_path / "ds")
+
+
+def test_parquet_with_typed_columns_and_a_null_id(tmp_path: Path) -> None:
+    table = pa.table(
+        {
+            "u": pa.array([5, 6, None, 5], pa.int64()),
+            "i": pa.array([100, 100, 101, 102], pa.int32()),
+            "t": pa.array(
+                [1_700_000_000_000, 1_700_000_100_000, 0, 1_700_000_200_000], pa.timestamp("ms")
+            ),
+            "r": pa.array([1.0, 2.0, 3.0, 4.5], pa.float32()),
+        }
+    )
+    pq.write_table(table, tmp_path / "log.parquet")
+    mapping = ColumnMapping(user="u", item="i", time="t", rating="r")
+    with pytest.raises(PinlabDataError, match=r"log.parquet row 3: u None is not an id"):
+        load_interactions(tmp_path / "log.parquet", tmp_path / "ds", columns=mapping)
+    report = load_interactions(
+        tmp_path / "log.parquet", tmp_path / "ds", columns=mapping, on_bad_lines="report"
+    )
+    assert (report.layout, report.rows_read, report.bad_lines) == ("parquet", 3, 1)
+    assert (tmp_path / "ds" / "bad_lines.csv").read_text().splitlines()[1].startswith('3,"u None')
+    ds = load_dataset(tmp_path / "ds")
+    assert ds.interactions.column("timestamp").to_pylist() == [
+        1_700_000_000,
+        1_700_000_100,
+        1_700_000_200,
+    ]
+    assert ds.pins.column("external_id").to_pylist() == ["100", "102"]
+    check_valid(tmp_path / "ds")
+
+
+def test_missing_columns_are_named_with_the_flag_that_maps_them(tmp_path: Path) -> None:
+    source = write(tmp_path / "log.csv", LOG)
+    mapping = ColumnMapping(user="user", item="sku", time="when")
+    with pytest.raises(PinlabDataError) as info:
+        load_interactions(source, tmp_path / "ds", columns=mapping)
+    assert str(info.value) == (
+        f"{source} has no column 'user' (--user-col), 'when' (--time-col); its columns are "
+        "visitor, sku, at, stars, name, aisle; pass --user-col NAME --time-col NAME"
+    )
+    assert not (tmp_path / "ds").exists()
+
+
+BAD_LOG = (
+    "user_id,item_id,timestamp,rating\n"  # line 1
+    "a,x,100,4\n"
+    "\n"  # blank lines are skipped silently, yet counted
+    "b,y,101\n"  # line 4: a field short
+    "c,x,oops,3\n"  # line 5: bad time
+    "d,y,102,many\n"  # line 6: bad rating
+    ",y,103,2\n"  # line 7: empty user
+    "e,z,104,5\n"
+)
+
+
+def test_bad_lines_error_names_the_first_with_its_line_number(tmp_path: Path) -> None:
+    source = write(tmp_path / "log.csv", BAD_LOG)
+    mapping = ColumnMapping(rating="rating")
+    with pytest.raises(PinlabDataError) as info:
+        load_interactions(source, tmp_path / "ds", columns=mapping)
+    assert str(info.value).startswith(
+        f"{source} line 4: 3 fields where 4 are expected: 'b,y,101'; fix it, or pass "
+        "--on-bad-lines skip"
+    )
+    assert not (tmp_path / "ds").exists()
+
+
+def test_bad_lines_skip_and_report(tmp_path: Path) -> None:
+    source = write(tmp_path / "log.csv", BAD_LOG)
+    mapping = ColumnMapping(rating="rating")
+    skipped = load_interactions(source, tmp_path / "s", columns=mapping, on_bad_lines="skip")
+    assert (skipped.rows_read, skipped.bad_lines) == (2, 4)
+    assert not (tmp_path / "s" / "bad_lines.csv").exists()
+    load_interactions(source, tmp_path / "r", columns=mapping, on_bad_lines="report")
+    report = pcsv.read_csv(tmp_path / "r" / "bad_lines.csv").to_pylist()
+    assert [(r["line"], r["reason"]) for r in report] == [
+        (4, "3 fields where 4 are expected"),
+        (
+            5,
+            "timestamp 'oops' is not a time since 1970 (unix seconds or milliseconds, or ISO 8601)",
+        ),
+        (6, "rating 'many' is not a number"),
+        (7, "user_id '' is not an id (empty or missing)"),
+    ]
+    assert report[1]["text"] == "c,x,oops,3"
+    check_valid(tmp_path / "r")
+
+
+def test_line_numbers_stay_right_across_many_blocks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_reader, "BLOCK_BYTES", 256)  # dozens of blocks, parsed ahead of use
+    rng = random.Random(7)
+    lines, bad = ["user_id,item_id,timestamp"], []
+    for number in range(2, 3000):
+        kind = rng.random()
+        if kind < 0.03:
+            lines.append(f"u{number},i1")  # a field short
+            bad.append(number)
+        elif kind < 0.06:
+            lines.append(f"u{number},i1,never")  # a bad value
+            bad.append(number)
+        elif kind < 0.08:
+            lines.append("")
+        else:
+            lines.append(f"u{number % 50},i{number % 70},{number}")
+    source = write(tmp_path / "big.csv", "\n".join(lines) + "\n")
+    report = load_interactions(source, tmp_path / "ds", on_bad_lines="report")
+    listed = pcsv.read_csv(tmp_path / "ds" / "bad_lines.csv")
+    assert listed.column("line").to_pylist() == bad
+    assert report.bad_lines == len(bad)
+    texts = listed.column("text").to_pylist()
+    assert all(lines[n - 1].startswith(t.split(",")[0]) for n, t in zip(bad, texts, strict=True))
+    times = load_dataset(tmp_path / "ds").interactions.column("timestamp").to_pylist()
+    assert times == sorted(times)  # the good rows, in order, none lost or repeated
+    assert len(times) == sum(1 for line in lines[1:] if line) - len(bad)
+
+
+def test_format_from_the_name_or_the_flag_and_compressed_text(tmp_path: Path) -> None:
+    source = write(tmp_path / "log.txt", "user_id,item_id\na,x\n")
+    with pytest.raises(PinlabDataError, match="pass --format csv, tsv or parquet"):
+        load_interactions(source, tmp_path / "ds")
+    assert load_interactions(source, tmp_path / "ds", file_format="csv").rows_read == 1
+    packed = tmp_path / "log.csv.gz"
+    packed.write_bytes(gzip.compress(b"user_id,item_id\na,x\nb,x\n"))
+    report = load_interactions(packed, tmp_path / "gz")
+    assert report.rows_read == 2 and load_dataset(tmp_path / "gz").manifest.name == "log"
+
+
+def test_ratings_must_end_positive(tmp_path: Path) -> None:
+    source = write(tmp_path / "log.csv", "user_id,item_id,r\na,x,-1\na,y,3\nb,x,0\n")
+    mapping = ColumnMapping(rating="r")
+    with pytest.raises(PinlabDataError, match=r"2 interactions have a rating <= 0 .*--min-rating"):
+        load_interactions(source, tmp_path / "ds", columns=mapping)
+    report = load_interactions(
+        source, tmp_path / "ds", columns=mapping, filters=InteractionFilters(min_rating=1)
+    )
+    assert report.num_interactions == 1
+    with pytest.raises(PinlabDataError, match=r"--min-rating needs ratings.*--rating-col"):
+        load_interactions(source, tmp_path / "x", filters=InteractionFilters(min_rating=1))
+
+
+def test_text_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
+    source = tmp_path / "log.csv"
+    source.write_bytes(b"user_id,item_id\nJos\xe9,x\n")
+    with pytest.raises(PinlabDataError, match=r"log.csv could not be read \(.*UTF8") as info:
+        load_interactions(source, tmp_path / "ds")
+    assert "\n" not in str(info.value)
+
+
+def test_an_empty_log_writes_nothing(tmp_path: Path) -> None:
+    source = write(tmp_path / "log.csv", "user_id,item_id\n")
+    with pytest.raises(PinlabDataError, match="holds no interactions"):
+        load_interactions(source, tmp_path / "ds")
+    assert not (tmp_path / "ds").exists()
