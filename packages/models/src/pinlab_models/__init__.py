@@ -3,6 +3,7 @@
 from pinlab_models._encoder import CNNEncoder, augment, supcon_loss, train_encoder
 from pinlab_models._recommenders import MatrixFactorization, Popularity
 from pinlab_models._runtime import resolve_device, seed_everything
+from pinlab_models._text import TextEncoder
 from pinlab_models.contracts import (
     Device,
     EncoderConfig,
@@ -41,6 +42,7 @@ __all__ = [
     "Recommender",
     "RecommenderSpec",
     "Scorer",
+    "TextEncoder",
     "TrainContext",
     "Validator",
     "augment",

