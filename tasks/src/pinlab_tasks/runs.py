@@ -44,6 +44,11 @@ class RunLayout:
         return self.visual / "encoder_untrained.pt"
 
     @property
+    def image_text(self) -> Path:
+        """The image tower aligned to the MiniLM text space (`pinlab train align`)."""
+        return self.visual / "image_text.pt"
+
+    @property
     def recommenders(self) -> Path:
         return self.root / "recommender"
 
