@@ -1,6 +1,7 @@
 """pinlab_eval: ranking and retrieval metrics under named, seeded protocols, with statistics."""
 
 from pinlab_eval._anchors import ANCHORS, anchors_for
+from pinlab_eval._cross_modal import evaluate_text_to_image
 from pinlab_eval._protocols import apply_protocol, protocol_spec, sample_negatives
 from pinlab_eval._ranking import (
     catalogue_coverage,
@@ -73,6 +74,7 @@ __all__ = [
     "evaluate_holdout",
     "evaluate_ranking",
     "evaluate_retrieval",
+    "evaluate_text_to_image",
     "gini_at_k",
     "hit_rate_at_k",
     "item_popularity",
