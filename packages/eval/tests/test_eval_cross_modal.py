@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pinlab_data import PinlabDataError
+from pinlab_data import Float32Array, PinlabDataError
 from pinlab_eval import evaluate_text_to_image
 
 
-def unit(rows: list[list[float]]) -> np.ndarray:
+def unit(rows: list[list[float]]) -> Float32Array:
     a = np.asarray(rows, dtype=np.float32)
-    return a / np.linalg.norm(a, axis=1, keepdims=True)
+    normed: Float32Array = a / np.linalg.norm(a, axis=1, keepdims=True)
+    return normed
 
 
 def test_recall_by_hand() -> None:
@@ -49,4 +50,4 @@ def test_bad_shapes_and_values_are_refused() -> None:
     with pytest.raises(PinlabDataError, match="no text query"):
         evaluate_text_to_image(a, np.array([1]), a, np.array([0]))
     with pytest.raises(PinlabDataError, match="NaN"):
-        evaluate_text_to_image(a * np.nan, np.array([0]), a, np.array([0]))
+        evaluate_text_to_image(a * np.float32(np.nan), np.array([0]), a, np.array([0]))
