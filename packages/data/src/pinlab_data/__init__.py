@@ -10,6 +10,7 @@ from pinlab_data._download import (
     fetch_movielens,
 )
 from pinlab_data._filters import filter_interactions
+from pinlab_data._image_loader import DEFAULT_MAX_PIXELS, SKIPPED_FILE, load_images
 from pinlab_data._images import decode_image, load_image
 from pinlab_data._loaders import (
     BAD_LINES_FILE,
@@ -20,7 +21,14 @@ from pinlab_data._loaders import (
 from pinlab_data._movielens_like import write_movielens_like
 from pinlab_data._splits import holdout_mask, interaction_log, leave_last_out, seen_csr
 from pinlab_data._store import load_dataset, save_dataset, write_bytes_atomic, write_json_atomic
-from pinlab_data._synth import SHAPES, SynthConfig, load_truth, synthesize, write_synth
+from pinlab_data._synth import (
+    SHAPES,
+    SynthConfig,
+    caption_attributes,
+    load_truth,
+    synthesize,
+    write_synth,
+)
 from pinlab_data._validate import validate_dataset
 from pinlab_data.contracts import (
     ADDED_COLUMNS,
@@ -37,6 +45,9 @@ from pinlab_data.contracts import (
     FilterStep,
     Float32Array,
     ImageArray,
+    ImageColumns,
+    ImageLayout,
+    ImageLoadReport,
     Int64Array,
     Interaction,
     InteractionFilters,
@@ -49,6 +60,7 @@ from pinlab_data.contracts import (
     PinlabDataError,
     Problem,
     Severity,
+    SkippedImage,
     SynthTruth,
     User,
     ValidationReport,
@@ -57,6 +69,7 @@ from pinlab_data.contracts import (
 __all__ = [
     "ADDED_COLUMNS",
     "BAD_LINES_FILE",
+    "DEFAULT_MAX_PIXELS",
     "EVENT_WEIGHTS",
     "GROUPLENS",
     "INTERACTION_SCHEMA",
@@ -64,6 +77,7 @@ __all__ = [
     "PIN_SCHEMA",
     "SCHEMA_VERSION",
     "SHAPES",
+    "SKIPPED_FILE",
     "TABLE_SCHEMAS",
     "USER_SCHEMA",
     "Archive",
@@ -74,6 +88,9 @@ __all__ = [
     "FilterStep",
     "Float32Array",
     "ImageArray",
+    "ImageColumns",
+    "ImageLayout",
+    "ImageLoadReport",
     "Int64Array",
     "Interaction",
     "InteractionFilters",
@@ -87,10 +104,12 @@ __all__ = [
     "PinlabDataError",
     "Problem",
     "Severity",
+    "SkippedImage",
     "SynthConfig",
     "SynthTruth",
     "User",
     "ValidationReport",
+    "caption_attributes",
     "decode_image",
     "describe_dataset",
     "download_movielens",
@@ -101,6 +120,7 @@ __all__ = [
     "leave_last_out",
     "load_dataset",
     "load_image",
+    "load_images",
     "load_interactions",
     "load_movielens",
     "load_sequences",

@@ -205,6 +205,46 @@ class LoadReport(BaseModel):
     seconds: float
 
 
+ImageLayout = Literal["folders", "csv", "parquet"]
+"""How an image collection is laid out: one folder per class, or a manifest file."""
+
+
+class ImageColumns(BaseModel):
+    """Which manifest columns hold what; None picks the conventional name when present."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    path: str = "path"
+    pin_id: str | None = Field(default=None, description="None: 'pin_id' if present.")
+    caption: str | None = Field(default=None, description="None: 'caption' if present.")
+    label: str | None = Field(default=None, description="None: 'label' or 'labels' if present.")
+
+
+class SkippedImage(BaseModel):
+    """A file that did not become a pin, and why."""
+
+    path: str
+    reason: str
+
+
+class ImageLoadReport(BaseModel):
+    """What `load_images` read, what it skipped and what it wrote."""
+
+    dataset: str
+    source: str
+    layout: ImageLayout
+    files: NonNegativeInt = Field(description="Files considered (images or not).")
+    loaded: NonNegativeInt
+    skipped: NonNegativeInt
+    skipped_by_reason: dict[str, int] = Field(default_factory=dict)
+    skipped_report: str = Field(description="The dataset's CSV listing every skipped file.")
+    image_size: PositiveInt
+    num_pins: NonNegativeInt
+    categories: list[str] = Field(default_factory=list)
+    workers: PositiveInt
+    seconds: float
+
+
 @dataclass(frozen=True)
 class Dataset:
     """A loaded dataset directory. Images are memory-mapped, never read whole."""

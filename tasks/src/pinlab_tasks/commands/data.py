@@ -21,7 +21,9 @@ from rich.table import Table
 
 from pinlab_data import (
     BAD_LINES_FILE,
+    DEFAULT_MAX_PIXELS,
     ColumnMapping,
+    ImageColumns,
     InteractionFilters,
     InteractionFormat,
     LoadReport,
@@ -30,6 +32,7 @@ from pinlab_data import (
     describe_dataset,
     fetch_movielens,
     load_dataset,
+    load_images,
     load_interactions,
     load_movielens,
     load_sequences,
@@ -257,6 +260,73 @@ def load_sequences_command(
             overwrite=overwrite,
         )
     emit(report.model_dump(), as_json, lambda: _render_load(report))
+
+
+@load_app.command("images")
+def load_images_command(
+    source: Annotated[
+        Path,
+        typer.Argument(help="A folder with one sub-folder per class, or a CSV/Parquet manifest."),
+    ],
+    out: OutDir,
+    size: Annotated[
+        int, typer.Option("--size", help="Side of the square images stored (8..512).")
+    ] = 64,
+    path_col: Annotated[
+        str, typer.Option("--path-col", help="Manifest column of image paths.")
+    ] = "path",
+    id_col: Annotated[
+        str | None, typer.Option("--id-col", help="Manifest column of pin ids (default pin_id).")
+    ] = None,
+    caption_col: Annotated[
+        str | None,
+        typer.Option("--caption-col", help="Manifest column of captions (default caption)."),
+    ] = None,
+    label_col: Annotated[
+        str | None,
+        typer.Option("--label-col", help="Manifest column of labels (default label or labels)."),
+    ] = None,
+    max_pixels: Annotated[
+        int,
+        typer.Option("--max-pixels", help="Larger images are skipped as decompression bombs."),
+    ] = DEFAULT_MAX_PIXELS,
+    workers: Annotated[
+        int | None, typer.Option("--workers", min=1, help="Decoding processes (default: cores).")
+    ] = None,
+    overwrite: Overwrite = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Decode an image collection once into a dataset's packed images (EXIF-rotated RGB).
+
+    Unusable files (empty, corrupt, truncated, other formats, bombs) are skipped and listed.
+
+    Writes: OUT/{dataset.json, pins/users/interactions.parquet, images.npy, skipped_images.csv}.
+    """
+    columns = ImageColumns(path=path_col, pin_id=id_col, caption=caption_col, label=label_col)
+    with busy(f"decoding {source}", as_json):
+        report = load_images(
+            source,
+            out,
+            size=size,
+            columns=columns,
+            max_pixels=max_pixels,
+            workers=workers,
+            overwrite=overwrite,
+        )
+
+    def render() -> None:
+        table = Table(show_header=False, title=f"dataset {report.dataset}", title_justify="left")
+        for key in ("layout", "source", "files", "loaded", "skipped", "image_size", "workers"):
+            table.add_row(key, str(getattr(report, key)))
+        for reason, count in report.skipped_by_reason.items():
+            table.add_row(f"  skipped: {reason}", str(count))
+        table.add_row("categories", str(len(report.categories)))
+        table.add_row("seconds", str(report.seconds))
+        stdout.print(table)
+        if report.skipped:
+            stdout.print(f"skipped files are listed in {report.skipped_report}")
+
+    emit(report.model_dump(), as_json, render)
 
 
 @app.command("download")
