@@ -430,6 +430,27 @@ def _captions(
     ]
 
 
+def caption_attributes(caption: str) -> dict[str, str]:
+    """The shape, palette and texture a synthetic caption names, by their canonical names.
+
+    Keys are `shape`, `palette` and `texture`; words outside the synthetic world's vocabulary
+    are ignored, so any caption gives a (possibly empty) dict.
+    """
+    named: dict[str, str] = {}
+    for token in caption.lower().replace(",", " ").split():
+        if token in _CAPTION_WORDS:
+            attribute, value = _CAPTION_WORDS[token]
+            named[attribute] = value
+    return named
+
+
+_CAPTION_WORDS: dict[str, tuple[str, str]] = {
+    **{w: ("shape", name) for name, words in SHAPE_WORDS.items() for w in words},
+    **{w: ("palette", name) for name, (_, _, words) in PALETTES.items() for w in words},
+    **{w: ("texture", name) for name, words in TEXTURES.items() for w in words},
+}
+
+
 def _behaviour(
     config: SynthConfig,
     categories: list[str],
