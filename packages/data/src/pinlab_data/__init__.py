@@ -1,5 +1,13 @@
 """pinlab_data: typed records, dataset directories, validation, splits and the synthetic world."""
 
+from pinlab_data._dedupe import (
+    DUPLICATES_FILE,
+    PairSimilarity,
+    candidate_pairs,
+    cluster_pairs,
+    dedupe_dataset,
+    perceptual_hashes,
+)
 from pinlab_data._describe import describe_dataset
 from pinlab_data._download import (
     GROUPLENS,
@@ -41,6 +49,8 @@ from pinlab_data.contracts import (
     ColumnMapping,
     Dataset,
     DatasetManifest,
+    DedupeReport,
+    DuplicateCluster,
     EventKind,
     FilterStep,
     Float32Array,
@@ -70,6 +80,7 @@ __all__ = [
     "ADDED_COLUMNS",
     "BAD_LINES_FILE",
     "DEFAULT_MAX_PIXELS",
+    "DUPLICATES_FILE",
     "EVENT_WEIGHTS",
     "GROUPLENS",
     "INTERACTION_SCHEMA",
@@ -84,6 +95,8 @@ __all__ = [
     "ColumnMapping",
     "Dataset",
     "DatasetManifest",
+    "DedupeReport",
+    "DuplicateCluster",
     "EventKind",
     "FilterStep",
     "Float32Array",
@@ -100,6 +113,7 @@ __all__ = [
     "LoadReport",
     "MovieLensName",
     "OnBadLines",
+    "PairSimilarity",
     "Pin",
     "PinlabDataError",
     "Problem",
@@ -109,8 +123,11 @@ __all__ = [
     "SynthTruth",
     "User",
     "ValidationReport",
+    "candidate_pairs",
     "caption_attributes",
+    "cluster_pairs",
     "decode_image",
+    "dedupe_dataset",
     "describe_dataset",
     "download_movielens",
     "fetch_movielens",
@@ -125,6 +142,7 @@ __all__ = [
     "load_movielens",
     "load_sequences",
     "load_truth",
+    "perceptual_hashes",
     "save_dataset",
     "seen_csr",
     "synthesize",

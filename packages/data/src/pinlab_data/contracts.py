@@ -245,6 +245,36 @@ class ImageLoadReport(BaseModel):
     seconds: float
 
 
+class DuplicateCluster(BaseModel):
+    """Pins whose images are copies of one another (exact, resized or re-encoded)."""
+
+    pin_ids: list[int] = Field(description="Sorted; the first is the one to keep.")
+    max_hash_distance: NonNegativeInt = Field(
+        description="Largest perceptual-hash Hamming distance among the cluster's linked pairs."
+    )
+    min_cosine: float | None = Field(
+        default=None, description="Lowest embedding cosine among linked pairs, if confirmed."
+    )
+
+
+class DedupeReport(BaseModel):
+    """`pinlab data dedupe`: near-duplicate clusters by perceptual hash, confirmed by embedding."""
+
+    dataset: str
+    hash: Literal["phash"] = "phash"
+    max_distance: NonNegativeInt = Field(description="Hamming distance (of 64 bits) to link.")
+    min_cosine: float | None = Field(
+        default=None, description="Embedding cosine a hash pair needs; None: not confirmed."
+    )
+    model_id: str | None = Field(default=None, description="The encoder that confirmed pairs.")
+    num_images: NonNegativeInt
+    candidate_pairs: NonNegativeInt = Field(description="Pairs within max_distance.")
+    confirmed_pairs: NonNegativeInt = Field(description="Candidates the embeddings confirm.")
+    duplicates: NonNegativeInt = Field(description="Pins in clusters beyond each one's first.")
+    clusters: list[DuplicateCluster] = Field(default_factory=list)
+    report: str | None = Field(default=None, description="Where this report was written.")
+
+
 @dataclass(frozen=True)
 class Dataset:
     """A loaded dataset directory. Images are memory-mapped, never read whole."""
