@@ -1,10 +1,17 @@
 """pinlab_models: image encoders, recommenders and their training."""
 
+from pinlab_models._align import (
+    ImageTextModel,
+    load_image_text_model,
+    train_alignment,
+    zero_shot_labels,
+)
 from pinlab_models._encoder import CNNEncoder, augment, supcon_loss, train_encoder
 from pinlab_models._recommenders import MatrixFactorization, Popularity
 from pinlab_models._runtime import resolve_device, seed_everything
 from pinlab_models._text import TextEncoder
 from pinlab_models.contracts import (
+    AlignConfig,
     Device,
     EncoderConfig,
     EpochRecord,
@@ -28,12 +35,14 @@ from pinlab_models.registry import (
 )
 
 __all__ = [
+    "AlignConfig",
     "CNNEncoder",
     "Device",
     "EncoderConfig",
     "EpochRecord",
     "FitReport",
     "ImageEncoder",
+    "ImageTextModel",
     "MFConfig",
     "MatrixFactorization",
     "PinlabModelError",
@@ -47,6 +56,7 @@ __all__ = [
     "Validator",
     "augment",
     "build_recommender",
+    "load_image_text_model",
     "load_recommender",
     "recommender_names",
     "recommender_spec",
@@ -54,5 +64,7 @@ __all__ = [
     "resolve_device",
     "seed_everything",
     "supcon_loss",
+    "train_alignment",
     "train_encoder",
+    "zero_shot_labels",
 ]

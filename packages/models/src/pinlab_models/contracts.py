@@ -116,10 +116,14 @@ class MFConfig(BaseModel):
 
 
 class EncoderConfig(BaseModel):
-    """The built-in CNN image encoder and its supervised-contrastive training."""
+    """An image encoder (the built-in CNN or a timm architecture) and its training."""
 
     model_config = ConfigDict(extra="forbid")
 
+    arch: str = Field(default="cnn", description="'cnn', or any timm model name.")
+    pretrained: bool = Field(
+        default=False, description="timm only: start from pretrained weights (cached or online)."
+    )
     image_size: PositiveInt = 32
     widths: tuple[PositiveInt, ...] = (24, 48, 96, 96)
     embedding_dim: PositiveInt = 64
@@ -128,4 +132,54 @@ class EncoderConfig(BaseModel):
     lr: PositiveFloat = 2e-3
     weight_decay: float = Field(default=5e-4, ge=0)
     temperature: PositiveFloat = 0.1
+    patience: PositiveInt = 5
+
+
+Recipe = Literal["supcon", "simclr", "proxy-anchor"]
+
+
+class RecipeConfig(BaseModel):
+    """How an encoder is trained: the loss, its settings and the augmentations.
+
+    supcon: supervised contrastive over labels; simclr: NT-Xent over two augmented views of
+    each image, no labels; proxy-anchor: one learned proxy per label (Kim et al. 2020).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    recipe: Recipe = "supcon"
+    proxy_margin: float = Field(default=0.1, ge=0, description="Proxy-Anchor margin delta.")
+    proxy_alpha: PositiveFloat = Field(default=32.0, description="Proxy-Anchor scale alpha.")
+    proxy_lr_scale: PositiveFloat = Field(
+        default=100.0, description="Proxies learn this many times faster than the network."
+    )
+    crop_scale: float = Field(
+        default=0.6, gt=0, le=1, description="Smallest area share a random resized crop keeps."
+    )
+    rotation_degrees: float = Field(default=15.0, ge=0, le=180)
+    color_jitter: float = Field(
+        default=0.3, ge=0, le=1, description="Brightness, contrast, saturation strength."
+    )
+    hflip: bool = True
+    mixed_precision: bool = Field(default=True, description="bfloat16 autocast, CUDA only.")
+    channels_last: bool = Field(default=True, description="channels_last memory, CUDA only.")
+
+
+class AlignConfig(BaseModel):
+    """Image-text alignment: the built-in CNN tower trained into the frozen MiniLM text space."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image_size: PositiveInt = 32
+    widths: tuple[PositiveInt, ...] = (32, 64, 128, 128)
+    projection_dim: PositiveInt = Field(
+        default=512, description="Hidden width of the projection into the 384-d text space."
+    )
+    epochs: PositiveInt = 30
+    batch_size: PositiveInt = 128
+    lr: PositiveFloat = 2e-3
+    weight_decay: float = Field(default=5e-4, ge=0)
+    init_temperature: PositiveFloat = Field(
+        default=0.07, description="Starting temperature; it is learned from there."
+    )
     patience: PositiveInt = 5
