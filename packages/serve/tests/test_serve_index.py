@@ -12,10 +12,12 @@ from PIL import Image
 from pinlab_data.contracts import Float32Array, ImageArray, Int64Array, PinlabDataError
 from pinlab_models.contracts import ImageEncoder
 from pinlab_serve import (
-    INDEX_FILE,
+    FLAT,
+    HNSW,
     MANIFEST_FILE,
     PinIndex,
     PinlabServeError,
+    PinNotFoundError,
     embed_image_file,
 )
 
@@ -104,8 +106,10 @@ def test_vector_len_dim_manifest(data: tuple[Float32Array, Int64Array], index: P
     assert index.dim == DIM
     manifest = index.manifest
     assert (manifest.model_id, manifest.dim, manifest.count) == (MODEL, DIM, 200)
-    assert manifest.kind == "IDMap2,Flat"
+    assert manifest.kind == FLAT
     assert manifest.metric == "inner_product"
+    assert manifest.recall_at_10 == 1.0
+    assert manifest.params == {"hnsw_threshold": 50_000}
 
 
 def test_save_load_round_trip(index: PinIndex, tmp_path: Path) -> None:
@@ -118,21 +122,23 @@ def test_save_load_round_trip(index: PinIndex, tmp_path: Path) -> None:
     assert loaded.search(queries, k=7) == index.search(queries, k=7)
     on_disk = json.loads((tmp_path / "idx" / MANIFEST_FILE).read_text())
     assert on_disk["checksum"] == manifest.checksum
-    # Atomic writes leave no temp files behind.
-    assert sorted(p.name for p in (tmp_path / "idx").iterdir()) == [INDEX_FILE, MANIFEST_FILE]
+    # Atomic writes leave no temp files behind; the index file is named by its checksum.
+    assert manifest.file == f"index-{manifest.checksum[:16]}.faiss"
+    assert sorted(p.name for p in (tmp_path / "idx").iterdir()) == [manifest.file, MANIFEST_FILE]
 
 
 def test_save_overwrites(data: tuple[Float32Array, Int64Array], tmp_path: Path) -> None:
     emb, ids = data
     PinIndex.build(emb, ids, MODEL).save(tmp_path)
-    PinIndex.build(emb[:10], ids[:10], "other").save(tmp_path)
+    manifest = PinIndex.build(emb[:10], ids[:10], "other").save(tmp_path)
     loaded = PinIndex.load(tmp_path)
     assert (len(loaded), loaded.model_id) == (10, "other")
+    # The previous index file is gone once the new manifest is in place.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [manifest.file, MANIFEST_FILE]
 
 
 def test_load_corrupt_index(index: PinIndex, tmp_path: Path) -> None:
-    index.save(tmp_path)
-    path = tmp_path / INDEX_FILE
+    path = tmp_path / index.save(tmp_path).file
     raw = bytearray(path.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     path.write_bytes(bytes(raw))
@@ -140,25 +146,34 @@ def test_load_corrupt_index(index: PinIndex, tmp_path: Path) -> None:
         PinIndex.load(tmp_path)
 
 
-def test_load_half_written_save(
+def test_load_manifest_names_other_file(
     data: tuple[Float32Array, Int64Array], index: PinIndex, tmp_path: Path
 ) -> None:
-    """A crash after the index rename but before the manifest's: old manifest, new index."""
+    """A manifest whose checksum does not match the file it names is refused."""
     emb, ids = data
     index.save(tmp_path)
-    old_manifest = (tmp_path / MANIFEST_FILE).read_text()
-    PinIndex.build(emb[:5], ids[:5], MODEL).save(tmp_path)
-    (tmp_path / MANIFEST_FILE).write_text(old_manifest)
+    old_manifest = json.loads((tmp_path / MANIFEST_FILE).read_text())
+    new = PinIndex.build(emb[:5], ids[:5], MODEL).save(tmp_path)
+    (tmp_path / MANIFEST_FILE).write_text(json.dumps(old_manifest | {"file": new.file}))
     with pytest.raises(PinlabServeError, match="checksum"):
+        PinIndex.load(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["../index.faiss", "/etc/passwd", ".."])
+def test_load_refuses_paths_in_manifest(index: PinIndex, tmp_path: Path, name: str) -> None:
+    index.save(tmp_path)
+    manifest = json.loads((tmp_path / MANIFEST_FILE).read_text())
+    (tmp_path / MANIFEST_FILE).write_text(json.dumps(manifest | {"file": name}))
+    with pytest.raises(PinlabServeError, match="malformed"):
         PinIndex.load(tmp_path)
 
 
 def test_load_missing(index: PinIndex, tmp_path: Path) -> None:
     with pytest.raises(PinlabServeError, match=r"no index at .*pinlab index build"):
         PinIndex.load(tmp_path / "nope")
-    index.save(tmp_path)
-    (tmp_path / MANIFEST_FILE).unlink()
-    with pytest.raises(PinlabServeError, match="no index at"):
+    manifest = index.save(tmp_path)
+    (tmp_path / manifest.file).unlink()
+    with pytest.raises(PinlabServeError, match=r"no index at .*missing"):
         PinIndex.load(tmp_path)
 
 
@@ -215,7 +230,7 @@ def test_query_rejects_bad_input(data: tuple[Float32Array, Int64Array], index: P
             index.similar(0, k=k)
     with pytest.raises(PinlabServeError, match="one id"):
         index.search(emb[:2], k=3, exclude=[1])
-    with pytest.raises(PinlabServeError, match="pin 10001 is not in the index"):
+    with pytest.raises(PinNotFoundError, match="pin 10001 is not in the index"):
         index.similar(10_001, k=3)
     with pytest.raises(PinlabServeError, match="pin 10001 is not in the index"):
         index.vector(10_001)
@@ -262,3 +277,85 @@ def test_embed_image_file_errors(tmp_path: Path) -> None:
         embed_image_file(bad, MeanColourEncoder())
     with pytest.raises(PinlabDataError, match="does not exist"):
         embed_image_file(tmp_path / "missing.png", MeanColourEncoder())
+
+
+def test_hnsw_above_threshold(data: tuple[Float32Array, Int64Array], tmp_path: Path) -> None:
+    emb, ids = data
+    index = PinIndex.build(emb, ids, MODEL, hnsw_threshold=100, ef_search=200)
+    manifest = index.manifest
+    assert manifest.kind == HNSW
+    assert manifest.params == {
+        "hnsw_threshold": 100,
+        "M": 32,
+        "ef_construction": 80,
+        "ef_search": 200,
+    }
+    assert manifest.recall_at_10 is not None and manifest.recall_at_10 >= 0.95
+    queries = unit(np.random.default_rng(5), 20)
+    approx = index.search(queries, k=10)
+    overlap = np.mean(
+        [
+            len({h.pin_id for h in hits} & set(brute_force(emb, ids, q, 10)[0])) / 10
+            for q, hits in zip(queries, approx, strict=True)
+        ]
+    )
+    assert overlap >= 0.95
+    loaded = PinIndex.load(tmp_path / "h") if index.save(tmp_path / "h") else None
+    assert loaded is not None and loaded.manifest == manifest
+    assert loaded.search(queries, k=10) == approx
+
+
+def test_recall_is_measured(tmp_path: Path) -> None:
+    """A graph too sparse to find its neighbours reports the recall it really has."""
+    rng = np.random.default_rng(0)
+    emb, ids = unit(rng, 3000, 32), np.arange(3000, dtype=np.int64)
+    poor = PinIndex.build(emb, ids, MODEL, hnsw_threshold=1, ef_construction=4, ef_search=1)
+    good = PinIndex.build(emb, ids, MODEL, hnsw_threshold=1, ef_search=256)
+    assert poor.manifest.recall_at_10 is not None and good.manifest.recall_at_10 is not None
+    assert poor.manifest.recall_at_10 < good.manifest.recall_at_10
+    assert good.manifest.recall_at_10 > 0.9
+
+
+@pytest.mark.parametrize("threshold", [10_000, 100])
+def test_add_and_remove_without_rebuild(
+    data: tuple[Float32Array, Int64Array], tmp_path: Path, threshold: int
+) -> None:
+    emb, ids = data
+    index = PinIndex.build(emb[:150], ids[:150], MODEL, hnsw_threshold=threshold, ef_search=400)
+    index.add(emb[150:], ids[150:])
+    assert len(index) == 200
+    target = int(ids[170])
+    assert index.search(emb[170:171], k=1)[0][0].pin_id == target
+    index.remove([target, int(ids[3])])
+    assert len(index) == 198
+    assert target not in index
+    hits = index.search(emb[170:171], k=198)[0]
+    assert target not in {h.pin_id for h in hits} and len(hits) == 198
+    with pytest.raises(PinNotFoundError):
+        index.vector(target)
+    with pytest.raises(PinNotFoundError, match="nothing removed"):
+        index.remove([int(ids[0]), 10_001])
+    assert len(index) == 198
+    with pytest.raises(PinlabServeError, match="already in the index"):
+        index.add(emb[:1], ids[:1])
+    manifest = index.save(tmp_path)
+    loaded = PinIndex.load(tmp_path, expect_model_id=MODEL)
+    assert len(loaded) == manifest.count == 198
+    assert loaded.search(emb[170:171], k=5) == index.search(emb[170:171], k=5)
+    np.testing.assert_array_equal(loaded.ids(), np.sort(index.ids()))
+
+
+def test_filters_allow_and_deny(data: tuple[Float32Array, Int64Array]) -> None:
+    emb, ids = data
+    for threshold in (10_000, 100):
+        index = PinIndex.build(emb, ids, MODEL, hnsw_threshold=threshold, ef_search=200)
+        allow = ids[::9]
+        hits = index.search(emb[:2], k=len(allow) + 5, allow=allow)
+        for row in hits:
+            assert sorted(h.pin_id for h in row) == sorted(allow.tolist())
+        deny = [int(ids[0]), int(ids[9])]
+        row = index.search(emb[:1], k=5, allow=allow, deny=deny)[0]
+        assert not {h.pin_id for h in row} & set(deny)
+        assert {h.pin_id for h in row} <= set(allow.tolist())
+        want = [p for p in brute_force(emb, ids, emb[0], 200)[0] if p in set(allow.tolist())]
+        assert [h.pin_id for h in row] == [p for p in want if p not in deny][:5]

@@ -1,14 +1,26 @@
-"""pinlab_serve: the FAISS pin index (and, later, the HTTP service)."""
+"""pinlab_serve: the FAISS pin index and the HTTP service over a run directory."""
 
-from pinlab_serve._index import PinIndex, embed_image_file
-from pinlab_serve.contracts import INDEX_FILE, MANIFEST_FILE, Hit, IndexManifest, PinlabServeError
+from pinlab_serve._index import FLAT, HNSW, PinIndex, embed_image_file
+from pinlab_serve.contracts import (
+    HNSW_THRESHOLD,
+    MANIFEST_FILE,
+    Hit,
+    IndexManifest,
+    PinlabServeError,
+    PinNotFoundError,
+    ServeSettings,
+)
 
 __all__ = [
-    "INDEX_FILE",
+    "FLAT",
+    "HNSW",
+    "HNSW_THRESHOLD",
     "MANIFEST_FILE",
     "Hit",
     "IndexManifest",
     "PinIndex",
+    "PinNotFoundError",
     "PinlabServeError",
+    "ServeSettings",
     "embed_image_file",
 ]

@@ -1,4 +1,9 @@
-"""The pin index: exact inner-product search over L2-normalised embeddings, keyed by pin id."""
+"""The pin index: inner-product search over L2-normalised embeddings, keyed by pin id.
+
+Small catalogues get exact search (`IndexFlatIP`); from `HNSW_THRESHOLD` pins on, an HNSW
+graph whose recall@10 against exact search is measured at build time and kept in the manifest.
+Both sit in an `IndexIDMap2`, so pins are added and removed by id without a rebuild.
+"""
 
 from __future__ import annotations
 
@@ -16,16 +21,31 @@ import numpy as np
 
 from pinlab_data._images import load_image
 from pinlab_data.contracts import Float32Array, Int64Array
-from pinlab_serve.contracts import INDEX_FILE, MANIFEST_FILE, Hit, IndexManifest, PinlabServeError
+from pinlab_serve.contracts import (
+    HNSW_THRESHOLD,
+    INDEX_FILE_PREFIX,
+    INDEX_FILE_SUFFIX,
+    MANIFEST_FILE,
+    Hit,
+    IndexManifest,
+    PinlabServeError,
+    PinNotFoundError,
+)
 
 if TYPE_CHECKING:
     # Importing pinlab_models runs its __init__, which loads torch (~2 s); loading and
     # searching an index should not pay for that.
     from pinlab_models.contracts import ImageEncoder
 
-KIND = "IDMap2,Flat"
+FLAT = "IDMap2,Flat"
+HNSW_M = 32
+HNSW = f"IDMap2,HNSW{HNSW_M}"
 METRIC = "inner_product"
+RECALL_QUERIES = 1000
+# The stubs shipped with faiss-cpu lack SearchParametersHNSW and the `sel` keyword.
+_faiss: Any = faiss
 _REBUILD = "build one with `pinlab index build --run RUN`"
+_CHUNK = 1 << 20
 
 
 def _unit_rows(x: Any, what: str, dim: int | None = None) -> Float32Array:
@@ -52,6 +72,26 @@ def _unit_rows(x: Any, what: str, dim: int | None = None) -> Float32Array:
     return np.ascontiguousarray(out / norms, dtype=np.float32)
 
 
+def _check_ids(pin_ids: Any, rows: int) -> Int64Array:
+    ids = np.asarray(pin_ids)
+    if ids.ndim != 1 or ids.shape[0] != rows:
+        raise PinlabServeError(
+            f"pin_ids must be a 1-D array with one id per embedding row ({rows}), "
+            f"got shape {ids.shape}"
+        )
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise PinlabServeError(f"pin_ids must be integers, got dtype {ids.dtype}")
+    ids = ids.astype(np.int64)
+    # FAISS reports "no result" as id -1, so negative ids would be indistinguishable.
+    if (ids < 0).any():
+        raise PinlabServeError(f"pin ids must be non-negative, got {int(ids.min())}")
+    uniq, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        dupes = uniq[counts > 1][:5].tolist()
+        raise PinlabServeError(f"pin ids must be unique; repeated: {dupes}")
+    return ids
+
+
 def _check_k(k: int) -> None:
     if k <= 0:
         raise PinlabServeError(f"k must be a positive number of results, got {k}")
@@ -65,59 +105,113 @@ def _write_atomic(path: Path, data: bytes) -> None:
         # mkstemp makes owner-only files; the index is meant to be read by the serving process.
         os.fchmod(fd, 0o644)
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            view = memoryview(data)
+            for start in range(0, len(view), _CHUNK):
+                f.write(view[start : start + _CHUNK])
             f.flush()
             os.fsync(f.fileno())
         tmp.replace(path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # make the rename itself durable
+        finally:
+            os.close(dir_fd)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
 
 
+def exact_top_k(vectors: Float32Array, queries: Float32Array, k: int) -> Int64Array:
+    """Row positions of the exact top-k by inner product (FAISS flat, chunk-free)."""
+    flat = faiss.IndexFlatIP(vectors.shape[1])
+    flat.add(vectors)
+    _, rows = flat.search(queries, k)
+    return np.asarray(rows, dtype=np.int64)
+
+
 class PinIndex:
-    """Pin embeddings in a FAISS `IndexIDMap2(IndexFlatIP)`: exact cosine search by pin id.
+    """Pin embeddings in a FAISS `IndexIDMap2` over `IndexFlatIP` or `IndexHNSWFlat`.
 
     IDMap2 (not IDMap) keeps the id -> row map both ways, so a pin's vector can be fetched by
-    id (`vector`, `similar`) and pins can later be added or removed without a rebuild.
+    id (`vector`, `similar`) and pins can be added or removed without a rebuild. HNSW graphs
+    cannot drop nodes, so removal there is a tombstone that search filters out.
     """
 
     def __init__(
-        self, index: Any, model_id: str, created: str, manifest: IndexManifest | None = None
+        self,
+        index: Any,
+        model_id: str,
+        created: str,
+        params: dict[str, float],
+        recall_at_10: float | None,
+        tombstones: Sequence[int] = (),
     ) -> None:
         """Wrap an existing FAISS index; use `build` or `load` instead of calling this."""
         self._index = index
         self._model_id = model_id
         self._created = created
-        self._manifest = manifest
+        self._params = dict(params)
+        self._recall = recall_at_10
+        self._tombstones = {int(t) for t in tombstones}
+        self._ids = {int(i) for i in faiss.vector_to_array(index.id_map)} - self._tombstones
+        self._manifest: IndexManifest | None = None
 
     @classmethod
-    def build(cls, embeddings: Float32Array, pin_ids: Int64Array, model_id: str) -> PinIndex:
-        """Index `embeddings[i]` under `pin_ids[i]`; rows are re-normalised."""
+    def build(
+        cls,
+        embeddings: Float32Array,
+        pin_ids: Int64Array,
+        model_id: str,
+        *,
+        hnsw_threshold: int = HNSW_THRESHOLD,
+        ef_construction: int = 80,
+        ef_search: int = 64,
+        seed: int = 0,
+    ) -> PinIndex:
+        """Index `embeddings[i]` under `pin_ids[i]` (rows are re-normalised).
+
+        Below `hnsw_threshold` rows the index is exact; from it on, HNSW with `HNSW_M`
+        neighbours per node. Either way recall@10 against exact search is measured on up to
+        `RECALL_QUERIES` indexed vectors (drawn with `seed`) and kept in the manifest.
+        """
         vectors = _unit_rows(embeddings, "embeddings")
-        ids = np.asarray(pin_ids)
-        if ids.ndim != 1 or ids.shape[0] != vectors.shape[0]:
-            raise PinlabServeError(
-                f"pin_ids must be a 1-D array with one id per embedding row "
-                f"({vectors.shape[0]}), got shape {ids.shape}"
-            )
-        if not np.issubdtype(ids.dtype, np.integer):
-            raise PinlabServeError(f"pin_ids must be integers, got dtype {ids.dtype}")
-        ids = ids.astype(np.int64)
-        # FAISS reports "no result" as id -1, so negative ids would be indistinguishable.
-        if (ids < 0).any():
-            raise PinlabServeError(f"pin ids must be non-negative, got {int(ids.min())}")
-        uniq, counts = np.unique(ids, return_counts=True)
-        if (counts > 1).any():
-            dupes = uniq[counts > 1][:5].tolist()
-            raise PinlabServeError(f"pin ids must be unique; repeated: {dupes}")
+        ids = _check_ids(pin_ids, vectors.shape[0])
         if not model_id:
             raise PinlabServeError("model_id must be a non-empty string")
-        index = faiss.IndexIDMap2(faiss.IndexFlatIP(vectors.shape[1]))
+        if hnsw_threshold <= 0:
+            raise PinlabServeError(f"hnsw_threshold must be positive, got {hnsw_threshold}")
+        dim = vectors.shape[1]
+        params: dict[str, float] = {"hnsw_threshold": hnsw_threshold}
+        base: Any
+        if len(ids) >= hnsw_threshold:
+            base = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+            base.hnsw.efConstruction = ef_construction
+            base.hnsw.efSearch = ef_search
+            params |= {"M": HNSW_M, "ef_construction": ef_construction, "ef_search": ef_search}
+        else:
+            base = faiss.IndexFlatIP(dim)
+        index = faiss.IndexIDMap2(base)
         index.add_with_ids(vectors, ids)
-        return cls(index, model_id, datetime.now(UTC).isoformat())
+        built = cls(index, model_id, datetime.now(UTC).isoformat(), params, None)
+        built._recall = built._measure_recall(vectors, ids, seed)
+        return built
+
+    def _measure_recall(self, vectors: Float32Array, ids: Int64Array, seed: int) -> float:
+        rng = np.random.default_rng(seed)
+        rows = rng.choice(len(ids), size=min(RECALL_QUERIES, len(ids)), replace=False)
+        k = min(10, len(ids))
+        truth = ids[exact_top_k(vectors, vectors[rows], k)]
+        found = np.asarray(self._index.search(vectors[rows], k, params=self._params_for(None))[1])
+        hits = sum(
+            len(set(t) & set(f)) for t, f in zip(truth.tolist(), found.tolist(), strict=True)
+        )
+        return round(hits / (len(rows) * k), 4)
 
     def __len__(self) -> int:
-        return int(self._index.ntotal)
+        return len(self._ids)
+
+    def __contains__(self, pin_id: object) -> bool:
+        return pin_id in self._ids
 
     @property
     def dim(self) -> int:
@@ -128,44 +222,134 @@ class PinIndex:
         return self._model_id
 
     @property
+    def kind(self) -> str:
+        return HNSW if self._is_hnsw else FLAT
+
+    @property
+    def _is_hnsw(self) -> bool:
+        return isinstance(faiss.downcast_index(self._index.index), faiss.IndexHNSWFlat)
+
+    @property
     def manifest(self) -> IndexManifest:
         """The manifest `save` writes (checksum over the serialised index), computed once."""
         if self._manifest is None:
             self._manifest = self._manifest_for(self._serialize())
         return self._manifest
 
+    def ids(self) -> Int64Array:
+        """Searchable pin ids, ascending."""
+        return np.array(sorted(self._ids), dtype=np.int64)
+
+    def vectors(self, pin_ids: Int64Array) -> Float32Array:
+        """Stored vectors of `pin_ids`, shape (n, d); every id must be searchable."""
+        if len(pin_ids) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.stack([self.vector(int(p)) for p in pin_ids])
+
     def _serialize(self) -> bytes:
         return bytes(faiss.serialize_index(self._index))
 
     def _manifest_for(self, data: bytes) -> IndexManifest:
+        checksum = hashlib.sha256(data).hexdigest()
         return IndexManifest(
             model_id=self._model_id,
             dim=self.dim,
             count=len(self),
             metric=METRIC,
-            kind=KIND,
-            checksum=hashlib.sha256(data).hexdigest(),
+            kind=self.kind,
+            file=f"{INDEX_FILE_PREFIX}{checksum[:16]}{INDEX_FILE_SUFFIX}",
+            checksum=checksum,
             created=self._created,
+            params=self._params,
+            recall_at_10=self._recall,
+            tombstones=sorted(self._tombstones),
         )
+
+    def add(self, embeddings: Float32Array, pin_ids: Int64Array) -> None:
+        """Add pins without a rebuild; ids must be new (a removed id may come back)."""
+        vectors = _unit_rows(embeddings, "embeddings", self.dim)
+        ids = _check_ids(pin_ids, vectors.shape[0])
+        taken = [int(p) for p in ids if int(p) in self._ids]
+        if taken:
+            raise PinlabServeError(
+                f"pins {taken[:5]} are already in the index; remove them first to replace them"
+            )
+        revived = [int(p) for p in ids if int(p) in self._tombstones]
+        if revived:
+            # The graph still holds their old vectors under the same id: give those up first
+            # would need a rebuild, so refuse instead of serving two vectors for one id.
+            raise PinlabServeError(
+                f"pins {revived[:5]} were removed from this HNSW index and cannot be re-added "
+                f"under the same id; {_REBUILD}"
+            )
+        self._index.add_with_ids(vectors, ids)
+        self._ids.update(int(p) for p in ids)
+        self._manifest = None
+
+    def remove(self, pin_ids: Sequence[int]) -> None:
+        """Remove pins by id; unknown ids are an error and nothing is removed."""
+        ids = [int(p) for p in pin_ids]
+        unknown = [p for p in ids if p not in self._ids]
+        if unknown:
+            raise PinNotFoundError(f"pins {unknown[:5]} are not in the index; nothing removed")
+        if self._is_hnsw:
+            self._tombstones.update(ids)
+        else:
+            self._index.remove_ids(np.asarray(ids, dtype=np.int64))
+        self._ids.difference_update(ids)
+        self._manifest = None
 
     def vector(self, pin_id: int) -> Float32Array:
         """The stored (normalised) embedding of `pin_id`, shape (d,)."""
-        try:
-            vec = self._index.reconstruct(int(pin_id))
-        except RuntimeError as exc:
-            # IDMap2 raises a bare RuntimeError("key not found") for unknown ids.
-            raise PinlabServeError(
+        if int(pin_id) not in self._ids:
+            raise PinNotFoundError(
                 f"pin {pin_id} is not in the index; it holds {len(self)} pins built by model "
                 f"{self._model_id}, so rebuild the index if the pin is new"
-            ) from exc
-        return np.asarray(vec, dtype=np.float32)
+            )
+        return np.asarray(self._index.reconstruct(int(pin_id)), dtype=np.float32)
+
+    def _params_for(self, allow: Int64Array | None, deny: Sequence[int] = ()) -> Any:
+        """FAISS search parameters: ef_search for HNSW, and an id selector for filters.
+
+        The selectors run inside the search (IDMap2 translates them to row ids), so a
+        filter never needs over-fetching.
+        """
+        ef = int(self._params["ef_search"]) if self._is_hnsw else None
+        denied = self._tombstones | {int(d) for d in deny}
+        owners: list[Any] = []
+        selector: Any = None
+        if allow is not None:
+            selector = faiss.IDSelectorBatch(np.asarray(allow, dtype=np.int64))
+            owners.append(selector)
+        if denied:
+            batch = faiss.IDSelectorBatch(np.fromiter(denied, dtype=np.int64, count=len(denied)))
+            negated = faiss.IDSelectorNot(batch)
+            owners += [batch, negated]
+            selector = negated if selector is None else faiss.IDSelectorAnd(selector, negated)
+        if selector is None and ef is None:
+            return None
+        params: Any = (
+            _faiss.SearchParametersHNSW(sel=selector, efSearch=ef)
+            if ef is not None
+            else _faiss.SearchParameters(sel=selector)
+        )
+        params.owners = (owners, selector)  # SWIG holds raw pointers; keep their owners alive
+        return params
 
     def search(
-        self, queries: Float32Array, k: int, exclude: Sequence[int | None] | None = None
+        self,
+        queries: Float32Array,
+        k: int,
+        exclude: Sequence[int | None] | None = None,
+        *,
+        allow: Int64Array | None = None,
+        deny: Sequence[int] = (),
     ) -> list[list[Hit]]:
-        """Top-`k` pins per query row by cosine, best first; `exclude[i]` is dropped from row i.
+        """Top-`k` pins per query row by cosine, best first.
 
-        `k` larger than the index is clipped, so rows may hold fewer than `k` hits.
+        `exclude[i]` is dropped from row i; `allow` (if given) limits every row to those ids
+        and `deny` removes ids from every row. `k` larger than the index is clipped, so rows
+        may hold fewer than `k` hits.
         """
         _check_k(k)
         vectors = _unit_rows(queries, "queries", self.dim)
@@ -175,8 +359,8 @@ class PinIndex:
                 f"{vectors.shape[0]} queries"
             )
         # One extra candidate makes room for the excluded pin if it ranks in the top k.
-        fetch = min(k + (exclude is not None), len(self))
-        scores, ids = self._index.search(vectors, fetch)
+        fetch = min(k + (exclude is not None), int(self._index.ntotal))
+        scores, ids = self._index.search(vectors, fetch, params=self._params_for(allow, deny))
         results: list[list[Hit]] = []
         for row in range(vectors.shape[0]):
             skip = None if exclude is None else exclude[row]
@@ -194,19 +378,25 @@ class PinIndex:
         return self.search(self.vector(pin_id)[None, :], k, exclude=[int(pin_id)])[0]
 
     def save(self, directory: Path) -> IndexManifest:
-        """Write `index.faiss`, then `index.json`, each atomically; return the manifest.
+        """Write the index file, then `index.json`, each atomically; return the manifest.
 
-        The manifest goes second and carries the index checksum, so a crash between the two
-        renames leaves a new index beside the old manifest: `load` then refuses it with a
-        checksum mismatch instead of serving vectors under the wrong description.
+        The index file is named by its checksum and the manifest is written last, so the
+        manifest rename is the commit: a save killed at any point leaves the old manifest
+        naming the old (untouched) file. Files no manifest names are removed afterwards.
         """
         directory.mkdir(parents=True, exist_ok=True)
         data = self._serialize()
         manifest = self._manifest_for(data)
-        _write_atomic(directory / INDEX_FILE, data)
+        _write_atomic(directory / manifest.file, data)
         _write_atomic(
             directory / MANIFEST_FILE, (manifest.model_dump_json(indent=2) + "\n").encode()
         )
+        for stale in directory.glob(f"{INDEX_FILE_PREFIX}*{INDEX_FILE_SUFFIX}"):
+            if stale.name != manifest.file:
+                stale.unlink(missing_ok=True)
+        legacy = directory / "index.faiss"
+        if manifest.file != legacy.name:
+            legacy.unlink(missing_ok=True)
         self._manifest = manifest
         return manifest
 
@@ -215,12 +405,11 @@ class PinIndex:
         """Read an index written by `save`, refusing anything that does not check out.
 
         Raises PinlabServeError when the files are missing, the manifest is malformed, the
-        index bytes do not match the manifest checksum (corrupt, or a save interrupted
-        between its two writes), the index disagrees with the manifest, or the index was
-        built by a model other than `expect_model_id`.
+        index bytes do not match the manifest checksum, the index disagrees with the
+        manifest, or the index was built by a model other than `expect_model_id`.
         """
-        index_path, manifest_path = directory / INDEX_FILE, directory / MANIFEST_FILE
-        if not index_path.is_file() or not manifest_path.is_file():
+        manifest_path = directory / MANIFEST_FILE
+        if not manifest_path.is_file():
             raise PinlabServeError(f"no index at {directory}; {_REBUILD}")
         try:
             manifest = IndexManifest.model_validate(json.loads(manifest_path.read_text()))
@@ -230,21 +419,24 @@ class PinIndex:
                 f"index manifest {manifest_path} is malformed ({type(exc).__name__}); "
                 f"delete {directory} and {_REBUILD}"
             ) from exc
+        index_path = directory / manifest.file
+        if not index_path.is_file():
+            raise PinlabServeError(f"no index at {directory} ({manifest.file} missing); {_REBUILD}")
         if expect_model_id is not None and manifest.model_id != expect_model_id:
             raise PinlabServeError(
                 f"index at {directory} was built by model {manifest.model_id} but the serving "
                 f"model is {expect_model_id}; rebuild the index with the serving model"
             )
-        if manifest.kind != KIND or manifest.metric != METRIC:
+        if manifest.kind not in (FLAT, HNSW) or manifest.metric != METRIC:
             raise PinlabServeError(
                 f"index at {directory} is {manifest.kind}/{manifest.metric}; only "
-                f"{KIND}/{METRIC} is supported, so {_REBUILD}"
+                f"{FLAT} or {HNSW} with {METRIC} is supported, so {_REBUILD}"
             )
         data = index_path.read_bytes()
         if hashlib.sha256(data).hexdigest() != manifest.checksum:
             raise PinlabServeError(
                 f"{index_path} does not match the checksum in {manifest_path}: the index is "
-                f"corrupt or a save was interrupted; {_REBUILD}"
+                f"corrupt; {_REBUILD}"
             )
         try:
             index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
@@ -254,12 +446,22 @@ class PinIndex:
             ) from exc
         if not isinstance(index, faiss.IndexIDMap2):
             raise PinlabServeError(f"{index_path} holds a {type(index).__name__}; {_REBUILD}")
-        if index.d != manifest.dim or index.ntotal != manifest.count:
+        if index.d != manifest.dim or index.ntotal != manifest.count + len(manifest.tombstones):
             raise PinlabServeError(
                 f"{index_path} holds {index.ntotal} vectors of dimension {index.d} but the "
-                f"manifest says {manifest.count} of dimension {manifest.dim}; {_REBUILD}"
+                f"manifest says {manifest.count} (+{len(manifest.tombstones)} removed) of "
+                f"dimension {manifest.dim}; {_REBUILD}"
             )
-        return cls(index, manifest.model_id, manifest.created, manifest)
+        loaded = cls(
+            index,
+            manifest.model_id,
+            manifest.created,
+            manifest.params,
+            manifest.recall_at_10,
+            manifest.tombstones,
+        )
+        loaded._manifest = manifest
+        return loaded
 
 
 def embed_image_file(path: Path, encoder: ImageEncoder) -> Float32Array:

@@ -1,29 +1,102 @@
-"""Public types of pinlab_serve: the index manifest and search hits."""
+"""Public types of pinlab_serve: the index manifest, search hits and the service settings."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pathlib import Path
+from typing import Literal
 
-INDEX_FILE = "index.faiss"
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
 MANIFEST_FILE = "index.json"
+INDEX_FILE_PREFIX = "index-"
+INDEX_FILE_SUFFIX = ".faiss"
+HNSW_THRESHOLD = 50_000
+"""Catalogues with at least this many pins get an HNSW graph; smaller ones exact search."""
 
 
 class PinlabServeError(ValueError):
     """Bad input to the index or service: unknown id, corrupt index, wrong dimensions."""
 
 
+class PinNotFoundError(PinlabServeError):
+    """A pin or user id that is not in the catalogue (HTTP 404)."""
+
+
 class IndexManifest(BaseModel):
-    """`index.json`, written beside `index.faiss`: enough to refuse a mismatched index."""
+    """`index.json`: describes the index file it names, enough to refuse a mismatched one.
+
+    The manifest is the commit point of a save: it names a content-addressed index file, so a
+    save killed at any moment leaves the previous manifest pointing at the previous file.
+    """
 
     model_id: str = Field(description="Checksum-derived id of the encoder that made the vectors.")
     dim: int
-    count: int
+    count: int = Field(description="Searchable pins (stored vectors minus tombstones).")
     metric: str = "inner_product"
-    kind: str = Field(description="FAISS factory string, e.g. 'IDMap2,Flat'.")
-    checksum: str = Field(description="SHA-256 of index.faiss.")
+    kind: str = Field(description="FAISS factory string: 'IDMap2,Flat' or 'IDMap2,HNSW32'.")
+    file: str = Field(default="index.faiss", description="Index file name in the same directory.")
+    checksum: str = Field(description="SHA-256 of the index file.")
     created: str = Field(description="UTC creation time, ISO 8601.")
+    params: dict[str, float] = Field(
+        default_factory=dict,
+        description="Build and search parameters (HNSW: M, ef_construction, ef_search; "
+        "the size threshold that chose the kind).",
+    )
+    recall_at_10: float | None = Field(
+        default=None, description="Recall@10 against exact search, measured at build time."
+    )
+    tombstones: list[int] = Field(
+        default_factory=list,
+        description="Removed pins still in an HNSW graph (graphs cannot drop nodes); never "
+        "returned by search.",
+    )
+
+    @field_validator("file")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        # The manifest chooses which file is read: keep it inside the index directory.
+        if not value or "/" in value or "\\" in value or value in {".", ".."}:
+            raise ValueError(f"index file must be a plain file name, got {value!r}")
+        return value
 
 
 class Hit(BaseModel):
     pin_id: int
     score: float
+
+
+class ServeSettings(BaseSettings):
+    """Settings of `pinlab serve` (environment: PINLAB_SERVE_*; the CLI passes its options)."""
+
+    model_config = SettingsConfigDict(env_prefix="PINLAB_SERVE_", extra="forbid")
+
+    run_dir: Path | None = Field(
+        default=None, description="Run directory to serve (the app factory's default)."
+    )
+    host: str = Field(default="127.0.0.1", description="Bind address; loopback by default.")
+    port: int = Field(default=8000, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)
+    max_upload_bytes: int = Field(default=10 * 2**20, ge=1024, le=200 * 2**20)
+    max_pixels: int = Field(default=40_000_000, ge=64, le=200_000_000)
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Origins allowed by CORS; empty turns CORS off."
+    )
+    search_backend: Literal["faiss", "numpy"] = Field(
+        default="faiss", description="'numpy' is the brute-force baseline for benchmarks."
+    )
+    batch_window_ms: float = Field(
+        default=2.0, ge=0, le=100, description="How long image searches wait to share a batch."
+    )
+    max_batch: int = Field(default=32, ge=1, le=1024)
+    candidates: int = Field(
+        default=200, ge=10, le=5000, description="Candidates fetched for a diversity re-rank."
+    )
+    admin: bool = Field(default=True, description="Expose POST /v1/admin/reload.")
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _no_wildcard(cls, value: list[str]) -> list[str]:
+        if "*" in value:
+            raise ValueError("a wildcard CORS origin is unsafe; list the origins you trust")
+        return value
