@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,13 @@ from pinlab_models import (
     recommender_names,
 )
 
-FAST = {"mf": {"epochs": 30, "dim": 8, "batch_size": 64, "lr": 0.05}}
+FAST = {
+    "mf": {"epochs": 30, "dim": 8, "batch_size": 64, "lr": 0.05},
+    "bpr": {"epochs": 30, "dim": 8, "batch_size": 64, "lr": 0.05},
+    "ials": {"dim": 8, "iterations": 5, "l2": 1.0},
+    "itemknn": {"neighbours": 5},
+    "rp3beta": {"neighbours": 5},
+}
 
 
 def two_tribes(num_users: int = 40, num_items: int = 20, seed: int = 0) -> InteractionLog:
@@ -95,10 +102,17 @@ def test_popularity_ranks_by_distinct_users(tmp_path: Path) -> None:
     assert scores[0] == log.num_users  # every user engaged with item 0 once
 
 
-@pytest.mark.parametrize("loss", ["bpr", "softmax"])
-def test_mf_learns_which_half_each_user_likes(loss: str, tmp_path: Path) -> None:
+LEARNERS = [("mf", {"loss": "bpr"}), ("mf", {"loss": "softmax"})] + [
+    (name, {}) for name in recommender_names() if name not in ("mf", "popularity")
+]
+
+
+@pytest.mark.parametrize(("name", "settings"), LEARNERS)
+def test_models_learn_which_half_each_user_likes(
+    name: str, settings: dict[str, object], tmp_path: Path
+) -> None:
     log = two_tribes()
-    model = build_recommender("mf", {**FAST["mf"], "loss": loss})
+    model = build_recommender(name, {**FAST.get(name, {}), **settings})
     model.fit(log, ctx(tmp_path))
     scores = model.score(np.arange(log.num_users, dtype=np.int64))
     half = log.num_items // 2
@@ -117,7 +131,7 @@ def test_mf_sampled_softmax_when_catalogue_exceeds_negatives(tmp_path: Path) -> 
 
 
 def test_registry_errors_name_the_choices() -> None:
-    with pytest.raises(PinlabModelError, match="registered: mf, popularity"):
+    with pytest.raises(PinlabModelError, match=re.escape(", ".join(recommender_names()))):
         build_recommender("sasrec-ultra")
     with pytest.raises(PinlabModelError, match="bad mf setting 'dim'"):
         build_recommender("mf", {"dim": -3})
@@ -146,3 +160,38 @@ def test_mf_config_is_strict() -> None:
     assert MFConfig().loss in ("bpr", "softmax")
     with pytest.raises(ValueError, match="extra"):
         MFConfig.model_validate({"nope": 1})
+
+
+def test_ease_matches_its_closed_form(tmp_path: Path) -> None:
+    log = two_tribes()
+    model = build_recommender("ease", {"l2": 3.0})
+    model.fit(log, ctx(tmp_path))
+    x = np.zeros((log.num_users, log.num_items))
+    x[log.users, log.items] = 1.0
+    p = np.linalg.inv(x.T @ x + 3.0 * np.eye(log.num_items))
+    b = np.eye(log.num_items) - p / np.diag(p)  # Steck (2019), eq. 8
+    np.testing.assert_allclose(model.score(np.arange(4)), x[:4] @ b, rtol=1e-4, atol=1e-5)
+
+
+def test_dlae_without_normalisation_is_denoising_ridge(tmp_path: Path) -> None:
+    log = two_tribes()
+    model = build_recommender("dlae", {"l2": 2.0, "dropout": 0.25, "user_norm": 0.0})
+    model.fit(log, ctx(tmp_path))
+    x = np.zeros((log.num_users, log.num_items))
+    x[log.users, log.items] = 1.0
+    gram = x.T @ x
+    penalty = np.diag(2.0 + 0.25 / 0.75 * np.diag(gram))
+    b = np.linalg.solve(gram + penalty, gram)  # argmin |X - XB|^2 + |penalty^1/2 B|^2
+    np.testing.assert_allclose(model.score(np.arange(4)), x[:4] @ b, rtol=1e-4, atol=1e-5)
+
+
+def test_ials_conjugate_gradient_approaches_the_exact_solve(tmp_path: Path) -> None:
+    log = two_tribes()
+    base = {"dim": 6, "iterations": 8, "l2": 0.5, "alpha": 4.0}
+    exact = build_recommender("ials", {**base, "cg_steps": 0})
+    exact.fit(log, ctx(tmp_path / "exact"))
+    cg = build_recommender("ials", {**base, "cg_steps": 6})
+    cg.fit(log, ctx(tmp_path / "cg"))
+    users = np.arange(log.num_users, dtype=np.int64)
+    a, b = exact.score(users), cg.score(users)
+    assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.99

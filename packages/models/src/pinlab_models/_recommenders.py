@@ -119,9 +119,8 @@ class MatrixFactorization:
     loss of Rendle et al. (2009) with one uniform negative per positive.
     """
 
-    name = "mf"
-
-    def __init__(self, config: MFConfig | None = None) -> None:
+    def __init__(self, config: MFConfig | None = None, name: str = "mf") -> None:
+        self.name = name
         self.config = config or MFConfig()
         self.net: _Factors | None = None
         self.device = "cpu"
@@ -225,7 +224,7 @@ class MatrixFactorization:
 
     @classmethod
     def from_checkpoint(cls, payload: dict[str, Any]) -> MatrixFactorization:
-        model = cls(MFConfig.model_validate(payload["config"]))
+        model = cls(MFConfig.model_validate(payload["config"]), name=str(payload["name"]))
         net = _Factors(int(payload["num_users"]), int(payload["num_items"]), model.config.dim)
         net.load_state_dict(payload["state"])
         model.net = net

@@ -115,6 +115,12 @@ class MFConfig(BaseModel):
     patience: PositiveInt = Field(default=4, description="Epochs without validation gain.")
 
 
+class BPRConfig(MFConfig):
+    """BPR-MF (Rendle et al., 2009): matrix factorisation with the pairwise BPR loss."""
+
+    loss: Literal["bpr"] = "bpr"
+
+
 class EncoderConfig(BaseModel):
     """An image encoder (the built-in CNN or a timm architecture) and its training."""
 
@@ -183,3 +189,62 @@ class AlignConfig(BaseModel):
         default=0.07, description="Starting temperature; it is learned from there."
     )
     patience: PositiveInt = 5
+
+
+class EASEConfig(BaseModel):
+    """EASE (Steck, 2019): a closed-form item-item model with a zero diagonal."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    l2: PositiveFloat = Field(default=500.0, description="L2 penalty on the item-item weights.")
+
+
+class DLAEConfig(BaseModel):
+    """A denoising linear autoencoder (Steck, 2020) on data-adaptively normalised input.
+
+    `dropout` is the input dropout the closed form emulates (penalty `p/(1-p) * diag(G)`),
+    which keeps the model off the identity without EASE's zero-diagonal constraint;
+    `user_norm` weights each user's row by `degree**-user_norm` in the Gram matrix, so heavy
+    users do not dominate it, and `item_norm` rescales the weights by item popularity (DAN,
+    Park et al., 2025). `l2` is given at the scale of an average user and divided by
+    `mean_degree**user_norm`, so its meaning does not move with `user_norm`.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    l2: PositiveFloat = 250.0
+    dropout: float = Field(default=0.5, ge=0.0, lt=1.0)
+    user_norm: float = Field(default=0.5, ge=0.0, le=1.0)
+    item_norm: float = Field(default=0.0, ge=0.0, le=1.0)
+
+
+class ItemKNNConfig(BaseModel):
+    """Item-based nearest neighbours with shrunk cosine similarity."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    neighbours: PositiveInt = Field(default=100, description="Similar items kept per item.")
+    shrink: float = Field(default=10.0, ge=0.0, description="Added to the cosine denominator.")
+
+
+class RP3BetaConfig(BaseModel):
+    """RP3beta (Paudel et al., 2017): three-step random walks, damped by popularity."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    alpha: PositiveFloat = 1.0
+    beta: float = Field(default=0.5, ge=0.0)
+    neighbours: PositiveInt = 200
+
+
+class IALSConfig(BaseModel):
+    """Implicit ALS (Hu et al., 2008) with a conjugate-gradient or exact solve, in PyTorch."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dim: PositiveInt = 64
+    l2: PositiveFloat = Field(default=1.0, description="L2 penalty on every factor.")
+    alpha: PositiveFloat = Field(default=10.0, description="Confidence of an observed pair.")
+    iterations: PositiveInt = 15
+    cg_steps: int = Field(default=3, ge=0, description="0 solves each least squares exactly.")
+    patience: PositiveInt = 3

@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from pinlab_models._ials import ImplicitALS
+from pinlab_models._linear import ItemItem, item_item_builder
 from pinlab_models._recommenders import CHECKPOINT_KIND, MatrixFactorization, Popularity
 from pinlab_models._runtime import load_checkpoint
-from pinlab_models.contracts import MFConfig, PinlabModelError, PopularityConfig, Recommender
+from pinlab_models.contracts import (
+    BPRConfig,
+    DLAEConfig,
+    EASEConfig,
+    IALSConfig,
+    ItemKNNConfig,
+    MFConfig,
+    PinlabModelError,
+    PopularityConfig,
+    Recommender,
+    RP3BetaConfig,
+)
 
 
 @dataclass(frozen=True)
@@ -21,6 +34,8 @@ class RecommenderSpec:
     config_type: type[BaseModel]
     build: Callable[[Any], Recommender]
     from_checkpoint: Callable[[dict[str, Any]], Recommender]
+    tune_grid: Mapping[str, Sequence[Any]] = field(default_factory=dict)
+    """Settings `pinlab bench recsys` searches on the validation split (never on test)."""
 
 
 _REGISTRY: dict[str, RecommenderSpec] = {}
@@ -78,5 +93,69 @@ register(
         config_type=MFConfig,
         build=MatrixFactorization,
         from_checkpoint=MatrixFactorization.from_checkpoint,
+    )
+)
+register(
+    RecommenderSpec(
+        name="bpr",
+        summary="BPR-MF: matrix factorisation with the pairwise BPR loss (Rendle et al., 2009).",
+        config_type=BPRConfig,
+        build=lambda cfg: MatrixFactorization(cfg, name="bpr"),
+        from_checkpoint=MatrixFactorization.from_checkpoint,
+        tune_grid={"dim": [64, 128], "weight_decay": [1e-6, 1e-4]},
+    )
+)
+register(
+    RecommenderSpec(
+        name="ease",
+        summary="EASE: closed-form item-item weights with a zero diagonal (Steck, 2019).",
+        config_type=EASEConfig,
+        build=item_item_builder("ease"),
+        from_checkpoint=ItemItem.from_checkpoint,
+        tune_grid={"l2": [100.0, 250.0, 500.0, 1000.0, 2000.0]},
+    )
+)
+register(
+    RecommenderSpec(
+        name="dlae",
+        summary="Denoising linear autoencoder, closed form, with data-adaptive normalisation.",
+        config_type=DLAEConfig,
+        build=item_item_builder("dlae"),
+        from_checkpoint=ItemItem.from_checkpoint,
+        tune_grid={
+            "l2": [100.0, 250.0, 500.0],
+            "dropout": [0.35, 0.5, 0.65, 0.8],
+            "user_norm": [0.0, 0.5],
+        },
+    )
+)
+register(
+    RecommenderSpec(
+        name="itemknn",
+        summary="Item-based nearest neighbours, cosine similarity with shrinkage.",
+        config_type=ItemKNNConfig,
+        build=item_item_builder("itemknn"),
+        from_checkpoint=ItemItem.from_checkpoint,
+        tune_grid={"neighbours": [50, 100, 200, 400], "shrink": [0.0, 10.0, 50.0]},
+    )
+)
+register(
+    RecommenderSpec(
+        name="rp3beta",
+        summary="RP3beta: item-user-item random walks damped by popularity (Paudel et al., 2017).",
+        config_type=RP3BetaConfig,
+        build=item_item_builder("rp3beta"),
+        from_checkpoint=ItemItem.from_checkpoint,
+        tune_grid={"alpha": [0.6, 0.8, 1.0], "beta": [0.2, 0.4, 0.6]},
+    )
+)
+register(
+    RecommenderSpec(
+        name="ials",
+        summary="Implicit ALS with conjugate-gradient (or exact) solves, in PyTorch.",
+        config_type=IALSConfig,
+        build=ImplicitALS,
+        from_checkpoint=ImplicitALS.from_checkpoint,
+        tune_grid={"dim": [64, 128], "l2": [20.0, 50.0, 100.0], "alpha": [2.0, 5.0, 10.0]},
     )
 )
