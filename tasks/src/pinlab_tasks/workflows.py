@@ -23,6 +23,7 @@ from pinlab_data import (
     LeaveLastOutSplit,
     PinlabDataError,
     SynthConfig,
+    caption_attributes,
     describe_dataset,
     holdout_mask,
     interaction_log,
@@ -33,19 +34,31 @@ from pinlab_data import (
     write_json_atomic,
     write_synth,
 )
-from pinlab_eval import evaluate_ranking, evaluate_retrieval, taste_recovery, top_k
+from pinlab_eval import (
+    RetrievalReport,
+    evaluate_ranking,
+    evaluate_retrieval,
+    evaluate_text_to_image,
+    taste_recovery,
+    top_k,
+)
 from pinlab_models import (
+    AlignConfig,
     CNNEncoder,
     EncoderConfig,
+    ImageTextModel,
     Recommender,
     Scorer,
     TrainContext,
     build_recommender,
+    load_image_text_model,
     load_recommender,
     recommender_spec,
     resolve_device,
     seed_everything,
+    train_alignment,
     train_encoder,
+    zero_shot_labels,
 )
 from pinlab_serve import PinIndex, embed_image_file
 from pinlab_tasks.presets import PRESETS
@@ -148,7 +161,146 @@ def eval_visual(run: RunLayout, seed: int) -> dict[str, Any]:
             encoder.embed(images[test]), labels[test], ks=VISUAL_KS, protocol="held-out-pins"
         )
         result[name] = report.metrics
+    if run.image_text.is_file():
+        result["text_to_image"] = eval_align(run)
     write_json_atomic(run.visual / "eval.json", result)
+    return result
+
+
+def _captioned(ds: Dataset, rows: np.ndarray) -> np.ndarray:
+    """The rows among `rows` whose pin has a caption: alignment learns from nothing else."""
+    captions = ds.pins.column("caption").to_pylist()
+    kept: np.ndarray = rows[np.array([bool(captions[r].strip()) for r in rows], dtype=bool)]
+    return kept
+
+
+def text_relevance(ds: Dataset, rows: np.ndarray) -> tuple[np.ndarray, str]:
+    """Keys for text-to-image relevance at `rows`, and what they compare.
+
+    A pin is relevant to a caption query when it shares the query pin's category and every
+    attribute the caption names. On synthetic worlds the caption names a palette and a texture
+    (read by `caption_attributes`), so the key is category + palette + texture; elsewhere no
+    attribute vocabulary is known, so the key is the category, or the caption itself when the
+    pins have no categories.
+    """
+    captions = ds.pins.column("caption").to_pylist()
+    categories = ds.pins.column("category").to_pylist()
+    keys: list[str]
+    if ds.manifest.source == "synth":
+        named = [caption_attributes(captions[r]) for r in rows]
+        keys = [
+            f"{categories[r]}|{n.get('palette')}|{n.get('texture')}"
+            for r, n in zip(rows, named, strict=True)
+        ]
+        relevance = "category+palette+texture"
+    elif any(categories[r] for r in rows):
+        keys, relevance = [categories[r] for r in rows], "category"
+    else:
+        keys, relevance = [captions[r] for r in rows], "caption"
+    _, dense = np.unique(np.array(keys, dtype=object), return_inverse=True)
+    return dense.astype(np.int64), relevance
+
+
+def _text_to_image(
+    model: ImageTextModel, images: np.ndarray, ds: Dataset, rows: np.ndarray
+) -> tuple[RetrievalReport, str]:
+    keys, relevance = text_relevance(ds, rows)
+    captions = ds.pins.column("caption").to_pylist()
+    report = evaluate_text_to_image(
+        model.embed_texts([captions[r] for r in rows]),
+        keys,
+        model.embed_images(images[rows]),
+        keys,
+        ks=VISUAL_KS,
+    )
+    return report, relevance
+
+
+def train_align(
+    run: RunLayout,
+    data_dir: Path | None,
+    config: AlignConfig,
+    seed: int,
+    device: str,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Align the image tower to MiniLM caption embeddings on the training pins.
+
+    Early-stops on text-to-image recall@10 of the validation pins. Without `data_dir`, the
+    run's recorded dataset.
+    """
+    data_dir = run.data_dir() if data_dir is None else data_dir
+    ds = load_dataset(data_dir)
+    images = _images(ds)
+    if images.shape[1] != config.image_size:  # the dataset decides the input size
+        config = config.model_copy(update={"image_size": int(images.shape[1])})
+    split = visual_split(ds, seed)
+    train_rows, valid_rows = _captioned(ds, split.train), _captioned(ds, split.valid)
+    if len(train_rows) < 2:
+        raise PinlabDataError(
+            f"{ds.root}: {len(train_rows)} training pins have a caption; alignment learns "
+            "from captions, so load the images with a manifest that has a caption column"
+        )
+    device = resolve_device(device)
+    run.log_step("train align", {"align": config.model_dump(), "seed": seed}, data_dir)
+    captions = ds.pins.column("caption").to_pylist()
+
+    def validate(model: ImageTextModel) -> float:
+        return _text_to_image(model, images, ds, valid_rows)[0].metrics["recall@10"]
+
+    ctx = TrainContext(run_dir=run.visual / "align", seed=seed, device=device, progress=progress)
+    model, report = train_alignment(
+        images[train_rows],
+        [captions[r] for r in train_rows],
+        config,
+        ctx,
+        validate if len(valid_rows) else None,
+    )
+    model_id = model.save(run.image_text)
+    result = {
+        "model_id": model_id,
+        "seed": seed,
+        "train_pins": len(train_rows),
+        "temperature": round(model.temperature, 4),
+        **report.model_dump(),
+    }
+    write_json_atomic(run.visual / "align" / "train.json", result)
+    return result
+
+
+def eval_align(run: RunLayout) -> dict[str, Any]:
+    """Text-to-image recall@k and zero-shot category accuracy on the held-out pins.
+
+    The held-out pins are those of the seed the alignment trained with (in its train.json),
+    so no evaluated pin was trained on. Queries are their captions; the gallery is their
+    images; relevance is `text_relevance`. Zero-shot: each image gets the category whose
+    name, in "a photo of {name}", embeds nearest.
+    """
+    trained = run.visual / "align" / "train.json"
+    if not trained.is_file():
+        raise PinlabDataError(f"run {run.root} has no {trained.name}; `pinlab train align` first")
+    seed = int(json.loads(trained.read_text())["seed"])
+    ds = load_dataset(run.data_dir())
+    images = _images(ds)
+    test = _captioned(ds, visual_split(ds, seed).test)
+    if len(test) == 0:
+        raise PinlabDataError(f"{ds.root}: no held-out pin has a caption to query with")
+    model = load_image_text_model(run.image_text)
+    report, relevance = _text_to_image(model, images, ds, test)
+    metrics = {f"text_{k}": v for k, v in report.metrics.items()}
+    names = sorted(set(ds.pins.column("category").to_pylist()))
+    if len(names) > 1 and all(names):
+        predicted = zero_shot_labels(model, images[test], names)
+        metrics["zero_shot_accuracy"] = float((predicted == _labels(ds)[test]).mean())
+    result: dict[str, Any] = {
+        "protocol": "held-out-pins",
+        "seed": seed,
+        "relevance": relevance,
+        "num_queries": report.num_queries,
+        "model_id": model.model_id,
+        "metrics": metrics,
+    }
+    write_json_atomic(run.visual / "align" / "eval.json", result)
     return result
 
 
@@ -260,12 +412,18 @@ def _pin_rows(ds: Dataset, pin_ids: list[int]) -> list[dict[str, Any]]:
 
 
 def search(
-    run: RunLayout, k: int, pin: int | None = None, image: Path | None = None
+    run: RunLayout,
+    k: int,
+    pin: int | None = None,
+    image: Path | None = None,
+    text: str | None = None,
 ) -> dict[str, Any]:
-    """Pins most similar to a pin of the catalogue or to an image file."""
-    if (pin is None) == (image is None):
-        raise PinlabDataError("give exactly one of --pin ID or --image PATH")
+    """Pins most similar to a pin of the catalogue, an image file, or a text (aligned model)."""
+    if sum(q is not None for q in (pin, image, text)) != 1:
+        raise PinlabDataError("give exactly one of --pin ID, --image PATH or --text TEXT")
     _check_k(k)
+    if text is not None:
+        return _search_text(run, text, k)
     encoder = CNNEncoder.load(run.encoder)
     index = PinIndex.load(run.index, expect_model_id=encoder.model_id)
     ds = load_dataset(run.data_dir())
@@ -280,6 +438,25 @@ def search(
     return {
         "query": query,
         "hits": [{**r, "score": h.score} for r, h in zip(rows, hits, strict=True)],
+    }
+
+
+def _search_text(run: RunLayout, text: str, k: int) -> dict[str, Any]:
+    """Every pin's aligned image embedding against the text's, by inner product (exact)."""
+    if not run.image_text.is_file():
+        raise PinlabDataError(
+            f"run {run.root} has no image-text model; train one with "
+            f"`pinlab train align --run {run.root}`"
+        )
+    model = load_image_text_model(run.image_text)
+    ds = load_dataset(run.data_dir())
+    scores = model.embed_images(_images(ds)) @ model.embed_texts([text])[0]
+    top = np.argsort(-scores, kind="stable")[:k]
+    rows = _pin_rows(ds, [int(p) for p in ds.pin_ids()[top]])
+    return {
+        "query": {"text": text},
+        "model_id": model.model_id,
+        "hits": [{**r, "score": float(scores[i])} for r, i in zip(rows, top, strict=True)],
     }
 
 

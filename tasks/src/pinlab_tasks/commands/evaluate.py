@@ -21,20 +21,31 @@ RunArg = Annotated[Path, typer.Option("--run", help="Run directory with trained 
 def visual(run: RunArg, seed: SeedOpt = None, as_json: JsonFlag = False) -> None:
     """Recall@K and mAP by category on held-out pins, trained vs untrained encoder.
 
+    With an aligned image-text model (`pinlab train align`), also text-to-image recall@K and
+    zero-shot category accuracy.
+
     Use the seed the encoder was trained with: it picks the held-out pins.
     Writes: RUN/visual/eval.json.
     """
     result = workflows.eval_visual(RunLayout(run), settings().seed if seed is None else seed)
-    emit(
-        result,
-        as_json,
-        lambda: stdout.print(
+
+    def render() -> None:
+        stdout.print(
             metrics_table(
                 f"visual, {result['protocol']}",
                 {"trained": result["trained"], "untrained": result["untrained"]},
             )
-        ),
-    )
+        )
+        if "text_to_image" in result:
+            align = result["text_to_image"]
+            stdout.print(
+                metrics_table(
+                    f"text to image, relevant = same {align['relevance']}",
+                    {"aligned": align["metrics"]},
+                )
+            )
+
+    emit(result, as_json, render)
 
 
 @app.command("recommender")

@@ -27,11 +27,15 @@ def search(
     image: Annotated[
         Path | None, typer.Option("--image", help="Find pins like this image file.")
     ] = None,
+    text: Annotated[
+        str | None,
+        typer.Option("--text", help="Find pins matching this text (needs `pinlab train align`)."),
+    ] = None,
     k: KOpt = 10,
     as_json: JsonFlag = False,
 ) -> None:
-    """Visual search by pin id or image file over the run's index."""
-    result = workflows.search(RunLayout(run), k, pin=pin, image=image)
+    """Visual search by pin id or image file over the run's index, or by text."""
+    result = workflows.search(RunLayout(run), k, pin=pin, image=image, text=text)
     emit(result, as_json, lambda: _table("search results", result["hits"], ["score"]))
 
 

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from pinlab_data import PinlabDataError
-from pinlab_models import EncoderConfig, recommender_names
+from pinlab_models import AlignConfig, EncoderConfig, recommender_names
 from pinlab_tasks import workflows
 from pinlab_tasks._app import DeviceOpt, JsonFlag, SeedOpt, settings
 from pinlab_tasks._output import emit, stdout
@@ -42,6 +42,33 @@ def visual(
     config = EncoderConfig() if epochs is None else EncoderConfig(epochs=epochs)
     layout = _run(run)
     result = workflows.train_visual(
+        layout, data, config, s.seed if seed is None else seed, device or s.device, not as_json
+    )
+    result["run_dir"] = str(layout.root)
+    emit(result, as_json, lambda: _render(result))
+
+
+@app.command("align")
+def align(
+    run: Annotated[
+        Path, typer.Option("--run", help="Run directory; its dataset unless --data is given.")
+    ],
+    data: Annotated[
+        Path | None, typer.Option("--data", help="Dataset directory with captioned pins.")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Align an image tower to the frozen MiniLM caption space (LiT-style), for text search.
+
+    Writes: RUN/visual/image_text.pt, RUN/visual/align/{metrics.jsonl, train.json}.
+    """
+    s = settings()
+    config = AlignConfig() if epochs is None else AlignConfig(epochs=epochs)
+    layout = RunLayout(run)
+    result = workflows.train_align(
         layout, data, config, s.seed if seed is None else seed, device or s.device, not as_json
     )
     result["run_dir"] = str(layout.root)
