@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pinlab_data.contracts import Float32Array, Int64Array
 
 MANIFEST_FILE = "index.json"
 INDEX_FILE_PREFIX = "index-"
@@ -21,6 +24,14 @@ class PinlabServeError(ValueError):
 
 class PinNotFoundError(PinlabServeError):
     """A pin or user id that is not in the catalogue (HTTP 404)."""
+
+
+class PayloadTooLargeError(PinlabServeError):
+    """An upload over the byte or pixel limit (HTTP 413)."""
+
+
+class UnsupportedMediaError(PinlabServeError):
+    """An upload that is not a multipart image (HTTP 415)."""
 
 
 class IndexManifest(BaseModel):
@@ -78,7 +89,9 @@ class ServeSettings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535)
     workers: int = Field(default=1, ge=1, le=64)
     max_upload_bytes: int = Field(default=10 * 2**20, ge=1024, le=200 * 2**20)
-    max_pixels: int = Field(default=40_000_000, ge=64, le=200_000_000)
+    max_pixels: int = Field(
+        default=40_000_000, ge=64, le=40_000_000, description="Largest image, width x height."
+    )
     cors_origins: list[str] = Field(
         default_factory=list, description="Origins allowed by CORS; empty turns CORS off."
     )
@@ -93,6 +106,11 @@ class ServeSettings(BaseSettings):
         default=200, ge=10, le=5000, description="Candidates fetched for a diversity re-rank."
     )
     admin: bool = Field(default=True, description="Expose POST /v1/admin/reload.")
+    watch_interval_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="Poll the index manifest this often and swap in a new index; 0: off.",
+    )
 
     @field_validator("cors_origins")
     @classmethod
@@ -100,3 +118,86 @@ class ServeSettings(BaseSettings):
         if "*" in value:
             raise ValueError("a wildcard CORS origin is unsafe; list the origins you trust")
         return value
+
+
+class Searcher(Protocol):
+    """What the service searches with: `PinIndex` (FAISS) or the NumPy brute-force baseline."""
+
+    @property
+    def dim(self) -> int: ...
+
+    def __len__(self) -> int: ...
+
+    def vector(self, pin_id: int) -> Float32Array: ...
+
+    def search(
+        self,
+        queries: Float32Array,
+        k: int,
+        exclude: Sequence[int | None] | None = None,
+        *,
+        allow: Int64Array | None = None,
+        deny: Sequence[int] = (),
+    ) -> list[list[Hit]]: ...
+
+
+# HTTP bodies of the service (`/v1`).
+
+
+class PinOut(BaseModel):
+    """A pin's metadata as the service shows it."""
+
+    pin_id: int
+    caption: str
+    category: str
+    creator_id: int
+    creator_group: str
+    image_url: str | None = Field(description="Where GET fetches the pin's PNG; None: no image.")
+
+
+class PinHit(PinOut):
+    score: float = Field(description="Cosine similarity, or the recommender's score.")
+
+
+class SearchResponse(BaseModel):
+    query: dict[str, str | int | float | None] = Field(description="What was searched for.")
+    mode: str = Field(
+        description="'image', 'similar', 'image-text' (aligned model) or 'caption' (MiniLM "
+        "over pin captions)."
+    )
+    model_id: str
+    index: str = Field(description="Index kind that answered, e.g. 'IDMap2,Flat' or 'numpy'.")
+    diversity: float
+    hits: list[PinHit]
+
+
+class RecommendationResponse(BaseModel):
+    user_id: int
+    model: str = Field(description="Recommender that scored (the run's best by ndcg@10).")
+    diversity: float
+    seen_excluded: int = Field(description="Pins the user engaged with, never recommended.")
+    hits: list[PinHit]
+
+
+class UsersResponse(BaseModel):
+    user_ids: list[int]
+    total: int
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx/5xx answer: one line saying what was wrong and how to fix it."""
+
+    error: str
+    detail: list[dict[str, str]] | None = None
+
+
+class HealthResponse(BaseModel):
+    status: str
+    ready: bool
+    detail: str | None = None
+
+
+class ReloadResponse(BaseModel):
+    previous: IndexManifest
+    current: IndexManifest
+    swapped: bool

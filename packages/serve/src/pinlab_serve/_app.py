@@ -1,0 +1,472 @@
+"""The FastAPI app: routes under /v1, health, metrics, the web page and error bodies."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from PIL import Image
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from pinlab_data import PinlabDataError
+from pinlab_models import PinlabModelError
+from pinlab_serve._batcher import MicroBatcher
+from pinlab_serve._service import PinService
+from pinlab_serve.contracts import (
+    ErrorBody,
+    HealthResponse,
+    PayloadTooLargeError,
+    PinlabServeError,
+    PinNotFoundError,
+    PinOut,
+    RecommendationResponse,
+    ReloadResponse,
+    SearchResponse,
+    ServeSettings,
+    UnsupportedMediaError,
+    UsersResponse,
+)
+
+log = logging.getLogger("pinlab.serve")
+
+K = Annotated[int, Query(ge=1, le=1000, description="Number of results.")]
+Category = Annotated[
+    str | None, Query(min_length=1, max_length=100, description="Only pins of this category.")
+]
+Exclude = Annotated[
+    list[int], Query(max_length=1000, description="Pin ids never to return (repeat the key).")
+]
+Diversity = Annotated[
+    float, Query(ge=0, le=1, description="0: by score; 1: spread across categories/creators.")
+]
+PinId = Annotated[int, PathParam(ge=0, le=2**63 - 1)]
+UserId = Annotated[int, PathParam(ge=0, le=2**63 - 1)]
+MULTIPART_SLACK = 64 * 1024
+"""Bytes a multipart body may carry beyond the file itself (boundaries, headers)."""
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody} for code in (400, 404, 413, 415, 422, 503)
+}
+_STATUS = {PinNotFoundError: 404, PayloadTooLargeError: 413, UnsupportedMediaError: 415}
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+
+
+class Metrics:
+    """Prometheus series of one app (own registry, so several apps never share counters)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "pinlab_requests",
+            "HTTP requests by endpoint and status.",
+            ["endpoint", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "pinlab_request_seconds",
+            "Request latency by endpoint.",
+            ["endpoint"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch = Histogram(
+            "pinlab_encoder_batch_size",
+            "Images per encoder call (micro-batching).",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            registry=self.registry,
+        )
+        self.pins = Gauge("pinlab_index_pins", "Pins in the serving index.", registry=self.registry)
+        self.swaps = Counter("pinlab_index_swaps", "Index swaps.", registry=self.registry)
+
+
+class MetricsMiddleware:
+    """Counts and times every request by the name of the route that answered it."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            endpoint = getattr(scope.get("endpoint"), "__name__", "unmatched")
+            self.metrics.requests.labels(endpoint, scope["method"], str(status)).inc()
+            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
+
+
+def _error(status: int, message: str, detail: list[dict[str, str]] | None = None) -> JSONResponse:
+    return JSONResponse(ErrorBody(error=message, detail=detail).model_dump(), status_code=status)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    async def bad_input(_: Request, exc: Exception) -> JSONResponse:
+        status = next((code for t, code in _STATUS.items() if isinstance(exc, t)), 400)
+        return _error(status, str(exc))
+
+    async def invalid(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        detail = [
+            {
+                "where": ".".join(str(p) for p in e.get("loc", ())),
+                "problem": str(e.get("msg", "")),
+            }
+            for e in exc.errors()
+        ]
+        first = detail[0] if detail else {"where": "request", "problem": "invalid"}
+        return _error(422, f"bad value for {first['where']}: {first['problem']}", detail)
+
+    async def http_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        return _error(exc.status_code, str(exc.detail))
+
+    async def crash(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s", request.url.path, exc_info=exc)
+        return _error(500, f"internal error ({type(exc).__name__}); the server log has details")
+
+    for kind in (PinlabServeError, PinlabDataError, PinlabModelError):
+        app.add_exception_handler(kind, bad_input)
+    app.add_exception_handler(RequestValidationError, invalid)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, crash)
+
+
+async def _capped_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing (413) as soon as it grows past `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLargeError(
+            f"the upload is {int(declared):,} bytes, over the limit of "
+            f"{limit - MULTIPART_SLACK:,}; send a smaller image"
+        )
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLargeError(
+                f"the upload is over the limit of {limit - MULTIPART_SLACK:,} bytes; "
+                "send a smaller image"
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _upload(request: Request, max_bytes: int) -> bytes:
+    """The bytes of the multipart field `image`, checked for size and content type."""
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith("multipart/form-data"):
+        raise UnsupportedMediaError(
+            f"send the image as multipart/form-data in a field named 'image', not "
+            f"{content_type or 'no content type'}"
+        )
+    body = await _capped_body(request, max_bytes + MULTIPART_SLACK)
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    # The form parser reads from `replay`, so nothing beyond the capped body is ever read.
+    async with Request(request.scope, replay).form(max_files=1, max_fields=20) as form:
+        part = form.get("image")
+        if not isinstance(part, UploadFile):
+            raise PinlabServeError("the form has no file field named 'image'; attach the image")
+        if not (part.content_type or "").startswith("image/"):
+            raise UnsupportedMediaError(
+                f"the upload's content type is {part.content_type or 'missing'}; send an "
+                "image/* file (JPEG, PNG, WebP, BMP or GIF)"
+            )
+        data = await part.read()
+    if len(data) > max_bytes:
+        raise PayloadTooLargeError(
+            f"the image is {len(data):,} bytes, over the limit of {max_bytes:,}"
+        )
+    if not data:
+        raise PinlabServeError("the uploaded image is empty; attach a file with content")
+    return data
+
+
+def _png(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def create_app(run_dir: Path, settings: ServeSettings | None = None) -> FastAPI:
+    """The service over `run_dir`. Loading starts with the app's lifespan, in a thread;
+    `/readyz` answers 503 until the model and index are loaded and warmed."""
+    settings = settings or ServeSettings()
+    service = PinService(run_dir, settings)
+    metrics = Metrics()
+    batcher = MicroBatcher(
+        service.embed_images,
+        settings.batch_window_ms / 1000,
+        settings.max_batch,
+        metrics.batch.observe,
+    )
+
+    async def load() -> None:
+        try:
+            await asyncio.to_thread(service.load)
+            metrics.pins.set(len(service.state.index))
+        except Exception as exc:
+            service.error = f"{type(exc).__name__}: {exc}"
+            log.exception("loading %s failed", run_dir)
+
+    async def watch(interval: float) -> None:
+        manifest = service.files.index / "index.json"
+        seen = manifest.stat().st_mtime_ns if manifest.exists() else 0
+        while True:
+            await asyncio.sleep(interval)
+            mtime = manifest.stat().st_mtime_ns if manifest.exists() else 0
+            if service.ready and mtime != seen:
+                seen = mtime
+                try:
+                    await reload_now()
+                except PinlabServeError as exc:
+                    log.error("index changed but was not swapped in: %s", exc)
+
+    async def reload_now() -> ReloadResponse:
+        result = await asyncio.to_thread(service.reload_index)
+        if result.swapped:
+            metrics.swaps.inc()
+            metrics.pins.set(result.current.count)
+        return result
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        tasks = [asyncio.create_task(load())]
+        if settings.watch_interval_s > 0:
+            tasks.append(asyncio.create_task(watch(settings.watch_interval_s)))
+        yield
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await batcher.close()
+
+    app = FastAPI(
+        title="pinlab",
+        summary="Visual search and recommendations over one pinlab run.",
+        version="1",
+        lifespan=lifespan,
+        responses=ERRORS,
+    )
+    app.state.service = service
+    _install_error_handlers(app)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"]
+        )
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+
+    def ready() -> PinService:
+        if not service.ready:
+            reason = service.error or "the model and index are still loading"
+            raise HTTPException(503, f"not ready: {reason}; poll /readyz")
+        return service
+
+    page = resources.files("pinlab_serve").joinpath("static/index.html").read_text()
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def home() -> HTMLResponse:
+        return HTMLResponse(page)
+
+    @app.get("/healthz", response_model=HealthResponse)
+    async def healthz() -> HealthResponse:
+        """The process is up (it may still be loading)."""
+        return HealthResponse(status="ok", ready=service.ready, detail=service.error)
+
+    @app.get("/readyz", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
+    async def readyz() -> Response:
+        """200 once the model and index are loaded and warmed; 503 before (or if loading failed)."""
+        body = HealthResponse(
+            status="ready" if service.ready else ("failed" if service.error else "loading"),
+            ready=service.ready,
+            detail=service.error,
+        )
+        return JSONResponse(body.model_dump(), status_code=200 if service.ready else 503)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    upload_doc: dict[str, Any] = {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {"image": {"type": "string", "format": "binary"}},
+                        "required": ["image"],
+                    }
+                }
+            },
+        }
+    }
+
+    @app.post("/v1/search/image", response_model=SearchResponse, openapi_extra=upload_doc)
+    async def search_image(
+        request: Request,
+        k: K = 10,
+        category: Category = None,
+        exclude: Exclude = [],  # noqa: B006 - FastAPI copies defaults per request
+        diversity: Diversity = 0.0,
+    ) -> SearchResponse:
+        """Pins that look like the uploaded image (multipart field `image`)."""
+        svc = ready()
+        data = await _upload(request, settings.max_upload_bytes)
+        image = await asyncio.to_thread(svc.decode_upload, data)
+        vector = await batcher.embed(image)
+        return svc.search_vector(vector, k, category, exclude, diversity)
+
+    @app.get("/v1/search/text", response_model=SearchResponse)
+    async def search_text(
+        q: Annotated[str, Query(min_length=1, max_length=500, description="What to find.")],
+        k: K = 10,
+        category: Category = None,
+        exclude: Exclude = [],  # noqa: B006
+        diversity: Diversity = 0.0,
+    ) -> SearchResponse:
+        """Pins matching a text query (aligned image-text model, else pin captions)."""
+        svc = ready()
+        return await asyncio.to_thread(svc.search_text, q, k, category, exclude, diversity)
+
+    @app.get("/v1/pins/{pin_id}/similar", response_model=SearchResponse)
+    async def similar(
+        pin_id: PinId,
+        k: K = 10,
+        category: Category = None,
+        exclude: Exclude = [],  # noqa: B006
+        diversity: Diversity = 0.0,
+    ) -> SearchResponse:
+        """Pins that look like pin `pin_id` (never itself)."""
+        return ready().similar(pin_id, k, category, exclude, diversity)
+
+    @app.get("/v1/users/{user_id}/recommendations", response_model=RecommendationResponse)
+    async def recommendations(
+        user_id: UserId,
+        k: K = 10,
+        category: Category = None,
+        exclude: Exclude = [],  # noqa: B006
+        diversity: Diversity = 0.0,
+    ) -> RecommendationResponse:
+        """Pins for a user from the run's best recommender; pins they engaged with excluded."""
+        svc = ready()
+        return await asyncio.to_thread(svc.recommend, user_id, k, category, exclude, diversity)
+
+    @app.get("/v1/users", response_model=UsersResponse)
+    async def users(
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> UsersResponse:
+        """User ids, for the web page's user picker."""
+        ids = ready().catalog.log.user_ids
+        return UsersResponse(
+            user_ids=[int(u) for u in ids[offset : offset + limit]], total=len(ids)
+        )
+
+    @app.get("/v1/pins/{pin_id}", response_model=PinOut)
+    async def pin(pin_id: PinId) -> PinOut:
+        """A pin's caption, category and creator."""
+        return ready().catalog.pin(pin_id)
+
+    @app.get(
+        "/v1/pins/{pin_id}/image",
+        response_class=Response,
+        responses={200: {"content": {"image/png": {}}}},
+    )
+    async def pin_image(pin_id: PinId) -> Response:
+        """The pin's image as PNG (from the dataset's packed images)."""
+        image = ready().catalog.image(pin_id)
+        return Response(
+            _png(image), media_type="image/png", headers={"cache-control": "max-age=3600"}
+        )
+
+    if settings.admin:
+
+        @app.post("/v1/admin/reload", response_model=ReloadResponse)
+        async def reload_index() -> ReloadResponse:
+            """Load the index on disk and swap it in; requests in flight finish on the old."""
+            ready()
+            return await reload_now()
+
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """Factory for `uvicorn --factory` (and several workers): settings from PINLAB_SERVE_*."""
+    settings = ServeSettings()
+    if settings.run_dir is None:
+        raise PinlabServeError("set PINLAB_SERVE_RUN_DIR to the run directory to serve")
+    return create_app(settings.run_dir, settings)
+
+
+def run_server(run_dir: Path, settings: ServeSettings, log_level: str = "info") -> None:
+    """Check the run, then serve it with uvicorn until interrupted (blocking)."""
+    import uvicorn
+
+    from pinlab_serve._catalog import RunFiles
+
+    RunFiles(run_dir.resolve()).check()
+    if settings.workers == 1:
+        uvicorn.run(
+            create_app(run_dir, settings),
+            host=settings.host,
+            port=settings.port,
+            log_level=log_level,
+        )
+        return
+    # Several workers import the app by name; they read their settings from the environment.
+    env = settings.model_copy(update={"run_dir": run_dir.resolve()}).model_dump(mode="json")
+    for key, value in env.items():
+        os.environ[f"PINLAB_SERVE_{key.upper()}"] = (
+            value if isinstance(value, str) else json.dumps(value)
+        )
+    uvicorn.run(
+        "pinlab_serve._app:create_app_from_env",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        log_level=log_level,
+    )

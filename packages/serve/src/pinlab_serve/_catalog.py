@@ -1,0 +1,160 @@
+"""What the service reads from a run directory, loaded once: pins, images, interactions."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pinlab_data import interaction_log, load_dataset, seen_csr
+from pinlab_data.contracts import ImageArray, Int64Array
+from pinlab_serve.contracts import PinHit, PinlabServeError, PinNotFoundError, PinOut
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """The paths of a run directory the service reads (the layout `pinlab demo` writes)."""
+
+    root: Path
+
+    @property
+    def encoder(self) -> Path:
+        return self.root / "visual" / "encoder.pt"
+
+    @property
+    def image_text(self) -> Path:
+        return self.root / "visual" / "image_text.pt"
+
+    @property
+    def index(self) -> Path:
+        return self.root / "index"
+
+    @property
+    def recommenders(self) -> Path:
+        return self.root / "recommender"
+
+    def data_dir(self) -> Path:
+        record = self.root / "run.json"
+        if not record.is_file():
+            raise PinlabServeError(
+                f"{self.root} is not a pinlab run (no run.json); make one with `pinlab demo`"
+            )
+        try:
+            data = json.loads(record.read_text()).get("data_dir")
+        except (json.JSONDecodeError, AttributeError) as exc:
+            raise PinlabServeError(f"{record} is not a valid run record; remake the run") from exc
+        if not data:
+            raise PinlabServeError(f"run {self.root} records no dataset; train into it first")
+        return Path(data)
+
+    def best_recommender(self) -> str | None:
+        """The recommender with the best ndcg@10 in eval.json, else the last trained one."""
+        names = sorted(p.parent.name for p in self.recommenders.glob("*/model.pt"))
+        if not names:
+            return None
+        evaluation = self.recommenders / "eval.json"
+        if evaluation.is_file():
+            best = json.loads(evaluation.read_text()).get("best")
+            if best in names:
+                return str(best)
+        return names[-1]
+
+    def check(self) -> None:
+        """Refuse a run the service cannot serve, saying what is missing and how to make it."""
+        self.data_dir()
+        if not self.encoder.is_file():
+            raise PinlabServeError(
+                f"run {self.root} has no trained encoder ({self.encoder}); run `pinlab demo` "
+                "or `pinlab train visual --run RUN`"
+            )
+        if not (self.index / "index.json").is_file():
+            raise PinlabServeError(
+                f"run {self.root} has no index; build it with `pinlab index build --run RUN`"
+            )
+
+
+class Catalog:
+    """Pins, their packed images and every user's engaged pins, in memory (images mapped)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        ds = load_dataset(data_dir)
+        pins = ds.pins
+        self.pin_ids: Int64Array = ds.pin_ids()
+        self.captions: list[str] = pins.column("caption").to_pylist()
+        self.categories: list[str] = pins.column("category").to_pylist()
+        self.creator_ids: list[int] = pins.column("creator_id").to_pylist()
+        self.creator_groups: list[str] = pins.column("creator_group").to_pylist()
+        rows = pins.column("image_row")
+        self.image_rows: list[int | None] = rows.to_pylist()
+        self.images: ImageArray | None = ds.images
+        self.row_of: dict[int, int] = {int(p): i for i, p in enumerate(self.pin_ids.tolist())}
+        names = np.asarray(self.categories)
+        self.category_names = sorted(set(self.categories))
+        self.category_pins: dict[str, Int64Array] = {
+            c: self.pin_ids[names == c] for c in self.category_names
+        }
+        self.log = interaction_log(ds)
+        self.seen_indptr, self.seen_items = seen_csr(self.log)
+        self.user_position: dict[int, int] = {
+            int(u): i for i, u in enumerate(self.log.user_ids.tolist())
+        }
+
+    def __len__(self) -> int:
+        return len(self.pin_ids)
+
+    def row(self, pin_id: int) -> int:
+        row = self.row_of.get(int(pin_id))
+        if row is None:
+            raise PinNotFoundError(
+                f"pin {pin_id} is not in the catalogue; ids come from search results or "
+                "GET /v1/pins/{id}/similar"
+            )
+        return row
+
+    def pin(self, pin_id: int) -> PinOut:
+        return PinOut.model_validate(self._fields(pin_id))
+
+    def hit(self, pin_id: int, score: float) -> PinHit:
+        return PinHit.model_validate({**self._fields(pin_id), "score": score})
+
+    def _fields(self, pin_id: int) -> dict[str, object]:
+        row = self.row(pin_id)
+        return {
+            "pin_id": int(pin_id),
+            "caption": self.captions[row],
+            "category": self.categories[row],
+            "creator_id": self.creator_ids[row],
+            "creator_group": self.creator_groups[row],
+            "image_url": None if self.image_rows[row] is None else f"/v1/pins/{pin_id}/image",
+        }
+
+    def image(self, pin_id: int) -> ImageArray:
+        image_row = self.image_rows[self.row(pin_id)]
+        if image_row is None or self.images is None:
+            raise PinNotFoundError(f"pin {pin_id} has no packed image in the dataset")
+        return np.asarray(self.images[image_row])
+
+    def allowed(self, category: str | None) -> Int64Array | None:
+        """Pin ids of `category` (None: no filter); an unknown category is bad input."""
+        if category is None:
+            return None
+        pins = self.category_pins.get(category)
+        if pins is None:
+            raise PinlabServeError(
+                f"unknown category {category!r}; use one of: {', '.join(self.category_names)}"
+            )
+        return pins
+
+    def user(self, user_id: int) -> int:
+        position = self.user_position.get(int(user_id))
+        if position is None:
+            raise PinNotFoundError(
+                f"user {user_id} is not in the dataset; GET /v1/users lists the user ids"
+            )
+        return position
+
+    def seen(self, position: int) -> Int64Array:
+        """Item indexes (pin table rows) the user at `position` engaged with."""
+        return self.seen_items[self.seen_indptr[position] : self.seen_indptr[position + 1]]

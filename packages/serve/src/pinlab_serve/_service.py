@@ -1,0 +1,340 @@
+"""The service behind the HTTP routes: loads a run, answers queries, swaps indexes."""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from pinlab_data import decode_image
+from pinlab_data.contracts import Float32Array, ImageArray, Int64Array
+from pinlab_serve._brute import NumpySearcher
+from pinlab_serve._catalog import Catalog, RunFiles
+from pinlab_serve._index import PinIndex
+from pinlab_serve._rerank import mmr
+from pinlab_serve.contracts import (
+    Hit,
+    IndexManifest,
+    PayloadTooLargeError,
+    PinHit,
+    PinlabServeError,
+    RecommendationResponse,
+    ReloadResponse,
+    Searcher,
+    SearchResponse,
+    ServeSettings,
+)
+
+log = logging.getLogger("pinlab.serve")
+
+
+@dataclass(frozen=True)
+class IndexState:
+    """One loaded index and the searcher over it; swapped as a whole, never mutated."""
+
+    index: PinIndex
+    searcher: Searcher
+    kind: str
+
+
+@dataclass(frozen=True)
+class TextSearch:
+    mode: str
+    model_id: str
+    embed: Callable[[list[str]], Float32Array]
+    state: IndexState
+
+
+def _searcher(index: PinIndex, backend: str) -> IndexState:
+    if backend == "numpy":
+        return IndexState(index, NumpySearcher(index), "numpy")
+    return IndexState(index, index, index.kind)
+
+
+class PinService:
+    """Everything a request needs, loaded by `load` (slow: models, index, text vectors)."""
+
+    def __init__(self, run_dir: Path, settings: ServeSettings) -> None:
+        self.files = RunFiles(run_dir.resolve())
+        self.settings = settings
+        self.error: str | None = None
+        self._ready = threading.Event()
+        self._reload_lock = threading.Lock()
+        self._state: IndexState | None = None
+        self._catalog: Catalog | None = None
+        self._text: TextSearch | None = None
+        self._encoder_id = ""
+        self.image_size = 0
+        self.recommender_name: str | None = None
+        self._embed_images: Callable[[ImageArray], Float32Array] | None = None
+        self._score: Callable[[Int64Array], Float32Array] | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    @property
+    def catalog(self) -> Catalog:
+        assert self._catalog is not None, "load() first"
+        return self._catalog
+
+    @property
+    def state(self) -> IndexState:
+        assert self._state is not None, "load() first"
+        return self._state
+
+    @property
+    def manifest(self) -> IndexManifest:
+        return self.state.index.manifest
+
+    def load(self) -> None:
+        """Load data, encoder, index, text vectors and recommender; warm them; mark ready."""
+        from pinlab_models import CNNEncoder, load_recommender
+
+        start = time.perf_counter()
+        self.files.check()
+        self._catalog = Catalog(self.files.data_dir())
+        encoder = CNNEncoder.load(self.files.encoder)
+        self._encoder_id, self.image_size = encoder.model_id, encoder.image_size
+        self._embed_images = encoder.embed
+        index = PinIndex.load(self.files.index, expect_model_id=encoder.model_id)
+        self._state = _searcher(index, self.settings.search_backend)
+        self._text = self._load_text()
+        name = self.files.best_recommender()
+        if name is not None:
+            model = load_recommender(self.files.recommenders / name / "model.pt")
+            self.recommender_name, self._score = name, model.score
+        self._warm()
+        self._ready.set()
+        log.info(
+            "ready in %.1f s: %d pins, index %s, text %s, recommender %s",
+            time.perf_counter() - start,
+            len(self.state.index),
+            self.state.kind,
+            self._text.mode,
+            self.recommender_name,
+        )
+
+    def _load_text(self) -> TextSearch:
+        """The run's image-text model if it has one, else MiniLM over the pin captions."""
+        catalog = self.catalog
+        if self.files.image_text.is_file():
+            import pinlab_models
+
+            loader = getattr(pinlab_models, "load_image_text_model", None)
+            if loader is not None and catalog.images is not None:
+                model = loader(self.files.image_text)
+                rows = np.array([r if r is not None else -1 for r in catalog.image_rows])
+                has = rows >= 0
+                vectors = model.embed_images(np.asarray(catalog.images[rows[has]]))
+                index = PinIndex.build(vectors, catalog.pin_ids[has], model.model_id)
+                return TextSearch(
+                    "image-text",
+                    model.model_id,
+                    model.embed_texts,
+                    _searcher(index, self.settings.search_backend),
+                )
+        from pinlab_models import TextEncoder
+
+        encoder = TextEncoder()
+        # Captions repeat a lot (templated), so embed each distinct one once.
+        unique, inverse = np.unique(np.asarray(catalog.captions), return_inverse=True)
+        vectors = encoder.encode(unique.tolist())[inverse]
+        index = PinIndex.build(vectors, catalog.pin_ids, f"captions:{encoder.model_id}")
+        return TextSearch(
+            "caption",
+            encoder.model_id,
+            encoder.encode,
+            _searcher(index, self.settings.search_backend),
+        )
+
+    def _warm(self) -> None:
+        """One query through every path, so the first request pays no lazy initialisation."""
+        image = np.zeros((1, self.image_size, self.image_size, 3), dtype=np.uint8)
+        vector = self.embed_images(image)
+        self.state.searcher.search(vector, 10)
+        assert self._text is not None
+        self._text.state.searcher.search(self._text.embed(["warm up"]), 10)
+        if self._score is not None and self.catalog.user_position:
+            self._score(np.zeros(1, dtype=np.int64))
+
+    def embed_images(self, images: ImageArray) -> Float32Array:
+        assert self._embed_images is not None, "load() first"
+        return self._embed_images(images)
+
+    def reload_index(self) -> ReloadResponse:
+        """Load the index on disk and swap it in if it changed; in-flight requests keep theirs."""
+        with self._reload_lock:
+            previous = self.state
+            manifest_now = previous.index.manifest
+            index = PinIndex.load(self.files.index, expect_model_id=self._encoder_id)
+            swapped = index.manifest.checksum != manifest_now.checksum
+            if swapped:
+                self._state = _searcher(index, self.settings.search_backend)
+                log.info("swapped index: %d -> %d pins", len(previous.index), len(index))
+            return ReloadResponse(
+                previous=manifest_now, current=self.state.index.manifest, swapped=swapped
+            )
+
+    def decode_upload(self, data: bytes) -> ImageArray:
+        """Upload bytes to the encoder's input; refuses too many pixels before decoding."""
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                width, height = img.size
+        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+            raise PinlabServeError(
+                f"the upload is not a readable image ({type(exc).__name__}); send a JPEG, "
+                "PNG, WebP, BMP or GIF file"
+            ) from exc
+        if width * height > self.settings.max_pixels:
+            raise PayloadTooLargeError(
+                f"the image is {width}x{height} pixels, over the limit of "
+                f"{self.settings.max_pixels:,}; resize it first"
+            )
+        return decode_image(data, self.image_size, source="the upload")
+
+    def _hits(
+        self,
+        state: IndexState,
+        vector: Float32Array,
+        k: int,
+        category: str | None,
+        exclude: Sequence[int],
+        diversity: float,
+        own: int | None = None,
+    ) -> list[PinHit]:
+        catalog = self.catalog
+        allow = catalog.allowed(category)
+        fetch = k if diversity <= 0 else max(k, self.settings.candidates)
+        hits = state.searcher.search(
+            vector[None, :],
+            fetch,
+            exclude=None if own is None else [own],
+            allow=allow,
+            deny=exclude,
+        )[0]
+        return self._rerank(state, hits, k, diversity)
+
+    def _rerank(self, state: IndexState, hits: list[Hit], k: int, diversity: float) -> list[PinHit]:
+        catalog = self.catalog
+        if diversity > 0 and len(hits) > 1:
+            rows = [catalog.row(h.pin_id) for h in hits]
+            order = mmr(
+                [h.score for h in hits],
+                np.stack([state.searcher.vector(h.pin_id) for h in hits]),
+                [catalog.categories[r] for r in rows],
+                [catalog.creator_groups[r] for r in rows],
+                k,
+                diversity,
+            )
+            hits = [hits[i] for i in order]
+        return [catalog.hit(h.pin_id, h.score) for h in hits[:k]]
+
+    def search_vector(
+        self,
+        vector: Float32Array,
+        k: int,
+        category: str | None,
+        exclude: Sequence[int],
+        diversity: float,
+    ) -> SearchResponse:
+        state = self.state
+        return SearchResponse(
+            query={"kind": "image"},
+            mode="image",
+            model_id=self._encoder_id,
+            index=state.kind,
+            diversity=diversity,
+            hits=self._hits(state, vector, k, category, exclude, diversity),
+        )
+
+    def similar(
+        self,
+        pin_id: int,
+        k: int,
+        category: str | None,
+        exclude: Sequence[int],
+        diversity: float,
+    ) -> SearchResponse:
+        state = self.state  # one snapshot: a concurrent swap cannot mix two indexes
+        self.catalog.row(pin_id)
+        vector = state.searcher.vector(pin_id)
+        return SearchResponse(
+            query={"pin_id": pin_id},
+            mode="similar",
+            model_id=self._encoder_id,
+            index=state.kind,
+            diversity=diversity,
+            hits=self._hits(state, vector, k, category, exclude, diversity, own=pin_id),
+        )
+
+    def search_text(
+        self,
+        text: str,
+        k: int,
+        category: str | None,
+        exclude: Sequence[int],
+        diversity: float,
+    ) -> SearchResponse:
+        assert self._text is not None, "load() first"
+        search = self._text
+        if not text.strip():
+            raise PinlabServeError("q is blank; give a few words to search for")
+        vector = search.embed([text])[0]
+        return SearchResponse(
+            query={"q": text},
+            mode=search.mode,
+            model_id=search.model_id,
+            index=search.state.kind,
+            diversity=diversity,
+            hits=self._hits(search.state, vector, k, category, exclude, diversity),
+        )
+
+    def recommend(
+        self,
+        user_id: int,
+        k: int,
+        category: str | None,
+        exclude: Sequence[int],
+        diversity: float,
+    ) -> RecommendationResponse:
+        catalog = self.catalog
+        position = catalog.user(user_id)
+        if self._score is None or self.recommender_name is None:
+            raise PinlabServeError(
+                f"run {self.files.root} has no trained recommender; train one with "
+                "`pinlab train recommender --run RUN`"
+            )
+        scores = np.asarray(self._score(np.array([position], dtype=np.int64))[0], np.float64)
+        item_ids = catalog.log.item_ids
+        seen = catalog.seen(position)
+        scores[seen] = -np.inf
+        allow = catalog.allowed(category)
+        if allow is not None:
+            scores[~np.isin(item_ids, allow)] = -np.inf
+        if exclude:
+            scores[np.isin(item_ids, np.asarray(exclude, dtype=np.int64))] = -np.inf
+        fetch = min(k if diversity <= 0 else max(k, self.settings.candidates), len(scores))
+        top = np.argpartition(-scores, fetch - 1)[:fetch]
+        top = top[np.argsort(-scores[top], kind="stable")]
+        state = self.state
+        hits = [
+            Hit(pin_id=int(item_ids[i]), score=float(scores[i]))
+            for i in top
+            # The re-rank needs each pin's vector, so it skips pins the index lacks.
+            if np.isfinite(scores[i]) and (diversity <= 0 or int(item_ids[i]) in state.index)
+        ]
+        return RecommendationResponse(
+            user_id=user_id,
+            model=self.recommender_name,
+            diversity=diversity,
+            seen_excluded=len(seen),
+            hits=self._rerank(state, hits, k, diversity),
+        )
