@@ -57,3 +57,17 @@ def test_text_search_without_an_aligned_model_says_how(
 ) -> None:
     code, out = cli(capsys, "search", "--run", tiny_demo["run_dir"], "--text", "a star")
     assert code == 2 and "pinlab train align" in out["error"]
+
+
+@pytest.mark.slow
+def test_demo_align_adds_text_metrics_and_a_text_search(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    out_dir = tmp_path / "demo"
+    code, out = cli(capsys, "demo", "--preset", "tiny", "--align", "--out", str(out_dir))
+    assert code == 0, out
+    assert out["align"]["relevance"] == "category+palette+texture"
+    assert 0 <= out["align"]["metrics"]["text_recall@10"] <= 1
+    assert len(out["search_text"]["hits"]) == 5
+    assert (out_dir / "visual" / "image_text.pt").is_file()
+    assert json.loads((out_dir / "run.json").read_text())["steps"][0]["config"]["align"] is True

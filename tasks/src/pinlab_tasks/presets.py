@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from pinlab_data import SynthConfig
-from pinlab_models import EncoderConfig
+from pinlab_models import AlignConfig, EncoderConfig
 
 
 class DemoPreset(BaseModel):
@@ -17,6 +17,9 @@ class DemoPreset(BaseModel):
     encoder: EncoderConfig
     recommenders: dict[str, dict[str, Any]] = Field(
         description="Registered recommender name to its settings (defaults when empty)."
+    )
+    align: AlignConfig = Field(
+        default_factory=AlignConfig, description="Image-text alignment (`pinlab demo --align`)."
     )
 
 
@@ -28,6 +31,7 @@ PRESETS: dict[str, DemoPreset] = {
         ),
         encoder=EncoderConfig(epochs=2, widths=(8, 16, 32), embedding_dim=32),
         recommenders={"popularity": {}, "mf": {"epochs": 3, "dim": 16}},
+        align=AlignConfig(epochs=2, widths=(8, 16, 32), projection_dim=64),
     ),
     "default": DemoPreset(
         synth=SynthConfig(),

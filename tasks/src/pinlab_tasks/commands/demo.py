@@ -28,6 +28,12 @@ def demo(
     ] = None,
     seed: SeedOpt = None,
     device: DeviceOpt = None,
+    align: Annotated[
+        bool,
+        typer.Option(
+            "--align", help="Also align images to text and search by text (minutes more)."
+        ),
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Generate a pin world, train and evaluate an encoder and recommenders, index, query.
@@ -42,6 +48,7 @@ def demo(
         seed=s.seed if seed is None else seed,
         device=device or s.device,
         progress=not as_json,
+        align=align,
     )
     emit(result, as_json, lambda: render(result))
 
@@ -71,6 +78,8 @@ def render(result: dict[str, Any]) -> None:
     for hit in search["hits"]:
         hits.add_row(str(hit["pin_id"]), hit["category"], hit["caption"], f"{hit['score']:.3f}")
     stdout.print(hits)
+    if "align" in result:
+        _render_align(result)
     rec = result["recommend"]
     recent = ", ".join(p["category"] for p in rec["recent"])
     picks = Table(
@@ -97,3 +106,20 @@ def render(result: dict[str, Any]) -> None:
             expand=False,
         )
     )
+
+
+def _render_align(result: dict[str, Any]) -> None:
+    align = result["align"]
+    stdout.print(
+        metrics_table(
+            f"Text to image, {align['protocol']} (relevant = same {align['relevance']})",
+            {"aligned cnn": align["metrics"]},
+        )
+    )
+    search = result["search_text"]
+    hits = Table(title=f"Pins for the text {search['query']['text']!r}", title_justify="left")
+    for column in ("pin_id", "category", "caption", "score"):
+        hits.add_column(column)
+    for hit in search["hits"]:
+        hits.add_row(str(hit["pin_id"]), hit["category"], hit["caption"], f"{hit['score']:.3f}")
+    stdout.print(hits)
