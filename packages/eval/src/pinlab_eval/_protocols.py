@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import numpy as np
 from pydantic import ValidationError
 
-from pinlab_data import leave_last_out, seen_csr
+from pinlab_data import holdout_mask, leave_last_out, seen_csr
 from pinlab_data.contracts import Int64Array, InteractionLog, PinlabDataError
 from pinlab_eval._ranking import _csr_rows, item_popularity
 from pinlab_eval.contracts import (
@@ -43,7 +43,8 @@ def protocol_spec(name: str, settings: Mapping[str, object] | None = None) -> Pr
             for e in error.errors()
         )
         raise PinlabDataError(
-            f"bad protocol {name!r}: {problems} (protocols: stratified, leave-last-out, temporal)"
+            f"bad protocol {name!r}: {problems} "
+            "(protocols: stratified, leave-last-out, temporal, cold-start)"
         ) from None
 
 
@@ -63,6 +64,11 @@ def apply_protocol(log: InteractionLog, spec: ProtocolSpec) -> ProtocolSplit:
     - `temporal`: interactions before the cut train, those at or after it are targets, except
       for users or items unseen in training and pairs the user already had in training; the
       cut is the timestamp at position floor(quantile * n) of the sorted timestamps, or `cut`.
+    - `cold-start`: about `cold_fraction` of the items, chosen per item id by a seeded hash
+      (pinlab_data's `holdout_mask`), are cold: their interactions, once per (user, item)
+      pair, are the targets and the rest train. `candidates` are the items the training part
+      never shows, so each user ranks only cold items; validation holds out warm items the same
+      way inside the training part.
 
     Target users without training data are skipped and counted (`HoldoutCounts`). A test
     holdout left with no target user at all is an error; a validation holdout may be empty.
@@ -144,7 +150,15 @@ def _split_once(
     """Train, targets, and how many held-out interactions had to be dropped."""
     if spec.name == "stratified":
         return *_stratified(log, spec), 0
+    if spec.name == "cold-start":
+        return *_cold_items(log, spec), 0
     return _temporal(log, spec)
+
+
+def _cold_items(log: InteractionLog, spec: ProtocolSpec) -> tuple[InteractionLog, InteractionLog]:
+    cold = holdout_mask(log.item_ids, spec.cold_fraction, spec.seed)[log.items]
+    target = _subset(log, np.flatnonzero(cold))
+    return _subset(log, np.flatnonzero(~cold)), _subset(target, _first_of_each_pair(target))
 
 
 def _stratified(log: InteractionLog, spec: ProtocolSpec) -> tuple[InteractionLog, InteractionLog]:
@@ -217,7 +231,13 @@ def _holdout(
         skipped_users=len(np.unique(target.users[~keep])),
         dropped_interactions=dropped + int((~keep).sum()),
     )
-    return Holdout(train=train, target=kept, negatives=negatives, counts=counts)
+    candidates = None
+    if spec.name == "cold-start":
+        unseen = np.bincount(train.items, minlength=train.num_items) == 0
+        candidates = np.flatnonzero(unseen).astype(np.int64)
+    return Holdout(
+        train=train, target=kept, negatives=negatives, counts=counts, candidates=candidates
+    )
 
 
 def _pair_keys(log: InteractionLog, rows: Int64Array) -> Int64Array:

@@ -419,16 +419,33 @@ def sampled_user_metrics(
     return UserMetrics(users=users, per_user=per_user, lists={})
 
 
+class _OnlyCandidates:
+    """A scorer whose items outside `candidates` score -inf, so they rank last."""
+
+    def __init__(self, scorer: Scorer, candidates: Int64Array) -> None:
+        self.scorer = scorer
+        self.candidates = candidates
+
+    def score(self, users: Int64Array) -> Float32Array:
+        scores = _score_batch(self.scorer, users, None)
+        masked = np.full(scores.shape, -np.inf, dtype=scores.dtype)
+        masked[:, self.candidates] = scores[:, self.candidates]
+        return masked
+
+
 def evaluate_holdout(
     scorer: Scorer, holdout: Holdout, ks: Sequence[int] = (10, 20), batch_size: int = 1024
 ) -> UserMetrics:
     """A model fitted on `holdout.train`, measured on `holdout.target`, metrics per user.
 
     Seen training items are excluded and novelty uses training popularity; a holdout with
-    sampled negatives is ranked against them instead of the whole catalogue.
+    sampled negatives is ranked against them instead of the whole catalogue, and one with
+    `candidates` (cold-start) over those items only.
     """
     if holdout.negatives is not None:
         return sampled_user_metrics(scorer, holdout.target, holdout.negatives, ks, batch_size)
+    if holdout.candidates is not None:
+        scorer = _OnlyCandidates(scorer, holdout.candidates)
     return user_metrics(
         scorer,
         holdout.target,

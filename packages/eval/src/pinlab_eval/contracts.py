@@ -52,7 +52,7 @@ class RetrievalReport(BaseModel):
 
 # --- protocols ---------------------------------------------------------------------------------
 
-ProtocolName = Literal["stratified", "leave-last-out", "temporal"]
+ProtocolName = Literal["stratified", "leave-last-out", "temporal", "cold-start"]
 StratifyBy = Literal["item", "user"]
 NegativeSampling = Literal["uniform", "popularity"]
 
@@ -60,6 +60,7 @@ PROTOCOL_SETTINGS: dict[str, tuple[str, ...]] = {
     "stratified": ("ratio", "stratify_by"),
     "leave-last-out": ("negatives", "sampling"),
     "temporal": ("quantile", "cut"),
+    "cold-start": ("cold_fraction",),
 }
 """The settings each protocol reads, besides `name` and `seed`."""
 
@@ -75,6 +76,9 @@ class ProtocolSpec(BaseModel):
       user never touched, drawn `uniform`ly or by `popularity` (the NCF / SASRec protocol).
     - `temporal`: one global cut in time, at the `quantile` of all timestamps or at the
       timestamp `cut`: train before it, test from it on.
+    - `cold-start`: a seeded `cold_fraction` of the items is held out entirely: every
+      interaction with them is a test target, none is trained on, and each user's ranking is
+      over those cold items only (models see them through item features alone).
 
     Settings that belong to another protocol must stay at their defaults, so a stray option
     is an error rather than silently ignored.
@@ -97,6 +101,9 @@ class ProtocolSpec(BaseModel):
     )
     cut: int | None = Field(
         default=None, description="temporal: the cut as a timestamp, instead of `quantile`."
+    )
+    cold_fraction: float = Field(
+        default=0.2, gt=0, lt=1, description="cold-start: share of items held out entirely."
     )
 
     @model_validator(mode="after")
@@ -162,13 +169,15 @@ class Holdout:
 
     Both logs index the same `user_ids` and `item_ids` as the log that was split. Every target
     user has training data. `negatives`, for sampled protocols only, holds one row of items the
-    user never interacted with per target user, in ascending user index.
+    user never interacted with per target user, in ascending user index. `candidates`, for
+    cold-start only, are the items every user's ranking is restricted to (ascending).
     """
 
     train: InteractionLog
     target: InteractionLog
     negatives: Int64Array | None
     counts: HoldoutCounts
+    candidates: Int64Array | None = None
 
 
 @dataclass(frozen=True)
