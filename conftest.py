@@ -34,3 +34,31 @@ def tiny_demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     assert code == 0, buffer.getvalue()
     result: dict[str, Any] = json.loads(buffer.getvalue())
     return result
+
+
+@pytest.fixture(scope="session")
+def serve_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small servable run directory built without the CLI: a synthetic world, an untrained
+    (randomly initialised) CNN encoder, its index and a popularity recommender."""
+    import numpy as np
+
+    from pinlab_data import SynthConfig, interaction_log, load_dataset, write_synth
+    from pinlab_models import CNNEncoder, EncoderConfig, Popularity, TrainContext, seed_everything
+    from pinlab_serve import PinIndex
+
+    run = tmp_path_factory.mktemp("serve") / "run"
+    data = run / "data"
+    write_synth(data, SynthConfig(num_pins=240, num_users=40, num_categories=4, seed=3))
+    (run / "run.json").write_text(json.dumps({"data_dir": str(data), "steps": []}))
+    ds = load_dataset(data)
+    seed_everything(0)
+    encoder = CNNEncoder(EncoderConfig(widths=(8, 16), embedding_dim=16))
+    encoder.save(run / "visual" / "encoder.pt")
+    encoder = CNNEncoder.load(run / "visual" / "encoder.pt")
+    assert ds.images is not None
+    images = np.asarray(ds.images[ds.pins.column("image_row").to_numpy()])
+    PinIndex.build(encoder.embed(images), ds.pin_ids(), encoder.model_id).save(run / "index")
+    model = Popularity()
+    model.fit(interaction_log(ds), TrainContext(run_dir=run / "recommender" / "popularity"))
+    model.save(run / "recommender" / "popularity" / "model.pt")
+    return run

@@ -1,0 +1,416 @@
+"""The HTTP service through Starlette's TestClient: every endpoint and every bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from pinlab_data import load_dataset
+from pinlab_serve import PinIndex, ServeSettings
+from pinlab_serve._app import create_app
+from pinlab_serve._service import PinService
+
+
+def wait_ready(client: TestClient, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if client.get("/readyz").status_code == 200:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"not ready: {client.get('/readyz').json()}")
+
+
+@pytest.fixture(scope="module")
+def client(serve_run: Path) -> Iterator[TestClient]:
+    with TestClient(create_app(serve_run, ServeSettings())) as client:
+        wait_ready(client)
+        yield client
+
+
+@pytest.fixture(scope="module")
+def pins(serve_run: Path) -> dict[str, Any]:
+    ds = load_dataset(serve_run / "data")
+    rows = ds.pins.to_pylist()
+    return {"ids": [r["pin_id"] for r in rows], "rows": {r["pin_id"]: r for r in rows}, "ds": ds}
+
+
+def png(image: np.ndarray | None = None, size: tuple[int, int] = (40, 30)) -> bytes:
+    img = Image.fromarray(image) if image is not None else Image.new("RGB", size, (200, 30, 30))
+    buffer = io.BytesIO()
+    img.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def upload(data: bytes, content_type: str = "image/png") -> dict[str, Any]:
+    return {"files": {"image": ("query.png", data, content_type)}}
+
+
+def assert_error(response: Any, status: int, match: str) -> None:
+    """`response`: an httpx response (TestClient may hand an httpx2 one; same surface)."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error", "detail"}
+    assert match in body["error"], body["error"]
+    assert "Traceback" not in response.text
+
+
+def test_health_ready_docs_and_page(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok", "ready": True, "detail": None}
+    assert client.get("/readyz").json()["status"] == "ready"
+    assert client.get("/docs").status_code == 200
+    paths = client.get("/openapi.json").json()["paths"]
+    for path in (
+        "/v1/search/image",
+        "/v1/search/text",
+        "/v1/pins/{pin_id}/similar",
+        "/v1/users/{user_id}/recommendations",
+        "/v1/pins/{pin_id}",
+        "/v1/pins/{pin_id}/image",
+        "/v1/admin/reload",
+    ):
+        assert path in paths
+    assert "multipart/form-data" in paths["/v1/search/image"]["post"]["requestBody"]["content"]
+    page = client.get("/")
+    assert page.headers["content-type"].startswith("text/html")
+    for element in ('id="q"', 'id="image"', 'id="user"', 'id="results"'):
+        assert element in page.text
+
+
+def test_similar_matches_the_index(
+    client: TestClient, serve_run: Path, pins: dict[str, Any]
+) -> None:
+    pin = pins["ids"][5]
+    body = client.get(f"/v1/pins/{pin}/similar", params={"k": 7}).json()
+    want = PinIndex.load(serve_run / "index").similar(pin, 7)
+    assert [h["pin_id"] for h in body["hits"]] == [h.pin_id for h in want]
+    np.testing.assert_allclose([h["score"] for h in body["hits"]], [h.score for h in want])
+    assert body["mode"] == "similar" and body["index"] == "IDMap2,Flat"
+    first = body["hits"][0]
+    row = pins["rows"][first["pin_id"]]
+    assert first["caption"] == row["caption"] and first["category"] == row["category"]
+    assert first["image_url"] == f"/v1/pins/{first['pin_id']}/image"
+
+
+def test_filters(client: TestClient, pins: dict[str, Any]) -> None:
+    pin = pins["ids"][0]
+    category = pins["rows"][pins["ids"][1]]["category"]
+    body = client.get(f"/v1/pins/{pin}/similar", params={"k": 20, "category": category}).json()
+    assert len(body["hits"]) == 20
+    assert {h["category"] for h in body["hits"]} == {category}
+    plain = client.get(f"/v1/pins/{pin}/similar", params={"k": 5}).json()["hits"]
+    dropped = [plain[0]["pin_id"], plain[2]["pin_id"]]
+    body = client.get(f"/v1/pins/{pin}/similar", params={"k": 5, "exclude": dropped}).json()
+    ids = [h["pin_id"] for h in body["hits"]]
+    assert not set(ids) & set(dropped) and len(ids) == 5
+    assert ids[:2] == [plain[1]["pin_id"], plain[3]["pin_id"]]
+
+
+def test_diversity_spreads_categories(client: TestClient, pins: dict[str, Any]) -> None:
+    pin = pins["ids"][3]
+
+    def categories(diversity: float) -> int:
+        params = {"k": 8, "diversity": diversity}
+        hits = client.get(f"/v1/pins/{pin}/similar", params=params).json()["hits"]
+        assert len(hits) == 8
+        return len({h["category"] for h in hits})
+
+    assert categories(1.0) >= categories(0.0)
+    assert categories(1.0) == 4  # every category of the world appears
+
+
+def test_search_image_finds_the_pin(client: TestClient, pins: dict[str, Any]) -> None:
+    ds = pins["ds"]
+    pin = pins["ids"][10]
+    row = pins["rows"][pin]["image_row"]
+    response = client.post("/v1/search/image", params={"k": 3}, **upload(png(ds.images[row])))
+    body = response.json()
+    assert response.status_code == 200, body
+    assert body["mode"] == "image"
+    assert body["hits"][0]["pin_id"] == pin
+    assert body["hits"][0]["score"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_search_text(client: TestClient, pins: dict[str, Any]) -> None:
+    caption = pins["rows"][pins["ids"][7]]["caption"]
+    body = client.get("/v1/search/text", params={"q": caption, "k": 5}).json()
+    assert body["mode"] == "caption"
+    assert body["model_id"] == "sentence-transformers/all-MiniLM-L6-v2"
+    # The exact caption embeds to the same vector as the pins that carry it.
+    assert body["hits"][0]["caption"] == caption
+    assert body["hits"][0]["score"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_recommendations_exclude_seen(client: TestClient, pins: dict[str, Any]) -> None:
+    ds = pins["ds"]
+    user = int(ds.user_ids()[2])
+    interactions = ds.interactions.to_pylist()
+    seen = {r["pin_id"] for r in interactions if r["user_id"] == user}
+    body = client.get(f"/v1/users/{user}/recommendations", params={"k": 15}).json()
+    assert body["model"] == "popularity"
+    assert body["seen_excluded"] == len(seen)
+    ids = [h["pin_id"] for h in body["hits"]]
+    assert len(ids) == 15 and not set(ids) & seen
+    scores = [h["score"] for h in body["hits"]]
+    assert scores == sorted(scores, reverse=True)
+    category = body["hits"][0]["category"]
+    filtered = client.get(
+        f"/v1/users/{user}/recommendations", params={"k": 5, "category": category}
+    ).json()
+    assert {h["category"] for h in filtered["hits"]} == {category}
+    diverse = client.get(
+        f"/v1/users/{user}/recommendations", params={"k": 8, "diversity": 1}
+    ).json()
+    assert len({h["category"] for h in diverse["hits"]}) == 4
+
+
+def test_pin_metadata_image_and_users(client: TestClient, pins: dict[str, Any]) -> None:
+    pin = pins["ids"][4]
+    body = client.get(f"/v1/pins/{pin}").json()
+    row = pins["rows"][pin]
+    assert body == {
+        "pin_id": pin,
+        "caption": row["caption"],
+        "category": row["category"],
+        "creator_id": row["creator_id"],
+        "creator_group": row["creator_group"],
+        "image_url": f"/v1/pins/{pin}/image",
+    }
+    image = client.get(f"/v1/pins/{pin}/image")
+    assert image.headers["content-type"] == "image/png"
+    decoded = np.asarray(Image.open(io.BytesIO(image.content)))
+    np.testing.assert_array_equal(decoded, pins["ds"].images[row["image_row"]])
+    users = client.get("/v1/users", params={"limit": 5, "offset": 1}).json()
+    assert users == {"user_ids": pins["ds"].user_ids()[1:6].tolist(), "total": 40}
+
+
+@pytest.mark.parametrize(
+    ("url", "status", "match"),
+    [
+        ("/v1/pins/{pin}/similar?k=0", 422, "query.k"),
+        ("/v1/pins/{pin}/similar?k=1001", 422, "less than or equal to 1000"),
+        ("/v1/pins/{pin}/similar?k=ten", 422, "valid integer"),
+        ("/v1/pins/{pin}/similar?diversity=1.5", 422, "query.diversity"),
+        ("/v1/pins/{pin}/similar?exclude=abc", 422, "query.exclude"),
+        ("/v1/pins/{pin}/similar?category=hexagon", 400, "unknown category 'hexagon'"),
+        ("/v1/pins/123456789/similar", 404, "pin 123456789 is not in the catalogue"),
+        ("/v1/pins/-3/similar", 422, "path.pin_id"),
+        ("/v1/pins/99999999999999999999999/similar", 422, "path.pin_id"),
+        ("/v1/pins/123456789", 404, "pin 123456789"),
+        ("/v1/pins/123456789/image", 404, "pin 123456789"),
+        ("/v1/users/123456789/recommendations", 404, "user 123456789 is not in the dataset"),
+        ("/v1/users/abc/recommendations", 422, "path.user_id"),
+        ("/v1/search/text", 422, "query.q"),
+        ("/v1/search/text?q=", 422, "query.q"),
+        ("/v1/search/text?q=%20%20", 400, "q is blank"),
+        ("/v1/search/text?q=" + "a" * 501, 422, "query.q"),
+        ("/v1/search/text?q=%ff%fe", 200, ""),
+        ("/v1/users?limit=0", 422, "query.limit"),
+        ("/v1/nowhere", 404, "Not Found"),
+        ("/v1/pins/..%2F..%2Frun.json/image", 404, "Not Found"),
+        ("/static/../run.json", 404, "Not Found"),
+    ],
+)
+def test_bad_queries(
+    client: TestClient, pins: dict[str, Any], url: str, status: int, match: str
+) -> None:
+    response = client.get(url.format(pin=pins["ids"][0]))
+    if status == 200:  # undecodable bytes are replaced, never a crash
+        assert response.status_code == 200
+        return
+    assert_error(response, status, match)
+
+
+def test_wrong_method(client: TestClient) -> None:
+    assert_error(client.get("/v1/search/image"), 405, "Method Not Allowed")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "match"),
+    [
+        (upload(b"this is not an image"), 400, "not a readable image"),
+        (upload(png(), "text/plain"), 415, "content type is text/plain"),
+        (upload(b""), 400, "image is empty"),
+        ({"content": b"raw", "headers": {"content-type": "image/png"}}, 415, "multipart"),
+        ({"data": {"image": "text"}}, 415, "multipart/form-data"),
+        ({"files": {"picture": ("a.png", png(), "image/png")}}, 400, "no file field"),
+    ],
+)
+def test_bad_uploads(client: TestClient, kwargs: dict[str, Any], status: int, match: str) -> None:
+    assert_error(client.post("/v1/search/image", **kwargs), status, match)
+
+
+def test_upload_limits(serve_run: Path) -> None:
+    settings = ServeSettings(max_upload_bytes=4096, max_pixels=1000)
+    with TestClient(create_app(serve_run, settings)) as client:
+        wait_ready(client)
+        rng = np.random.default_rng(0)
+        # Over the file limit, but within the multipart slack: refused after parsing.
+        medium = png(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8))
+        assert 4096 < len(medium) < 64 * 1024
+        assert_error(client.post("/v1/search/image", **upload(medium)), 413, "over the limit")
+        # Far over: refused while the body streams in.
+        big = png(rng.integers(0, 255, (300, 300, 3), dtype=np.uint8))
+        assert len(big) > 4096 + 64 * 1024
+        assert_error(client.post("/v1/search/image", **upload(big)), 413, "over the limit")
+        # Over the limit only in the declared length: refused before the body is read.
+        response = client.post(
+            "/v1/search/image",
+            content=b"x" * 10,
+            headers={
+                "content-type": "multipart/form-data; boundary=x",
+                "content-length": str(10**9),
+            },
+        )
+        assert_error(response, 413, "1,000,000,000 bytes")
+        small = png(size=(40, 30))
+        assert len(small) < 4096
+        assert_error(client.post("/v1/search/image", **upload(small)), 413, "40x30 pixels")
+        assert client.post("/v1/search/image", **upload(png(size=(30, 30)))).status_code == 200
+
+
+def test_metrics(client: TestClient, pins: dict[str, Any]) -> None:
+    client.get(f"/v1/pins/{pins['ids'][0]}/similar")
+    client.get("/v1/pins/123456789")
+    text = client.get("/metrics").text
+    assert 'pinlab_requests_total{endpoint="similar",method="GET",status="200"}' in text
+    assert 'pinlab_requests_total{endpoint="pin",method="GET",status="404"}' in text
+    assert 'pinlab_request_seconds_bucket{endpoint="similar",le="0.005"}' in text
+    assert "pinlab_index_pins 240.0" in text
+    assert "pinlab_encoder_batch_size_count" in text
+
+
+def test_no_cors_by_default(client: TestClient, serve_run: Path) -> None:
+    headers = {"origin": "http://evil.example", "access-control-request-method": "GET"}
+    assert "access-control-allow-origin" not in client.get("/healthz", headers=headers).headers
+    settings = ServeSettings(cors_origins=["http://app.example"])
+    with TestClient(create_app(serve_run, settings)) as cors:
+        got = cors.get("/healthz", headers={"origin": "http://app.example"})
+        assert got.headers["access-control-allow-origin"] == "http://app.example"
+
+
+def test_not_ready_and_failed_load(serve_run: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "run"
+    shutil.copytree(serve_run, broken)
+    shutil.rmtree(broken / "index")
+    with TestClient(create_app(broken, ServeSettings())) as client:
+        deadline = time.monotonic() + 30
+        while client.get("/readyz").json()["status"] == "loading":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        ready = client.get("/readyz")
+        assert ready.status_code == 503
+        assert "no index" in ready.json()["detail"]
+        assert_error(client.get("/v1/pins/1"), 503, "not ready: PinlabServeError: run")
+        assert client.get("/healthz").status_code == 200
+
+
+async def _concurrent_uploads(app: FastAPI, images: list[bytes]) -> tuple[list[Any], str]:
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            while (await client.get("/readyz")).status_code != 200:
+                await asyncio.sleep(0.05)
+            responses = await asyncio.gather(
+                *(
+                    client.post("/v1/search/image", files={"image": ("q.png", d, "image/png")})
+                    for d in images
+                )
+            )
+            metrics = (await client.get("/metrics")).text
+    return [r.json() for r in responses], metrics
+
+
+def test_image_searches_are_micro_batched(serve_run: Path, pins: dict[str, Any]) -> None:
+    app = create_app(serve_run, ServeSettings(batch_window_ms=100, max_batch=16))
+    ds = pins["ds"]
+    chosen = pins["ids"][20:28]
+    images = [png(ds.images[pins["rows"][p]["image_row"]]) for p in chosen]
+    bodies, metrics = asyncio.run(_concurrent_uploads(app, images))
+    assert [b["hits"][0]["pin_id"] for b in bodies] == chosen
+    values = {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in metrics.splitlines()
+        if line.startswith("pinlab_encoder_batch_size_")
+    }
+    # Eight queries, fewer encoder calls: concurrent uploads shared batches.
+    assert values["pinlab_encoder_batch_size_sum"] == 8
+    assert values["pinlab_encoder_batch_size_count"] < 8
+
+
+def test_index_swap(serve_run: Path, tmp_path: Path, pins: dict[str, Any]) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(serve_run, run)
+    old = PinIndex.load(run / "index")
+    keep = old.ids()[:100]
+    with TestClient(create_app(run, ServeSettings())) as client:
+        wait_ready(client)
+        service: PinService = client.app.state.service  # type: ignore[attr-defined]
+        before = service.state  # what a request in flight holds
+        assert client.post("/v1/admin/reload").json()["swapped"] is False
+        smaller = PinIndex.build(old.vectors(keep), keep, old.model_id)
+        smaller.save(run / "index")
+        body = client.post("/v1/admin/reload").json()
+        assert body["swapped"] is True
+        assert (body["previous"]["count"], body["current"]["count"]) == (240, 100)
+        hits = client.get(f"/v1/pins/{int(keep[0])}/similar", params={"k": 200}).json()["hits"]
+        assert len(hits) == 99
+        # The old snapshot still answers with the old index: in-flight requests finish on it.
+        assert len(before.searcher.search(old.vectors(keep[:1]), 200)[0]) == 200
+        assert "pinlab_index_swaps_total 1.0" in client.get("/metrics").text
+        assert "pinlab_index_pins 100.0" in client.get("/metrics").text
+        # A bad index on disk is refused and the serving one stays.
+        (run / "index" / "index.json").write_text("{}")
+        assert_error(client.post("/v1/admin/reload"), 400, "malformed")
+        assert client.get(f"/v1/pins/{int(keep[0])}/similar").status_code == 200
+
+
+def test_watched_index_is_swapped(serve_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(serve_run, run)
+    old = PinIndex.load(run / "index")
+    with TestClient(create_app(run, ServeSettings(watch_interval_s=0.05))) as client:
+        wait_ready(client)
+        keep = old.ids()[:50]
+        PinIndex.build(old.vectors(keep), keep, old.model_id).save(run / "index")
+        deadline = time.monotonic() + 20
+        while "pinlab_index_pins 50.0" not in client.get("/metrics").text:
+            assert time.monotonic() < deadline, "the new index was never swapped in"
+            time.sleep(0.05)
+
+
+def test_numpy_backend_agrees(serve_run: Path, pins: dict[str, Any], client: TestClient) -> None:
+    with TestClient(create_app(serve_run, ServeSettings(search_backend="numpy"))) as brute:
+        wait_ready(brute)
+        for pin in pins["ids"][:5]:
+            params: dict[str, Any] = {"k": 10, "exclude": [pins["ids"][9]]}
+            want = client.get(f"/v1/pins/{pin}/similar", params=params).json()
+            got = brute.get(f"/v1/pins/{pin}/similar", params=params).json()
+            assert got["index"] == "numpy"
+            assert [h["pin_id"] for h in got["hits"]] == [h["pin_id"] for h in want["hits"]]
+
+
+def test_settings_contract(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = ServeSettings()
+    assert (settings.host, settings.port, settings.workers) == ("127.0.0.1", 8000, 1)
+    assert settings.max_upload_bytes == 10 * 2**20
+    assert settings.cors_origins == []
+    monkeypatch.setenv("PINLAB_SERVE_PORT", "9123")
+    monkeypatch.setenv("PINLAB_SERVE_CORS_ORIGINS", '["http://a.example"]')
+    env = ServeSettings()
+    assert (env.port, env.cors_origins) == (9123, ["http://a.example"])
+    with pytest.raises(ValueError, match="wildcard"):
+        ServeSettings(cors_origins=["*"])
+    with pytest.raises(ValueError, match="port"):
+        ServeSettings(port=70000)
