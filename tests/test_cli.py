@@ -43,10 +43,11 @@ def test_tiny_demo_reports_every_stage(tiny_demo: dict[str, Any]) -> None:
         "recommender/mf/model.pt",
         "recommender/mf/metrics.jsonl",
         "recommender/eval.json",
-        "index/index.faiss",
         "index/index.json",
     ):
         assert (run_dir / path).is_file(), path
+    index_file = json.loads((run_dir / "index/index.json").read_text())["file"]
+    assert (run_dir / "index" / index_file).is_file()  # named by its checksum
     record = json.loads((run_dir / "run.json").read_text())
     assert record["steps"][0]["config"]["seed"] == 1  # the resolved config is recorded
 

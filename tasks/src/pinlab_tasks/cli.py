@@ -17,7 +17,7 @@ from pinlab_models import PinlabModelError
 from pinlab_serve import PinlabServeError
 from pinlab_tasks._app import app, settings, use_settings
 from pinlab_tasks._output import configure_logging, stderr
-from pinlab_tasks.commands import bench, data, demo, evaluate, index, meta, query, train
+from pinlab_tasks.commands import bench, data, demo, evaluate, index, meta, query, serve, train
 from pinlab_tasks.settings import LogLevel
 
 BAD_INPUT = (PinlabDataError, PinlabModelError, PinlabServeError, FileNotFoundError)
@@ -28,6 +28,7 @@ app.add_typer(evaluate.app, name="eval")
 app.add_typer(index.app, name="index")
 app.add_typer(bench.app, name="bench")
 demo.register(app)
+serve.register(app)
 query.register(app)
 meta.register(app)
 

@@ -1,5 +1,6 @@
 """pinlab_serve: the FAISS pin index and the HTTP service over a run directory."""
 
+from pinlab_serve._app import check_run, create_app, run_server
 from pinlab_serve._index import FLAT, HNSW, PinIndex, embed_image_file
 from pinlab_serve.contracts import (
     HNSW_THRESHOLD,
@@ -22,5 +23,8 @@ __all__ = [
     "PinNotFoundError",
     "PinlabServeError",
     "ServeSettings",
+    "check_run",
+    "create_app",
     "embed_image_file",
+    "run_server",
 ]

@@ -36,6 +36,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from pinlab_data import PinlabDataError
 from pinlab_models import PinlabModelError
 from pinlab_serve._batcher import MicroBatcher
+from pinlab_serve._catalog import RunFiles
 from pinlab_serve._service import PinService
 from pinlab_serve.contracts import (
     ErrorBody,
@@ -441,13 +442,16 @@ def create_app_from_env() -> FastAPI:
     return create_app(settings.run_dir, settings)
 
 
+def check_run(run_dir: Path) -> None:
+    """Raise PinlabServeError, saying what to make, when `run_dir` cannot be served."""
+    RunFiles(run_dir.resolve()).check()
+
+
 def run_server(run_dir: Path, settings: ServeSettings, log_level: str = "info") -> None:
     """Check the run, then serve it with uvicorn until interrupted (blocking)."""
     import uvicorn
 
-    from pinlab_serve._catalog import RunFiles
-
-    RunFiles(run_dir.resolve()).check()
+    check_run(run_dir)
     if settings.workers == 1:
         uvicorn.run(
             create_app(run_dir, settings),

@@ -1,0 +1,51 @@
+"""`pinlab serve`: the HTTP service (search, similar pins, recommendations, web page)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+from pinlab_serve import ServeSettings, check_run, run_server
+from pinlab_tasks._app import JsonFlag, settings
+from pinlab_tasks._output import stderr
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)
+
+
+def serve(
+    run: Annotated[Path, typer.Option("--run", help="Run directory (encoder, index, data).")],
+    host: Annotated[str, typer.Option(help="Bind address; loopback unless you mean it.")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(help="TCP port (0: any free one).")] = 8000,
+    workers: Annotated[int, typer.Option(help="Worker processes, each with its own copy.")] = 1,
+    backend: Annotated[
+        Literal["faiss", "numpy"],
+        typer.Option(help="Search backend; numpy is the brute-force baseline."),
+    ] = "faiss",
+    watch: Annotated[
+        float, typer.Option(help="Swap in a rebuilt index when index.json changes (poll seconds).")
+    ] = 0.0,
+    as_json: JsonFlag = False,
+) -> None:
+    """Serve a run over HTTP until interrupted: /v1 API, /docs, /metrics and a web page at /.
+
+    Other settings (upload limits, CORS origins, batching) come from PINLAB_SERVE_* variables.
+
+    Writes: nothing (reads RUN; POST /v1/admin/reload re-reads RUN/index/).
+    """
+    resolved = ServeSettings(
+        host=host, port=port, workers=workers, search_backend=backend, watch_interval_s=watch
+    )
+    check_run(run)
+    url = f"http://{host}:{port}/"
+    if as_json:
+        print(json.dumps({"url": url, "run": str(run), **resolved.model_dump(mode="json")}))
+    else:
+        stderr.print(f"serving {run} at {url} (docs at {url}docs); Ctrl-C stops")
+    run_server(run, resolved, log_level=settings().log_level.lower())

@@ -1,0 +1,90 @@
+"""`pinlab serve` for real: uvicorn on a loopback port in a child process."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from pinlab_tasks.cli import run
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def serving(run_dir: Path, *extra: str) -> Iterator[str]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "pinlab_tasks", "serve", "--run", str(run_dir)]
+    with subprocess.Popen(
+        [*cmd, "--port", str(port), *extra], stderr=subprocess.PIPE, text=True
+    ) as proc:
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                assert time.monotonic() < deadline, "the server never became ready"
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                        break
+                time.sleep(0.1)
+            yield url
+        finally:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.mark.slow  # ~20 s: a fresh interpreter loads torch and MiniLM before it is ready
+def test_serve_on_loopback(serve_run: Path) -> None:
+    with serving(serve_run) as url:
+        pins = httpx.get(f"{url}/v1/search/text", params={"q": "a red circle", "k": 3}).json()
+        pin = pins["hits"][0]["pin_id"]
+        similar = httpx.get(f"{url}/v1/pins/{pin}/similar", params={"k": 4})
+        assert similar.status_code == 200
+        assert len(similar.json()["hits"]) == 4
+        buffer = io.BytesIO()
+        Image.new("RGB", (50, 50), (10, 200, 10)).save(buffer, format="PNG")
+        image = httpx.post(
+            f"{url}/v1/search/image",
+            files={"image": ("g.png", buffer.getvalue(), "image/png")},
+        )
+        assert image.status_code == 200 and len(image.json()["hits"]) == 10
+        bad = httpx.get(f"{url}/v1/pins/{pin}/similar", params={"k": 5000})
+        assert bad.status_code == 422 and "query.k" in bad.json()["error"]
+        assert "pinlab_requests_total" in httpx.get(f"{url}/metrics").text
+        assert "<title>pinlab</title>" in httpx.get(url).text
+
+
+def test_serve_refuses_a_bad_run(tmp_path: Path) -> None:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = run(["serve", "--run", str(tmp_path), "--json"])
+    assert code == 2
+    assert "not a pinlab run" in json.loads(out.getvalue())["error"]
+
+
+@pytest.mark.slow
+def test_serve_with_two_workers(serve_run: Path) -> None:
+    with serving(serve_run, "--workers", "2") as url:
+        for _ in range(4):
+            assert httpx.get(f"{url}/v1/users", params={"limit": 2}).status_code == 200
