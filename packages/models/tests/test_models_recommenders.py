@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pinlab_data.contracts import InteractionLog
+from pinlab_data.contracts import Float32Array, InteractionLog
 from pinlab_models import (
     MFConfig,
     PinlabModelError,
@@ -25,6 +25,7 @@ FAST = {
     "ials": {"dim": 8, "iterations": 5, "l2": 1.0},
     "itemknn": {"neighbours": 5},
     "rp3beta": {"neighbours": 5},
+    "hybrid": {"epochs": 30, "dim": 8, "batch_size": 64, "lr": 0.02},
 }
 
 
@@ -51,8 +52,17 @@ def two_tribes(num_users: int = 40, num_items: int = 20, seed: int = 0) -> Inter
     )
 
 
+def tribe_features(num_items: int = 20) -> Float32Array:
+    """Item features for the models that read them: which half an item is in, and noise."""
+    side = (np.arange(num_items) >= num_items // 2).astype(np.float32)
+    noise = np.random.default_rng(1).normal(0, 0.1, (num_items, 6))
+    return np.column_stack([side, 1 - side, noise]).astype(np.float32)
+
+
 def ctx(tmp_path: Path) -> TrainContext:
-    return TrainContext(run_dir=tmp_path / "run", seed=0, progress=False)
+    return TrainContext(
+        run_dir=tmp_path / "run", seed=0, progress=False, item_features=tribe_features()
+    )
 
 
 @pytest.mark.parametrize("name", recommender_names())

@@ -248,3 +248,21 @@ class IALSConfig(BaseModel):
     iterations: PositiveInt = 15
     cg_steps: int = Field(default=3, ge=0, description="0 solves each least squares exactly.")
     patience: PositiveInt = 3
+
+
+class HybridConfig(BaseModel):
+    """The cold-start hybrid: item vectors from item features, plus id vectors for warm items."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dim: PositiveInt = 64
+    hidden_dim: PositiveInt = Field(default=256, description="Width of the feature map's layer.")
+    item_dropout: float = Field(
+        default=0.5, ge=0, lt=1, description="Share of items trained on their features alone."
+    )
+    epochs: PositiveInt = 30
+    batch_size: PositiveInt = 1024
+    lr: PositiveFloat = 5e-3
+    weight_decay: float = Field(default=1e-6, ge=0)
+    temperature: PositiveFloat = 0.1
+    patience: PositiveInt = Field(default=4, description="Epochs without validation gain.")

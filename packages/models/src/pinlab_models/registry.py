@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from pinlab_models._cold_start import HybridRecommender
 from pinlab_models._ials import ImplicitALS
 from pinlab_models._linear import ItemItem, item_item_builder
 from pinlab_models._recommenders import CHECKPOINT_KIND, MatrixFactorization, Popularity
@@ -17,6 +18,7 @@ from pinlab_models.contracts import (
     BPRConfig,
     DLAEConfig,
     EASEConfig,
+    HybridConfig,
     IALSConfig,
     ItemKNNConfig,
     MFConfig,
@@ -157,5 +159,15 @@ register(
         build=ImplicitALS,
         from_checkpoint=ImplicitALS.from_checkpoint,
         tune_grid={"dim": [64, 128], "l2": [20.0, 50.0, 100.0], "alpha": [2.0, 5.0, 10.0]},
+    )
+)
+register(
+    RecommenderSpec(
+        name="hybrid",
+        summary="Cold start: item vectors from item features (+ ids when warm), item dropout.",
+        config_type=HybridConfig,
+        build=HybridRecommender,
+        from_checkpoint=HybridRecommender.from_checkpoint,
+        tune_grid={"item_dropout": [0.3, 0.5, 0.7], "dim": [32, 64]},
     )
 )

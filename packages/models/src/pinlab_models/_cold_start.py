@@ -1,0 +1,202 @@
+"""A hybrid recommender for cold start: item vectors from item features, plus ids when warm.
+
+Each item's vector is a learned map of its features (text or image embeddings) plus, for items
+with training interactions, a free id embedding. Training drops the id embedding of a random
+share of items in every batch (DropoutNet, Volkovs et al. 2017), so the feature path alone
+must rank well: an item nobody has engaged with yet is scored from its features only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812 - the PyTorch convention
+from torch import nn
+
+from pinlab_data.contracts import Float32Array, Int64Array, InteractionLog
+from pinlab_models._recommenders import CHECKPOINT_KIND
+from pinlab_models._runtime import (
+    EarlyStopping,
+    EpochLog,
+    Stopwatch,
+    epoch_progress,
+    save_checkpoint,
+    seed_everything,
+)
+from pinlab_models.contracts import (
+    EpochRecord,
+    FitReport,
+    HybridConfig,
+    PinlabModelError,
+    TrainContext,
+    Validator,
+)
+
+
+class _HybridNet(nn.Module):
+    features: torch.Tensor
+    warm: torch.Tensor
+
+    def __init__(
+        self, num_users: int, features: torch.Tensor, warm: torch.Tensor, config: HybridConfig
+    ) -> None:
+        super().__init__()
+        num_items, feature_dim = features.shape
+        self.register_buffer("features", features)
+        self.register_buffer("warm", warm)
+        self.users = nn.Embedding(num_users, config.dim)
+        nn.init.normal_(self.users.weight, std=0.1)
+        # Zero for every item, and only warm items ever get a gradient: cold ones stay zero.
+        self.items = nn.Embedding(num_items, config.dim)
+        nn.init.zeros_(self.items.weight)
+        self.content = nn.Sequential(
+            nn.Linear(feature_dim, config.hidden_dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(config.hidden_dim, config.dim + 1),  # the last unit is the item's bias
+        )
+
+    def item_vectors(self, keep_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """(num_items, dim + 1): the content vector, plus the id vector of warm items kept."""
+        keep = self.warm if keep_ids is None else self.warm & keep_ids
+        ids = self.items.weight * keep[:, None].to(self.items.weight.dtype)
+        content: torch.Tensor = self.content(self.features)
+        return content + F.pad(ids, (0, 1))
+
+    def scores(self, users: torch.Tensor, item_vectors: torch.Tensor) -> torch.Tensor:
+        user_vecs = F.pad(self.users.weight[users], (0, 1), value=1.0)
+        result: torch.Tensor = user_vecs @ item_vectors.T
+        return result
+
+
+class HybridRecommender:
+    """Content-aware matrix factorisation: cold items are scored from their features alone.
+
+    Needs `TrainContext.item_features`, one row per item of the log (its index order). The
+    loss is a softmax over the items seen in training, so items held out entirely are never
+    trained as negatives either.
+    """
+
+    name = "hybrid"
+
+    def __init__(self, config: HybridConfig | None = None) -> None:
+        self.config = config or HybridConfig()
+        self.net: _HybridNet | None = None
+        self.device = "cpu"
+
+    def fit(
+        self, train: InteractionLog, ctx: TrainContext, validate: Validator | None = None
+    ) -> FitReport:
+        if len(train) == 0:
+            raise PinlabModelError("no training interactions; check the dataset and the split")
+        features = _checked_features(ctx.item_features, train.num_items)
+        cfg = self.config
+        gen = seed_everything(ctx.seed)
+        self.device = ctx.device
+        warm = np.bincount(train.items, minlength=train.num_items) > 0
+        self.net = net = _HybridNet(
+            train.num_users, torch.from_numpy(features), torch.from_numpy(warm), cfg
+        ).to(ctx.device)
+        optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        users = torch.from_numpy(train.users).to(ctx.device)
+        # Softmax targets are positions among the warm items, the only candidates in training.
+        position = np.cumsum(warm) - 1
+        targets = torch.from_numpy(position[train.items]).to(ctx.device)
+        warm_items = torch.from_numpy(np.flatnonzero(warm)).to(ctx.device)
+        weights = torch.from_numpy(train.weights).to(ctx.device)
+        weights = weights / weights.mean()
+        log = EpochLog(ctx.run_dir)
+        stopper = EarlyStopping(cfg.patience)
+        clock = Stopwatch()
+        steps = max(1, len(train) // cfg.batch_size)
+        with epoch_progress(f"train {self.name}", cfg.epochs, ctx.progress) as progress:
+            for epoch in range(1, cfg.epochs + 1):
+                epoch_clock = Stopwatch()
+                net.train()
+                order = torch.randperm(len(train), generator=gen).to(ctx.device)
+                total = 0.0
+                for step in range(steps):
+                    idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+                    keep = torch.rand(train.num_items, generator=gen) >= cfg.item_dropout
+                    vectors = net.item_vectors(keep.to(ctx.device))[warm_items]
+                    logits = net.scores(users[idx], vectors) / cfg.temperature
+                    loss = (
+                        F.cross_entropy(logits, targets[idx], reduction="none") * weights[idx]
+                    ).mean()
+                    optimizer.zero_grad(set_to_none=True)
+                    torch.autograd.backward(loss)
+                    optimizer.step()
+                    total += float(loss.detach())
+                valid = validate(self) if validate else None
+                record = EpochRecord(
+                    epoch=epoch, train_loss=total / steps, valid=valid, seconds=epoch_clock()
+                )
+                log.write(record)
+                status = f"loss {record.train_loss:.3f}" + (f" valid {valid:.4f}" if valid else "")
+                progress.update(progress.task_ids[0], advance=1, status=status)
+                if stopper.update(epoch, valid, net):
+                    break
+        stopper.restore(net)
+        return FitReport(
+            model=self.name,
+            epochs=len(log.records),
+            best_epoch=stopper.best_epoch,
+            best_valid=stopper.best,
+            seconds=clock(),
+            history=log.records,
+        )
+
+    @torch.no_grad()
+    def score(self, users: Int64Array) -> Float32Array:
+        if self.net is None:
+            raise PinlabModelError(f"{self.name} has not been fitted; call fit() or load it")
+        net = self.net
+        if len(users) and (users.min() < 0 or users.max() >= net.users.num_embeddings):
+            raise PinlabModelError(f"user index out of range 0..{net.users.num_embeddings - 1}")
+        net.eval()
+        u = torch.from_numpy(np.asarray(users, dtype=np.int64)).to(self.device)
+        return net.scores(u, net.item_vectors()).float().cpu().numpy()
+
+    def save(self, path: Path) -> None:
+        if self.net is None:
+            raise PinlabModelError(f"{self.name} has not been fitted; call fit() or load it")
+        state = {k: v.cpu() for k, v in self.net.state_dict().items()}
+        save_checkpoint(
+            path,
+            {
+                "kind": CHECKPOINT_KIND,
+                "name": self.name,
+                "config": self.config.model_dump(),
+                "state": state,
+                "num_users": self.net.users.num_embeddings,
+                "num_items": self.net.items.num_embeddings,
+            },
+        )
+
+    @classmethod
+    def from_checkpoint(cls, payload: dict[str, Any]) -> HybridRecommender:
+        model = cls(HybridConfig.model_validate(payload["config"]))
+        state = payload["state"]
+        model.net = _HybridNet(
+            int(payload["num_users"]), state["features"], state["warm"], model.config
+        )
+        model.net.load_state_dict(state)
+        return model
+
+
+def _checked_features(features: Float32Array | None, num_items: int) -> Float32Array:
+    if features is None:
+        raise PinlabModelError(
+            "the hybrid recommender needs item features (TrainContext.item_features): text "
+            "or image embeddings, one row per item"
+        )
+    if features.ndim != 2 or len(features) != num_items:
+        raise PinlabModelError(
+            f"item features have shape {features.shape}; expected ({num_items}, d), one row "
+            "per item in the log's index order"
+        )
+    if not np.isfinite(features).all():
+        raise PinlabModelError("item features contain NaN or infinity")
+    return np.ascontiguousarray(features, dtype=np.float32)
