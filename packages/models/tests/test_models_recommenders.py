@@ -26,6 +26,7 @@ FAST = {
     "itemknn": {"neighbours": 5},
     "rp3beta": {"neighbours": 5},
     "hybrid": {"epochs": 30, "dim": 8, "batch_size": 64, "lr": 0.02},
+    "ensemble": {"member_settings": {"ials": {"dim": 8, "iterations": 5, "l2": 1.0}}},
 }
 
 
@@ -205,3 +206,20 @@ def test_ials_conjugate_gradient_approaches_the_exact_solve(tmp_path: Path) -> N
     users = np.arange(log.num_users, dtype=np.int64)
     a, b = exact.score(users), cg.score(users)
     assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.99
+
+
+def test_ensemble_blends_standardised_member_scores(tmp_path: Path) -> None:
+    log = two_tribes()
+    settings = {"members": ("ease", "popularity"), "weights": (0.75, 0.25)}
+    model = build_recommender("ensemble", settings)
+    model.fit(log, ctx(tmp_path))
+    users = np.arange(5, dtype=np.int64)
+    parts = []
+    for name in ("ease", "popularity"):
+        member = build_recommender(name)
+        member.fit(log, ctx(tmp_path / name))
+        s = member.score(users)
+        parts.append((s - s.mean(1, keepdims=True)) / (s.std(1, keepdims=True) + 1e-8))
+    np.testing.assert_allclose(model.score(users), 0.75 * parts[0] + 0.25 * parts[1], atol=1e-5)
+    with pytest.raises(PinlabModelError, match="one weight per member"):
+        build_recommender("ensemble", {"members": ("ease", "ials"), "weights": (1.0,)})

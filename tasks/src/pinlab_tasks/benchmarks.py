@@ -1,22 +1,25 @@
 """`pinlab bench recsys`: every recommender under one named protocol, in one table.
 
-Each model is fitted on the protocol's training part and measured on its test part. Models
-that train in epochs are first fitted on the validation split (the same protocol applied again
-inside the training part) to choose their epoch count by validation NDCG@10, then refitted on
-the whole training part for that many epochs: the test split never chooses anything.
+Each model is fitted on the protocol's training part and measured on its test part. Its
+settings are chosen first on the validation split (the same protocol applied again inside the
+training part): every point of the model's registered `tune_grid`, and for models that train
+in epochs the early-stopped epoch count, by validation NDCG@10. The test split never chooses.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
+from itertools import product
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import psutil
+from rich.table import Table
 
 from pinlab_data import PinlabDataError, interaction_log, load_dataset
 from pinlab_eval import (
@@ -31,12 +34,14 @@ from pinlab_eval import (
 from pinlab_models import (
     Recommender,
     Scorer,
+    TextEncoder,
     TrainContext,
     build_recommender,
     recommender_names,
     recommender_spec,
     resolve_device,
 )
+from pinlab_tasks._output import stdout
 
 EPOCH_FIELDS = ("epochs", "iterations")
 """Config fields that count training passes; tuned on validation, then fixed for the refit."""
@@ -67,39 +72,76 @@ def _epoch_field(name: str) -> str | None:
     return next((f for f in EPOCH_FIELDS if f in fields), None)
 
 
-def _fit_one(
+def grid_points(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
+    """Every combination of the grid's values, in a fixed order ([{}] for an empty grid)."""
+    keys = sorted(grid)
+    return [dict(zip(keys, values, strict=True)) for values in product(*(grid[k] for k in keys))]
+
+
+def tune_on_validation(
     name: str,
     split: ProtocolSplit,
     ctx: TrainContext,
-    ks: Sequence[int],
-) -> tuple[Recommender, dict[str, Any]]:
-    """Tune the epoch count on validation when the model has one, then fit on training."""
-    settings: dict[str, Any] = {}
-    tuned: dict[str, Any] = {}
+    base: Mapping[str, Any] | None = None,
+    metric: str = "ndcg@10",
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The model's settings chosen on the validation split: its grid, and epochs by early stop.
+
+    Each grid point (over `base` settings) is fitted on the validation split's training part
+    and scored on its target; models that train in epochs keep their best epoch. The test
+    split is never read.
+    """
+    base = dict(base or {})
+    if len(split.valid.target) == 0:
+        return base, {}
+    k = int(metric.split("@")[1])
+
+    def validate(scorer: Scorer) -> float:
+        return evaluate_holdout(scorer, split.valid, ks=(k,)).means()[metric]
+
     field = _epoch_field(name)
-    has_valid = len(split.valid.target) > 0
-    if field and has_valid:
-
-        def validate(scorer: Scorer) -> float:
-            metrics = evaluate_holdout(scorer, split.valid, ks=(10,)).means()
-            return metrics["ndcg@10"]
-
-        probe = build_recommender(name)
-        start = time.perf_counter()
-        probe_ctx = TrainContext(
-            run_dir=ctx.run_dir / "validation",
-            seed=ctx.seed,
-            device=ctx.device,
-            progress=ctx.progress,
-            item_features=ctx.item_features,
-        )
+    start = time.perf_counter()
+    tried: list[tuple[float, dict[str, Any]]] = []
+    for extra in grid_points(recommender_spec(name).tune_grid):
+        point = base | extra
+        probe = build_recommender(name, point)
+        probe_ctx = replace(ctx, run_dir=ctx.run_dir / "validation", progress=False)
         report = probe.fit(split.valid.train, probe_ctx, validate)
-        settings[field] = report.best_epoch
-        tuned = {
-            field: report.best_epoch,
-            "valid_ndcg@10": report.best_valid,
-            "tune_seconds": round(time.perf_counter() - start, 2),
-        }
+        value = report.best_valid if report.best_valid is not None else validate(probe)
+        tried.append((value, point | ({field: report.best_epoch} if field else {})))
+    best_value, best = max(tried, key=lambda pair: pair[0])
+    tuned = {
+        "settings": best,
+        f"valid_{metric}": round(best_value, 5),
+        "grid_points": len(tried),
+        "tune_seconds": round(time.perf_counter() - start, 2),
+    }
+    return best, tuned
+
+
+def _member_settings(
+    name: str, split: ProtocolSplit, ctx: TrainContext, chosen: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """An ensemble starts from its members' validated settings (tuning those not yet tuned)."""
+    config_type = recommender_spec(name).config_type
+    if "member_settings" not in config_type.model_fields:
+        return {}
+    members = config_type.model_fields["members"].default
+    for member in members:
+        if member not in chosen:
+            chosen[member] = tune_on_validation(
+                member, split, replace(ctx, run_dir=ctx.run_dir / member)
+            )[0]
+    return {"member_settings": {m: chosen[m] for m in members}}
+
+
+def _fit_one(
+    name: str, split: ProtocolSplit, ctx: TrainContext, chosen: dict[str, dict[str, Any]]
+) -> tuple[Recommender, dict[str, Any]]:
+    """Tune on validation, then fit on the whole training part with the chosen settings."""
+    base = _member_settings(name, split, ctx, chosen)
+    settings, tuned = tune_on_validation(name, split, ctx, base)
+    chosen[name] = settings
     model = build_recommender(name, settings)
     with peak_rss() as peak:
         start = time.perf_counter()
@@ -131,10 +173,12 @@ def bench_recsys(
     split = apply_protocol(interaction_log(ds), protocol)
     if len(split.test.target) == 0:
         raise PinlabDataError(f"protocol {protocol.label()} leaves no test interactions")
-    features = item_features() if item_features is not None else None
+    wants_features = any(recommender_spec(n).uses_item_features for n in names)
+    features = item_features() if item_features is not None and wants_features else None
     device = resolve_device(device)
     results: dict[str, UserMetrics] = {}
     extras: dict[str, dict[str, Any]] = {}
+    chosen: dict[str, dict[str, Any]] = {}
     for name in names:
         ctx = TrainContext(
             run_dir=run_dir / name,
@@ -143,7 +187,7 @@ def bench_recsys(
             progress=progress,
             item_features=features,
         )
-        model, extras[name] = _fit_one(name, split, ctx, ks)
+        model, extras[name] = _fit_one(name, split, ctx, chosen)
         results[name] = evaluate_holdout(model, split.test, ks=ks)
     summary = summarize_models(results, metric=f"ndcg@{min(ks)}", seed=seed)
     rows = [{**row.model_dump(), **extras[row.model]} for row in summary.rows]
@@ -155,3 +199,53 @@ def bench_recsys(
         "comparison": summary.comparison.model_dump() if summary.comparison else None,
         "anchors": [a.model_dump() for a in anchors_for(ds.manifest.name, protocol)],
     }
+
+
+def item_text_features(data_dir: Path) -> np.ndarray:
+    """Each pin's caption (titles and genres for MovieLens) embedded by the packaged MiniLM."""
+    ds = load_dataset(data_dir)
+    captions = [str(c) or "untitled" for c in ds.pins.column("caption").to_pylist()]
+    return TextEncoder().encode(captions)
+
+
+RECSYS_COLUMNS = ("ndcg@10", "hr@10", "precision@10", "recall@10", "map@10")
+
+
+def render_recsys(payload: Mapping[str, Any]) -> None:
+    """The bench as tables: ours with cost, what validation chose, then published numbers."""
+    protocol = dict(payload["protocol"])
+    name = protocol.pop("name")
+    title = f"bench recsys: {payload['dataset']}, {name} {protocol}"
+    table = Table(title=title, title_justify="left")
+    table.add_column("model")
+    for column in (*RECSYS_COLUMNS, "fit s", "MB"):
+        table.add_column(column.replace("precision", "p").replace("recall", "r"), justify="right")
+    for row in payload["results"]:
+        metrics, ci = row["metrics"], row["ci95"]
+        ndcg = f"{metrics['ndcg@10']:.4f}±{(ci['ndcg@10'][1] - ci['ndcg@10'][0]) / 2:.3f}"
+        rest = [f"{metrics[c]:.4f}" for c in RECSYS_COLUMNS[1:]]
+        cost = [f"{row['fit_seconds']:.2f}", f"{row['peak_rss_mb']:.0f}"]
+        table.add_row(row["model"], ndcg, *rest, *cost)
+    stdout.print(table)
+    for row in payload["results"]:
+        chosen = {
+            k: v for k, v in row["tuned"].get("settings", {}).items() if k != "member_settings"
+        }
+        if chosen:
+            stdout.print(f"  {row['model']} chosen on validation: {chosen}", highlight=False)
+    if comparison := payload.get("comparison"):
+        verdict = "significant" if comparison["significant"] else "not significant"
+        stdout.print(
+            f"{comparison['best']} vs {comparison['runner_up']}: {comparison['metric']} "
+            f"{comparison['difference']:+.4f}, p={comparison['p_value']:.3g} ({verdict}; "
+            f"{comparison['test']})"
+        )
+    if payload["anchors"]:
+        published = Table(title="published, same protocol", title_justify="left")
+        for column in ("model", "metrics", "source"):
+            published.add_column(column)
+        for anchor in payload["anchors"]:
+            shown = {k: v for k, v in anchor["metrics"].items() if v is not None}
+            values = ", ".join(f"{k} {v:.3f}" for k, v in shown.items())
+            published.add_row(anchor["model"], values, anchor["source"].split(",")[0])
+        stdout.print(published)

@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
 
 from pinlab_data.contracts import Float32Array, ImageArray, Int64Array, InteractionLog
 
@@ -166,6 +166,10 @@ class RecipeConfig(BaseModel):
     color_jitter: float = Field(
         default=0.3, ge=0, le=1, description="Brightness, contrast, saturation strength."
     )
+    hue: float = Field(
+        default=0.05, ge=0, le=0.5, description="Largest hue turn, as a share of the colour circle."
+    )
+    grayscale_p: float = Field(default=0.1, ge=0, le=1, description="Chance of a grey view.")
     hflip: bool = True
     mixed_precision: bool = Field(default=True, description="bfloat16 autocast, CUDA only.")
     channels_last: bool = Field(default=True, description="channels_last memory, CUDA only.")
@@ -266,3 +270,30 @@ class HybridConfig(BaseModel):
     weight_decay: float = Field(default=1e-6, ge=0)
     temperature: PositiveFloat = 0.1
     patience: PositiveInt = Field(default=4, description="Epochs without validation gain.")
+
+
+class EnsembleConfig(BaseModel):
+    """A weighted sum of member models' per-user standardised scores.
+
+    A full-rank item-item model and a low-rank factor model err differently, so their blend
+    ranks better than either (as in the Netflix Prize blends). `member_settings` holds each
+    member's own settings; `pinlab bench recsys` fills it with what validation chose.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    members: tuple[str, ...] = ("dlae", "ials")
+    weights: tuple[PositiveFloat, ...] | None = Field(
+        default=(0.6, 0.4), description="One per member; None weighs them equally."
+    )
+    member_settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_weight_per_member(self) -> EnsembleConfig:
+        if len(self.members) < 2:
+            raise ValueError("an ensemble needs at least two members")
+        if "ensemble" in self.members:
+            raise ValueError("an ensemble cannot contain an ensemble")
+        if self.weights is not None and len(self.weights) != len(self.members):
+            raise ValueError(f"give one weight per member ({len(self.members)})")
+        return self

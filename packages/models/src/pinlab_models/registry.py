@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from pinlab_models._cold_start import HybridRecommender
+from pinlab_models._ensemble import Ensemble
 from pinlab_models._ials import ImplicitALS
 from pinlab_models._linear import ItemItem, item_item_builder
 from pinlab_models._recommenders import CHECKPOINT_KIND, MatrixFactorization, Popularity
@@ -18,6 +19,7 @@ from pinlab_models.contracts import (
     BPRConfig,
     DLAEConfig,
     EASEConfig,
+    EnsembleConfig,
     HybridConfig,
     IALSConfig,
     ItemKNNConfig,
@@ -38,6 +40,8 @@ class RecommenderSpec:
     from_checkpoint: Callable[[dict[str, Any]], Recommender]
     tune_grid: Mapping[str, Sequence[Any]] = field(default_factory=dict)
     """Settings `pinlab bench recsys` searches on the validation split (never on test)."""
+    uses_item_features: bool = False
+    """Reads `TrainContext.item_features` (text or image embeddings per item)."""
 
 
 _REGISTRY: dict[str, RecommenderSpec] = {}
@@ -158,7 +162,17 @@ register(
         config_type=IALSConfig,
         build=ImplicitALS,
         from_checkpoint=ImplicitALS.from_checkpoint,
-        tune_grid={"dim": [64, 128], "l2": [20.0, 50.0, 100.0], "alpha": [2.0, 5.0, 10.0]},
+        tune_grid={"dim": [64, 128], "l2": [50.0, 100.0], "alpha": [5.0, 10.0]},
+    )
+)
+register(
+    RecommenderSpec(
+        name="ensemble",
+        summary="Blend of standardised member scores (default: DLAE and iALS).",
+        config_type=EnsembleConfig,
+        build=Ensemble,
+        from_checkpoint=Ensemble.from_checkpoint,
+        tune_grid={"weights": [(0.8, 0.2), (0.7, 0.3), (0.6, 0.4), (0.5, 0.5), (0.4, 0.6)]},
     )
 )
 register(

@@ -1,0 +1,97 @@
+"""An ensemble: registered recommenders fitted side by side, their scores blended per user."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pinlab_data.contracts import Float32Array, Int64Array, InteractionLog
+from pinlab_models._recommenders import CHECKPOINT_KIND, _require_fitted
+from pinlab_models._runtime import EpochLog, Stopwatch, save_checkpoint
+from pinlab_models.contracts import (
+    EnsembleConfig,
+    EpochRecord,
+    FitReport,
+    Recommender,
+    TrainContext,
+    Validator,
+)
+
+
+def standardise(scores: Float32Array) -> Float32Array:
+    """Each row to zero mean and unit variance, so members on different scales add up."""
+    centred = scores - scores.mean(axis=1, keepdims=True)
+    result: Float32Array = centred / (centred.std(axis=1, keepdims=True) + 1e-8)
+    return result
+
+
+class Ensemble:
+    name = "ensemble"
+
+    def __init__(self, config: EnsembleConfig | None = None) -> None:
+        self.config = config or EnsembleConfig()
+        self.members: list[Recommender] = []
+
+    def _weights(self) -> list[float]:
+        n = len(self.config.members)
+        return list(self.config.weights) if self.config.weights else [1.0 / n] * n
+
+    def fit(
+        self, train: InteractionLog, ctx: TrainContext, validate: Validator | None = None
+    ) -> FitReport:
+        from pinlab_models.registry import build_recommender  # the registry builds us too
+
+        clock = Stopwatch()
+        self.members = []
+        for name in self.config.members:
+            member = build_recommender(name, self.config.member_settings.get(name))
+            member.fit(train, replace(ctx, run_dir=ctx.run_dir / name))
+            self.members.append(member)
+        valid = validate(self) if validate else None
+        log = EpochLog(ctx.run_dir)
+        log.write(EpochRecord(epoch=1, train_loss=0.0, valid=valid, seconds=clock()))
+        return FitReport(
+            model=self.name, epochs=1, best_epoch=1, best_valid=valid, seconds=clock(),
+            history=log.records,
+        )  # fmt: skip
+
+    def score(self, users: Int64Array) -> Float32Array:
+        _require_fitted(bool(self.members), self.name)
+        parts = [
+            weight * standardise(member.score(users))
+            for weight, member in zip(self._weights(), self.members, strict=True)
+        ]
+        total: Float32Array = np.sum(parts, axis=0, dtype=np.float32)
+        return total
+
+    def save(self, path: Path) -> None:
+        _require_fitted(bool(self.members), self.name)
+        payloads = []
+        with tempfile.TemporaryDirectory() as tmp:
+            for i, member in enumerate(self.members):
+                member.save(Path(tmp) / f"{i}.pt")
+                payloads.append(torch.load(Path(tmp) / f"{i}.pt", weights_only=True))
+        save_checkpoint(
+            path,
+            {
+                "kind": CHECKPOINT_KIND,
+                "name": self.name,
+                "config": self.config.model_dump(mode="json"),
+                "members": payloads,
+            },
+        )
+
+    @classmethod
+    def from_checkpoint(cls, payload: dict[str, Any]) -> Ensemble:
+        from pinlab_models.registry import recommender_spec
+
+        model = cls(EnsembleConfig.model_validate(payload["config"]))
+        model.members = [
+            recommender_spec(str(p["name"])).from_checkpoint(p) for p in payload["members"]
+        ]
+        return model
