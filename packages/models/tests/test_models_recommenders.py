@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from pinlab_models import (
     recommender_names,
 )
 
-FAST = {
+FAST: dict[str, dict[str, Any]] = {
     "mf": {"epochs": 30, "dim": 8, "batch_size": 64, "lr": 0.05},
     "bpr": {"epochs": 30, "dim": 8, "batch_size": 64, "lr": 0.05},
     "ials": {"dim": 8, "iterations": 5, "l2": 1.0},
