@@ -6,6 +6,7 @@ from pinlab_models._align import (
     train_alignment,
     zero_shot_labels,
 )
+from pinlab_models._cold_start import HybridRecommender
 from pinlab_models._encoder import CNNEncoder, augment, supcon_loss, train_encoder
 from pinlab_models._recommenders import MatrixFactorization, Popularity
 from pinlab_models._runtime import resolve_device, seed_everything
@@ -16,6 +17,7 @@ from pinlab_models.contracts import (
     EncoderConfig,
     EpochRecord,
     FitReport,
+    HybridConfig,
     ImageEncoder,
     MFConfig,
     PinlabModelError,
@@ -41,6 +43,8 @@ __all__ = [
     "EncoderConfig",
     "EpochRecord",
     "FitReport",
+    "HybridConfig",
+    "HybridRecommender",
     "ImageEncoder",
     "ImageTextModel",
     "MFConfig",
