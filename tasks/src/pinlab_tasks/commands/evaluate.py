@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from pinlab_tasks import workflows
-from pinlab_tasks._app import JsonFlag, SeedOpt, settings
+from pinlab_tasks import cold_start, workflows
+from pinlab_tasks._app import DeviceOpt, JsonFlag, SeedOpt, settings
 from pinlab_tasks._output import emit, metrics_table, stdout
 from pinlab_tasks.runs import RunLayout
 
@@ -61,4 +61,48 @@ def recommender(run: RunArg, as_json: JsonFlag = False) -> None:
         lambda: stdout.print(
             metrics_table(f"recommenders, {result['protocol']}", result["models"])
         ),
+    )
+
+
+@app.command("cold-start")
+def cold_start_(
+    run: Annotated[
+        Path, typer.Option("--run", help="Run directory (created); its dataset unless --data.")
+    ],
+    data: Annotated[Path | None, typer.Option("--data", help="Dataset directory.")] = None,
+    features: Annotated[
+        cold_start.FeatureKind,
+        typer.Option(help="Item features: caption text, the run's encoder, or its aligned tower."),
+    ] = "text",
+    fraction: Annotated[
+        float, typer.Option("--fraction", help="Share of pins held out entirely (0..1).")
+    ] = 0.2,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Recommend pins nobody engaged with: the hybrid vs popularity and random, cold-start.
+
+    Writes: RUN/cold_start/{eval.json, hybrid.pt, metrics.jsonl}.
+    """
+    s = settings()
+    result = cold_start.eval_cold_start(
+        RunLayout(run),
+        data,
+        features,
+        s.seed if seed is None else seed,
+        device or s.device,
+        cold_fraction=fraction,
+        progress=not as_json,
+    )
+    emit(result, as_json, lambda: _render_cold_start(result))
+
+
+def _render_cold_start(result: dict[str, Any]) -> None:
+    shown = ("hr@10", "ndcg@10", "recall@10", "hr@20")
+    rows = {n: {m: v for m, v in ms.items() if m in shown} for n, ms in result["models"].items()}
+    stdout.print(metrics_table(f"{result['protocol']}, {result['features']} features", rows))
+    stdout.print(
+        f"hybrid hr@10 = {result['hr@10_vs_random']:.1f}x random, "
+        f"{result['hr@10_vs_popularity']:.1f}x popularity over {result['cold_items']} cold pins"
     )
