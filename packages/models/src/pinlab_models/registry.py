@@ -182,6 +182,7 @@ register(
         config_type=HybridConfig,
         build=HybridRecommender,
         from_checkpoint=HybridRecommender.from_checkpoint,
-        tune_grid={"item_dropout": [0.3, 0.5, 0.7], "dim": [32, 64]},
+        tune_grid={"item_dropout": [0.3, 0.6]},
+        uses_item_features=True,
     )
 )
