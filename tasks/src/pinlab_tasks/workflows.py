@@ -61,6 +61,7 @@ from pinlab_models import (
     zero_shot_labels,
 )
 from pinlab_serve import PinIndex, embed_image_file
+from pinlab_tasks.cold_start import item_features
 from pinlab_tasks.presets import PRESETS
 from pinlab_tasks.runs import RunLayout
 
@@ -346,8 +347,18 @@ def train_recommender(
         return report.metrics["ndcg@10"]
 
     directory = run.recommender(name).parent
+    # Models that read item features (the cold-start hybrid) get the captions' embeddings.
+    features = (
+        item_features(ds, split.train, "text", run)
+        if recommender_spec(name).uses_item_features
+        else None
+    )
     ctx = TrainContext(
-        run_dir=directory, seed=seed, device=resolve_device(device), progress=progress
+        run_dir=directory,
+        seed=seed,
+        device=resolve_device(device),
+        progress=progress,
+        item_features=features,
     )
     report = model.fit(split.train, ctx, validate)
     model.save(run.recommender(name))
