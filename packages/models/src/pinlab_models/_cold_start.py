@@ -58,11 +58,16 @@ class _HybridNet(nn.Module):
             nn.Linear(config.hidden_dim, config.dim + 1),  # the last unit is the item's bias
         )
 
-    def item_vectors(self, keep_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """(num_items, dim + 1): the content vector, plus the id vector of warm items kept."""
-        keep = self.warm if keep_ids is None else self.warm & keep_ids
-        ids = self.items.weight * keep[:, None].to(self.items.weight.dtype)
-        content: torch.Tensor = self.content(self.features)
+    def item_vectors(
+        self, items: torch.Tensor | None = None, keep_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(len(items), dim + 1), all items when None: the content vector, plus the id vector
+        of warm items whose id is kept (`keep_ids`, one flag per item of `items`)."""
+        if items is None:
+            items = torch.arange(len(self.warm), device=self.warm.device)
+        keep = self.warm[items] if keep_ids is None else self.warm[items] & keep_ids
+        ids = self.items(items) * keep[:, None].to(self.items.weight.dtype)
+        content: torch.Tensor = self.content(self.features[items])
         return content + F.pad(ids, (0, 1))
 
     def scores(self, users: torch.Tensor, item_vectors: torch.Tensor) -> torch.Tensor:
@@ -119,8 +124,8 @@ class HybridRecommender:
                 total = 0.0
                 for step in range(steps):
                     idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-                    keep = torch.rand(train.num_items, generator=gen) >= cfg.item_dropout
-                    vectors = net.item_vectors(keep.to(ctx.device))[warm_items]
+                    keep = torch.rand(len(warm_items), generator=gen) >= cfg.item_dropout
+                    vectors = net.item_vectors(warm_items, keep.to(ctx.device))
                     logits = net.scores(users[idx], vectors) / cfg.temperature
                     loss = (
                         F.cross_entropy(logits, targets[idx], reduction="none") * weights[idx]
