@@ -11,6 +11,7 @@ import torch.nn.functional as F  # noqa: N812 - the PyTorch convention
 from torch import nn
 
 from pinlab_data.contracts import Float32Array, ImageArray, Int64Array
+from pinlab_models._encoders import build_network, register_encoder_arch
 from pinlab_models._runtime import (
     EarlyStopping,
     EpochLog,
@@ -58,6 +59,9 @@ class ConvNet(nn.Module):
         return F.normalize(self.head(pooled), dim=1)
 
 
+register_encoder_arch("cnn", lambda config: ConvNet(config.widths, config.embedding_dim))
+
+
 def to_input(batch: torch.Tensor) -> torch.Tensor:
     """(N, H, W, 3) uint8 to (N, 3, H, W) float centred on zero."""
     return batch.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
@@ -103,12 +107,15 @@ def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float) -> to
 
 
 class CNNEncoder:
-    """The built-in encoder: satisfies the ImageEncoder Protocol."""
+    """An image encoder of any registered architecture (`config.arch`, the CNN by default).
+
+    Satisfies the ImageEncoder Protocol.
+    """
 
     def __init__(self, config: EncoderConfig, device: str = "cpu") -> None:
         self.config = config
         self.device = device
-        self.net = ConvNet(config.widths, config.embedding_dim).to(device)
+        self.net = build_network(config).to(device)
         self.model_id = "untrained"
 
     @property
@@ -140,16 +147,19 @@ class CNNEncoder:
         digest = save_checkpoint(
             path, {"kind": CHECKPOINT_KIND, "config": self.config.model_dump(), "state": state}
         )
-        self.model_id = f"cnn-{digest}"
+        self.model_id = f"{self.config.arch}-{digest}"
         return self.model_id
 
     @classmethod
     def load(cls, path: Path, device: str = "cpu") -> CNNEncoder:
         payload = load_checkpoint(path, CHECKPOINT_KIND)
-        encoder = cls(EncoderConfig.model_validate(payload["config"]), device)
+        config = EncoderConfig.model_validate(payload["config"])
+        # The checkpoint holds every weight: never fetch pretrained ones to overwrite.
+        encoder = cls(config.model_copy(update={"pretrained": False}), device)
+        encoder.config = config
         encoder.net.load_state_dict(payload["state"])
         encoder.net.eval()
-        encoder.model_id = f"cnn-{file_digest(path)}"
+        encoder.model_id = f"{config.arch}-{file_digest(path)}"
         return encoder
 
 
