@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -88,3 +89,52 @@ def test_serve_with_two_workers(serve_run: Path) -> None:
     with serving(serve_run, "--workers", "2") as url:
         for _ in range(4):
             assert httpx.get(f"{url}/v1/users", params={"limit": 2}).status_code == 200
+
+
+def test_bench_serve_helpers() -> None:
+    from pinlab_data import PinlabDataError
+    from pinlab_tasks.serve_bench import check_targets, parse_levels, ratios
+
+    assert parse_levels("1, 8,16") == (1, 8, 16)
+    for bad in ("", "0", "a,b", "1,999"):
+        with pytest.raises(PinlabDataError, match="comma-separated"):
+            parse_levels(bad)
+    row = {"p50_ms": 1.0, "p95_ms": 2.0, "errors": 0}
+    results: list[dict[str, Any]] = [
+        {"endpoint": "similar", "concurrency": 16, "qps": 600.0, "p99_ms": 20.0, **row},
+        {"endpoint": "search_image", "concurrency": 8, "qps": 90.0, "p99_ms": 170.0, **row},
+    ]
+    checks = check_targets(results)
+    assert checks["similar@16"]["met"] is True
+    assert checks["search_image@8"]["met"] is False
+    slower = [{**r, "qps": r["qps"] / 2, "p99_ms": r["p99_ms"] * 4} for r in results]
+    assert ratios(results, slower)[0] == {
+        "endpoint": "similar",
+        "concurrency": 16,
+        "qps_ratio": 2.0,
+        "p99_ratio": 0.25,
+    }
+
+
+@pytest.mark.slow
+def test_bench_serve_command(serve_run: Path) -> None:
+    """The real command at the smallest load: two servers (FAISS, NumPy), every endpoint."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = run(
+            ["bench", "serve", "--run", str(serve_run), "--scale", "0.01", "--concurrency",
+             "1,2", "--duration", "5", "--json"]
+        )  # fmt: skip
+    assert code == 0, out.getvalue()
+    payload = json.loads(out.getvalue())
+    for key in ("results", "baseline"):
+        rows = payload[key]
+        assert [(r["endpoint"], r["concurrency"]) for r in rows] == [
+            (e, c)
+            for e in ("similar", "search_image", "search_text", "recommendations")
+            for c in (1, 2)
+        ]
+        for r in rows:
+            assert r["errors"] == 0 and r["qps"] > 0
+            assert 0 < r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"]
+    assert payload["world"]["pins"] == 240

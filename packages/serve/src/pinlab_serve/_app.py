@@ -29,6 +29,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -226,6 +227,12 @@ async def _upload(request: Request, max_bytes: int) -> bytes:
     return data
 
 
+def _json(body: BaseModel) -> Response:
+    """A model as a JSON response; the route's response_model documents it, and returning a
+    Response spares FastAPI validating the model a second time (it was built validated)."""
+    return Response(body.model_dump_json(), media_type="application/json")
+
+
 def _png(image: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG")
@@ -352,13 +359,13 @@ def create_app(run_dir: Path, settings: ServeSettings | None = None) -> FastAPI:
         category: Category = None,
         exclude: Exclude = [],  # noqa: B006 - FastAPI copies defaults per request
         diversity: Diversity = 0.0,
-    ) -> SearchResponse:
+    ) -> Response:
         """Pins that look like the uploaded image (multipart field `image`)."""
         svc = ready()
         data = await _upload(request, settings.max_upload_bytes)
         image = await asyncio.to_thread(svc.decode_upload, data)
         vector = await batcher.embed(image)
-        return svc.search_vector(vector, k, category, exclude, diversity)
+        return _json(svc.search_vector(vector, k, category, exclude, diversity))
 
     @app.get("/v1/search/text", response_model=SearchResponse)
     async def search_text(
@@ -367,10 +374,10 @@ def create_app(run_dir: Path, settings: ServeSettings | None = None) -> FastAPI:
         category: Category = None,
         exclude: Exclude = [],  # noqa: B006
         diversity: Diversity = 0.0,
-    ) -> SearchResponse:
+    ) -> Response:
         """Pins matching a text query (aligned image-text model, else pin captions)."""
         svc = ready()
-        return await asyncio.to_thread(svc.search_text, q, k, category, exclude, diversity)
+        return _json(await asyncio.to_thread(svc.search_text, q, k, category, exclude, diversity))
 
     @app.get("/v1/pins/{pin_id}/similar", response_model=SearchResponse)
     async def similar(
@@ -379,9 +386,9 @@ def create_app(run_dir: Path, settings: ServeSettings | None = None) -> FastAPI:
         category: Category = None,
         exclude: Exclude = [],  # noqa: B006
         diversity: Diversity = 0.0,
-    ) -> SearchResponse:
+    ) -> Response:
         """Pins that look like pin `pin_id` (never itself)."""
-        return ready().similar(pin_id, k, category, exclude, diversity)
+        return _json(ready().similar(pin_id, k, category, exclude, diversity))
 
     @app.get("/v1/users/{user_id}/recommendations", response_model=RecommendationResponse)
     async def recommendations(
@@ -390,10 +397,12 @@ def create_app(run_dir: Path, settings: ServeSettings | None = None) -> FastAPI:
         category: Category = None,
         exclude: Exclude = [],  # noqa: B006
         diversity: Diversity = 0.0,
-    ) -> RecommendationResponse:
+    ) -> Response:
         """Pins for a user from the run's best recommender; pins they engaged with excluded."""
         svc = ready()
-        return await asyncio.to_thread(svc.recommend, user_id, k, category, exclude, diversity)
+        return _json(
+            await asyncio.to_thread(svc.recommend, user_id, k, category, exclude, diversity)
+        )
 
     @app.get("/v1/users", response_model=UsersResponse)
     async def users(
@@ -407,9 +416,9 @@ def create_app(run_dir: Path, settings: ServeSettings | None = None) -> FastAPI:
         )
 
     @app.get("/v1/pins/{pin_id}", response_model=PinOut)
-    async def pin(pin_id: PinId) -> PinOut:
+    async def pin(pin_id: PinId) -> Response:
         """A pin's caption, category and creator."""
-        return ready().catalog.pin(pin_id)
+        return _json(ready().catalog.pin(pin_id))
 
     @app.get(
         "/v1/pins/{pin_id}/image",

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import faiss
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
@@ -99,6 +100,7 @@ class PinService:
         from pinlab_models import CNNEncoder, load_recommender
 
         start = time.perf_counter()
+        faiss.omp_set_num_threads(self.settings.search_threads)
         self.files.check()
         self._catalog = Catalog(self.files.data_dir())
         encoder = CNNEncoder.load(self.files.encoder)

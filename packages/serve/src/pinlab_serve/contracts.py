@@ -102,6 +102,13 @@ class ServeSettings(BaseSettings):
         default=2.0, ge=0, le=100, description="How long image searches wait to share a batch."
     )
     max_batch: int = Field(default=32, ge=1, le=1024)
+    search_threads: int = Field(
+        default=1,
+        ge=1,
+        le=256,
+        description="FAISS OpenMP threads; one query per call gains nothing from more, and "
+        "idle OpenMP workers spin on the cores the event loop needs.",
+    )
     candidates: int = Field(
         default=200, ge=10, le=5000, description="Candidates fetched for a diversity re-rank."
     )

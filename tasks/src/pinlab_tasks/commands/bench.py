@@ -140,3 +140,46 @@ def recsys(
     write_json_atomic(layout.root / "bench.json", result)
     payload = {"run": str(layout.root), **result}
     emit(payload, as_json, lambda: render_recsys(payload))
+
+
+@app.command("serve")
+def serve(
+    pins: Annotated[int, typer.Option("--pins", min=100, help="Pins in the world.")] = 20_000,
+    concurrency: Annotated[
+        str, typer.Option("--concurrency", help="Comma-separated concurrency levels.")
+    ] = "1,8,16",
+    scale: Annotated[
+        float, typer.Option("--scale", min=0.01, max=10, help="Multiply the request counts.")
+    ] = 1.0,
+    duration: Annotated[
+        float, typer.Option("--duration", min=1, help="Seconds cap per endpoint and level.")
+    ] = 20.0,
+    server_threads: Annotated[
+        int, typer.Option("--server-threads", min=1, help="PyTorch threads of the server.")
+    ] = 2,
+    run: Annotated[
+        Path | None, typer.Option("--run", help="Serve this run instead of building a world.")
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    as_json: JsonFlag = False,
+) -> None:
+    """Load-test `pinlab serve` on loopback (one worker): QPS, p50/p95/p99 and errors per
+    endpoint and concurrency, against the same service with NumPy brute-force search.
+
+    Writes: nothing that stays (the world is built in a temporary folder unless --run).
+    """
+    # Imported here: the load generator's modules are only needed by this command.
+    from pinlab_tasks._output import stderr
+    from pinlab_tasks.serve_bench import bench_serve, parse_levels, render_serve
+
+    payload = bench_serve(
+        pins,
+        parse_levels(concurrency),
+        scale,
+        duration,
+        seed,
+        server_threads,
+        run_dir=run,
+        say=(lambda _: None) if as_json else stderr.print,
+    )
+    emit(payload, as_json, lambda: render_serve(payload))

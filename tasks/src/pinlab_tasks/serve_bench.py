@@ -1,0 +1,336 @@
+"""`pinlab bench serve`: load-test the HTTP service on loopback, FAISS against brute force.
+
+Builds a demo-like world (or reuses a run), starts `pinlab serve` in a child process with one
+worker, and drives each endpoint with a bounded load (a fixed number of requests and a time
+cap) from an httpx async client at several concurrency levels. The same load runs again
+against the service with `--backend numpy`, the plain-NumPy brute-force baseline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from PIL import Image
+from rich.table import Table
+
+from pinlab_data import PinlabDataError, SynthConfig, load_dataset
+from pinlab_models import EncoderConfig
+from pinlab_tasks import workflows
+from pinlab_tasks._output import stdout
+from pinlab_tasks.runs import RunLayout
+
+ENDPOINTS = ("similar", "search_image", "search_text", "recommendations")
+TARGETS = {
+    "similar": {"concurrency": 16, "p99_ms": 25.0, "qps": 500.0},
+    "search_image": {"concurrency": 8, "p99_ms": 150.0},
+}
+# Requests per (endpoint, concurrency): enough for a stable p99, bounded by `duration`.
+REQUESTS = {"similar": 4000, "search_image": 800, "search_text": 600, "recommendations": 2000}
+ENCODER = EncoderConfig(widths=(16, 32, 64), embedding_dim=64, epochs=3, patience=2)
+RECOMMENDERS: dict[str, dict[str, Any]] = {"popularity": {}, "mf": {"epochs": 3, "dim": 32}}
+
+Send = Callable[[httpx.AsyncClient, int], Awaitable[httpx.Response]]
+
+
+def build_world(out: Path, pins: int, seed: int) -> RunLayout:
+    """A demo-like run: synthetic world, a briefly trained encoder, recommenders, index."""
+    run = RunLayout(out)
+    config = SynthConfig(num_pins=pins, num_users=max(200, pins // 10), seed=seed)
+    run.log_step("bench serve world", {"synth": config.model_dump(), "seed": seed})
+    workflows.synth(run.data, config, overwrite=True)
+    workflows.train_visual(run, run.data, ENCODER, seed, "cpu", progress=False)
+    for name, overrides in RECOMMENDERS.items():
+        workflows.train_recommender(run, run.data, name, overrides, seed, "cpu", progress=False)
+    workflows.eval_recommenders(run)
+    workflows.build_index(run)
+    return run
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def serving(run: Path, backend: str, threads: int, log: Path) -> Iterator[str]:
+    """`pinlab serve` in a child process (one worker) until the block ends; yields its URL."""
+    port = _free_port()
+    cmd = [sys.executable, "-m", "pinlab_tasks", "--threads", str(threads), "--log-level"]
+    cmd += ["WARNING", "serve", "--run", str(run), "--port", str(port), "--backend", backend]
+    with log.open("a") as sink, subprocess.Popen(cmd, stdout=sink, stderr=sink) as proc:
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 300
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"pinlab serve exited with {proc.returncode}; see {log}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"pinlab serve was not ready within 300 s; see {log}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                        break
+                time.sleep(0.2)
+            yield url
+        finally:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@dataclass(frozen=True)
+class Queries:
+    pin_ids: list[int]
+    user_ids: list[int]
+    images: list[bytes]
+    texts: list[str]
+
+
+def sample_queries(run: RunLayout, seed: int, n: int = 256) -> Queries:
+    ds = load_dataset(run.data_dir())
+    rng = np.random.default_rng(seed)
+    rows = rng.choice(len(ds.pin_ids()), size=min(n, len(ds.pin_ids())), replace=False)
+    assert ds.images is not None
+    images = []
+    for row in rows[:64]:
+        image_row = ds.pins.column("image_row")[int(row)].as_py()
+        buffer = io.BytesIO()
+        Image.fromarray(np.asarray(ds.images[image_row])).save(buffer, format="PNG")
+        images.append(buffer.getvalue())
+    captions = ds.pins.column("caption").to_pylist()
+    users = ds.user_ids()
+    return Queries(
+        pin_ids=[int(p) for p in ds.pin_ids()[rows]],
+        user_ids=[int(u) for u in users[rng.choice(len(users), size=min(n, len(users)))]],
+        images=images,
+        texts=[captions[int(r)] for r in rows],
+    )
+
+
+def senders(q: Queries) -> dict[str, Send]:
+    def similar(client: httpx.AsyncClient, i: int) -> Awaitable[httpx.Response]:
+        return client.get(f"/v1/pins/{q.pin_ids[i % len(q.pin_ids)]}/similar", params={"k": 10})
+
+    def search_image(client: httpx.AsyncClient, i: int) -> Awaitable[httpx.Response]:
+        image = q.images[i % len(q.images)]
+        return client.post("/v1/search/image", files={"image": ("q.png", image, "image/png")})
+
+    def search_text(client: httpx.AsyncClient, i: int) -> Awaitable[httpx.Response]:
+        return client.get("/v1/search/text", params={"q": q.texts[i % len(q.texts)], "k": 10})
+
+    def recommendations(client: httpx.AsyncClient, i: int) -> Awaitable[httpx.Response]:
+        user = q.user_ids[i % len(q.user_ids)]
+        return client.get(f"/v1/users/{user}/recommendations", params={"k": 10})
+
+    return {
+        "similar": similar,
+        "search_image": search_image,
+        "search_text": search_text,
+        "recommendations": recommendations,
+    }
+
+
+async def drive(
+    url: str, send: Send, concurrency: int, requests: int, duration: float
+) -> dict[str, Any]:
+    """`requests` requests (or as many as fit in `duration` s) from `concurrency` workers.
+
+    Each worker has its own client and keep-alive connection: one shared pool costs the
+    client more CPU per request than the server spends answering it.
+    """
+    clients = [
+        httpx.AsyncClient(base_url=url, limits=httpx.Limits(max_connections=1), timeout=30)
+        for _ in range(concurrency)
+    ]
+    latencies: list[float] = []
+    errors = 0
+    issued = 0
+    try:
+        for i, client in enumerate(clients):  # open the connections; not measured
+            await send(client, i)
+        start = time.perf_counter()
+        deadline = start + duration
+
+        async def worker(client: httpx.AsyncClient) -> None:
+            nonlocal issued, errors
+            while issued < requests and time.perf_counter() < deadline:
+                i = issued
+                issued += 1
+                began = time.perf_counter()
+                try:
+                    response = await send(client, i)
+                    ok = response.status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                latencies.append(time.perf_counter() - began)
+                errors += not ok
+
+        await asyncio.gather(*(worker(c) for c in clients))
+        elapsed = time.perf_counter() - start
+    finally:
+        await asyncio.gather(*(c.aclose() for c in clients))
+    ms = np.asarray(latencies) * 1000
+    return {
+        "concurrency": concurrency,
+        "requests": len(latencies),
+        "seconds": round(elapsed, 2),
+        "qps": round(len(latencies) / elapsed, 1),
+        "p50_ms": round(float(np.percentile(ms, 50)), 2),
+        "p95_ms": round(float(np.percentile(ms, 95)), 2),
+        "p99_ms": round(float(np.percentile(ms, 99)), 2),
+        "errors": errors,
+    }
+
+
+def load_test(
+    url: str, queries: Queries, levels: tuple[int, ...], scale: float, duration: float
+) -> list[dict[str, Any]]:
+    rows = []
+    for endpoint, send in senders(queries).items():
+        for concurrency in levels:
+            requests = max(concurrency, int(REQUESTS[endpoint] * scale))
+            row = asyncio.run(drive(url, send, concurrency, requests, duration))
+            rows.append({"endpoint": endpoint, **row})
+    return rows
+
+
+def check_targets(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each stated target, the measured value and whether it is met."""
+    checks: dict[str, Any] = {}
+    for endpoint, target in TARGETS.items():
+        row = next(
+            (
+                r
+                for r in results
+                if r["endpoint"] == endpoint and r["concurrency"] == target["concurrency"]
+            ),
+            None,
+        )
+        if row is None:
+            continue
+        name = f"{endpoint}@{int(target['concurrency'])}"
+        checks[name] = {
+            "p99_ms": row["p99_ms"],
+            "p99_target_ms": target["p99_ms"],
+            "met": row["p99_ms"] < target["p99_ms"]
+            and row["qps"] >= target.get("qps", 0.0)
+            and row["errors"] == 0,
+        }
+        if "qps" in target:
+            checks[name] |= {"qps": row["qps"], "qps_target": target["qps"]}
+    checks["zero_errors"] = {"met": all(r["errors"] == 0 for r in results)}
+    return checks
+
+
+def bench_serve(
+    pins: int,
+    levels: tuple[int, ...],
+    scale: float,
+    duration: float,
+    seed: int,
+    threads: int,
+    run_dir: Path | None = None,
+    say: Callable[[str], None] = lambda _: None,
+) -> dict[str, Any]:
+    """Build (or reuse) a world, then load-test the service with FAISS and with NumPy."""
+    with tempfile.TemporaryDirectory(prefix="pinlab-bench-serve-") as tmp:
+        if run_dir is None:
+            say(f"building a world of {pins:,} pins (encoder, recommenders, index)")
+            started = time.perf_counter()
+            run = build_world(Path(tmp) / "run", pins, seed)
+            build_seconds: float | None = round(time.perf_counter() - started, 1)
+        else:
+            run, build_seconds = RunLayout(run_dir), None
+        index = json_load(run.index / "index.json")
+        queries = sample_queries(run, seed)
+        log = Path(tmp) / "serve.log"
+        payload: dict[str, Any] = {
+            "world": {
+                "pins": index["count"],
+                "index": index["kind"],
+                "recall_at_10": index.get("recall_at_10"),
+                "build_seconds": build_seconds,
+                "cpu_cores": os.cpu_count(),
+                "server_threads": threads,
+            },
+        }
+        for key, backend in (("results", "faiss"), ("baseline", "numpy")):
+            say(f"load-testing the service with {backend} search")
+            with serving(run.root, backend, threads, log) as url:
+                payload[key] = load_test(url, queries, levels, scale, duration)
+        payload["targets"] = check_targets(payload["results"])
+        payload["baseline_ratio"] = ratios(payload["results"], payload["baseline"])
+    return payload
+
+
+def ratios(results: list[dict[str, Any]], baseline: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """FAISS against brute force per row: QPS ratio (>1: FAISS faster), p99 ratio (<1)."""
+    out = []
+    for got, base in zip(results, baseline, strict=True):
+        out.append(
+            {
+                "endpoint": got["endpoint"],
+                "concurrency": got["concurrency"],
+                "qps_ratio": round(got["qps"] / base["qps"], 2) if base["qps"] else None,
+                "p99_ratio": round(got["p99_ms"] / base["p99_ms"], 2) if base["p99_ms"] else None,
+            }
+        )
+    return out
+
+
+def json_load(path: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+def parse_levels(text: str) -> tuple[int, ...]:
+    """'1,8,16' -> (1, 8, 16); each level a positive integer up to 256."""
+    try:
+        levels = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        levels = ()
+    if not levels or any(not 1 <= level <= 256 for level in levels):
+        raise PinlabDataError(
+            f"--concurrency takes comma-separated integers in 1..256, like 1,8,16; got {text!r}"
+        )
+    return levels
+
+
+def render_serve(payload: dict[str, Any]) -> None:
+    world = payload["world"]
+    stdout.print(
+        f"{world['pins']:,} pins, index {world['index']} (recall@10 {world['recall_at_10']}), "
+        f"{world['cpu_cores']} CPU cores, one worker"
+    )
+    for key, title in (("results", "FAISS"), ("baseline", "NumPy brute force (baseline)")):
+        table = Table(title=title, title_justify="left")
+        columns = ("endpoint", "concurrency", "qps", "p50_ms", "p95_ms", "p99_ms", "errors")
+        for column in columns:
+            table.add_column(column, justify="left" if column == "endpoint" else "right")
+        for row in payload[key]:
+            table.add_row(*(str(row[c]) for c in columns))
+        stdout.print(table)
+    for name, check in payload["targets"].items():
+        mark = "[green]met[/]" if check["met"] else "[red]not met[/]"
+        detail = ", ".join(f"{k} {v}" for k, v in check.items() if k != "met")
+        stdout.print(f"target {name}: {mark} {detail}")
