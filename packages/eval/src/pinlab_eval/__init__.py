@@ -2,6 +2,7 @@
 
 from pinlab_eval._anchors import ANCHORS, anchors_for
 from pinlab_eval._cross_modal import evaluate_text_to_image
+from pinlab_eval._plots import embedding_map, project_2d
 from pinlab_eval._protocols import apply_protocol, protocol_spec, sample_negatives
 from pinlab_eval._ranking import (
     catalogue_coverage,
@@ -71,6 +72,7 @@ __all__ = [
     "apply_protocol",
     "bootstrap_ci",
     "catalogue_coverage",
+    "embedding_map",
     "evaluate_holdout",
     "evaluate_ranking",
     "evaluate_retrieval",
@@ -85,6 +87,7 @@ __all__ = [
     "novelty_at_k",
     "paired_bootstrap_test",
     "precision_at_k",
+    "project_2d",
     "protocol_spec",
     "recall_at_k",
     "sample_negatives",
