@@ -1,0 +1,122 @@
+"""The web page end to end: headless Chromium (driven by Playwright) against a real server."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+from PIL import Image
+
+from pinlab_data import load_dataset
+from pinlab_serve import ServeSettings, create_app
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """The browser's path; skips (before any server starts) when none is installed."""
+    pytest.importorskip("playwright.sync_api", reason="playwright is a dev dependency")
+    for name in BROWSERS:
+        path = shutil.which(name)
+        if path:
+            return path
+    pytest.skip(
+        "no Chromium installed, so the web page is not driven here "
+        "(`apt-get install chromium`; .ci/run installs it)"
+    )
+
+
+@pytest.fixture
+def server_url(serve_run: Path) -> Iterator[str]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        create_app(serve_run, ServeSettings()), host="127.0.0.1", port=port, log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert time.monotonic() < deadline, "the server never became ready"
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+@pytest.mark.slow
+def test_page_in_headless_chromium(
+    chromium: str, serve_run: Path, server_url: str, tmp_path: Path
+) -> None:
+    from playwright import sync_api
+
+    ds = load_dataset(serve_run / "data")
+    assert ds.images is not None
+    query = tmp_path / "query.png"
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(ds.images[0])).resize((96, 96)).save(buffer, format="PNG")
+    query.write_bytes(buffer.getvalue())
+
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=chromium, headless=True, args=["--no-sandbox"]
+        )
+        try:
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(f"{server_url}/")
+            page.wait_for_function("document.querySelectorAll('#user option').length > 0")
+
+            def tiles_with_images() -> int:
+                page.wait_for_selector("#results .tile img")
+                page.wait_for_function(
+                    "[...document.querySelectorAll('#results .tile img')]"
+                    ".every(img => img.complete && img.naturalWidth > 0)"
+                )
+                count: int = page.locator("#results .tile").count()
+                return count
+
+            page.set_input_files("#image", str(query))
+            page.click("#image-form button")
+            assert tiles_with_images() == 12
+            first = page.locator("#results .tile").first
+            assert first.locator(".caption").inner_text().strip()
+            assert "·" in first.locator(".meta").inner_text()  # id · category · score
+            assert "results for the image" in page.locator("#status").inner_text()
+
+            page.fill("#q", "a striped circle")
+            page.click("#text-form button")
+            page.wait_for_function(
+                "document.querySelector('#status').textContent.includes('\"a striped circle\"')"
+            )
+            assert tiles_with_images() == 12
+
+            page.click("#user-form button")
+            page.wait_for_function(
+                "document.querySelector('#status').textContent.includes('results for user')"
+            )
+            assert tiles_with_images() == 12
+            assert errors == []
+        finally:
+            browser.close()
