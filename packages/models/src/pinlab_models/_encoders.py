@@ -59,6 +59,11 @@ def check_arch(name: str) -> None:
 def build_network(config: EncoderConfig) -> nn.Module:
     check_arch(config.arch)
     if config.arch in _BUILTIN:
+        if config.pretrained:
+            raise PinlabModelError(
+                f"the built-in {config.arch!r} has no pretrained weights; pass --no-pretrained "
+                "or a timm architecture"
+            )
         return _BUILTIN[config.arch](config)
     return TimmNet(config.arch, config.embedding_dim, config.pretrained, config.image_size)
 

@@ -38,10 +38,11 @@ from pinlab_data import (
     load_sequences,
     validate_dataset,
 )
-from pinlab_tasks import workflows
-from pinlab_tasks._app import JsonFlag, SeedOpt, settings
+from pinlab_tasks import visual, workflows
+from pinlab_tasks._app import DeviceOpt, JsonFlag, SeedOpt, settings
 from pinlab_tasks._output import busy, emit, stderr, stdout
 from pinlab_tasks.presets import PRESETS
+from pinlab_tasks.runs import RunLayout
 
 app = typer.Typer(help="Make, load, check and describe datasets.", no_args_is_help=True)
 load_app = typer.Typer(
@@ -325,6 +326,50 @@ def load_images_command(
         stdout.print(table)
         if report.skipped:
             stdout.print(f"skipped files are listed in {report.skipped_report}")
+
+    emit(report.model_dump(), as_json, render)
+
+
+@app.command("dedupe")
+def dedupe(
+    path: DataDir,
+    run: Annotated[
+        Path | None,
+        typer.Option("--run", help="Confirm hash pairs with this run's encoder embeddings."),
+    ] = None,
+    max_distance: Annotated[
+        int, typer.Option("--max-distance", help="pHash Hamming distance (of 64 bits) to link.")
+    ] = 6,
+    min_cosine: Annotated[
+        float, typer.Option("--min-cosine", help="Embedding cosine a pair needs (with --run).")
+    ] = 0.9,
+    device: DeviceOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Cluster exact and near-duplicate images (perceptual hash, then embedding cosine).
+
+    Writes: DATA/duplicates.json, or RUN/duplicates.json with --run.
+    """
+    layout = RunLayout(run) if run is not None else None
+    with busy(f"hashing the images of {path}", as_json):
+        report = visual.dedupe(path, layout, max_distance, min_cosine, device or settings().device)
+
+    def render() -> None:
+        table = Table(
+            title=f"{len(report.clusters)} duplicate clusters, {report.duplicates} extra "
+            f"copies among {report.num_images} images",
+            title_justify="left",
+        )
+        for column in ("pins", "size", "max bits apart", "min cosine"):
+            table.add_column(column)
+        for cluster in report.clusters[:20]:
+            shown = ", ".join(map(str, cluster.pin_ids[:6])) + (
+                " ..." if len(cluster.pin_ids) > 6 else ""
+            )
+            cosine = "-" if cluster.min_cosine is None else f"{cluster.min_cosine:.3f}"
+            table.add_row(shown, str(len(cluster.pin_ids)), str(cluster.max_hash_distance), cosine)
+        stdout.print(table)
+        stdout.print(f"all clusters: {report.report}")
 
     emit(report.model_dump(), as_json, render)
 

@@ -4,18 +4,28 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
+from pydantic import BaseModel, ValidationError
 
 from pinlab_data import PinlabDataError
-from pinlab_models import AlignConfig, EncoderConfig, recommender_names
+from pinlab_models import (
+    AlignConfig,
+    EncoderConfig,
+    PinlabModelError,
+    Recipe,
+    RecipeConfig,
+    recommender_names,
+)
+from pinlab_tasks import visual as visual_workflows
 from pinlab_tasks import workflows
 from pinlab_tasks._app import DeviceOpt, JsonFlag, SeedOpt, settings
 from pinlab_tasks._output import emit, stdout
 from pinlab_tasks.runs import RunLayout, new_run_dir
 
 app = typer.Typer(help="Train models into a run directory.", no_args_is_help=True)
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
 
 DataOpt = Annotated[Path, typer.Option("--data", help="Dataset directory to train on.")]
 RunOpt = Annotated[
@@ -46,6 +56,78 @@ def visual(
     )
     result["run_dir"] = str(layout.root)
     emit(result, as_json, lambda: _render(result))
+
+
+@app.command("encoder")
+def encoder(
+    data: DataOpt,
+    run: RunOpt = None,
+    recipe: Annotated[
+        Recipe,
+        typer.Option(
+            "--recipe", help="supcon (labels), simclr (no labels) or proxy-anchor (labels)."
+        ),
+    ] = "supcon",
+    arch: Annotated[
+        str, typer.Option("--arch", help="cnn (built in) or any timm model name.")
+    ] = "cnn",
+    pretrained: Annotated[
+        bool | None,
+        typer.Option(
+            "--pretrained/--no-pretrained",
+            help="timm weights from the cache or the Hub (default: on for timm, off for cnn).",
+        ),
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set", help="EncoderConfig or RecipeConfig field as KEY=VALUE (JSON), repeatable."
+        ),
+    ] = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Train an image encoder of any architecture with a metric-learning recipe.
+
+    Held-out pins as in `train visual`; early stopping on validation recall@1.
+    Writes: RUN/visual/{encoder.pt, encoder_untrained.pt, metrics.jsonl, train.json}.
+    """
+    s = settings()
+    overrides = parse_settings(set_ or [])
+    recipe_fields = {k: overrides.pop(k) for k in list(overrides) if k in RecipeConfig.model_fields}
+    encoder_fields: dict[str, Any] = {
+        "arch": arch,
+        "pretrained": arch != "cnn" if pretrained is None else pretrained,
+        **({} if epochs is None else {"epochs": epochs}),
+        **overrides,
+    }
+    config = _validated(EncoderConfig, encoder_fields)
+    recipe_config = _validated(RecipeConfig, {"recipe": recipe, **recipe_fields})
+    layout = _run(run)
+    result = visual_workflows.train_encoder_recipe(
+        layout,
+        data,
+        config,
+        recipe_config,
+        s.seed if seed is None else seed,
+        device or s.device,
+        not as_json,
+    )
+    result["run_dir"] = str(layout.root)
+    emit(result, as_json, lambda: _render(result))
+
+
+def _validated(model: type[ConfigT], values: dict[str, Any]) -> ConfigT:
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "(settings)"
+        raise PinlabModelError(
+            f"{model.__name__} {field}: {first['msg']}; fields: {', '.join(model.model_fields)}"
+        ) from exc
 
 
 @app.command("align")
