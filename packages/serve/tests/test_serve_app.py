@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import io
 import shutil
+import struct
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -278,6 +280,24 @@ def test_upload_limits(serve_run: Path) -> None:
         assert len(small) < 4096
         assert_error(client.post("/v1/search/image", **upload(small)), 413, "40x30 pixels")
         assert client.post("/v1/search/image", **upload(png(size=(30, 30)))).status_code == 200
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares `width` x `height` pixels but carries no image data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("side", [7000, 30_000])
+def test_pixel_bombs_are_refused_unread(client: TestClient, side: int) -> None:
+    """40M+ pixels (ours) or 180M+ (PIL's own bomb check): 413 from the header alone."""
+    response = client.post("/v1/search/image", **upload(png_header_only(side, side)))
+    assert_error(response, 413, "pixels")
 
 
 def test_metrics(client: TestClient, pins: dict[str, Any]) -> None:

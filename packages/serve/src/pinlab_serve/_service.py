@@ -190,6 +190,10 @@ class PinService:
         try:
             with Image.open(io.BytesIO(data)) as img:
                 width, height = img.size
+        except Image.DecompressionBombError as exc:  # PIL's own cap, above ours
+            raise PayloadTooLargeError(
+                f"the image has too many pixels ({exc}); resize it first"
+            ) from exc
         except (UnidentifiedImageError, OSError, SyntaxError) as exc:
             raise PinlabServeError(
                 f"the upload is not a readable image ({type(exc).__name__}); send a JPEG, "
