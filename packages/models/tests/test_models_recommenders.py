@@ -27,6 +27,8 @@ FAST: dict[str, dict[str, Any]] = {
     "itemknn": {"neighbours": 5},
     "rp3beta": {"neighbours": 5},
     "hybrid": {"epochs": 30, "dim": 8, "batch_size": 64, "lr": 0.02},
+    "sasrec": {"dim": 16, "layers": 1, "max_len": 12, "epochs": 40, "eval_every": 1},
+    "two-tower": {"dim": 16, "epochs": 30, "batch_size": 32},
     "ensemble": {"member_settings": {"ials": {"dim": 8, "iterations": 5, "l2": 1.0}}},
 }
 
@@ -47,7 +49,7 @@ def two_tribes(num_users: int = 40, num_items: int = 20, seed: int = 0) -> Inter
     return InteractionLog(
         users=np.array(users, dtype=np.int64),
         items=np.array(items, dtype=np.int64),
-        timestamps=np.arange(n, dtype=np.int64),
+        timestamps=rng.permutation(n).astype(np.int64),  # item 0 anywhere in a sequence
         weights=np.ones(n, dtype=np.float32),
         user_ids=np.arange(100, 100 + num_users, dtype=np.int64),
         item_ids=np.arange(500, 500 + num_items, dtype=np.int64),
@@ -224,3 +226,42 @@ def test_ensemble_blends_standardised_member_scores(tmp_path: Path) -> None:
     np.testing.assert_allclose(model.score(users), 0.75 * parts[0] + 0.25 * parts[1], atol=1e-5)
     with pytest.raises(PinlabModelError, match="one weight per member"):
         build_recommender("ensemble", {"members": ("ease", "ials"), "weights": (1.0,)})
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"loss": "softmax"},
+        pytest.param({"loss": "bce"}, marks=pytest.mark.slow),
+        pytest.param({"dense_window": 3}, marks=pytest.mark.slow),
+    ],
+)
+def test_sasrec_learns_what_comes_next(settings: dict[str, Any], tmp_path: Path) -> None:
+    """Users walk a ring of items in order; the next item is the one after their last."""
+    rng = np.random.default_rng(0)
+    num_items, users, items, times = 12, [], [], []
+    for u in range(60):
+        start, length = rng.integers(num_items), rng.integers(4, 9)
+        walk = (start + np.arange(length)) % num_items
+        users += [u] * length
+        items += list(walk)
+        times += list(range(length))
+    n = len(users)
+    log = InteractionLog(
+        users=np.array(users, dtype=np.int64),
+        items=np.array(items, dtype=np.int64),
+        timestamps=np.array(times, dtype=np.int64),
+        weights=np.ones(n, dtype=np.float32),
+        user_ids=np.arange(60, dtype=np.int64),
+        item_ids=np.arange(num_items, dtype=np.int64),
+    )
+    config = {"dim": 16, "layers": 1, "max_len": 8, "epochs": 60, "dropout": 0.0, **settings}
+    model = build_recommender("sasrec", config)
+    model.fit(log, ctx(tmp_path))
+    last = {u: i for u, i in zip(users, items, strict=True)}  # in time order per user
+    # The dense loss spreads each position over the next `window` items, so any of them may
+    # come first; the next one must still be among them.
+    window = int(settings.get("dense_window", 1))
+    top = np.argsort(-model.score(np.arange(60, dtype=np.int64)), axis=1)[:, :window]
+    hits = np.mean([(last[u] + 1) % num_items in top[u] for u in range(60)])
+    assert hits >= 0.9

@@ -297,3 +297,53 @@ class EnsembleConfig(BaseModel):
         if self.weights is not None and len(self.weights) != len(self.members):
             raise ValueError(f"give one weight per member ({len(self.members)})")
         return self
+
+
+class SASRecConfig(BaseModel):
+    """A causal transformer over each user's item sequence (SASRec, Kang and McAuley, 2018).
+
+    `loss="softmax"` scores the next item against the whole catalogue (cross-entropy, as in
+    gSASRec and BERT4Rec's comparisons), `"bce"` is the paper's one sampled negative per
+    position. `dense_window > 1` is PinnerFormer's dense all-action loss (Pancha et al.,
+    2022): each position predicts every item of the next `dense_window` steps, not only the
+    next one.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    dim: PositiveInt = 64
+    layers: PositiveInt = 2
+    heads: PositiveInt = 2
+    max_len: PositiveInt = Field(default=200, description="Most recent items a user keeps.")
+    dropout: float = Field(default=0.2, ge=0.0, lt=1.0)
+    loss: Literal["softmax", "bce"] = "softmax"
+    dense_window: PositiveInt = 1
+    epochs: PositiveInt = 100
+    batch_size: PositiveInt = 128
+    lr: PositiveFloat = 2e-3
+    weight_decay: float = Field(default=0.0, ge=0)
+    patience: PositiveInt = 5
+    eval_every: PositiveInt = Field(default=2, description="Epochs between validation checks.")
+
+
+class TwoTowerConfig(BaseModel):
+    """Two-tower retrieval: a user tower and an item tower meet in one unit-sphere space.
+
+    The item tower adds a projection of the item's side features (its text embedded by the
+    packaged MiniLM, when given) to an id embedding; the user tower pools the items of the
+    user's recent history with a user id embedding. Trained with in-batch sampled softmax,
+    each logit corrected by the log of the item's sampling probability (logQ, Yi et al., 2019)
+    so popular items are not over-penalised as negatives.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    dim: PositiveInt = 64
+    history_len: PositiveInt = 50
+    epochs: PositiveInt = 40
+    batch_size: PositiveInt = 512
+    lr: PositiveFloat = 2e-3
+    weight_decay: float = Field(default=1e-6, ge=0)
+    temperature: PositiveFloat = 0.05
+    logq: bool = Field(default=True, description="Subtract log sampling probability.")
+    patience: PositiveInt = 4

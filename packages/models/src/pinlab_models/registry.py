@@ -15,6 +15,8 @@ from pinlab_models._ials import ImplicitALS
 from pinlab_models._linear import ItemItem, item_item_builder
 from pinlab_models._recommenders import CHECKPOINT_KIND, MatrixFactorization, Popularity
 from pinlab_models._runtime import load_checkpoint
+from pinlab_models._sequential import SASRec
+from pinlab_models._two_tower import TwoTower
 from pinlab_models.contracts import (
     BPRConfig,
     DLAEConfig,
@@ -28,6 +30,8 @@ from pinlab_models.contracts import (
     PopularityConfig,
     Recommender,
     RP3BetaConfig,
+    SASRecConfig,
+    TwoTowerConfig,
 )
 
 
@@ -163,6 +167,25 @@ register(
         build=ImplicitALS,
         from_checkpoint=ImplicitALS.from_checkpoint,
         tune_grid={"dim": [64, 128], "l2": [50.0, 100.0], "alpha": [5.0, 10.0]},
+    )
+)
+register(
+    RecommenderSpec(
+        name="sasrec",
+        summary="SASRec: causal transformer over item sequences; dense all-action loss option.",
+        config_type=SASRecConfig,
+        build=SASRec,
+        from_checkpoint=SASRec.from_checkpoint,
+    )
+)
+register(
+    RecommenderSpec(
+        name="two-tower",
+        summary="Two-tower retrieval: id + MiniLM item text, in-batch softmax with logQ.",
+        config_type=TwoTowerConfig,
+        build=TwoTower,
+        from_checkpoint=TwoTower.from_checkpoint,
+        uses_item_features=True,
     )
 )
 register(

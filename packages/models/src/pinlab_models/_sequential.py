@@ -1,0 +1,206 @@
+"""SASRec: a causal transformer reads a user's items in time order and predicts what is next.
+
+Items are shifted by one so that index 0 is padding; sequences are left-padded to `max_len`.
+A user is scored by the hidden state after their most recent training item.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812 - the PyTorch convention
+from torch import nn
+
+from pinlab_data.contracts import Float32Array, Int64Array, InteractionLog
+from pinlab_models._recommenders import _check_users, _require_fitted, _save
+from pinlab_models._runtime import (
+    EarlyStopping,
+    EpochLog,
+    Stopwatch,
+    epoch_progress,
+    seed_everything,
+)
+from pinlab_models.contracts import (
+    EpochRecord,
+    FitReport,
+    PinlabModelError,
+    SASRecConfig,
+    TrainContext,
+    Validator,
+)
+
+
+def user_sequences(train: InteractionLog, max_len: int) -> torch.Tensor:
+    """(num_users, max_len) item indexes + 1, each user's most recent items, left-padded with 0.
+
+    Interactions are ordered by timestamp within a user (ties keep log order).
+    """
+    order = np.lexsort((np.arange(len(train)), train.timestamps, train.users))
+    users, items = train.users[order], train.items[order] + 1
+    counts = np.bincount(users, minlength=train.num_users)
+    ends = np.cumsum(counts)
+    # Position of each interaction counted from its user's last one (0 = most recent).
+    from_end = ends[users] - 1 - np.arange(len(users))
+    keep = from_end < max_len
+    sequences = np.zeros((train.num_users, max_len), dtype=np.int64)
+    sequences[users[keep], max_len - 1 - from_end[keep]] = items[keep]
+    return torch.from_numpy(sequences)
+
+
+class _Transformer(nn.Module):
+    causal: torch.Tensor
+
+    def __init__(self, num_items: int, cfg: SASRecConfig) -> None:
+        super().__init__()
+        self.items = nn.Embedding(num_items + 1, cfg.dim, padding_idx=0)
+        self.positions = nn.Embedding(cfg.max_len, cfg.dim)
+        layer = nn.TransformerEncoderLayer(
+            cfg.dim, cfg.heads, 4 * cfg.dim, cfg.dropout, batch_first=True, norm_first=True
+        )
+        self.encoder = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(cfg.dim)
+        self.dropout = nn.Dropout(cfg.dropout)
+        mask = torch.triu(torch.full((cfg.max_len, cfg.max_len), float("-inf")), diagonal=1)
+        self.register_buffer("causal", mask, persistent=False)
+        nn.init.normal_(self.items.weight, std=0.02)
+        nn.init.normal_(self.positions.weight, std=0.02)
+
+    def forward(self, sequences: torch.Tensor) -> torch.Tensor:
+        """(batch, max_len) item indexes + 1 -> (batch, max_len, dim) hidden states."""
+        length = sequences.shape[1]
+        x = self.items(sequences) * self.items.embedding_dim**0.5
+        # As in SASRec, padding positions are zeroed rather than masked out of attention:
+        # a masked left-padded prefix would attend to nothing and turn into NaN.
+        real = (sequences > 0).unsqueeze(-1)
+        x = self.dropout(x + self.positions.weight[:length]) * real
+        hidden = self.encoder(x, mask=self.causal[:length, :length], is_causal=True)
+        out: torch.Tensor = self.norm(hidden)
+        return out
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Scores over real items (padding excluded) for each hidden state."""
+        out: torch.Tensor = hidden @ self.items.weight[1:].T
+        return out
+
+
+class SASRec:
+    name = "sasrec"
+
+    def __init__(self, config: SASRecConfig | None = None) -> None:
+        self.config = config or SASRecConfig()
+        self.net: _Transformer | None = None
+        self.sequences: torch.Tensor | None = None
+        self.device = "cpu"
+
+    def fit(
+        self, train: InteractionLog, ctx: TrainContext, validate: Validator | None = None
+    ) -> FitReport:
+        if len(train) == 0:
+            raise PinlabModelError("no training interactions; check the dataset and the split")
+        cfg = self.config
+        gen = seed_everything(ctx.seed)
+        self.device = ctx.device
+        # One extra step so the last input position still has a next item to predict.
+        windows = user_sequences(train, cfg.max_len + 1)
+        windows = windows[(windows > 0).sum(dim=1) >= 2]
+        self.sequences = user_sequences(train, cfg.max_len)
+        self.net = net = _Transformer(train.num_items, cfg).to(ctx.device)
+        optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        log = EpochLog(ctx.run_dir)
+        stopper = EarlyStopping(cfg.patience)
+        clock = Stopwatch()
+        with epoch_progress(f"train {self.name}", cfg.epochs, ctx.progress) as progress:
+            for epoch in range(1, cfg.epochs + 1):
+                epoch_clock = Stopwatch()
+                net.train()
+                order = torch.randperm(len(windows), generator=gen)
+                total, steps = 0.0, 0
+                for start in range(0, len(order), cfg.batch_size):
+                    batch = windows[order[start : start + cfg.batch_size]].to(ctx.device)
+                    loss = self._loss(batch[:, :-1], batch[:, 1:], train.num_items, gen)
+                    optimizer.zero_grad(set_to_none=True)
+                    torch.autograd.backward(loss)
+                    optimizer.step()
+                    total, steps = total + float(loss.detach()), steps + 1
+                check = validate is not None and (
+                    epoch % cfg.eval_every == 0 or epoch == cfg.epochs
+                )
+                valid = validate(self) if validate is not None and check else None
+                record = EpochRecord(
+                    epoch=epoch, train_loss=total / steps, valid=valid, seconds=epoch_clock()
+                )
+                log.write(record)
+                status = f"loss {record.train_loss:.3f}" + (f" valid {valid:.4f}" if valid else "")
+                progress.update(progress.task_ids[0], advance=1, status=status)
+                if (validate is None or check) and stopper.update(epoch, valid, net):
+                    break
+        stopper.restore(net)
+        return FitReport(
+            model=self.name,
+            epochs=len(log.records),
+            best_epoch=stopper.best_epoch,
+            best_valid=stopper.best,
+            seconds=clock(),
+            history=log.records,
+        )
+
+    def _loss(
+        self, inputs: torch.Tensor, targets: torch.Tensor, num_items: int, gen: torch.Generator
+    ) -> torch.Tensor:
+        assert self.net is not None
+        cfg = self.config
+        hidden = self.net(inputs)
+        if cfg.loss == "bce":
+            real = (targets > 0) & (inputs > 0)
+            negatives = torch.randint(1, num_items + 1, targets.shape, generator=gen)
+            item_vecs = self.net.items.weight
+            pos = (hidden * item_vecs[targets]).sum(-1)
+            neg = (hidden * item_vecs[negatives.to(targets.device)]).sum(-1)
+            loss = F.softplus(-pos) + F.softplus(neg)
+            return loss[real].mean()
+        log_probs = F.log_softmax(self.net.logits(hidden), dim=-1)
+        # Dense all-action: position t also predicts the items at t+2 .. t+window.
+        losses, count = [], 0
+        for offset in range(min(cfg.dense_window, targets.shape[1])):
+            ahead = targets[:, offset:]
+            real = (ahead > 0) & (inputs[:, : ahead.shape[1]] > 0)
+            picked = log_probs[:, : ahead.shape[1]].gather(-1, (ahead - 1).clamp_min(0)[..., None])
+            losses.append(-(picked.squeeze(-1) * real).sum())
+            count += int(real.sum())
+        return torch.stack(losses).sum() / max(count, 1)
+
+    @torch.no_grad()
+    def score(self, users: Int64Array) -> Float32Array:
+        _require_fitted(self.net is not None, self.name)
+        assert self.net is not None and self.sequences is not None
+        _check_users(users, len(self.sequences))
+        self.net.eval()
+        chunks = []
+        for start in range(0, len(users), 512):
+            part = torch.from_numpy(np.asarray(users[start : start + 512], dtype=np.int64))
+            hidden = self.net(self.sequences[part].to(self.device))[:, -1]
+            chunks.append(self.net.logits(hidden).float().cpu())
+        if not chunks:
+            return np.zeros((0, self.net.items.num_embeddings - 1), dtype=np.float32)
+        return torch.cat(chunks).numpy()
+
+    def save(self, path: Path) -> None:
+        _require_fitted(self.net is not None, self.name)
+        assert self.net is not None and self.sequences is not None
+        state = {k: v.cpu() for k, v in self.net.state_dict().items()}
+        state["sequences"] = self.sequences
+        num_items = self.net.items.num_embeddings - 1
+        _save(path, self.name, self.config.model_dump(), state, len(self.sequences), num_items)
+
+    @classmethod
+    def from_checkpoint(cls, payload: dict[str, Any]) -> SASRec:
+        model = cls(SASRecConfig.model_validate(payload["config"]))
+        state = dict(payload["state"])
+        model.sequences = state.pop("sequences")
+        net = _Transformer(int(payload["num_items"]), model.config)
+        net.load_state_dict(state)
+        model.net = net
+        return model

@@ -1,0 +1,165 @@
+"""Two-tower retrieval with in-batch sampled softmax and logQ correction."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812 - the PyTorch convention
+from torch import nn
+
+from pinlab_data.contracts import Float32Array, Int64Array, InteractionLog
+from pinlab_models._recommenders import _check_users, _require_fitted, _save
+from pinlab_models._runtime import (
+    EarlyStopping,
+    EpochLog,
+    Stopwatch,
+    epoch_progress,
+    seed_everything,
+)
+from pinlab_models._sequential import user_sequences
+from pinlab_models.contracts import (
+    EpochRecord,
+    FitReport,
+    PinlabModelError,
+    TrainContext,
+    TwoTowerConfig,
+    Validator,
+)
+
+
+class _Towers(nn.Module):
+    features: torch.Tensor
+
+    def __init__(self, num_users: int, features: torch.Tensor, cfg: TwoTowerConfig) -> None:
+        super().__init__()
+        num_items = len(features)
+        self.register_buffer("features", features)
+        self.item_ids = nn.Embedding(num_items + 1, cfg.dim, padding_idx=0)
+        self.item_text = nn.Linear(features.shape[1], cfg.dim) if features.shape[1] else None
+        self.user_ids = nn.Embedding(num_users, cfg.dim)
+        self.user_mlp = nn.Sequential(
+            nn.Linear(2 * cfg.dim, 2 * cfg.dim), nn.GELU(), nn.Linear(2 * cfg.dim, cfg.dim)
+        )
+        for table in (self.item_ids, self.user_ids):
+            nn.init.normal_(table.weight, std=0.05)
+
+    def items(self, index: torch.Tensor | None = None) -> torch.Tensor:
+        """Unit item vectors (all items when `index` is None); `index` is 0-based."""
+        ids = self.item_ids.weight[1:] if index is None else self.item_ids(index + 1)
+        if self.item_text is not None:
+            feats = self.features if index is None else self.features[index]
+            ids = ids + self.item_text(feats)
+        return F.normalize(ids, dim=-1)
+
+    def users(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        """Unit user vectors from the id and the mean of the history's item vectors."""
+        mask = (history > 0).unsqueeze(-1).float()
+        items = self.items((history - 1).clamp_min(0)) * mask
+        pooled = items.sum(1) / mask.sum(1).clamp_min(1.0)
+        both = torch.cat([self.user_ids(users), pooled], dim=-1)
+        return F.normalize(self.user_mlp(both), dim=-1)
+
+
+class TwoTower:
+    name = "two-tower"
+
+    def __init__(self, config: TwoTowerConfig | None = None) -> None:
+        self.config = config or TwoTowerConfig()
+        self.net: _Towers | None = None
+        self.history: torch.Tensor | None = None
+
+    def fit(
+        self, train: InteractionLog, ctx: TrainContext, validate: Validator | None = None
+    ) -> FitReport:
+        if len(train) == 0:
+            raise PinlabModelError("no training interactions; check the dataset and the split")
+        cfg = self.config
+        features = ctx.item_features
+        if features is not None and len(features) != train.num_items:
+            raise PinlabModelError(
+                f"item_features has {len(features)} rows for {train.num_items} items"
+            )
+        gen = seed_everything(ctx.seed)
+        feats = (
+            torch.zeros(train.num_items, 0)
+            if features is None
+            else torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
+        )
+        self.history = user_sequences(train, cfg.history_len)
+        self.net = net = _Towers(train.num_users, feats, cfg)
+        optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        users = torch.from_numpy(train.users)
+        items = torch.from_numpy(train.items)
+        counts = torch.bincount(items, minlength=train.num_items).float()
+        log_q = torch.log(counts / counts.sum()).clamp_min(-30.0)
+        log = EpochLog(ctx.run_dir)
+        stopper = EarlyStopping(cfg.patience)
+        clock = Stopwatch()
+        with epoch_progress(f"train {self.name}", cfg.epochs, ctx.progress) as progress:
+            for epoch in range(1, cfg.epochs + 1):
+                epoch_clock = Stopwatch()
+                net.train()
+                order = torch.randperm(len(users), generator=gen)
+                total, steps = 0.0, 0
+                for start in range(0, len(order), cfg.batch_size):
+                    idx = order[start : start + cfg.batch_size]
+                    u, i = users[idx], items[idx]
+                    logits = net.users(u, self.history[u]) @ net.items(i).T / cfg.temperature
+                    if cfg.logq:
+                        logits = logits - log_q[i][None, :]
+                    # Another row's item that this user also has in the batch is no negative.
+                    same = (i[None, :] == i[:, None]) & ~torch.eye(len(i), dtype=torch.bool)
+                    logits = logits.masked_fill(same, float("-inf"))
+                    loss = F.cross_entropy(logits, torch.arange(len(i)))
+                    optimizer.zero_grad(set_to_none=True)
+                    torch.autograd.backward(loss)
+                    optimizer.step()
+                    total, steps = total + float(loss.detach()), steps + 1
+                valid = validate(self) if validate else None
+                record = EpochRecord(
+                    epoch=epoch, train_loss=total / steps, valid=valid, seconds=epoch_clock()
+                )
+                log.write(record)
+                status = f"loss {record.train_loss:.3f}" + (f" valid {valid:.4f}" if valid else "")
+                progress.update(progress.task_ids[0], advance=1, status=status)
+                if stopper.update(epoch, valid, net):
+                    break
+        stopper.restore(net)
+        return FitReport(
+            model=self.name,
+            epochs=len(log.records),
+            best_epoch=stopper.best_epoch,
+            best_valid=stopper.best,
+            seconds=clock(),
+            history=log.records,
+        )
+
+    @torch.no_grad()
+    def score(self, users: Int64Array) -> Float32Array:
+        _require_fitted(self.net is not None, self.name)
+        assert self.net is not None and self.history is not None
+        _check_users(users, len(self.history))
+        self.net.eval()
+        u = torch.from_numpy(np.asarray(users, dtype=np.int64))
+        return (self.net.users(u, self.history[u]) @ self.net.items().T).numpy()
+
+    def save(self, path: Path) -> None:
+        _require_fitted(self.net is not None, self.name)
+        assert self.net is not None and self.history is not None
+        state = {k: v.cpu() for k, v in self.net.state_dict().items()}
+        state["history"] = self.history
+        num_items = self.net.item_ids.num_embeddings - 1
+        _save(path, self.name, self.config.model_dump(), state, len(self.history), num_items)
+
+    @classmethod
+    def from_checkpoint(cls, payload: dict[str, Any]) -> TwoTower:
+        model = cls(TwoTowerConfig.model_validate(payload["config"]))
+        state = dict(payload["state"])
+        model.history = state.pop("history")
+        net = _Towers(int(payload["num_users"]), state["features"], model.config)
+        net.load_state_dict(state)
+        model.net = net
+        return model
