@@ -258,7 +258,7 @@ def test_sasrec_learns_what_comes_next(settings: dict[str, Any], tmp_path: Path)
     config = {"dim": 16, "layers": 1, "max_len": 8, "epochs": 60, "dropout": 0.0, **settings}
     model = build_recommender("sasrec", config)
     model.fit(log, ctx(tmp_path))
-    last = {u: i for u, i in zip(users, items, strict=True)}  # in time order per user
+    last = dict(zip(users, items, strict=True))  # in time order per user
     # The dense loss spreads each position over the next `window` items, so any of them may
     # come first; the next one must still be among them.
     window = int(settings.get("dense_window", 1))
