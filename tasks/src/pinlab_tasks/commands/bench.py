@@ -16,6 +16,7 @@ from pinlab_tasks._measure import run_measured
 from pinlab_tasks._output import busy, emit, stdout
 from pinlab_tasks.benchmarks import bench_recsys, item_text_features, render_recsys
 from pinlab_tasks.runs import RunLayout, new_run_dir
+from pinlab_tasks.visual_bench import bench_visual
 
 app = typer.Typer(help="Measure pinlab's steps: time and peak memory.", no_args_is_help=True)
 
@@ -91,6 +92,10 @@ def recsys(
     protocol_seed: Annotated[
         int | None, typer.Option("--protocol-seed", help="Seed of the split (default 42).")
     ] = None,
+    peers: Annotated[
+        str | None,
+        typer.Option("--peers", help="implicit: fit implicit's ALS beside our iALS (extra)."),
+    ] = None,
     run: Annotated[
         Path | None, typer.Option("--run", help="Run directory. Default: a new one.")
     ] = None,
@@ -122,6 +127,7 @@ def recsys(
     config = {
         "protocol": spec.settings(),
         "models": names,
+        "peers": peers,
         "seed": seed_value,
         "device": device or resolved.device,
     }
@@ -135,6 +141,7 @@ def recsys(
             device=device or resolved.device,
             progress=not as_json,
             item_features=lambda: item_text_features(data),
+            peers=[p.strip() for p in (peers or "").split(",") if p.strip()],
         )
     layout.log_step("bench recsys", config, data_dir=data)
     write_json_atomic(layout.root / "bench.json", result)
@@ -183,3 +190,70 @@ def serve(
         say=(lambda _: None) if as_json else stderr.print,
     )
     emit(payload, as_json, lambda: render_serve(payload))
+
+
+@app.command("visual")
+def visual(
+    data: Annotated[Path, typer.Option("--data", help="Dataset with labelled images.")],
+    run: Annotated[
+        Path | None,
+        typer.Option("--run", help="Run directory (created). Default: RUNS_DIR/bench-visual-TIME."),
+    ] = None,
+    recipes: Annotated[
+        list[str] | None,
+        typer.Option("--recipe", help="supcon, simclr or proxy-anchor; repeatable (default all)."),
+    ] = None,
+    epochs: Annotated[
+        int | None, typer.Option("--epochs", min=1, help="Epochs for every recipe (default tuned).")
+    ] = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Train every encoder recipe and measure it against raw pixels and the untrained encoder.
+
+    Recall@1/@10, MAP@R and linear-probe accuracy on classes never trained on (or held-out
+    images when there are fewer than 4 classes), images/s training and embedding, peak memory.
+
+    Writes: RUN/{run.json, bench_visual.json, embedding_map_*.png, RECIPE/encoder.pt}.
+    """
+    s = settings()
+    layout = RunLayout(run or new_run_dir(s.runs_dir, "bench-visual"))
+    payload = bench_visual(
+        data,
+        layout,
+        recipes,
+        epochs,
+        s.seed if seed is None else seed,
+        device or s.device,
+        progress=not as_json,
+    )
+
+    def render() -> None:
+        protocol = payload["protocol"]
+        table = Table(
+            title=f"bench visual: {payload['dataset']}, {protocol['name']} "
+            f"({protocol['test_images']} images of {len(protocol['test_classes'])} classes), "
+            f"{payload['device']}, {payload['threads']} threads",
+            title_justify="left",
+        )
+        columns = ("recall@1", "recall@10", "map@r", "linear_probe")
+        for column in ("recipe", "r@1", "r@10", "map@r", "probe", "train/s", "embed/s", "MB"):
+            table.add_column(column, justify="left" if column == "recipe" else "right")
+        for row in payload["results"]:
+            name = f"[dim]{row['recipe']}*[/]" if row["baseline"] else row["recipe"]
+            train = row["train_images_per_s"]
+            table.add_row(
+                name,
+                *(f"{row['metrics'][c]:.3f}" for c in columns),
+                "-" if train is None else f"{train:,.0f}",
+                f"{row['embed_images_per_s']:,.0f}",
+                f"{row['peak_rss_mb']:,.0f}",
+            )
+        stdout.print(table)
+        stdout.print("* baseline; r@k recall@k; probe linear-probe accuracy; /s images per second")
+        for name, ok in payload["targets"].items():
+            stdout.print(f"target {name}: {'met' if ok else 'NOT met'}")
+        stdout.print(f"embedding maps: {', '.join(payload['embedding_maps'].values())}")
+
+    emit(payload, as_json, render)
