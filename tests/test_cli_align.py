@@ -70,4 +70,5 @@ def test_demo_align_adds_text_metrics_and_a_text_search(
     assert 0 <= out["align"]["metrics"]["text_recall@10"] <= 1
     assert len(out["search_text"]["hits"]) == 5
     assert (out_dir / "visual" / "image_text.pt").is_file()
-    assert json.loads((out_dir / "run.json").read_text())["steps"][0]["config"]["align"] is True
+    config = json.loads((out_dir / "run.json").read_text())["steps"][0]["config"]
+    assert config["with_align"] is True and config["align"]["epochs"] == 2

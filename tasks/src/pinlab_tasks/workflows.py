@@ -556,7 +556,7 @@ def demo(
     run = RunLayout(out)
     synth_config = preset.synth.model_copy(update={"seed": seed})
     run.log_step(
-        "demo", {"preset": preset_name, "seed": seed, "align": align, **preset.model_dump()}
+        "demo", {"preset": preset_name, "seed": seed, "with_align": align, **preset.model_dump()}
     )
     data = synth(run.data, synth_config, overwrite=True)
     visual_train = train_visual(run, run.data, preset.encoder, seed, device, progress)
