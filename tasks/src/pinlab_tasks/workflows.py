@@ -36,6 +36,7 @@ from pinlab_data import (
 )
 from pinlab_eval import (
     RetrievalReport,
+    embedding_map,
     evaluate_ranking,
     evaluate_retrieval,
     evaluate_text_to_image,
@@ -64,6 +65,7 @@ from pinlab_serve import PinIndex, embed_image_file
 from pinlab_tasks.cold_start import item_features
 from pinlab_tasks.presets import PRESETS
 from pinlab_tasks.runs import RunLayout
+from pinlab_tasks.visual_bench import linear_probe
 
 HOLDOUT_FRACTION = 0.2
 """Share of pins never seen by the encoder in training; retrieval is measured on them."""
@@ -156,12 +158,22 @@ def eval_visual(run: RunLayout, seed: int) -> dict[str, Any]:
     images, labels = _images(ds), _labels(ds)
     test = visual_split(ds, seed).test
     result: dict[str, Any] = {"protocol": "held-out-pins", "num_queries": len(test)}
+    probe_fit = ~holdout_mask(ds.pin_ids()[test], 0.5, seed + 1)
     for name, path in (("trained", run.encoder), ("untrained", run.untrained_encoder)):
         encoder = CNNEncoder.load(path)
+        embeddings = encoder.embed(images[test])
         report = evaluate_retrieval(
-            encoder.embed(images[test]), labels[test], ks=VISUAL_KS, protocol="held-out-pins"
+            embeddings, labels[test], ks=VISUAL_KS, protocol="held-out-pins"
         )
-        result[name] = report.metrics
+        probe = linear_probe(embeddings, labels[test], probe_fit)
+        result[name] = {**report.metrics, "linear_probe": probe}
+        if name == "trained":
+            names = np.asarray(ds.pins.column("category").to_pylist(), dtype=object)[test]
+            title = f"{encoder.model_id}: held-out pins, PCA"
+            picture = embedding_map(
+                embeddings, names.tolist(), run.visual / "embedding_map.png", title
+            )
+            result["embedding_map"] = str(picture)
     if run.image_text.is_file():
         result["text_to_image"] = eval_align(run)
     write_json_atomic(run.visual / "eval.json", result)

@@ -19,13 +19,13 @@ RunArg = Annotated[Path, typer.Option("--run", help="Run directory with trained 
 
 @app.command("visual")
 def visual(run: RunArg, seed: SeedOpt = None, as_json: JsonFlag = False) -> None:
-    """Recall@K and mAP by category on held-out pins, trained vs untrained encoder.
+    """Recall@K, mAP and linear-probe accuracy on held-out pins, trained vs untrained encoder.
 
     With an aligned image-text model (`pinlab train align`), also text-to-image recall@K and
     zero-shot category accuracy.
 
     Use the seed the encoder was trained with: it picks the held-out pins.
-    Writes: RUN/visual/eval.json.
+    Writes: RUN/visual/{eval.json, embedding_map.png}.
     """
     result = workflows.eval_visual(RunLayout(run), settings().seed if seed is None else seed)
 
