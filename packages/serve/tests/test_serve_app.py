@@ -434,3 +434,19 @@ def test_settings_contract(monkeypatch: pytest.MonkeyPatch) -> None:
         ServeSettings(cors_origins=["*"])
     with pytest.raises(ValueError, match="port"):
         ServeSettings(port=70000)
+
+
+def test_text_search_uses_the_image_text_model(serve_run: Path, tmp_path: Path) -> None:
+    """With visual/image_text.pt in the run, text queries search its image embeddings."""
+    from pinlab_models import AlignConfig, ImageTextModel
+    from pinlab_models._align import build_tower
+
+    run = tmp_path / "run"
+    shutil.copytree(serve_run, run)
+    config = AlignConfig(widths=(8, 16), projection_dim=32)
+    model_id = ImageTextModel(build_tower(config), config).save(run / "visual/image_text.pt")
+    with TestClient(create_app(run, ServeSettings())) as client:
+        wait_ready(client)
+        body = client.get("/v1/search/text", params={"q": "a neon star", "k": 5}).json()
+        assert (body["mode"], body["model_id"]) == ("image-text", model_id)
+        assert len(body["hits"]) == 5

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import io
 import json
+import logging
 import os
 import signal
 import socket
@@ -75,7 +76,13 @@ def serving(run: Path, backend: str, threads: int, log: Path) -> Iterator[str]:
     port = _free_port()
     cmd = [sys.executable, "-m", "pinlab_tasks", "--threads", str(threads), "--log-level"]
     cmd += ["WARNING", "serve", "--run", str(run), "--port", str(port), "--backend", backend]
-    with log.open("a") as sink, subprocess.Popen(cmd, stdout=sink, stderr=sink) as proc:
+    # One BLAS thread, as FAISS gets one (ServeSettings.search_threads): idle BLAS workers
+    # spinning beside the encoder's threads would make the NumPy baseline look far worse.
+    env = os.environ | {"OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    with (
+        log.open("a") as sink,
+        subprocess.Popen(cmd, stdout=sink, stderr=sink, env=env) as proc,
+    ):
         url = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + 300
@@ -253,6 +260,8 @@ def bench_serve(
     say: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
     """Build (or reuse) a world, then load-test the service with FAISS and with NumPy."""
+    # httpx logs every request at INFO: at hundreds per second that would load the client.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="pinlab-bench-serve-") as tmp:
         if run_dir is None:
             say(f"building a world of {pins:,} pins (encoder, recommenders, index)")
@@ -272,12 +281,15 @@ def bench_serve(
                 "build_seconds": build_seconds,
                 "cpu_cores": os.cpu_count(),
                 "server_threads": threads,
+                # Other processes share the cores: the load average says how much.
+                "load_average_before": round(os.getloadavg()[0], 2),
             },
         }
         for key, backend in (("results", "faiss"), ("baseline", "numpy")):
             say(f"load-testing the service with {backend} search")
             with serving(run.root, backend, threads, log) as url:
                 payload[key] = load_test(url, queries, levels, scale, duration)
+        payload["world"]["load_average_after"] = round(os.getloadavg()[0], 2)
         payload["targets"] = check_targets(payload["results"])
         payload["baseline_ratio"] = ratios(payload["results"], payload["baseline"])
     return payload

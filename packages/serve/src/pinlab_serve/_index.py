@@ -142,7 +142,7 @@ class PinIndex:
         index: Any,
         model_id: str,
         created: str,
-        params: dict[str, float],
+        params: dict[str, int | float],
         recall_at_10: float | None,
         tombstones: Sequence[int] = (),
     ) -> None:
@@ -181,7 +181,7 @@ class PinIndex:
         if hnsw_threshold <= 0:
             raise PinlabServeError(f"hnsw_threshold must be positive, got {hnsw_threshold}")
         dim = vectors.shape[1]
-        params: dict[str, float] = {"hnsw_threshold": hnsw_threshold}
+        params: dict[str, int | float] = {"hnsw_threshold": hnsw_threshold}
         base: Any
         if len(ids) >= hnsw_threshold:
             base = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)

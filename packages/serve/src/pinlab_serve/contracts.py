@@ -49,7 +49,7 @@ class IndexManifest(BaseModel):
     file: str = Field(default="index.faiss", description="Index file name in the same directory.")
     checksum: str = Field(description="SHA-256 of the index file.")
     created: str = Field(description="UTC creation time, ISO 8601.")
-    params: dict[str, float] = Field(
+    params: dict[str, int | float] = Field(
         default_factory=dict,
         description="Build and search parameters (HNSW: M, ef_construction, ef_search; "
         "the size threshold that chose the kind).",
