@@ -123,3 +123,22 @@ def test_align_config_refuses_unknown_and_bad_settings() -> None:
         AlignConfig.model_validate({"epoch": 3})
     with pytest.raises(ValueError, match="greater than 0"):
         AlignConfig(init_temperature=0)
+
+
+@pytest.mark.slow
+def test_a_timm_tower_trains_saves_and_loads(
+    world: tuple[np.ndarray, list[str], list[str]], tmp_path: Path
+) -> None:
+    images, captions, _ = world
+    config = AlignConfig(arch="lcnet_050", epochs=1, projection_dim=32, batch_size=16)
+    ctx = TrainContext(run_dir=tmp_path / "run", progress=False)
+    model, report = train_alignment(images[:32], captions[:32], config, ctx)
+    assert report.epochs == 1
+    model.save(tmp_path / "timm.pt")
+    loaded = load_image_text_model(tmp_path / "timm.pt")
+    assert loaded.config.arch == "lcnet_050"
+    np.testing.assert_allclose(
+        loaded.embed_images(images[:4]), model.embed_images(images[:4]), atol=1e-5
+    )
+    with pytest.raises(PinlabModelError, match="unknown encoder architecture"):
+        train_alignment(images[:4], captions[:4], AlignConfig(arch="resnet-999"), ctx)

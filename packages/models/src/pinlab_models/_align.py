@@ -21,6 +21,7 @@ from torch import nn
 
 from pinlab_data.contracts import Float32Array, ImageArray, Int64Array
 from pinlab_models._encoder import ConvNet, to_input
+from pinlab_models._encoders import build_network
 from pinlab_models._runtime import (
     EarlyStopping,
     EpochLog,
@@ -34,6 +35,7 @@ from pinlab_models._runtime import (
 from pinlab_models._text import MINILM_DIM, MINILM_ID, TextEncoder
 from pinlab_models.contracts import (
     AlignConfig,
+    EncoderConfig,
     EpochRecord,
     FitReport,
     PinlabModelError,
@@ -75,8 +77,21 @@ class ImageTower(nn.Module):
         return F.normalize(self.projection(self.backbone(x)), dim=1)
 
 
-def _builtin_tower(config: AlignConfig) -> ImageTower:
-    return ImageTower(_CNNBackbone(config.widths), config.widths[-1], config.projection_dim)
+def build_tower(config: AlignConfig, pretrained: bool | None = None) -> ImageTower:
+    """The image tower `config.arch` names: the built-in CNN's pooled features, or any network
+    of the encoder registry (a timm name) with its embedding as the backbone's output.
+
+    `pretrained` overrides the config's (a checkpoint brings its own weights).
+    """
+    if config.arch == "cnn":
+        return ImageTower(_CNNBackbone(config.widths), config.widths[-1], config.projection_dim)
+    encoder = EncoderConfig(
+        arch=config.arch,
+        pretrained=config.pretrained if pretrained is None else pretrained,
+        image_size=config.image_size,
+        embedding_dim=config.projection_dim,
+    )
+    return ImageTower(build_network(encoder), config.projection_dim, config.projection_dim)
 
 
 class ImageTextModel:
@@ -143,11 +158,6 @@ class ImageTextModel:
 
     def save(self, path: Path) -> str:
         """Write the checkpoint atomically; returns the model id (`align-` + its digest)."""
-        if not isinstance(self.tower.backbone, _CNNBackbone):
-            raise PinlabModelError(
-                "only the built-in CNN tower saves to a self-contained checkpoint; keep a "
-                "custom backbone's weights with its own code"
-            )
         state = {k: v.cpu() for k, v in self.tower.state_dict().items()}
         payload = {
             "kind": CHECKPOINT_KIND,
@@ -168,7 +178,7 @@ def load_image_text_model(path: Path, device: str = "cpu") -> ImageTextModel:
             f"{MINILM_ID!r}; retrain it with `pinlab train align`"
         )
     config = AlignConfig.model_validate(payload["config"])
-    tower = _builtin_tower(config)
+    tower = build_tower(config, pretrained=False)
     tower.load_state_dict(payload["state"])
     tower.eval()
     model = ImageTextModel(tower, config, device)
@@ -228,9 +238,10 @@ def train_alignment(
     validate: AlignValidator | None = None,
     text_encoder: TextEncoder | None = None,
 ) -> tuple[ImageTextModel, FitReport]:
-    """Align the built-in CNN tower to the captions' MiniLM embeddings; keeps the best epoch.
+    """Align the image tower `config.arch` names to the captions' MiniLM embeddings.
 
-    The caption embeddings are computed once, for the distinct captions only.
+    The caption embeddings are computed once, for the distinct captions only; the epoch with
+    the best validation score is kept.
     """
     if len(images) != len(captions) or len(images) < 2:
         raise PinlabModelError(
@@ -248,7 +259,7 @@ def train_alignment(
     caption_rows = torch.from_numpy(caption_row.astype(np.int64))
 
     gen = seed_everything(ctx.seed)
-    model = ImageTextModel(_builtin_tower(config), config, ctx.device, text)
+    model = ImageTextModel(build_tower(config), config, ctx.device, text)
     tower = model.tower
     with torch.no_grad():
         tower.logit_scale.fill_(math.log(1 / config.init_temperature))

@@ -176,12 +176,18 @@ class RecipeConfig(BaseModel):
 
 
 class AlignConfig(BaseModel):
-    """Image-text alignment: the built-in CNN tower trained into the frozen MiniLM text space."""
+    """Image-text alignment: an image tower trained into the frozen MiniLM text space."""
 
     model_config = ConfigDict(extra="forbid")
 
+    arch: str = Field(default="cnn", description="'cnn', or any timm model name.")
+    pretrained: bool = Field(
+        default=False, description="timm only: start from pretrained weights (cached or online)."
+    )
     image_size: PositiveInt = 32
-    widths: tuple[PositiveInt, ...] = (32, 64, 128, 128)
+    widths: tuple[PositiveInt, ...] = Field(
+        default=(32, 64, 128, 128), description="cnn only: channels per stage."
+    )
     projection_dim: PositiveInt = Field(
         default=512, description="Hidden width of the projection into the 384-d text space."
     )

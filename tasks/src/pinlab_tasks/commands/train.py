@@ -139,6 +139,12 @@ def align(
         Path | None, typer.Option("--data", help="Dataset directory with captioned pins.")
     ] = None,
     epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,
+    arch: Annotated[
+        str, typer.Option("--arch", help="Image tower: 'cnn' or any timm model name.")
+    ] = "cnn",
+    pretrained: Annotated[
+        bool, typer.Option(help="timm only: start from pretrained weights (cached or online).")
+    ] = False,
     seed: SeedOpt = None,
     device: DeviceOpt = None,
     as_json: JsonFlag = False,
@@ -148,7 +154,9 @@ def align(
     Writes: RUN/visual/image_text.pt, RUN/visual/align/{metrics.jsonl, train.json}.
     """
     s = settings()
-    config = AlignConfig() if epochs is None else AlignConfig(epochs=epochs)
+    config = AlignConfig(arch=arch, pretrained=pretrained)
+    if epochs is not None:
+        config = config.model_copy(update={"epochs": epochs})
     layout = RunLayout(run)
     result = workflows.train_align(
         layout, data, config, s.seed if seed is None else seed, device or s.device, not as_json
