@@ -71,6 +71,7 @@ class ImageTower(nn.Module):
             nn.ReLU(inplace=True),
             nn.Linear(hidden_dim, MINILM_DIM),
         )
+        # log(1 / temperature); it lives in the tower so checkpoints and early stopping keep it.
         self.logit_scale = nn.Parameter(torch.tensor(0.0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
