@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import psutil
+import scipy.sparse as sp
 from rich.table import Table
 
 from pinlab_data import PinlabDataError, interaction_log, load_dataset
@@ -32,6 +33,7 @@ from pinlab_eval import (
     summarize_models,
 )
 from pinlab_models import (
+    IALSConfig,
     Recommender,
     Scorer,
     TextEncoder,
@@ -161,9 +163,19 @@ def bench_recsys(
     device: str = "auto",
     progress: bool = True,
     item_features: Callable[[], np.ndarray] | None = None,
+    peers: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Fit and measure each model; rows with CIs, the best two compared, published anchors."""
+    """Fit and measure each model; rows with CIs, the best two compared, published anchors.
+
+    `peers=("implicit",)` also fits the `implicit` library's ALS with the settings validation
+    chose for our iALS (which is added to the models if missing) and reports the ratios.
+    """
+    unknown_peers = sorted(set(peers) - {"implicit"})
+    if unknown_peers:
+        raise PinlabDataError(f"unknown peer {unknown_peers[0]!r}; peers: implicit")
     names = list(models) if models else recommender_names()
+    if "implicit" in peers and "ials" not in names:
+        names.append("ials")
     unknown = [n for n in names if n not in recommender_names()]
     if unknown:
         raise PinlabDataError(
@@ -191,6 +203,11 @@ def bench_recsys(
         results[name] = evaluate_holdout(model, split.test, ks=ks)
     summary = summarize_models(results, metric=f"ndcg@{min(ks)}", seed=seed)
     rows = [{**row.model_dump(), **extras[row.model]} for row in summary.rows]
+    peer_rows = [
+        implicit_peer(split, chosen["ials"], extras["ials"], results["ials"].means(), seed)
+        for peer in peers
+        if peer == "implicit"
+    ]
     return {
         "dataset": ds.manifest.name,
         "protocol": {"name": protocol.name, **protocol.settings()},
@@ -198,6 +215,7 @@ def bench_recsys(
         "results": rows,
         "comparison": summary.comparison.model_dump() if summary.comparison else None,
         "anchors": [a.model_dump() for a in anchors_for(ds.manifest.name, protocol)],
+        "peers": peer_rows,
     }
 
 
@@ -240,6 +258,14 @@ def render_recsys(payload: Mapping[str, Any]) -> None:
             f"{comparison['difference']:+.4f}, p={comparison['p_value']:.3g} ({verdict}; "
             f"{comparison['test']})"
         )
+    for peer in payload.get("peers", []):
+        ratio = peer["ours_over_peer"]
+        stdout.print(
+            f"peer {peer['peer']}: ndcg@10 {peer['metrics']['ndcg@10']:.4f} in "
+            f"{peer['fit_seconds']:.2f} s; ours/peer: fit time {ratio['fit_seconds']:.2f}x, "
+            f"ndcg@10 {ratio['ndcg@10']:.3f}x",
+            highlight=False,
+        )
     if payload["anchors"]:
         published = Table(title="published, same protocol", title_justify="left")
         for column in ("model", "metrics", "source"):
@@ -249,3 +275,62 @@ def render_recsys(payload: Mapping[str, Any]) -> None:
             values = ", ".join(f"{k} {v:.3f}" for k, v in shown.items())
             published.add_row(anchor["model"], values, anchor["source"].split(",")[0])
         stdout.print(published)
+
+
+def implicit_peer(
+    split: ProtocolSplit,
+    settings: Mapping[str, Any],
+    ours: Mapping[str, Any],
+    our_metrics: Mapping[str, float],
+    seed: int,
+) -> dict[str, Any]:
+    """The `implicit` library's CPU ALS on the same split and settings as our iALS."""
+    try:
+        from implicit.cpu.als import AlternatingLeastSquares
+        from threadpoolctl import threadpool_limits  # a dependency of implicit
+    except ImportError:
+        raise PinlabDataError(
+            "the implicit peer needs the optional extra: `uv sync --extra implicit`"
+        ) from None
+    train = split.test.train
+    pairs = np.unique(np.stack([train.users, train.items]), axis=1)
+    matrix = sp.csr_matrix(
+        (np.ones(pairs.shape[1], dtype=np.float32), (pairs[0], pairs[1])),
+        shape=(train.num_users, train.num_items),
+    )
+    config = IALSConfig.model_validate(dict(settings))
+    peer = AlternatingLeastSquares(
+        factors=config.dim,
+        regularization=config.l2,
+        alpha=config.alpha,
+        iterations=config.iterations,
+        calculate_training_loss=False,
+        random_state=seed,
+    )
+    with threadpool_limits(1, "blas"):  # implicit's advice: BLAS threads fight its own
+        start = time.perf_counter()
+        peer.fit(matrix, show_progress=False)
+        seconds = time.perf_counter() - start
+
+    class _Peer:
+        def score(self, users: np.ndarray) -> np.ndarray:
+            scores: np.ndarray = peer.user_factors[users] @ peer.item_factors.T
+            return scores.astype(np.float32)
+
+    metrics = evaluate_holdout(_Peer(), split.test, ks=(10,)).means()
+    return {
+        "peer": f"implicit {implicit_version()} AlternatingLeastSquares (CPU)",
+        "settings": config.model_dump(include={"dim", "l2", "alpha", "iterations"}),
+        "fit_seconds": round(seconds, 3),
+        "metrics": {k: metrics[k] for k in ("ndcg@10", "hr@10", "precision@10")},
+        "ours_over_peer": {
+            "fit_seconds": round(ours["fit_seconds"] / max(seconds, 1e-9), 3),
+            "ndcg@10": round(our_metrics["ndcg@10"] / max(metrics["ndcg@10"], 1e-9), 4),
+        },
+    }
+
+
+def implicit_version() -> str:
+    from importlib.metadata import version
+
+    return version("implicit")

@@ -14,6 +14,9 @@ from pinlab_models._encoders import (
     check_arch,
     register_encoder_arch,
 )
+from pinlab_models._ensemble import Ensemble
+from pinlab_models._ials import ImplicitALS
+from pinlab_models._linear import ItemItem
 from pinlab_models._recipes import (
     ProxyAnchorLoss,
     nt_xent_loss,
@@ -22,23 +25,34 @@ from pinlab_models._recipes import (
 )
 from pinlab_models._recommenders import MatrixFactorization, Popularity
 from pinlab_models._runtime import resolve_device, seed_everything
+from pinlab_models._sequential import SASRec
 from pinlab_models._text import TextEncoder
+from pinlab_models._two_tower import TwoTower
 from pinlab_models.contracts import (
     AlignConfig,
+    BPRConfig,
     Device,
+    DLAEConfig,
+    EASEConfig,
     EncoderConfig,
+    EnsembleConfig,
     EpochRecord,
     FitReport,
     HybridConfig,
+    IALSConfig,
     ImageEncoder,
+    ItemKNNConfig,
     MFConfig,
     PinlabModelError,
     PopularityConfig,
     Recipe,
     RecipeConfig,
     Recommender,
+    RP3BetaConfig,
+    SASRecConfig,
     Scorer,
     TrainContext,
+    TwoTowerConfig,
     Validator,
 )
 from pinlab_models.registry import (
@@ -52,28 +66,42 @@ from pinlab_models.registry import (
 
 __all__ = [
     "AlignConfig",
+    "BPRConfig",
     "CNNEncoder",
+    "DLAEConfig",
     "Device",
+    "EASEConfig",
     "EncoderConfig",
+    "Ensemble",
+    "EnsembleConfig",
     "EpochRecord",
     "FitReport",
     "HybridConfig",
     "HybridRecommender",
+    "IALSConfig",
     "ImageEncoder",
     "ImageTextModel",
+    "ImplicitALS",
+    "ItemItem",
+    "ItemKNNConfig",
     "MFConfig",
     "MatrixFactorization",
     "PinlabModelError",
     "Popularity",
     "PopularityConfig",
     "ProxyAnchorLoss",
+    "RP3BetaConfig",
     "Recipe",
     "RecipeConfig",
     "Recommender",
     "RecommenderSpec",
+    "SASRec",
+    "SASRecConfig",
     "Scorer",
     "TextEncoder",
     "TrainContext",
+    "TwoTower",
+    "TwoTowerConfig",
     "Validator",
     "augment",
     "build_network",

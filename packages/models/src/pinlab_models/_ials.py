@@ -8,10 +8,12 @@ al., 2011; what the `implicit` library does) or an exact batched solve.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from torch import nn
 
@@ -45,33 +47,48 @@ class _Factors(nn.Module):
         self.items = nn.Parameter(torch.zeros(num_items, dim), requires_grad=False)
 
 
+def _csr(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) -> torch.Tensor:
+    """The binary pattern of observed pairs as a sparse CSR tensor."""
+    matrix = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=shape)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(
+            torch.from_numpy(matrix.indptr.astype(np.int64)),
+            torch.from_numpy(matrix.indices.astype(np.int64)),
+            torch.from_numpy(matrix.data),
+            size=shape,
+            check_invariants=True,
+        )
+
+
 def _solve(
-    rows: torch.Tensor,
-    cols: torch.Tensor,
-    fixed: torch.Tensor,
-    current: torch.Tensor,
-    cfg: IALSConfig,
+    pattern: torch.Tensor, fixed: torch.Tensor, current: torch.Tensor, cfg: IALSConfig
 ) -> torch.Tensor:
-    """New factors for the side whose pairs are `rows`, given the other side's `fixed`.
+    """New factors for the rows of `pattern` (observed pairs), given the other side's `fixed`.
 
     Solves (F'F + l2 I + alpha F_u'F_u) x_u = (1 + alpha) sum of F over u's pairs, for all u.
     """
     n, dim = current.shape
     gram = fixed.T @ fixed + cfg.l2 * torch.eye(dim, dtype=fixed.dtype, device=fixed.device)
-    gathered = fixed[cols]
-    rhs = torch.zeros_like(current).index_add_(0, rows, gathered * (1.0 + cfg.alpha))
+    rhs = (1.0 + cfg.alpha) * (pattern @ fixed)
     if cfg.cg_steps == 0:
+        counts = pattern.crow_indices().diff()
+        rows = torch.repeat_interleave(torch.arange(n), counts)
+        cols = pattern.col_indices()
         systems = gram.expand(n, dim, dim).clone()
         for start in range(0, len(rows), _EXACT_CHUNK):
             part = slice(start, start + _EXACT_CHUNK)
-            outer = gathered[part, :, None] * gathered[part, None, :]
+            gathered = fixed[cols[part]]
+            outer = gathered[:, :, None] * gathered[:, None, :]
             systems.index_add_(0, rows[part], cfg.alpha * outer)
         solved: torch.Tensor = torch.linalg.solve(systems, rhs)
         return solved
 
     def apply(x: torch.Tensor) -> torch.Tensor:
-        along = (x[rows] * gathered).sum(dim=1, keepdim=True)
-        return x @ gram + torch.zeros_like(x).index_add_(0, rows, cfg.alpha * along * gathered)
+        # alpha * F_u'F_u x_u for every u at once: x F' only where pairs were observed.
+        observed = torch.sparse.sampled_addmm(pattern, x, fixed.T, beta=0.0)
+        result: torch.Tensor = x @ gram + cfg.alpha * (observed @ fixed)
+        return result
 
     x = current.clone()
     residual = rhs - apply(x)
@@ -105,8 +122,8 @@ class ImplicitALS:
         cfg = self.config
         gen = seed_everything(ctx.seed)
         pairs = interaction_matrix(train).tocoo()
-        users = torch.from_numpy(pairs.row.astype(np.int64))
-        items = torch.from_numpy(pairs.col.astype(np.int64))
+        by_user = _csr(pairs.row, pairs.col, (train.num_users, train.num_items))
+        by_item = _csr(pairs.col, pairs.row, (train.num_items, train.num_users))
         self.net = net = _Factors(train.num_users, train.num_items, cfg.dim)
         # Small random starts: CG needs a non-zero item side to begin with.
         net.items.data.normal_(0.0, 0.01, generator=gen)
@@ -117,8 +134,8 @@ class ImplicitALS:
         with epoch_progress(f"train {self.name}", cfg.iterations, ctx.progress) as progress:
             for epoch in range(1, cfg.iterations + 1):
                 epoch_clock = Stopwatch()
-                net.users.data = _solve(users, items, net.items.data, net.users.data, cfg)
-                net.items.data = _solve(items, users, net.users.data, net.items.data, cfg)
+                net.users.data = _solve(by_user, net.items.data, net.users.data, cfg)
+                net.items.data = _solve(by_item, net.users.data, net.items.data, cfg)
                 valid = validate(self) if validate else None
                 log.write(
                     EpochRecord(epoch=epoch, train_loss=0.0, valid=valid, seconds=epoch_clock())
