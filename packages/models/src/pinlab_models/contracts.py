@@ -320,7 +320,7 @@ class SASRecConfig(BaseModel):
     dim: PositiveInt = 64
     layers: PositiveInt = 2
     heads: PositiveInt = 2
-    max_len: PositiveInt = Field(default=200, description="Most recent items a user keeps.")
+    max_len: PositiveInt = Field(default=50, description="Most recent items a user keeps.")
     dropout: float = Field(default=0.2, ge=0.0, lt=1.0)
     loss: Literal["softmax", "bce"] = "softmax"
     dense_window: PositiveInt = 1
