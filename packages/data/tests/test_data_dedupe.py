@@ -41,6 +41,10 @@ def write_collection(folder: Path) -> dict[str, str]:
     photo(2).save(folder / "p2_q40.jpg", quality=40)
     photo(2).resize((200, 200)).save(folder / "p2_big.jpg", quality=85)
     original |= {"p0_copy.png": "p0", "p1_small.jpg": "p1", "p2_q40.jpg": "p2", "p2_big.jpg": "p2"}
+    # The same picture in other colours hashes alike (pHash sees grey levels) but is no copy.
+    recoloured = np.asarray(photo(3))[..., ::-1]
+    Image.fromarray(np.ascontiguousarray(recoloured)).save(folder / "p3_bgr.png")
+    original["p3_bgr.png"] = "p3 recoloured"
     return original
 
 
@@ -57,7 +61,8 @@ def test_copies_cluster_and_distinct_images_do_not(tmp_path: Path) -> None:
         for c in report.clusters
     )
     assert groups == [["p0", "p0"], ["p1", "p1"], ["p2", "p2", "p2"]]
-    assert report.duplicates == 4 and report.num_images == 10
+    assert report.duplicates == 4 and report.num_images == 11
+    assert report.hash_pairs == 6 and report.candidate_pairs == 5  # the recoloured p3 drops
     written = DedupeReport.model_validate(
         json.loads((tmp_path / "ds" / DUPLICATES_FILE).read_text())
     )

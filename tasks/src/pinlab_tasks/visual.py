@@ -93,6 +93,7 @@ def dedupe(
     run: RunLayout | None,
     max_distance: int,
     min_cosine: float,
+    max_color_diff: float = 12.0,
     device: str = "cpu",
 ) -> DedupeReport:
     """Near-duplicate clusters by perceptual hash; with a run, confirmed by its encoder.
@@ -100,7 +101,7 @@ def dedupe(
     Writes RUN/duplicates.json with a run, else DATA/duplicates.json.
     """
     if run is None:
-        return dedupe_dataset(data_dir, max_distance=max_distance)
+        return dedupe_dataset(data_dir, max_distance=max_distance, max_color_diff=max_color_diff)
     encoder = CNNEncoder.load(run.encoder, resolve_device(device))
     ds = load_dataset(data_dir)
     images = ds.images
@@ -124,11 +125,17 @@ def dedupe(
 
     run.log_step(
         "data dedupe",
-        {"max_distance": max_distance, "min_cosine": min_cosine, "model_id": encoder.model_id},
+        {
+            "max_distance": max_distance,
+            "max_color_diff": max_color_diff,
+            "min_cosine": min_cosine,
+            "model_id": encoder.model_id,
+        },
     )
     return dedupe_dataset(
         data_dir,
         max_distance=max_distance,
+        max_color_diff=max_color_diff,
         similarity=similarity,
         min_cosine=min_cosine,
         model_id=encoder.model_id,

@@ -45,6 +45,15 @@ def perceptual_hashes(images: ImageArray) -> HashArray:
     return out
 
 
+def color_thumbnails(images: ImageArray, side: int = 8) -> Float32Array:
+    """Each image box-averaged to side x side RGB: the colours pHash ignores."""
+    out = np.empty((len(images), side, side, 3), dtype=np.float32)
+    for i in range(len(images)):
+        small = Image.fromarray(np.asarray(images[i])).resize((side, side), Image.Resampling.BOX)
+        out[i] = np.asarray(small, dtype=np.float32)
+    return out
+
+
 def hamming(a: HashArray, b: HashArray) -> Int64Array:
     return np.bitwise_count(np.bitwise_xor(a, b)).astype(np.int64)
 
@@ -97,6 +106,7 @@ def dedupe_dataset(
     root: Path,
     *,
     max_distance: int = 6,
+    max_color_diff: float = 12.0,
     similarity: PairSimilarity | None = None,
     min_cosine: float | None = None,
     model_id: str | None = None,
@@ -104,12 +114,16 @@ def dedupe_dataset(
 ) -> DedupeReport:
     """Cluster a dataset's near-duplicate images and write the report to `out` (atomically).
 
-    With `similarity`, a hash pair links only if its cosine is at least `min_cosine`.
+    A hash pair links only if its 8x8 colour thumbnails differ by at most `max_color_diff` on
+    average (0-255): the same shape in other colours hashes alike. With `similarity`, it also
+    needs a cosine of at least `min_cosine`.
     `out` defaults to the dataset's `duplicates.json`.
     """
     _check_distance(max_distance)
     if (similarity is None) != (min_cosine is None):
         raise PinlabDataError("give both a similarity and min_cosine to confirm pairs, or neither")
+    if not 0 <= max_color_diff <= 255:
+        raise PinlabDataError(f"max colour difference {max_color_diff} is not in 0..255")
     if min_cosine is not None and not -1.0 <= min_cosine <= 1.0:
         raise PinlabDataError(f"min cosine {min_cosine} is not in [-1, 1]; pass e.g. 0.9")
     ds = load_dataset(root)
@@ -120,8 +134,14 @@ def dedupe_dataset(
         )
     row_of = np.asarray(rows.fill_null(-1).to_numpy(), dtype=np.int64)
     with_image = np.flatnonzero(row_of >= 0)
-    hashes = perceptual_hashes(ds.images[row_of[with_image]])
-    local, distances = candidate_pairs(hashes, max_distance)
+    images = ds.images[row_of[with_image]]
+    local, distances = candidate_pairs(perceptual_hashes(images), max_distance)
+    hash_pairs = len(local)
+    if hash_pairs:
+        thumbs = color_thumbnails(images[np.unique(local)])
+        at = np.searchsorted(np.unique(local), local)
+        diff = np.abs(thumbs[at[:, 0]] - thumbs[at[:, 1]]).mean(axis=(1, 2, 3))
+        local, distances = local[diff <= max_color_diff], distances[diff <= max_color_diff]
     pairs = with_image[local]  # positions in the pins table
     cosines: Float32Array | None = None
     if similarity is not None and min_cosine is not None and len(pairs):
@@ -147,9 +167,11 @@ def dedupe_dataset(
     report = DedupeReport(
         dataset=str(root),
         max_distance=max_distance,
+        max_color_diff=max_color_diff,
         min_cosine=min_cosine,
         model_id=model_id,
         num_images=len(with_image),
+        hash_pairs=hash_pairs,
         candidate_pairs=len(local),
         confirmed_pairs=confirmed,
         duplicates=sum(len(c.pin_ids) - 1 for c in clusters),

@@ -263,12 +263,18 @@ class DedupeReport(BaseModel):
     dataset: str
     hash: Literal["phash"] = "phash"
     max_distance: NonNegativeInt = Field(description="Hamming distance (of 64 bits) to link.")
+    max_color_diff: float = Field(
+        description="Largest mean absolute difference (0-255) of 8x8 colour thumbnails to link."
+    )
     min_cosine: float | None = Field(
         default=None, description="Embedding cosine a hash pair needs; None: not confirmed."
     )
     model_id: str | None = Field(default=None, description="The encoder that confirmed pairs.")
     num_images: NonNegativeInt
-    candidate_pairs: NonNegativeInt = Field(description="Pairs within max_distance.")
+    hash_pairs: NonNegativeInt = Field(description="Pairs within max_distance.")
+    candidate_pairs: NonNegativeInt = Field(
+        description="Hash pairs whose colour thumbnails also agree (pHash is colour-blind)."
+    )
     confirmed_pairs: NonNegativeInt = Field(description="Candidates the embeddings confirm.")
     duplicates: NonNegativeInt = Field(description="Pins in clusters beyond each one's first.")
     clusters: list[DuplicateCluster] = Field(default_factory=list)

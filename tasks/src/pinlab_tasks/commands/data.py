@@ -343,6 +343,12 @@ def dedupe(
     min_cosine: Annotated[
         float, typer.Option("--min-cosine", help="Embedding cosine a pair needs (with --run).")
     ] = 0.9,
+    max_color_diff: Annotated[
+        float,
+        typer.Option(
+            "--max-color-diff", help="Mean 0-255 difference of 8x8 colour thumbnails to link."
+        ),
+    ] = 12.0,
     device: DeviceOpt = None,
     as_json: JsonFlag = False,
 ) -> None:
@@ -352,7 +358,9 @@ def dedupe(
     """
     layout = RunLayout(run) if run is not None else None
     with busy(f"hashing the images of {path}", as_json):
-        report = visual.dedupe(path, layout, max_distance, min_cosine, device or settings().device)
+        report = visual.dedupe(
+            path, layout, max_distance, min_cosine, max_color_diff, device or settings().device
+        )
 
     def render() -> None:
         table = Table(
