@@ -164,3 +164,14 @@ def test_labelled_recipes_refuse_missing_labels(tmp_path: Path) -> None:
         train_with_recipe(images, labels * 0, TINY, RecipeConfig(recipe="proxy-anchor"), ctx)
     with pytest.raises(PinlabModelError, match="image_size"):
         train_with_recipe(images, labels, EncoderConfig(), RecipeConfig(), ctx)
+
+
+def test_recipe_config_refuses_unknown_fields_and_bad_ranges() -> None:
+    assert RecipeConfig().recipe == "supcon"
+    assert (
+        RecipeConfig.model_validate(RecipeConfig(recipe="simclr").model_dump()).recipe == "simclr"
+    )
+    for bad in ({"recipe": "arcface"}, {"hue": 0.7}, {"crop_scale": 0}, {"colour": 1}):
+        with pytest.raises(ValueError, match="validation error"):
+            RecipeConfig.model_validate(bad)
+    assert EncoderConfig(arch="resnet18", pretrained=True).arch == "resnet18"
