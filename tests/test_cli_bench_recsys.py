@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from conftest import shared_datasets
 from pinlab_data import write_movielens_like
 from pinlab_tasks.cli import run
-
-from conftest import shared_datasets
 
 
 def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, Any, str]:
@@ -106,3 +106,30 @@ def test_bench_recsys_reaches_the_issue_targets_on_movielens_100k(
     assert best["ndcg@10"] >= 0.49 and best["precision@10"] >= 0.42
     learned = [name for name in rows if name != "popularity"]
     assert all(rows[n]["ndcg@10"] > rows["popularity"]["ndcg@10"] for n in learned)
+
+
+@pytest.mark.slow
+def test_bench_recsys_peer_implicit_reports_ratios_or_names_the_extra(
+    capsys: pytest.CaptureFixture[str], ratings: Path, tmp_path: Path
+) -> None:
+    code, result, err = cli(
+        capsys, "bench", "recsys", "--data", str(ratings), "--models", "popularity",
+        "--peers", "implicit", "--run", str(tmp_path / "run"),
+    )  # fmt: skip
+    if importlib.util.find_spec("implicit") is None:
+        assert code == 2 and "uv sync --extra implicit" in result["error"]
+        return
+    assert code == 0, err
+    assert {row["model"] for row in result["results"]} == {"popularity", "ials"}
+    (peer,) = result["peers"]
+    assert peer["peer"].startswith("implicit ")
+    assert peer["settings"] == {
+        k: v for k, v in rows_by_model(result)["ials"]["tuned"]["settings"].items()
+        if k in ("dim", "l2", "alpha", "iterations")
+    }  # fmt: skip
+    assert peer["ours_over_peer"]["fit_seconds"] > 0
+    assert 0 <= peer["metrics"]["ndcg@10"] <= 1
+
+
+def rows_by_model(result: dict[str, Any]) -> dict[str, Any]:
+    return {row["model"]: row for row in result["results"]}

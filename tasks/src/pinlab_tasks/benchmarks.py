@@ -8,6 +8,7 @@ in epochs the early-stopped epoch count, by validation NDCG@10. The test split n
 
 from __future__ import annotations
 
+import importlib.util
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -174,8 +175,10 @@ def bench_recsys(
     if unknown_peers:
         raise PinlabDataError(f"unknown peer {unknown_peers[0]!r}; peers: implicit")
     names = list(models) if models else recommender_names()
-    if "implicit" in peers and "ials" not in names:
-        names.append("ials")
+    if "implicit" in peers:
+        _require_implicit()
+        if "ials" not in names:
+            names.append("ials")
     unknown = [n for n in names if n not in recommender_names()]
     if unknown:
         raise PinlabDataError(
@@ -285,13 +288,10 @@ def implicit_peer(
     seed: int,
 ) -> dict[str, Any]:
     """The `implicit` library's CPU ALS on the same split and settings as our iALS."""
-    try:
-        from implicit.cpu.als import AlternatingLeastSquares
-        from threadpoolctl import threadpool_limits  # a dependency of implicit
-    except ImportError:
-        raise PinlabDataError(
-            "the implicit peer needs the optional extra: `uv sync --extra implicit`"
-        ) from None
+    _require_implicit()
+    from implicit.cpu.als import AlternatingLeastSquares
+    from threadpoolctl import threadpool_limits  # a dependency of implicit
+
     train = split.test.train
     pairs = np.unique(np.stack([train.users, train.items]), axis=1)
     matrix = sp.csr_matrix(
@@ -328,6 +328,13 @@ def implicit_peer(
             "ndcg@10": round(our_metrics["ndcg@10"] / max(metrics["ndcg@10"], 1e-9), 4),
         },
     }
+
+
+def _require_implicit() -> None:
+    if importlib.util.find_spec("implicit") is None:
+        raise PinlabDataError(
+            "the implicit peer needs the optional extra: `uv sync --extra implicit`"
+        )
 
 
 def implicit_version() -> str:
