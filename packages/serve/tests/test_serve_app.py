@@ -450,3 +450,20 @@ def test_text_search_uses_the_image_text_model(serve_run: Path, tmp_path: Path) 
         body = client.get("/v1/search/text", params={"q": "a neon star", "k": 5}).json()
         assert (body["mode"], body["model_id"]) == ("image-text", model_id)
         assert len(body["hits"]) == 5
+
+
+def test_unexpected_errors_are_json_without_traceback(
+    serve_run: Path, pins: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = create_app(serve_run, ServeSettings())
+    with TestClient(app, raise_server_exceptions=False) as client:
+        wait_ready(client)
+        service: PinService = app.state.service
+
+        def broken(*_: object) -> None:
+            raise RuntimeError("secret internals /etc/shadow")
+
+        monkeypatch.setattr(service, "similar", broken)
+        response = client.get(f"/v1/pins/{pins['ids'][0]}/similar")
+        assert_error(response, 500, "internal error (RuntimeError)")
+        assert "secret" not in response.text

@@ -165,8 +165,17 @@ async def drive(
     Each worker has its own client and keep-alive connection: one shared pool costs the
     client more CPU per request than the server spends answering it.
     """
+    # TCP_NODELAY: httpx writes a multipart request's headers and body separately, and Nagle's
+    # algorithm holds the body until the server's (delayed, up to 200 ms) ACK of the headers.
     clients = [
-        httpx.AsyncClient(base_url=url, limits=httpx.Limits(max_connections=1), timeout=30)
+        httpx.AsyncClient(
+            base_url=url,
+            transport=httpx.AsyncHTTPTransport(
+                limits=httpx.Limits(max_connections=1),
+                socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+            ),
+            timeout=30,
+        )
         for _ in range(concurrency)
     ]
     latencies: list[float] = []

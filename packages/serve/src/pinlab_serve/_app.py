@@ -35,7 +35,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pinlab_data import PinlabDataError
-from pinlab_models import PinlabModelError
 from pinlab_serve._batcher import MicroBatcher
 from pinlab_serve._catalog import RunFiles
 from pinlab_serve._service import PinService
@@ -138,6 +137,10 @@ def _error(status: int, message: str, detail: list[dict[str, str]] | None = None
 
 
 def _install_error_handlers(app: FastAPI) -> None:
+    # Here, not at the top: importing pinlab_models loads torch, and `import pinlab_serve`
+    # (an index alone) should not pay for it.
+    from pinlab_models import PinlabModelError
+
     async def bad_input(_: Request, exc: Exception) -> JSONResponse:
         status = next((code for t, code in _STATUS.items() if isinstance(exc, t)), 400)
         return _error(status, str(exc))
