@@ -66,6 +66,17 @@ def test_images_to_dedupe_to_recipe_training(
     assert code == 0 and out["model_id"].startswith("cnn-") and out["min_cosine"] == 0.9
     assert (runs / "duplicates.json").is_file()
 
+    other = tmp_path / "run2"
+    code, out, err = cli(
+        capsys,
+        *("train", "encoder", "--data", str(data), "--run", str(other), "--recipe", "supcon"),
+        *("--protocol", "unseen-classes", "--epochs", "1", *TINY_NET),
+    )
+    assert code == 0, err
+    assert out["protocol"] == "held-out-images"  # two classes are too few to split
+    code, out, _ = cli(capsys, "eval", "visual", "--run", str(other))
+    assert code == 0 and out["protocol"] == "held-out-images" and out["num_queries"] > 10
+
 
 def test_visual_bad_input_exits_2_with_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]

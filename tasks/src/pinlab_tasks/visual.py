@@ -7,7 +7,7 @@ dedupe report without a run) and returns a JSON-able dict.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -15,6 +15,7 @@ from pinlab_data import (
     DedupeReport,
     PinlabDataError,
     dedupe_dataset,
+    holdout_mask,
     load_dataset,
     write_json_atomic,
 )
@@ -30,9 +31,11 @@ from pinlab_models import (
     train_with_recipe,
 )
 from pinlab_tasks.runs import RunLayout
-from pinlab_tasks.workflows import _images, _labels, visual_split
+from pinlab_tasks.visual_bench import visual_protocol
+from pinlab_tasks.workflows import VALID_FRACTION, VisualSplit, _images, _labels, visual_split
 
 DEDUPE_FILE = "duplicates.json"
+EncoderProtocol = Literal["held-out-pins", "unseen-classes"]
 
 
 def train_encoder_recipe(
@@ -43,10 +46,14 @@ def train_encoder_recipe(
     seed: int,
     device: str,
     progress: bool = True,
+    protocol: EncoderProtocol = "held-out-pins",
 ) -> dict[str, Any]:
-    """Train an encoder of any architecture with a recipe on the held-out-pins split.
+    """Train an encoder of any architecture with a recipe.
 
-    Writes the encoder where `pinlab train visual` does (RUN/visual/encoder.pt, and the same
+    `held-out-pins`: 20% of pins never trained on (as `train visual`); `unseen-classes`: half
+    the categories never trained on (held-out images when there are fewer than 4 categories),
+    as `bench visual`; `eval visual` measures the held-out part of whichever ran. Writes the
+    encoder where `pinlab train visual` does (RUN/visual/encoder.pt, and the same
     initialisation untrained beside it), so eval, index and search use it unchanged.
     """
     ds = load_dataset(data_dir)
@@ -54,10 +61,23 @@ def train_encoder_recipe(
     if images.shape[1] != config.image_size:  # the dataset decides the input size
         config = config.model_copy(update={"image_size": int(images.shape[1])})
     split = visual_split(ds, seed)
+    if protocol == "unseen-classes":
+        categories = np.asarray(ds.pins.column("category").to_pylist(), dtype=object)
+        classes = visual_protocol(categories, ds.pin_ids(), seed)
+        in_valid = holdout_mask(ds.pin_ids()[classes.train], VALID_FRACTION, seed + 1)
+        split = VisualSplit(classes.train[~in_valid], classes.train[in_valid], classes.test)
+        protocol_name = classes.name
+    else:
+        protocol_name = protocol
     device = resolve_device(device)
     run.log_step(
         "train encoder",
-        {"encoder": config.model_dump(), "recipe": recipe.model_dump(), "seed": seed},
+        {
+            "encoder": config.model_dump(),
+            "recipe": recipe.model_dump(),
+            "protocol": protocol_name,
+            "seed": seed,
+        },
         data_dir,
     )
     seed_everything(seed)
@@ -81,6 +101,7 @@ def train_encoder_recipe(
         "model_id": model_id,
         "arch": config.arch,
         "recipe": recipe.recipe,
+        "protocol": protocol_name,
         "train_pins": len(split.train),
         **report.model_dump(),
     }

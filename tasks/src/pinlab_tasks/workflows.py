@@ -65,7 +65,7 @@ from pinlab_serve import PinIndex, embed_image_file
 from pinlab_tasks.cold_start import item_features
 from pinlab_tasks.presets import PRESETS
 from pinlab_tasks.runs import RunLayout
-from pinlab_tasks.visual_bench import linear_probe
+from pinlab_tasks.visual_bench import linear_probe, visual_protocol
 
 HOLDOUT_FRACTION = 0.2
 """Share of pins never seen by the encoder in training; retrieval is measured on them."""
@@ -156,20 +156,22 @@ def eval_visual(run: RunLayout, seed: int) -> dict[str, Any]:
     """Retrieval by category on held-out pins, for the trained and the untrained encoder."""
     ds = load_dataset(run.data_dir())
     images, labels = _images(ds), _labels(ds)
-    test = visual_split(ds, seed).test
-    result: dict[str, Any] = {"protocol": "held-out-pins", "num_queries": len(test)}
+    categories = np.asarray(ds.pins.column("category").to_pylist(), dtype=object)
+    protocol, test = "held-out-pins", visual_split(ds, seed).test
+    if _trained_protocol(run) != "held-out-pins":  # `train encoder --protocol unseen-classes`
+        split = visual_protocol(categories, ds.pin_ids(), seed)
+        protocol, test = split.name, split.test
+    result: dict[str, Any] = {"protocol": protocol, "num_queries": len(test)}
     probe_fit = ~holdout_mask(ds.pin_ids()[test], 0.5, seed + 1)
     for name, path in (("trained", run.encoder), ("untrained", run.untrained_encoder)):
         encoder = CNNEncoder.load(path)
         embeddings = encoder.embed(images[test])
-        report = evaluate_retrieval(
-            embeddings, labels[test], ks=VISUAL_KS, protocol="held-out-pins"
-        )
+        report = evaluate_retrieval(embeddings, labels[test], ks=VISUAL_KS, protocol=protocol)
         probe = linear_probe(embeddings, labels[test], probe_fit)
         result[name] = {**report.metrics, "linear_probe": probe}
         if name == "trained":
-            names = np.asarray(ds.pins.column("category").to_pylist(), dtype=object)[test]
-            title = f"{encoder.model_id}: held-out pins, PCA"
+            names = categories[test]
+            title = f"{encoder.model_id}: {protocol}, PCA"
             picture = embedding_map(
                 embeddings, names.tolist(), run.visual / "embedding_map.png", title
             )
@@ -178,6 +180,15 @@ def eval_visual(run: RunLayout, seed: int) -> dict[str, Any]:
         result["text_to_image"] = eval_align(run)
     write_json_atomic(run.visual / "eval.json", result)
     return result
+
+
+def _trained_protocol(run: RunLayout) -> str:
+    """The protocol the run's encoder was trained under (train.json), held-out-pins if none."""
+    path = run.visual / "train.json"
+    if not path.is_file():
+        return "held-out-pins"
+    protocol: str = json.loads(path.read_text()).get("protocol", "held-out-pins")
+    return protocol
 
 
 def _captioned(ds: Dataset, rows: np.ndarray) -> np.ndarray:

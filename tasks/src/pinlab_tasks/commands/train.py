@@ -79,6 +79,13 @@ def encoder(
         ),
     ] = None,
     epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,
+    protocol: Annotated[
+        visual_workflows.EncoderProtocol,
+        typer.Option(
+            "--protocol",
+            help="held-out-pins (20% of pins) or unseen-classes (half the categories) held out.",
+        ),
+    ] = "held-out-pins",
     set_: Annotated[
         list[str] | None,
         typer.Option(
@@ -91,7 +98,7 @@ def encoder(
 ) -> None:
     """Train an image encoder of any architecture with a metric-learning recipe.
 
-    Held-out pins as in `train visual`; early stopping on validation recall@1.
+    Early stopping on validation recall@1 (pins of the training classes).
     Writes: RUN/visual/{encoder.pt, encoder_untrained.pt, metrics.jsonl, train.json}.
     """
     s = settings()
@@ -114,6 +121,7 @@ def encoder(
         s.seed if seed is None else seed,
         device or s.device,
         not as_json,
+        protocol,
     )
     result["run_dir"] = str(layout.root)
     emit(result, as_json, lambda: _render(result))
