@@ -112,7 +112,7 @@ register(
         config_type=BPRConfig,
         build=lambda cfg: MatrixFactorization(cfg, name="bpr"),
         from_checkpoint=MatrixFactorization.from_checkpoint,
-        tune_grid={"dim": [64, 128], "weight_decay": [1e-6, 1e-4]},
+        tune_grid={"weight_decay": [1e-6, 1e-4]},
     )
 )
 register(
@@ -133,8 +133,8 @@ register(
         build=item_item_builder("dlae"),
         from_checkpoint=ItemItem.from_checkpoint,
         tune_grid={
-            "l2": [100.0, 250.0, 500.0],
-            "dropout": [0.35, 0.5, 0.65, 0.8],
+            "l2": [250.0, 500.0],
+            "dropout": [0.5, 0.65, 0.8],
             "user_norm": [0.0, 0.5],
         },
     )
