@@ -54,10 +54,16 @@ class _Towers(nn.Module):
             ids = ids + self.item_text(feats)
         return F.normalize(ids, dim=-1)
 
-    def users(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
-        """Unit user vectors from the id and the mean of the history's item vectors."""
+    def users(
+        self, users: torch.Tensor, history: torch.Tensor, all_items: torch.Tensor
+    ) -> torch.Tensor:
+        """Unit user vectors from the id and the mean of the history's item vectors.
+
+        `all_items` is `items()`: projecting the catalogue once is far cheaper than projecting
+        every history slot of a batch.
+        """
         mask = (history > 0).unsqueeze(-1).float()
-        items = self.items((history - 1).clamp_min(0)) * mask
+        items = all_items[(history - 1).clamp_min(0)] * mask
         pooled = items.sum(1) / mask.sum(1).clamp_min(1.0)
         both = torch.cat([self.user_ids(users), pooled], dim=-1)
         return F.normalize(self.user_mlp(both), dim=-1)
@@ -107,7 +113,9 @@ class TwoTower:
                 for start in range(0, len(order), cfg.batch_size):
                     idx = order[start : start + cfg.batch_size]
                     u, i = users[idx], items[idx]
-                    logits = net.users(u, self.history[u]) @ net.items(i).T / cfg.temperature
+                    all_items = net.items()
+                    user_vecs = net.users(u, self.history[u], all_items)
+                    logits = user_vecs @ all_items[i].T / cfg.temperature
                     if cfg.logq:
                         logits = logits - log_q[i][None, :]
                     # Another row's item that this user also has in the batch is no negative.
@@ -144,7 +152,8 @@ class TwoTower:
         _check_users(users, len(self.history))
         self.net.eval()
         u = torch.from_numpy(np.asarray(users, dtype=np.int64))
-        return (self.net.users(u, self.history[u]) @ self.net.items().T).numpy()
+        all_items = self.net.items()
+        return (self.net.users(u, self.history[u], all_items) @ all_items.T).numpy()
 
     def save(self, path: Path) -> None:
         _require_fitted(self.net is not None, self.name)
