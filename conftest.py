@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).parent
+# As in pinlab_tasks: idle OpenMP threads must not spin on a busy machine (before torch loads).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def shared_datasets() -> Path:
