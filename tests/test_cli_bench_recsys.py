@@ -95,7 +95,10 @@ def test_bench_recsys_reaches_the_issue_targets_on_movielens_100k(
     source = shared_datasets() / "ml-100k"
     if not (source / "u.data").is_file():
         pytest.skip(f"MovieLens-100K not found at {source} (set PINLAB_TEST_DATA)")
-    assert run(["data", "load", "movielens", str(source), "--out", str(tmp_path / "ds")]) == 0
+    code, _, err = cli(
+        capsys, "data", "load", "movielens", str(source), "--out", str(tmp_path / "ds")
+    )
+    assert code == 0, err
     code, result, err = cli(
         capsys, "bench", "recsys", "--data", str(tmp_path / "ds"),
         "--models", "popularity,ease,dlae,ials,ensemble", "--run", str(tmp_path / "run"),

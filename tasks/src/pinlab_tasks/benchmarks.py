@@ -299,15 +299,16 @@ def implicit_peer(
         shape=(train.num_users, train.num_items),
     )
     config = IALSConfig.model_validate(dict(settings))
-    peer = AlternatingLeastSquares(
-        factors=config.dim,
-        regularization=config.l2,
-        alpha=config.alpha,
-        iterations=config.iterations,
-        calculate_training_loss=False,
-        random_state=seed,
-    )
-    with threadpool_limits(1, "blas"):  # implicit's advice: BLAS threads fight its own
+    # implicit's advice: BLAS threads fight its own (it warns at construction otherwise).
+    with threadpool_limits(1, "blas"):
+        peer = AlternatingLeastSquares(
+            factors=config.dim,
+            regularization=config.l2,
+            alpha=config.alpha,
+            iterations=config.iterations,
+            calculate_training_loss=False,
+            random_state=seed,
+        )
         start = time.perf_counter()
         peer.fit(matrix, show_progress=False)
         seconds = time.perf_counter() - start
