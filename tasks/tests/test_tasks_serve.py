@@ -29,7 +29,11 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serving(run_dir: Path, *extra: str) -> Iterator[str]:
+def serving(run_dir: Path, *extra: str, ready_streak: int = 1) -> Iterator[str]:
+    """A real `pinlab serve`, once `ready_streak` fresh connections in a row found it ready.
+
+    With several workers each warms up on its own, so one ready answer is not enough.
+    """
     port = free_port()
     cmd = [sys.executable, "-m", "pinlab_tasks", "serve", "--run", str(run_dir)]
     with subprocess.Popen(
@@ -37,14 +41,16 @@ def serving(run_dir: Path, *extra: str) -> Iterator[str]:
     ) as proc:
         url = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 120
-            while True:
+            deadline, streak = time.monotonic() + 120, 0
+            while streak < ready_streak:
                 assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
                 assert time.monotonic() < deadline, "the server never became ready"
+                ready = False
                 with contextlib.suppress(httpx.HTTPError):
-                    if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                        break
-                time.sleep(0.1)
+                    ready = httpx.get(f"{url}/readyz", timeout=2).status_code == 200
+                streak = streak + 1 if ready else 0
+                if not ready:
+                    time.sleep(0.1)
             yield url
         finally:
             proc.send_signal(signal.SIGINT)
@@ -86,7 +92,7 @@ def test_serve_refuses_a_bad_run(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_serve_with_two_workers(serve_run: Path) -> None:
-    with serving(serve_run, "--workers", "2") as url:
+    with serving(serve_run, "--workers", "2", ready_streak=20) as url:
         for _ in range(4):
             assert httpx.get(f"{url}/v1/users", params={"limit": 2}).status_code == 200
 
