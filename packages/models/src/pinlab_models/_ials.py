@@ -20,15 +20,8 @@ from torch import nn
 from pinlab_data.contracts import Float32Array, Int64Array, InteractionLog
 from pinlab_models._linear import interaction_matrix
 from pinlab_models._recommenders import _check_users, _require_fitted, _save
-from pinlab_models._runtime import (
-    EarlyStopping,
-    EpochLog,
-    Stopwatch,
-    epoch_progress,
-    seed_everything,
-)
+from pinlab_models._runtime import run_epochs, seed_everything
 from pinlab_models.contracts import (
-    EpochRecord,
     FitReport,
     IALSConfig,
     PinlabModelError,
@@ -128,31 +121,16 @@ class ImplicitALS:
         # Small random starts: CG needs a non-zero item side to begin with.
         net.items.data.normal_(0.0, 0.01, generator=gen)
         net.users.data.normal_(0.0, 0.01, generator=gen)
-        log = EpochLog(ctx.run_dir)
-        stopper = EarlyStopping(cfg.patience)
-        clock = Stopwatch()
-        with epoch_progress(f"train {self.name}", cfg.iterations, ctx.progress) as progress:
-            for epoch in range(1, cfg.iterations + 1):
-                epoch_clock = Stopwatch()
-                net.users.data = _solve(by_user, net.items.data, net.users.data, cfg)
-                net.items.data = _solve(by_item, net.users.data, net.items.data, cfg)
-                valid = validate(self) if validate else None
-                log.write(
-                    EpochRecord(epoch=epoch, train_loss=0.0, valid=valid, seconds=epoch_clock())
-                )
-                status = f"valid {valid:.4f}" if valid is not None else ""
-                progress.update(progress.task_ids[0], advance=1, status=status)
-                if stopper.update(epoch, valid, net):
-                    break
-        stopper.restore(net)
-        return FitReport(
-            model=self.name,
-            epochs=len(log.records),
-            best_epoch=stopper.best_epoch,
-            best_valid=stopper.best,
-            seconds=clock(),
-            history=log.records,
-        )
+
+        def train_epoch() -> float:
+            net.users.data = _solve(by_user, net.items.data, net.users.data, cfg)
+            net.items.data = _solve(by_item, net.users.data, net.items.data, cfg)
+            return 0.0  # the weighted loss is never formed; CG works on the normal equations
+
+        return run_epochs(
+            self, net, train_epoch, epochs=cfg.iterations, patience=cfg.patience, ctx=ctx,
+            validate=validate,
+        )  # fmt: skip
 
     @torch.no_grad()
     def score(self, users: Int64Array) -> Float32Array:

@@ -8,7 +8,7 @@ import os
 import random
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,14 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from pinlab_models.contracts import EpochRecord, PinlabModelError
+from pinlab_models.contracts import (
+    EpochRecord,
+    FitReport,
+    PinlabModelError,
+    Scorer,
+    TrainContext,
+    Validator,
+)
 
 stderr = Console(stderr=True)
 
@@ -139,3 +146,45 @@ class Stopwatch:
 
     def __call__(self) -> float:
         return time.perf_counter() - self.start
+
+
+def run_epochs(
+    model: Scorer,
+    net: torch.nn.Module,
+    train_epoch: Callable[[], float],
+    *,
+    epochs: int,
+    patience: int,
+    ctx: TrainContext,
+    validate: Validator | None,
+    eval_every: int = 1,
+) -> FitReport:
+    """The loop every epoch-trained recommender shares: train, validate, log, stop early.
+
+    `train_epoch` runs one pass and returns its mean loss. Validation runs every `eval_every`
+    epochs and on the last; the best validated state of `net` is restored at the end.
+    """
+    name = str(getattr(model, "name", type(model).__name__))
+    log = EpochLog(ctx.run_dir)
+    stopper = EarlyStopping(patience)
+    clock = Stopwatch()
+    with epoch_progress(f"train {name}", epochs, ctx.progress) as progress:
+        for epoch in range(1, epochs + 1):
+            epoch_clock = Stopwatch()
+            loss = train_epoch()
+            check = validate is not None and (epoch % eval_every == 0 or epoch == epochs)
+            valid = validate(model) if validate is not None and check else None
+            log.write(EpochRecord(epoch=epoch, train_loss=loss, valid=valid, seconds=epoch_clock()))
+            status = f"loss {loss:.3f}" + (f" valid {valid:.4f}" if valid is not None else "")
+            progress.update(progress.task_ids[0], advance=1, status=status)
+            if (validate is None or check) and stopper.update(epoch, valid, net):
+                break
+    stopper.restore(net)
+    return FitReport(
+        model=name,
+        epochs=len(log.records),
+        best_epoch=stopper.best_epoch,
+        best_valid=stopper.best,
+        seconds=clock(),
+        history=log.records,
+    )

@@ -16,15 +16,8 @@ from torch import nn
 
 from pinlab_data.contracts import Float32Array, Int64Array, InteractionLog
 from pinlab_models._recommenders import _check_users, _require_fitted, _save
-from pinlab_models._runtime import (
-    EarlyStopping,
-    EpochLog,
-    Stopwatch,
-    epoch_progress,
-    seed_everything,
-)
+from pinlab_models._runtime import run_epochs, seed_everything
 from pinlab_models.contracts import (
-    EpochRecord,
     FitReport,
     PinlabModelError,
     SASRecConfig,
@@ -109,43 +102,24 @@ class SASRec:
         self.sequences = user_sequences(train, cfg.max_len)
         self.net = net = _Transformer(train.num_items, cfg).to(ctx.device)
         optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        log = EpochLog(ctx.run_dir)
-        stopper = EarlyStopping(cfg.patience)
-        clock = Stopwatch()
-        with epoch_progress(f"train {self.name}", cfg.epochs, ctx.progress) as progress:
-            for epoch in range(1, cfg.epochs + 1):
-                epoch_clock = Stopwatch()
-                net.train()
-                order = torch.randperm(len(windows), generator=gen)
-                total, steps = 0.0, 0
-                for start in range(0, len(order), cfg.batch_size):
-                    batch = windows[order[start : start + cfg.batch_size]].to(ctx.device)
-                    loss = self._loss(batch[:, :-1], batch[:, 1:], train.num_items, gen)
-                    optimizer.zero_grad(set_to_none=True)
-                    torch.autograd.backward(loss)
-                    optimizer.step()
-                    total, steps = total + float(loss.detach()), steps + 1
-                check = validate is not None and (
-                    epoch % cfg.eval_every == 0 or epoch == cfg.epochs
-                )
-                valid = validate(self) if validate is not None and check else None
-                record = EpochRecord(
-                    epoch=epoch, train_loss=total / steps, valid=valid, seconds=epoch_clock()
-                )
-                log.write(record)
-                status = f"loss {record.train_loss:.3f}" + (f" valid {valid:.4f}" if valid else "")
-                progress.update(progress.task_ids[0], advance=1, status=status)
-                if (validate is None or check) and stopper.update(epoch, valid, net):
-                    break
-        stopper.restore(net)
-        return FitReport(
-            model=self.name,
-            epochs=len(log.records),
-            best_epoch=stopper.best_epoch,
-            best_valid=stopper.best,
-            seconds=clock(),
-            history=log.records,
-        )
+
+        def train_epoch() -> float:
+            net.train()
+            order = torch.randperm(len(windows), generator=gen)
+            total, steps = 0.0, 0
+            for start in range(0, len(order), cfg.batch_size):
+                batch = windows[order[start : start + cfg.batch_size]].to(ctx.device)
+                loss = self._loss(batch[:, :-1], batch[:, 1:], train.num_items, gen)
+                optimizer.zero_grad(set_to_none=True)
+                torch.autograd.backward(loss)
+                optimizer.step()
+                total, steps = total + float(loss.detach()), steps + 1
+            return total / steps
+
+        return run_epochs(
+            self, net, train_epoch, epochs=cfg.epochs, patience=cfg.patience, ctx=ctx,
+            validate=validate, eval_every=cfg.eval_every,
+        )  # fmt: skip
 
     def _loss(
         self, inputs: torch.Tensor, targets: torch.Tensor, num_items: int, gen: torch.Generator

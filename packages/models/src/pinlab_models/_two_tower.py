@@ -12,16 +12,9 @@ from torch import nn
 
 from pinlab_data.contracts import Float32Array, Int64Array, InteractionLog
 from pinlab_models._recommenders import _check_users, _require_fitted, _save
-from pinlab_models._runtime import (
-    EarlyStopping,
-    EpochLog,
-    Stopwatch,
-    epoch_progress,
-    seed_everything,
-)
+from pinlab_models._runtime import run_epochs, seed_everything
 from pinlab_models._sequential import user_sequences
 from pinlab_models.contracts import (
-    EpochRecord,
     FitReport,
     PinlabModelError,
     TrainContext,
@@ -94,56 +87,39 @@ class TwoTower:
             if features is None
             else torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
         )
-        self.history = user_sequences(train, cfg.history_len)
+        self.history = history = user_sequences(train, cfg.history_len)
         self.net = net = _Towers(train.num_users, feats, cfg)
         optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         users = torch.from_numpy(train.users)
         items = torch.from_numpy(train.items)
         counts = torch.bincount(items, minlength=train.num_items).float()
         log_q = torch.log(counts / counts.sum()).clamp_min(-30.0)
-        log = EpochLog(ctx.run_dir)
-        stopper = EarlyStopping(cfg.patience)
-        clock = Stopwatch()
-        with epoch_progress(f"train {self.name}", cfg.epochs, ctx.progress) as progress:
-            for epoch in range(1, cfg.epochs + 1):
-                epoch_clock = Stopwatch()
-                net.train()
-                order = torch.randperm(len(users), generator=gen)
-                total, steps = 0.0, 0
-                for start in range(0, len(order), cfg.batch_size):
-                    idx = order[start : start + cfg.batch_size]
-                    u, i = users[idx], items[idx]
-                    all_items = net.items()
-                    user_vecs = net.users(u, self.history[u], all_items)
-                    logits = user_vecs @ all_items[i].T / cfg.temperature
-                    if cfg.logq:
-                        logits = logits - log_q[i][None, :]
-                    # Another row's item that this user also has in the batch is no negative.
-                    same = (i[None, :] == i[:, None]) & ~torch.eye(len(i), dtype=torch.bool)
-                    logits = logits.masked_fill(same, float("-inf"))
-                    loss = F.cross_entropy(logits, torch.arange(len(i)))
-                    optimizer.zero_grad(set_to_none=True)
-                    torch.autograd.backward(loss)
-                    optimizer.step()
-                    total, steps = total + float(loss.detach()), steps + 1
-                valid = validate(self) if validate else None
-                record = EpochRecord(
-                    epoch=epoch, train_loss=total / steps, valid=valid, seconds=epoch_clock()
-                )
-                log.write(record)
-                status = f"loss {record.train_loss:.3f}" + (f" valid {valid:.4f}" if valid else "")
-                progress.update(progress.task_ids[0], advance=1, status=status)
-                if stopper.update(epoch, valid, net):
-                    break
-        stopper.restore(net)
-        return FitReport(
-            model=self.name,
-            epochs=len(log.records),
-            best_epoch=stopper.best_epoch,
-            best_valid=stopper.best,
-            seconds=clock(),
-            history=log.records,
-        )
+
+        def train_epoch() -> float:
+            net.train()
+            order = torch.randperm(len(users), generator=gen)
+            total, steps = 0.0, 0
+            for start in range(0, len(order), cfg.batch_size):
+                idx = order[start : start + cfg.batch_size]
+                u, i = users[idx], items[idx]
+                all_items = net.items()
+                logits = net.users(u, history[u], all_items) @ all_items[i].T / cfg.temperature
+                if cfg.logq:
+                    logits = logits - log_q[i][None, :]
+                # Another row's item that this user also has in the batch is no negative.
+                same = (i[None, :] == i[:, None]) & ~torch.eye(len(i), dtype=torch.bool)
+                logits = logits.masked_fill(same, float("-inf"))
+                loss = F.cross_entropy(logits, torch.arange(len(i)))
+                optimizer.zero_grad(set_to_none=True)
+                torch.autograd.backward(loss)
+                optimizer.step()
+                total, steps = total + float(loss.detach()), steps + 1
+            return total / steps
+
+        return run_epochs(
+            self, net, train_epoch, epochs=cfg.epochs, patience=cfg.patience, ctx=ctx,
+            validate=validate,
+        )  # fmt: skip
 
     @torch.no_grad()
     def score(self, users: Int64Array) -> Float32Array:
