@@ -12,10 +12,9 @@ import torch
 
 from pinlab_data.contracts import Float32Array, Int64Array, InteractionLog
 from pinlab_models._recommenders import CHECKPOINT_KIND, _require_fitted
-from pinlab_models._runtime import EpochLog, Stopwatch, save_checkpoint
+from pinlab_models._runtime import Stopwatch, one_pass_report, save_checkpoint
 from pinlab_models.contracts import (
     EnsembleConfig,
-    EpochRecord,
     FitReport,
     Recommender,
     TrainContext,
@@ -52,13 +51,7 @@ class Ensemble:
             member = build_recommender(name, self.config.member_settings.get(name))
             member.fit(train, replace(ctx, run_dir=ctx.run_dir / name))
             self.members.append(member)
-        valid = validate(self) if validate else None
-        log = EpochLog(ctx.run_dir)
-        log.write(EpochRecord(epoch=1, train_loss=0.0, valid=valid, seconds=clock()))
-        return FitReport(
-            model=self.name, epochs=1, best_epoch=1, best_valid=valid, seconds=clock(),
-            history=log.records,
-        )  # fmt: skip
+        return one_pass_report(self, ctx, validate, clock)
 
     def score(self, users: Int64Array) -> Float32Array:
         _require_fitted(bool(self.members), self.name)

@@ -18,11 +18,10 @@ from pydantic import BaseModel
 
 from pinlab_data.contracts import Float32Array, Int64Array, InteractionLog
 from pinlab_models._recommenders import _check_users, _require_fitted, _save
-from pinlab_models._runtime import EpochLog, Stopwatch
+from pinlab_models._runtime import Stopwatch, one_pass_report
 from pinlab_models.contracts import (
     DLAEConfig,
     EASEConfig,
-    EpochRecord,
     FitReport,
     ItemKNNConfig,
     PinlabModelError,
@@ -133,15 +132,10 @@ class ItemItem:
         if len(train) == 0:
             raise PinlabModelError("no training interactions; check the dataset and the split")
         clock = Stopwatch()
-        self.history = interaction_matrix(train).astype(np.float32)
-        self.weights = self._weights_of(interaction_matrix(train), self.config).astype(np.float32)
-        valid = validate(self) if validate else None
-        log = EpochLog(ctx.run_dir)
-        log.write(EpochRecord(epoch=1, train_loss=0.0, valid=valid, seconds=clock()))
-        return FitReport(
-            model=self.name, epochs=1, best_epoch=1, best_valid=valid, seconds=clock(),
-            history=log.records,
-        )  # fmt: skip
+        x = interaction_matrix(train)
+        self.history = x.astype(np.float32)
+        self.weights = self._weights_of(x, self.config).astype(np.float32)
+        return one_pass_report(self, ctx, validate, clock)
 
     def score(self, users: Int64Array) -> Float32Array:
         _require_fitted(self.weights is not None, self.name)

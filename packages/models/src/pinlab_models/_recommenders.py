@@ -12,14 +12,13 @@ from torch import nn
 
 from pinlab_data.contracts import Float32Array, Int64Array, InteractionLog
 from pinlab_models._runtime import (
-    EpochLog,
     Stopwatch,
+    one_pass_report,
     run_epochs,
     save_checkpoint,
     seed_everything,
 )
 from pinlab_models.contracts import (
-    EpochRecord,
     FitReport,
     MFConfig,
     PinlabModelError,
@@ -58,13 +57,7 @@ class Popularity:
         pairs = np.unique(np.stack([train.users, train.items]), axis=1)
         self.counts = np.bincount(pairs[1], minlength=train.num_items).astype(np.float32)
         self.num_users = train.num_users
-        valid = validate(self) if validate else None
-        log = EpochLog(ctx.run_dir)
-        log.write(EpochRecord(epoch=1, train_loss=0.0, valid=valid, seconds=clock()))
-        return FitReport(
-            model=self.name, epochs=1, best_epoch=1, best_valid=valid, seconds=clock(),
-            history=log.records,
-        )  # fmt: skip
+        return one_pass_report(self, ctx, validate, clock)
 
     def score(self, users: Int64Array) -> Float32Array:
         _require_fitted(self.counts is not None, self.name)

@@ -188,3 +188,17 @@ def run_epochs(
         seconds=clock(),
         history=log.records,
     )
+
+
+def one_pass_report(
+    model: Scorer, ctx: TrainContext, validate: Validator | None, clock: Stopwatch
+) -> FitReport:
+    """Validate and log a model fitted in one step (closed form, counts): one epoch's record."""
+    name = str(getattr(model, "name", type(model).__name__))
+    valid = validate(model) if validate else None
+    log = EpochLog(ctx.run_dir)
+    log.write(EpochRecord(epoch=1, train_loss=0.0, valid=valid, seconds=clock()))
+    return FitReport(
+        model=name, epochs=1, best_epoch=1, best_valid=valid, seconds=clock(),
+        history=log.records,
+    )  # fmt: skip
