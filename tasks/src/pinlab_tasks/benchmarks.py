@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import psutil
-import scipy.sparse as sp
 from rich.table import Table
 
 from pinlab_data import PinlabDataError, interaction_log, load_dataset
@@ -40,6 +39,7 @@ from pinlab_models import (
     TextEncoder,
     TrainContext,
     build_recommender,
+    interaction_matrix,
     recommender_names,
     recommender_spec,
     resolve_device,
@@ -292,12 +292,7 @@ def implicit_peer(
     from implicit.cpu.als import AlternatingLeastSquares
     from threadpoolctl import threadpool_limits  # a dependency of implicit
 
-    train = split.test.train
-    pairs = np.unique(np.stack([train.users, train.items]), axis=1)
-    matrix = sp.csr_matrix(
-        (np.ones(pairs.shape[1], dtype=np.float32), (pairs[0], pairs[1])),
-        shape=(train.num_users, train.num_items),
-    )
+    matrix = interaction_matrix(split.test.train).astype(np.float32)
     config = IALSConfig.model_validate(dict(settings))
     # implicit's advice: BLAS threads fight its own (it warns at construction otherwise).
     with threadpool_limits(1, "blas"):

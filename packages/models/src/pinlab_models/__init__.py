@@ -16,7 +16,7 @@ from pinlab_models._encoders import (
 )
 from pinlab_models._ensemble import Ensemble
 from pinlab_models._ials import ImplicitALS
-from pinlab_models._linear import ItemItem
+from pinlab_models._linear import ItemItem, interaction_matrix
 from pinlab_models._recipes import (
     ProxyAnchorLoss,
     nt_xent_loss,
@@ -108,6 +108,7 @@ __all__ = [
     "build_recommender",
     "builtin_archs",
     "check_arch",
+    "interaction_matrix",
     "load_image_text_model",
     "load_recommender",
     "nt_xent_loss",
