@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from conftest import shared_datasets
@@ -28,30 +29,74 @@ def ratings(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "ds"
 
 
-def test_bench_recsys_tunes_on_validation_and_reports_every_model(
+def test_bench_recsys_searches_on_validation_and_reports_seeds(
     capsys: pytest.CaptureFixture[str], ratings: Path, tmp_path: Path
 ) -> None:
     code, result, err = cli(
         capsys, "bench", "recsys", "--data", str(ratings), "--models", "popularity,ease,rp3beta",
-        "--run", str(tmp_path / "run"),
+        "--seeds", "2", "--trials", "4", "--run", str(tmp_path / "run"),
     )  # fmt: skip
     assert code == 0, err
     assert result["protocol"] == {"name": "stratified", "seed": 42, "ratio": 0.75,
                                   "stratify_by": "item"}  # fmt: skip
+    assert result["seeds"] == [0, 1] and result["split_seeds"] == [42, 43]
     rows = {row["model"]: row for row in result["results"]}
     assert set(rows) == {"popularity", "ease", "rp3beta"}
     for row in rows.values():
-        for key in ("ndcg@10", "hr@10", "precision@10", "recall@10", "map@10", "ndcg@20"):
-            assert 0.0 <= row["metrics"][key] <= 1.0
-        assert row["fit_seconds"] >= 0 and row["peak_rss_mb"] > 0
-    # EASE's grid was searched on validation and its best point is what was fitted.
-    tuned = rows["ease"]["tuned"]
-    assert tuned["grid_points"] == 5 and tuned["settings"]["l2"] in (100, 250, 500, 1000, 2000)
-    assert result["comparison"]["metric"] == "ndcg@10"
+        for key in ("ndcg@10", "hr@10", "precision@10", "recall@10", "map_all@10", "ndcg@20"):
+            values = row["per_seed"][key]
+            assert len(values) == 2 and all(0.0 <= v <= 1.0 for v in values)
+            assert row["metrics"][key] == pytest.approx(sum(values) / 2)
+            assert row["std"][key] == pytest.approx(abs(values[0] - values[1]) / 2**0.5)
+        assert row["fit_seconds"] >= 0 and row["fit_peak_mb"] >= 0
+        assert len(row["search"]) == 2
+    # EASE's space was searched on validation, the defaults first, and its best trial refitted.
+    for search, settings in zip(rows["ease"]["search"], rows["ease"]["settings"], strict=True):
+        assert search["space"]["l2"] == {"kind": "float", "low": 1.0, "high": 1e5, "log": True}
+        trials = search["trials"]
+        assert len(trials) == 4 and trials[0]["params"] == {"l2": 500.0}
+        best = max(trials, key=lambda t: t["value"])
+        assert search["valid_value"] == best["value"] and settings == best["params"]
+        assert search["boundary"] == []
+    # Splits differ between seeds, so the repeated runs are not copies of each other.
+    assert rows["ease"]["per_seed"]["ndcg@10"][0] != rows["ease"]["per_seed"]["ndcg@10"][1]
+    pairs = {(c["a"], c["b"]) for c in result["comparisons"]}
+    assert len(pairs) == 3 and all(c["metric"] == "ndcg@10" for c in result["comparisons"])
     saved = json.loads((tmp_path / "run" / "bench.json").read_text())
     assert saved["results"] == result["results"]
     record = json.loads((tmp_path / "run" / "run.json").read_text())
-    assert record["steps"][-1]["config"]["protocol"]["name"] == "stratified"
+    assert record["steps"][-1]["config"]["seeds"] == 2
+    import optuna
+
+    studies = optuna.study.get_all_study_names(f"sqlite:///{tmp_path / 'run' / 'optuna.db'}")
+    assert {"ease-seed0", "ease-seed1", "rp3beta-seed1"} <= set(studies)
+    arrays = np.load(tmp_path / "run" / "user_metrics.npz")
+    assert arrays["ease/ndcg@10"].mean() == pytest.approx(
+        np.mean([np.mean(arrays["ease/ndcg@10"][arrays["ease/seed"] == r]) for r in (0, 1)]),
+        abs=0.05,
+    )
+
+
+def test_bench_recsys_flags_a_choice_on_the_edge_of_its_range(
+    capsys: pytest.CaptureFixture[str], ratings: Path, tmp_path: Path
+) -> None:
+    code, result, err = cli(
+        capsys, "bench", "recsys", "--data", str(ratings), "--models", "itemknn",
+        "--trials", "12", "--run", str(tmp_path / "run"),
+    )  # fmt: skip
+    assert code == 0, err
+    (row,) = result["results"]
+    (search,) = row["search"]
+    space = search["space"]
+    expected = [
+        name
+        for name, value in search["chosen"].items()
+        if name in space
+        and (value <= space[name]["low"] + 0.02 * (space[name]["high"] - space[name]["low"])
+             or value >= space[name]["high"] - 0.02 * (space[name]["high"] - space[name]["low"]))
+        and not space[name]["log"]
+    ]  # fmt: skip
+    assert set(expected) <= set(search["boundary"]) and row["boundary"] == search["boundary"]
 
 
 def test_bench_recsys_leave_last_out_with_sampled_negatives(
@@ -72,6 +117,7 @@ def test_bench_recsys_leave_last_out_with_sampled_negatives(
         (["--models", "ease,sasrec-ultra"], "unknown model 'sasrec-ultra'; registered: bpr"),
         (["--protocol", "random"], "bad protocol 'random'"),
         (["--negatives", "10"], "`negatives` is a setting of the leave-last-out protocol"),
+        (["--metric", "ndgc@10"], "bad validation metric 'ndgc@10'"),
     ],
 )
 def test_bench_recsys_bad_input_exits_2(
@@ -100,7 +146,7 @@ def test_bench_recsys_reaches_the_issue_targets_on_movielens_100k(
     )
     assert code == 0, err
     code, result, err = cli(
-        capsys, "bench", "recsys", "--data", str(tmp_path / "ds"),
+        capsys, "bench", "recsys", "--data", str(tmp_path / "ds"), "--seeds", "3",
         "--models", "popularity,ease,dlae,ials,ensemble", "--run", str(tmp_path / "run"),
     )  # fmt: skip
     assert code == 0, err
@@ -117,7 +163,7 @@ def test_bench_recsys_peer_implicit_reports_ratios_or_names_the_extra(
 ) -> None:
     code, result, err = cli(
         capsys, "bench", "recsys", "--data", str(ratings), "--models", "popularity",
-        "--peers", "implicit", "--run", str(tmp_path / "run"),
+        "--peers", "implicit", "--trials", "3", "--run", str(tmp_path / "run"),
     )  # fmt: skip
     if importlib.util.find_spec("implicit") is None:
         assert code == 2 and "uv sync --extra implicit" in result["error"]
@@ -127,7 +173,7 @@ def test_bench_recsys_peer_implicit_reports_ratios_or_names_the_extra(
     (peer,) = result["peers"]
     assert peer["peer"].startswith("implicit ")
     assert peer["settings"] == {
-        k: v for k, v in rows_by_model(result)["ials"]["tuned"]["settings"].items()
+        k: v for k, v in rows_by_model(result)["ials"]["settings"][0].items()
         if k in ("dim", "l2", "alpha", "iterations")
     }  # fmt: skip
     assert peer["ours_over_peer"]["fit_seconds"] > 0

@@ -12,6 +12,7 @@ from pinlab_eval import (
     Float64Array,
     UserMetrics,
     bootstrap_ci,
+    holm,
     paired_bootstrap_test,
     summarize_models,
 )
@@ -109,50 +110,83 @@ def test_paired_test_needs_the_same_users() -> None:
 # --- bench summary -----------------------------------------------------------------------------
 
 
-def test_summary_rows_and_comparison_of_the_two_best() -> None:
+def test_summary_rows_and_comparisons_over_seeds() -> None:
     users = 400
-    strong = ndcg_like(10, users, mean=0.5)
     rng = np.random.default_rng(11)
+    strong = [ndcg_like(10 + r, users, mean=0.5) for r in range(3)]
     results = {
-        "popularity": user_metrics_of(users, **{"ndcg@10": ndcg_like(12, users, mean=0.2)}),
-        "ease": user_metrics_of(users, **{"ndcg@10": strong}),
-        "ials": user_metrics_of(
-            users, **{"ndcg@10": np.clip(strong - 0.04 + rng.normal(0, 0.05, users), 0, 1)}
-        ),
+        "popularity": [
+            user_metrics_of(users, **{"ndcg@10": ndcg_like(20 + r, users, mean=0.2)})
+            for r in range(3)
+        ],
+        "ease": [user_metrics_of(users, **{"ndcg@10": s}) for s in strong],
+        "ials": [
+            user_metrics_of(
+                users, **{"ndcg@10": np.clip(s - 0.04 + rng.normal(0, 0.05, users), 0, 1)}
+            )
+            for s in strong
+        ],
     }
     summary = summarize_models(results)
+    assert summary.seeds == 3
     assert [row.model for row in summary.rows] == ["popularity", "ease", "ials"]
+    ease = summary.rows[1]
+    per_seed = [float(s.mean()) for s in strong]
+    assert ease.per_seed["ndcg@10"] == pytest.approx(per_seed)
+    assert ease.metrics["ndcg@10"] == pytest.approx(np.mean(per_seed))
+    assert ease.std["ndcg@10"] == pytest.approx(np.std(per_seed, ddof=1))
+    assert ease.num_users == 3 * users
     for row in summary.rows:
         low, high = row.ci95["ndcg@10"]
         assert low < row.metrics["ndcg@10"] < high
-        assert row.metrics["coverage@10"] == 0.3  # list metrics pass through, without interval
-        assert "coverage@10" not in row.ci95
-    comparison = summary.comparison
-    assert comparison is not None
-    assert (comparison.best, comparison.runner_up, comparison.metric) == ("ease", "ials", "ndcg@10")
-    assert comparison.difference > 0 and comparison.significant
+        assert row.metrics["coverage@10"] == 0.3  # list metrics: mean over seeds, no interval
+        assert row.std["coverage@10"] == 0.0 and "coverage@10" not in row.ci95
+    pairs = [(c.a, c.b) for c in summary.comparisons]
+    assert pairs == [("ease", "ials"), ("ease", "popularity"), ("ials", "popularity")]
+    first = summary.comparisons[0]
+    assert first.difference > 0 and first.significant and first.wins == 3
+    assert len(first.per_seed) == 3 and all(d > 0 for d in first.per_seed)
+    assert first.p_holm >= first.p_value
     dumped = summary.model_dump(mode="json")
-    assert set(dumped["rows"][0]) >= {"model", "metrics", "ci95"}
-    wanted = {"best", "runner_up", "metric", "difference", "p_value", "significant", "test"}
-    assert set(dumped["comparison"]) >= wanted
     assert BenchSummary.model_validate(dumped) == summary
 
 
+def test_holm_by_hand() -> None:
+    # Sorted 0.01, 0.03, 0.04 times 3, 2, 1: 0.03, 0.06, 0.04 -> running max 0.03, 0.06, 0.06.
+    assert holm([0.04, 0.01, 0.03]) == pytest.approx([0.06, 0.03, 0.06])
+    assert holm([0.9, 0.8]) == [1.0, 1.0]
+
+
+@PROPERTY
+@given(st.lists(st.floats(0, 1), min_size=1, max_size=20))
+def test_holm_never_lowers_a_p_value_and_keeps_the_order(p_values: list[float]) -> None:
+    adjusted = holm(p_values)
+    assert all(a >= p and a <= 1 for a, p in zip(adjusted, p_values, strict=True))
+    order = np.argsort(p_values, kind="stable")
+    assert all(np.diff(np.asarray(adjusted)[order]) >= 0)
+
+
 def test_one_model_has_no_comparison() -> None:
-    summary = summarize_models({"ease": user_metrics_of(10, **{"ndcg@10": ndcg_like(13, 10)})})
-    assert summary.comparison is None
-    assert len(summary.rows) == 1
+    summary = summarize_models({"ease": [user_metrics_of(10, **{"ndcg@10": ndcg_like(13, 10)})]})
+    assert summary.comparisons == []
+    assert len(summary.rows) == 1 and summary.rows[0].std["ndcg@10"] == 0.0
 
 
 def test_summary_refuses_models_ranked_for_other_users() -> None:
     a = user_metrics_of(5, **{"ndcg@10": ndcg_like(14, 5)})
     b = UserMetrics(users=np.arange(1, 6), per_user={"ndcg@10": ndcg_like(15, 5)}, lists={})
     with pytest.raises(ValueError, match="other users"):
-        summarize_models({"a": a, "b": b})
+        summarize_models({"a": [a], "b": [b]})
+
+
+def test_summary_refuses_unequal_runs() -> None:
+    a = user_metrics_of(5, **{"ndcg@10": ndcg_like(14, 5)})
+    with pytest.raises(ValueError, match="same number of runs"):
+        summarize_models({"a": [a, a], "b": [a]})
 
 
 def test_summary_says_which_metric_is_missing() -> None:
     a = user_metrics_of(5, **{"ndcg@10": ndcg_like(16, 5)})
     b = user_metrics_of(5, **{"ndcg@20": ndcg_like(17, 5)})
     with pytest.raises(ValueError, match="no per-user 'ndcg@10'"):
-        summarize_models({"a": a, "b": b})
+        summarize_models({"a": [a], "b": [b]})

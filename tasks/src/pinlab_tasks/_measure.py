@@ -1,4 +1,5 @@
-"""Run a step in a child process and measure it alone: its wall time and its peak memory."""
+"""Measure a step alone: in a child process (wall time, peak memory), or in this process by
+the memory it adds over what the process already held."""
 
 from __future__ import annotations
 
@@ -6,10 +7,15 @@ import json
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 # Linux carries a process's peak RSS across exec, so a child forked from this (large) process
 # would report this process's memory as its own. A small launcher starts the child instead and
@@ -52,3 +58,36 @@ def run_measured(code: str, *args: str) -> Measured:
     # Linux reports kilobytes, macOS bytes.
     peak = child["maxrss"] / (2**20 if sys.platform == "darwin" else 2**10)
     return Measured(json.loads(lines[-1]) if lines else None, wall, round(peak, 1))
+
+
+@contextmanager
+def peak_rss() -> Iterator[Callable[[], float]]:
+    """Samples this process's resident memory while the block runs; yields the peak in MB."""
+    process = psutil.Process()
+    peak = [process.memory_info().rss]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.02):
+            peak[0] = max(peak[0], process.memory_info().rss)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield lambda: max(peak[0], process.memory_info().rss) / 2**20
+    finally:
+        done.set()
+        thread.join()
+
+
+@contextmanager
+def added_peak_rss() -> Iterator[Callable[[], float]]:
+    """The peak resident memory the block added over what the process held when it began, MB.
+
+    What one fit costs inside a long-lived process: the libraries, data and earlier models
+    already resident are not counted (memory an earlier step freed to the allocator and this
+    one reuses is not counted either, so it is a lower bound).
+    """
+    before = psutil.Process().memory_info().rss / 2**20
+    with peak_rss() as peak:
+        yield lambda: max(0.0, peak() - before)

@@ -1,25 +1,22 @@
-"""`pinlab bench recsys`: every recommender under one named protocol, in one table.
+"""`pinlab bench recsys`: every recommender under one named protocol, repeated over seeds.
 
-Each model is fitted on the protocol's training part and measured on its test part. Its
-settings are chosen first on the validation split (the same protocol applied again inside the
-training part): every point of the model's registered `tune_grid`, and for models that train
-in epochs the early-stopped epoch count, by validation NDCG@10. The test split never chooses.
+Per seed (its own split seed and training seed), each model's settings are searched on the
+validation split (Optuna over its declared space, epochs early-stopped; `pinlab_tasks.search`),
+then it is refitted on the protocol's training part and measured on its test part
+(`pinlab_tasks.recsys.tune_and_refit`). The test split chooses nothing. Rows report means over
+seeds with their spread and per-seed values; every pair of models is compared paired over
+seeds and users.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import replace
-from itertools import product
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
 from rich.table import Table
 
 from pinlab_data import PinlabDataError, interaction_log, load_dataset
@@ -28,130 +25,29 @@ from pinlab_eval import (
     ProtocolSplit,
     UserMetrics,
     anchors_for,
-    apply_protocol,
     evaluate_holdout,
     summarize_models,
 )
 from pinlab_models import (
     IALSConfig,
-    Recommender,
-    Scorer,
     TextEncoder,
     TrainContext,
-    build_recommender,
     interaction_matrix,
     recommender_names,
     recommender_spec,
     resolve_device,
 )
+from pinlab_tasks._measure import peak_rss
 from pinlab_tasks._output import stdout
+from pinlab_tasks.recsys import Say, split_for, tune_and_refit
 
-EPOCH_FIELDS = ("epochs", "iterations")
-"""Config fields that count training passes; tuned on validation, then fixed for the refit."""
-
-
-@contextmanager
-def peak_rss() -> Iterator[Callable[[], float]]:
-    """Samples this process's resident memory while the block runs; yields the peak in MB."""
-    process = psutil.Process()
-    peak = [process.memory_info().rss]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.wait(0.02):
-            peak[0] = max(peak[0], process.memory_info().rss)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    try:
-        yield lambda: max(peak[0], process.memory_info().rss) / 2**20
-    finally:
-        done.set()
-        thread.join()
+__all__ = ["bench_recsys", "item_text_features", "peak_rss", "render_recsys"]
 
 
-def _epoch_field(name: str) -> str | None:
-    fields = recommender_spec(name).config_type.model_fields
-    return next((f for f in EPOCH_FIELDS if f in fields), None)
-
-
-def grid_points(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
-    """Every combination of the grid's values, in a fixed order ([{}] for an empty grid)."""
-    keys = sorted(grid)
-    return [dict(zip(keys, values, strict=True)) for values in product(*(grid[k] for k in keys))]
-
-
-def tune_on_validation(
-    name: str,
-    split: ProtocolSplit,
-    ctx: TrainContext,
-    base: Mapping[str, Any] | None = None,
-    metric: str = "ndcg@10",
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The model's settings chosen on the validation split: its grid, and epochs by early stop.
-
-    Each grid point (over `base` settings) is fitted on the validation split's training part
-    and scored on its target; models that train in epochs keep their best epoch. The test
-    split is never read.
-    """
-    base = dict(base or {})
-    if len(split.valid.target) == 0:
-        return base, {}
-    k = int(metric.split("@")[1])
-
-    def validate(scorer: Scorer) -> float:
-        return evaluate_holdout(scorer, split.valid, ks=(k,)).means()[metric]
-
-    field = _epoch_field(name)
-    start = time.perf_counter()
-    tried: list[tuple[float, dict[str, Any]]] = []
-    for extra in grid_points(recommender_spec(name).tune_grid):
-        point = base | extra
-        probe = build_recommender(name, point)
-        probe_ctx = replace(ctx, run_dir=ctx.run_dir / "validation", progress=False)
-        report = probe.fit(split.valid.train, probe_ctx, validate)
-        value = report.best_valid if report.best_valid is not None else validate(probe)
-        tried.append((value, point | ({field: report.best_epoch} if field else {})))
-    best_value, best = max(tried, key=lambda pair: pair[0])
-    tuned = {
-        "settings": best,
-        f"valid_{metric}": round(best_value, 5),
-        "grid_points": len(tried),
-        "tune_seconds": round(time.perf_counter() - start, 2),
-    }
-    return best, tuned
-
-
-def _member_settings(
-    name: str, split: ProtocolSplit, ctx: TrainContext, chosen: dict[str, dict[str, Any]]
-) -> dict[str, Any]:
-    """An ensemble starts from its members' validated settings (tuning those not yet tuned)."""
-    config_type = recommender_spec(name).config_type
-    if "member_settings" not in config_type.model_fields:
-        return {}
-    members = config_type.model_fields["members"].default
-    for member in members:
-        if member not in chosen:
-            chosen[member] = tune_on_validation(
-                member, split, replace(ctx, run_dir=ctx.run_dir / member)
-            )[0]
-    return {"member_settings": {m: chosen[m] for m in members}}
-
-
-def _fit_one(
-    name: str, split: ProtocolSplit, ctx: TrainContext, chosen: dict[str, dict[str, Any]]
-) -> tuple[Recommender, dict[str, Any]]:
-    """Tune on validation, then fit on the whole training part with the chosen settings."""
-    base = _member_settings(name, split, ctx, chosen)
-    settings, tuned = tune_on_validation(name, split, ctx, base)
-    chosen[name] = settings
-    model = build_recommender(name, settings)
-    with peak_rss() as peak:
-        start = time.perf_counter()
-        model.fit(split.test.train, ctx)
-        seconds = time.perf_counter() - start
-        rss = peak()
-    return model, {"fit_seconds": round(seconds, 3), "peak_rss_mb": round(rss, 1), "tuned": tuned}
+def _ordered(names: Sequence[str]) -> list[str]:
+    """Blends after the models they blend, so their members' settings are chosen first."""
+    blends = [n for n in names if recommender_spec(n).members is not None]
+    return [n for n in names if n not in blends] + blends
 
 
 def bench_recsys(
@@ -161,15 +57,22 @@ def bench_recsys(
     run_dir: Path,
     ks: Sequence[int] = (10, 20),
     seed: int = 0,
+    seeds: int = 1,
+    trials: int = 20,
+    budget_seconds: float | None = 60.0,
+    metric: str = "ndcg@10",
     device: str = "auto",
     progress: bool = True,
     item_features: Callable[[], np.ndarray] | None = None,
     peers: Sequence[str] = (),
+    say: Say = lambda _: None,
 ) -> dict[str, Any]:
-    """Fit and measure each model; rows with CIs, the best two compared, published anchors.
+    """Search, refit and measure each model on `seeds` repetitions of the protocol.
 
-    `peers=("implicit",)` also fits the `implicit` library's ALS with the settings validation
-    chose for our iALS (which is added to the models if missing) and reports the ratios.
+    Repetition r uses split seed `protocol.seed + r` and training seed `seed + r`. `trials`
+    and `budget_seconds` bound each model's search per repetition; `metric` is what
+    validation maximises. `peers=("implicit",)` also fits the `implicit` library's ALS with
+    the settings validation chose for our iALS (added to the models if missing).
     """
     unknown_peers = sorted(set(peers) - {"implicit"})
     if unknown_peers:
@@ -184,42 +87,127 @@ def bench_recsys(
         raise PinlabDataError(
             f"unknown model {unknown[0]!r}; registered: {', '.join(recommender_names())}"
         )
+    if seeds < 1:
+        raise PinlabDataError(f"--seeds must be at least 1, got {seeds}")
+    _check_metric(metric, ks)
+    names = _ordered(names)
     ds = load_dataset(data_dir)
-    split = apply_protocol(interaction_log(ds), protocol)
-    if len(split.test.target) == 0:
-        raise PinlabDataError(f"protocol {protocol.label()} leaves no test interactions")
+    log = interaction_log(ds)
     wants_features = any(recommender_spec(n).uses_item_features for n in names)
     features = item_features() if item_features is not None and wants_features else None
     device = resolve_device(device)
-    results: dict[str, UserMetrics] = {}
-    extras: dict[str, dict[str, Any]] = {}
-    chosen: dict[str, dict[str, Any]] = {}
-    for name in names:
-        ctx = TrainContext(
-            run_dir=run_dir / name,
-            seed=seed,
-            device=device,
-            progress=progress,
-            item_features=features,
+    say(
+        f"{len(names)} models x {seeds} seed(s), up to {trials} trials each"
+        + (
+            f"; search budget {budget_seconds:.0f} s per model and seed, so at most "
+            f"~{len(names) * seeds * budget_seconds / 60:.0f} min of searching plus the refits"
+            if budget_seconds
+            else ""
         )
-        model, extras[name] = _fit_one(name, split, ctx, chosen)
-        results[name] = evaluate_holdout(model, split.test, ks=ks)
-    summary = summarize_models(results, metric=f"ndcg@{min(ks)}", seed=seed)
-    rows = [{**row.model_dump(), **extras[row.model]} for row in summary.rows]
-    peer_rows = [
-        implicit_peer(split, chosen["ials"], extras["ials"], results["ials"].means(), seed)
-        for peer in peers
-        if peer == "implicit"
-    ]
+    )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    clock = time.perf_counter()
+    results: dict[str, list[UserMetrics]] = {n: [] for n in names}
+    extras: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+    counts, peer_rows = [], []
+    for r in range(seeds):
+        split = split_for(log, protocol.model_copy(update={"seed": protocol.seed + r}))
+        counts.append({"seed": seed + r, "split_seed": protocol.seed + r,
+                       **split.test.counts.model_dump()})  # fmt: skip
+        chosen: dict[str, dict[str, Any]] = {}
+        for i, name in enumerate(names):
+            ctx = TrainContext(
+                run_dir=run_dir / name / f"seed-{seed + r}",
+                seed=seed + r,
+                device=device,
+                progress=progress,
+                item_features=features,
+            )
+            model, info = tune_and_refit(
+                name,
+                split,
+                ctx,
+                chosen=chosen,
+                trials=trials,
+                budget_seconds=budget_seconds,
+                metric=metric,
+                storage=run_dir / "optuna.db",
+            )
+            results[name].append(evaluate_holdout(model, split.test, ks=ks))
+            extras[name].append(info)
+            done = r * len(names) + i + 1
+            elapsed = time.perf_counter() - clock
+            left = elapsed / done * (seeds * len(names) - done)
+            search = info["search"]
+            say(
+                f"seed {seed + r} {name}: {len(search['trials'])} trial(s), valid "
+                f"{search.get('valid_value', float('nan')):.4f}, refit {info['fit_seconds']:.1f} s"
+                f"; {elapsed / 60:.1f} min in, about {left / 60:.1f} min left"
+            )
+        if "implicit" in peers:
+            ials = extras["ials"][-1]
+            peer_rows.append(
+                implicit_peer(split, ials["settings"], ials, results["ials"][-1].means(), seed + r)
+            )
+    summary = summarize_models(results, metric=metric, seed=seed)
+    rows = [{**row.model_dump(), **_costs(extras[row.model])} for row in summary.rows]
+    rows.sort(key=lambda row: -row["metrics"][metric])
     return {
         "dataset": ds.manifest.name,
         "protocol": {"name": protocol.name, **protocol.settings()},
-        "counts": split.test.counts.model_dump(),
+        "seeds": [seed + r for r in range(seeds)],
+        "split_seeds": [protocol.seed + r for r in range(seeds)],
+        "validation_metric": metric,
+        "trials": trials,
+        "budget_seconds": budget_seconds,
+        "counts": counts,
         "results": rows,
-        "comparison": summary.comparison.model_dump() if summary.comparison else None,
+        "comparisons": [c.model_dump() for c in summary.comparisons],
         "anchors": [a.model_dump() for a in anchors_for(ds.manifest.name, protocol)],
         "peers": peer_rows,
+        "seconds": round(time.perf_counter() - clock, 1),
+        "user_metrics": _save_user_metrics(run_dir / "user_metrics.npz", results),
     }
+
+
+def _save_user_metrics(path: Path, results: Mapping[str, list[UserMetrics]]) -> str:
+    """Every (seed, user) value of every per-user metric, for distributions and re-analysis.
+
+    Keys `MODEL/METRIC` (seed-major, users ascending within a seed) and `MODEL/seed`, the
+    repetition index of each value.
+    """
+    arrays: dict[str, np.ndarray] = {}
+    for name, runs in results.items():
+        arrays[f"{name}/seed"] = np.concatenate(
+            [np.full(len(run.users), r) for r, run in enumerate(runs)]
+        )
+        for metric in runs[0].per_user:
+            arrays[f"{name}/{metric}"] = np.concatenate([run.per_user[metric] for run in runs])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial.npz")
+    np.savez_compressed(partial, allow_pickle=False, **arrays)
+    partial.replace(path)
+    return path.name
+
+
+def _costs(infos: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-model cost and search record over the seeds."""
+    return {
+        "fit_seconds": round(float(np.mean([i["fit_seconds"] for i in infos])), 3),
+        "fit_peak_mb": round(max(i["fit_peak_mb"] for i in infos), 1),
+        "search": [i["search"] for i in infos],
+        "settings": [i["settings"] for i in infos],
+        "boundary": sorted({b for i in infos for b in i["search"].get("boundary", [])}),
+    }
+
+
+def _check_metric(metric: str, ks: Sequence[int]) -> None:
+    name, _, k = metric.partition("@")
+    if not k.isdigit() or name not in {"ndcg", "hr", "recall", "precision", "map", "mrr"}:
+        raise PinlabDataError(
+            f"bad validation metric {metric!r}; use NAME@K with NAME one of ndcg, hr, recall, "
+            "precision, map, mrr (e.g. ndcg@10)"
+        )
 
 
 def item_text_features(data_dir: Path) -> np.ndarray:
@@ -229,37 +217,69 @@ def item_text_features(data_dir: Path) -> np.ndarray:
     return TextEncoder().encode(captions)
 
 
-RECSYS_COLUMNS = ("ndcg@10", "hr@10", "precision@10", "recall@10", "map@10")
+RECSYS_COLUMNS = {
+    "ndcg@10": "ndcg@10",
+    "hr@10": "hr@10",
+    "precision@10": "p@10",
+    "recall@10": "r@10",
+    "map_all@10": "map@10†",
+}
+"""Columns and their headers; `map_all@10` divides by all relevant items, as Microsoft
+Recommenders' MAP column does (`pinlab_eval.map_all_at_k`)."""
 
 
 def render_recsys(payload: Mapping[str, Any]) -> None:
-    """The bench as tables: ours with cost, what validation chose, then published numbers."""
+    """The bench as tables: mean ± std over seeds with cost, the search, published numbers."""
     protocol = dict(payload["protocol"])
     name = protocol.pop("name")
-    title = f"bench recsys: {payload['dataset']}, {name} {protocol}"
+    seeds = payload["seeds"]
+    title = (
+        f"bench recsys: {payload['dataset']}, {name} {protocol}; mean ± std over "
+        f"{len(seeds)} seed(s) {seeds}"
+    )
     table = Table(title=title, title_justify="left")
     table.add_column("model")
-    for column in (*RECSYS_COLUMNS, "fit s", "MB"):
-        table.add_column(column.replace("precision", "p").replace("recall", "r"), justify="right")
+    main = payload["validation_metric"]
+    columns = [main, *(c for c in RECSYS_COLUMNS if c != main)]
+    for column in columns[:1]:
+        table.add_column(RECSYS_COLUMNS.get(column, column), justify="right")
+        table.add_column("±std", justify="right")
+    for column in columns[1:]:
+        table.add_column(RECSYS_COLUMNS[column], justify="right")
+    for header in ("fit s", "fit MB"):
+        table.add_column(header, justify="right")
     for row in payload["results"]:
-        metrics, ci = row["metrics"], row["ci95"]
-        ndcg = f"{metrics['ndcg@10']:.4f}±{(ci['ndcg@10'][1] - ci['ndcg@10'][0]) / 2:.3f}"
-        rest = [f"{metrics[c]:.4f}" for c in RECSYS_COLUMNS[1:]]
-        cost = [f"{row['fit_seconds']:.2f}", f"{row['peak_rss_mb']:.0f}"]
-        table.add_row(row["model"], ndcg, *rest, *cost)
+        metrics = row["metrics"]
+        cells = [f"{metrics[c]:.4f}" if c in metrics else "-" for c in columns]
+        cells.insert(1, f"{row['std'][main]:.4f}")
+        cost = [f"{row['fit_seconds']:.2f}", f"{row['fit_peak_mb']:.1f}"]
+        table.add_row(row["model"] + ("*" if row["boundary"] else ""), *cells, *cost)
     stdout.print(table)
+    stdout.print(
+        "† MAP dividing by all relevant items (Microsoft Recommenders' MAP); fit MB: memory "
+        "the refit added at its peak; * a chosen setting on the edge of its search range",
+        highlight=False,
+    )
     for row in payload["results"]:
-        chosen = {
-            k: v for k, v in row["tuned"].get("settings", {}).items() if k != "member_settings"
-        }
-        if chosen:
-            stdout.print(f"  {row['model']} chosen on validation: {chosen}", highlight=False)
-    if comparison := payload.get("comparison"):
-        verdict = "significant" if comparison["significant"] else "not significant"
+        for seed, search in zip(seeds, row["search"], strict=True):
+            shown = {k: _short(v) for k, v in search["chosen"].items() if k != "member_settings"}
+            if not shown:
+                continue
+            edge = f"; on the edge: {', '.join(search['boundary'])}" if search["boundary"] else ""
+            cut = "; budget hit" if search.get("budget_hit") else ""
+            stdout.print(
+                f"  {row['model']} seed {seed}: {len(search['trials'])} trials, chose {shown}"
+                f"{edge}{cut}",
+                highlight=False,
+            )
+    best = [c for c in payload["comparisons"] if c["a"] == payload["results"][0]["model"]][:3]
+    for c in best:
+        verdict = "significant" if c["significant"] else "not significant"
         stdout.print(
-            f"{comparison['best']} vs {comparison['runner_up']}: {comparison['metric']} "
-            f"{comparison['difference']:+.4f}, p={comparison['p_value']:.3g} ({verdict}; "
-            f"{comparison['test']})"
+            f"{c['a']} vs {c['b']}: {c['metric']} {c['difference']:+.4f} "
+            f"[{c['difference_ci95'][0]:+.4f}, {c['difference_ci95'][1]:+.4f}], ahead on "
+            f"{c['wins']}/{len(seeds)} seeds, Holm p={c['p_holm']:.3g} ({verdict})",
+            highlight=False,
         )
     for peer in payload.get("peers", []):
         ratio = peer["ours_over_peer"]
@@ -270,14 +290,22 @@ def render_recsys(payload: Mapping[str, Any]) -> None:
             highlight=False,
         )
     if payload["anchors"]:
-        published = Table(title="published, same protocol", title_justify="left")
-        for column in ("model", "metrics", "source"):
-            published.add_column(column)
+        stdout.print("published on the same protocol (not rerun here):", highlight=False)
         for anchor in payload["anchors"]:
             shown = {k: v for k, v in anchor["metrics"].items() if v is not None}
-            values = ", ".join(f"{k} {v:.3f}" for k, v in shown.items())
-            published.add_row(anchor["model"], values, anchor["source"].split(",")[0])
-        stdout.print(published)
+            values = ", ".join(f"{RECSYS_COLUMNS.get(k, k)} {v:.3f}" for k, v in shown.items())
+            note = f" ({anchor['note']})" if anchor.get("note") else ""
+            stdout.print(f"  {anchor['model']}: {values}{note}", highlight=False)
+        for source in dict.fromkeys(a["source"] for a in payload["anchors"]):
+            stdout.print(f"  source: {source}", highlight=False)
+
+
+def _short(value: Any) -> Any:
+    if isinstance(value, float):
+        return float(f"{value:.4g}")
+    if isinstance(value, list | tuple):
+        return [_short(v) for v in value]
+    return value
 
 
 def implicit_peer(

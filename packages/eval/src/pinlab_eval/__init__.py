@@ -24,7 +24,7 @@ from pinlab_eval._ranking import (
     user_metrics,
 )
 from pinlab_eval._retrieval import evaluate_retrieval
-from pinlab_eval._stats import bootstrap_ci, paired_bootstrap_test, summarize_models
+from pinlab_eval._stats import bootstrap_ci, holm, paired_bootstrap_test, summarize_models
 from pinlab_eval.contracts import (
     Anchor,
     BenchSummary,
@@ -79,6 +79,7 @@ __all__ = [
     "evaluate_text_to_image",
     "gini_at_k",
     "hit_rate_at_k",
+    "holm",
     "item_popularity",
     "map_all_at_k",
     "map_at_k",

@@ -8,7 +8,7 @@ resampled mean at once, for every metric.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -87,51 +87,107 @@ def paired_bootstrap_test(
 
 
 def summarize_models(
-    results: Mapping[str, UserMetrics],
+    results: Mapping[str, Sequence[UserMetrics]],
     metric: str = "ndcg@10",
     resamples: int = 1000,
     seed: int = 0,
+    alpha: float = 0.05,
 ) -> BenchSummary:
-    """Bench rows with 95% intervals, and whether the best model by `metric` beats the next.
+    """Bench rows over repeated runs, and every pair of models compared on `metric`.
 
-    `results` maps model names to their per-user metrics on the same holdout (the same users,
-    in the same order). Each row has the mean metrics and a percentile bootstrap interval for
-    each per-user metric (`resamples` draws). The comparison takes the two models with the
-    highest mean `metric` (ties to the name first in order) and runs `paired_bootstrap_test`
-    (10 000 resamples) on that metric; it is None with fewer than two models.
+    `results[name][r]` is the model's per-user metrics in run r (a seed: its own split and
+    training); every model must be measured on the same users within a run. A row's values
+    are means over runs with their spread; its interval is the bootstrap over (run, user)
+    pairs. Each pair of models is compared by `paired_bootstrap_test` on the pooled (run,
+    user) differences, and the p-values are Holm-adjusted over the table, since picking the
+    best of many models out of one test makes chance wins likely.
     """
     if not results:
         raise PinlabDataError("no model results to summarize")
-    rows = [
-        ModelResult(
-            model=name,
-            num_users=len(result.users),
-            metrics=result.means(),
-            ci95=bootstrap_ci(result.per_user, resamples, seed),
+    runs = {len(r) for r in results.values()}
+    if len(runs) != 1 or 0 in runs:
+        raise PinlabDataError(f"every model needs the same number of runs (>0), got {runs}")
+    rows = [_row(name, list(by_run), resamples, seed) for name, by_run in results.items()]
+    names = list(results)
+    for name in names:
+        for run in results[name]:
+            if metric not in run.per_user:
+                raise PinlabDataError(
+                    f"model {name!r} has no per-user {metric!r}; it has {sorted(run.per_user)}"
+                )
+    for r in range(runs.pop()):
+        first = results[names[0]][r]
+        for name in names[1:]:
+            if not np.array_equal(results[name][r].users, first.users):
+                raise PinlabDataError(
+                    f"model {name!r} was evaluated on other users than {names[0]!r} in run "
+                    f"{r}; a paired test needs every model ranked for the same holdout"
+                )
+    pooled = {
+        name: np.concatenate([run.per_user[metric] for run in results[name]]) for name in names
+    }
+    order = sorted(names, key=lambda name: -float(pooled[name].mean()))
+    pairs = [(a, b) for i, a in enumerate(order) for b in order[i + 1 :]]
+    tests = [paired_bootstrap_test(pooled[a], pooled[b], seed=seed) for a, b in pairs]
+    adjusted = holm([t.p_value for t in tests])
+    comparisons = [
+        Comparison(
+            a=a,
+            b=b,
+            metric=metric,
+            difference=test.difference,
+            difference_ci95=test.difference_ci95,
+            p_value=test.p_value,
+            p_holm=p_holm,
+            significant=p_holm < alpha,
+            per_seed=[
+                float(ra.per_user[metric].mean() - rb.per_user[metric].mean())
+                for ra, rb in zip(results[a], results[b], strict=True)
+            ],
+            wins=sum(
+                float(ra.per_user[metric].mean()) > float(rb.per_user[metric].mean())
+                for ra, rb in zip(results[a], results[b], strict=True)
+            ),
+            test=f"{test.test}, over (run, user) pairs; Holm-adjusted over {len(pairs)} pairs",
         )
-        for name, result in results.items()
+        for (a, b), test, p_holm in zip(pairs, tests, adjusted, strict=True)
     ]
-    if len(results) < 2:
-        return BenchSummary(rows=rows, comparison=None)
-    for name, result in results.items():
-        if metric not in result.per_user:
-            raise PinlabDataError(
-                f"model {name!r} has no per-user {metric!r}; it has {sorted(result.per_user)}"
-            )
-    first = next(iter(results.values()))
-    for name, result in results.items():
-        if not np.array_equal(result.users, first.users):
-            raise PinlabDataError(
-                f"model {name!r} was evaluated on other users than the rest; a paired test "
-                "needs every model ranked for the same holdout"
-            )
-    ordered = sorted(results, key=lambda name: -float(results[name].per_user[metric].mean()))
-    best, runner_up = ordered[0], ordered[1]
-    paired = paired_bootstrap_test(
-        results[best].per_user[metric], results[runner_up].per_user[metric], seed=seed
+    return BenchSummary(rows=rows, comparisons=comparisons, seeds=len(results[names[0]]))
+
+
+def _row(name: str, runs: list[UserMetrics], resamples: int, seed: int) -> ModelResult:
+    per_run = [run.means() for run in runs]
+    keys = list(per_run[0])
+    per_seed = {key: [float(m[key]) for m in per_run] for key in keys}
+    pooled = {key: np.concatenate([run.per_user[key] for run in runs]) for key in runs[0].per_user}
+    spread = {
+        key: float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+        for key, values in per_seed.items()
+    }
+    return ModelResult(
+        model=name,
+        num_users=sum(len(run.users) for run in runs),
+        metrics={key: float(np.mean(values)) for key, values in per_seed.items()},
+        std=spread,
+        per_seed=per_seed,
+        ci95=bootstrap_ci(pooled, resamples, seed),
     )
-    comparison = Comparison(best=best, runner_up=runner_up, metric=metric, **paired.model_dump())
-    return BenchSummary(rows=rows, comparison=comparison)
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment (Holm, 1979): controls the family-wise error rate.
+
+    The i-th smallest of m p-values is multiplied by (m - i), made non-decreasing along that
+    order, and capped at 1.
+    """
+    m = len(p_values)
+    order = np.argsort(p_values, kind="stable")
+    adjusted = np.empty(m)
+    running = 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * float(p_values[index])))
+        adjusted[index] = running
+    return [float(p) for p in adjusted]
 
 
 def _stack(per_user: Mapping[str, Float64Array]) -> tuple[list[str], Float64Array]:

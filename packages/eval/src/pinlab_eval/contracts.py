@@ -228,34 +228,51 @@ class PairedTest(BaseModel):
 
 
 class ModelResult(BaseModel):
-    """One model's row of a bench table: mean metrics and their 95% bootstrap intervals."""
+    """One model's row of a bench table, over one or more repeated runs (seeds).
+
+    `metrics` are means over runs of each run's mean over users; `std` their standard
+    deviation over runs (ddof=1; 0 for one run) and `per_seed` the runs' values in order.
+    `ci95` is the percentile bootstrap interval of the mean over every (run, user) pair.
+    """
 
     model: str
-    num_users: int
+    num_users: int = Field(description="Target users summed over the runs.")
     metrics: Metrics
+    std: Metrics
+    per_seed: dict[str, list[float]]
     ci95: dict[str, tuple[float, float]] = Field(
         description="Percentile bootstrap interval of each per-user metric's mean."
     )
 
 
 class Comparison(BaseModel):
-    """The two best models by `metric` and whether the gap between them is significant."""
+    """Model `a` (the higher mean `metric`) against model `b`, paired over runs and users.
 
-    best: str
-    runner_up: str
+    `difference` is mean(a - b) over every (run, user) pair; `p_value` a two-sided paired
+    bootstrap over those pairs, and `p_holm` it adjusted by Holm's step-down method over all
+    the comparisons of one table, which `significant` uses. `per_seed` holds each run's
+    difference and `wins` how many runs `a` was ahead in.
+    """
+
+    a: str
+    b: str
     metric: str
-    difference: float = Field(description="best minus runner-up, mean over the same users.")
+    difference: float
     difference_ci95: tuple[float, float]
     p_value: float
+    p_holm: float
     significant: bool
+    per_seed: list[float]
+    wins: int
     test: str
 
 
 class BenchSummary(BaseModel):
-    """Rows in the order given, and the comparison (None with fewer than two models)."""
+    """Rows in the order given, and every pair compared (empty with fewer than two models)."""
 
     rows: list[ModelResult]
-    comparison: Comparison | None
+    comparisons: list[Comparison]
+    seeds: int
 
 
 # --- published anchors -------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -16,10 +17,14 @@ from pinlab_models._runtime import Stopwatch, one_pass_report, save_checkpoint
 from pinlab_models.contracts import (
     EnsembleConfig,
     FitReport,
+    PinlabModelError,
     Recommender,
     TrainContext,
     Validator,
 )
+
+BuildMember = Callable[[str, Mapping[str, Any] | None], Recommender]
+"""Builds a registered recommender by name from its settings (the registry's builder)."""
 
 
 def standardise(scores: Float32Array) -> Float32Array:
@@ -32,9 +37,12 @@ def standardise(scores: Float32Array) -> Float32Array:
 class Ensemble:
     name = "ensemble"
 
-    def __init__(self, config: EnsembleConfig | None = None) -> None:
+    def __init__(
+        self, config: EnsembleConfig | None = None, *, build_member: BuildMember | None = None
+    ) -> None:
         self.config = config or EnsembleConfig()
         self.members: list[Recommender] = []
+        self._build_member = build_member
 
     def _weights(self) -> list[float]:
         n = len(self.config.members)
@@ -43,12 +51,15 @@ class Ensemble:
     def fit(
         self, train: InteractionLog, ctx: TrainContext, validate: Validator | None = None
     ) -> FitReport:
-        from pinlab_models.registry import build_recommender  # the registry builds us too
-
+        if self._build_member is None:
+            raise PinlabModelError(
+                "an ensemble builds its members by name; make it with "
+                "pinlab_models.build_recommender('ensemble', ...)"
+            )
         clock = Stopwatch()
         self.members = []
         for name in self.config.members:
-            member = build_recommender(name, self.config.member_settings.get(name))
+            member = self._build_member(name, self.config.member_settings.get(name))
             member.fit(train, replace(ctx, run_dir=ctx.run_dir / name))
             self.members.append(member)
         return one_pass_report(self, ctx, validate, clock)
@@ -80,11 +91,10 @@ class Ensemble:
         )
 
     @classmethod
-    def from_checkpoint(cls, payload: dict[str, Any]) -> Ensemble:
-        from pinlab_models.registry import recommender_spec
-
+    def from_checkpoint(
+        cls, payload: dict[str, Any], load_member: Callable[[dict[str, Any]], Recommender]
+    ) -> Ensemble:
+        """`load_member` turns each member's checkpoint payload back into its model."""
         model = cls(EnsembleConfig.model_validate(payload["config"]))
-        model.members = [
-            recommender_spec(str(p["name"])).from_checkpoint(p) for p in payload["members"]
-        ]
+        model.members = [load_member(p) for p in payload["members"]]
         return model

@@ -6,10 +6,11 @@ by name in `pinlab_models.registry`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Annotated, Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
 
@@ -45,6 +46,91 @@ class Scorer(Protocol):
 
 Validator = Callable[[Scorer], float]
 """Called after each epoch with the model; returns a validation metric, higher is better."""
+
+
+class FloatRange(BaseModel):
+    """A float searched between `low` and `high`, on a log scale when `log`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["float"] = "float"
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FloatRange:
+        _check_range(self.low, self.high, self.log)
+        return self
+
+    def on_edge(self, value: Any) -> bool:
+        return _near_edge(float(value), self.low, self.high, self.log)
+
+
+class IntRange(BaseModel):
+    """An integer searched between `low` and `high` inclusive, on a log scale when `log`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["int"] = "int"
+    low: int
+    high: int
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> IntRange:
+        _check_range(self.low, self.high, self.log)
+        return self
+
+    def on_edge(self, value: Any) -> bool:
+        return int(value) in (self.low, self.high)
+
+
+class Choice(BaseModel):
+    """One of `values`; an ordered numeric choice is on its edge at its first or last value."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["choice"] = "choice"
+    values: tuple[str | int | float | bool, ...] = Field(min_length=2)
+
+    def on_edge(self, value: Any) -> bool:
+        numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in self.values)
+        return numeric and value in (min(self.values), max(self.values))
+
+
+class Simplex(BaseModel):
+    """Non-negative weights summing to 1, one per member of an ensemble.
+
+    On its edge when a member's weight falls under `floor`: the blend has nearly dropped it.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["simplex"] = "simplex"
+    floor: float = Field(default=0.05, ge=0, lt=1)
+
+    def on_edge(self, value: Any) -> bool:
+        return min(float(v) for v in value) < self.floor
+
+
+SearchParam = Annotated[FloatRange | IntRange | Choice | Simplex, Field(discriminator="kind")]
+"""One searched setting of a recommender's config (`RecommenderSpec.search_space`)."""
+
+
+def _check_range(low: float, high: float, log: bool) -> None:
+    if not low < high:
+        raise ValueError(f"a range needs low < high, got [{low}, {high}]")
+    if log and low <= 0:
+        raise ValueError(f"a log-scale range needs low > 0, got {low}")
+
+
+def _near_edge(value: float, low: float, high: float, log: bool, within: float = 0.02) -> bool:
+    """Within `within` of the range's width (in log space for log ranges) from either end."""
+    if log:
+        value, low, high = math.log(value), math.log(low), math.log(high)
+    margin = within * (high - low)
+    return value <= low + margin or value >= high - margin
 
 
 class EpochRecord(BaseModel):

@@ -19,11 +19,14 @@ from pinlab_models._sequential import SASRec
 from pinlab_models._two_tower import TwoTower
 from pinlab_models.contracts import (
     BPRConfig,
+    Choice,
     DLAEConfig,
     EASEConfig,
     EnsembleConfig,
+    FloatRange,
     HybridConfig,
     IALSConfig,
+    IntRange,
     ItemKNNConfig,
     MFConfig,
     PinlabModelError,
@@ -31,6 +34,8 @@ from pinlab_models.contracts import (
     Recommender,
     RP3BetaConfig,
     SASRecConfig,
+    SearchParam,
+    Simplex,
     TwoTowerConfig,
 )
 
@@ -42,10 +47,27 @@ class RecommenderSpec:
     config_type: type[BaseModel]
     build: Callable[[Any], Recommender]
     from_checkpoint: Callable[[dict[str, Any]], Recommender]
-    tune_grid: Mapping[str, Sequence[Any]] = field(default_factory=dict)
+    search_space: Mapping[str, SearchParam] = field(default_factory=dict)
     """Settings `pinlab bench recsys` searches on the validation split (never on test)."""
+    epoch_field: str | None = None
+    """The config field counting training passes: early-stopped on validation, then fixed."""
+    members: Callable[[Any], Sequence[str]] | None = None
+    """For a blend: its members' names, given its config; they are tuned first and their
+    validated settings reach it through the config's `member_settings`."""
     uses_item_features: bool = False
     """Reads `TrainContext.item_features` (text or image embeddings per item)."""
+
+    def __post_init__(self) -> None:
+        fields = self.config_type.model_fields
+        named = [*self.search_space, *([self.epoch_field] if self.epoch_field else [])]
+        if self.members is not None:
+            named.append("member_settings")
+        unknown = [f for f in named if f not in fields]
+        if unknown:
+            raise PinlabModelError(
+                f"recommender {self.name!r} names {unknown[0]!r}, which "
+                f"{self.config_type.__name__} does not have"
+            )
 
 
 _REGISTRY: dict[str, RecommenderSpec] = {}
@@ -83,7 +105,10 @@ def build_recommender(name: str, config: Mapping[str, Any] | None = None) -> Rec
 
 
 def load_recommender(path: Path) -> Recommender:
-    payload = load_checkpoint(path, CHECKPOINT_KIND)
+    return _from_payload(load_checkpoint(path, CHECKPOINT_KIND))
+
+
+def _from_payload(payload: dict[str, Any]) -> Recommender:
     return recommender_spec(str(payload["name"])).from_checkpoint(payload)
 
 
@@ -103,6 +128,13 @@ register(
         config_type=MFConfig,
         build=MatrixFactorization,
         from_checkpoint=MatrixFactorization.from_checkpoint,
+        search_space={
+            "loss": Choice(values=("bpr", "softmax")),
+            "dim": IntRange(low=16, high=256, log=True),
+            "lr": FloatRange(low=1e-4, high=1e-1, log=True),
+            "weight_decay": FloatRange(low=1e-8, high=1e-2, log=True),
+        },
+        epoch_field="epochs",
     )
 )
 register(
@@ -112,7 +144,12 @@ register(
         config_type=BPRConfig,
         build=lambda cfg: MatrixFactorization(cfg, name="bpr"),
         from_checkpoint=MatrixFactorization.from_checkpoint,
-        tune_grid={"weight_decay": [1e-6, 1e-4]},
+        search_space={
+            "dim": IntRange(low=16, high=256, log=True),
+            "lr": FloatRange(low=1e-4, high=1e-1, log=True),
+            "weight_decay": FloatRange(low=1e-8, high=1e-2, log=True),
+        },
+        epoch_field="epochs",
     )
 )
 register(
@@ -122,7 +159,7 @@ register(
         config_type=EASEConfig,
         build=item_item_builder("ease"),
         from_checkpoint=ItemItem.from_checkpoint,
-        tune_grid={"l2": [100.0, 250.0, 500.0, 1000.0, 2000.0]},
+        search_space={"l2": FloatRange(low=1.0, high=1e5, log=True)},
     )
 )
 register(
@@ -132,10 +169,11 @@ register(
         config_type=DLAEConfig,
         build=item_item_builder("dlae"),
         from_checkpoint=ItemItem.from_checkpoint,
-        tune_grid={
-            "l2": [250.0, 500.0],
-            "dropout": [0.5, 0.65, 0.8],
-            "user_norm": [0.0, 0.5],
+        search_space={
+            "l2": FloatRange(low=1.0, high=1e5, log=True),
+            "dropout": FloatRange(low=0.0, high=0.95),
+            "user_norm": FloatRange(low=0.0, high=1.0),
+            "item_norm": FloatRange(low=0.0, high=1.0),
         },
     )
 )
@@ -146,7 +184,10 @@ register(
         config_type=ItemKNNConfig,
         build=item_item_builder("itemknn"),
         from_checkpoint=ItemItem.from_checkpoint,
-        tune_grid={"neighbours": [50, 100, 200, 400], "shrink": [0.0, 10.0, 50.0]},
+        search_space={
+            "neighbours": IntRange(low=5, high=2000, log=True),
+            "shrink": FloatRange(low=0.0, high=1000.0),
+        },
     )
 )
 register(
@@ -156,7 +197,11 @@ register(
         config_type=RP3BetaConfig,
         build=item_item_builder("rp3beta"),
         from_checkpoint=ItemItem.from_checkpoint,
-        tune_grid={"alpha": [0.6, 0.8, 1.0], "beta": [0.2, 0.4, 0.6]},
+        search_space={
+            "alpha": FloatRange(low=0.05, high=3.0),
+            "beta": FloatRange(low=0.0, high=1.5),
+            "neighbours": IntRange(low=5, high=2000, log=True),
+        },
     )
 )
 register(
@@ -166,7 +211,12 @@ register(
         config_type=IALSConfig,
         build=ImplicitALS,
         from_checkpoint=ImplicitALS.from_checkpoint,
-        tune_grid={"dim": [64, 128], "l2": [50.0, 100.0], "alpha": [5.0, 10.0]},
+        search_space={
+            "dim": IntRange(low=8, high=512, log=True),
+            "l2": FloatRange(low=1e-3, high=1e4, log=True),
+            "alpha": FloatRange(low=0.01, high=1000.0, log=True),
+        },
+        epoch_field="iterations",
     )
 )
 register(
@@ -176,6 +226,11 @@ register(
         config_type=SASRecConfig,
         build=SASRec,
         from_checkpoint=SASRec.from_checkpoint,
+        search_space={
+            "dropout": FloatRange(low=0.0, high=0.7),
+            "lr": FloatRange(low=1e-4, high=1e-2, log=True),
+        },
+        epoch_field="epochs",
     )
 )
 register(
@@ -185,6 +240,12 @@ register(
         config_type=TwoTowerConfig,
         build=TwoTower,
         from_checkpoint=TwoTower.from_checkpoint,
+        search_space={
+            "lr": FloatRange(low=1e-4, high=3e-2, log=True),
+            "temperature": FloatRange(low=0.01, high=0.5, log=True),
+            "weight_decay": FloatRange(low=1e-8, high=1e-3, log=True),
+        },
+        epoch_field="epochs",
         uses_item_features=True,
     )
 )
@@ -193,9 +254,10 @@ register(
         name="ensemble",
         summary="Blend of standardised member scores (default: DLAE and iALS).",
         config_type=EnsembleConfig,
-        build=Ensemble,
-        from_checkpoint=Ensemble.from_checkpoint,
-        tune_grid={"weights": [(0.8, 0.2), (0.7, 0.3), (0.6, 0.4), (0.5, 0.5), (0.4, 0.6)]},
+        build=lambda cfg: Ensemble(cfg, build_member=build_recommender),
+        from_checkpoint=lambda payload: Ensemble.from_checkpoint(payload, _from_payload),
+        search_space={"weights": Simplex()},
+        members=lambda cfg: cfg.members,
     )
 )
 register(
@@ -205,7 +267,11 @@ register(
         config_type=HybridConfig,
         build=HybridRecommender,
         from_checkpoint=HybridRecommender.from_checkpoint,
-        tune_grid={"item_dropout": [0.3, 0.6]},
+        search_space={
+            "item_dropout": FloatRange(low=0.0, high=0.9),
+            "lr": FloatRange(low=1e-4, high=3e-2, log=True),
+        },
+        epoch_field="epochs",
         uses_item_features=True,
     )
 )

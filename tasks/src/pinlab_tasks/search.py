@@ -1,0 +1,185 @@
+"""Hyper-parameter search on the validation split, with Optuna.
+
+Each registered recommender declares a search space (`RecommenderSpec.search_space`). A study
+samples it with seeded TPE; every trial fits on `split.valid.train` and is scored on
+`split.valid.target` after each epoch, so models that train in epochs are early-stopped (and
+pruned by the median rule) inside their trial. The first trial is always the config's
+defaults. The test split is never read here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from pinlab_eval import ProtocolSplit, evaluate_holdout
+from pinlab_models import (
+    Choice,
+    FloatRange,
+    IntRange,
+    Scorer,
+    SearchParam,
+    Simplex,
+    TrainContext,
+    build_recommender,
+    recommender_spec,
+)
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+OnTrial = Callable[[dict[str, Any]], None]
+
+
+def space_json(space: Mapping[str, SearchParam]) -> dict[str, Any]:
+    return {name: param.model_dump() for name, param in space.items()}
+
+
+def _suggest(trial: optuna.Trial, name: str, param: SearchParam, members: Sequence[str]) -> Any:
+    if isinstance(param, FloatRange):
+        return trial.suggest_float(name, param.low, param.high, log=param.log)
+    if isinstance(param, IntRange):
+        return trial.suggest_int(name, param.low, param.high, log=param.log)
+    if isinstance(param, Choice):
+        return trial.suggest_categorical(name, param.values)
+    assert isinstance(param, Simplex)
+    # Independent uniforms, normalised: a standard (if not uniform) cover of the simplex.
+    raw = [trial.suggest_float(f"{name}.{member}", 1e-6, 1.0) for member in members]
+    return tuple(round(w / sum(raw), 6) for w in raw)
+
+
+def _defaults(
+    space: Mapping[str, SearchParam], config: Mapping[str, Any], members: Sequence[str]
+) -> dict[str, Any]:
+    """The config's own values in Optuna's parameter names, to enqueue as the first trial."""
+    point: dict[str, Any] = {}
+    for name, param in space.items():
+        value = config.get(name)
+        if isinstance(param, Simplex):
+            weights = value or [1.0 / len(members)] * len(members)
+            point.update({f"{name}.{m}": float(w) for m, w in zip(members, weights, strict=True)})
+        elif isinstance(param, Choice):
+            if value in param.values:
+                point[name] = value
+        elif value is not None and param.low <= value <= param.high:
+            point[name] = value
+    return point
+
+
+def search_on_validation(
+    name: str,
+    split: ProtocolSplit,
+    ctx: TrainContext,
+    *,
+    base: Mapping[str, Any] | None = None,
+    metric: str = "ndcg@10",
+    trials: int = 20,
+    budget_seconds: float | None = None,
+    storage: Path | None = None,
+    on_trial: OnTrial | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The settings validation chooses for `name`, and a record of the search.
+
+    `base` holds fixed settings (an ensemble's members); `trials` caps the study and
+    `budget_seconds` stops it once spent (a trial under way finishes). `trials=0` or an empty
+    space fits the defaults once, early-stopping the epochs. The record holds the space, every
+    trial (params, value, state, validation curve), the chosen point, its value, and which
+    chosen values sit on the edge of their range. The study is saved in `storage` (SQLite),
+    one study per model and seed, so `optuna.load_study` reads it back.
+    """
+    spec = recommender_spec(name)
+    base = dict(base or {})
+    space = dict(spec.search_space) if trials > 0 else {}
+    record: dict[str, Any] = {"space": space_json(space), "metric": metric, "trials": []}
+    if len(split.valid.target) == 0:
+        return base, record | {"chosen": base, "note": "no validation targets: defaults kept"}
+    config = spec.config_type.model_validate(base)
+    members = list(spec.members(config)) if spec.members else []
+    k = int(metric.split("@")[1])
+    probe_ctx = replace(ctx, run_dir=ctx.run_dir / "validation", progress=False)
+
+    def objective(trial: optuna.Trial) -> float:
+        point = base | {n: _suggest(trial, n, p, members) for n, p in space.items()}
+        curve: list[tuple[int, float]] = []
+
+        def validate(scorer: Scorer) -> float:
+            value = evaluate_holdout(scorer, split.valid, ks=(k,)).means()[metric]
+            curve.append((len(curve) + 1, value))
+            trial.set_user_attr("curve", curve)
+            trial.report(value, len(curve))
+            if spec.epoch_field and trial.should_prune():
+                raise optuna.TrialPruned
+            return value
+
+        model = build_recommender(name, point)
+        trial_ctx = replace(probe_ctx, run_dir=probe_ctx.run_dir / f"trial-{trial.number}")
+        report = model.fit(split.valid.train, trial_ctx, validate)
+        value = report.best_valid if report.best_valid is not None else validate(model)
+        trial.set_user_attr("point", _jsonable(point))
+        if spec.epoch_field:
+            trial.set_user_attr("epochs", report.best_epoch)
+        return value
+
+    study_name = f"{name}-seed{ctx.seed}"
+    url = f"sqlite:///{storage}" if storage else None
+    if url and study_name in optuna.study.get_all_study_names(url):
+        optuna.delete_study(study_name=study_name, storage=url)  # a rerun into the same run
+    study = optuna.create_study(
+        study_name=study_name,
+        storage=url,
+        direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=ctx.seed, n_startup_trials=min(8, trials)),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=2),
+    )
+    if space:
+        study.enqueue_trial(_defaults(space, config.model_dump(), members))
+
+    def report_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if on_trial is not None:
+            on_trial(_trial_json(trial))
+
+    start = time.perf_counter()
+    study.optimize(
+        objective,
+        n_trials=max(trials, 1) if space else 1,
+        timeout=budget_seconds,
+        callbacks=[report_trial],
+        catch=(),
+    )
+    finished = [t for t in study.trials if t.value is not None]
+    best = max(
+        (t for t in finished if t.state == optuna.trial.TrialState.COMPLETE),
+        key=lambda t: float(t.value or 0.0),
+    )
+    chosen = dict(best.user_attrs["point"])
+    if spec.epoch_field:
+        chosen[spec.epoch_field] = best.user_attrs["epochs"]
+    boundary = [n for n, p in space.items() if p.on_edge(chosen[n])]
+    return chosen, record | {
+        "trials": [_trial_json(t) for t in study.trials],
+        "chosen": chosen,
+        "valid_value": round(float(best.value or 0.0), 5),
+        "boundary": boundary,
+        "budget_hit": bool(space) and len(study.trials) < trials,
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+
+
+def _trial_json(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    return {
+        "number": trial.number,
+        "params": trial.user_attrs.get("point", trial.params),
+        "value": None if trial.value is None else round(float(trial.value), 5),
+        "state": trial.state.name,
+        "epochs": trial.user_attrs.get("epochs"),
+        "curve": trial.user_attrs.get("curve", []),
+        "seconds": None if trial.duration is None else round(trial.duration.total_seconds(), 3),
+    }
+
+
+def _jsonable(point: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in point.items()}
