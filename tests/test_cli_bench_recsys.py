@@ -182,3 +182,29 @@ def test_bench_recsys_peer_implicit_reports_ratios_or_names_the_extra(
 
 def rows_by_model(result: dict[str, Any]) -> dict[str, Any]:
     return {row["model"]: row for row in result["results"]}
+
+
+def test_train_eval_and_bench_give_the_same_numbers_for_the_same_settings(
+    capsys: pytest.CaptureFixture[str], ratings: Path, tmp_path: Path
+) -> None:
+    models = ("popularity", "ease", "bpr")
+    for model in models:
+        code, _, err = cli(
+            capsys, "train", "recommender", "--data", str(ratings), "--model", model,
+            "--run", str(tmp_path / "run"), "--seed", "0",
+        )  # fmt: skip
+        assert code == 0, err
+    code, evaluated, err = cli(capsys, "eval", "recommender", "--run", str(tmp_path / "run"))
+    assert code == 0, err
+    assert evaluated["protocol"] == "leave-last-out"
+    code, bench, err = cli(
+        capsys, "bench", "recsys", "--data", str(ratings), "--protocol", "leave-last-out",
+        "--models", ",".join(models), "--trials", "0", "--seed", "0",
+        "--run", str(tmp_path / "bench"),
+    )  # fmt: skip
+    assert code == 0, err
+    for row in bench["results"]:
+        for metric in ("ndcg@10", "hr@10", "ndcg@20"):
+            assert evaluated["models"][row["model"]][metric] == pytest.approx(
+                row["per_seed"][metric][0], rel=1e-6
+            ), (row["model"], metric)

@@ -8,19 +8,48 @@ give the same model and the same numbers by every path.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, MutableMapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from pinlab_data import InteractionLog, PinlabDataError
-from pinlab_eval import ProtocolSpec, ProtocolSplit, apply_protocol, protocol_spec
-from pinlab_models import Recommender, TrainContext, build_recommender, recommender_spec
+import numpy as np
+
+from pinlab_data import (
+    InteractionLog,
+    PinlabDataError,
+    interaction_log,
+    load_dataset,
+    load_truth,
+    seen_csr,
+    write_json_atomic,
+)
+from pinlab_eval import (
+    ProtocolSpec,
+    ProtocolSplit,
+    apply_protocol,
+    evaluate_holdout,
+    protocol_spec,
+    taste_recovery,
+    top_k,
+)
+from pinlab_models import (
+    Recommender,
+    TrainContext,
+    build_recommender,
+    load_recommender,
+    recommender_spec,
+    resolve_device,
+)
 from pinlab_tasks._measure import added_peak_rss
+from pinlab_tasks.cold_start import item_features
+from pinlab_tasks.runs import RunLayout
 from pinlab_tasks.search import OnTrial, search_on_validation
 
 Say = Callable[[str], None]
+RANKING_KS = (10, 20)
 
 DEFAULT_PROTOCOL = "leave-last-out"
 """What `train`/`eval recommender` use unless told: each user's last item is the test."""
@@ -103,3 +132,116 @@ def tune_and_refit(
         "fit_peak_mb": round(peak, 1),
         "refit_history": [r.model_dump() for r in report.history],
     }
+
+
+def train_recommender(
+    run: RunLayout,
+    data_dir: Path,
+    name: str,
+    overrides: dict[str, Any],
+    seed: int,
+    device: str,
+    progress: bool = True,
+    protocol: ProtocolSpec | None = None,
+    trials: int = 0,
+) -> dict[str, Any]:
+    """Choose settings on validation (epochs, or a search with `trials`), refit, save.
+
+    The protocol (leave-last-out unless given) is recorded in the model's `train.json`, so
+    `eval_recommenders` measures it on exactly the split it was refitted for.
+    """
+    spec = protocol or protocol_spec(DEFAULT_PROTOCOL)
+    build_recommender(name, overrides)  # a bad setting fails before any work
+    ds = load_dataset(data_dir)
+    split = split_for(interaction_log(ds), spec)
+    directory = run.recommender(name).parent
+    config = {"model": name, "overrides": overrides, "seed": seed, "protocol": spec.settings(),
+              "trials": trials}  # fmt: skip
+    run.log_step("train recommender", config, data_dir)
+    # Models that read item features (the cold-start hybrid) get the captions' embeddings.
+    features = (
+        item_features(ds, split.test.train, "text", run)
+        if recommender_spec(name).uses_item_features
+        else None
+    )
+    ctx = TrainContext(
+        run_dir=directory,
+        seed=seed,
+        device=resolve_device(device),
+        progress=progress,
+        item_features=features,
+    )
+    start = time.perf_counter()
+    model, info = tune_and_refit(
+        name,
+        split,
+        ctx,
+        overrides=overrides,
+        trials=trials,
+        storage=directory / "optuna.db" if trials else None,
+    )
+    model.save(run.recommender(name))
+    epoch_field = recommender_spec(name).epoch_field
+    result = {
+        "model": name,
+        "protocol": spec.settings(),
+        "config": info["settings"],
+        "epochs": info["settings"].get(epoch_field) if epoch_field else None,
+        "best_valid": info["search"].get("valid_value"),
+        "search": info["search"],
+        "fit_seconds": info["fit_seconds"],
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+    write_json_atomic(directory / "train.json", result)
+    return result
+
+
+def eval_recommenders(run: RunLayout, ks: tuple[int, ...] = RANKING_KS) -> dict[str, Any]:
+    """Every trained recommender on the test part of the protocol it was trained under."""
+    names = run.trained_recommenders()
+    if not names:
+        raise PinlabDataError(
+            f"run {run.root} has no trained recommender; `pinlab train recommender --run ...`"
+        )
+    ds = load_dataset(run.data_dir())
+    log = interaction_log(ds)
+    truth = load_truth(ds.root) if ds.manifest.source == "synth" else None
+    splits: dict[str, ProtocolSplit] = {}
+    models: dict[str, dict[str, float]] = {}
+    protocols: dict[str, dict[str, Any]] = {}
+    for name in names:
+        protocols[name] = _trained_protocol(run, name)
+        key = repr(sorted(protocols[name].items()))
+        if key not in splits:
+            splits[key] = split_for(log, stored_protocol(protocols[name]))
+        split = splits[key]
+        model = load_recommender(run.recommender(name))
+        metrics = evaluate_holdout(model, split.test, ks=ks).means()
+        if truth is not None:
+            users = np.unique(split.test.target.users)
+            ranked = top_k(model, users, max(ks), seen_csr(split.test.train))
+            metrics["taste_recovery"] = taste_recovery(
+                ranked, truth.pin_category, truth.taste_end[users]
+            )
+        models[name] = metrics
+    shared = {repr(sorted(p.items())) for p in protocols.values()}
+    result = {
+        "protocol": next(iter(protocols.values()))["name"] if len(shared) == 1 else "mixed",
+        "protocols": protocols,
+        "num_items": log.num_items,
+        "models": models,
+        "best": max(models, key=lambda n: models[n].get("ndcg@10", 0.0)),
+    }
+    write_json_atomic(run.recommenders / "eval.json", result)
+    return result
+
+
+def _trained_protocol(run: RunLayout, name: str) -> dict[str, Any]:
+    path = run.recommender(name).parent / "train.json"
+    try:
+        return dict(json.loads(path.read_text())["protocol"])
+    except (OSError, KeyError, json.JSONDecodeError):
+        raise PinlabDataError(
+            f"{path} does not say which protocol {name} was trained under; retrain it with "
+            "`pinlab train recommender`"
+        ) from None

@@ -32,7 +32,7 @@ from rich.table import Table
 
 from pinlab_data import PinlabDataError, SynthConfig, load_dataset
 from pinlab_models import EncoderConfig
-from pinlab_tasks import workflows
+from pinlab_tasks import recsys, workflows
 from pinlab_tasks._output import stdout
 from pinlab_tasks.runs import RunLayout
 
@@ -57,8 +57,8 @@ def build_world(out: Path, pins: int, seed: int) -> RunLayout:
     workflows.synth(run.data, config, overwrite=True)
     workflows.train_visual(run, run.data, ENCODER, seed, "cpu", progress=False)
     for name, overrides in RECOMMENDERS.items():
-        workflows.train_recommender(run, run.data, name, overrides, seed, "cpu", progress=False)
-    workflows.eval_recommenders(run)
+        recsys.train_recommender(run, run.data, name, overrides, seed, "cpu", progress=False)
+    recsys.eval_recommenders(run)
     workflows.build_index(run)
     return run
 

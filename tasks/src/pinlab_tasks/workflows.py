@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import resource
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,17 +18,13 @@ import torch
 
 from pinlab_data import (
     Dataset,
-    InteractionLog,
-    LeaveLastOutSplit,
     PinlabDataError,
     SynthConfig,
     caption_attributes,
     describe_dataset,
     holdout_mask,
     interaction_log,
-    leave_last_out,
     load_dataset,
-    load_truth,
     seen_csr,
     write_json_atomic,
     write_synth,
@@ -37,10 +32,8 @@ from pinlab_data import (
 from pinlab_eval import (
     RetrievalReport,
     embedding_map,
-    evaluate_ranking,
     evaluate_retrieval,
     evaluate_text_to_image,
-    taste_recovery,
     top_k,
 )
 from pinlab_models import (
@@ -49,12 +42,9 @@ from pinlab_models import (
     EncoderConfig,
     ImageTextModel,
     Recommender,
-    Scorer,
     TrainContext,
-    build_recommender,
     load_image_text_model,
     load_recommender,
-    recommender_spec,
     resolve_device,
     seed_everything,
     train_alignment,
@@ -62,8 +52,8 @@ from pinlab_models import (
     zero_shot_labels,
 )
 from pinlab_serve import PinIndex, embed_image_file
-from pinlab_tasks.cold_start import item_features
 from pinlab_tasks.presets import PRESETS
+from pinlab_tasks.recsys import eval_recommenders, train_recommender
 from pinlab_tasks.runs import RunLayout
 from pinlab_tasks.visual_bench import linear_probe, visual_protocol
 
@@ -72,7 +62,6 @@ HOLDOUT_FRACTION = 0.2
 VALID_FRACTION = 0.1
 """Share of the remaining pins used for early stopping."""
 VISUAL_KS = (1, 10)
-RANKING_KS = (10, 20)
 
 
 @dataclass(frozen=True)
@@ -325,102 +314,6 @@ def eval_align(run: RunLayout) -> dict[str, Any]:
         "metrics": metrics,
     }
     write_json_atomic(run.visual / "align" / "eval.json", result)
-    return result
-
-
-def recommender_split(ds: Dataset) -> LeaveLastOutSplit:
-    split = leave_last_out(interaction_log(ds))
-    if len(split.test) == 0:
-        raise PinlabDataError(
-            f"{ds.root}: no user has 3 distinct pins, so leave-last-out leaves nothing to test"
-        )
-    return split
-
-
-def _concat(a: InteractionLog, b: InteractionLog) -> InteractionLog:
-    return InteractionLog(
-        users=np.concatenate([a.users, b.users]),
-        items=np.concatenate([a.items, b.items]),
-        timestamps=np.concatenate([a.timestamps, b.timestamps]),
-        weights=np.concatenate([a.weights, b.weights]),
-        user_ids=a.user_ids,
-        item_ids=a.item_ids,
-    )
-
-
-def train_recommender(
-    run: RunLayout,
-    data_dir: Path,
-    name: str,
-    overrides: Mapping[str, Any],
-    seed: int,
-    device: str,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Fit one registered recommender on the leave-last-out training part."""
-    model = build_recommender(name, overrides)
-    config = recommender_spec(name).config_type.model_validate(dict(overrides)).model_dump()
-    ds = load_dataset(data_dir)
-    split = recommender_split(ds)
-    exclude = seen_csr(split.train)
-    run.log_step("train recommender", {"model": name, "config": config, "seed": seed}, data_dir)
-
-    def validate(scorer: Scorer) -> float:
-        report = evaluate_ranking(scorer, split.valid, exclude, ks=(10,), protocol="valid")
-        return report.metrics["ndcg@10"]
-
-    directory = run.recommender(name).parent
-    # Models that read item features (the cold-start hybrid) get the captions' embeddings.
-    features = (
-        item_features(ds, split.train, "text", run)
-        if recommender_spec(name).uses_item_features
-        else None
-    )
-    ctx = TrainContext(
-        run_dir=directory,
-        seed=seed,
-        device=resolve_device(device),
-        progress=progress,
-        item_features=features,
-    )
-    report = model.fit(split.train, ctx, validate)
-    model.save(run.recommender(name))
-    result = {"config": config, **report.model_dump()}
-    write_json_atomic(directory / "train.json", result)
-    return result
-
-
-def eval_recommenders(run: RunLayout, ks: tuple[int, ...] = RANKING_KS) -> dict[str, Any]:
-    """Every trained recommender on the test items, full ranking, seen items excluded."""
-    names = run.trained_recommenders()
-    if not names:
-        raise PinlabDataError(
-            f"run {run.root} has no trained recommender; `pinlab train recommender --run ...`"
-        )
-    ds = load_dataset(run.data_dir())
-    split = recommender_split(ds)
-    exclude = seen_csr(_concat(split.train, split.valid))
-    truth = load_truth(ds.root) if ds.manifest.source == "synth" else None
-    models: dict[str, dict[str, float]] = {}
-    for name in names:
-        model = load_recommender(run.recommender(name))
-        report = evaluate_ranking(model, split.test, exclude, ks=ks, protocol="leave-last-out")
-        metrics = dict(report.metrics)
-        if truth is not None:
-            users = np.unique(split.test.users)
-            ranked = top_k(model, users, max(ks), exclude)
-            metrics["taste_recovery"] = taste_recovery(
-                ranked, truth.pin_category, truth.taste_end[users]
-            )
-        models[name] = metrics
-    result = {
-        "protocol": "leave-last-out",
-        "num_users": len(np.unique(split.test.users)),
-        "num_items": split.test.num_items,
-        "models": models,
-        "best": max(models, key=lambda n: models[n].get("ndcg@10", 0.0)),
-    }
-    write_json_atomic(run.recommenders / "eval.json", result)
     return result
 
 

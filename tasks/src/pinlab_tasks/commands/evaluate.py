@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from pinlab_tasks import cold_start, workflows
+from pinlab_tasks import cold_start, recsys, workflows
 from pinlab_tasks._app import DeviceOpt, JsonFlag, SeedOpt, settings
 from pinlab_tasks._output import emit, metrics_table, stdout
 from pinlab_tasks.runs import RunLayout
@@ -50,11 +50,14 @@ def visual(run: RunArg, seed: SeedOpt = None, as_json: JsonFlag = False) -> None
 
 @app.command("recommender")
 def recommender(run: RunArg, as_json: JsonFlag = False) -> None:
-    """Every trained recommender, leave-last-out, full ranking.
+    """Every trained recommender on the test part of the protocol it was trained under.
+
+    Full ranking (or the protocol's sampled negatives), seen items excluded; the split is the
+    one `train recommender` refitted for, rebuilt from its recorded protocol and seed.
 
     Writes: RUN/recommender/eval.json.
     """
-    result = workflows.eval_recommenders(RunLayout(run))
+    result = recsys.eval_recommenders(RunLayout(run))
     emit(
         result,
         as_json,

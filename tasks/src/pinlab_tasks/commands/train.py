@@ -10,6 +10,7 @@ import typer
 from pydantic import BaseModel, ValidationError
 
 from pinlab_data import PinlabDataError
+from pinlab_eval import protocol_spec
 from pinlab_models import (
     AlignConfig,
     EncoderConfig,
@@ -18,10 +19,11 @@ from pinlab_models import (
     RecipeConfig,
     recommender_names,
 )
+from pinlab_tasks import recsys, workflows
 from pinlab_tasks import visual as visual_workflows
-from pinlab_tasks import workflows
 from pinlab_tasks._app import DeviceOpt, JsonFlag, SeedOpt, settings
 from pinlab_tasks._output import emit, stdout
+from pinlab_tasks.recsys import DEFAULT_PROTOCOL
 from pinlab_tasks.runs import RunLayout, new_run_dir
 
 app = typer.Typer(help="Train models into a run directory.", no_args_is_help=True)
@@ -182,18 +184,39 @@ def recommender(
         list[str] | None,
         typer.Option("--set", help="Model setting as KEY=VALUE (JSON value), repeatable."),
     ] = None,
+    protocol: Annotated[
+        str, typer.Option("--protocol", help="leave-last-out, stratified, temporal or cold-start.")
+    ] = DEFAULT_PROTOCOL,
+    protocol_seed: Annotated[
+        int | None, typer.Option("--protocol-seed", help="Seed of the split (default 42).")
+    ] = None,
+    trials: Annotated[
+        int,
+        typer.Option(
+            "--trials",
+            min=0,
+            help="Optuna trials on validation (0: the settings given, epochs early-stopped).",
+        ),
+    ] = 0,
     seed: SeedOpt = None,
     device: DeviceOpt = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Fit a recommender on the leave-last-out training part. Writes: RUN/recommender/MODEL/."""
+    """Choose settings on the protocol's validation split, then refit on its training part.
+
+    The same pipeline as `bench recsys`: epochs (and, with --trials, the model's declared
+    search space) are chosen on validation; the model is refitted on everything but the test
+    targets, which `pinlab eval recommender` then measures.
+
+    Writes: RUN/recommender/MODEL/{model.pt, train.json, metrics.jsonl, validation/}.
+    """
     if model not in recommender_names():
         raise PinlabDataError(
             f"unknown model {model!r}; registered: {', '.join(recommender_names())}"
         )
     s = settings()
     layout = _run(run)
-    result = workflows.train_recommender(
+    result = recsys.train_recommender(
         layout,
         data,
         model,
@@ -201,6 +224,8 @@ def recommender(
         s.seed if seed is None else seed,
         device or s.device,
         not as_json,
+        protocol=protocol_spec(protocol, {"seed": protocol_seed}),
+        trials=trials,
     )
     result["run_dir"] = str(layout.root)
     emit(result, as_json, lambda: _render(result))
@@ -221,6 +246,14 @@ def parse_settings(pairs: list[str]) -> dict[str, Any]:
 
 
 def _render(result: dict[str, Any]) -> None:
+    if "protocol" in result:  # a recommender
+        epochs = "" if result["epochs"] is None else f", {result['epochs']} epochs"
+        stdout.print(
+            f"trained [bold]{result['model']}[/] in {result['seconds']:.1f} s{epochs} "
+            f"(chosen on validation, {result['best_valid']}; refitted on "
+            f"{result['protocol']['name']} training part) -> {result['run_dir']}"
+        )
+        return
     stdout.print(
         f"trained [bold]{result['model']}[/] in {result['seconds']:.1f} s, "
         f"{result['epochs']} epochs (best {result['best_epoch']}, "
