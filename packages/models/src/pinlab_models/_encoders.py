@@ -22,6 +22,7 @@ import torch.nn.functional as F  # noqa: N812 - the PyTorch convention
 from huggingface_hub import try_to_load_from_cache
 from torch import nn
 
+from pinlab_models._registries import add_unique
 from pinlab_models.contracts import EncoderConfig, PinlabModelError
 
 NetworkBuilder = Callable[[EncoderConfig], nn.Module]
@@ -32,7 +33,7 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 def register_encoder_arch(name: str, builder: NetworkBuilder) -> None:
     """Make a built-in network available as `EncoderConfig.arch = name`."""
-    _BUILTIN[name] = builder
+    add_unique(_BUILTIN, "encoder architecture", name, builder)
 
 
 def builtin_archs() -> list[str]:

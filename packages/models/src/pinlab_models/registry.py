@@ -14,6 +14,7 @@ from pinlab_models._ensemble import Ensemble
 from pinlab_models._ials import ImplicitALS
 from pinlab_models._linear import ItemItem, item_item_builder
 from pinlab_models._recommenders import CHECKPOINT_KIND, MatrixFactorization, Popularity
+from pinlab_models._registries import add_unique
 from pinlab_models._runtime import load_checkpoint
 from pinlab_models._sequential import SASRec
 from pinlab_models._two_tower import TwoTower
@@ -74,9 +75,7 @@ _REGISTRY: dict[str, RecommenderSpec] = {}
 
 
 def register(spec: RecommenderSpec) -> None:
-    if spec.name in _REGISTRY:
-        raise PinlabModelError(f"recommender {spec.name!r} is already registered")
-    _REGISTRY[spec.name] = spec
+    add_unique(_REGISTRY, "recommender", spec.name, spec)
 
 
 def recommender_names() -> list[str]:
