@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
@@ -16,6 +19,7 @@ from pinlab_models import (
     RecommenderSpec,
     SearchParam,
     Simplex,
+    TrainContext,
     build_recommender,
     recommender_names,
     recommender_spec,
@@ -94,3 +98,24 @@ def test_registries_refuse_a_duplicate_name_the_same_way() -> None:
     arch = builtin_archs()[0]
     with pytest.raises(PinlabModelError, match=f"encoder architecture '{arch}' is already"):
         register_encoder_arch(arch, lambda config: None)  # type: ignore[arg-type,return-value]
+
+
+def test_epoch_training_stops_at_the_deadline(tmp_path: Path) -> None:
+    import time
+
+    from pinlab_data.contracts import InteractionLog
+
+    rng = np.random.default_rng(0)
+    users, items = rng.integers(0, 30, 600), rng.integers(0, 40, 600)
+    log = InteractionLog(
+        users=users, items=items, timestamps=np.arange(600), weights=np.ones(600, np.float32),
+        user_ids=np.arange(30), item_ids=np.arange(40),
+    )  # fmt: skip
+    model = build_recommender("mf", {"epochs": 50, "dim": 8, "patience": 50})
+    spent = TrainContext(run_dir=tmp_path, progress=False, deadline=time.monotonic() - 1)
+    report = model.fit(log, spent, validate=lambda scorer: 0.5)
+    assert report.epochs == 1 and report.best_epoch == 1
+    free = TrainContext(run_dir=tmp_path / "free", progress=False)
+    assert (
+        build_recommender("mf", {"epochs": 3, "dim": 8}).fit(log, free, lambda s: 0.5).epochs == 3
+    )

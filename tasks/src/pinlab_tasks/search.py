@@ -116,7 +116,9 @@ def search_on_validation(
             return value
 
         model = build_recommender(name, point)
-        trial_ctx = replace(probe_ctx, run_dir=probe_ctx.run_dir / f"trial-{trial.number}")
+        trial_ctx = replace(
+            probe_ctx, run_dir=probe_ctx.run_dir / f"trial-{trial.number}", deadline=deadline
+        )
         report = model.fit(split.valid.train, trial_ctx, validate)
         value = report.best_valid if report.best_valid is not None else validate(model)
         trial.set_user_attr("point", _jsonable(point))
@@ -143,6 +145,8 @@ def search_on_validation(
             on_trial(_trial_json(trial))
 
     start = time.perf_counter()
+    # Epoch training stops at the budget too, so one long trial cannot overrun it.
+    deadline = time.monotonic() + budget_seconds if budget_seconds else None
     study.optimize(
         objective,
         n_trials=max(trials, 1) if space else 1,

@@ -18,16 +18,8 @@ from torch import nn
 
 from pinlab_data.contracts import Float32Array, Int64Array, InteractionLog
 from pinlab_models._recommenders import CHECKPOINT_KIND
-from pinlab_models._runtime import (
-    EarlyStopping,
-    EpochLog,
-    Stopwatch,
-    epoch_progress,
-    save_checkpoint,
-    seed_everything,
-)
+from pinlab_models._runtime import run_epochs, save_checkpoint, seed_everything
 from pinlab_models.contracts import (
-    EpochRecord,
     FitReport,
     HybridConfig,
     PinlabModelError,
@@ -112,46 +104,30 @@ class HybridRecommender:
         warm_items = torch.from_numpy(np.flatnonzero(warm)).to(ctx.device)
         weights = torch.from_numpy(train.weights).to(ctx.device)
         weights = weights / weights.mean()
-        log = EpochLog(ctx.run_dir)
-        stopper = EarlyStopping(cfg.patience)
-        clock = Stopwatch()
         steps = max(1, len(train) // cfg.batch_size)
-        with epoch_progress(f"train {self.name}", cfg.epochs, ctx.progress) as progress:
-            for epoch in range(1, cfg.epochs + 1):
-                epoch_clock = Stopwatch()
-                net.train()
-                order = torch.randperm(len(train), generator=gen).to(ctx.device)
-                total = 0.0
-                for step in range(steps):
-                    idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-                    keep = torch.rand(len(warm_items), generator=gen) >= cfg.item_dropout
-                    vectors = net.item_vectors(warm_items, keep.to(ctx.device))
-                    logits = net.scores(users[idx], vectors) / cfg.temperature
-                    loss = (
-                        F.cross_entropy(logits, targets[idx], reduction="none") * weights[idx]
-                    ).mean()
-                    optimizer.zero_grad(set_to_none=True)
-                    torch.autograd.backward(loss)
-                    optimizer.step()
-                    total += float(loss.detach())
-                valid = validate(self) if validate else None
-                record = EpochRecord(
-                    epoch=epoch, train_loss=total / steps, valid=valid, seconds=epoch_clock()
-                )
-                log.write(record)
-                status = f"loss {record.train_loss:.3f}" + (f" valid {valid:.4f}" if valid else "")
-                progress.update(progress.task_ids[0], advance=1, status=status)
-                if stopper.update(epoch, valid, net):
-                    break
-        stopper.restore(net)
-        return FitReport(
-            model=self.name,
-            epochs=len(log.records),
-            best_epoch=stopper.best_epoch,
-            best_valid=stopper.best,
-            seconds=clock(),
-            history=log.records,
-        )
+
+        def train_epoch() -> float:
+            net.train()
+            order = torch.randperm(len(train), generator=gen).to(ctx.device)
+            total = 0.0
+            for step in range(steps):
+                idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+                keep = torch.rand(len(warm_items), generator=gen) >= cfg.item_dropout
+                vectors = net.item_vectors(warm_items, keep.to(ctx.device))
+                logits = net.scores(users[idx], vectors) / cfg.temperature
+                loss = (
+                    F.cross_entropy(logits, targets[idx], reduction="none") * weights[idx]
+                ).mean()
+                optimizer.zero_grad(set_to_none=True)
+                torch.autograd.backward(loss)
+                optimizer.step()
+                total += float(loss.detach())
+            return total / steps
+
+        return run_epochs(
+            self, net, train_epoch, epochs=cfg.epochs, patience=cfg.patience, ctx=ctx,
+            validate=validate,
+        )  # fmt: skip
 
     @torch.no_grad()
     def score(self, users: Int64Array) -> Float32Array:

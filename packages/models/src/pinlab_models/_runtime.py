@@ -162,7 +162,8 @@ def run_epochs(
     """The loop every epoch-trained recommender shares: train, validate, log, stop early.
 
     `train_epoch` runs one pass and returns its mean loss. Validation runs every `eval_every`
-    epochs and on the last; the best validated state of `net` is restored at the end.
+    epochs and on the last; the best validated state of `net` is restored at the end. Past
+    `ctx.deadline`, training stops at the next validation.
     """
     name = str(getattr(model, "name", type(model).__name__))
     log = EpochLog(ctx.run_dir)
@@ -179,6 +180,8 @@ def run_epochs(
             progress.update(progress.task_ids[0], advance=1, status=status)
             if (validate is None or check) and stopper.update(epoch, valid, net):
                 break
+            if check and ctx.deadline is not None and time.monotonic() > ctx.deadline:
+                break  # out of time: keep the best epoch validated so far
     stopper.restore(net)
     return FitReport(
         model=name,

@@ -36,6 +36,9 @@ class TrainContext:
     device: str = "cpu"
     progress: bool = True
     item_features: Float32Array | None = None
+    deadline: float | None = None
+    """A `time.monotonic()` after which epoch training stops (keeping its best validated
+    epoch): how a search holds a model to its time budget."""
 
 
 class Scorer(Protocol):
