@@ -59,7 +59,7 @@ def bench_recsys(
     seed: int = 0,
     seeds: int = 1,
     trials: int = 20,
-    budget_seconds: float | None = 60.0,
+    budget_seconds: float | None = 20.0,
     metric: str = "ndcg@10",
     device: str = "auto",
     progress: bool = True,
@@ -77,7 +77,9 @@ def bench_recsys(
     unknown_peers = sorted(set(peers) - {"implicit"})
     if unknown_peers:
         raise PinlabDataError(f"unknown peer {unknown_peers[0]!r}; peers: implicit")
-    names = list(models) if models else recommender_names()
+    ds = load_dataset(data_dir)
+    log = interaction_log(ds)
+    names = list(models) if models else _defaults_for(log.num_items, say)
     if "implicit" in peers:
         _require_implicit()
         if "ials" not in names:
@@ -91,8 +93,6 @@ def bench_recsys(
         raise PinlabDataError(f"--seeds must be at least 1, got {seeds}")
     _check_metric(metric, ks)
     names = _ordered(names)
-    ds = load_dataset(data_dir)
-    log = interaction_log(ds)
     wants_features = any(recommender_spec(n).uses_item_features for n in names)
     features = item_features() if item_features is not None and wants_features else None
     device = resolve_device(device)
@@ -132,6 +132,7 @@ def bench_recsys(
                 budget_seconds=budget_seconds,
                 metric=metric,
                 storage=run_dir / "optuna.db",
+                on_trial=_trial_line(f"seed {seed + r} {name}", trials, say),
             )
             results[name].append(evaluate_holdout(model, split.test, ks=ks))
             extras[name].append(info)
@@ -188,6 +189,31 @@ def _save_user_metrics(path: Path, results: Mapping[str, list[UserMetrics]]) -> 
     np.savez_compressed(partial, allow_pickle=False, **arrays)
     partial.replace(path)
     return path.name
+
+
+def _defaults_for(num_items: int, say: Say) -> list[str]:
+    """Every registered model, but dense item-item ones past their catalogue limit."""
+    names: list[str] = []
+    left_out: list[str] = []
+    for name in recommender_names():
+        limit = recommender_spec(name).max_items
+        (left_out if limit is not None and num_items > limit else names).append(name)
+    if left_out:
+        say(
+            f"left out at {num_items:,} items (dense items x items matrices): "
+            f"{', '.join(left_out)}; name them in --models to run them anyway"
+        )
+    return names
+
+
+def _trial_line(label: str, trials: int, say: Say) -> Callable[[dict[str, Any]], None]:
+    def line(trial: dict[str, Any]) -> None:
+        value = "pruned" if trial["value"] is None else f"valid {trial['value']:.4f}"
+        epochs = f", {trial['epochs']} epochs" if trial.get("epochs") else ""
+        say(f"  {label} trial {trial['number'] + 1}/{max(trials, 1)}: {value}{epochs}, "
+            f"{trial['seconds']} s")  # fmt: skip
+
+    return line
 
 
 def _costs(infos: list[dict[str, Any]]) -> dict[str, Any]:

@@ -121,7 +121,7 @@ def recsys(
             min=0,
             help="Seconds of search per model and seed (0: none; a trial under way finishes).",
         ),
-    ] = 60.0,
+    ] = 20.0,
     metric: Annotated[
         str, typer.Option("--metric", help="What validation maximises, NAME@K.")
     ] = "ndcg@10",
