@@ -317,3 +317,25 @@ def test_write_bytes_atomic_cleans_up_after_a_failure(
     monkeypatch.undo()
     assert path.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["blob.bin"]
+
+
+def test_atomic_writer_keeps_the_old_file_on_error_and_uses_normal_permissions(
+    tmp_path: Path,
+) -> None:
+    import os
+
+    from pinlab_data import atomic_writer
+
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"old")
+    with pytest.raises(RuntimeError, match="crash"), atomic_writer(path) as f:
+        f.write(b"half of the new")
+        raise RuntimeError("crash")
+    assert path.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]  # no temp file left
+    umask = os.umask(0o022)
+    os.umask(umask)
+    with atomic_writer(tmp_path / "new.bin") as f:
+        f.write(b"new")
+    assert (tmp_path / "new.bin").read_bytes() == b"new"
+    assert (tmp_path / "new.bin").stat().st_mode & 0o777 == 0o666 & ~umask

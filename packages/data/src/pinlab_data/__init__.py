@@ -28,7 +28,13 @@ from pinlab_data._loaders import (
 )
 from pinlab_data._movielens_like import write_movielens_like
 from pinlab_data._splits import holdout_mask, interaction_log, leave_last_out, seen_csr
-from pinlab_data._store import load_dataset, save_dataset, write_bytes_atomic, write_json_atomic
+from pinlab_data._store import (
+    atomic_writer,
+    load_dataset,
+    save_dataset,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 from pinlab_data._synth import (
     SHAPES,
     SynthConfig,
@@ -123,6 +129,7 @@ __all__ = [
     "SynthTruth",
     "User",
     "ValidationReport",
+    "atomic_writer",
     "candidate_pairs",
     "caption_attributes",
     "cluster_pairs",

@@ -12,8 +12,9 @@ import json
 import os
 import secrets
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -38,13 +39,20 @@ RESERVED_FILES = frozenset({DATASET_FILE, IMAGES_FILE, *TABLE_FILES.values()})
 _ARROW_ERRORS = (pa.ArrowException, OSError)
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so readers see the old file or the new one, never a torn one."""
+@contextlib.contextmanager
+def atomic_writer(path: Path) -> Iterator[BinaryIO]:
+    """A binary file that becomes `path` only when the block ends without error.
+
+    Written beside `path` under a hidden name, flushed and fsynced, then renamed over it (and
+    the directory fsynced), so readers see the old file or the new one, never a torn one, and
+    a crash leaves no half-written `path`. Created like any file (mode 0o666 less the umask),
+    not owner-only as `tempfile.mkstemp` would make it.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _sibling(path, "tmp")
     try:
         with tmp.open("xb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         tmp.replace(path)
@@ -52,6 +60,12 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through `atomic_writer`."""
+    with atomic_writer(path) as f:
+        f.write(data)
 
 
 def write_json_atomic(path: Path, obj: object) -> None:

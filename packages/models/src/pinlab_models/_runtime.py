@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -18,6 +16,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from pinlab_data import atomic_writer
 from pinlab_models.contracts import (
     EpochRecord,
     FitReport,
@@ -52,15 +51,8 @@ def seed_everything(seed: int) -> torch.Generator:
 
 def save_checkpoint(path: Path, payload: Mapping[str, Any]) -> str:
     """Write a checkpoint atomically; returns its short SHA-256, used as the model id."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(dict(payload), f)
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_writer(path) as f:
+        torch.save(dict(payload), f)
     return file_digest(path)
 
 
