@@ -143,10 +143,10 @@ def check_writable(root: Path, overwrite: bool) -> None:
 
 def load_dataset(root: Path) -> Dataset:
     """Load a dataset directory; anything unreadable raises PinlabDataError saying what to do."""
-    return _load(root, allow_nulls=False)[0]
+    return load_with_schemas(root, allow_nulls=False)[0]
 
 
-def _load(root: Path, *, allow_nulls: bool) -> tuple[Dataset, dict[str, pa.Schema]]:
+def load_with_schemas(root: Path, *, allow_nulls: bool) -> tuple[Dataset, dict[str, pa.Schema]]:
     """The dataset and each table's schema as stored (before casting to the contract)."""
     root = Path(root)
     if not root.exists():

@@ -10,7 +10,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pinlab_data._store import DATASET_FILE, IMAGES_FILE, TABLE_FILES, _load
+from pinlab_data._store import DATASET_FILE, IMAGES_FILE, TABLE_FILES, load_with_schemas
 from pinlab_data.contracts import (
     TABLE_SCHEMAS,
     Dataset,
@@ -37,7 +37,7 @@ def validate_dataset(root: Path) -> ValidationReport:
     A directory that cannot be loaded at all gives one `unreadable-dataset` error.
     """
     try:
-        dataset, stored = _load(root, allow_nulls=True)
+        dataset, stored = load_with_schemas(root, allow_nulls=True)
     except PinlabDataError as exc:
         problem = Problem(
             severity="error", code="unreadable-dataset", where=str(root), message=str(exc)

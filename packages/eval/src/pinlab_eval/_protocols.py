@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from pinlab_data import holdout_mask, leave_last_out, seen_csr
 from pinlab_data.contracts import Int64Array, InteractionLog, PinlabDataError
-from pinlab_eval._ranking import _csr_rows, item_popularity
+from pinlab_eval._ranking import csr_entries, item_popularity
 from pinlab_eval.contracts import (
     Holdout,
     HoldoutCounts,
@@ -127,7 +127,7 @@ def sample_negatives(
         keys = rng.standard_exponential((len(batch), log.num_items))
         np.divide(keys, weights, out=keys, where=drawable)
         keys[:, ~drawable] = np.inf
-        rows, cols = _csr_rows(seen, batch)
+        rows, cols = csr_entries(seen, batch)
         keys[rows, cols] = np.inf
         short = np.isinf(keys).sum(axis=1) > log.num_items - count
         if short.any():

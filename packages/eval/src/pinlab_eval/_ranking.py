@@ -30,7 +30,7 @@ BoolArray = npt.NDArray[np.bool_]
 FloatArray = npt.NDArray[np.floating[Any]]
 
 
-def _csr_rows(csr: Csr, rows: Int64Array) -> tuple[Int64Array, Int64Array]:
+def csr_entries(csr: Csr, rows: Int64Array) -> tuple[Int64Array, Int64Array]:
     """The entries of some CSR rows as (position in `rows`, column) pairs."""
     indptr, indices = csr
     starts = indptr[rows]
@@ -116,7 +116,7 @@ def top_k(
         scores = _score_batch(scorer, batch, num_items)
         num_items = scores.shape[1]
         if exclude is not None:
-            rows, cols = _csr_rows(exclude, batch)
+            rows, cols = csr_entries(exclude, batch)
             scores[rows, cols] = -np.inf
         parts.append(_best_k(scores, min(k, num_items)))
     return np.concatenate(parts)
