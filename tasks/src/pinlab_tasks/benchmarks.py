@@ -1,7 +1,7 @@
 """`pinlab bench recsys`: every recommender under one named protocol, repeated over seeds.
 
 Per seed (its own split seed and training seed), each model's settings are searched on the
-validation split (Optuna over its declared space, epochs early-stopped; `pinlab_tasks.search`),
+validation split (Optuna over its declared space, epochs early-stopped; `pinlab_tasks.tuning`),
 then it is refitted on the protocol's training part and measured on its test part
 (`pinlab_tasks.recsys.tune_and_refit`). The test split chooses nothing. Rows report means over
 seeds with their spread and per-seed values; every pair of models is compared paired over

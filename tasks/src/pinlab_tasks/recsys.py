@@ -46,7 +46,7 @@ from pinlab_models import (
 from pinlab_tasks._measure import added_peak_rss
 from pinlab_tasks.cold_start import item_features
 from pinlab_tasks.runs import RunLayout
-from pinlab_tasks.search import OnTrial, search_on_validation
+from pinlab_tasks.tuning import OnTrial, search_on_validation
 
 Say = Callable[[str], None]
 RANKING_KS = (10, 20)
@@ -84,7 +84,7 @@ def tune_and_refit(
     """Settings chosen on validation, then the model refitted on the test's training part.
 
     `overrides` are fixed settings; `trials` > 0 searches the model's declared space on
-    validation (`pinlab_tasks.search`), 0 keeps the defaults and only early-stops the epochs.
+    validation (`pinlab_tasks.tuning`), 0 keeps the defaults and only early-stops the epochs.
     A blend's members are tuned first (once per `chosen`, which collects every model's
     validated settings). Returns the fitted model and a record: the search, fit seconds and
     the memory the refit added.
