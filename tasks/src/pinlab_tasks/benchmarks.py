@@ -109,13 +109,18 @@ def bench_recsys(
     clock = time.perf_counter()
     results: dict[str, list[UserMetrics]] = {n: [] for n in names}
     extras: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
-    counts, peer_rows = [], []
-    for r in range(seeds):
-        split = split_for(log, protocol.model_copy(update={"seed": protocol.seed + r}))
-        counts.append({"seed": seed + r, "split_seed": protocol.seed + r,
-                       **split.test.counts.model_dump()})  # fmt: skip
-        chosen: dict[str, dict[str, Any]] = {}
-        for i, name in enumerate(names):
+    # One split per repetition, built once; a model runs on every seed before the next model.
+    splits = [
+        split_for(log, protocol.model_copy(update={"seed": protocol.seed + r}))
+        for r in range(seeds)
+    ]
+    counts = [
+        {"seed": seed + r, "split_seed": protocol.seed + r, **split.test.counts.model_dump()}
+        for r, split in enumerate(splits)
+    ]
+    chosen: list[dict[str, dict[str, Any]]] = [{} for _ in splits]
+    for i, name in enumerate(names):
+        for r, split in enumerate(splits):
             ctx = TrainContext(
                 run_dir=run_dir / name / f"seed-{seed + r}",
                 seed=seed + r,
@@ -127,29 +132,31 @@ def bench_recsys(
                 name,
                 split,
                 ctx,
-                chosen=chosen,
+                chosen=chosen[r],
                 trials=trials,
                 budget_seconds=budget_seconds,
                 metric=metric,
                 storage=run_dir / "optuna.db",
-                on_trial=_trial_line(f"seed {seed + r} {name}", trials, say),
+                on_trial=_trial_line(f"{name} seed {seed + r}", trials, say),
             )
             results[name].append(evaluate_holdout(model, split.test, ks=ks))
             extras[name].append(info)
-            done = r * len(names) + i + 1
+            done = i * seeds + r + 1
             elapsed = time.perf_counter() - clock
             left = elapsed / done * (seeds * len(names) - done)
             search = info["search"]
             say(
-                f"seed {seed + r} {name}: {len(search['trials'])} trial(s), valid "
+                f"{name} seed {seed + r}: {len(search['trials'])} trial(s), valid "
                 f"{search.get('valid_value', float('nan')):.4f}, refit {info['fit_seconds']:.1f} s"
                 f"; {elapsed / 60:.1f} min in, about {left / 60:.1f} min left"
             )
-        if "implicit" in peers:
-            ials = extras["ials"][-1]
-            peer_rows.append(
-                implicit_peer(split, ials["settings"], ials, results["ials"][-1].means(), seed + r)
-            )
+    peer_rows = [
+        implicit_peer(split, info["settings"], info, result.means(), seed + r)
+        for r, (split, info, result) in enumerate(
+            zip(splits, extras.get("ials", []), results.get("ials", []), strict=False)
+        )
+        if "implicit" in peers
+    ]
     summary = summarize_models(results, metric=metric, seed=seed)
     rows = [{**row.model_dump(), **_costs(extras[row.model])} for row in summary.rows]
     rows.sort(key=lambda row: -row["metrics"][metric])
