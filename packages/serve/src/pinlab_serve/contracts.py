@@ -60,7 +60,7 @@ class IndexManifest(BaseModel):
     tombstones: list[int] = Field(
         default_factory=list,
         description="Removed pins still in an HNSW graph (graphs cannot drop nodes); never "
-        "returned by search.",
+        "returned by search, and gone once the graph is compacted (`save` does that).",
     )
 
     @field_validator("file")
@@ -68,7 +68,9 @@ class IndexManifest(BaseModel):
     def _plain_name(cls, value: str) -> str:
         # The manifest chooses which file is read: keep it inside the index directory.
         if not value or "/" in value or "\\" in value or value in {".", ".."}:
-            raise ValueError(f"index file must be a plain file name, got {value!r}")
+            raise ValueError(
+                f"must name a file inside the index directory (no path), got {value!r}"
+            )
         return value
 
 
