@@ -295,6 +295,17 @@ def png_header_only(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
 
 
+def test_a_real_size_photo_upload(client: TestClient) -> None:
+    """A 12-megapixel JPEG, as phones take them, is searched like any other image."""
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(small).resize((4000, 3000)).save(buffer, format="JPEG", quality=90)
+    response = client.post("/v1/search/image", **upload(buffer.getvalue(), "image/jpeg"))
+    assert response.status_code == 200, response.text
+    assert len(response.json()["hits"]) == 10
+
+
 @pytest.mark.parametrize("side", [7000, 30_000])
 def test_pixel_bombs_are_refused_unread(client: TestClient, side: int) -> None:
     """40M+ pixels (ours) or 180M+ (PIL's own bomb check): 413 from the header alone."""
