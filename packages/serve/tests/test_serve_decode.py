@@ -29,10 +29,10 @@ import sys
 from PIL import Image
 width, height, path = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 # Noise and gradients: a JPEG that costs what a photo costs to decode.
-bands = [Image.effect_noise((width, height), 60), Image.linear_gradient("L").resize((width, height))]
-Image.merge("RGB", (bands[0], bands[1], bands[0].transpose(Image.Transpose.FLIP_LEFT_RIGHT))).save(
-    path, format="JPEG", quality=90
-)
+noise = Image.effect_noise((width, height), 60)
+ramp = Image.linear_gradient("L").resize((width, height))
+flipped = noise.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+Image.merge("RGB", (noise, ramp, flipped)).save(path, format="JPEG", quality=90)
 """
 
 MEASURE = """
