@@ -143,4 +143,28 @@ def test_bench_serve_command(serve_run: Path) -> None:
         for r in rows:
             assert r["errors"] == 0 and r["qps"] > 0
             assert 0 < r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"]
-    assert payload["world"]["pins"] == 240
+    world = payload["world"]
+    assert world["pins"] == 240 and world["index"] == "IDMap2,Flat"
+    assert world["encoder"]["arch"] == "cnn" and world["encoder"]["embedding_dim"] == 16
+    assert world["threads"] == {"torch": 1, "faiss": 1, "blas": 1, "workers": 1}
+    photo = payload["photo_upload"]
+    assert (photo["width"], photo["height"], photo["errors"]) == (4000, 3000, 0)
+    assert photo["requests"] >= 3 and 0 < photo["p50_ms"] <= photo["p99_ms"]
+
+
+def test_bench_serve_states_its_encoder_and_photo(serve_run: Path) -> None:
+    from pinlab_tasks.runs import RunLayout
+    from pinlab_tasks.serve_bench import encoder_of, photo_jpeg
+
+    described = encoder_of(RunLayout(serve_run))
+    assert {k: described[k] for k in ("arch", "widths", "embedding_dim", "image_size")} == {
+        "arch": "cnn",
+        "widths": [8, 16],
+        "embedding_dim": 16,
+        "image_size": 32,
+    }
+    assert described["model_id"].startswith("cnn-")
+    data = photo_jpeg(0, (800, 600))
+    assert data == photo_jpeg(0, (800, 600))  # seeded
+    with Image.open(io.BytesIO(data)) as img:
+        assert (img.format, img.size) == ("JPEG", (800, 600))

@@ -56,9 +56,13 @@ start = time.perf_counter()
 image = service.decode_upload(data)
 seconds = time.perf_counter() - start
 after = status("VmHWM:")
+with Image.open(io.BytesIO(data)) as img:  # the scale the JPEG decoder was asked for
+    img.draft("RGB", (64, 64))
+    decoded_at = list(img.size)
 print(json.dumps({
     "bytes": len(data),
     "shape": list(image.shape),
+    "decoded_at": decoded_at,
     "peak_rss_growth_mib": round((after - before) / 1024, 1),
     "decode_seconds": round(seconds, 3),
 }))
