@@ -455,10 +455,10 @@ class PinIndex:
     ) -> list[list[Hit]]:
         """Search short HNSW rows again, wider, until each has `k` hits or all its filters allow.
 
-        A beam can still come back short (tombstones, a filter whose pins cluster away from
-        the query): each round asks for `_GROWTH` times more results with a beam as wide;
-        once that reaches the number of pins the filters let through,
-        exact search over just those is cheaper than the beam and cannot miss one.
+        A beam can still come back short (tombstones, a filter whose pins lie away from the
+        query): each round asks for `_GROWTH` times more results with a beam as wide. Once
+        that reaches the number of pins the filters let through, exact search over just
+        those is cheaper than the beam and cannot miss one.
         """
         short = [row for row, hits in enumerate(results) if len(hits) < k]
         if not short:
@@ -547,10 +547,11 @@ class PinIndex:
             manifest = IndexManifest.model_validate(json.loads(manifest_path.read_text()))
         except ValidationError as exc:
             first = exc.errors()[0]
-            field = ".".join(str(part) for part in first["loc"]) or "the document"
+            field = ".".join(str(part) for part in first["loc"])
+            where = f"field '{field}'" if field else "the document"
             raise PinlabServeError(
-                f"index manifest {manifest_path} is malformed: field '{field}': "
-                f"{first['msg']}; delete {directory} and {_REBUILD}"
+                f"index manifest {manifest_path} is malformed: {where}: {first['msg']}; "
+                f"delete {directory} and {_REBUILD}"
             ) from exc
         except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
             raise PinlabServeError(
