@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -29,7 +30,9 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serving(run_dir: Path, *extra: str, ready_streak: int = 1) -> Iterator[str]:
+def serving(
+    run_dir: Path, *extra: str, ready_streak: int = 1, env: dict[str, str] | None = None
+) -> Iterator[str]:
     """A real `pinlab serve`, once `ready_streak` fresh connections in a row found it ready.
 
     With several workers each warms up on its own, so one ready answer is not enough.
@@ -37,7 +40,10 @@ def serving(run_dir: Path, *extra: str, ready_streak: int = 1) -> Iterator[str]:
     port = free_port()
     cmd = [sys.executable, "-m", "pinlab_tasks", "serve", "--run", str(run_dir)]
     with subprocess.Popen(
-        [*cmd, "--port", str(port), *extra], stderr=subprocess.PIPE, text=True
+        [*cmd, "--port", str(port), *extra],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=None if env is None else os.environ | env,
     ) as proc:
         url = f"http://127.0.0.1:{port}"
         try:
@@ -92,9 +98,19 @@ def test_serve_refuses_a_bad_run(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_serve_with_two_workers(serve_run: Path) -> None:
-    with serving(serve_run, "--workers", "2", ready_streak=20) as url:
+    """Workers read their settings from the environment: the admin token must arrive whole
+    (a JSON dump of the settings would hand them the masked '**********')."""
+    token = "two-workers-admin-token"
+    env = {"PINLAB_SERVE_ADMIN_TOKEN": token}
+    with serving(serve_run, "--workers", "2", ready_streak=20, env=env) as url:
         for _ in range(4):
             assert httpx.get(f"{url}/v1/users", params={"limit": 2}).status_code == 200
+            # Fresh connections, so both workers answer over the loop.
+            reload = httpx.post(
+                f"{url}/v1/admin/reload", headers={"authorization": f"Bearer {token}"}
+            )
+            assert reload.status_code == 200, reload.text
+            assert httpx.post(f"{url}/v1/admin/reload").status_code == 401
 
 
 def test_bench_serve_helpers() -> None:
@@ -143,4 +159,28 @@ def test_bench_serve_command(serve_run: Path) -> None:
         for r in rows:
             assert r["errors"] == 0 and r["qps"] > 0
             assert 0 < r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"]
-    assert payload["world"]["pins"] == 240
+    world = payload["world"]
+    assert world["pins"] == 240 and world["index"] == "IDMap2,Flat"
+    assert world["encoder"]["arch"] == "cnn" and world["encoder"]["embedding_dim"] == 16
+    assert world["threads"] == {"torch": 1, "faiss": 1, "blas": 1, "workers": 1}
+    photo = payload["photo_upload"]
+    assert (photo["width"], photo["height"], photo["errors"]) == (4000, 3000, 0)
+    assert photo["requests"] >= 3 and 0 < photo["p50_ms"] <= photo["p99_ms"]
+
+
+def test_bench_serve_states_its_encoder_and_photo(serve_run: Path) -> None:
+    from pinlab_tasks.runs import RunLayout
+    from pinlab_tasks.serve_bench import encoder_of, photo_jpeg
+
+    described = encoder_of(RunLayout(serve_run))
+    assert {k: described[k] for k in ("arch", "widths", "embedding_dim", "image_size")} == {
+        "arch": "cnn",
+        "widths": [8, 16],
+        "embedding_dim": 16,
+        "image_size": 32,
+    }
+    assert described["model_id"].startswith("cnn-")
+    data = photo_jpeg(0, (800, 600))
+    assert data == photo_jpeg(0, (800, 600))  # seeded
+    with Image.open(io.BytesIO(data)) as img:
+        assert (img.format, img.size) == ("JPEG", (800, 600))

@@ -24,6 +24,8 @@ from pinlab_serve import PinIndex, ServeSettings
 from pinlab_serve._app import create_app
 from pinlab_serve._service import PinService
 
+TOKEN = "s3cret-admin-token-for-tests"
+
 
 def wait_ready(client: TestClient, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
@@ -293,6 +295,17 @@ def png_header_only(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
 
 
+def test_a_real_size_photo_upload(client: TestClient) -> None:
+    """A 12-megapixel JPEG, as phones take them, is searched like any other image."""
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(small).resize((4000, 3000)).save(buffer, format="JPEG", quality=90)
+    response = client.post("/v1/search/image", **upload(buffer.getvalue(), "image/jpeg"))
+    assert response.status_code == 200, response.text
+    assert len(response.json()["hits"]) == 10
+
+
 @pytest.mark.parametrize("side", [7000, 30_000])
 def test_pixel_bombs_are_refused_unread(client: TestClient, side: int) -> None:
     """40M+ pixels (ours) or 180M+ (PIL's own bomb check): 413 from the header alone."""
@@ -374,7 +387,8 @@ def test_index_swap(serve_run: Path, tmp_path: Path, pins: dict[str, Any]) -> No
     shutil.copytree(serve_run, run)
     old = PinIndex.load(run / "index")
     keep = old.ids()[:100]
-    with TestClient(create_app(run, ServeSettings())) as client:
+    with TestClient(create_app(run, ServeSettings(admin_token=TOKEN))) as client:
+        client.headers["authorization"] = f"Bearer {TOKEN}"
         wait_ready(client)
         service: PinService = client.app.state.service  # type: ignore[attr-defined]
         before = service.state  # what a request in flight holds
@@ -394,6 +408,30 @@ def test_index_swap(serve_run: Path, tmp_path: Path, pins: dict[str, Any]) -> No
         (run / "index" / "index.json").write_text("{}")
         assert_error(client.post("/v1/admin/reload"), 400, "malformed")
         assert client.get(f"/v1/pins/{int(keep[0])}/similar").status_code == 200
+
+
+def test_admin_reload_is_off_without_a_token(client: TestClient) -> None:
+    response = client.post("/v1/admin/reload", headers={"authorization": f"Bearer {TOKEN}"})
+    assert_error(response, 403, "set PINLAB_SERVE_ADMIN_TOKEN")
+
+
+def test_admin_reload_needs_the_token(serve_run: Path) -> None:
+    with TestClient(create_app(serve_run, ServeSettings(admin_token=TOKEN))) as client:
+        wait_ready(client)
+        for headers in (
+            {},
+            {"authorization": TOKEN},  # no scheme
+            {"authorization": f"Basic {TOKEN}"},
+            {"authorization": f"Bearer {TOKEN[:-1]}"},
+            {"authorization": f"Bearer {TOKEN}x"},
+            {"authorization": "Bearer "},
+        ):
+            response = client.post("/v1/admin/reload", headers=headers)
+            assert_error(response, 401, "Authorization: Bearer TOKEN")
+            assert response.headers["www-authenticate"] == "Bearer"
+            assert TOKEN not in response.text
+        good = client.post("/v1/admin/reload", headers={"authorization": f"bearer {TOKEN}"})
+        assert good.status_code == 200 and good.json()["swapped"] is False
 
 
 def test_watched_index_is_swapped(serve_run: Path, tmp_path: Path) -> None:
@@ -434,6 +472,13 @@ def test_settings_contract(monkeypatch: pytest.MonkeyPatch) -> None:
         ServeSettings(cors_origins=["*"])
     with pytest.raises(ValueError, match="port"):
         ServeSettings(port=70000)
+    assert settings.admin_token is None
+    monkeypatch.setenv("PINLAB_SERVE_ADMIN_TOKEN", TOKEN)
+    secret = ServeSettings()
+    assert secret.admin_token is not None and secret.admin_token.get_secret_value() == TOKEN
+    assert TOKEN not in secret.model_dump_json() and TOKEN not in repr(secret)
+    with pytest.raises(ValueError, match="at least 16 characters"):
+        ServeSettings(admin_token="short")
 
 
 def test_text_search_uses_the_image_text_model(serve_run: Path, tmp_path: Path) -> None:

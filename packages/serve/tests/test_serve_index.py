@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 from PIL import Image
@@ -159,13 +160,27 @@ def test_load_manifest_names_other_file(
         PinIndex.load(tmp_path)
 
 
-@pytest.mark.parametrize("name", ["../index.faiss", "/etc/passwd", ".."])
+@pytest.mark.parametrize("name", ["../index.faiss", "/etc/passwd", "..", "sub/../x.faiss"])
 def test_load_refuses_paths_in_manifest(index: PinIndex, tmp_path: Path, name: str) -> None:
     index.save(tmp_path)
     manifest = json.loads((tmp_path / MANIFEST_FILE).read_text())
     (tmp_path / MANIFEST_FILE).write_text(json.dumps(manifest | {"file": name}))
-    with pytest.raises(PinlabServeError, match="malformed"):
+    with pytest.raises(PinlabServeError, match=r"malformed: field 'file': .*inside the index"):
         PinIndex.load(tmp_path)
+
+
+def test_load_refuses_a_link_out_of_the_folder(index: PinIndex, tmp_path: Path) -> None:
+    """A plain file name that is a symlink to a file elsewhere is refused before reading."""
+    outside = tmp_path / "elsewhere"
+    manifest = index.save(outside)
+    folder = tmp_path / "idx"
+    folder.mkdir()
+    (folder / manifest.file).symlink_to(outside / manifest.file)
+    (folder / MANIFEST_FILE).write_text(manifest.model_dump_json())
+    with pytest.raises(PinlabServeError, match=r"field 'file' .* resolves outside"):
+        PinIndex.load(folder)
+    # The same files in place load fine: only the escape is refused.
+    assert len(PinIndex.load(outside)) == len(index)
 
 
 def test_load_missing(index: PinIndex, tmp_path: Path) -> None:
@@ -359,3 +374,57 @@ def test_filters_allow_and_deny(data: tuple[Float32Array, Int64Array]) -> None:
         assert {h.pin_id for h in row} <= set(allow.tolist())
         want = [p for p in brute_force(emb, ids, emb[0], 200)[0] if p in set(allow.tolist())]
         assert [h.pin_id for h in row] == [p for p in want if p not in deny][:5]
+
+
+def filtered_brute_force(
+    emb: Float32Array, ids: Int64Array, query: Float32Array, allow: Int64Array, k: int
+) -> list[int]:
+    keep = np.isin(ids, allow)
+    return brute_force(emb[keep], ids[keep], query, k)[0]
+
+
+def test_hnsw_rare_category_still_returns_k() -> None:
+    """A filter few pins pass still fills every row: the beam widens, or search goes exact."""
+    rng = np.random.default_rng(7)
+    emb, ids = unit(rng, 6000, 24), rng.permutation(100_000)[:6000].astype(np.int64)
+    index = PinIndex.build(emb, ids, MODEL, hnsw_threshold=1000)
+    queries = unit(np.random.default_rng(8), 30, 24)
+    for size in (12, 150, 600):
+        allow = rng.choice(ids, size=size, replace=False)
+        rows = index.search(queries, k=10, allow=allow)
+        for query, hits in zip(queries, rows, strict=True):
+            assert len(hits) == 10, size
+            assert {h.pin_id for h in hits} <= set(allow.tolist())
+            truth = filtered_brute_force(emb, ids, query, allow, 10)
+            assert len({h.pin_id for h in hits} & set(truth)) >= 9, size
+    few = rng.choice(ids, size=6, replace=False)
+    assert [len(r) for r in index.search(queries[:3], k=10, allow=few)] == [6, 6, 6]
+    own = int(few[0])
+    similar = index.search(index.vector(own)[None, :], k=10, exclude=[own], allow=few)[0]
+    assert sorted(h.pin_id for h in similar) == sorted(int(p) for p in few[1:])
+
+
+def test_hnsw_tombstones_are_compacted(tmp_path: Path) -> None:
+    """Removed HNSW pins leave the graph on save, and a removed pin can come back."""
+    rng = np.random.default_rng(3)
+    emb, ids = unit(rng, 400), np.arange(1000, 1400, dtype=np.int64)
+    index = PinIndex.build(emb, ids, MODEL, hnsw_threshold=100, ef_search=200)
+    gone = [int(p) for p in ids[:40]]
+    index.remove(gone)
+    assert index.manifest.tombstones == gone
+    manifest = index.save(tmp_path)
+    assert (manifest.tombstones, manifest.count, manifest.kind) == ([], 360, HNSW)
+    assert manifest.recall_at_10 is not None and manifest.recall_at_10 >= 0.95
+    loaded = PinIndex.load(tmp_path)
+    stored = faiss.vector_to_array(loaded._index.id_map)
+    assert len(stored) == loaded._index.ntotal == 360
+    assert not set(stored.tolist()) & set(gone)
+    # Re-adding a removed pin (with a new vector) compacts first: one vector per id.
+    index.remove([int(ids[50])])
+    moved = unit(np.random.default_rng(4), 1)
+    index.add(moved, ids[50:51])
+    index.add(emb[:1], ids[:1])
+    assert index._index.ntotal == len(index) == 361
+    np.testing.assert_allclose(index.vector(int(ids[50])), moved[0], atol=1e-6)
+    assert index.search(moved, k=1)[0][0].pin_id == int(ids[50])
+    assert index.search(emb[:1], k=1)[0][0].pin_id == int(ids[0])

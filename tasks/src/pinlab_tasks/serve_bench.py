@@ -3,7 +3,9 @@
 Builds a demo-like world (or reuses a run), starts `pinlab serve` in a child process with one
 worker, and drives each endpoint with a bounded load (a fixed number of requests and a time
 cap) from an httpx async client at several concurrency levels. The same load runs again
-against the service with `--backend numpy`, the plain-NumPy brute-force baseline.
+against the service with `--backend numpy`, the plain-NumPy brute-force baseline. One
+real-size photo (a 12-megapixel JPEG, as phones take them) is also uploaded a few times, one
+at a time, and its latency reported on its own: the load test's queries are small PNGs.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from PIL import Image
 from rich.table import Table
 
 from pinlab_data import PinlabDataError, SynthConfig, load_dataset
-from pinlab_models import EncoderConfig
+from pinlab_models import CNNEncoder, EncoderConfig
+from pinlab_serve import ServeSettings
 from pinlab_tasks import recsys, workflows
 from pinlab_tasks._output import stdout
 from pinlab_tasks.runs import RunLayout
@@ -43,6 +46,9 @@ TARGETS = {
 }
 # Requests per (endpoint, concurrency): enough for a stable p99, bounded by `duration`.
 REQUESTS = {"similar": 4000, "search_image": 800, "search_text": 600, "recommendations": 2000}
+PHOTO_SIZE = (4000, 3000)
+"""A 12-megapixel photo, the size phone cameras take."""
+PHOTO_REQUESTS = 20
 ENCODER = EncoderConfig(widths=(16, 32, 64), embedding_dim=64, epochs=3, patience=2)
 RECOMMENDERS: dict[str, dict[str, Any]] = {"popularity": {}, "mf": {"epochs": 3, "dim": 32}}
 
@@ -111,6 +117,51 @@ class Queries:
     user_ids: list[int]
     images: list[bytes]
     texts: list[str]
+
+
+def photo_jpeg(seed: int, size: tuple[int, int] = PHOTO_SIZE) -> bytes:
+    """A photo-like JPEG: smooth colour regions plus sensor-like noise (about 4 MB at 12 MP)."""
+    rng = np.random.default_rng(seed)
+    width, height = size
+    coarse = rng.integers(0, 256, (height // 50, width // 50, 3), dtype=np.uint8)
+    smooth = Image.fromarray(coarse).resize(size, Image.Resampling.BICUBIC)
+    noise = rng.normal(0, 8, (height, width, 1)).astype(np.int16)
+    pixels = (np.asarray(smooth, dtype=np.int16) + noise).clip(0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def time_photo_upload(url: str, photo: bytes, requests: int, duration: float) -> dict[str, Any]:
+    """`requests` uploads of one real-size photo, one at a time, through /v1/search/image."""
+
+    def send(client: httpx.AsyncClient, _: int) -> Awaitable[httpx.Response]:
+        files = {"image": ("photo.jpg", photo, "image/jpeg")}
+        return client.post("/v1/search/image", files=files)
+
+    row = asyncio.run(drive(url, send, 1, requests, duration))
+    with Image.open(io.BytesIO(photo)) as img:
+        width, height = img.size
+    return {
+        "width": width,
+        "height": height,
+        "megapixels": round(width * height / 1e6, 1),
+        "bytes": len(photo),
+        **row,
+    }
+
+
+def encoder_of(run: RunLayout) -> dict[str, Any]:
+    """The image encoder the service embeds uploads with, as its checkpoint describes it."""
+    encoder = CNNEncoder.load(run.encoder)
+    config = encoder.config
+    return {
+        "model_id": encoder.model_id,
+        "arch": config.arch,
+        "widths": list(config.widths) if config.arch == "cnn" else None,
+        "embedding_dim": config.embedding_dim,
+        "image_size": config.image_size,
+    }
 
 
 def sample_queries(run: RunLayout, seed: int, n: int = 256) -> Queries:
@@ -281,15 +332,23 @@ def bench_serve(
             run, build_seconds = RunLayout(run_dir), None
         index = json_load(run.index / "index.json")
         queries = sample_queries(run, seed)
+        photo = photo_jpeg(seed)
         log = Path(tmp) / "serve.log"
         payload: dict[str, Any] = {
             "world": {
                 "pins": index["count"],
                 "index": index["kind"],
                 "recall_at_10": index.get("recall_at_10"),
+                "encoder": encoder_of(run),
                 "build_seconds": build_seconds,
+                "run": str(run_dir) if run_dir is not None else None,
                 "cpu_cores": os.cpu_count(),
-                "server_threads": threads,
+                "threads": {
+                    "torch": threads,
+                    "faiss": ServeSettings().search_threads,
+                    "blas": 1,
+                    "workers": 1,
+                },
                 # Other processes share the cores: the load average says how much.
                 "load_average_before": round(os.getloadavg()[0], 2),
             },
@@ -298,6 +357,10 @@ def bench_serve(
             say(f"load-testing the service with {backend} search")
             with serving(run.root, backend, threads, log) as url:
                 payload[key] = load_test(url, queries, levels, scale, duration)
+                if backend == "faiss":
+                    say("timing real-size photo uploads")
+                    requests = max(3, int(PHOTO_REQUESTS * scale))
+                    payload["photo_upload"] = time_photo_upload(url, photo, requests, duration)
         payload["world"]["load_average_after"] = round(os.getloadavg()[0], 2)
         payload["targets"] = check_targets(payload["results"])
         payload["baseline_ratio"] = ratios(payload["results"], payload["baseline"])
@@ -339,9 +402,12 @@ def parse_levels(text: str) -> tuple[int, ...]:
 
 def render_serve(payload: dict[str, Any]) -> None:
     world = payload["world"]
+    encoder, threads = world["encoder"], world["threads"]
     stdout.print(
         f"{world['pins']:,} pins, index {world['index']} (recall@10 {world['recall_at_10']}), "
-        f"{world['cpu_cores']} CPU cores, one worker"
+        f"encoder {encoder['arch']} {encoder['widths']} -> {encoder['embedding_dim']}-d "
+        f"({encoder['image_size']}px), {world['cpu_cores']} CPU cores, one worker with "
+        f"{threads['torch']} torch / {threads['faiss']} FAISS / {threads['blas']} BLAS threads"
     )
     for key, title in (("results", "FAISS"), ("baseline", "NumPy brute force (baseline)")):
         table = Table(title=title, title_justify="left")
@@ -351,6 +417,12 @@ def render_serve(payload: dict[str, Any]) -> None:
         for row in payload[key]:
             table.add_row(*(str(row[c]) for c in columns))
         stdout.print(table)
+    photo = payload["photo_upload"]
+    stdout.print(
+        f"real-size photo upload ({photo['width']}x{photo['height']} JPEG, "
+        f"{photo['bytes'] / 2**20:.1f} MiB, one at a time, {photo['requests']} requests): "
+        f"p50 {photo['p50_ms']} ms, p95 {photo['p95_ms']} ms, errors {photo['errors']}"
+    )
     for name, check in payload["targets"].items():
         mark = "[green]met[/]" if check["met"] else "[red]not met[/]"
         detail = ", ".join(f"{k} {v}" for k, v in check.items() if k != "met")

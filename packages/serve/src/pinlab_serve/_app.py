@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import io
 import json
 import logging
@@ -40,6 +41,7 @@ from pinlab_serve._catalog import RunFiles
 from pinlab_serve._service import PinService
 from pinlab_serve.contracts import (
     ErrorBody,
+    ForbiddenError,
     HealthResponse,
     PayloadTooLargeError,
     PinlabServeError,
@@ -49,6 +51,7 @@ from pinlab_serve.contracts import (
     ReloadResponse,
     SearchResponse,
     ServeSettings,
+    UnauthorizedError,
     UnsupportedMediaError,
     UsersResponse,
 )
@@ -72,7 +75,17 @@ MULTIPART_SLACK = 64 * 1024
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody} for code in (400, 404, 413, 415, 422, 503)
 }
-_STATUS = {PinNotFoundError: 404, PayloadTooLargeError: 413, UnsupportedMediaError: 415}
+_STATUS = {
+    UnauthorizedError: 401,
+    ForbiddenError: 403,
+    PinNotFoundError: 404,
+    PayloadTooLargeError: 413,
+    UnsupportedMediaError: 415,
+}
+ADMIN_OFF = (
+    "admin endpoints are off; set PINLAB_SERVE_ADMIN_TOKEN (16+ characters) before starting "
+    "the server and send it as 'Authorization: Bearer TOKEN'"
+)
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 
 
@@ -143,7 +156,10 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     async def bad_input(_: Request, exc: Exception) -> JSONResponse:
         status = next((code for t, code in _STATUS.items() if isinstance(exc, t)), 400)
-        return _error(status, str(exc))
+        response = _error(status, str(exc))
+        if status == 401:
+            response.headers["www-authenticate"] = "Bearer"
+        return response
 
     async def invalid(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
@@ -228,6 +244,20 @@ async def _upload(request: Request, max_bytes: int) -> bytes:
     if not data:
         raise PinlabServeError("the uploaded image is empty; attach a file with content")
     return data
+
+
+def _check_admin(request: Request, settings: ServeSettings) -> None:
+    """Refuse an admin request: 403 while no token is configured, 401 without the token."""
+    if settings.admin_token is None:
+        raise ForbiddenError(ADMIN_OFF)
+    scheme, _, sent = request.headers.get("authorization", "").partition(" ")
+    expected = settings.admin_token.get_secret_value().encode()
+    # compare_digest takes as long whatever the token shares with the expected one.
+    if scheme.lower() != "bearer" or not hmac.compare_digest(sent.strip().encode(), expected):
+        raise UnauthorizedError(
+            "this admin endpoint needs 'Authorization: Bearer TOKEN' with the server's "
+            "PINLAB_SERVE_ADMIN_TOKEN"
+        )
 
 
 def _json(body: BaseModel) -> Response:
@@ -435,13 +465,19 @@ def create_app(run_dir: Path, settings: ServeSettings | None = None) -> FastAPI:
             _png(image), media_type="image/png", headers={"cache-control": "max-age=3600"}
         )
 
-    if settings.admin:
+    @app.post(
+        "/v1/admin/reload",
+        response_model=ReloadResponse,
+        responses={code: {"model": ErrorBody} for code in (401, 403)},
+    )
+    async def reload_index(request: Request) -> ReloadResponse:
+        """Load the index on disk and swap it in; requests in flight finish on the old.
 
-        @app.post("/v1/admin/reload", response_model=ReloadResponse)
-        async def reload_index() -> ReloadResponse:
-            """Load the index on disk and swap it in; requests in flight finish on the old."""
-            ready()
-            return await reload_now()
+        Off (403) unless the server has PINLAB_SERVE_ADMIN_TOKEN; then it needs
+        `Authorization: Bearer TOKEN` (401 without it)."""
+        _check_admin(request, settings)
+        ready()
+        return await reload_now()
 
     return app
 
@@ -473,7 +509,11 @@ def run_server(run_dir: Path, settings: ServeSettings, log_level: str = "info") 
         )
         return
     # Several workers import the app by name; they read their settings from the environment.
-    env = settings.model_copy(update={"run_dir": run_dir.resolve()}).model_dump(mode="json")
+    env = settings.model_copy(update={"run_dir": run_dir.resolve()}).model_dump(
+        mode="json", exclude={"admin_token"}
+    )
+    if settings.admin_token is not None:  # JSON dumps a secret masked
+        env["admin_token"] = settings.admin_token.get_secret_value()
     for key, value in env.items():
         os.environ[f"PINLAB_SERVE_{key.upper()}"] = (
             value if isinstance(value, str) else json.dumps(value)

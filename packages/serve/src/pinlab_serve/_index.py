@@ -2,7 +2,8 @@
 
 Small catalogues get exact search (`IndexFlatIP`); from `HNSW_THRESHOLD` pins on, an HNSW
 graph whose recall@10 against exact search is measured at build time and kept in the manifest.
-Both sit in an `IndexIDMap2`, so pins are added and removed by id without a rebuild.
+Both sit in an `IndexIDMap2`, so pins are added and removed by id without a rebuild; an
+HNSW graph keeps removed pins as tombstones until `save` (or re-adding one) compacts it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import faiss
 import numpy as np
+from pydantic import ValidationError
 
 from pinlab_data._images import load_image
 from pinlab_data.contracts import Float32Array, Int64Array
@@ -46,6 +48,8 @@ RECALL_QUERIES = 1000
 _faiss: Any = faiss
 _REBUILD = "build one with `pinlab index build --run RUN`"
 _CHUNK = 1 << 20
+_GROWTH = 4
+"""How much a filtered HNSW search widens its candidate list each time it comes up short."""
 
 
 def _unit_rows(x: Any, what: str, dim: int | None = None) -> Float32Array:
@@ -121,6 +125,25 @@ def _write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+def _hits(ids: Any, scores: Any, own: list[int | None], k: int) -> list[list[Hit]]:
+    """Rows of (id, score) as hits, without FAISS's -1 padding or each row's own pin."""
+    return [
+        [
+            Hit(pin_id=pid, score=score)
+            for pid, score in zip(row_ids.tolist(), row_scores.tolist(), strict=True)
+            if pid not in (-1, skip)
+        ][:k]
+        for row_ids, row_scores, skip in zip(ids, scores, own, strict=True)
+    ]
+
+
+def _reachable(passing: Int64Array, skip: int | None, k: int) -> int:
+    """How many of the top `k` a row can hold: the pins passing its filters, less `skip`."""
+    at = int(np.searchsorted(passing, skip)) if skip is not None else len(passing)
+    own = at < len(passing) and int(passing[at]) == skip
+    return min(k, len(passing) - own)
+
+
 def exact_top_k(vectors: Float32Array, queries: Float32Array, k: int) -> Int64Array:
     """Row positions of the exact top-k by inner product (FAISS flat, chunk-free)."""
     flat = faiss.IndexFlatIP(vectors.shape[1])
@@ -129,12 +152,28 @@ def exact_top_k(vectors: Float32Array, queries: Float32Array, k: int) -> Int64Ar
     return np.asarray(rows, dtype=np.int64)
 
 
+def _new_index(vectors: Float32Array, ids: Int64Array, params: dict[str, int | float]) -> Any:
+    """`IndexIDMap2` over HNSW (when `params` has its `M`) or exact inner-product search."""
+    dim = vectors.shape[1]
+    base: Any
+    if "M" in params:
+        base = faiss.IndexHNSWFlat(dim, int(params["M"]), faiss.METRIC_INNER_PRODUCT)
+        base.hnsw.efConstruction = int(params["ef_construction"])
+        base.hnsw.efSearch = int(params["ef_search"])
+    else:
+        base = faiss.IndexFlatIP(dim)
+    index = faiss.IndexIDMap2(base)
+    index.add_with_ids(vectors, ids)
+    return index
+
+
 class PinIndex:
     """Pin embeddings in a FAISS `IndexIDMap2` over `IndexFlatIP` or `IndexHNSWFlat`.
 
     IDMap2 (not IDMap) keeps the id -> row map both ways, so a pin's vector can be fetched by
     id (`vector`, `similar`) and pins can be added or removed without a rebuild. HNSW graphs
-    cannot drop nodes, so removal there is a tombstone that search filters out.
+    cannot drop nodes, so removal there is a tombstone that search filters out until `compact`
+    rebuilds the graph (`save` does, and so does re-adding a removed pin).
     """
 
     def __init__(
@@ -154,6 +193,7 @@ class PinIndex:
         self._recall = recall_at_10
         self._tombstones = {int(t) for t in tombstones}
         self._ids = {int(i) for i in faiss.vector_to_array(index.id_map)} - self._tombstones
+        self._sorted: Int64Array | None = None
         self._manifest: IndexManifest | None = None
 
     @classmethod
@@ -180,21 +220,32 @@ class PinIndex:
             raise PinlabServeError("model_id must be a non-empty string")
         if hnsw_threshold <= 0:
             raise PinlabServeError(f"hnsw_threshold must be positive, got {hnsw_threshold}")
-        dim = vectors.shape[1]
         params: dict[str, int | float] = {"hnsw_threshold": hnsw_threshold}
-        base: Any
         if len(ids) >= hnsw_threshold:
-            base = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
-            base.hnsw.efConstruction = ef_construction
-            base.hnsw.efSearch = ef_search
             params |= {"M": HNSW_M, "ef_construction": ef_construction, "ef_search": ef_search}
-        else:
-            base = faiss.IndexFlatIP(dim)
-        index = faiss.IndexIDMap2(base)
-        index.add_with_ids(vectors, ids)
+        index = _new_index(vectors, ids, params)
         built = cls(index, model_id, datetime.now(UTC).isoformat(), params, None)
         built._recall = built._measure_recall(vectors, ids, seed)
         return built
+
+    def compact(self, seed: int = 0) -> None:
+        """Rebuild an HNSW graph without its tombstones, so removed pins are really gone.
+
+        Graphs cannot drop nodes, so this re-inserts the live vectors into a new graph with
+        the same parameters and measures its recall@10 again (with `seed`). No-op without
+        tombstones; flat indexes never have any (`remove` deletes their rows).
+        """
+        if not self._tombstones:
+            return
+        inner = faiss.downcast_index(self._index.index)
+        stored = np.asarray(inner.reconstruct_n(0, inner.ntotal), dtype=np.float32)
+        stored_ids = np.asarray(faiss.vector_to_array(self._index.id_map), dtype=np.int64)
+        live = ~np.isin(stored_ids, np.fromiter(self._tombstones, np.int64))
+        vectors, ids = np.ascontiguousarray(stored[live]), stored_ids[live]
+        self._index = _new_index(vectors, ids, self._params)
+        self._tombstones = set()
+        self._recall = self._measure_recall(vectors, ids, seed) if len(ids) else None
+        self._manifest = None
 
     def _measure_recall(self, vectors: Float32Array, ids: Int64Array, seed: int) -> float:
         rng = np.random.default_rng(seed)
@@ -238,7 +289,11 @@ class PinIndex:
 
     def ids(self) -> Int64Array:
         """Searchable pin ids, ascending."""
-        return np.array(sorted(self._ids), dtype=np.int64)
+        if self._sorted is None:
+            ids = np.sort(np.fromiter(self._ids, dtype=np.int64, count=len(self._ids)))
+            ids.flags.writeable = False  # shared by every caller
+            self._sorted = ids
+        return self._sorted
 
     def vectors(self, pin_ids: Int64Array) -> Float32Array:
         """Stored vectors of `pin_ids`, shape (n, d); every id must be searchable."""
@@ -274,16 +329,13 @@ class PinIndex:
             raise PinlabServeError(
                 f"pins {taken[:5]} are already in the index; remove them first to replace them"
             )
-        revived = [int(p) for p in ids if int(p) in self._tombstones]
-        if revived:
-            # The graph still holds their old vectors under the same id: give those up first
-            # would need a rebuild, so refuse instead of serving two vectors for one id.
-            raise PinlabServeError(
-                f"pins {revived[:5]} were removed from this HNSW index and cannot be re-added "
-                f"under the same id; {_REBUILD}"
-            )
+        if any(int(p) in self._tombstones for p in ids):
+            # The graph still holds their old vectors under the same ids; drop them first so
+            # one id never has two vectors.
+            self.compact()
         self._index.add_with_ids(vectors, ids)
         self._ids.update(int(p) for p in ids)
+        self._sorted = None
         self._manifest = None
 
     def remove(self, pin_ids: Sequence[int]) -> None:
@@ -297,6 +349,7 @@ class PinIndex:
         else:
             self._index.remove_ids(np.asarray(ids, dtype=np.int64))
         self._ids.difference_update(ids)
+        self._sorted = None
         self._manifest = None
 
     def vector(self, pin_id: int) -> Float32Array:
@@ -308,13 +361,17 @@ class PinIndex:
             )
         return np.asarray(self._index.reconstruct(int(pin_id)), dtype=np.float32)
 
-    def _params_for(self, allow: Int64Array | None, deny: Sequence[int] = ()) -> Any:
-        """FAISS search parameters: ef_search for HNSW, and an id selector for filters.
+    def _params_for(
+        self, allow: Int64Array | None, deny: Sequence[int] = (), fetch: int = 0
+    ) -> Any:
+        """FAISS search parameters: the HNSW beam, and an id selector for filters.
 
-        The selectors run inside the search (IDMap2 translates them to row ids), so a
-        filter never needs over-fetching.
+        The selectors run inside the search (IDMap2 translates them to row ids): exact search
+        then never misses an allowed pin; HNSW may, which `_fill_short_rows` makes up for.
+        The beam is ef_search, or `fetch` if wider (FAISS does not widen it to k by itself
+        when a selector is set).
         """
-        ef = int(self._params["ef_search"]) if self._is_hnsw else None
+        ef = max(int(self._params["ef_search"]), fetch) if self._is_hnsw else None
         denied = self._tombstones | {int(d) for d in deny}
         owners: list[Any] = []
         selector: Any = None
@@ -348,8 +405,8 @@ class PinIndex:
         """Top-`k` pins per query row by cosine, best first.
 
         `exclude[i]` is dropped from row i; `allow` (if given) limits every row to those ids
-        and `deny` removes ids from every row. `k` larger than the index is clipped, so rows
-        may hold fewer than `k` hits.
+        and `deny` removes ids from every row. A row holds fewer than `k` hits only when
+        fewer than `k` pins pass its filters.
         """
         _check_k(k)
         vectors = _unit_rows(queries, "queries", self.dim)
@@ -358,19 +415,92 @@ class PinIndex:
                 f"exclude must give one id (or None) per query: {len(exclude)} for "
                 f"{vectors.shape[0]} queries"
             )
+        own: list[int | None] = [None] * len(vectors) if exclude is None else list(exclude)
+        total = int(self._index.ntotal)
         # One extra candidate makes room for the excluded pin if it ranks in the top k.
-        fetch = min(k + (exclude is not None), int(self._index.ntotal))
-        scores, ids = self._index.search(vectors, fetch, params=self._params_for(allow, deny))
-        results: list[list[Hit]] = []
-        for row in range(vectors.shape[0]):
-            skip = None if exclude is None else exclude[row]
-            hits = [
-                Hit(pin_id=pid, score=score)
-                for pid, score in zip(ids[row].tolist(), scores[row].tolist(), strict=True)
-                if pid not in (-1, skip)
-            ]
-            results.append(hits[:k])
-        return results
+        fetch = min(k + (exclude is not None), total)
+        if self._is_hnsw and allow is not None and len(allow) > 0:
+            # HNSW applies a selector while it walks the graph, so only a share len/total of
+            # the beam passes: widen the beam by that factor from the start.
+            fetch = min(-(-fetch * total // len(allow)), total)
+            if fetch >= len(allow):  # the beam would be no smaller than the allowed set
+                return self._exact(vectors, self._passing(allow, deny), own, k)
+        results = self._top(vectors, fetch, allow, deny, own, k)
+        if not self._is_hnsw:
+            return results  # exact search: a row is short only when the filters allow no more
+        return self._fill_short_rows(vectors, results, fetch, own, k, allow, deny)
+
+    def _top(
+        self,
+        vectors: Float32Array,
+        fetch: int,
+        allow: Int64Array | None,
+        deny: Sequence[int],
+        own: list[int | None],
+        k: int,
+    ) -> list[list[Hit]]:
+        params = self._params_for(allow, deny, fetch)
+        scores, ids = self._index.search(vectors, fetch, params=params)
+        return _hits(ids, scores, own, k)
+
+    def _fill_short_rows(
+        self,
+        vectors: Float32Array,
+        results: list[list[Hit]],
+        fetch: int,
+        own: list[int | None],
+        k: int,
+        allow: Int64Array | None,
+        deny: Sequence[int],
+    ) -> list[list[Hit]]:
+        """Search short HNSW rows again, wider, until each has `k` hits or all its filters allow.
+
+        A beam can still come back short (tombstones, a filter whose pins lie away from the
+        query): each round asks for `_GROWTH` times more results with a beam as wide. Once
+        that reaches the number of pins the filters let through, exact search over just
+        those is cheaper than the beam and cannot miss one.
+        """
+        short = [row for row, hits in enumerate(results) if len(hits) < k]
+        if not short:
+            return results
+        passing = self._passing(allow, deny)
+        while True:
+            short = [r for r in short if len(results[r]) < _reachable(passing, own[r], k)]
+            if not short:
+                return results
+            fetch *= _GROWTH
+            owners = [own[r] for r in short]
+            if fetch >= len(passing):
+                found = self._exact(vectors[short], passing, owners, k)
+            else:
+                found = self._top(vectors[short], fetch, allow, deny, owners, k)
+            for r, hits in zip(short, found, strict=True):
+                results[r] = hits
+            if fetch >= len(passing):
+                return results
+
+    def _passing(self, allow: Int64Array | None, deny: Sequence[int]) -> Int64Array:
+        """Searchable pins (ascending) that `allow` and `deny` let through."""
+        live = self.ids()
+        keep = live
+        if allow is not None:
+            wanted = np.unique(np.asarray(allow, dtype=np.int64))
+            at = np.searchsorted(live, wanted).clip(max=max(len(live) - 1, 0))
+            keep = wanted[live[at] == wanted] if len(live) else live
+        if deny:
+            keep = keep[~np.isin(keep, np.asarray(deny, dtype=np.int64))]
+        return keep
+
+    def _exact(
+        self, vectors: Float32Array, pins: Int64Array, own: list[int | None], k: int
+    ) -> list[list[Hit]]:
+        """Exact top-`k` of each query row among `pins`, best first (row i never `own[i]`)."""
+        if len(pins) == 0:
+            return [[] for _ in own]
+        scores = vectors @ np.asarray(self._index.reconstruct_batch(pins), np.float32).T
+        top = min(k + 1, len(pins))  # one spare for the row's own pin
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :top]
+        return _hits(pins[order], np.take_along_axis(scores, order, axis=1), own, k)
 
     def similar(self, pin_id: int, k: int) -> list[Hit]:
         """The `k` pins most similar to `pin_id`, best first, never `pin_id` itself."""
@@ -383,7 +513,9 @@ class PinIndex:
         The index file is named by its checksum and the manifest is written last, so the
         manifest rename is the commit: a save killed at any point leaves the old manifest
         naming the old (untouched) file. Files no manifest names are removed afterwards.
+        An HNSW graph with tombstones is compacted first, so removed pins never reach disk.
         """
+        self.compact()
         directory.mkdir(parents=True, exist_ok=True)
         data = self._serialize()
         manifest = self._manifest_for(data)
@@ -413,13 +545,26 @@ class PinIndex:
             raise PinlabServeError(f"no index at {directory}; {_REBUILD}")
         try:
             manifest = IndexManifest.model_validate(json.loads(manifest_path.read_text()))
-        except ValueError as exc:
-            # Covers JSONDecodeError, UnicodeDecodeError and pydantic's ValidationError.
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(part) for part in first["loc"])
+            where = f"field '{field}'" if field else "the document"
+            raise PinlabServeError(
+                f"index manifest {manifest_path} is malformed: {where}: {first['msg']}; "
+                f"delete {directory} and {_REBUILD}"
+            ) from exc
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
             raise PinlabServeError(
                 f"index manifest {manifest_path} is malformed ({type(exc).__name__}); "
                 f"delete {directory} and {_REBUILD}"
             ) from exc
         index_path = directory / manifest.file
+        if index_path.resolve().parent != directory.resolve():
+            # A plain name can still be a link that leads out of the index directory.
+            raise PinlabServeError(
+                f"index manifest {manifest_path} field 'file' names {manifest.file!r}, which "
+                f"resolves outside {directory}; delete {directory} and {_REBUILD}"
+            )
         if not index_path.is_file():
             raise PinlabServeError(f"no index at {directory} ({manifest.file} missing); {_REBUILD}")
         if expect_model_id is not None and manifest.model_id != expect_model_id:

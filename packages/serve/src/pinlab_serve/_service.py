@@ -186,11 +186,17 @@ class PinService:
             )
 
     def decode_upload(self, data: bytes) -> ImageArray:
-        """Upload bytes to the encoder's input; refuses too many pixels before decoding."""
+        """Upload bytes to the encoder's input; refuses too many pixels before decoding.
+
+        Only the header is read before the pixel count is checked (413 over `max_pixels`),
+        and `decode_image` decodes a JPEG at a reduced scale: a 40-megapixel photo costs
+        ~2 MB of pixels, not ~120 MB (`tests/test_serve_decode.py` measures it).
+        """
         try:
             with Image.open(io.BytesIO(data)) as img:
                 width, height = img.size
-        except Image.DecompressionBombError as exc:  # PIL's own cap, above ours
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            # Pillow's own limit, far above ours: an error, or a warning raised as one.
             raise PayloadTooLargeError(
                 f"the image has too many pixels ({exc}); resize it first"
             ) from exc
@@ -204,7 +210,9 @@ class PinService:
                 f"the image is {width}x{height} pixels, over the limit of "
                 f"{self.settings.max_pixels:,}; resize it first"
             )
-        return decode_image(data, self.image_size, source="the upload")
+        return decode_image(
+            data, self.image_size, source="the upload", max_pixels=self.settings.max_pixels
+        )
 
     def _hits(
         self,

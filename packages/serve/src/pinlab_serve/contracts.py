@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal, Protocol
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pinlab_data.contracts import Float32Array, Int64Array
@@ -14,6 +14,7 @@ from pinlab_data.contracts import Float32Array, Int64Array
 MANIFEST_FILE = "index.json"
 INDEX_FILE_PREFIX = "index-"
 INDEX_FILE_SUFFIX = ".faiss"
+ADMIN_TOKEN_MIN = 16
 HNSW_THRESHOLD = 50_000
 """Catalogues with at least this many pins get an HNSW graph; smaller ones exact search."""
 
@@ -32,6 +33,14 @@ class PayloadTooLargeError(PinlabServeError):
 
 class UnsupportedMediaError(PinlabServeError):
     """An upload that is not a multipart image (HTTP 415)."""
+
+
+class UnauthorizedError(PinlabServeError):
+    """An admin request without the configured bearer token (HTTP 401)."""
+
+
+class ForbiddenError(PinlabServeError):
+    """An admin request while no admin token is configured (HTTP 403)."""
 
 
 class IndexManifest(BaseModel):
@@ -60,7 +69,7 @@ class IndexManifest(BaseModel):
     tombstones: list[int] = Field(
         default_factory=list,
         description="Removed pins still in an HNSW graph (graphs cannot drop nodes); never "
-        "returned by search.",
+        "returned by search, and gone once the graph is compacted (`save` does that).",
     )
 
     @field_validator("file")
@@ -68,7 +77,9 @@ class IndexManifest(BaseModel):
     def _plain_name(cls, value: str) -> str:
         # The manifest chooses which file is read: keep it inside the index directory.
         if not value or "/" in value or "\\" in value or value in {".", ".."}:
-            raise ValueError(f"index file must be a plain file name, got {value!r}")
+            raise ValueError(
+                f"must name a file inside the index directory (no path), got {value!r}"
+            )
         return value
 
 
@@ -112,12 +123,25 @@ class ServeSettings(BaseSettings):
     candidates: int = Field(
         default=200, ge=10, le=5000, description="Candidates fetched for a diversity re-rank."
     )
-    admin: bool = Field(default=True, description="Expose POST /v1/admin/reload.")
+    admin_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token POST /v1/admin/reload requires; unset: the endpoint is off.",
+    )
     watch_interval_s: float = Field(
         default=0.0,
         ge=0,
         description="Poll the index manifest this often and swap in a new index; 0: off.",
     )
+
+    @field_validator("admin_token")
+    @classmethod
+    def _strong_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < ADMIN_TOKEN_MIN:
+            raise ValueError(
+                f"the admin token must be at least {ADMIN_TOKEN_MIN} characters; make one "
+                "with `python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+            )
+        return value
 
     @field_validator("cors_origins")
     @classmethod

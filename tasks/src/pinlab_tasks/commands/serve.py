@@ -36,6 +36,9 @@ def serve(
     """Serve a run over HTTP until interrupted: /v1 API, /docs, /metrics and a web page at /.
 
     Other settings (upload limits, CORS origins, batching) come from PINLAB_SERVE_* variables.
+    POST /v1/admin/reload is off unless PINLAB_SERVE_ADMIN_TOKEN is set (16+ characters; an
+    environment variable, never an option, so it stays out of `ps`); then it needs
+    `Authorization: Bearer TOKEN`.
 
     Writes: nothing (reads RUN; POST /v1/admin/reload re-reads RUN/index/).
     """
@@ -47,5 +50,6 @@ def serve(
     if as_json:
         print(json.dumps({"url": url, "run": str(run), **resolved.model_dump(mode="json")}))
     else:
-        stderr.print(f"serving {run} at {url} (docs at {url}docs); Ctrl-C stops")
+        admin = "on (bearer token)" if resolved.admin_token is not None else "off"
+        stderr.print(f"serving {run} at {url} (docs at {url}docs, admin {admin}); Ctrl-C stops")
     run_server(run, resolved, log_level=settings().log_level.lower())
