@@ -40,7 +40,7 @@ def write(path, data):
     writes.append(path.name)
     if stage == "mid-index" and len(writes) == 1:
         impl._CHUNK = 4096
-        impl.os.fsync = die  # the temp file is on disk, the rename has not happened
+        os.fsync = die  # the temp file is on disk, the rename has not happened
     if stage == "before-manifest" and len(writes) == 2:
         die()
     real_write(path, data)
@@ -84,7 +84,7 @@ def test_killed_save_keeps_previous_index(tmp_path: Path, stage: str) -> None:
     # The killed save may leave a temp file or an orphan index file; the next save cleans
     # the orphan and loading never looks at either.
     _old_index(tmp_path)
-    names = {p.name for p in tmp_path.iterdir() if not p.name.endswith(".tmp")}
+    names = {p.name for p in tmp_path.iterdir() if ".tmp-" not in p.name}
     assert names == {old.manifest.file, MANIFEST_FILE}
 
 
@@ -107,10 +107,10 @@ def test_sigkill_during_large_save(tmp_path: Path) -> None:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "saving"
         deadline = time.monotonic() + 60
-        while not list(tmp_path.glob(".index-*.tmp")) and time.monotonic() < deadline:
+        while not list(tmp_path.glob(".index-*.tmp-*")) and time.monotonic() < deadline:
             time.sleep(0.001)
         proc.send_signal(signal.SIGKILL)
         assert proc.wait(timeout=30) == -signal.SIGKILL
-    assert list(tmp_path.glob(".index-*.tmp")), "the kill came after the temp file was gone"
+    assert list(tmp_path.glob(".index-*.tmp-*")), "the kill came after the temp file was gone"
     loaded = PinIndex.load(tmp_path)
     assert loaded.manifest == old.manifest

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +19,7 @@ import faiss
 import numpy as np
 from pydantic import ValidationError
 
+from pinlab_data import atomic_writer
 from pinlab_data._images import load_image
 from pinlab_data.contracts import Float32Array, Int64Array
 from pinlab_serve.contracts import (
@@ -102,27 +101,11 @@ def _check_k(k: int) -> None:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same directory and rename, so readers never see a torn file."""
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    tmp = Path(name)
-    try:
-        # mkstemp makes owner-only files; the index is meant to be read by the serving process.
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "wb") as f:
-            view = memoryview(data)
-            for start in range(0, len(view), _CHUNK):
-                f.write(view[start : start + _CHUNK])
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # make the rename itself durable
-        finally:
-            os.close(dir_fd)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """`pinlab_data.atomic_writer`, fed in chunks (a crash test kills the save mid-file)."""
+    with atomic_writer(path) as f:
+        view = memoryview(data)
+        for start in range(0, len(view), _CHUNK):
+            f.write(view[start : start + _CHUNK])
 
 
 def _hits(ids: Any, scores: Any, own: list[int | None], k: int) -> list[list[Hit]]:
