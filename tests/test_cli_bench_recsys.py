@@ -38,7 +38,7 @@ def test_bench_recsys_searches_on_validation_and_reports_seeds(
     )  # fmt: skip
     assert code == 0, err
     assert result["protocol"] == {"name": "stratified", "seed": 42, "ratio": 0.75,
-                                  "stratify_by": "item"}  # fmt: skip
+                                  "stratify_by": "item", "valid_ratio": 0.9}  # fmt: skip
     assert result["seeds"] == [0, 1] and result["split_seeds"] == [42, 43]
     rows = {row["model"]: row for row in result["results"]}
     assert set(rows) == {"popularity", "ease", "rp3beta"}

@@ -85,12 +85,13 @@ class TableScorer:
 def test_spec_defaults_match_the_published_protocols() -> None:
     spec = ProtocolSpec(name="stratified")
     assert (spec.seed, spec.ratio, spec.stratify_by) == (42, 0.75, "item")
-    assert spec.label() == "stratified(ratio=0.75, stratify_by=item, seed=42)"
+    assert spec.label() == "stratified(ratio=0.75, stratify_by=item, valid_ratio=0.9, seed=42)"
     assert spec.settings() == {
         "name": "stratified",
         "seed": 42,
         "ratio": 0.75,
         "stratify_by": "item",
+        "valid_ratio": 0.9,
     }
     assert ProtocolSpec(name="leave-last-out").label() == "leave-last-out(ranking=full, seed=42)"
     assert ProtocolSpec(name="temporal", cut=7).label() == "temporal(cut=7, seed=42)"
@@ -99,6 +100,8 @@ def test_spec_defaults_match_the_published_protocols() -> None:
 
 def test_validation_spec_moves_the_seed_on_and_drops_a_timestamp_cut() -> None:
     assert ProtocolSpec(name="stratified", seed=3).for_validation().seed == 4
+    inner = ProtocolSpec(name="stratified", ratio=0.8, valid_ratio=0.95).for_validation()
+    assert (inner.ratio, inner.seed) == (0.95, 43)
     inner = ProtocolSpec(name="temporal", cut=50, quantile=0.7).for_validation()
     assert (inner.cut, inner.quantile) == (None, 0.7)
 
