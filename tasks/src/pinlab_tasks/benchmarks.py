@@ -58,7 +58,7 @@ def bench_recsys(
     ks: Sequence[int] = (10, 20),
     seed: int = 0,
     seeds: int = 1,
-    trials: int = 20,
+    trials: int = 40,
     budget_seconds: float | None = 20.0,
     metric: str = "ndcg@10",
     device: str = "auto",

@@ -77,7 +77,7 @@ def search_on_validation(
     *,
     base: Mapping[str, Any] | None = None,
     metric: str = "ndcg@10",
-    trials: int = 20,
+    trials: int = 40,
     budget_seconds: float | None = None,
     storage: Path | None = None,
     on_trial: OnTrial | None = None,

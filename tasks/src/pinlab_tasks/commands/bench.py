@@ -113,7 +113,7 @@ def recsys(
             help="Optuna trials per model and seed on validation "
             "(0: defaults, epochs still early-stopped).",
         ),
-    ] = 20,
+    ] = 40,
     budget: Annotated[
         float,
         typer.Option(
