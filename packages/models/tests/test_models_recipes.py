@@ -23,7 +23,7 @@ from pinlab_models import (
     product_augment,
     train_with_recipe,
 )
-from pinlab_models import _encoders as encoders
+from pinlab_models import _architectures as encoders
 from pinlab_models._recipes import _hue_rotation
 
 TINY = EncoderConfig(image_size=16, widths=(4, 8), embedding_dim=8, epochs=2, batch_size=8)

@@ -26,7 +26,7 @@ from pinlab_models import (
     register,
     register_encoder_arch,
 )
-from pinlab_models._encoders import builtin_archs
+from pinlab_models._architectures import builtin_archs
 from pinlab_models._recommenders import Popularity
 
 

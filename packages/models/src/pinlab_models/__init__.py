@@ -6,14 +6,14 @@ from pinlab_models._align import (
     train_alignment,
     zero_shot_labels,
 )
-from pinlab_models._cold_start import HybridRecommender
-from pinlab_models._encoder import CNNEncoder, augment, supcon_loss, train_encoder
-from pinlab_models._encoders import (
+from pinlab_models._architectures import (
     build_network,
     builtin_archs,
     check_arch,
     register_encoder_arch,
 )
+from pinlab_models._cnn_encoder import CNNEncoder, augment, supcon_loss, train_encoder
+from pinlab_models._cold_start import HybridRecommender
 from pinlab_models._ensemble import Ensemble
 from pinlab_models._ials import ImplicitALS
 from pinlab_models._linear import ItemItem, interaction_matrix

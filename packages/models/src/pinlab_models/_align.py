@@ -20,8 +20,8 @@ import torch.nn.functional as F  # noqa: N812 - the PyTorch convention
 from torch import nn
 
 from pinlab_data.contracts import Float32Array, ImageArray, Int64Array
-from pinlab_models._encoder import ConvNet, to_input
-from pinlab_models._encoders import build_network
+from pinlab_models._architectures import build_network
+from pinlab_models._cnn_encoder import ConvNet, to_input
 from pinlab_models._runtime import (
     EarlyStopping,
     EpochLog,

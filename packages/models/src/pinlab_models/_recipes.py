@@ -17,7 +17,7 @@ import torch.nn.functional as F  # noqa: N812 - the PyTorch convention
 from torch import nn
 
 from pinlab_data.contracts import ImageArray, Int64Array
-from pinlab_models._encoder import CNNEncoder, EncoderValidator, supcon_loss, to_input
+from pinlab_models._cnn_encoder import CNNEncoder, EncoderValidator, supcon_loss, to_input
 from pinlab_models._runtime import EarlyStopping, EpochLog, Stopwatch, epoch_progress
 from pinlab_models._runtime import seed_everything as _seed
 from pinlab_models.contracts import (

@@ -11,7 +11,7 @@ import torch.nn.functional as F  # noqa: N812 - the PyTorch convention
 from torch import nn
 
 from pinlab_data.contracts import Float32Array, ImageArray, Int64Array
-from pinlab_models._encoders import build_network, register_encoder_arch
+from pinlab_models._architectures import build_network, register_encoder_arch
 from pinlab_models._runtime import (
     EarlyStopping,
     EpochLog,
