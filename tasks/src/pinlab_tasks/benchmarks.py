@@ -145,10 +145,11 @@ def bench_recsys(
             elapsed = time.perf_counter() - clock
             left = elapsed / done * (seeds * len(names) - done)
             search = info["search"]
+            valid = "-" if search["valid_value"] is None else f"{search['valid_value']:.4f}"
             say(
-                f"{name} seed {seed + r}: {len(search['trials'])} trial(s), valid "
-                f"{search.get('valid_value', float('nan')):.4f}, refit {info['fit_seconds']:.1f} s"
-                f"; {elapsed / 60:.1f} min in, about {left / 60:.1f} min left"
+                f"{name} seed {seed + r}: {len(search['trials'])} trial(s), valid {valid}, "
+                f"refit {info['fit_seconds']:.1f} s; {elapsed / 60:.1f} min in, about "
+                f"{left / 60:.1f} min left"
             )
     peer_rows = [
         implicit_peer(split, info["settings"], info, result.means(), seed + r)

@@ -85,8 +85,9 @@ def search_on_validation(
     """The settings validation chooses for `name`, and a record of the search.
 
     `base` holds fixed settings (an ensemble's members); `trials` caps the study and
-    `budget_seconds` stops it once spent (a trial under way finishes). `trials=0` or an empty
-    space fits the defaults once, early-stopping the epochs. The record holds the space, every
+    `budget_seconds` stops it once spent (epoch training stops at the next validation past
+    it; a closed-form fit under way finishes). `trials=0` or an empty space fits the defaults
+    once, early-stopping the epochs. The record holds the space, every
     trial (params, value, state, validation curve), the chosen point, its value, and which
     chosen values sit on the edge of their range. The study is saved in `storage` (SQLite),
     one study per model and seed, so `optuna.load_study` reads it back.
@@ -94,9 +95,17 @@ def search_on_validation(
     spec = recommender_spec(name)
     base = dict(base or {})
     space = dict(spec.search_space) if trials > 0 else {}
-    record: dict[str, Any] = {"space": space_json(space), "metric": metric, "trials": []}
+    record: dict[str, Any] = {
+        "space": space_json(space),
+        "metric": metric,
+        "trials": [],
+        "chosen": base,
+        "valid_value": None,
+        "boundary": [],
+        "budget_hit": False,
+    }
     if len(split.valid.target) == 0:
-        return base, record | {"chosen": base, "note": "no validation targets: defaults kept"}
+        return base, record | {"note": "no validation targets: defaults kept"}
     config = spec.config_type.model_validate(base)
     members = list(spec.members(config)) if spec.members else []
     k = int(metric.split("@")[1])
@@ -154,11 +163,8 @@ def search_on_validation(
         callbacks=[report_trial],
         catch=(),
     )
-    finished = [t for t in study.trials if t.value is not None]
-    best = max(
-        (t for t in finished if t.state == optuna.trial.TrialState.COMPLETE),
-        key=lambda t: float(t.value or 0.0),
-    )
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    best = max(complete, key=lambda t: float(t.value or 0.0))
     chosen = dict(best.user_attrs["point"])
     if spec.epoch_field:
         chosen[spec.epoch_field] = best.user_attrs["epochs"]

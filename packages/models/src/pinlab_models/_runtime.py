@@ -14,7 +14,14 @@ from typing import Any
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from pinlab_data import atomic_writer
 from pinlab_models.contracts import (
@@ -99,6 +106,8 @@ def epoch_progress(description: str, total: int, enabled: bool) -> Iterator[Prog
         MofNCompleteColumn(),
         TextColumn("{task.fields[status]}"),
         TimeElapsedColumn(),
+        TextColumn("left at most"),
+        TimeRemainingColumn(),
         console=stderr,
         disable=not enabled,
         transient=False,

@@ -180,7 +180,7 @@ def recsys(
         budget_seconds=budget or None,
         metric=metric,
         device=device or resolved.device,
-        progress=False,
+        progress=not as_json,
         item_features=lambda: item_text_features(data),
         peers=[p.strip() for p in (peers or "").split(",") if p.strip()],
         say=stderr.print,
