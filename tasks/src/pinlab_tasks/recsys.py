@@ -191,6 +191,7 @@ def train_recommender(
         "search": info["search"],
         "fit_seconds": info["fit_seconds"],
         "seconds": round(time.perf_counter() - start, 3),
+        "history": info["refit_history"],
     }
     write_json_atomic(directory / "train.json", result)
     return result
