@@ -52,7 +52,12 @@ REQUESTS = {"similar": 4000, "search_image": 800, "search_text": 600, "recommend
 PHOTO_SIZE = (4000, 3000)
 """A 12-megapixel photo, the size phone cameras take."""
 PHOTO_REQUESTS = 20
-OPEN_RATES = {"similar": 500.0, "search_image": 50.0, "search_text": 100.0, "recommendations": 500.0}
+OPEN_RATES = {
+    "similar": 500.0,
+    "search_image": 50.0,
+    "search_text": 100.0,
+    "recommendations": 500.0,
+}
 """Requests per second of the open-loop run (the closed-loop targets' throughput)."""
 OPEN_CONNECTIONS = 32
 ENCODER = EncoderConfig(epochs=3, patience=2)
