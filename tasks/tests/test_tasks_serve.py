@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import http.server
 import io
 import json
 import os
@@ -10,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +23,7 @@ import pytest
 from PIL import Image
 
 from pinlab_tasks.cli import run
+from pinlab_tasks.serve_bench import ENDPOINTS
 
 
 def free_port() -> int:
@@ -138,6 +142,49 @@ def test_bench_serve_helpers() -> None:
     }
 
 
+class _SlowHandler(http.server.BaseHTTPRequestHandler):
+    """Answers every GET after SERVICE_S, one request at a time per connection."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive, as the load generator's clients expect
+
+    def do_GET(self) -> None:
+        time.sleep(SERVICE_S)
+        self.send_response(200)
+        self.send_header("content-length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *_: Any) -> None:
+        pass
+
+
+SERVICE_S = 0.02
+
+
+def test_open_loop_counts_the_queue_from_the_due_time() -> None:
+    """Requests due every 10 ms at a one-connection server that takes 20 ms each: the queue
+    grows, and latency from the due time shows it (the last waits at least ~300 ms), where a
+    closed loop would report 20 ms a request."""
+    from pinlab_tasks.serve_bench import drive_open
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SlowHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+
+        def send(client: httpx.AsyncClient, _: int) -> Any:
+            return client.get("/")
+
+        row = asyncio.run(drive_open(url, send, 100.0, 30, 10.0, 1))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (row["requests"], row["errors"], row["rate"], row["connections"]) == (30, 0, 100.0, 1)
+    # Request i is answered no sooner than (i + 1) * 20 ms, due at i * 10 ms.
+    assert row["p99_ms"] >= 250 and row["p50_ms"] >= 100
+
+
 @pytest.mark.slow
 def test_bench_serve_command(serve_run: Path) -> None:
     """The real command at the smallest load: two servers (FAISS, NumPy), every endpoint."""
@@ -163,6 +210,8 @@ def test_bench_serve_command(serve_run: Path) -> None:
     assert world["pins"] == 240 and world["index"] == "IDMap2,Flat"
     assert world["encoder"]["arch"] == "cnn" and world["encoder"]["embedding_dim"] == 16
     assert world["threads"] == {"torch": 1, "faiss": 1, "blas": 1, "workers": 1}
+    assert [r["endpoint"] for r in payload["open_loop"]] == list(ENDPOINTS)
+    assert all(r["errors"] == 0 and r["rate"] > 0 for r in payload["open_loop"])
     photo = payload["photo_upload"]
     assert (photo["width"], photo["height"], photo["errors"]) == (4000, 3000, 0)
     assert photo["requests"] >= 3 and 0 < photo["p50_ms"] <= photo["p99_ms"]

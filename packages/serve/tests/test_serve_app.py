@@ -18,10 +18,11 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from pinlab_data import load_dataset
 from pinlab_serve import PinIndex, ServeSettings
-from pinlab_serve._app import create_app
+from pinlab_serve._app import STAGES, create_app
 from pinlab_serve._service import PinService
 
 TOKEN = "s3cret-admin-token-for-tests"
@@ -322,6 +323,48 @@ def test_metrics(client: TestClient, pins: dict[str, Any]) -> None:
     assert 'pinlab_request_seconds_bucket{endpoint="similar",le="0.005"}' in text
     assert "pinlab_index_pins 240.0" in text
     assert "pinlab_encoder_batch_size_count" in text
+
+
+def stage_counts(client: TestClient) -> dict[str, float]:
+    """Observations per request stage, read from /metrics as Prometheus exposes them."""
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        if family.name == "pinlab_stage_seconds":
+            for sample in family.samples:
+                if sample.name.endswith("_count"):
+                    counts[sample.labels["stage"]] = sample.value
+    return counts
+
+
+def test_metrics_time_every_request_stage(client: TestClient, pins: dict[str, Any]) -> None:
+    before = stage_counts(client)
+    client.get(f"/v1/pins/{pins['ids'][0]}/similar")
+    after_similar = stage_counts(client)
+    client.post("/v1/search/image", **upload(png()))
+    user = client.get("/v1/users").json()["user_ids"][0]
+    client.get(f"/v1/users/{user}/recommendations")
+    after = stage_counts(client)
+
+    def grew(a: dict[str, float], b: dict[str, float], stage: str) -> float:
+        return b.get(stage, 0.0) - a.get(stage, 0.0)
+
+    # `similar` looks up the stored vector: no decode, no encoder call.
+    assert {s: grew(before, after_similar, s) for s in STAGES} == {
+        "decode": 0,
+        "embed": 0,
+        "search": 1,
+        "rank": 1,
+        "recommend": 0,
+        "serialise": 1,
+    }
+    assert {s: grew(after_similar, after, s) for s in STAGES} == {
+        "decode": 1,
+        "embed": 1,
+        "search": 1,
+        "rank": 2,
+        "recommend": 1,
+        "serialise": 2,
+    }
 
 
 def test_no_cors_by_default(client: TestClient, serve_run: Path) -> None:

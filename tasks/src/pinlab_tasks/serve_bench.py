@@ -1,8 +1,10 @@
 """`pinlab bench serve`: load-test the HTTP service on loopback, FAISS against brute force.
 
 Builds a demo-like world (or reuses a run), starts `pinlab serve` in a child process with one
-worker, and drives each endpoint with a bounded load (a fixed number of requests and a time
-cap) from an httpx async client at several concurrency levels. The same load runs again
+worker, exactly as a user would (its thread counts are `ServeSettings`' own), and drives each
+endpoint with a bounded load (a fixed number of requests and a time cap) from an httpx async
+client at several concurrency levels (closed loop), then at a fixed arrival rate (open loop,
+latency counted from each request's due time, so a queue cannot hide). The same load runs again
 against the service with `--backend numpy`, the plain-NumPy brute-force baseline. One
 real-size photo (a 12-megapixel JPEG, as phones take them) is also uploaded a few times, one
 at a time, and its latency reported on its own: the load test's queries are small PNGs.
@@ -43,13 +45,24 @@ ENDPOINTS = ("similar", "search_image", "search_text", "recommendations")
 TARGETS = {
     "similar": {"concurrency": 16, "p99_ms": 25.0, "qps": 500.0},
     "search_image": {"concurrency": 8, "p99_ms": 150.0},
+    "recommendations": {"concurrency": 16, "p99_ms": 25.0},
 }
 # Requests per (endpoint, concurrency): enough for a stable p99, bounded by `duration`.
 REQUESTS = {"similar": 4000, "search_image": 800, "search_text": 600, "recommendations": 2000}
 PHOTO_SIZE = (4000, 3000)
 """A 12-megapixel photo, the size phone cameras take."""
 PHOTO_REQUESTS = 20
-ENCODER = EncoderConfig(widths=(16, 32, 64), embedding_dim=64, epochs=3, patience=2)
+OPEN_RATES = {
+    "similar": 500.0,
+    "search_image": 50.0,
+    "search_text": 100.0,
+    "recommendations": 500.0,
+}
+"""Requests per second of the open-loop run (the closed-loop targets' throughput)."""
+OPEN_CONNECTIONS = 32
+ENCODER = EncoderConfig(epochs=3, patience=2)
+"""The default encoder's architecture (what `pinlab demo` serves); fewer epochs only, which
+change its weights, not what a query costs."""
 RECOMMENDERS: dict[str, dict[str, Any]] = {"popularity": {}, "mf": {"epochs": 3, "dim": 32}}
 
 Send = Callable[[httpx.AsyncClient, int], Awaitable[httpx.Response]]
@@ -77,17 +90,18 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def serving(run: Path, backend: str, threads: int, log: Path) -> Iterator[str]:
-    """`pinlab serve` in a child process (one worker) until the block ends; yields its URL."""
+def serving(run: Path, backend: str, log: Path) -> Iterator[str]:
+    """`pinlab serve` in a child process (one worker) until the block ends; yields its URL.
+
+    The command a user runs, with no thread options of its own: the server sets its FAISS,
+    PyTorch and BLAS threads from `ServeSettings`, so what is measured is what is served.
+    """
     port = _free_port()
-    cmd = [sys.executable, "-m", "pinlab_tasks", "--threads", str(threads), "--log-level"]
-    cmd += ["WARNING", "serve", "--run", str(run), "--port", str(port), "--backend", backend]
-    # One BLAS thread, as FAISS gets one (ServeSettings.search_threads): idle BLAS workers
-    # spinning beside the encoder's threads would make the NumPy baseline look far worse.
-    env = os.environ | {"OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "pinlab_tasks", "--log-level", "WARNING", "serve"]
+    cmd += ["--run", str(run), "--port", str(port), "--backend", backend]
     with (
         log.open("a") as sink,
-        subprocess.Popen(cmd, stdout=sink, stderr=sink, env=env) as proc,
+        subprocess.Popen(cmd, stdout=sink, stderr=sink) as proc,
     ):
         url = f"http://127.0.0.1:{port}"
         try:
@@ -208,17 +222,12 @@ def senders(q: Queries) -> dict[str, Send]:
     }
 
 
-async def drive(
-    url: str, send: Send, concurrency: int, requests: int, duration: float
-) -> dict[str, Any]:
-    """`requests` requests (or as many as fit in `duration` s) from `concurrency` workers.
-
-    Each worker has its own client and keep-alive connection: one shared pool costs the
-    client more CPU per request than the server spends answering it.
-    """
+def _clients(url: str, n: int) -> list[httpx.AsyncClient]:
+    """`n` clients of one keep-alive connection each: one shared pool costs the client more
+    CPU per request than the server spends answering it."""
     # TCP_NODELAY: httpx writes a multipart request's headers and body separately, and Nagle's
     # algorithm holds the body until the server's (delayed, up to 200 ms) ACK of the headers.
-    clients = [
+    return [
         httpx.AsyncClient(
             base_url=url,
             transport=httpx.AsyncHTTPTransport(
@@ -227,8 +236,38 @@ async def drive(
             ),
             timeout=30,
         )
-        for _ in range(concurrency)
+        for _ in range(n)
     ]
+
+
+async def _call(send: Send, client: httpx.AsyncClient, i: int) -> bool:
+    """Send request `i`; True when it was answered 200."""
+    try:
+        response = await send(client, i)
+    except httpx.HTTPError:
+        return False
+    return response.status_code == 200
+
+
+def _summary(latencies: list[float], errors: int, elapsed: float) -> dict[str, Any]:
+    ms = np.asarray(latencies) * 1000
+    return {
+        "requests": len(latencies),
+        "seconds": round(elapsed, 2),
+        "qps": round(len(latencies) / elapsed, 1),
+        "p50_ms": round(float(np.percentile(ms, 50)), 2),
+        "p95_ms": round(float(np.percentile(ms, 95)), 2),
+        "p99_ms": round(float(np.percentile(ms, 99)), 2),
+        "errors": errors,
+    }
+
+
+async def drive(
+    url: str, send: Send, concurrency: int, requests: int, duration: float
+) -> dict[str, Any]:
+    """Closed loop: `requests` requests (or as many as fit in `duration` s) from
+    `concurrency` workers, each sending its next request when the last is answered."""
+    clients = _clients(url, concurrency)
     latencies: list[float] = []
     errors = 0
     issued = 0
@@ -244,11 +283,7 @@ async def drive(
                 i = issued
                 issued += 1
                 began = time.perf_counter()
-                try:
-                    response = await send(client, i)
-                    ok = response.status_code == 200
-                except httpx.HTTPError:
-                    ok = False
+                ok = await _call(send, client, i)
                 latencies.append(time.perf_counter() - began)
                 errors += not ok
 
@@ -256,17 +291,46 @@ async def drive(
         elapsed = time.perf_counter() - start
     finally:
         await asyncio.gather(*(c.aclose() for c in clients))
-    ms = np.asarray(latencies) * 1000
-    return {
-        "concurrency": concurrency,
-        "requests": len(latencies),
-        "seconds": round(elapsed, 2),
-        "qps": round(len(latencies) / elapsed, 1),
-        "p50_ms": round(float(np.percentile(ms, 50)), 2),
-        "p95_ms": round(float(np.percentile(ms, 95)), 2),
-        "p99_ms": round(float(np.percentile(ms, 99)), 2),
-        "errors": errors,
-    }
+    return {"concurrency": concurrency, **_summary(latencies, errors, elapsed)}
+
+
+async def drive_open(
+    url: str, send: Send, rate: float, requests: int, duration: float, connections: int
+) -> dict[str, Any]:
+    """Open loop: request i is due at `i / rate` s whether or not earlier ones were answered,
+    and its latency counts from that due time. A closed loop slows its sending when the
+    server slows, which hides the queue; here a server that falls behind shows it."""
+    clients = _clients(url, connections)
+    idle: asyncio.Queue[httpx.AsyncClient] = asyncio.Queue()
+    latencies: list[float] = []
+    errors = 0
+
+    async def one(i: int, due: float) -> None:
+        nonlocal errors
+        client = await idle.get()  # waiting for a free connection is queueing too
+        try:
+            ok = await _call(send, client, i)
+        finally:
+            idle.put_nowait(client)
+        latencies.append(time.perf_counter() - due)
+        errors += not ok
+
+    try:
+        for i, client in enumerate(clients):  # open the connections; not measured
+            await send(client, i)
+            idle.put_nowait(client)
+        count = max(1, min(requests, int(rate * duration)))
+        start = time.perf_counter()
+        pending = []
+        for i in range(count):
+            due = start + i / rate
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            pending.append(asyncio.create_task(one(i, due)))
+        await asyncio.gather(*pending)
+        elapsed = time.perf_counter() - start
+    finally:
+        await asyncio.gather(*(c.aclose() for c in clients))
+    return {"rate": rate, "connections": connections, **_summary(latencies, errors, elapsed)}
 
 
 def load_test(
@@ -278,6 +342,19 @@ def load_test(
             requests = max(concurrency, int(REQUESTS[endpoint] * scale))
             row = asyncio.run(drive(url, send, concurrency, requests, duration))
             rows.append({"endpoint": endpoint, **row})
+    return rows
+
+
+def open_loop_test(
+    url: str, queries: Queries, scale: float, duration: float
+) -> list[dict[str, Any]]:
+    """Each endpoint at its `OPEN_RATES` arrival rate for up to `duration` seconds."""
+    rows = []
+    for endpoint, send in senders(queries).items():
+        requests = max(1, int(REQUESTS[endpoint] * scale))
+        rate = OPEN_RATES[endpoint]
+        row = asyncio.run(drive_open(url, send, rate, requests, duration, OPEN_CONNECTIONS))
+        rows.append({"endpoint": endpoint, **row})
     return rows
 
 
@@ -315,7 +392,6 @@ def bench_serve(
     scale: float,
     duration: float,
     seed: int,
-    threads: int,
     run_dir: Path | None = None,
     say: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
@@ -334,6 +410,7 @@ def bench_serve(
         queries = sample_queries(run, seed)
         photo = photo_jpeg(seed)
         log = Path(tmp) / "serve.log"
+        served = ServeSettings()  # what `pinlab serve` runs with (PINLAB_SERVE_* included)
         payload: dict[str, Any] = {
             "world": {
                 "pins": index["count"],
@@ -344,10 +421,10 @@ def bench_serve(
                 "run": str(run_dir) if run_dir is not None else None,
                 "cpu_cores": os.cpu_count(),
                 "threads": {
-                    "torch": threads,
-                    "faiss": ServeSettings().search_threads,
-                    "blas": 1,
-                    "workers": 1,
+                    "torch": served.torch_threads,
+                    "faiss": served.search_threads,
+                    "blas": served.blas_threads,
+                    "workers": served.workers,
                 },
                 # Other processes share the cores: the load average says how much.
                 "load_average_before": round(os.getloadavg()[0], 2),
@@ -355,9 +432,11 @@ def bench_serve(
         }
         for key, backend in (("results", "faiss"), ("baseline", "numpy")):
             say(f"load-testing the service with {backend} search")
-            with serving(run.root, backend, threads, log) as url:
+            with serving(run.root, backend, log) as url:
                 payload[key] = load_test(url, queries, levels, scale, duration)
                 if backend == "faiss":
+                    say("open loop: requests at a fixed arrival rate")
+                    payload["open_loop"] = open_loop_test(url, queries, scale, duration)
                     say("timing real-size photo uploads")
                     requests = max(3, int(PHOTO_REQUESTS * scale))
                     payload["photo_upload"] = time_photo_upload(url, photo, requests, duration)
@@ -417,6 +496,13 @@ def render_serve(payload: dict[str, Any]) -> None:
         for row in payload[key]:
             table.add_row(*(str(row[c]) for c in columns))
         stdout.print(table)
+    table = Table(title="FAISS, open loop (fixed arrival rate)", title_justify="left")
+    columns = ("endpoint", "rate", "qps", "p50_ms", "p95_ms", "p99_ms", "errors")
+    for column in columns:
+        table.add_column(column, justify="left" if column == "endpoint" else "right")
+    for row in payload["open_loop"]:
+        table.add_row(*(str(row[c]) for c in columns))
+    stdout.print(table)
     photo = payload["photo_upload"]
     stdout.print(
         f"real-size photo upload ({photo['width']}x{photo['height']} JPEG, "

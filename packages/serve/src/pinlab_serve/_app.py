@@ -87,6 +87,9 @@ ADMIN_OFF = (
     "the server and send it as 'Authorization: Bearer TOKEN'"
 )
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+_STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 1.0)
+STAGES = ("decode", "embed", "search", "rank", "recommend", "serialise")
+"""Request stages `pinlab_stage_seconds` times (rank: re-rank and the pins' rows)."""
 
 
 class Metrics:
@@ -113,8 +116,18 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128),
             registry=self.registry,
         )
+        self.stage = Histogram(
+            "pinlab_stage_seconds",
+            "Time spent in each request stage: " + ", ".join(STAGES) + ".",
+            ["stage"],
+            buckets=_STAGE_BUCKETS,
+            registry=self.registry,
+        )
         self.pins = Gauge("pinlab_index_pins", "Pins in the serving index.", registry=self.registry)
         self.swaps = Counter("pinlab_index_swaps", "Index swaps.", registry=self.registry)
+
+    def observe_stage(self, stage: str, seconds: float) -> None:
+        self.stage.labels(stage).observe(seconds)
 
 
 class MetricsMiddleware:
@@ -260,10 +273,13 @@ def _check_admin(request: Request, settings: ServeSettings) -> None:
         )
 
 
-def _json(body: BaseModel) -> Response:
+def _json(body: BaseModel, metrics: Metrics) -> Response:
     """A model as a JSON response; the route's response_model documents it, and returning a
     Response spares FastAPI validating the model a second time (it was built validated)."""
-    return Response(body.model_dump_json(), media_type="application/json")
+    start = time.perf_counter()
+    text = body.model_dump_json()
+    metrics.observe_stage("serialise", time.perf_counter() - start)
+    return Response(text, media_type="application/json")
 
 
 def _png(image: np.ndarray) -> bytes:
@@ -276,8 +292,8 @@ def create_app(run_dir: Path, settings: ServeSettings | None = None) -> FastAPI:
     """The service over `run_dir`. Loading starts with the app's lifespan, in a thread;
     `/readyz` answers 503 until the model and index are loaded and warmed."""
     settings = settings or ServeSettings()
-    service = PinService(run_dir, settings)
     metrics = Metrics()
+    service = PinService(run_dir, settings, metrics.observe_stage)
     batcher = MicroBatcher(
         service.embed_images,
         settings.batch_window_ms / 1000,
@@ -396,9 +412,9 @@ def create_app(run_dir: Path, settings: ServeSettings | None = None) -> FastAPI:
         """Pins that look like the uploaded image (multipart field `image`)."""
         svc = ready()
         data = await _upload(request, settings.max_upload_bytes)
-        image = await asyncio.to_thread(svc.decode_upload, data)
+        image = await asyncio.to_thread(svc.decode_upload, data)  # times itself as "decode"
         vector = await batcher.embed(image)
-        return _json(svc.search_vector(vector, k, category, exclude, diversity))
+        return _json(svc.search_vector(vector, k, category, exclude, diversity), metrics)
 
     @app.get("/v1/search/text", response_model=SearchResponse)
     async def search_text(
@@ -410,7 +426,9 @@ def create_app(run_dir: Path, settings: ServeSettings | None = None) -> FastAPI:
     ) -> Response:
         """Pins matching a text query (aligned image-text model, else pin captions)."""
         svc = ready()
-        return _json(await asyncio.to_thread(svc.search_text, q, k, category, exclude, diversity))
+        return _json(
+            await asyncio.to_thread(svc.search_text, q, k, category, exclude, diversity), metrics
+        )
 
     @app.get("/v1/pins/{pin_id}/similar", response_model=SearchResponse)
     async def similar(
@@ -421,7 +439,7 @@ def create_app(run_dir: Path, settings: ServeSettings | None = None) -> FastAPI:
         diversity: Diversity = 0.0,
     ) -> Response:
         """Pins that look like pin `pin_id` (never itself)."""
-        return _json(ready().similar(pin_id, k, category, exclude, diversity))
+        return _json(ready().similar(pin_id, k, category, exclude, diversity), metrics)
 
     @app.get("/v1/users/{user_id}/recommendations", response_model=RecommendationResponse)
     async def recommendations(
@@ -434,7 +452,8 @@ def create_app(run_dir: Path, settings: ServeSettings | None = None) -> FastAPI:
         """Pins for a user from the run's best recommender; pins they engaged with excluded."""
         svc = ready()
         return _json(
-            await asyncio.to_thread(svc.recommend, user_id, k, category, exclude, diversity)
+            await asyncio.to_thread(svc.recommend, user_id, k, category, exclude, diversity),
+            metrics,
         )
 
     @app.get("/v1/users", response_model=UsersResponse)
@@ -451,7 +470,7 @@ def create_app(run_dir: Path, settings: ServeSettings | None = None) -> FastAPI:
     @app.get("/v1/pins/{pin_id}", response_model=PinOut)
     async def pin(pin_id: PinId) -> Response:
         """A pin's caption, category and creator."""
-        return _json(ready().catalog.pin(pin_id))
+        return _json(ready().catalog.pin(pin_id), metrics)
 
     @app.get(
         "/v1/pins/{pin_id}/image",

@@ -6,7 +6,8 @@ import io
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,9 @@ from pinlab_serve.contracts import (
 
 log = logging.getLogger("pinlab.serve")
 
+StageObserver = Callable[[str, float], None]
+"""Told each request stage's name and seconds (the app feeds a Prometheus histogram)."""
+
 
 @dataclass(frozen=True)
 class IndexState:
@@ -62,9 +66,12 @@ def _searcher(index: PinIndex, backend: str) -> IndexState:
 class PinService:
     """Everything a request needs, loaded by `load` (slow: models, index, text vectors)."""
 
-    def __init__(self, run_dir: Path, settings: ServeSettings) -> None:
+    def __init__(
+        self, run_dir: Path, settings: ServeSettings, on_stage: StageObserver | None = None
+    ) -> None:
         self.files = RunFiles(run_dir.resolve())
         self.settings = settings
+        self.on_stage: StageObserver = on_stage or (lambda _stage, _seconds: None)
         self.error: str | None = None
         self._ready = threading.Event()
         self._reload_lock = threading.Lock()
@@ -100,7 +107,7 @@ class PinService:
         from pinlab_models import CNNEncoder, load_recommender
 
         start = time.perf_counter()
-        faiss.omp_set_num_threads(self.settings.search_threads)
+        self._limit_threads()
         self.files.check()
         self._catalog = Catalog(self.files.data_dir())
         encoder = CNNEncoder.load(self.files.encoder)
@@ -123,6 +130,16 @@ class PinService:
             self._text.mode,
             self.recommender_name,
         )
+
+    def _limit_threads(self) -> None:
+        """The process's thread pools as the settings say (FAISS, PyTorch, BLAS), so a served
+        run is measured and served the same however the process was started."""
+        import torch
+        from threadpoolctl import threadpool_limits
+
+        faiss.omp_set_num_threads(self.settings.search_threads)
+        torch.set_num_threads(self.settings.torch_threads)
+        threadpool_limits(self.settings.blas_threads, user_api="blas")
 
     def _load_text(self) -> TextSearch:
         """The run's image-text model if it has one, else MiniLM over the pin captions."""
@@ -167,9 +184,19 @@ class PinService:
         if self._score is not None and self.catalog.user_position:
             self._score(np.zeros(1, dtype=np.int64))
 
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Time the block as request stage `name` (decode, embed, search, rank, recommend)."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.on_stage(name, time.perf_counter() - start)
+
     def embed_images(self, images: ImageArray) -> Float32Array:
         assert self._embed_images is not None, "load() first"
-        return self._embed_images(images)
+        with self.stage("embed"):
+            return self._embed_images(images)
 
     def reload_index(self) -> ReloadResponse:
         """Load the index on disk and swap it in if it changed; in-flight requests keep theirs."""
@@ -210,9 +237,10 @@ class PinService:
                 f"the image is {width}x{height} pixels, over the limit of "
                 f"{self.settings.max_pixels:,}; resize it first"
             )
-        return decode_image(
-            data, self.image_size, source="the upload", max_pixels=self.settings.max_pixels
-        )
+        with self.stage("decode"):
+            return decode_image(
+                data, self.image_size, source="the upload", max_pixels=self.settings.max_pixels
+            )
 
     def _hits(
         self,
@@ -227,16 +255,21 @@ class PinService:
         catalog = self.catalog
         allow = catalog.allowed(category)
         fetch = k if diversity <= 0 else max(k, self.settings.candidates)
-        hits = state.searcher.search(
-            vector[None, :],
-            fetch,
-            exclude=None if own is None else [own],
-            allow=allow,
-            deny=exclude,
-        )[0]
+        with self.stage("search"):
+            hits = state.searcher.search(
+                vector[None, :],
+                fetch,
+                exclude=None if own is None else [own],
+                allow=allow,
+                deny=exclude,
+            )[0]
         return self._rerank(state, hits, k, diversity)
 
     def _rerank(self, state: IndexState, hits: list[Hit], k: int, diversity: float) -> list[PinHit]:
+        with self.stage("rank"):
+            return self._ranked(state, hits, k, diversity)
+
+    def _ranked(self, state: IndexState, hits: list[Hit], k: int, diversity: float) -> list[PinHit]:
         catalog = self.catalog
         if diversity > 0 and len(hits) > 1:
             rows = [catalog.row(h.pin_id) for h in hits]
@@ -301,7 +334,8 @@ class PinService:
         search = self._text
         if not text.strip():
             raise PinlabServeError("q is blank; give a few words to search for")
-        vector = search.embed([text])[0]
+        with self.stage("embed"):
+            vector = search.embed([text])[0]
         return SearchResponse(
             query={"q": text},
             mode=search.mode,
@@ -326,18 +360,19 @@ class PinService:
                 f"run {self.files.root} has no trained recommender; train one with "
                 "`pinlab train recommender --run RUN`"
             )
-        scores = np.asarray(self._score(np.array([position], dtype=np.int64))[0], np.float64)
-        item_ids = catalog.log.item_ids
-        seen = catalog.seen(position)
-        scores[seen] = -np.inf
-        allow = catalog.allowed(category)
-        if allow is not None:
-            scores[~np.isin(item_ids, allow)] = -np.inf
-        if exclude:
-            scores[np.isin(item_ids, np.asarray(exclude, dtype=np.int64))] = -np.inf
-        fetch = min(k if diversity <= 0 else max(k, self.settings.candidates), len(scores))
-        top = np.argpartition(-scores, fetch - 1)[:fetch]
-        top = top[np.argsort(-scores[top], kind="stable")]
+        with self.stage("recommend"):
+            scores = np.asarray(self._score(np.array([position], dtype=np.int64))[0], np.float64)
+            item_ids = catalog.log.item_ids
+            seen = catalog.seen(position)
+            scores[seen] = -np.inf
+            allow = catalog.allowed(category)
+            if allow is not None:
+                scores[~np.isin(item_ids, allow)] = -np.inf
+            if exclude:
+                scores[np.isin(item_ids, np.asarray(exclude, dtype=np.int64))] = -np.inf
+            fetch = min(k if diversity <= 0 else max(k, self.settings.candidates), len(scores))
+            top = np.argpartition(-scores, fetch - 1)[:fetch]
+            top = top[np.argsort(-scores[top], kind="stable")]
         state = self.state
         hits = [
             Hit(pin_id=int(item_ids[i]), score=float(scores[i]))

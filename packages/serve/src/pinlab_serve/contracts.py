@@ -120,6 +120,19 @@ class ServeSettings(BaseSettings):
         description="FAISS OpenMP threads; one query per call gains nothing from more, and "
         "idle OpenMP workers spin on the cores the event loop needs.",
     )
+    torch_threads: int = Field(
+        default=1,
+        ge=1,
+        le=256,
+        description="PyTorch intra-op threads (the encoders, the recommender); a 32-pixel "
+        "query gains nothing from more, and each extra thread competes with the event loop.",
+    )
+    blas_threads: int = Field(
+        default=1,
+        ge=1,
+        le=256,
+        description="BLAS threads (NumPy's matrix products); one, for the same reason.",
+    )
     candidates: int = Field(
         default=200, ge=10, le=5000, description="Candidates fetched for a diversity re-rank."
     )

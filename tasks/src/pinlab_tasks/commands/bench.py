@@ -202,15 +202,6 @@ def serve(
     duration: Annotated[
         float, typer.Option("--duration", min=1, help="Seconds cap per endpoint and level.")
     ] = 20.0,
-    server_threads: Annotated[
-        int,
-        typer.Option(
-            "--server-threads",
-            min=1,
-            help="PyTorch threads of the server (1: an idle PyTorch pool spinning beside the "
-            "search stalls requests for ~200 ms at a time on 2 cores).",
-        ),
-    ] = 1,
     run: Annotated[
         Path | None, typer.Option("--run", help="Serve this run instead of building a world.")
     ] = None,
@@ -218,8 +209,10 @@ def serve(
     as_json: JsonFlag = False,
 ) -> None:
     """Load-test `pinlab serve` on loopback (one worker): QPS, p50/p95/p99 and errors per
-    endpoint and concurrency, against the same service with NumPy brute-force search. States
-    the encoder, index and thread counts, and times a 12-megapixel JPEG upload on its own.
+    endpoint and concurrency, against the same service with NumPy brute-force search, plus an
+    open-loop run at a fixed arrival rate. The server runs as `pinlab serve` would (threads
+    from PINLAB_SERVE_*); states the encoder, index, pin and thread counts, and times a
+    12-megapixel JPEG upload on its own.
 
     Writes: nothing that stays (the world is built in a temporary folder unless --run).
     """
@@ -232,7 +225,6 @@ def serve(
         scale,
         duration,
         seed,
-        server_threads,
         run_dir=run,
         say=(lambda _: None) if as_json else stderr.print,
     )
