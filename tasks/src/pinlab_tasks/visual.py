@@ -19,7 +19,7 @@ from pinlab_data import (
     load_dataset,
     write_json_atomic,
 )
-from pinlab_eval import evaluate_retrieval
+from pinlab_eval import evaluate_retrieval, visual_protocol
 from pinlab_models import (
     CNNEncoder,
     EncoderConfig,
@@ -31,7 +31,6 @@ from pinlab_models import (
     train_with_recipe,
 )
 from pinlab_tasks.runs import RunLayout
-from pinlab_tasks.visual_bench import visual_protocol
 from pinlab_tasks.workflows import VALID_FRACTION, VisualSplit, _images, _labels, visual_split
 
 DEDUPE_FILE = "duplicates.json"
