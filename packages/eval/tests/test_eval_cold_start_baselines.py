@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import itertools
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pinlab_data import PinlabDataError
+from pinlab_data import PinlabDataError, SynthConfig, interaction_log, load_dataset, write_synth
 from pinlab_data.contracts import Float32Array, Int64Array, InteractionLog
 from pinlab_eval import (
     ContentKNN,
     FeaturePopularity,
     Holdout,
     HoldoutCounts,
+    apply_protocol,
     evaluate_holdout,
+    protocol_spec,
     random_ranking_metrics,
 )
 
@@ -155,3 +158,26 @@ def test_content_knn_ranks_items_near_the_users_history_first() -> None:
     )
     with pytest.raises(PinlabDataError, match="one row per item"):
         ContentKNN(train, features[:3])
+
+
+def test_random_hit_rate_matches_monte_carlo_on_a_synthetic_world(tmp_path: Path) -> None:
+    small = SynthConfig(
+        num_pins=100, num_users=60, num_categories=6, num_creators=30, interactions_per_user=15
+    )
+    write_synth(tmp_path / "world", small)
+    log = interaction_log(load_dataset(tmp_path / "world"))
+    holdout = apply_protocol(log, protocol_spec("cold-start", {"seed": 3})).test
+    assert holdout.candidates is not None
+    cold, k = len(holdout.candidates), 10
+    _, per_user = np.unique(holdout.target.users, return_counts=True)
+    expected = np.mean([1 - math.comb(cold - r, k) / math.comb(cold, k) for r in per_user])
+    assert random_ranking_metrics(holdout, (k,))["hr@10"] == pytest.approx(expected)
+    # Monte Carlo agrees: draw k random candidates per user and count hits.
+    rng = np.random.default_rng(0)
+    users = np.unique(holdout.target.users)
+    hits = 0
+    for _ in range(200):
+        for user in users:
+            drawn = rng.choice(holdout.candidates, k, replace=False)
+            hits += int(np.isin(drawn, holdout.target.items[holdout.target.users == user]).any())
+    assert hits / (200 * len(users)) == pytest.approx(expected, abs=0.02)
