@@ -77,7 +77,8 @@ def item_categories(ds: Dataset, log: InteractionLog) -> np.ndarray:
     """Each item's category as a dense code, in `log`'s item order."""
     categories = np.asarray(ds.pins.column("category").to_pylist(), dtype=object)
     codes: np.ndarray = np.unique(categories, return_inverse=True)[1].astype(np.int64)
-    return codes[_pin_rows(ds, log)]
+    ordered: np.ndarray = codes[_pin_rows(ds, log)]
+    return ordered
 
 
 def _pin_rows(ds: Dataset, log: InteractionLog) -> np.ndarray:

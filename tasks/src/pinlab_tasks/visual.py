@@ -60,14 +60,13 @@ def train_encoder_recipe(
     if images.shape[1] != config.image_size:  # the dataset decides the input size
         config = config.model_copy(update={"image_size": int(images.shape[1])})
     split = visual_split(ds, seed)
+    protocol_name: str = protocol
     if protocol == "unseen-classes":
         categories = np.asarray(ds.pins.column("category").to_pylist(), dtype=object)
         classes = visual_protocol(categories, ds.pin_ids(), seed)
         in_valid = holdout_mask(ds.pin_ids()[classes.train], VALID_FRACTION, seed + 1)
         split = VisualSplit(classes.train[~in_valid], classes.train[in_valid], classes.test)
         protocol_name = classes.name
-    else:
-        protocol_name = protocol
     device = resolve_device(device)
     run.log_step(
         "train encoder",

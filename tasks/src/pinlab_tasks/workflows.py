@@ -40,8 +40,10 @@ from pinlab_eval import (
     evaluate_ranking,
     evaluate_retrieval,
     evaluate_text_to_image,
+    linear_probe,
     taste_recovery,
     top_k,
+    visual_protocol,
 )
 from pinlab_models import (
     AlignConfig,
@@ -65,7 +67,6 @@ from pinlab_serve import PinIndex, embed_image_file
 from pinlab_tasks.cold_start import item_features
 from pinlab_tasks.presets import PRESETS
 from pinlab_tasks.runs import RunLayout
-from pinlab_tasks.visual_bench import linear_probe, visual_protocol
 
 HOLDOUT_FRACTION = 0.2
 """Share of pins never seen by the encoder in training; retrieval is measured on them."""
