@@ -45,6 +45,7 @@ def test_tiny_bench_reports_every_row_over_seeds(tmp_path: Path) -> None:
     assert all(1 <= e <= 2 for e in trained["epochs_per_seed"])
     assert trained["epochs_at_edge"] == [e == 2 for e in trained["epochs_per_seed"]]
     assert {p["vs"] for p in payload["paired"]} == {"raw pixels", "untrained"}
+    assert all((run.root / f"seed{s}" / "rows.json").is_file() for s in (0, 1))
     assert (run.root / "bench_visual.json").is_file() and (run.root / "run.json").is_file()
     assert all(Path(p).read_bytes()[:4] == b"\x89PNG" for p in payload["embedding_maps"].values())
     with pytest.raises(PinlabDataError, match="unknown recipe 'arcface'"):

@@ -148,12 +148,17 @@ def bench_visual(
         },
         data_dir,
     )
-    splits = [
-        _bench_split(
+    splits = []
+    for s in range(seeds):
+        split = _bench_split(
             images, labels, pin_ids, chosen, max_epochs, base, seed + s, device, run, progress
         )
-        for s in range(seeds)
-    ]
+        # Each finished split is kept, so a bench stopped part-way still has its seeds.
+        write_json_atomic(
+            run.root / f"seed{split.seed}" / "rows.json",
+            split.describe() | {"rows": list(split.rows.values())},
+        )
+        splits.append(split)
     first = splits[0]
     results = [
         _summarize([split.rows[name] for split in splits]) for name in first.rows

@@ -232,7 +232,8 @@ def visual(
     Epochs are chosen on validation classes inside the training classes; every number is a
     mean over `--seeds` class splits, with its standard deviation and per-seed values.
 
-    Writes: RUN/{run.json, bench_visual.json, embedding_map_*.png, seedS/RECIPE/encoder.pt}.
+    Writes: RUN/{run.json, bench_visual.json, embedding_map_*.png, seedS/rows.json,
+    seedS/RECIPE/encoder.pt}.
     """
     s = settings()
     layout = RunLayout(run or new_run_dir(s.runs_dir, "bench-visual"))
