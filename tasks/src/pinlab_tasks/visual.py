@@ -19,7 +19,7 @@ from pinlab_data import (
     load_dataset,
     write_json_atomic,
 )
-from pinlab_eval import evaluate_retrieval
+from pinlab_eval import evaluate_retrieval, visual_protocol
 from pinlab_models import (
     CNNEncoder,
     EncoderConfig,
@@ -31,7 +31,6 @@ from pinlab_models import (
     train_with_recipe,
 )
 from pinlab_tasks.runs import RunLayout
-from pinlab_tasks.visual_bench import visual_protocol
 from pinlab_tasks.workflows import VALID_FRACTION, VisualSplit, _images, _labels, visual_split
 
 DEDUPE_FILE = "duplicates.json"
@@ -61,14 +60,13 @@ def train_encoder_recipe(
     if images.shape[1] != config.image_size:  # the dataset decides the input size
         config = config.model_copy(update={"image_size": int(images.shape[1])})
     split = visual_split(ds, seed)
+    protocol_name: str = protocol
     if protocol == "unseen-classes":
         categories = np.asarray(ds.pins.column("category").to_pylist(), dtype=object)
         classes = visual_protocol(categories, ds.pin_ids(), seed)
         in_valid = holdout_mask(ds.pin_ids()[classes.train], VALID_FRACTION, seed + 1)
         split = VisualSplit(classes.train[~in_valid], classes.train[in_valid], classes.test)
         protocol_name = classes.name
-    else:
-        protocol_name = protocol
     device = resolve_device(device)
     run.log_step(
         "train encoder",

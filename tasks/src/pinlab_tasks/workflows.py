@@ -34,7 +34,9 @@ from pinlab_eval import (
     embedding_map,
     evaluate_retrieval,
     evaluate_text_to_image,
+    linear_probe,
     top_k,
+    visual_protocol,
 )
 from pinlab_models import (
     AlignConfig,
@@ -55,7 +57,6 @@ from pinlab_serve import PinIndex, embed_image_file
 from pinlab_tasks.presets import PRESETS
 from pinlab_tasks.recsys import eval_recommenders, train_recommender
 from pinlab_tasks.runs import RunLayout
-from pinlab_tasks.visual_bench import linear_probe, visual_protocol
 
 HOLDOUT_FRACTION = 0.2
 """Share of pins never seen by the encoder in training; retrieval is measured on them."""

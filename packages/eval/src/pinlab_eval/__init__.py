@@ -1,6 +1,7 @@
 """pinlab_eval: ranking and retrieval metrics under named, seeded protocols, with statistics."""
 
 from pinlab_eval._anchors import ANCHORS, anchors_for
+from pinlab_eval._cold_start import ContentKNN, FeaturePopularity, random_ranking_metrics
 from pinlab_eval._cross_modal import evaluate_text_to_image
 from pinlab_eval._plots import embedding_map, project_2d
 from pinlab_eval._protocols import apply_protocol, protocol_spec, sample_negatives
@@ -25,6 +26,7 @@ from pinlab_eval._ranking import (
 )
 from pinlab_eval._retrieval import evaluate_retrieval
 from pinlab_eval._stats import bootstrap_ci, holm, paired_bootstrap_test, summarize_models
+from pinlab_eval._visual_protocols import linear_probe, validation_classes, visual_protocol
 from pinlab_eval.contracts import (
     Anchor,
     BenchSummary,
@@ -45,6 +47,7 @@ from pinlab_eval.contracts import (
     Scorer,
     StratifyBy,
     UserMetrics,
+    VisualProtocol,
 )
 
 __all__ = [
@@ -52,7 +55,9 @@ __all__ = [
     "Anchor",
     "BenchSummary",
     "Comparison",
+    "ContentKNN",
     "Csr",
+    "FeaturePopularity",
     "Float64Array",
     "Holdout",
     "HoldoutCounts",
@@ -68,6 +73,7 @@ __all__ = [
     "Scorer",
     "StratifyBy",
     "UserMetrics",
+    "VisualProtocol",
     "anchors_for",
     "apply_protocol",
     "bootstrap_ci",
@@ -81,6 +87,7 @@ __all__ = [
     "hit_rate_at_k",
     "holm",
     "item_popularity",
+    "linear_probe",
     "map_all_at_k",
     "map_at_k",
     "mrr_at_k",
@@ -90,6 +97,7 @@ __all__ = [
     "precision_at_k",
     "project_2d",
     "protocol_spec",
+    "random_ranking_metrics",
     "recall_at_k",
     "sample_negatives",
     "sampled_user_metrics",
@@ -97,4 +105,6 @@ __all__ = [
     "taste_recovery",
     "top_k",
     "user_metrics",
+    "validation_classes",
+    "visual_protocol",
 ]

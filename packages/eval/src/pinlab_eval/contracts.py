@@ -305,3 +305,20 @@ class Anchor(BaseModel):
     metrics: dict[str, float | None]
     source: str
     note: str = ""
+
+
+@dataclass(frozen=True)
+class VisualProtocol:
+    """Which images an encoder trains on and which it is measured on.
+
+    `unseen-classes`: the classes are split in two and the test images belong to classes never
+    trained on; `held-out-images`: every class on both sides, images split by a seeded hash.
+    """
+
+    name: Literal["unseen-classes", "held-out-images"]
+    train: Int64Array
+    """Rows of the pins table the encoders train on."""
+    test: Int64Array
+    """Rows measured."""
+    train_classes: list[str]
+    test_classes: list[str]

@@ -243,8 +243,17 @@ def visual(
         typer.Option("--recipe", help="supcon, simclr or proxy-anchor; repeatable (default all)."),
     ] = None,
     epochs: Annotated[
-        int | None, typer.Option("--epochs", min=1, help="Epochs for every recipe (default tuned).")
+        int | None,
+        typer.Option(
+            "--epochs",
+            min=1,
+            help="Cap on every recipe's epochs (default per recipe); "
+            "the epochs used are early-stopped on validation classes.",
+        ),
     ] = None,
+    seeds: Annotated[
+        int, typer.Option("--seeds", min=1, help="Class splits (and training seeds) to average.")
+    ] = 3,
     seed: SeedOpt = None,
     device: DeviceOpt = None,
     as_json: JsonFlag = False,
@@ -253,8 +262,11 @@ def visual(
 
     Recall@1/@10, MAP@R and linear-probe accuracy on classes never trained on (or held-out
     images when there are fewer than 4 classes), images/s training and embedding, peak memory.
+    Epochs are chosen on validation classes inside the training classes; every number is a
+    mean over `--seeds` class splits, with its standard deviation and per-seed values.
 
-    Writes: RUN/{run.json, bench_visual.json, embedding_map_*.png, RECIPE/encoder.pt}.
+    Writes: RUN/{run.json, bench_visual.json, embedding_map_*.png, seedS/rows.json,
+    seedS/RECIPE/encoder.pt}.
     """
     s = settings()
     layout = RunLayout(run or new_run_dir(s.runs_dir, "bench-visual"))
@@ -266,31 +278,54 @@ def visual(
         s.seed if seed is None else seed,
         device or s.device,
         progress=not as_json,
+        seeds=seeds,
     )
 
     def render() -> None:
         protocol = payload["protocol"]
         table = Table(
-            title=f"bench visual: {payload['dataset']}, {protocol['name']} "
-            f"({protocol['test_images']} images of {len(protocol['test_classes'])} classes), "
+            title=f"bench visual: {payload['dataset']}, {protocol['name']}, "
+            f"mean ± std over seeds {protocol['seeds']}, "
             f"{payload['device']}, {payload['threads']} threads",
             title_justify="left",
         )
         columns = ("recall@1", "recall@10", "map@r", "linear_probe")
-        for column in ("recipe", "r@1", "r@10", "map@r", "probe", "train/s", "embed/s", "MB"):
+        for column in (
+            "recipe",
+            "epochs",
+            "r@1",
+            "r@10",
+            "map@r",
+            "probe",
+            "train/s",
+            "embed/s",
+            "MB",
+        ):
             table.add_column(column, justify="left" if column == "recipe" else "right")
         for row in payload["results"]:
             name = f"[dim]{row['recipe']}*[/]" if row["baseline"] else row["recipe"]
             train = row["train_images_per_s"]
+            epochs_used = (
+                "-"
+                if row["baseline"]
+                else ",".join(
+                    f"{e}{'!' if edge else ''}"
+                    for e, edge in zip(row["epochs_per_seed"], row["epochs_at_edge"], strict=True)
+                )
+            )
             table.add_row(
                 name,
-                *(f"{row['metrics'][c]:.3f}" for c in columns),
+                epochs_used,
+                *(f"{row['metrics'][c]:.3f}±{row['std'][c]:.3f}" for c in columns),
                 "-" if train is None else f"{train:,.0f}",
                 f"{row['embed_images_per_s']:,.0f}",
                 f"{row['peak_rss_mb']:,.0f}",
             )
         stdout.print(table)
-        stdout.print("* baseline; r@k recall@k; probe linear-probe accuracy; /s images per second")
+        stdout.print(
+            "* baseline; epochs per seed, chosen on validation classes (! at the cap); r@k "
+            "recall@k; probe linear-probe accuracy; /s images per second"
+        )
         for name, ok in payload["targets"].items():
             stdout.print(f"target {name}: {'met' if ok else 'NOT met'}")
         stdout.print(f"embedding maps: {', '.join(payload['embedding_maps'].values())}")
