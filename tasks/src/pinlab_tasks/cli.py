@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from pinlab_data import PinlabDataError
 from pinlab_models import PinlabModelError
 from pinlab_serve import PinlabServeError
-from pinlab_tasks._app import app, settings, use_settings
+from pinlab_tasks._app import app, use_settings
 from pinlab_tasks._output import configure_logging, stderr
 from pinlab_tasks.commands import (
     bench,
@@ -29,7 +29,7 @@ from pinlab_tasks.commands import (
     serve,
     train,
 )
-from pinlab_tasks.settings import LogLevel
+from pinlab_tasks.settings import LogLevel, PinlabSettings
 
 BAD_INPUT = (PinlabDataError, PinlabModelError, PinlabServeError, FileNotFoundError)
 
@@ -75,7 +75,8 @@ def root(
         "runs_dir": runs_dir,
         "tracking_uri": tracking_uri,
     }
-    resolved = settings().model_copy(
+    # From the environment each time: flags of an earlier invocation in this process must not stick.
+    resolved = PinlabSettings().model_copy(
         update={k: v for k, v in overrides.items() if v is not None}
         | ({"debug": True} if debug else {})
         | ({"tracking": False} if no_tracking else {})
