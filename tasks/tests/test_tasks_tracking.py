@@ -123,9 +123,12 @@ def test_dataset_fingerprint_follows_the_bytes(tmp_path: Path) -> None:
 def test_runs_nest_and_close(runs_dir: Path) -> None:
     use_settings(PinlabSettings(runs_dir=runs_dir, tracking=True, tracking_uri=None))
     with tracked("bench", {"suite": "recsys"}) as bench:
-        with tracked("model", {"name": "mf"}) as model, tracked("seed", {"seed": 1}) as seed:
-            with tracked("trial", {"lr": 0.1}) as trial:
-                trial.log_metrics({"ndcg@10": 0.5}, step=2)
+        with (
+            tracked("model", {"name": "mf"}) as model,
+            tracked("seed", {"seed": 1}) as seed,
+            tracked("trial", {"lr": 0.1}) as trial,
+        ):
+            trial.log_metrics({"ndcg@10": 0.5}, step=2)
         with tracked("model", {"name": "ease"}) as other:
             pass
     with tracked("alone") as alone:

@@ -61,9 +61,7 @@ class Tracker:
 
         fresh = {k: v for k, v in flatten_params(params).items() if k not in self._params}
         self._params.update(fresh)
-        items = [Param(k, v) for k, v in fresh.items()]
-        for start in range(0, len(items), BATCH):
-            self._call(lambda c, r, b=items[start : start + BATCH]: c.log_batch(r, params=b))
+        self._log_batches("params", [Param(k, v) for k, v in fresh.items()])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         """Numbers only (others are skipped); keys made MLflow-safe ('ndcg@10' -> 'ndcg_at_10')."""
@@ -75,8 +73,7 @@ class Tracker:
             for k, v in metrics.items()
             if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
         ]
-        for start in range(0, len(items), BATCH):
-            self._call(lambda c, r, b=items[start : start + BATCH]: c.log_batch(r, metrics=b))
+        self._log_batches("metrics", items)
 
     def log_artifact(self, path: Path) -> None:
         """A file, or a directory's files, uploaded to the run's artifacts."""
@@ -89,7 +86,11 @@ class Tracker:
         from mlflow.entities import RunTag
 
         items = [RunTag(metric_key(k), str(v)[:MAX_PARAM_CHARS]) for k, v in tags.items()]
-        self._call(lambda c, r: c.log_batch(r, tags=items))
+        self._log_batches("tags", items)
+
+    def _log_batches(self, kind: str, items: list[Any]) -> None:
+        for start in range(0, len(items), BATCH):
+            self._call(_batch(kind, items[start : start + BATCH]))
 
     def _end(self, status: str) -> None:
         self._call(lambda c, r: c.set_terminated(r, status))
@@ -102,6 +103,10 @@ class Tracker:
         except Exception as exc:  # a tracking failure must never end the run it tracks
             _warn(f"MLflow logging failed ({type(exc).__name__}: {exc}); tracking stops here")
             self._client = None
+
+
+def _batch(kind: str, items: list[Any]) -> Callable[[MlflowClient, str], None]:
+    return lambda client, run_id: client.log_batch(run_id, **{kind: items})
 
 
 @contextmanager
@@ -295,7 +300,7 @@ def list_runs(experiment: str | None = None, limit: int = 50) -> list[dict[str, 
     if reader is None:
         return []
     client, uri = reader
-    experiments = client.search_experiments()
+    experiments = list(client.search_experiments())
     if experiment is not None:
         experiments = [e for e in experiments if e.name == experiment]
         if not experiments:
