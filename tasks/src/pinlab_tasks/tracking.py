@@ -14,7 +14,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,7 +29,7 @@ from pinlab_tasks.provenance import provenance
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
-    from mlflow.entities import Run
+    from mlflow.entities import Metric, Param, Run, RunTag
 
 MAX_PARAM_CHARS = 500
 """Longer values are cut: MLflow servers before 2.x refuse more, and run.json has them whole."""
@@ -90,7 +90,7 @@ class Tracker:
 
     def _log_batches(self, kind: str, items: list[Any]) -> None:
         for start in range(0, len(items), BATCH):
-            self._call(_batch(kind, items[start : start + BATCH]))
+            self._call(_batch(**{kind: items[start : start + BATCH]}))
 
     def _end(self, status: str) -> None:
         self._call(lambda c, r: c.set_terminated(r, status))
@@ -105,8 +105,10 @@ class Tracker:
             self._client = None
 
 
-def _batch(kind: str, items: list[Any]) -> Callable[[MlflowClient, str], None]:
-    return lambda client, run_id: client.log_batch(run_id, **{kind: items})
+def _batch(
+    metrics: Sequence[Metric] = (), params: Sequence[Param] = (), tags: Sequence[RunTag] = ()
+) -> Callable[[MlflowClient, str], object]:
+    return lambda client, run_id: client.log_batch(run_id, metrics, params, tags)
 
 
 @contextmanager
