@@ -12,6 +12,8 @@ import pytest
 ROOT = Path(__file__).parent
 # As in pinlab_tasks: idle OpenMP threads must not spin on a busy machine (before torch loads).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# CLI tests must not write an MLflow store into the checkout; tracking tests switch it on.
+os.environ.setdefault("PINLAB_TRACKING", "off")
 
 
 def shared_datasets() -> Path:

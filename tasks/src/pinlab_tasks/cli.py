@@ -15,10 +15,21 @@ from pydantic import ValidationError
 from pinlab_data import PinlabDataError
 from pinlab_models import PinlabModelError
 from pinlab_serve import PinlabServeError
-from pinlab_tasks._app import app, settings, use_settings
+from pinlab_tasks._app import app, use_settings
 from pinlab_tasks._output import configure_logging, stderr
-from pinlab_tasks.commands import bench, data, demo, evaluate, index, meta, query, serve, train
-from pinlab_tasks.settings import LogLevel
+from pinlab_tasks.commands import (
+    bench,
+    data,
+    demo,
+    evaluate,
+    index,
+    meta,
+    query,
+    runs,
+    serve,
+    train,
+)
+from pinlab_tasks.settings import LogLevel, PinlabSettings
 
 BAD_INPUT = (PinlabDataError, PinlabModelError, PinlabServeError, FileNotFoundError)
 
@@ -27,6 +38,7 @@ app.add_typer(train.app, name="train")
 app.add_typer(evaluate.app, name="eval")
 app.add_typer(index.app, name="index")
 app.add_typer(bench.app, name="bench")
+app.add_typer(runs.app, name="runs")
 demo.register(app)
 serve.register(app)
 query.register(app)
@@ -45,11 +57,29 @@ def root(
         Path | None, typer.Option("--runs-dir", help="Where new runs go [env PINLAB_RUNS_DIR].")
     ] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(
+            "--tracking-uri",
+            help="MLflow store for runs; default sqlite:///RUNS_DIR/mlflow.db "
+            "[env PINLAB_TRACKING_URI].",
+        ),
+    ] = None,
+    no_tracking: Annotated[
+        bool, typer.Option("--no-tracking", help="Log nothing to MLflow [env PINLAB_TRACKING=off].")
+    ] = False,
 ) -> None:
-    overrides = {"threads": threads, "log_level": log_level, "runs_dir": runs_dir}
-    resolved = settings().model_copy(
+    overrides = {
+        "threads": threads,
+        "log_level": log_level,
+        "runs_dir": runs_dir,
+        "tracking_uri": tracking_uri,
+    }
+    # From the environment each time: flags of an earlier invocation in this process must not stick.
+    resolved = PinlabSettings().model_copy(
         update={k: v for k, v in overrides.items() if v is not None}
         | ({"debug": True} if debug else {})
+        | ({"tracking": False} if no_tracking else {})
     )
     use_settings(resolved)
     configure_logging(resolved.log_level)

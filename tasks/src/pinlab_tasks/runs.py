@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import platform
 import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -11,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from pinlab_data import PinlabDataError, write_json_atomic
+from pinlab_tasks.provenance import dataset_fingerprint, provenance
 
 
 def utc_now() -> str:
@@ -83,21 +83,37 @@ class RunLayout:
         return Path(data)
 
     def log_step(self, command: str, config: dict[str, Any], data_dir: Path | None = None) -> None:
-        """Append a step with its resolved config to run.json (created on first use)."""
+        """Append a step with its resolved config to run.json (created on first use).
+
+        The record keeps the provenance of the process that created it, every step's seed,
+        and the fingerprint of the dataset a step read.
+        """
         self.root.mkdir(parents=True, exist_ok=True)
         record = self.read_record() if self.record.is_file() else _new_record()
+        step: dict[str, Any] = {"command": command, "at": utc_now(), "config": config}
         if data_dir is not None:
             record["data_dir"] = str(data_dir.resolve())
-        record["steps"].append({"command": command, "at": utc_now(), "config": config})
+            if data_dir.is_dir():
+                step["dataset_fingerprint"] = dataset_fingerprint(data_dir)
+                record["dataset_fingerprint"] = step["dataset_fingerprint"]
+        if isinstance(config.get("seed"), int):
+            record.setdefault("seeds", {})[command] = config["seed"]
+        if sys.argv != record.get("argv"):  # a later command adding to this run
+            step["argv"] = list(sys.argv)
+        record["steps"].append(step)
         write_json_atomic(self.record, record)
 
 
 def _new_record() -> dict[str, Any]:
+    facts = provenance()
+    del facts["seeds"], facts["dataset_fingerprint"]  # kept per step, below
     return {
         "created": utc_now(),
-        "argv": sys.argv,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
+        "argv": facts.pop("argv"),
+        "python": facts.pop("python"),
+        "platform": facts.pop("platform"),
+        "provenance": facts,
+        "seeds": {},
         "steps": [],
     }
 

@@ -21,6 +21,15 @@ class PinlabSettings(BaseSettings):
     threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=512)
     log_level: LogLevel = "INFO"
     debug: bool = Field(default=False, description="Show tracebacks instead of one-line errors.")
+    tracking: bool = Field(default=True, description="Log runs to MLflow (PINLAB_TRACKING=off).")
+    tracking_uri: str | None = Field(
+        default=None,
+        description="MLflow tracking URI; default sqlite:///RUNS_DIR/mlflow.db, no server.",
+    )
+    experiment: str = Field(default="pinlab", description="MLflow experiment new runs go to.")
+
+    def resolved_tracking_uri(self) -> str:
+        return self.tracking_uri or f"sqlite:///{self.runs_dir.resolve() / 'mlflow.db'}"
 
     @field_validator("log_level", mode="before")
     @classmethod

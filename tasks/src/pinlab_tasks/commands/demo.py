@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -12,7 +13,8 @@ from rich.table import Table
 from pinlab_tasks import workflows
 from pinlab_tasks._app import DeviceOpt, JsonFlag, SeedOpt, settings
 from pinlab_tasks._output import emit, metrics_table, stdout
-from pinlab_tasks.runs import new_run_dir
+from pinlab_tasks.runs import RunLayout, new_run_dir
+from pinlab_tasks.tracking import log_fit, numbers, tracked
 
 
 def register(app: typer.Typer) -> None:
@@ -42,15 +44,33 @@ def demo(
     """
     s = settings()
     run_dir = out or new_run_dir(s.runs_dir, "demo")
-    result = workflows.demo(
-        preset,
-        run_dir,
-        seed=s.seed if seed is None else seed,
-        device=device or s.device,
-        progress=not as_json,
-        align=align,
-    )
+    seed = s.seed if seed is None else seed
+    params = {"preset": preset, "seed": seed, "device": device or s.device, "align": align}
+    with tracked("demo", params, run_dir=run_dir) as tracker:
+        result = workflows.demo(
+            preset, run_dir, seed=seed, device=device or s.device, progress=not as_json, align=align
+        )
+        _log_demo(RunLayout(run_dir), result)
+        tracker.log_metrics(
+            numbers({k: result[k] for k in ("visual", "recommender", "seconds", "peak_rss_mb")})
+        )
+        for path in ("summary.json", "visual/eval.json", "visual/embedding_map.png"):
+            tracker.log_artifact(run_dir / path)
     emit(result, as_json, lambda: render(result))
+
+
+def _log_demo(run: RunLayout, result: dict[str, Any]) -> None:
+    """One child run per trained model: its config, per-epoch numbers and test metrics."""
+    fits = {"visual encoder": (run.visual, result["visual"]["trained"])} | {
+        f"recommender {name}": (run.recommender(name).parent, metrics)
+        for name, metrics in result["recommender"].items()
+    }
+    for name, (directory, metrics) in fits.items():
+        trained = json.loads((directory / "train.json").read_text())
+        with tracked(name, {"config": trained.get("config", {})}) as child:
+            log_fit(child, trained)
+            child.log_metrics(metrics)
+            child.log_artifact(directory / "metrics.jsonl")
 
 
 def render(result: dict[str, Any]) -> None:

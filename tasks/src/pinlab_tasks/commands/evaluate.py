@@ -11,6 +11,7 @@ from pinlab_tasks import cold_start, recsys, workflows
 from pinlab_tasks._app import DeviceOpt, JsonFlag, SeedOpt, settings
 from pinlab_tasks._output import emit, metrics_table, stdout
 from pinlab_tasks.runs import RunLayout
+from pinlab_tasks.tracking import numbers, tracked
 
 app = typer.Typer(help="Evaluate a run's models.", no_args_is_help=True)
 
@@ -27,7 +28,13 @@ def visual(run: RunArg, seed: SeedOpt = None, as_json: JsonFlag = False) -> None
     Use the seed the encoder was trained with: it picks the held-out pins.
     Writes: RUN/visual/{eval.json, embedding_map.png}.
     """
-    result = workflows.eval_visual(RunLayout(run), settings().seed if seed is None else seed)
+    seed = settings().seed if seed is None else seed
+    layout = RunLayout(run)
+    with tracked("eval visual", {"run": str(run), "seed": seed}, run_dir=run) as tracker:
+        result = workflows.eval_visual(layout, seed)
+        tracker.log_metrics(numbers(result))
+        for name in ("eval.json", "embedding_map.png"):
+            tracker.log_artifact(layout.visual / name)
 
     def render() -> None:
         stdout.print(
@@ -57,7 +64,12 @@ def recommender(run: RunArg, as_json: JsonFlag = False) -> None:
 
     Writes: RUN/recommender/eval.json.
     """
-    result = recsys.eval_recommenders(RunLayout(run))
+    layout = RunLayout(run)
+    with tracked("eval recommender", {"run": str(run)}, run_dir=run) as tracker:
+        result = recsys.eval_recommenders(layout)
+        tracker.log_params({"protocols": result["protocols"]})
+        tracker.log_metrics(numbers(result["models"]))
+        tracker.log_artifact(layout.recommenders / "eval.json")
     emit(
         result,
         as_json,
@@ -93,15 +105,20 @@ def cold_start_(
     Writes: RUN/cold_start/{eval.json, hybrid.pt, metrics.jsonl}.
     """
     s = settings()
-    result = cold_start.eval_cold_start(
-        RunLayout(run),
-        data,
-        features,
-        s.seed if seed is None else seed,
-        device or s.device,
-        cold_fraction=fraction,
-        progress=not as_json,
-    )
+    seed = s.seed if seed is None else seed
+    params = {"run": str(run), "data": str(data), "features": features, "fraction": fraction}
+    with tracked("eval cold-start", params | {"seed": seed}, run_dir=run) as tracker:
+        result = cold_start.eval_cold_start(
+            RunLayout(run),
+            data,
+            features,
+            seed,
+            device or s.device,
+            cold_fraction=fraction,
+            progress=not as_json,
+        )
+        tracker.log_metrics(numbers(result))
+        tracker.log_artifact(run / "cold_start" / "eval.json")
     emit(result, as_json, lambda: _render_cold_start(result))
 
 

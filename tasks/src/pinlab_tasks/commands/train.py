@@ -25,6 +25,7 @@ from pinlab_tasks._app import DeviceOpt, JsonFlag, SeedOpt, settings
 from pinlab_tasks._output import emit, stdout
 from pinlab_tasks.recsys import DEFAULT_PROTOCOL
 from pinlab_tasks.runs import RunLayout, new_run_dir
+from pinlab_tasks.tracking import Tracker, log_fit, tracked
 
 app = typer.Typer(help="Train models into a run directory.", no_args_is_help=True)
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
@@ -53,9 +54,11 @@ def visual(
     s = settings()
     config = EncoderConfig() if epochs is None else EncoderConfig(epochs=epochs)
     layout = _run(run)
-    result = workflows.train_visual(
-        layout, data, config, s.seed if seed is None else seed, device or s.device, not as_json
-    )
+    seed = s.seed if seed is None else seed
+    params = {"data": str(data), "seed": seed, "encoder": config.model_dump()}
+    with tracked("train visual", params, run_dir=layout.root) as tracker:
+        result = workflows.train_visual(layout, data, config, seed, device or s.device, not as_json)
+        _log_training(tracker, result, layout.visual)
     result["run_dir"] = str(layout.root)
     emit(result, as_json, lambda: _render(result))
 
@@ -115,16 +118,19 @@ def encoder(
     config = _validated(EncoderConfig, encoder_fields)
     recipe_config = _validated(RecipeConfig, {"recipe": recipe, **recipe_fields})
     layout = _run(run)
-    result = visual_workflows.train_encoder_recipe(
-        layout,
-        data,
-        config,
-        recipe_config,
-        s.seed if seed is None else seed,
-        device or s.device,
-        not as_json,
-        protocol,
-    )
+    seed = s.seed if seed is None else seed
+    params = {
+        "data": str(data),
+        "seed": seed,
+        "protocol": protocol,
+        "encoder": config.model_dump(),
+        "recipe": recipe_config.model_dump(),
+    }
+    with tracked("train encoder", params, run_dir=layout.root) as tracker:
+        result = visual_workflows.train_encoder_recipe(
+            layout, data, config, recipe_config, seed, device or s.device, not as_json, protocol
+        )
+        _log_training(tracker, result, layout.visual)
     result["run_dir"] = str(layout.root)
     emit(result, as_json, lambda: _render(result))
 
@@ -168,9 +174,11 @@ def align(
     if epochs is not None:
         config = config.model_copy(update={"epochs": epochs})
     layout = RunLayout(run)
-    result = workflows.train_align(
-        layout, data, config, s.seed if seed is None else seed, device or s.device, not as_json
-    )
+    seed = s.seed if seed is None else seed
+    params = {"data": str(data or "(run's dataset)"), "seed": seed, "align": config.model_dump()}
+    with tracked("train align", params, run_dir=layout.root) as tracker:
+        result = workflows.train_align(layout, data, config, seed, device or s.device, not as_json)
+        _log_training(tracker, result, layout.visual / "align")
     result["run_dir"] = str(layout.root)
     emit(result, as_json, lambda: _render(result))
 
@@ -216,19 +224,34 @@ def recommender(
         )
     s = settings()
     layout = _run(run)
-    result = recsys.train_recommender(
-        layout,
-        data,
-        model,
-        parse_settings(set_ or []),
-        s.seed if seed is None else seed,
-        device or s.device,
-        not as_json,
-        protocol=protocol_spec(protocol, {"seed": protocol_seed}),
-        trials=trials,
-    )
+    seed = s.seed if seed is None else seed
+    spec = protocol_spec(protocol, {"seed": protocol_seed})
+    params = {"model": model, "data": str(data), "seed": seed, "protocol": spec.settings()}
+    with tracked(
+        f"train recommender {model}", params | {"trials": trials}, run_dir=layout.root
+    ) as tracker:
+        result = recsys.train_recommender(
+            layout,
+            data,
+            model,
+            parse_settings(set_ or []),
+            seed,
+            device or s.device,
+            not as_json,
+            protocol=spec,
+            trials=trials,
+        )
+        tracker.log_params({"config": result["config"]})
+        _log_training(tracker, result, layout.recommender(model).parent)
     result["run_dir"] = str(layout.root)
     emit(result, as_json, lambda: _render(result))
+
+
+def _log_training(tracker: Tracker, result: dict[str, Any], directory: Path) -> None:
+    """Per-epoch and final numbers, and the small files the fit wrote beside its weights."""
+    log_fit(tracker, result)
+    for name in ("train.json", "metrics.jsonl"):
+        tracker.log_artifact(directory / name)
 
 
 def parse_settings(pairs: list[str]) -> dict[str, Any]:
