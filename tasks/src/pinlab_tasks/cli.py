@@ -18,6 +18,7 @@ from pinlab_serve import PinlabServeError
 from pinlab_tasks._app import app, settings, use_settings
 from pinlab_tasks._output import configure_logging, stderr
 from pinlab_tasks.commands import bench, data, demo, evaluate, index, meta, query, serve, train
+from pinlab_tasks.commands.report import register as register_report
 from pinlab_tasks.settings import LogLevel
 
 BAD_INPUT = (PinlabDataError, PinlabModelError, PinlabServeError, FileNotFoundError)
@@ -31,6 +32,7 @@ demo.register(app)
 serve.register(app)
 query.register(app)
 meta.register(app)
+register_report(app)
 
 
 @app.callback()

@@ -2,7 +2,13 @@
 
 from pinlab_eval._anchors import ANCHORS, anchors_for
 from pinlab_eval._cross_modal import evaluate_text_to_image
-from pinlab_eval._plots import embedding_map, project_2d
+from pinlab_eval._plots import (
+    curves_png,
+    difference_matrix_png,
+    distributions_png,
+    embedding_map,
+    project_2d,
+)
 from pinlab_eval._protocols import apply_protocol, protocol_spec, sample_negatives
 from pinlab_eval._ranking import (
     catalogue_coverage,
@@ -30,6 +36,7 @@ from pinlab_eval.contracts import (
     BenchSummary,
     Comparison,
     Csr,
+    Curve,
     Float64Array,
     Holdout,
     HoldoutCounts,
@@ -53,6 +60,7 @@ __all__ = [
     "BenchSummary",
     "Comparison",
     "Csr",
+    "Curve",
     "Float64Array",
     "Holdout",
     "HoldoutCounts",
@@ -72,6 +80,9 @@ __all__ = [
     "apply_protocol",
     "bootstrap_ci",
     "catalogue_coverage",
+    "curves_png",
+    "difference_matrix_png",
+    "distributions_png",
     "embedding_map",
     "evaluate_holdout",
     "evaluate_ranking",
