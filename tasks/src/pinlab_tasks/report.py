@@ -264,6 +264,13 @@ def metric_header(key: str) -> str:
     return f"text→image {text}" if key.startswith("text_") else text
 
 
+def _th(key: str) -> str:
+    """The header cell: the name, and its qualifier in brackets on a second, smaller line."""
+    name, _, qualifier = metric_header(key).partition(" (")
+    small = f'<br><span class="qual">({esc(qualifier)}</span>' if qualifier else ""
+    return f'<th title="{esc(key)}">{esc(name)}{small}</th>'
+
+
 def metric_definition(key: str, domain: Domain) -> str | None:
     base, k = _split_key(key)
     table = _RETRIEVAL_DEFINITIONS if domain == "retrieval" else _RECSYS_DEFINITIONS
@@ -275,7 +282,7 @@ def metric_definition(key: str, domain: Domain) -> str | None:
 
 CSS = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1b1f24;
-       margin: 0 auto; max-width: 1180px; padding: 0 24px 48px; }
+       margin: 0 auto; max-width: 1320px; padding: 0 24px 48px; }
 h1 { font-size: 22px; margin: 24px 0 4px; } h2 { font-size: 18px; margin-top: 36px;
      border-bottom: 1px solid #d0d7de; padding-bottom: 4px; } h3 { font-size: 15px; }
 table { border-collapse: collapse; margin: 8px 0 12px; font-size: 13px; }
@@ -283,7 +290,8 @@ th, td { border-bottom: 1px solid #e3e6ea; padding: 4px 8px; vertical-align: top
 th { background: #f6f8fa; text-align: left; font-weight: 600; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 tr.published td { background: #fbf7ee; } tr.baseline td { color: #57606a; }
-.ci, .seeds { color: #57606a; font-size: 11px; } .note { color: #57606a; }
+.ci, .seeds, .qual { color: #57606a; font-size: 11px; font-weight: normal; }
+.note { color: #57606a; } .wide { overflow-x: auto; }
 mark { background: #ffe08a; padding: 0 2px; } .boundary td:first-child::after { content: " *"; }
 figure { margin: 12px 0 20px; } figure img { max-width: 100%; height: auto;
          border: 1px solid #e3e6ea; } figcaption { color: #57606a; font-size: 12px; }
@@ -401,6 +409,8 @@ def build_report(root: Path) -> Report:
     record = _run_record(root)
     if kind == "bench recsys":
         bench = _read(root / "bench.json", RecsysBench, "`pinlab bench recsys`")
+        if not bench.seeds:  # a bench from before --seeds: its one seed is in run.json
+            bench = bench.model_copy(update={"seeds": _recorded_seed(record)})
         title = f"pinlab bench recsys: {bench.dataset}"
         header = _recsys_header(root, bench, record)
         _recsys_sections(root, bench, page)
@@ -473,7 +483,7 @@ def _protocol_text(protocol: Mapping[str, Any]) -> str:
 
 
 def _recsys_header(root: Path, bench: RecsysBench, record: Mapping[str, Any]) -> str:
-    seeds = bench.seeds or _recorded_seed(record)
+    seeds = bench.seeds
     items: list[tuple[str, object]] = [
         ("dataset", bench.dataset),
         ("fingerprint", bench.dataset_fingerprint),
@@ -605,7 +615,7 @@ def _metrics_table(
     published: Sequence[Published] = (),
 ) -> str:
     """Ours first (mean ± std over seeds, 95% CI, per-seed values), then published rows."""
-    head = "<th>model</th>" + "".join(f"<th>{esc(metric_header(c))}</th>" for c in columns)
+    head = "<th>model</th>" + "".join(_th(c) for c in columns)
     head += "".join(f"<th>{esc(name)}</th>" for name, _ in extras)
     head += "<th>source</th>" if published else ""
     lines = [f"<tr>{head}</tr>"]
@@ -627,7 +637,7 @@ def _metrics_table(
             f'<tr class="published"><td>{esc(anchor.model)} <small>(published)</small></td>'
             f"{cells}<td>{esc(anchor.source)}{note}</td></tr>"
         )
-    return f'<table class="metrics">{"".join(lines)}</table>'
+    return f'<div class="wide"><table class="metrics">{"".join(lines)}</table></div>'
 
 
 def _definitions(keys: Iterable[str], domain: Domain) -> str:
@@ -648,7 +658,7 @@ def _all_metrics(rows: Sequence[Row], shown: Sequence[str]) -> str:
     keys = [k for k in dict.fromkeys(k for r in rows for k in r.metrics) if k not in shown]
     if not keys:
         return ""
-    head = "<th>model</th>" + "".join(f"<th>{esc(metric_header(k))}</th>" for k in keys)
+    head = "<th>model</th>" + "".join(_th(k) for k in keys)
     body = "".join(
         f"<tr><td>{esc(r.name)}</td>"
         + "".join(_metric_cell(r.model_copy(update={"ci95": {}}), k) for k in keys)
@@ -657,21 +667,12 @@ def _all_metrics(rows: Sequence[Row], shown: Sequence[str]) -> str:
     )
     return (
         f"<details><summary>Every other metric ({len(keys)})</summary>"
-        f'<table class="metrics"><tr>{head}</tr>{body}</table></details>'
+        f'<div class="wide"><table class="metrics"><tr>{head}</tr>{body}</table></div></details>'
     )
 
 
-RECSYS_COLUMNS = (
-    "ndcg@10",
-    "hr@10",
-    "recall@10",
-    "precision@10",
-    "map@10",
-    "map_all@10",
-    "ndcg@20",
-    "coverage@10",
-    "taste_recovery",
-)
+RECSYS_COLUMNS = ("ndcg@10", "hr@10", "recall@10", "precision@10", "map@10", "map_all@10")
+"""The headline columns; the rest (at 20, MRR, novelty, coverage, Gini) fold under the table."""
 
 
 def _headline(rows: Sequence[Row], published: Sequence[Published], first: str) -> list[str]:
@@ -835,7 +836,7 @@ def _recsys_curves(root: Path, bench: RecsysBench, page: _Page) -> None:
                 by_epoch.append(Curve(points=list(curve), label=label))
         if by_epoch:
             epochs[row.name] = by_epoch
-        if len(by_trial) > 1:
+        if any(len(search.trials) > 1 for search in row.search):
             history[row.name] = by_trial
     metric = bench.validation_metric
     parts = []

@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 MAX_POINTS = 5_000
 DPI = 110
@@ -108,7 +109,8 @@ def curves_png(panels: Mapping[str, Sequence[Curve]], xlabel: str, ylabel: str) 
     """Small multiples of curves, one panel per key (a model, a log), sharing axis labels.
 
     Unlabelled curves go behind in thin grey; labelled ones on top in colour, with a legend.
-    A curve of one point is drawn as a dot.
+    A curve of one point is drawn as a dot. x counts something (epochs, trials): its ticks
+    are whole numbers.
     """
     if not panels:
         raise PinlabDataError("no curves to plot")
@@ -146,6 +148,7 @@ def _draw_curves(ax: Axes, curves: Sequence[Curve]) -> None:
                 zorder=2,
             )
             named += 1
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.tick_params(labelsize=7)
     ax.grid(alpha=0.3)
     if named:
