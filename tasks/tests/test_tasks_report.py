@@ -14,7 +14,7 @@ import pytest
 from pinlab_data import PinlabDataError
 from pinlab_eval import embedding_map
 from pinlab_tasks.cli import run
-from pinlab_tasks.report import build_report, detect_kind, metric_header, write_report
+from pinlab_tasks.report import Report, build_report, detect_kind, metric_header, write_report
 
 EVIL = '<b>evil</b>&"model'
 MODELS = ("ease", EVIL, "popularity")
@@ -153,9 +153,27 @@ def images(page: str) -> list[str]:
     return re.findall(r"<img [^>]*>", page)
 
 
-def test_bench_page_has_every_section_and_is_self_contained(tmp_path: Path) -> None:
-    root = write_bench(tmp_path / "bench")
-    report = build_report(root)
+@pytest.fixture(scope="module")
+def bench_report(tmp_path_factory: pytest.TempPathFactory) -> Report:
+    """The page of the full bench fixture, built once for the tests that only read it."""
+    return build_report(write_bench(tmp_path_factory.mktemp("report") / "bench"))
+
+
+def minimal_bench(root: Path) -> Path:
+    """One seed, one model, nothing optional."""
+    row = bench_payload()["results"][0]
+    payload = {
+        "dataset": "ml-100k",
+        "protocol": {"name": "stratified"},
+        "results": [{"model": row["model"], "metrics": row["metrics"]}],
+    }
+    root.mkdir(parents=True)
+    (root / "bench.json").write_text(json.dumps(payload))
+    return root
+
+
+def test_bench_page_has_every_section_and_is_self_contained(bench_report: Report) -> None:
+    report = bench_report
     assert report.kind == "bench recsys"
     expected = ["metrics", "search", "curves", "users", "significance", "embeddings", "cold-start"]
     assert report.sections == expected
@@ -173,8 +191,8 @@ def test_bench_page_has_every_section_and_is_self_contained(tmp_path: Path) -> N
     assert all(re.search(r'alt="[^"]{10,}"', t) for t in tags)
 
 
-def test_bench_page_escapes_names_and_says_which_map(tmp_path: Path) -> None:
-    page = build_report(write_bench(tmp_path / "bench")).html
+def test_bench_page_escapes_names_and_says_which_map(bench_report: Report) -> None:
+    page = bench_report.html
     assert EVIL not in page and "<b>evil" not in page
     assert "&lt;b&gt;evil&lt;/b&gt;&amp;&quot;model" in page
     assert "(pinlab map@10: AP@10 ÷ min(|relevant|, 10))" in page
@@ -199,19 +217,12 @@ def test_headers_name_the_map_they_are() -> None:
 
 
 def test_one_seed_and_nothing_optional(tmp_path: Path) -> None:
-    payload = bench_payload()
-    payload = {k: payload[k] for k in ("dataset", "protocol", "results")}
-    payload["results"] = [
-        {"model": r["model"], "metrics": r["metrics"]} for r in payload["results"][:1]
-    ]
-    root = tmp_path / "bench"
-    root.mkdir()
-    (root / "bench.json").write_text(json.dumps(payload))
-    report = build_report(root)
+    report = build_report(minimal_bench(tmp_path / "bench"))
     assert report.sections == ["metrics"]
     assert report.plots == 0 and images(report.html) == []
     assert "Not in this run" in report.html
     assert "no comparisons" in report.html
+    assert " ± " not in report.html  # no spread is shown for one seed
 
 
 def test_single_seed_bench_of_before(tmp_path: Path) -> None:
@@ -253,15 +264,13 @@ def test_single_seed_bench_of_before(tmp_path: Path) -> None:
 
 
 def test_per_user_values_from_the_npz(tmp_path: Path) -> None:
-    payload = bench_payload()
-    payload["user_metrics"] = "user_metrics.npz"
-    root = write_bench(tmp_path / "bench", payload)
-    arrays = {f"{m}/ndcg@10": np.linspace(0, 1, 20) for m in MODELS[::2]}
-    arrays |= {f"{m}/seed": np.zeros(20) for m in MODELS[::2]}
+    """As `bench recsys` keeps them: keys MODEL/METRIC, seed-major, and MODEL/seed."""
+    root = minimal_bench(tmp_path / "bench")
+    arrays = {f"ease/{m}": np.linspace(0, 1, 20) for m in ("ndcg@10", "recall@10", "seed")}
     np.savez(root / "user_metrics.npz", **arrays)  # type: ignore[arg-type]
     report = build_report(root)
-    assert "users" in report.sections
-    assert "Box plots of per-user ndcg@10 for ease, popularity" in report.html
+    assert report.sections == ["metrics", "users"]
+    assert "Box plots of per-user ndcg@10, recall@10 for ease" in report.html
 
 
 def test_bench_visual_page(tmp_path: Path) -> None:
@@ -338,8 +347,9 @@ def test_cli_writes_the_page_and_says_what_it_holds(
     assert payload["sections"][0] == "metrics"
     assert [p.name for p in out.parent.iterdir()] == ["r.html"]  # no temporary file left
     assert len(images(out.read_text())) == 6
-    assert run(["report", str(root), "--json"]) == 0  # default: inside the directory
-    assert json.loads(capsys.readouterr().out)["report"] == str(root / "report.html")
+    small = minimal_bench(tmp_path / "small")
+    assert run(["report", str(small), "--json"]) == 0  # default: inside the directory
+    assert json.loads(capsys.readouterr().out)["report"] == str(small / "report.html")
 
 
 @pytest.mark.parametrize(
@@ -364,7 +374,63 @@ def test_bad_directories_exit_2(
 
 
 def test_out_must_not_be_a_directory(tmp_path: Path) -> None:
-    root = write_bench(tmp_path / "bench")
+    root = minimal_bench(tmp_path / "bench")
     with pytest.raises(PinlabDataError, match="is a directory"):
         write_report(root, tmp_path)
     assert detect_kind(root) == "bench recsys"
+
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    """The browser's path; skips when none is installed (.ci/run installs Debian's)."""
+    pytest.importorskip("playwright.sync_api", reason="playwright is a dev dependency")
+    for name in BROWSERS:
+        path = shutil.which(name)
+        if path:
+            return path
+    pytest.skip(
+        "no Chromium installed, so the report is not opened in a browser here "
+        "(`apt-get install chromium`; .ci/run installs it)"
+    )
+
+
+@pytest.mark.slow
+def test_reports_render_in_headless_chromium(
+    chromium: str,
+    tiny_demo: dict[str, Any],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`pinlab report RUN --out r.html` for a bench and for the demo run: every plot drawn."""
+    from playwright import sync_api
+
+    pages = {}
+    for name, root in (("bench", write_bench(tmp_path / "bench")), ("demo", tiny_demo["run_dir"])):
+        out = tmp_path / f"{name}.html"
+        assert run(["report", str(root), "--out", str(out), "--json"]) == 0
+        pages[out] = json.loads(capsys.readouterr().out)["plots"]
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=chromium, headless=True, args=["--no-sandbox"]
+        )
+        try:
+            page = browser.new_page()
+            requests: list[str] = []
+            page.on("request", lambda request: requests.append(request.url))
+            for out, plots in pages.items():
+                page.goto(out.as_uri())
+                page.wait_for_load_state("load")
+                drawn = page.evaluate(
+                    "[...document.images].map(img => [img.id, img.alt,"
+                    " img.complete && img.naturalWidth > 0 && img.naturalHeight > 0])"
+                )
+                assert len(drawn) == plots > 0, out.name
+                assert all(ok and plot_id and alt for plot_id, alt, ok in drawn), drawn
+                assert page.locator("section h2").count() >= 3
+        finally:
+            browser.close()
+    # The page and its data URIs, nothing over the network.
+    assert all(url.startswith(("file:", "data:")) for url in requests), requests

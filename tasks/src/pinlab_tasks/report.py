@@ -293,7 +293,8 @@ tr.published td { background: #fbf7ee; } tr.baseline td { color: #57606a; }
 .ci, .seeds, .qual { color: #57606a; font-size: 11px; font-weight: normal; }
 .note { color: #57606a; } .wide { overflow-x: auto; }
 mark { background: #ffe08a; padding: 0 2px; } .boundary td:first-child::after { content: " *"; }
-figure { margin: 12px 0 20px; } figure img { max-width: 100%; height: auto;
+figure { margin: 12px 0 20px; } .row { display: flex; flex-wrap: wrap; gap: 0 24px; }
+.row figure { flex: 1 1 520px; max-width: 640px; } figure img { max-width: 100%; height: auto;
          border: 1px solid #e3e6ea; } figcaption { color: #57606a; font-size: 12px; }
 dl.meta { display: grid; grid-template-columns: max-content 1fr; gap: 2px 14px; }
 dl.meta dt { color: #57606a; } dl.meta dd { margin: 0; word-break: break-word; }
@@ -434,10 +435,10 @@ def build_report(root: Path) -> Report:
 
 def write_report(root: Path, out: Path | None = None) -> tuple[Path, Report]:
     """Build the page and write it atomically to `out` (default ROOT/report.html)."""
-    report = build_report(root)
     target = out if out is not None else root / "report.html"
     if target.is_dir():
         raise PinlabDataError(f"{target} is a directory; pass a file name to --out")
+    report = build_report(root)
     write_bytes_atomic(target, report.html.encode("utf-8"))
     return target, report
 
@@ -951,7 +952,9 @@ def _log_figures(root: Path, page: _Page, validation: bool) -> list[str]:
         flat = sorted(set(panels) - set(curved))
         if not curved:
             continue
-        caption = f"{ylabel.capitalize()} per epoch from each metrics.jsonl; grey: search probes."
+        caption = f"{ylabel.capitalize()} per epoch from each metrics.jsonl."
+        if any(c.label is None for curves in curved.values() for c in curves):
+            caption += " Grey: the search's probes on validation."
         if flat:
             caption += f" One-pass fits without a curve: {', '.join(flat)}."
         alt = f"{ylabel.capitalize()} per epoch for {', '.join(curved)}"
@@ -1104,7 +1107,7 @@ def _embedding_section(root: Path, page: _Page, named: Sequence[Path]) -> None:
             )
         )
     if parts:
-        page.add("embeddings", "Embedding maps", *parts)
+        page.add("embeddings", "Embedding maps", f'<div class="row">{"".join(parts)}</div>')
     else:
         page.missing("embedding maps", "no embedding_map*.png in the run")
 
