@@ -195,8 +195,11 @@ def test_bench_page_escapes_names_and_says_which_map(bench_report: Report) -> No
     page = bench_report.html
     assert EVIL not in page and "<b>evil" not in page
     assert "&lt;b&gt;evil&lt;/b&gt;&amp;&quot;model" in page
-    assert "(pinlab map@10: AP@10 ÷ min(|relevant|, 10))" in page
-    assert "(map_all@10: AP@10 ÷ |relevant|, Microsoft Recommenders&#x27; MAP)" in page
+    assert "(pinlab map@10: Σ precision@i at hits i ≤ 10, ÷ min(|relevant|, 10))" in page
+    assert (
+        "(map_all@10: Σ precision@i at hits i ≤ 10, ÷ |relevant|; Microsoft Recommenders&#x27; MAP)"
+        in page
+    )
     # Published numbers beside ours with their source and note; the missing one as a dash.
     published = page[page.index('<tr class="published">') :].split("</tr>")[0]
     assert "BPR" in published and "0.4420" in published and "0.1320" in published
@@ -210,10 +213,14 @@ def test_bench_page_escapes_names_and_says_which_map(bench_report: Report) -> No
 
 
 def test_headers_name_the_map_they_are() -> None:
-    assert metric_header("map@10") == "MAP@10 (pinlab map@10: AP@10 ÷ min(|relevant|, 10))"
+    assert metric_header("map@10") == (
+        "MAP@10 (pinlab map@10: Σ precision@i at hits i ≤ 10, ÷ min(|relevant|, 10))"
+    )
     assert "Microsoft Recommenders' MAP" in metric_header("map_all@20")
     assert metric_header("map@r") == "MAP@R (Musgrave et al. 2020)"
     assert metric_header("ndcg@20") == "nDCG@20"
+    assert metric_header("map") == "MAP (full ranking)"
+    assert metric_header("text_recall@1") == "text→image Recall@1"
 
 
 def test_one_seed_and_nothing_optional(tmp_path: Path) -> None:

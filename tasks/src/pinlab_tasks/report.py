@@ -198,50 +198,51 @@ def _upgrade_single_seed_bench(raw: dict[str, Any]) -> dict[str, Any]:
 Domain = Literal["recsys", "retrieval"]
 
 _HEADERS: dict[str, str] = {
-    "ndcg": "nDCG@{k}",
-    "hr": "HR@{k}",
-    "recall": "Recall@{k}",
-    "precision": "Precision@{k}",
-    "mrr": "MRR@{k}",
-    "map": "MAP@{k} (pinlab map@{k}: AP@{k} ÷ min(|relevant|, {k}))",
-    "map_all": "MAP@{k} (map_all@{k}: AP@{k} ÷ |relevant|, Microsoft Recommenders' MAP)",
-    "novelty": "Novelty@{k} (bits)",
-    "coverage": "Coverage@{k}",
-    "gini": "Gini@{k}",
+    "ndcg@k": "nDCG@{k}",
+    "hr@k": "HR@{k}",
+    "recall@k": "Recall@{k}",
+    "precision@k": "Precision@{k}",
+    "mrr@k": "MRR@{k}",
+    "map@k": "MAP@{k} (pinlab map@{k}: Σ precision@i at hits i ≤ {k}, ÷ min(|relevant|, {k}))",
+    "map_all@k": "MAP@{k} (map_all@{k}: Σ precision@i at hits i ≤ {k}, ÷ |relevant|; "
+    "Microsoft Recommenders' MAP)",
+    "novelty@k": "Novelty@{k} (bits)",
+    "coverage@k": "Coverage@{k}",
+    "gini@k": "Gini@{k}",
     "map@r": "MAP@R (Musgrave et al. 2020)",
-    "map_": "MAP (full ranking)",
+    "map": "MAP (full ranking)",
     "linear_probe": "Linear-probe accuracy",
     "taste_recovery": "Taste recovery",
     "zero_shot_accuracy": "Zero-shot accuracy",
 }
 
 _RECSYS_DEFINITIONS: dict[str, str] = {
-    "ndcg": "binary relevance, DCG with a log2(rank + 1) discount over the top {k}, divided by "
+    "ndcg@k": "binary relevance, DCG with a log2(rank + 1) discount over the top {k}, divided by "
     "the DCG of min({k}, |relevant|) hits at the top; mean over users.",
-    "hr": "share of users with at least one relevant item in the top {k}.",
-    "recall": "relevant items in the top {k} ÷ |relevant|; mean over users.",
-    "precision": "relevant items in the top {k} ÷ {k}; mean over users.",
-    "mrr": "1 / rank of the first relevant item in the top {k} (0 if none); mean over users.",
-    "map": "per user, AP@{k} = Σ precision@i over the ranks i ≤ {k} that hold a relevant "
+    "hr@k": "share of users with at least one relevant item in the top {k}.",
+    "recall@k": "relevant items in the top {k} ÷ |relevant|; mean over users.",
+    "precision@k": "relevant items in the top {k} ÷ {k}; mean over users.",
+    "mrr@k": "1 / rank of the first relevant item in the top {k} (0 if none); mean over users.",
+    "map@k": "per user, AP@{k} = Σ precision@i over the ranks i ≤ {k} that hold a relevant "
     "item, divided by min(|relevant|, {k}), so a perfect ranking scores 1; mean over users "
     "(Spark's meanAveragePrecisionAt, Microsoft Recommenders' map_at_k since PR #2004).",
-    "map_all": "the same sum divided by |relevant|, all of the user's relevant items (the MAP "
+    "map_all@k": "the same sum divided by |relevant|, all of the user's relevant items (the MAP "
     "column of Microsoft Recommenders' benchmark table, Spark's meanAveragePrecision over a "
     "top-{k} list); never above recall@{k}.",
-    "novelty": "mean −log2 of each recommended item's share of training interactions, in bits.",
-    "coverage": "share of the catalogue recommended to at least one user.",
-    "gini": "inequality of exposure over the whole catalogue: 0 when every item is shown "
+    "novelty@k": "mean −log2 of each recommended item's share of training interactions, in bits.",
+    "coverage@k": "share of the catalogue recommended to at least one user.",
+    "gini@k": "inequality of exposure over the whole catalogue: 0 when every item is shown "
     "equally often, near 1 when one item takes every slot.",
     "taste_recovery": "mean cosine between each user's category histogram of recommendations "
     "and their true taste (synthetic worlds only).",
 }
 
 _RETRIEVAL_DEFINITIONS: dict[str, str] = {
-    "recall": "share of queries with at least one image of their class in the top {k} "
+    "recall@k": "share of queries with at least one image of their class in the top {k} "
     "(Oh Song et al. 2016), every image querying all the others.",
     "map@r": "R = the number of other images of the query's class; Σ precision@i over the "
     "ranks i ≤ R that hold one, divided by R; mean over queries.",
-    "map_": "mean average precision over the full ranking.",
+    "map": "mean average precision over the full ranking.",
     "linear_probe": "accuracy of a multinomial logistic regression on frozen embeddings, "
     "fitted on part of the test classes' images and scored on the rest.",
     "zero_shot_accuracy": "each image gets the category whose name, in 'a photo of {name}', "
@@ -249,18 +250,16 @@ _RETRIEVAL_DEFINITIONS: dict[str, str] = {
 }
 
 
-def _split_key(key: str) -> tuple[str, str]:
-    """`ndcg@10` -> (`ndcg`, `10`); `map@r` stays whole; `map` becomes `map_` (full ranking)."""
+def _family(key: str) -> tuple[str, str]:
+    """`ndcg@10` -> (`ndcg@k`, `10`); names without a cut-off (`map@r`, `map`) stay whole."""
     base, at, k = key.removeprefix("text_").partition("@")
-    if at and k.isdigit():
-        return base, k
-    return ("map_" if key.removeprefix("text_") == "map" else key.removeprefix("text_")), ""
+    return (f"{base}@k", k) if at and k.isdigit() else (key.removeprefix("text_"), "")
 
 
 def metric_header(key: str) -> str:
     """A column name that says what is measured; every MAP says which MAP it is."""
-    base, k = _split_key(key)
-    text = _HEADERS.get(base, key).replace("{k}", k)
+    family, k = _family(key)
+    text = _HEADERS.get(family, key).replace("{k}", k)
     return f"text→image {text}" if key.startswith("text_") else text
 
 
@@ -272,9 +271,9 @@ def _th(key: str) -> str:
 
 
 def metric_definition(key: str, domain: Domain) -> str | None:
-    base, k = _split_key(key)
+    family, k = _family(key)
     table = _RETRIEVAL_DEFINITIONS if domain == "retrieval" else _RECSYS_DEFINITIONS
-    found = table.get(base)
+    found = table.get(family)
     return None if found is None else found.replace("{k}", k)
 
 
@@ -345,7 +344,8 @@ class _Page:
             f'<li><a href="#{sid}">{esc(name)}</a></li>' for sid, name, _ in self.sections
         )
         absent = "".join(f"<li>{esc(name)}: {esc(why)}</li>" for name, why in self.absent)
-        absent_html = f'<p class="note">Not in this run:</p><ul class="note">{absent}</ul>'
+        if absent:
+            absent = f'<p class="note">Not in this run:</p><ul class="note">{absent}</ul>'
         body = "\n".join(
             f'<section id="{sid}"><h2>{esc(name)}</h2>\n{content}\n</section>'
             for sid, name, content in self.sections
@@ -355,7 +355,7 @@ class _Page:
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>{esc(title)}</title><style>{CSS}</style></head>\n<body>\n"
             f"<header><h1>{esc(title)}</h1>\n{header}</header>\n"
-            f"<nav><ol>{contents}</ol>{absent_html if self.absent else ''}</nav>\n{body}\n"
+            f"<nav><ol>{contents}</ol>{absent}</nav>\n{body}\n"
             f'<footer class="note"><p>Written by <code>pinlab report</code> at {esc(utc_now())}.'
             " Every number comes from the files of the run directory named above.</p></footer>"
             "\n</body></html>\n"
@@ -383,7 +383,7 @@ def detect_kind(root: Path) -> ReportKind:
         return "bench recsys"
     if (root / "bench_visual.json").is_file():
         return "bench visual"
-    if (root / "run.json").is_file() and _run_results(root):
+    if (root / "run.json").is_file() and any((root / p).is_file() for p in RUN_RESULTS):
         return "run"
     raise PinlabDataError(
         f"{root} holds nothing to report: expected bench.json (`pinlab bench recsys --run DIR`),"
@@ -392,14 +392,12 @@ def detect_kind(root: Path) -> ReportKind:
     )
 
 
-def _run_results(root: Path) -> list[Path]:
-    candidates = [
-        root / "visual" / "eval.json",
-        root / "recommender" / "eval.json",
-        root / "visual" / "align" / "eval.json",
-        root / "cold_start" / "eval.json",
-    ]
-    return [p for p in candidates if p.is_file()]
+RUN_RESULTS = (
+    "visual/eval.json",
+    "visual/align/eval.json",
+    "recommender/eval.json",
+    "cold_start/eval.json",
+)
 
 
 def build_report(root: Path) -> Report:
@@ -407,11 +405,15 @@ def build_report(root: Path) -> Report:
     root = root.resolve() if root.exists() else root
     kind = detect_kind(root)
     page = _Page()
-    record = _run_record(root)
+    record = _json_or_empty(root / "run.json")
     if kind == "bench recsys":
         bench = _read(root / "bench.json", RecsysBench, "`pinlab bench recsys`")
         if not bench.seeds:  # a bench from before --seeds: its one seed is in run.json
             bench = bench.model_copy(update={"seeds": _recorded_seed(record)})
+        best_first = sorted(
+            bench.results, key=lambda r: -(r.metrics.get(bench.validation_metric) or 0.0)
+        )
+        bench = bench.model_copy(update={"results": best_first})
         title = f"pinlab bench recsys: {bench.dataset}"
         header = _recsys_header(root, bench, record)
         _recsys_sections(root, bench, page)
@@ -444,17 +446,6 @@ def write_report(root: Path, out: Path | None = None) -> tuple[Path, Report]:
 
 
 # --- header: what was run, on what, by whom -----------------------------------------------------
-
-
-def _run_record(root: Path) -> dict[str, Any]:
-    path = root / "run.json"
-    if not path.is_file():
-        return {}
-    try:
-        record = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise PinlabDataError(f"{path} is not valid JSON ({exc}); remove it") from exc
-    return record if isinstance(record, dict) else {}
 
 
 def _meta(items: Iterable[tuple[str, object]]) -> str:
@@ -530,7 +521,8 @@ def _visual_header(root: Path, bench: VisualBench, record: Mapping[str, Any]) ->
     items: list[tuple[str, object]] = [
         ("dataset", bench.dataset),
         ("protocol", protocol.get("name")),
-        ("images", f"train {protocol.get('train_images')}, test {protocol.get('test_images')}"),
+        ("train images", protocol.get("train_images")),
+        ("test images", protocol.get("test_images")),
         ("test classes", ", ".join(map(str, classes)) if isinstance(classes, list) else None),
         ("seeds", ", ".join(map(str, seeds)) if seeds else "not recorded"),
         ("device", f"{bench.device}, {bench.threads} threads" if bench.device else None),
@@ -550,7 +542,7 @@ def _run_header(root: Path, record: Mapping[str, Any]) -> str:
     items: list[tuple[str, object]] = [
         ("preset", summary.get("preset") or demo.get("preset")),
         ("seed", summary.get("seed", demo.get("seed"))),
-        ("world", ", ".join(f"{k.removeprefix('num_')} {v:,}" for k, v in data.items())),
+        ("world", ", ".join(f"{k.removeprefix('num_')} {_short(v)}" for k, v in data.items())),
         ("seconds", summary.get("seconds")),
         ("peak memory MB", summary.get("peak_rss_mb")),
         *_provenance(root, record),
@@ -559,6 +551,7 @@ def _run_header(root: Path, record: Mapping[str, Any]) -> str:
 
 
 def _json_or_empty(path: Path) -> dict[str, Any]:
+    """An optional JSON object (run.json, summary.json): {} when absent, an error when torn."""
     if not path.is_file():
         return {}
     try:
@@ -596,7 +589,10 @@ def _metric_cell(row: Row, key: str) -> str:
         return '<td class="num">–</td>'
     runs = row.per_seed.get(key, [])
     std = row.std.get(key)
-    lines = [f"<b>{_number(mean)}</b>" + (f" ± {_number(std)}" if len(runs) > 1 and std else "")]
+    lines = [
+        f"<b>{_number(mean)}</b>"
+        + (f" ± {_number(std)}" if len(runs) > 1 and std is not None else "")
+    ]
     if key in row.ci95:
         lo, hi = row.ci95[key]
         lines.append(f'<span class="ci">95% CI [{_number(lo)}, {_number(hi)}]</span>')
@@ -765,11 +761,15 @@ def _settings_html(chosen: Mapping[str, Any], boundary: Sequence[str]) -> str:
     return ", ".join(parts) or '<span class="note">defaults (nothing to search)</span>'
 
 
+def _seed(seeds: Sequence[int], i: int) -> str:
+    """The i-th run's seed, or its position when the bench did not record seeds."""
+    return str(seeds[i]) if i < len(seeds) else f"#{i + 1}"
+
+
 def _search_section(bench: RecsysBench, page: _Page) -> None:
     if not any(r.search for r in bench.results):
         page.missing("search summary", "bench.json records no search")
         return
-    seeds = bench.seeds or [None]
     head = (
         "<tr><th>model</th><th>seed</th><th>trials (complete / pruned)</th>"
         f"<th>validation {esc(bench.validation_metric)}</th><th>chosen settings</th>"
@@ -779,7 +779,7 @@ def _search_section(bench: RecsysBench, page: _Page) -> None:
     edges = 0
     for row in bench.results:
         for i, search in enumerate(row.search):
-            seed = seeds[i] if i < len(seeds) else i
+            seed = _seed(bench.seeds, i)
             complete = sum(t.state == "COMPLETE" for t in search.trials)
             pruned = sum(t.state == "PRUNED" for t in search.trials)
             trials = f"{complete} / {pruned}" if search.trials else "–"
@@ -788,7 +788,7 @@ def _search_section(bench: RecsysBench, page: _Page) -> None:
             edges += bool(search.boundary)
             cls = ' class="boundary"' if search.boundary else ""
             lines.append(
-                f"<tr{cls}><td>{esc(row.name)}</td><td class='num'>{esc(_short(seed))}</td>"
+                f"<tr{cls}><td>{esc(row.name)}</td><td class='num'>{esc(seed)}</td>"
                 f"<td class='num'>{esc(trials)}</td><td class='num'>{valid}</td>"
                 f"<td>{_settings_html(search.chosen, search.boundary)}</td>"
                 f"<td>{esc(_space_text(search.space)) or esc(search.note)}</td></tr>"
@@ -811,14 +811,13 @@ def _search_section(bench: RecsysBench, page: _Page) -> None:
 
 
 def _recsys_curves(root: Path, bench: RecsysBench, page: _Page) -> None:
-    seeds = bench.seeds or list(range(max(len(r.search) for r in bench.results)))
     epochs: dict[str, list[Curve]] = {}
     history: dict[str, list[Curve]] = {}
     for row in bench.results:
         by_epoch: list[Curve] = []
         by_trial: list[Curve] = []
         for i, search in enumerate(row.search):
-            seed = seeds[i] if i < len(seeds) else i
+            seed = _seed(bench.seeds, i)
             best = search.best()
             for trial in search.trials:
                 if len(trial.curve) > 1 and trial is not best:
@@ -833,7 +832,7 @@ def _recsys_curves(root: Path, bench: RecsysBench, page: _Page) -> None:
                 by_trial.append(Curve(points=running, label=f"seed {seed}: best so far"))
         for i, curve in enumerate(row.curves):
             if len(curve) > 1:
-                label = f"seed {seeds[i] if i < len(seeds) else i}: refit"
+                label = f"seed {_seed(bench.seeds, i)}: refit"
                 by_epoch.append(Curve(points=list(curve), label=label))
         if by_epoch:
             epochs[row.name] = by_epoch
