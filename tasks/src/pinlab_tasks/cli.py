@@ -29,6 +29,7 @@ from pinlab_tasks.commands import (
     serve,
     train,
 )
+from pinlab_tasks.commands.report import register as register_report
 from pinlab_tasks.settings import LogLevel, PinlabSettings
 
 BAD_INPUT = (PinlabDataError, PinlabModelError, PinlabServeError, FileNotFoundError)
@@ -43,6 +44,7 @@ demo.register(app)
 serve.register(app)
 query.register(app)
 meta.register(app)
+register_report(app)
 
 
 @app.callback()

@@ -3,7 +3,13 @@
 from pinlab_eval._anchors import ANCHORS, anchors_for
 from pinlab_eval._cold_start import ContentKNN, FeaturePopularity, random_ranking_metrics
 from pinlab_eval._cross_modal import evaluate_text_to_image
-from pinlab_eval._plots import embedding_map, project_2d
+from pinlab_eval._plots import (
+    curves_png,
+    difference_matrix_png,
+    distributions_png,
+    embedding_map,
+    project_2d,
+)
 from pinlab_eval._protocols import apply_protocol, protocol_spec, sample_negatives
 from pinlab_eval._ranking import (
     catalogue_coverage,
@@ -32,6 +38,7 @@ from pinlab_eval.contracts import (
     BenchSummary,
     Comparison,
     Csr,
+    Curve,
     Float64Array,
     Holdout,
     HoldoutCounts,
@@ -57,6 +64,7 @@ __all__ = [
     "Comparison",
     "ContentKNN",
     "Csr",
+    "Curve",
     "FeaturePopularity",
     "Float64Array",
     "Holdout",
@@ -78,6 +86,9 @@ __all__ = [
     "apply_protocol",
     "bootstrap_ci",
     "catalogue_coverage",
+    "curves_png",
+    "difference_matrix_png",
+    "distributions_png",
     "embedding_map",
     "evaluate_holdout",
     "evaluate_ranking",

@@ -287,6 +287,21 @@ class BenchSummary(BaseModel):
     seeds: int
 
 
+# --- plots -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One line of a curves plot: (x, y) points in x order.
+
+    A labelled curve is drawn in colour and named in the legend; an unlabelled one is drawn
+    thin and grey, as background (the trials of a search behind the one it chose).
+    """
+
+    points: list[tuple[float, float]]
+    label: str | None = None
+
+
 # --- published anchors -------------------------------------------------------------------------
 
 
