@@ -252,16 +252,18 @@ def _learn_bpr_step(
             net.items.weight[positives],
             net.items.weight[negatives],
         )
-        margin = (u * (vi - vj)).sum(dim=1) + net.bias[positives] - net.bias[negatives]
+        bi, bj = net.bias[positives], net.bias[negatives]
+        margin = (u * (vi - vj)).sum(dim=1) + bi - bj
         # d/dx of -log sigmoid(x) is -sigmoid(-x); `pull` is the step along +x, per sample.
         pull = torch.sigmoid(-margin) * weights
-        lr, l2 = cfg.lr, cfg.l2
-        shrink = l2 * weights[:, None]
-        net.users.weight.index_add_(0, users, lr * (pull[:, None] * (vi - vj) - shrink * u))
-        net.items.weight.index_add_(0, positives, lr * (pull[:, None] * u - shrink * vi))
-        net.items.weight.index_add_(0, negatives, lr * (-pull[:, None] * u - shrink * vj))
-        net.bias.index_add_(0, positives, lr * (pull - l2 * weights * net.bias[positives]))
-        net.bias.index_add_(0, negatives, lr * (-pull - l2 * weights * net.bias[negatives]))
+        lr, shrink = cfg.lr, cfg.l2 * weights
+        net.users.weight.index_add_(
+            0, users, lr * (pull[:, None] * (vi - vj) - shrink[:, None] * u)
+        )
+        net.items.weight.index_add_(0, positives, lr * (pull[:, None] * u - shrink[:, None] * vi))
+        net.items.weight.index_add_(0, negatives, lr * (-pull[:, None] * u - shrink[:, None] * vj))
+        net.bias.index_add_(0, positives, lr * (pull - shrink * bi))
+        net.bias.index_add_(0, negatives, lr * (-pull - shrink * bj))
         return float((-F.logsigmoid(margin) * weights).sum())
 
 

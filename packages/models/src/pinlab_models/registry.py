@@ -99,10 +99,11 @@ register(
 register(
     RecommenderSpec(
         name="mf",
-        summary="Matrix factorisation in PyTorch, full/sampled softmax or BPR loss.",
+        summary="Matrix factorisation in PyTorch, BPR (LearnBPR) or full/sampled softmax loss.",
         config_type=MFConfig,
         build=MatrixFactorization,
         from_checkpoint=MatrixFactorization.from_checkpoint,
+        tune_grid={"dim": [64, 200]},
     )
 )
 register(
@@ -112,7 +113,7 @@ register(
         config_type=BPRConfig,
         build=lambda cfg: MatrixFactorization(cfg, name="bpr"),
         from_checkpoint=MatrixFactorization.from_checkpoint,
-        tune_grid={"weight_decay": [1e-6, 1e-4]},
+        tune_grid={"l2": [1e-3, 3e-3]},
     )
 )
 register(
