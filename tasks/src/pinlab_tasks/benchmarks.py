@@ -72,11 +72,12 @@ def bench_recsys(
     Repetition r uses split seed `protocol.seed + r` and training seed `seed + r`. `trials`
     and `budget_seconds` bound each model's search per repetition; `metric` is what
     validation maximises. `peers=("implicit",)` also fits the `implicit` library's ALS with
-    the settings validation chose for our iALS (added to the models if missing).
+    the settings validation chose for our iALS (added to the models if missing);
+    `("cornac",)` fits Cornac's BPR as Microsoft Recommenders' benchmark runs it, beside our bpr.
     """
-    unknown_peers = sorted(set(peers) - {"implicit"})
+    unknown_peers = sorted(set(peers) - {"implicit", "cornac"})
     if unknown_peers:
-        raise PinlabDataError(f"unknown peer {unknown_peers[0]!r}; peers: implicit")
+        raise PinlabDataError(f"unknown peer {unknown_peers[0]!r}; peers: implicit, cornac")
     ds = load_dataset(data_dir)
     log = interaction_log(ds)
     names = list(models) if models else _defaults_for(log.num_items, say)
@@ -84,6 +85,10 @@ def bench_recsys(
         _require_implicit()
         if "ials" not in names:
             names.append("ials")
+    if "cornac" in peers:
+        _require_cornac()
+        if "bpr" not in names:
+            names.append("bpr")
     unknown = [n for n in names if n not in recommender_names()]
     if unknown:
         raise PinlabDataError(
@@ -157,6 +162,12 @@ def bench_recsys(
             zip(splits, extras.get("ials", []), results.get("ials", []), strict=False)
         )
         if "implicit" in peers
+    ] + [
+        cornac_peer(split, info, result.means(), seed + r)
+        for r, (split, info, result) in enumerate(
+            zip(splits, extras.get("bpr", []), results.get("bpr", []), strict=False)
+        )
+        if "cornac" in peers
     ]
     summary = summarize_models(results, metric=metric, seed=seed)
     rows = [{**row.model_dump(), **_costs(extras[row.model])} for row in summary.rows]
@@ -386,6 +397,61 @@ def implicit_peer(
             "ndcg@10": round(our_metrics["ndcg@10"] / max(metrics["ndcg@10"], 1e-9), 4),
         },
     }
+
+
+CORNAC_BPR_SETTINGS = {"k": 200, "max_iter": 200, "learning_rate": 0.01, "lambda_reg": 1e-3}
+"""Microsoft Recommenders' MovieLens benchmark runs Cornac's BPR with these (its `bpr_params`)."""
+
+
+def cornac_peer(
+    split: ProtocolSplit, ours: Mapping[str, Any], our_metrics: Mapping[str, float], seed: int
+) -> dict[str, Any]:
+    """Cornac's BPR, with the benchmark's settings, on the same split as our bpr.
+
+    Like Microsoft Recommenders, it ranks only the items its training data has (others score
+    -inf) and trains on every interaction as an unweighted positive.
+    """
+    _require_cornac()
+    from importlib.metadata import version
+
+    import cornac
+
+    train = split.test.train
+    triples = zip(train.users.tolist(), train.items.tolist(), [1.0] * len(train), strict=True)
+    data = cornac.data.Dataset.from_uir(list(triples), seed=seed)
+    peer = cornac.models.BPR(**CORNAC_BPR_SETTINGS, seed=seed, verbose=False)
+    start = time.perf_counter()
+    peer.fit(data)
+    seconds = time.perf_counter() - start
+    item_index = np.array([data.iid_map.get(i, -1) for i in range(train.num_items)])
+    known = item_index >= 0
+
+    class _Peer:
+        def score(self, users: np.ndarray) -> np.ndarray:
+            rows = peer.u_factors[[data.uid_map[int(u)] for u in users]]
+            inner = rows @ peer.i_factors.T + peer.i_biases
+            scores = np.full((len(users), train.num_items), -np.inf, dtype=np.float32)
+            scores[:, known] = inner[:, item_index[known]]
+            return scores
+
+    metrics = evaluate_holdout(_Peer(), split.test, ks=(10,)).means()
+    return {
+        "peer": f"cornac {version('cornac')} BPR (Microsoft Recommenders' benchmark settings)",
+        "settings": dict(CORNAC_BPR_SETTINGS),
+        "fit_seconds": round(seconds, 3),
+        "metrics": {k: metrics[k] for k in ("ndcg@10", "hr@10", "precision@10")},
+        "ours_over_peer": {
+            "fit_seconds": round(ours["fit_seconds"] / max(seconds, 1e-9), 3),
+            "ndcg@10": round(our_metrics["ndcg@10"] / max(metrics["ndcg@10"], 1e-9), 4),
+        },
+    }
+
+
+def _require_cornac() -> None:
+    if importlib.util.find_spec("cornac") is None:
+        raise PinlabDataError(
+            "the cornac peer needs the optional extra: `uv sync --all-packages --extra cornac`"
+        )
 
 
 def _require_implicit() -> None:

@@ -130,15 +130,15 @@ register(
 register(
     RecommenderSpec(
         name="mf",
-        summary="Matrix factorisation in PyTorch, full/sampled softmax or BPR loss.",
+        summary="Matrix factorisation in PyTorch, BPR (LearnBPR) or full/sampled softmax loss.",
         config_type=MFConfig,
         build=MatrixFactorization,
         from_checkpoint=MatrixFactorization.from_checkpoint,
         search_space={
             "loss": Choice(values=("bpr", "softmax")),
-            "dim": IntRange(low=16, high=256, log=True),
-            "lr": FloatRange(low=1e-4, high=1e-1, log=True),
-            "weight_decay": FloatRange(low=1e-8, high=1e-2, log=True),
+            "dim": IntRange(low=16, high=512, log=True),
+            "lr": FloatRange(low=1e-3, high=0.3, log=True),
+            "l2": FloatRange(low=1e-5, high=1e-1, log=True),
         },
         epoch_field="epochs",
     )
@@ -151,9 +151,9 @@ register(
         build=lambda cfg: MatrixFactorization(cfg, name="bpr"),
         from_checkpoint=MatrixFactorization.from_checkpoint,
         search_space={
-            "dim": IntRange(low=16, high=256, log=True),
-            "lr": FloatRange(low=1e-4, high=1e-1, log=True),
-            "weight_decay": FloatRange(low=1e-8, high=1e-2, log=True),
+            "dim": IntRange(low=16, high=512, log=True),
+            "lr": FloatRange(low=1e-3, high=0.3, log=True),
+            "l2": FloatRange(low=1e-5, high=1e-1, log=True),
         },
         epoch_field="epochs",
     )

@@ -94,7 +94,7 @@ def recsys(
     ] = None,
     peers: Annotated[
         str | None,
-        typer.Option("--peers", help="implicit: fit implicit's ALS beside our iALS (extra)."),
+        typer.Option("--peers", help="implicit (ALS beside ials), cornac (BPR beside bpr)."),
     ] = None,
     seeds: Annotated[
         int,
