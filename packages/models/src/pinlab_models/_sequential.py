@@ -2,6 +2,11 @@
 
 Items are shifted by one so that index 0 is padding; sequences are left-padded to `max_len`.
 A user is scored by the hidden state after their most recent training item.
+
+Most users are far shorter than `max_len`, so training groups users of similar length into a
+batch and crops it to its longest sequence (`length_batches`), and the loss reads the hidden
+states of real positions only before scoring them against the catalogue. Positions are
+counted from the right, so a cropped sequence sees the same position embeddings as a full one.
 """
 
 from __future__ import annotations
@@ -43,6 +48,26 @@ def user_sequences(train: InteractionLog, max_len: int) -> torch.Tensor:
     return torch.from_numpy(sequences)
 
 
+def length_batches(
+    lengths: torch.Tensor, batch_size: int, gen: torch.Generator
+) -> list[torch.Tensor]:
+    """Row indexes in batches of similar length, in a seeded random order.
+
+    Users are shuffled, stably sorted by length (so ties fall in a new order every epoch) and
+    cut into batches; the batches are then shuffled so lengths do not arrive in order.
+    """
+    shuffled = torch.randperm(len(lengths), generator=gen)
+    by_length = shuffled[torch.sort(lengths[shuffled], stable=True).indices]
+    batches = list(torch.split(by_length, batch_size))
+    return [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
+
+
+def crop(sequences: torch.Tensor) -> torch.Tensor:
+    """Left-padded rows cut to the longest real sequence among them (at least one column)."""
+    longest = max(int((sequences > 0).sum(dim=1).max()), 1) if len(sequences) else 1
+    return sequences[:, -longest:]
+
+
 class _Transformer(nn.Module):
     causal: torch.Tensor
 
@@ -56,22 +81,38 @@ class _Transformer(nn.Module):
         self.encoder = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(cfg.dim)
         self.dropout = nn.Dropout(cfg.dropout)
-        mask = torch.triu(torch.full((cfg.max_len, cfg.max_len), float("-inf")), diagonal=1)
-        self.register_buffer("causal", mask, persistent=False)
+        self.heads = cfg.heads
+        future = torch.triu(torch.ones(cfg.max_len, cfg.max_len, dtype=torch.bool), diagonal=1)
+        self.register_buffer("causal", future, persistent=False)
         nn.init.normal_(self.items.weight, std=0.02)
         nn.init.normal_(self.positions.weight, std=0.02)
 
     def forward(self, sequences: torch.Tensor) -> torch.Tensor:
-        """(batch, max_len) item indexes + 1 -> (batch, max_len, dim) hidden states."""
+        """(batch, length <= max_len) item indexes + 1 -> (batch, length, dim) hidden states.
+
+        Rows are left-padded and right-aligned: the last column is position `max_len - 1`.
+        """
         length = sequences.shape[1]
+        max_len = self.positions.num_embeddings
         x = self.items(sequences) * self.items.embedding_dim**0.5
-        # As in SASRec, padding positions are zeroed rather than masked out of attention:
-        # a masked left-padded prefix would attend to nothing and turn into NaN.
         real = (sequences > 0).unsqueeze(-1)
-        x = self.dropout(x + self.positions.weight[:length]) * real
-        hidden = self.encoder(x, mask=self.causal[:length, :length], is_causal=True)
+        x = self.dropout(x + self.positions.weight[max_len - length :]) * real
+        hidden = self.encoder(x, mask=self._attention_mask(sequences))
         out: torch.Tensor = self.norm(hidden)
         return out
+
+    def _attention_mask(self, sequences: torch.Tensor) -> torch.Tensor:
+        """(batch * heads, length, length) additive mask: no future, no padding keys.
+
+        Every position may still attend to itself, so a padding query is not left with
+        nothing to attend to (NaN); with padding keys hidden, a row's states do not depend
+        on how much padding it carries, which is what makes cropping exact.
+        """
+        length = sequences.shape[1]
+        diagonal = torch.eye(length, dtype=torch.bool, device=sequences.device)
+        blocked = (self.causal[:length, :length] | (sequences == 0)[:, None, :]) & ~diagonal
+        mask = torch.zeros(blocked.shape, device=sequences.device).masked_fill(blocked, -torch.inf)
+        return mask.repeat_interleave(self.heads, dim=0)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Scores over real items (padding excluded) for each hidden state."""
@@ -98,17 +139,17 @@ class SASRec:
         self.device = ctx.device
         # One extra step so the last input position still has a next item to predict.
         windows = user_sequences(train, cfg.max_len + 1)
-        windows = windows[(windows > 0).sum(dim=1) >= 2]
+        lengths = (windows > 0).sum(dim=1)
+        windows, lengths = windows[lengths >= 2], lengths[lengths >= 2]
         self.sequences = user_sequences(train, cfg.max_len)
         self.net = net = _Transformer(train.num_items, cfg).to(ctx.device)
         optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
         def train_epoch() -> float:
             net.train()
-            order = torch.randperm(len(windows), generator=gen)
             total, steps = 0.0, 0
-            for start in range(0, len(order), cfg.batch_size):
-                batch = windows[order[start : start + cfg.batch_size]].to(ctx.device)
+            for rows in length_batches(lengths, cfg.batch_size, gen):
+                batch = crop(windows[rows]).to(ctx.device)
                 loss = self._loss(batch[:, :-1], batch[:, 1:], train.num_items, gen)
                 optimizer.zero_grad(set_to_none=True)
                 torch.autograd.backward(loss)
@@ -127,24 +168,30 @@ class SASRec:
         assert self.net is not None
         cfg = self.config
         hidden = self.net(inputs)
+        # Only positions with a real input and a real next item are trained; padding never
+        # reaches the catalogue-wide product, which dominates the cost.
+        real = (targets > 0) & (inputs > 0)
         if cfg.loss == "bce":
-            real = (targets > 0) & (inputs > 0)
-            negatives = torch.randint(1, num_items + 1, targets.shape, generator=gen)
             item_vecs = self.net.items.weight
-            pos = (hidden * item_vecs[targets]).sum(-1)
-            neg = (hidden * item_vecs[negatives.to(targets.device)]).sum(-1)
-            loss = F.softplus(-pos) + F.softplus(neg)
-            return loss[real].mean()
-        log_probs = F.log_softmax(self.net.logits(hidden), dim=-1)
+            states, positives = hidden[real], targets[real]
+            negatives = torch.randint(1, num_items + 1, positives.shape, generator=gen)
+            pos = (states * item_vecs[positives]).sum(-1)
+            neg = (states * item_vecs[negatives.to(targets.device)]).sum(-1)
+            return (F.softplus(-pos) + F.softplus(neg)).mean()
+        rows, cols = real.nonzero(as_tuple=True)
+        logits = self.net.logits(hidden[rows, cols])
+        if cfg.dense_window == 1:
+            return F.cross_entropy(logits, targets[rows, cols] - 1)
         # Dense all-action: position t also predicts the items at t+2 .. t+window.
-        losses, count = [], 0
+        log_probs = F.log_softmax(logits, dim=-1)
+        picked = []
         for offset in range(min(cfg.dense_window, targets.shape[1])):
-            ahead = targets[:, offset:]
-            real = (ahead > 0) & (inputs[:, : ahead.shape[1]] > 0)
-            picked = log_probs[:, : ahead.shape[1]].gather(-1, (ahead - 1).clamp_min(0)[..., None])
-            losses.append(-(picked.squeeze(-1) * real).sum())
-            count += int(real.sum())
-        return torch.stack(losses).sum() / max(count, 1)
+            ahead = cols + offset
+            inside = ahead < targets.shape[1]
+            item = targets[rows[inside], ahead[inside]]
+            hit = item > 0
+            picked.append(log_probs[inside.nonzero(as_tuple=True)[0][hit], item[hit] - 1])
+        return -torch.cat(picked).mean()
 
     @torch.no_grad()
     def score(self, users: Int64Array) -> Float32Array:
@@ -155,7 +202,7 @@ class SASRec:
         chunks = []
         for start in range(0, len(users), 512):
             part = torch.from_numpy(np.asarray(users[start : start + 512], dtype=np.int64))
-            hidden = self.net(self.sequences[part].to(self.device))[:, -1]
+            hidden = self.net(crop(self.sequences[part]).to(self.device))[:, -1]
             chunks.append(self.net.logits(hidden).float().cpu())
         if not chunks:
             return np.zeros((0, self.net.items.num_embeddings - 1), dtype=np.float32)
