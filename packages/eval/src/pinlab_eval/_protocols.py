@@ -52,11 +52,13 @@ def apply_protocol(log: InteractionLog, spec: ProtocolSpec) -> ProtocolSplit:
     """Split `log` by `spec` into a test holdout and, inside its training part, a valid one.
 
     - `stratified`: per group (item or user), the group's (user, item) pairs in an order drawn
-      with the seed, and the first ones to train while their 1-based rank / group size is at
-      most `ratio`, as Microsoft Recommenders' `python_stratified_split` (`rank / count <=
-      ratio`, so a group of n keeps floor(ratio * n) in train and a group of one goes wholly
-      to test). Every interaction is a positive; repeats of a pair are dropped first, keeping
-      the earliest, since a repeat of a training pair could never be recommended.
+      with the seed, and the first round(ratio * n) of a group of n to train (Python's
+      rounding, half to even), as Microsoft Recommenders' `python_stratified_split` does
+      (`split_pandas_data_with_ratios` cuts each shuffled group at `round(0.75 * len)`; a
+      group of one stays in train). Every interaction is a positive; repeats of a pair are
+      dropped first, keeping the earliest, since a repeat of a training pair could never be
+      recommended. The shuffle is numpy's `default_rng(seed)`, not pandas', so the rows differ
+      from theirs while the sizes match.
     - `leave-last-out`: pinlab_data's `leave_last_out`. Test fits on everything but each
       user's last distinct item; valid fits on its `train` and targets its `valid`, which is
       this same holdout applied to the test's training part. With `negatives`, each target
@@ -170,9 +172,10 @@ def _stratified(log: InteractionLog, spec: ProtocolSpec) -> tuple[InteractionLog
     size = np.bincount(sorted_group)
     start = np.cumsum(size) - size
     rank = np.arange(1, len(order) + 1) - start[sorted_group]
-    # The comparison recommenders makes, in floating point, so the same groups split alike.
+    # Microsoft Recommenders cuts each shuffled group at round(ratio * n) (Python's round,
+    # half to even, as np.round), so the same groups split into the same sizes.
     to_train = np.zeros(len(rows), dtype=np.bool_)
-    to_train[order] = rank / size[sorted_group] <= spec.ratio
+    to_train[order] = rank <= np.round(spec.ratio * size[sorted_group])
     return _subset(log, rows[to_train]), _subset(log, rows[~to_train])
 
 
