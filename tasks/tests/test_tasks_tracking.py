@@ -230,3 +230,31 @@ def test_keys_and_params_are_mlflow_safe() -> None:
         "mf.ndcg@10": 0.25,
         "n": 3.0,
     }
+
+
+def test_bench_recsys_nests_bench_model_seed_and_trial_runs(
+    data: Path, runs_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["bench", "recsys", "--data", str(data), "--models", "popularity,ease"]
+    code, result, err = cli_json(
+        [*args, "--seeds", "2", "--trials", "3", "--run", str(tmp_path / "bench")], capsys
+    )
+    assert code == 0, err
+    store = client(runs_dir)
+    experiment = store.get_experiment_by_name("pinlab")
+    assert experiment is not None
+    runs = store.search_runs([experiment.experiment_id], max_results=1000)
+    by_id = {r.info.run_id: r for r in runs}
+    name = {r.info.run_id: r.info.run_name for r in runs}
+    parent = {r.info.run_id: r.data.tags.get("mlflow.parentRunId") for r in runs}
+    (bench,) = [i for i in by_id if name[i] == "bench recsys"]
+    assert parent[bench] is None
+    models = {name[i]: i for i in by_id if parent[i] == bench}
+    assert set(models) == {"popularity", "ease"}
+    seeds = [i for i in by_id if parent[i] == models["ease"]]
+    assert sorted(name[i] for i in seeds) == ["ease seed 0", "ease seed 1"]
+    trials = [i for i in by_id if parent[i] == seeds[0]]
+    assert len(trials) == 3 and all(name[t].startswith("trial ") for t in trials)
+    ease = next(row for row in result["results"] if row["model"] == "ease")
+    logged = by_id[models["ease"]].data.metrics[metric_key("ndcg@10")]
+    assert logged == pytest.approx(ease["metrics"]["ndcg@10"])

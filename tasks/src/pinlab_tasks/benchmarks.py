@@ -40,6 +40,7 @@ from pinlab_models import (
 from pinlab_tasks._measure import peak_rss
 from pinlab_tasks._output import stdout
 from pinlab_tasks.recsys import Say, split_for, tune_and_refit
+from pinlab_tasks.tracking import tracked
 
 __all__ = ["bench_recsys", "item_text_features", "peak_rss", "render_recsys"]
 
@@ -125,36 +126,37 @@ def bench_recsys(
     ]
     chosen: list[dict[str, dict[str, Any]]] = [{} for _ in splits]
     for i, name in enumerate(names):
-        for r, split in enumerate(splits):
-            ctx = TrainContext(
-                run_dir=run_dir / name / f"seed-{seed + r}",
-                seed=seed + r,
-                device=device,
-                progress=progress,
-                item_features=features,
-            )
-            model, info = tune_and_refit(
-                name,
-                split,
-                ctx,
-                chosen=chosen[r],
-                trials=trials,
-                budget_seconds=budget_seconds,
-                metric=metric,
-                storage=run_dir / "optuna.db",
-                on_trial=_trial_line(f"{name} seed {seed + r}", trials, say),
-            )
-            results[name].append(evaluate_holdout(model, split.test, ks=ks))
-            extras[name].append(info)
-            done = i * seeds + r + 1
-            elapsed = time.perf_counter() - clock
-            left = elapsed / done * (seeds * len(names) - done)
-            search = info["search"]
-            valid = "-" if search["valid_value"] is None else f"{search['valid_value']:.4f}"
-            say(
-                f"{name} seed {seed + r}: {len(search['trials'])} trial(s), valid {valid}, "
-                f"refit {info['fit_seconds']:.1f} s; {elapsed / 60:.1f} min in, about "
-                f"{left / 60:.1f} min left"
+        with tracked(name, {"model": name}) as model_run:
+            for r, split in enumerate(splits):
+                with tracked(f"{name} seed {seed + r}", {"seed": seed + r}) as seed_run:
+                    model, info = _tune_refit_tracked(
+                        name, split, TrainContext(
+                            run_dir=run_dir / name / f"seed-{seed + r}",
+                            seed=seed + r,
+                            device=device,
+                            progress=progress,
+                            item_features=features,
+                        ),
+                        chosen[r], trials, budget_seconds, metric, run_dir, say,
+                    )  # fmt: skip
+                    results[name].append(evaluate_holdout(model, split.test, ks=ks))
+                    extras[name].append(info)
+                    seed_run.log_params({"chosen": info["settings"]})
+                    seed_run.log_metrics(results[name][-1].means())
+                    seed_run.log_metrics({"fit_seconds": info["fit_seconds"]})
+                done = i * seeds + r + 1
+                elapsed = time.perf_counter() - clock
+                left = elapsed / done * (seeds * len(names) - done)
+                search = info["search"]
+                valid = "-" if search["valid_value"] is None else f"{search['valid_value']:.4f}"
+                say(
+                    f"{name} seed {seed + r}: {len(search['trials'])} trial(s), valid {valid}, "
+                    f"refit {info['fit_seconds']:.1f} s; {elapsed / 60:.1f} min in, about "
+                    f"{left / 60:.1f} min left"
+                )
+            per_seed = [run.means() for run in results[name]]
+            model_run.log_metrics(
+                {key: float(np.mean([m[key] for m in per_seed])) for key in per_seed[0]}
             )
     peer_rows = [
         implicit_peer(split, info["settings"], info, result.means(), seed + r)
@@ -208,6 +210,42 @@ def _save_user_metrics(path: Path, results: Mapping[str, list[UserMetrics]]) -> 
     np.savez_compressed(partial, allow_pickle=False, **arrays)
     partial.replace(path)
     return path.name
+
+
+def _tune_refit_tracked(
+    name: str,
+    split: ProtocolSplit,
+    ctx: TrainContext,
+    chosen: dict[str, dict[str, Any]],
+    trials: int,
+    budget_seconds: float | None,
+    metric: str,
+    run_dir: Path,
+    say: Say,
+) -> tuple[Any, dict[str, Any]]:
+    """`tune_and_refit`, each trial logged as a tracked run under the active (seed) run."""
+    line = _trial_line(f"{name} seed {ctx.seed}", trials, say)
+
+    def on_trial(trial: dict[str, Any]) -> None:
+        line(trial)
+        with tracked(f"trial {trial['number']}", trial["params"]) as trial_run:
+            for epoch, value in trial["curve"]:
+                trial_run.log_metrics({"valid": value}, step=epoch)
+            if trial["value"] is not None:
+                trial_run.log_metrics({f"valid_{metric}": trial["value"]})
+            trial_run.set_tags({"state": trial["state"]})
+
+    return tune_and_refit(
+        name,
+        split,
+        ctx,
+        chosen=chosen,
+        trials=trials,
+        budget_seconds=budget_seconds,
+        metric=metric,
+        storage=run_dir / "optuna.db",
+        on_trial=on_trial,
+    )
 
 
 def _defaults_for(num_items: int, say: Say) -> list[str]:

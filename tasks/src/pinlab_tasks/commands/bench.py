@@ -16,6 +16,7 @@ from pinlab_tasks._measure import run_measured
 from pinlab_tasks._output import busy, emit, stderr, stdout
 from pinlab_tasks.benchmarks import bench_recsys, item_text_features, render_recsys
 from pinlab_tasks.runs import RunLayout, new_run_dir
+from pinlab_tasks.tracking import tracked
 from pinlab_tasks.visual_bench import bench_visual
 
 app = typer.Typer(help="Measure pinlab's steps: time and peak memory.", no_args_is_help=True)
@@ -169,23 +170,26 @@ def recsys(
         "device": device or resolved.device,
     }
     layout.log_step("bench recsys", config, data_dir=data)
-    result = bench_recsys(
-        data,
-        spec,
-        names,
-        layout.root,
-        seed=seed_value,
-        seeds=seeds,
-        trials=trials,
-        budget_seconds=budget or None,
-        metric=metric,
-        device=device or resolved.device,
-        progress=not as_json,
-        item_features=lambda: item_text_features(data),
-        peers=[p.strip() for p in (peers or "").split(",") if p.strip()],
-        say=stderr.print,
-    )
-    write_json_atomic(layout.root / "bench.json", result)
+    with tracked("bench recsys", config, run_dir=layout.root) as tracker:
+        result = bench_recsys(
+            data,
+            spec,
+            names,
+            layout.root,
+            seed=seed_value,
+            seeds=seeds,
+            trials=trials,
+            budget_seconds=budget or None,
+            metric=metric,
+            device=device or resolved.device,
+            progress=not as_json,
+            item_features=lambda: item_text_features(data),
+            peers=[p.strip() for p in (peers or "").split(",") if p.strip()],
+            say=stderr.print,
+        )
+        write_json_atomic(layout.root / "bench.json", result)
+        tracker.log_metrics({"seconds": result["seconds"]})
+        tracker.log_artifact(layout.root / "bench.json")
     payload = {"run": str(layout.root), **result}
     emit(payload, as_json, lambda: render_recsys(payload))
 
@@ -270,16 +274,27 @@ def visual(
     """
     s = settings()
     layout = RunLayout(run or new_run_dir(s.runs_dir, "bench-visual"))
-    payload = bench_visual(
-        data,
-        layout,
-        recipes,
-        epochs,
-        s.seed if seed is None else seed,
-        device or s.device,
-        progress=not as_json,
-        seeds=seeds,
-    )
+    params = {"data": str(data), "recipes": recipes, "epochs": epochs, "seeds": seeds,
+              "seed": s.seed if seed is None else seed}  # fmt: skip
+    with tracked("bench visual", params, run_dir=layout.root) as tracker:
+        payload = bench_visual(
+            data,
+            layout,
+            recipes,
+            epochs,
+            s.seed if seed is None else seed,
+            device or s.device,
+            progress=not as_json,
+            seeds=seeds,
+        )
+        tracker.log_metrics(
+            {
+                f"{row['recipe']}.{k}": v
+                for row in payload["results"]
+                for k, v in row["metrics"].items()
+            }
+        )
+        tracker.log_artifact(layout.root / "bench_visual.json")
 
     def render() -> None:
         protocol = payload["protocol"]
