@@ -17,8 +17,12 @@ import torch.nn.functional as F  # noqa: N812 - the PyTorch convention
 from torch import nn
 
 from pinlab_data.contracts import Float32Array, Int64Array, InteractionLog
-from pinlab_models._recommenders import CHECKPOINT_KIND
-from pinlab_models._runtime import run_epochs, save_checkpoint, seed_everything
+from pinlab_models._runtime import (
+    RECOMMENDER_CHECKPOINT,
+    run_epochs,
+    save_checkpoint,
+    seed_everything,
+)
 from pinlab_models.contracts import (
     FitReport,
     HybridConfig,
@@ -147,7 +151,7 @@ class HybridRecommender:
         save_checkpoint(
             path,
             {
-                "kind": CHECKPOINT_KIND,
+                "kind": RECOMMENDER_CHECKPOINT,
                 "name": self.name,
                 "config": self.config.model_dump(),
                 "state": state,

@@ -12,8 +12,13 @@ import numpy as np
 import torch
 
 from pinlab_data.contracts import Float32Array, Int64Array, InteractionLog
-from pinlab_models._recommenders import CHECKPOINT_KIND, _require_fitted
-from pinlab_models._runtime import Stopwatch, one_pass_report, save_checkpoint
+from pinlab_models._runtime import (
+    RECOMMENDER_CHECKPOINT,
+    Stopwatch,
+    one_pass_report,
+    require_fitted,
+    save_checkpoint,
+)
 from pinlab_models.contracts import (
     EnsembleConfig,
     FitReport,
@@ -65,7 +70,7 @@ class Ensemble:
         return one_pass_report(self, ctx, validate, clock)
 
     def score(self, users: Int64Array) -> Float32Array:
-        _require_fitted(bool(self.members), self.name)
+        require_fitted(bool(self.members), self.name)
         parts = [
             weight * standardise(member.score(users))
             for weight, member in zip(self._weights(), self.members, strict=True)
@@ -74,7 +79,7 @@ class Ensemble:
         return total
 
     def save(self, path: Path) -> None:
-        _require_fitted(bool(self.members), self.name)
+        require_fitted(bool(self.members), self.name)
         payloads = []
         with tempfile.TemporaryDirectory() as tmp:
             for i, member in enumerate(self.members):
@@ -83,7 +88,7 @@ class Ensemble:
         save_checkpoint(
             path,
             {
-                "kind": CHECKPOINT_KIND,
+                "kind": RECOMMENDER_CHECKPOINT,
                 "name": self.name,
                 "config": self.config.model_dump(mode="json"),
                 "members": payloads,

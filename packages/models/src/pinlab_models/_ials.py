@@ -19,8 +19,13 @@ from torch import nn
 
 from pinlab_data.contracts import Float32Array, Int64Array, InteractionLog
 from pinlab_models._linear import interaction_matrix
-from pinlab_models._recommenders import _check_users, _require_fitted, _save
-from pinlab_models._runtime import run_epochs, seed_everything
+from pinlab_models._runtime import (
+    check_users,
+    require_fitted,
+    run_epochs,
+    save_recommender,
+    seed_everything,
+)
 from pinlab_models.contracts import (
     FitReport,
     IALSConfig,
@@ -134,18 +139,18 @@ class ImplicitALS:
 
     @torch.no_grad()
     def score(self, users: Int64Array) -> Float32Array:
-        _require_fitted(self.net is not None, self.name)
+        require_fitted(self.net is not None, self.name)
         assert self.net is not None
-        _check_users(users, self.net.users.shape[0])
+        check_users(users, self.net.users.shape[0])
         u = torch.from_numpy(np.asarray(users, dtype=np.int64))
         return (self.net.users[u] @ self.net.items.T).numpy()
 
     def save(self, path: Path) -> None:
-        _require_fitted(self.net is not None, self.name)
+        require_fitted(self.net is not None, self.name)
         assert self.net is not None
         state = {k: v.detach().cpu() for k, v in self.net.state_dict().items()}
         num_users, num_items = self.net.users.shape[0], self.net.items.shape[0]
-        _save(path, self.name, self.config.model_dump(), state, num_users, num_items)
+        save_recommender(path, self.name, self.config.model_dump(), state, num_users, num_items)
 
     @classmethod
     def from_checkpoint(cls, payload: dict[str, Any]) -> ImplicitALS:

@@ -17,8 +17,13 @@ import torch
 from pydantic import BaseModel
 
 from pinlab_data.contracts import Float32Array, Int64Array, InteractionLog
-from pinlab_models._recommenders import _check_users, _require_fitted, _save
-from pinlab_models._runtime import Stopwatch, one_pass_report
+from pinlab_models._runtime import (
+    Stopwatch,
+    check_users,
+    one_pass_report,
+    require_fitted,
+    save_recommender,
+)
 from pinlab_models.contracts import (
     DLAEConfig,
     EASEConfig,
@@ -144,14 +149,14 @@ class ItemItem:
         return one_pass_report(self, ctx, validate, clock)
 
     def score(self, users: Int64Array) -> Float32Array:
-        _require_fitted(self.weights is not None, self.name)
+        require_fitted(self.weights is not None, self.name)
         assert self.weights is not None and self.history is not None
-        _check_users(users, self.history.shape[0])
+        check_users(users, self.history.shape[0])
         scores: Float32Array = np.asarray(self.history[users] @ self.weights, dtype=np.float32)
         return scores
 
     def save(self, path: Path) -> None:
-        _require_fitted(self.weights is not None, self.name)
+        require_fitted(self.weights is not None, self.name)
         assert self.weights is not None and self.history is not None
         state = {
             "weights": torch.from_numpy(self.weights),
@@ -159,7 +164,7 @@ class ItemItem:
             "indices": torch.from_numpy(self.history.indices.astype(np.int64)),
         }
         num_users, num_items = self.history.shape
-        _save(path, self.name, self.config.model_dump(), state, num_users, num_items)
+        save_recommender(path, self.name, self.config.model_dump(), state, num_users, num_items)
 
     @classmethod
     def from_checkpoint(cls, payload: dict[str, Any]) -> ItemItem:

@@ -13,9 +13,11 @@ from torch import nn
 from pinlab_data.contracts import Float32Array, Int64Array, InteractionLog
 from pinlab_models._runtime import (
     Stopwatch,
+    check_users,
     one_pass_report,
+    require_fitted,
     run_epochs,
-    save_checkpoint,
+    save_recommender,
     seed_everything,
 )
 from pinlab_models.contracts import (
@@ -26,18 +28,6 @@ from pinlab_models.contracts import (
     TrainContext,
     Validator,
 )
-
-CHECKPOINT_KIND = "pinlab-recommender"
-
-
-def _require_fitted(fitted: bool, name: str) -> None:
-    if not fitted:
-        raise PinlabModelError(f"{name} has not been fitted; call fit() or load a checkpoint")
-
-
-def _check_users(users: Int64Array, num_users: int) -> None:
-    if len(users) and (users.min() < 0 or users.max() >= num_users):
-        raise PinlabModelError(f"user index out of range 0..{num_users - 1}")
 
 
 class Popularity:
@@ -60,15 +50,15 @@ class Popularity:
         return one_pass_report(self, ctx, validate, clock)
 
     def score(self, users: Int64Array) -> Float32Array:
-        _require_fitted(self.counts is not None, self.name)
+        require_fitted(self.counts is not None, self.name)
         assert self.counts is not None
-        _check_users(users, self.num_users)
+        check_users(users, self.num_users)
         return np.broadcast_to(self.counts, (len(users), len(self.counts))).copy()
 
     def save(self, path: Path) -> None:
-        _require_fitted(self.counts is not None, self.name)
+        require_fitted(self.counts is not None, self.name)
         state = {"counts": torch.from_numpy(np.asarray(self.counts))}
-        _save(
+        save_recommender(
             path, self.name, self.config.model_dump(), state, self.num_users, len(state["counts"])
         )
 
@@ -203,18 +193,18 @@ class MatrixFactorization:
 
     @torch.no_grad()
     def score(self, users: Int64Array) -> Float32Array:
-        _require_fitted(self.net is not None, self.name)
+        require_fitted(self.net is not None, self.name)
         assert self.net is not None
-        _check_users(users, self.net.users.num_embeddings)
+        check_users(users, self.net.users.num_embeddings)
         self.net.eval()
         u = torch.from_numpy(np.asarray(users, dtype=np.int64)).to(self.device)
         return self.net.scores(u).float().cpu().numpy()
 
     def save(self, path: Path) -> None:
-        _require_fitted(self.net is not None, self.name)
+        require_fitted(self.net is not None, self.name)
         assert self.net is not None
         state = {k: v.cpu() for k, v in self.net.state_dict().items()}
-        _save(
+        save_recommender(
             path,
             self.name,
             self.config.model_dump(),
@@ -265,24 +255,3 @@ def _learn_bpr_step(
         net.bias.index_add_(0, positives, lr * (pull - shrink * bi))
         net.bias.index_add_(0, negatives, lr * (-pull - shrink * bj))
         return float((-F.logsigmoid(margin) * weights).sum())
-
-
-def _save(
-    path: Path,
-    name: str,
-    config: dict[str, Any],
-    state: dict[str, torch.Tensor],
-    num_users: int,
-    num_items: int,
-) -> None:
-    save_checkpoint(
-        path,
-        {
-            "kind": CHECKPOINT_KIND,
-            "name": name,
-            "config": config,
-            "state": state,
-            "num_users": num_users,
-            "num_items": num_items,
-        },
-    )

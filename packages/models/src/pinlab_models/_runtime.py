@@ -24,6 +24,7 @@ from rich.progress import (
 )
 
 from pinlab_data import atomic_writer
+from pinlab_data.contracts import Int64Array
 from pinlab_models.contracts import (
     EpochRecord,
     FitReport,
@@ -206,3 +207,38 @@ def one_pass_report(
         model=name, epochs=1, best_epoch=1, best_valid=valid, seconds=clock(),
         history=log.records,
     )  # fmt: skip
+
+
+RECOMMENDER_CHECKPOINT = "pinlab-recommender"
+"""The `kind` of every recommender checkpoint (`load_recommender` checks it)."""
+
+
+def require_fitted(fitted: bool, name: str) -> None:
+    if not fitted:
+        raise PinlabModelError(f"{name} has not been fitted; call fit() or load a checkpoint")
+
+
+def check_users(users: Int64Array, num_users: int) -> None:
+    if len(users) and (users.min() < 0 or users.max() >= num_users):
+        raise PinlabModelError(f"user index out of range 0..{num_users - 1}")
+
+
+def save_recommender(
+    path: Path,
+    name: str,
+    config: dict[str, Any],
+    state: dict[str, torch.Tensor],
+    num_users: int,
+    num_items: int,
+) -> None:
+    save_checkpoint(
+        path,
+        {
+            "kind": RECOMMENDER_CHECKPOINT,
+            "name": name,
+            "config": config,
+            "state": state,
+            "num_users": num_users,
+            "num_items": num_items,
+        },
+    )

@@ -20,8 +20,13 @@ import torch.nn.functional as F  # noqa: N812 - the PyTorch convention
 from torch import nn
 
 from pinlab_data.contracts import Float32Array, Int64Array, InteractionLog
-from pinlab_models._recommenders import _check_users, _require_fitted, _save
-from pinlab_models._runtime import run_epochs, seed_everything
+from pinlab_models._runtime import (
+    check_users,
+    require_fitted,
+    run_epochs,
+    save_recommender,
+    seed_everything,
+)
 from pinlab_models.contracts import (
     FitReport,
     PinlabModelError,
@@ -195,9 +200,9 @@ class SASRec:
 
     @torch.no_grad()
     def score(self, users: Int64Array) -> Float32Array:
-        _require_fitted(self.net is not None, self.name)
+        require_fitted(self.net is not None, self.name)
         assert self.net is not None and self.sequences is not None
-        _check_users(users, len(self.sequences))
+        check_users(users, len(self.sequences))
         self.net.eval()
         chunks = []
         for start in range(0, len(users), 512):
@@ -209,12 +214,14 @@ class SASRec:
         return torch.cat(chunks).numpy()
 
     def save(self, path: Path) -> None:
-        _require_fitted(self.net is not None, self.name)
+        require_fitted(self.net is not None, self.name)
         assert self.net is not None and self.sequences is not None
         state = {k: v.cpu() for k, v in self.net.state_dict().items()}
         state["sequences"] = self.sequences
         num_items = self.net.items.num_embeddings - 1
-        _save(path, self.name, self.config.model_dump(), state, len(self.sequences), num_items)
+        save_recommender(
+            path, self.name, self.config.model_dump(), state, len(self.sequences), num_items
+        )
 
     @classmethod
     def from_checkpoint(cls, payload: dict[str, Any]) -> SASRec:

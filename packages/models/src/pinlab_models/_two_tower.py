@@ -11,8 +11,13 @@ import torch.nn.functional as F  # noqa: N812 - the PyTorch convention
 from torch import nn
 
 from pinlab_data.contracts import Float32Array, Int64Array, InteractionLog
-from pinlab_models._recommenders import _check_users, _require_fitted, _save
-from pinlab_models._runtime import run_epochs, seed_everything
+from pinlab_models._runtime import (
+    check_users,
+    require_fitted,
+    run_epochs,
+    save_recommender,
+    seed_everything,
+)
 from pinlab_models._sequential import user_sequences
 from pinlab_models.contracts import (
     FitReport,
@@ -123,21 +128,23 @@ class TwoTower:
 
     @torch.no_grad()
     def score(self, users: Int64Array) -> Float32Array:
-        _require_fitted(self.net is not None, self.name)
+        require_fitted(self.net is not None, self.name)
         assert self.net is not None and self.history is not None
-        _check_users(users, len(self.history))
+        check_users(users, len(self.history))
         self.net.eval()
         u = torch.from_numpy(np.asarray(users, dtype=np.int64))
         all_items = self.net.items()
         return (self.net.users(u, self.history[u], all_items) @ all_items.T).numpy()
 
     def save(self, path: Path) -> None:
-        _require_fitted(self.net is not None, self.name)
+        require_fitted(self.net is not None, self.name)
         assert self.net is not None and self.history is not None
         state = {k: v.cpu() for k, v in self.net.state_dict().items()}
         state["history"] = self.history
         num_items = self.net.item_ids.num_embeddings - 1
-        _save(path, self.name, self.config.model_dump(), state, len(self.history), num_items)
+        save_recommender(
+            path, self.name, self.config.model_dump(), state, len(self.history), num_items
+        )
 
     @classmethod
     def from_checkpoint(cls, payload: dict[str, Any]) -> TwoTower:

@@ -13,9 +13,9 @@ from pinlab_models._cold_start import HybridRecommender
 from pinlab_models._ensemble import Ensemble
 from pinlab_models._ials import ImplicitALS
 from pinlab_models._linear import ItemItem, item_item_builder
-from pinlab_models._recommenders import CHECKPOINT_KIND, MatrixFactorization, Popularity
+from pinlab_models._recommenders import MatrixFactorization, Popularity
 from pinlab_models._registries import add_unique
-from pinlab_models._runtime import load_checkpoint
+from pinlab_models._runtime import RECOMMENDER_CHECKPOINT, load_checkpoint
 from pinlab_models._sequential import SASRec
 from pinlab_models._two_tower import TwoTower
 from pinlab_models.contracts import (
@@ -111,7 +111,7 @@ def build_recommender(name: str, config: Mapping[str, Any] | None = None) -> Rec
 
 
 def load_recommender(path: Path) -> Recommender:
-    return _from_payload(load_checkpoint(path, CHECKPOINT_KIND))
+    return _from_payload(load_checkpoint(path, RECOMMENDER_CHECKPOINT))
 
 
 def _from_payload(payload: dict[str, Any]) -> Recommender:
