@@ -37,7 +37,7 @@ from rich.table import Table
 from pinlab_data import PinlabDataError, SynthConfig, load_dataset
 from pinlab_models import CNNEncoder, EncoderConfig
 from pinlab_serve import ServeSettings
-from pinlab_tasks import recsys, workflows
+from pinlab_tasks import queries, recsys, visual, workflows
 from pinlab_tasks._output import stdout
 from pinlab_tasks.runs import RunLayout
 
@@ -74,11 +74,11 @@ def build_world(out: Path, pins: int, seed: int) -> RunLayout:
     config = SynthConfig(num_pins=pins, num_users=max(200, pins // 10), seed=seed)
     run.log_step("bench serve world", {"synth": config.model_dump(), "seed": seed})
     workflows.synth(run.data, config, overwrite=True)
-    workflows.train_visual(run, run.data, ENCODER, seed, "cpu", progress=False)
+    visual.train_visual(run, run.data, ENCODER, seed, "cpu", progress=False)
     for name, overrides in RECOMMENDERS.items():
         recsys.train_recommender(run, run.data, name, overrides, seed, "cpu", progress=False)
     recsys.eval_recommenders(run)
-    workflows.build_index(run)
+    queries.build_index(run)
     return run
 
 

@@ -7,7 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
-from pinlab_tasks import cold_start, recsys, workflows
+from pinlab_tasks import cold_start, recsys
+from pinlab_tasks import visual as visual_workflows
 from pinlab_tasks._app import DeviceOpt, JsonFlag, SeedOpt, settings
 from pinlab_tasks._output import emit, metrics_table, stdout
 from pinlab_tasks.runs import RunLayout
@@ -31,7 +32,7 @@ def visual(run: RunArg, seed: SeedOpt = None, as_json: JsonFlag = False) -> None
     seed = settings().seed if seed is None else seed
     layout = RunLayout(run)
     with tracked("eval visual", {"run": str(run), "seed": seed}, run_dir=run) as tracker:
-        result = workflows.eval_visual(layout, seed)
+        result = visual_workflows.eval_visual(layout, seed)
         tracker.log_metrics(numbers(result))
         for name in ("eval.json", "embedding_map.png"):
             tracker.log_artifact(layout.visual / name)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from pinlab_tasks import workflows
+from pinlab_tasks import queries
 from pinlab_tasks._app import JsonFlag
 from pinlab_tasks._output import emit, stdout
 from pinlab_tasks.runs import RunLayout
@@ -21,5 +21,5 @@ def build(
     as_json: JsonFlag = False,
 ) -> None:
     """Embed every pin with the run's encoder and index it. Writes: RUN/index/."""
-    result = workflows.build_index(RunLayout(run))
+    result = queries.build_index(RunLayout(run))
     emit(result, as_json, lambda: stdout.print(f"indexed {result['count']} pins -> {run}/index"))

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from pinlab_tasks import workflows
+from pinlab_tasks import queries
 from pinlab_tasks._app import JsonFlag, KOpt
 from pinlab_tasks._output import emit, stdout
 from pinlab_tasks.runs import RunLayout
@@ -35,7 +35,7 @@ def search(
     as_json: JsonFlag = False,
 ) -> None:
     """Visual search by pin id or image file over the run's index, or by text."""
-    result = workflows.search(RunLayout(run), k, pin=pin, image=image, text=text)
+    result = queries.search(RunLayout(run), k, pin=pin, image=image, text=text)
     emit(result, as_json, lambda: _table("search results", result["hits"], ["score"]))
 
 
@@ -49,7 +49,7 @@ def recommend(
     as_json: JsonFlag = False,
 ) -> None:
     """Top-k pins for a user, excluding pins they already engaged with."""
-    result = workflows.recommend(RunLayout(run), user, k, model)
+    result = queries.recommend(RunLayout(run), user, k, model)
     emit(
         result,
         as_json,

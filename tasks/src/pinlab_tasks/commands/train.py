@@ -19,7 +19,7 @@ from pinlab_models import (
     RecipeConfig,
     recommender_names,
 )
-from pinlab_tasks import recsys, workflows
+from pinlab_tasks import recsys
 from pinlab_tasks import visual as visual_workflows
 from pinlab_tasks._app import DeviceOpt, JsonFlag, SeedOpt, settings
 from pinlab_tasks._output import emit, stdout
@@ -57,7 +57,9 @@ def visual(
     seed = s.seed if seed is None else seed
     params = {"data": str(data), "seed": seed, "encoder": config.model_dump()}
     with tracked("train visual", params, run_dir=layout.root) as tracker:
-        result = workflows.train_visual(layout, data, config, seed, device or s.device, not as_json)
+        result = visual_workflows.train_visual(
+            layout, data, config, seed, device or s.device, not as_json
+        )
         _log_training(tracker, result, layout.visual)
     result["run_dir"] = str(layout.root)
     emit(result, as_json, lambda: _render(result))
@@ -177,7 +179,9 @@ def align(
     seed = s.seed if seed is None else seed
     params = {"data": str(data or "(run's dataset)"), "seed": seed, "align": config.model_dump()}
     with tracked("train align", params, run_dir=layout.root) as tracker:
-        result = workflows.train_align(layout, data, config, seed, device or s.device, not as_json)
+        result = visual_workflows.train_align(
+            layout, data, config, seed, device or s.device, not as_json
+        )
         _log_training(tracker, result, layout.visual / "align")
     result["run_dir"] = str(layout.root)
     emit(result, as_json, lambda: _render(result))
