@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -66,3 +67,15 @@ def serve_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model.fit(interaction_log(ds), TrainContext(run_dir=run / "recommender" / "popularity"))
     model.save(run / "recommender" / "popularity" / "model.pt")
     return run
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """A headless-capable Chromium's path; skips when none is installed (.ci/run installs it)."""
+    pytest.importorskip("playwright.sync_api", reason="playwright is a dev dependency")
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    pytest.skip("no Chromium installed, so no page is opened in a browser here "
+                "(`apt-get install chromium`; .ci/run installs it)")  # fmt: skip

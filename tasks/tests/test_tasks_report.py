@@ -387,23 +387,6 @@ def test_out_must_not_be_a_directory(tmp_path: Path) -> None:
     assert detect_kind(root) == "bench recsys"
 
 
-BROWSERS = ("chromium", "chromium-browser", "google-chrome")
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    """The browser's path; skips when none is installed (.ci/run installs Debian's)."""
-    pytest.importorskip("playwright.sync_api", reason="playwright is a dev dependency")
-    for name in BROWSERS:
-        path = shutil.which(name)
-        if path:
-            return path
-    pytest.skip(
-        "no Chromium installed, so the report is not opened in a browser here "
-        "(`apt-get install chromium`; .ci/run installs it)"
-    )
-
-
 @pytest.mark.slow
 def test_reports_render_in_headless_chromium(
     chromium: str,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import shutil
 import socket
 import threading
 import time
@@ -18,22 +17,6 @@ from PIL import Image
 
 from pinlab_data import load_dataset
 from pinlab_serve import ServeSettings, create_app
-
-BROWSERS = ("chromium", "chromium-browser", "google-chrome")
-
-
-@pytest.fixture(scope="session")
-def chromium() -> str:
-    """The browser's path; skips (before any server starts) when none is installed."""
-    pytest.importorskip("playwright.sync_api", reason="playwright is a dev dependency")
-    for name in BROWSERS:
-        path = shutil.which(name)
-        if path:
-            return path
-    pytest.skip(
-        "no Chromium installed, so the web page is not driven here "
-        "(`apt-get install chromium`; .ci/run installs it)"
-    )
 
 
 @pytest.fixture
