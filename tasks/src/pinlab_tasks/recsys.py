@@ -63,7 +63,7 @@ def split_for(log: InteractionLog, spec: ProtocolSpec) -> ProtocolSplit:
 
 
 def stored_protocol(settings: dict[str, Any]) -> ProtocolSpec:
-    """The protocol recorded with a trained model (run.json), rebuilt exactly."""
+    """The protocol recorded with a trained model (its train.json), rebuilt exactly."""
     settings = dict(settings)
     return protocol_spec(str(settings.pop("name")), settings)
 
