@@ -37,12 +37,9 @@ from pinlab_models import (
     recommender_spec,
     resolve_device,
 )
-from pinlab_tasks._measure import peak_rss
 from pinlab_tasks._output import stdout
 from pinlab_tasks.recsys import Say, split_for, tune_and_refit
 from pinlab_tasks.tracking import tracked
-
-__all__ = ["bench_recsys", "item_text_features", "peak_rss", "render_recsys"]
 
 
 def _ordered(names: Sequence[str]) -> list[str]:

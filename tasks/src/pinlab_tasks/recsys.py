@@ -91,33 +91,30 @@ def tune_and_refit(
     """
     chosen = {} if chosen is None else chosen
     base = dict(overrides or {})
+
+    def search(
+        model: str, fixed: dict[str, Any], report: OnTrial | None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        return search_on_validation(
+            model,
+            split,
+            replace(ctx, run_dir=ctx.run_dir / model) if model != name else ctx,
+            base=fixed,
+            metric=metric,
+            trials=trials,
+            budget_seconds=budget_seconds,
+            storage=storage,
+            on_trial=report,
+        )
+
     spec = recommender_spec(name)
     if spec.members is not None and "member_settings" not in base:
         members = spec.members(spec.config_type.model_validate(base))
         for member in members:
             if member not in chosen:
-                member_ctx = replace(ctx, run_dir=ctx.run_dir / member)
-                chosen[member], _ = search_on_validation(
-                    member,
-                    split,
-                    member_ctx,
-                    metric=metric,
-                    trials=trials,
-                    budget_seconds=budget_seconds,
-                    storage=storage,
-                )
+                chosen[member], _ = search(member, {}, None)
         base["member_settings"] = {m: chosen[m] for m in members}
-    settings, search = search_on_validation(
-        name,
-        split,
-        ctx,
-        base=base,
-        metric=metric,
-        trials=trials,
-        budget_seconds=budget_seconds,
-        storage=storage,
-        on_trial=on_trial,
-    )
+    settings, search_record = search(name, base, on_trial)
     chosen[name] = settings
     model = build_recommender(name, settings)
     with added_peak_rss() as added:
@@ -127,7 +124,7 @@ def tune_and_refit(
         peak = added()
     return model, {
         "settings": settings,
-        "search": search,
+        "search": search_record,
         "fit_seconds": round(seconds, 3),
         "fit_peak_mb": round(peak, 1),
         "refit_history": [r.model_dump() for r in report.history],

@@ -54,7 +54,7 @@ from pinlab_models import (
     seed_everything,
     train_with_recipe,
 )
-from pinlab_tasks.benchmarks import peak_rss
+from pinlab_tasks._measure import peak_rss
 from pinlab_tasks.runs import RunLayout
 
 RECIPES: tuple[Recipe, ...] = ("supcon", "simclr", "proxy-anchor")
