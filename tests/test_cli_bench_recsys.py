@@ -132,6 +132,7 @@ def test_bench_recsys_bad_input_exits_2(
     )
     assert code == 2
     assert message in result["error"]
+    assert not (tmp_path / "r" / "run.json").exists()  # bad input records no run
 
 
 @pytest.mark.slow

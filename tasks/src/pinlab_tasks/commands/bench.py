@@ -169,7 +169,6 @@ def recsys(
         "metric": metric,
         "device": device or resolved.device,
     }
-    layout.log_step("bench recsys", config, data_dir=data)
     with tracked("bench recsys", config, run_dir=layout.root) as tracker:
         result = bench_recsys(
             data,
@@ -187,6 +186,7 @@ def recsys(
             peers=[p.strip() for p in (peers or "").split(",") if p.strip()],
             say=stderr.print,
         )
+        layout.log_step("bench recsys", config, data_dir=data)  # only once it succeeded
         write_json_atomic(layout.root / "bench.json", result)
         tracker.log_metrics({"seconds": result["seconds"]})
         tracker.log_artifact(layout.root / "bench.json")
