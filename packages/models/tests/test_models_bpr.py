@@ -1,15 +1,18 @@
-"""LearnBPR: the hand-written SGD step is the gradient step of the BPR objective."""
+"""LearnBPR: the compiled loop is sequential SGD on the BPR objective, sample by sample."""
 
 from __future__ import annotations
 
 import copy
+from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812 - the PyTorch convention
 
-from pinlab_models import BPRConfig, MFConfig
-from pinlab_models._recommenders import _Factors, _is_positive, _learn_bpr_step, _pair_keys
+from pinlab_models import BPRConfig
+from pinlab_models._learn_bpr import learn_bpr_epoch
+from pinlab_models._recommenders import _Factors
 
 
 def bpr_objective(
@@ -29,49 +32,80 @@ def bpr_objective(
     return (weights * (fit + l2 / 2 * norms)).sum()
 
 
+def _arrays(net: _Factors) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return (
+        net.users.weight.detach().numpy(),
+        net.items.weight.detach().numpy(),
+        net.bias.detach().numpy(),
+    )
+
+
 @pytest.mark.parametrize("l2", [0.0, 0.1])
-def test_learn_bpr_step_is_sgd_on_the_bpr_objective(l2: float) -> None:
+def test_learn_bpr_is_one_sgd_step_per_sample_in_order(l2: float) -> None:
     torch.manual_seed(0)
     net = _Factors(num_users=5, num_items=7, dim=4, init_std=0.5)
     with torch.no_grad():
         net.bias.normal_()
-    # Repeated users and items: their steps add up, as the gradient of a sum does.
-    users = torch.tensor([0, 1, 1, 3, 4, 0])
-    positives = torch.tensor([2, 2, 5, 0, 6, 1])
-    negatives = torch.tensor([3, 4, 2, 6, 1, 1])
-    weights = torch.tensor([1.0, 0.5, 2.0, 1.0, 0.0, 1.5])
-    cfg = MFConfig(lr=0.1, l2=l2)
+    # Repeated users and items: each sample sees the rows its predecessors updated.
+    users = np.array([0, 1, 1, 3, 4, 0])
+    positives = np.array([2, 2, 5, 0, 6, 1])
+    negatives = np.array([3, 4, 3, 6, 1, 4])  # none a positive of its user
+    weights = np.array([1.0, 0.5, 2.0, 1.0, 0.0, 1.5], dtype=np.float32)
+    known = np.unique(users * 7 + positives)
+    lr = 0.1
 
     reference = copy.deepcopy(net)
-    objective = bpr_objective(reference, users, positives, negatives, weights, l2)
-    torch.autograd.backward(objective)
-    expected = {
-        name: param.detach() - cfg.lr * param.grad
-        for name, param in reference.named_parameters()
-        if param.grad is not None
-    }
+    expected_loss = 0.0
+    for s in range(len(users)):
+        u, i, j = (torch.tensor([int(a[s])]) for a in (users, positives, negatives))
+        weight = torch.tensor([float(weights[s])])
+        reference.zero_grad()
+        objective = bpr_objective(reference, u, i, j, weight, l2)
+        with torch.no_grad():
+            expected_loss += float(bpr_objective(reference, u, i, j, weight, 0.0))
+        torch.autograd.backward(objective)
+        with torch.no_grad():
+            for param in reference.parameters():
+                if param.grad is not None:
+                    param.sub_(lr * param.grad)
 
-    loss = _learn_bpr_step(net, users, positives, negatives, weights, cfg)
+    loss = learn_bpr_epoch(users, positives, negatives, weights, known, *_arrays(net), lr, l2)
 
-    with torch.no_grad():
-        fit_only = bpr_objective(reference, users, positives, negatives, weights, 0.0)
-    assert loss == pytest.approx(float(fit_only), rel=1e-5)
-    for name, param in net.named_parameters():
-        torch.testing.assert_close(param.detach(), expected[name], rtol=1e-5, atol=1e-6)
+    assert loss == pytest.approx(expected_loss, rel=1e-5)
+    for (name, param), (_, want) in zip(
+        net.named_parameters(), reference.named_parameters(), strict=True
+    ):
+        torch.testing.assert_close(param.detach(), want.detach(), rtol=1e-5, atol=1e-6, msg=name)
 
 
-def test_is_positive_finds_exactly_the_training_pairs() -> None:
-    users, items = torch.tensor([0, 0, 2, 1]), torch.tensor([3, 1, 0, 3])
-    known = torch.unique(_pair_keys(users, items, num_items=4))
-    asked_users = torch.tensor([0, 0, 1, 1, 2, 2, 2])
-    asked_items = torch.tensor([3, 2, 3, 0, 0, 3, 1])
-    found = _is_positive(known, asked_users, asked_items, num_items=4)
-    assert found.tolist() == [True, False, True, False, True, False, False]
+def test_learn_bpr_skips_a_negative_that_is_a_positive_of_its_user() -> None:
+    torch.manual_seed(0)
+    net = _Factors(num_users=3, num_items=4, dim=2, init_std=0.5)
+    before = [a.copy() for a in _arrays(net)]
+    users, positives = np.array([0, 2]), np.array([3, 0])
+    known = np.unique(users * 4 + positives)
+    # Each negative drawn is its own user's positive (user 0 draws 3, user 2 draws 0).
+    loss = learn_bpr_epoch(
+        users, positives, np.array([3, 0]), np.ones(2, np.float32), known, *_arrays(net), 0.5, 0.1
+    )
+    assert loss == 0.0
+    for now, then in zip(_arrays(net), before, strict=True):
+        np.testing.assert_array_equal(now, then)
+
+
+def test_learn_bpr_refuses_arrays_it_cannot_update_in_place() -> None:
+    net = _Factors(num_users=2, num_items=2, dim=2)
+    users: Any = _arrays(net)[0].astype(np.float64)  # what the loop cannot update in place
+    items = _arrays(net)[1]
+    one = np.array([0])
+    with pytest.raises(ValueError, match="float32"):
+        learn_bpr_epoch(one, one, one + 1, np.ones(1, np.float32), one, users, items,
+                        _arrays(net)[2], 0.1, 0.0)  # fmt: skip
 
 
 def test_bpr_defaults_are_the_benchmarks_settings() -> None:
     cfg = BPRConfig()
-    # Cornac's BPR in Microsoft Recommenders' MovieLens benchmark: k=200, lambda_reg=0.001.
-    assert (cfg.loss, cfg.dim, cfg.l2) == ("bpr", 200, 1e-3)
+    # Cornac's BPR in Microsoft Recommenders' benchmark: k=200, lr 0.01, lambda_reg=0.001.
+    assert (cfg.loss, cfg.dim, cfg.lr, cfg.l2, cfg.epochs) == ("bpr", 200, 0.01, 1e-3, 200)
     with pytest.raises(ValueError, match="loss"):
         BPRConfig.model_validate({"loss": "softmax"})

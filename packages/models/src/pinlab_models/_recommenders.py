@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import torch.nn.functional as F  # noqa: N812 - the PyTorch convention
 from torch import nn
 
 from pinlab_data.contracts import Float32Array, Int64Array, InteractionLog
+from pinlab_models._learn_bpr import learn_bpr_epoch
 from pinlab_models._runtime import (
     Stopwatch,
     check_users,
@@ -100,27 +102,15 @@ class _Factors(nn.Module):
         return result
 
 
-def _pair_keys(users: torch.Tensor, items: torch.Tensor, num_items: int) -> torch.Tensor:
-    return users * num_items + items
-
-
-def _is_positive(
-    known: torch.Tensor, users: torch.Tensor, items: torch.Tensor, num_items: int
-) -> torch.Tensor:
-    """Whether each (user, item) is among `known`, the sorted keys of the training pairs."""
-    keys = _pair_keys(users, items, num_items)
-    where = torch.searchsorted(known, keys).clamp(max=len(known) - 1)
-    return known[where] == keys
-
-
 class MatrixFactorization:
     """User and item factors (and an item bias) whose dot product ranks items.
 
     `bpr` is LearnBPR (Rendle et al., 2009): SGD on the pairwise loss of each positive against
     one item drawn uniformly among those the user has not interacted with (a draw that hits a
-    positive is skipped, as Cornac does), with per-sample L2. A batch applies its samples'
-    steps together, each of size `lr`. `softmax` scores the positive against the full
-    catalogue (or `negatives` uniform samples when the catalogue is larger), trained by Adam.
+    positive is skipped, as Cornac does), with per-sample L2, one sample at a time
+    (`_learn_bpr`, on the CPU; the fitted model scores on `ctx.device`). `softmax` scores the
+    positive against the full catalogue (or `negatives` uniform samples when the catalogue is
+    larger), trained by Adam in batches.
     """
 
     def __init__(self, config: MFConfig | None = None, name: str = "mf") -> None:
@@ -136,25 +126,56 @@ class MatrixFactorization:
             raise PinlabModelError("no training interactions; check the dataset and the split")
         cfg = self.config
         gen = seed_everything(ctx.seed)
-        self.device = ctx.device
+        # LearnBPR is sequential: it trains on the CPU whatever the device.
+        self.device = "cpu" if cfg.loss == "bpr" else ctx.device
         self.net = net = _Factors(train.num_users, train.num_items, cfg.dim, cfg.init_std)
+        net.to(self.device)
+        train_epoch = (
+            self._learn_bpr_epochs(train, gen)
+            if cfg.loss == "bpr"
+            else self._softmax_epochs(train, gen)
+        )
+        report = run_epochs(
+            self, net, train_epoch, epochs=cfg.epochs, patience=cfg.patience, ctx=ctx,
+            validate=validate,
+        )  # fmt: skip
         net.to(ctx.device)
-        users = torch.from_numpy(train.users).to(ctx.device)
-        items = torch.from_numpy(train.items).to(ctx.device)
-        weights = torch.from_numpy(train.weights).to(ctx.device)
+        self.device = ctx.device
+        return report
+
+    def _learn_bpr_epochs(self, train: InteractionLog, gen: torch.Generator) -> Callable[[], float]:
+        assert self.net is not None
+        cfg, net = self.config, self.net
+        users, items = train.users.astype(np.int64), train.items.astype(np.int64)
+        weights = (train.weights / train.weights.mean()).astype(np.float32)
+        known = np.unique(users * train.num_items + items)
+        # Views of the parameters: the compiled loop updates them in place.
+        user_factors = net.users.weight.detach().numpy()
+        item_factors = net.items.weight.detach().numpy()
+        item_bias = net.bias.detach().numpy()
+
+        def train_epoch() -> float:
+            order = torch.randperm(len(train), generator=gen).numpy()
+            negatives = torch.randint(0, train.num_items, (len(train),), generator=gen).numpy()
+            total = learn_bpr_epoch(
+                users[order], items[order], negatives, weights[order], known,
+                user_factors, item_factors, item_bias, cfg.lr, cfg.l2,
+            )  # fmt: skip
+            return total / len(train)
+
+        return train_epoch
+
+    def _softmax_epochs(self, train: InteractionLog, gen: torch.Generator) -> Callable[[], float]:
+        assert self.net is not None
+        cfg, net = self.config, self.net
+        users = torch.from_numpy(train.users).to(self.device)
+        items = torch.from_numpy(train.items).to(self.device)
+        weights = torch.from_numpy(train.weights).to(self.device)
         weights = weights / weights.mean()
-        known = torch.unique(_pair_keys(users, items, train.num_items))
         optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr)
         steps = max(1, -(-len(train) // cfg.batch_size))
 
         def step(batch: torch.Tensor) -> float:
-            if cfg.loss == "bpr":
-                negatives = torch.randint(0, train.num_items, (len(batch),), generator=gen)
-                negatives = negatives.to(ctx.device)
-                fresh = ~_is_positive(known, users[batch], negatives, train.num_items)
-                return _learn_bpr_step(
-                    net, users[batch], items[batch], negatives, weights[batch] * fresh, cfg
-                )
             losses = self._softmax_losses(users[batch], items[batch], train.num_items, gen)
             loss = (losses * weights[batch]).mean()
             optimizer.zero_grad(set_to_none=True)
@@ -164,16 +185,13 @@ class MatrixFactorization:
 
         def train_epoch() -> float:
             net.train()
-            order = torch.randperm(len(train), generator=gen).to(ctx.device)
+            order = torch.randperm(len(train), generator=gen).to(self.device)
             total = sum(
                 step(order[i * cfg.batch_size : (i + 1) * cfg.batch_size]) for i in range(steps)
             )
             return total / len(train)
 
-        return run_epochs(
-            self, net, train_epoch, epochs=cfg.epochs, patience=cfg.patience, ctx=ctx,
-            validate=validate,
-        )  # fmt: skip
+        return train_epoch
 
     def _softmax_losses(
         self, users: torch.Tensor, items: torch.Tensor, num_items: int, gen: torch.Generator
@@ -220,38 +238,3 @@ class MatrixFactorization:
         net.load_state_dict(payload["state"])
         model.net = net
         return model
-
-
-def _learn_bpr_step(
-    net: _Factors,
-    users: torch.Tensor,
-    positives: torch.Tensor,
-    negatives: torch.Tensor,
-    weights: torch.Tensor,
-    cfg: MFConfig,
-) -> float:
-    """One SGD step per (user, positive, negative) on -log sigmoid(x_ui - x_uj) + L2 / 2.
-
-    The gradient is written out (it is three lines) rather than left to autograd, which on
-    CPU spends most of its time building dense gradients of whole embedding tables.
-    Returns the summed BPR loss of the batch before the step (weighted, without the L2).
-    """
-    with torch.no_grad():
-        u, vi, vj = (
-            net.users.weight[users],
-            net.items.weight[positives],
-            net.items.weight[negatives],
-        )
-        bi, bj = net.bias[positives], net.bias[negatives]
-        margin = (u * (vi - vj)).sum(dim=1) + bi - bj
-        # d/dx of -log sigmoid(x) is -sigmoid(-x); `pull` is the step along +x, per sample.
-        pull = torch.sigmoid(-margin) * weights
-        lr, shrink = cfg.lr, cfg.l2 * weights
-        net.users.weight.index_add_(
-            0, users, lr * (pull[:, None] * (vi - vj) - shrink[:, None] * u)
-        )
-        net.items.weight.index_add_(0, positives, lr * (pull[:, None] * u - shrink[:, None] * vi))
-        net.items.weight.index_add_(0, negatives, lr * (-pull[:, None] * u - shrink[:, None] * vj))
-        net.bias.index_add_(0, positives, lr * (pull - shrink * bi))
-        net.bias.index_add_(0, negatives, lr * (-pull - shrink * bj))
-        return float((-F.logsigmoid(margin) * weights).sum())
