@@ -167,3 +167,23 @@ def test_no_test_target_reaches_a_model_before_its_refit(
             assert fit.validation_values == pytest.approx([on_valid] * 2), (
                 f"{name}: validated on something other than the validation targets"
             )
+
+
+def test_a_blend_fits_its_members_once_for_its_weight_search_and_never_on_test(
+    spy: None, dataset: Path, tmp_path: Path
+) -> None:
+    from pinlab_tasks.recsys import tune_and_refit
+
+    split = apply_protocol(interaction_log(load_dataset(dataset)), protocol_spec("stratified"))
+    TEST_TARGETS[0] = _targets(split.test.target)
+    blend = {"members": ("spy", "popularity"), "weights": None}
+    ctx = TrainContext(run_dir=tmp_path / "run", seed=0, progress=False)
+    _, record = tune_and_refit("ensemble", split, ctx, overrides=blend, trials=3)
+    assert len(record["search"]["trials"]) == 3
+    # Three trials of the spy's own search, one fit for all three weight trials, the refit.
+    *tuning, refit = FITS
+    assert len(tuning) == 4
+    assert refit.pairs == _pairs(split.test.train)
+    hidden = _pairs(split.test.target) - _pairs(split.test.train)
+    assert all(not fit.pairs & hidden for fit in tuning)
+    assert all(fit.pairs == _pairs(split.valid.train) for fit in tuning)

@@ -11,6 +11,7 @@ import pytest
 
 from pinlab_data.contracts import Float32Array, InteractionLog
 from pinlab_models import (
+    EnsembleConfig,
     MFConfig,
     PinlabModelError,
     Recommender,
@@ -18,6 +19,7 @@ from pinlab_models import (
     build_recommender,
     load_recommender,
     recommender_names,
+    recommender_spec,
 )
 
 FAST: dict[str, dict[str, Any]] = {
@@ -226,6 +228,14 @@ def test_ensemble_blends_standardised_member_scores(tmp_path: Path) -> None:
     np.testing.assert_allclose(model.score(users), 0.75 * parts[0] + 0.25 * parts[1], atol=1e-5)
     with pytest.raises(PinlabModelError, match="one weight per member"):
         build_recommender("ensemble", {"members": ("ease", "ials"), "weights": (1.0,)})
+    # The same blend over members fitted once: what a weight search scores per trial.
+    fitted = list(model.members)  # type: ignore[attr-defined]
+    config = EnsembleConfig.model_validate(settings)
+    reused = recommender_spec("ensemble").of_fitted
+    assert reused is not None
+    np.testing.assert_array_equal(reused(config, fitted).score(users), model.score(users))
+    with pytest.raises(PinlabModelError, match="2 members, got 1"):
+        reused(config, fitted[:1])
 
 
 @pytest.mark.parametrize(

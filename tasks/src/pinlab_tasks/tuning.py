@@ -22,6 +22,7 @@ from pinlab_models import (
     Choice,
     FloatRange,
     IntRange,
+    Recommender,
     Scorer,
     SearchParam,
     Simplex,
@@ -110,6 +111,7 @@ def search_on_validation(
     members = list(spec.members(config)) if spec.members else []
     k = int(metric.split("@")[1])
     probe_ctx = replace(ctx, run_dir=ctx.run_dir / "validation", progress=False)
+    fitted = _fit_members(config, members, split, probe_ctx) if spec.of_fitted else None
 
     def objective(trial: optuna.Trial) -> float:
         point = base | {n: _suggest(trial, n, p, members) for n, p in space.items()}
@@ -124,13 +126,16 @@ def search_on_validation(
                 raise optuna.TrialPruned
             return value
 
+        trial.set_user_attr("point", _jsonable(point))
+        if fitted is not None and spec.of_fitted is not None:
+            # A blend's trial only re-weighs members fitted once for the whole study.
+            return validate(spec.of_fitted(spec.config_type.model_validate(point), fitted))
         model = build_recommender(name, point)
         trial_ctx = replace(
             probe_ctx, run_dir=probe_ctx.run_dir / f"trial-{trial.number}", deadline=deadline
         )
         report = model.fit(split.valid.train, trial_ctx, validate)
         value = report.best_valid if report.best_valid is not None else validate(model)
-        trial.set_user_attr("point", _jsonable(point))
         if spec.epoch_field:
             trial.set_user_attr("epochs", report.best_epoch)
         return value
@@ -177,6 +182,20 @@ def search_on_validation(
         "budget_hit": bool(space) and len(study.trials) < trials,
         "seconds": round(time.perf_counter() - start, 2),
     }
+
+
+def _fit_members(
+    config: Any, members: Sequence[str], split: ProtocolSplit, ctx: TrainContext
+) -> list[Recommender]:
+    """A blend's members, each with its validated settings, fitted on the validation split's
+    training part."""
+    settings = getattr(config, "member_settings", {})
+    fitted = []
+    for member in members:
+        model = build_recommender(member, settings.get(member))
+        model.fit(split.valid.train, replace(ctx, run_dir=ctx.run_dir / member))
+        fitted.append(model)
+    return fitted
 
 
 def _trial_json(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -94,6 +94,18 @@ class Ensemble:
                 "members": payloads,
             },
         )
+
+    @classmethod
+    def of_fitted(cls, config: EnsembleConfig, members: Sequence[Recommender]) -> Ensemble:
+        """The blend of members already fitted (in `config.members` order): a search over
+        weights scores each trial without fitting the members again."""
+        if len(members) != len(config.members):
+            raise PinlabModelError(
+                f"the ensemble has {len(config.members)} members, got {len(members)} fitted"
+            )
+        model = cls(config)
+        model.members = list(members)
+        return model
 
     @classmethod
     def from_checkpoint(

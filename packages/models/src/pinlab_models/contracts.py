@@ -385,16 +385,19 @@ class HybridConfig(BaseModel):
 class EnsembleConfig(BaseModel):
     """A weighted sum of member models' per-user standardised scores.
 
-    A full-rank item-item model and a low-rank factor model err differently, so their blend
-    ranks better than either (as in the Netflix Prize blends). `member_settings` holds each
-    member's own settings; `pinlab bench recsys` fills it with what validation chose.
+    A full-rank item-item model and low-rank factor models err differently, so their blend
+    ranks better than any one (as in the Netflix Prize blends). The default members won on
+    validation only: on ML-100K's three stratified splits, (DLAE, iALS, BPR) validated at a
+    mean ndcg@10 of 0.1864 against 0.1851 for (DLAE, iALS), 0.1841 for (DLAE, BPR) and
+    0.1859 with EASE and RP3beta added. `member_settings` holds each member's own settings;
+    `pinlab bench recsys` fills it with what validation chose.
     """
 
     model_config = ConfigDict(extra="forbid")
 
-    members: tuple[str, ...] = ("dlae", "ials")
+    members: tuple[str, ...] = ("dlae", "ials", "bpr")
     weights: tuple[PositiveFloat, ...] | None = Field(
-        default=(0.6, 0.4), description="One per member; None weighs them equally."
+        default=None, description="One per member; None weighs them equally."
     )
     member_settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
 

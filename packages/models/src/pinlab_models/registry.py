@@ -55,6 +55,9 @@ class RecommenderSpec:
     members: Callable[[Any], Sequence[str]] | None = None
     """For a blend: its members' names, given its config; they are tuned first and their
     validated settings reach it through the config's `member_settings`."""
+    of_fitted: Callable[[Any, Sequence[Recommender]], Recommender] | None = None
+    """For a blend: itself over members already fitted, so a search over its own settings
+    (weights) fits each member once, not once per trial."""
     uses_item_features: bool = False
     """Reads `TrainContext.item_features` (text or image embeddings per item)."""
     max_items: int | None = None
@@ -66,6 +69,11 @@ class RecommenderSpec:
         named = [*self.search_space, *([self.epoch_field] if self.epoch_field else [])]
         if self.members is not None:
             named.append("member_settings")
+        if (self.members is None) != (self.of_fitted is None):
+            raise PinlabModelError(
+                f"recommender {self.name!r}: a blend declares both "
+                "`members` and `of_fitted`, anything else neither"
+            )
         unknown = [f for f in named if f not in fields]
         if unknown:
             raise PinlabModelError(
@@ -262,12 +270,13 @@ register(
 register(
     RecommenderSpec(
         name="ensemble",
-        summary="Blend of standardised member scores (default: DLAE and iALS).",
+        summary="Blend of standardised member scores (default: DLAE, iALS and BPR).",
         config_type=EnsembleConfig,
         build=lambda cfg: Ensemble(cfg, build_member=build_recommender),
         from_checkpoint=lambda payload: Ensemble.from_checkpoint(payload, _from_payload),
         search_space={"weights": Simplex()},
         members=lambda cfg: cfg.members,
+        of_fitted=Ensemble.of_fitted,
         max_items=DENSE_ITEM_ITEM_LIMIT,
     )
 )
