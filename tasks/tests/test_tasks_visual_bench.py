@@ -12,7 +12,15 @@ import optuna
 import pytest
 
 from pinlab_data import PinlabDataError, SynthConfig, load_dataset, write_synth
-from pinlab_models import EncoderConfig, ImageEncoder, IntRange, Recipe, RecipeConfig, recipe_space
+from pinlab_models import (
+    EncoderConfig,
+    ImageEncoder,
+    IntRange,
+    Recipe,
+    RecipeConfig,
+    recipe_space,
+    train_with_recipe,
+)
 from pinlab_tasks import tuning, visual_bench
 from pinlab_tasks._output import stdout
 from pinlab_tasks.cli import run
@@ -105,7 +113,7 @@ def test_search_runs_its_trials_on_training_classes_only(
 ) -> None:
     """Trial 0 is the defaults; every image a trial fits or validates on is a training class's."""
     seen: list[np.ndarray] = []
-    real_train = visual_bench.train_with_recipe
+    real_train = train_with_recipe
 
     class Watched:
         def __init__(self, encoder: ImageEncoder) -> None:

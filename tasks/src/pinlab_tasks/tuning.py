@@ -4,7 +4,8 @@ Each registered recommender declares a search space (`RecommenderSpec.search_spa
 samples it with seeded TPE; every trial fits on `split.valid.train` and is scored on
 `split.valid.target` after each epoch, so models that train in epochs are early-stopped (and
 pruned by the median rule) inside their trial. The first trial is always the config's
-defaults. The test split is never read here.
+defaults. The test split is never read here. `run_study` is the study itself (seeded TPE,
+trial 0 enqueued, median pruning, trial and time budgets), shared with `pinlab bench visual`.
 """
 
 from __future__ import annotations
@@ -185,7 +186,7 @@ def run_study(
     """
     url = f"sqlite:///{storage}" if storage else None
     if url and study_name in optuna.study.get_all_study_names(url):
-        optuna.delete_study(study_name=study_name, storage=url)
+        optuna.delete_study(study_name=study_name, storage=url)  # a rerun into the same run
     study = optuna.create_study(
         study_name=study_name,
         storage=url,
