@@ -4,7 +4,8 @@ Each registered recommender declares a search space (`RecommenderSpec.search_spa
 samples it with seeded TPE; every trial fits on `split.valid.train` and is scored on
 `split.valid.target` after each epoch, so models that train in epochs are early-stopped (and
 pruned by the median rule) inside their trial. The first trial is always the config's
-defaults. The test split is never read here.
+defaults. The test split is never read here. `run_study` is the study itself (seeded TPE,
+trial 0 enqueued, median pruning, trial and time budgets), shared with `pinlab bench visual`.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def space_json(space: Mapping[str, SearchParam]) -> dict[str, Any]:
     return {name: param.model_dump() for name, param in space.items()}
 
 
-def _suggest(trial: optuna.Trial, name: str, param: SearchParam, members: Sequence[str]) -> Any:
+def suggest(trial: optuna.Trial, name: str, param: SearchParam, members: Sequence[str] = ()) -> Any:
     if isinstance(param, FloatRange):
         return trial.suggest_float(name, param.low, param.high, log=param.log)
     if isinstance(param, IntRange):
@@ -53,8 +54,8 @@ def _suggest(trial: optuna.Trial, name: str, param: SearchParam, members: Sequen
     return tuple(round(w / sum(raw), 6) for w in raw)
 
 
-def _defaults(
-    space: Mapping[str, SearchParam], config: Mapping[str, Any], members: Sequence[str]
+def defaults_point(
+    space: Mapping[str, SearchParam], config: Mapping[str, Any], members: Sequence[str] = ()
 ) -> dict[str, Any]:
     """The config's own values in Optuna's parameter names, to enqueue as the first trial."""
     point: dict[str, Any] = {}
@@ -113,8 +114,8 @@ def search_on_validation(
     probe_ctx = replace(ctx, run_dir=ctx.run_dir / "validation", progress=False)
     fitted = _fit_members(config, members, split, probe_ctx) if spec.of_fitted else None
 
-    def objective(trial: optuna.Trial) -> float:
-        point = base | {n: _suggest(trial, n, p, members) for n, p in space.items()}
+    def objective(trial: optuna.Trial, deadline: float | None) -> float:
+        point = base | {n: suggest(trial, n, p, members) for n, p in space.items()}
         curve: list[tuple[int, float]] = []
 
         def validate(scorer: Scorer) -> float:
@@ -140,7 +141,54 @@ def search_on_validation(
             trial.set_user_attr("epochs", report.best_epoch)
         return value
 
-    study_name = f"{name}-seed{ctx.seed}"
+    study, seconds = run_study(
+        f"{name}-seed{ctx.seed}",
+        objective,
+        first=defaults_point(space, config.model_dump(), members) if space else None,
+        trials=max(trials, 1) if space else 1,
+        budget_seconds=budget_seconds,
+        seed=ctx.seed,
+        storage=storage,
+        on_trial=on_trial,
+    )
+    best = best_trial(study)
+    chosen = dict(best.user_attrs["point"])
+    if spec.epoch_field:
+        chosen[spec.epoch_field] = best.user_attrs["epochs"]
+    return chosen, record | {
+        "trials": [trial_json(t) for t in study.trials],
+        "chosen": chosen,
+        "valid_value": round(float(best.value or 0.0), 5),
+        "boundary": on_edges(space, chosen),
+        "budget_hit": bool(space) and len(study.trials) < trials,
+        "seconds": seconds,
+    }
+
+
+Objective = Callable[[optuna.Trial, float | None], float]
+"""One trial: gets the trial and the search's deadline (a `time.monotonic()`, or None)."""
+
+
+def run_study(
+    study_name: str,
+    objective: Objective,
+    *,
+    first: Mapping[str, Any] | None,
+    trials: int,
+    budget_seconds: float | None,
+    seed: int,
+    storage: Path | None,
+    on_trial: OnTrial | None = None,
+    prune_after: int = 4,
+    warmup_epochs: int = 2,
+) -> tuple[optuna.Study, float]:
+    """Run a seeded-TPE study of at most `trials` trials and `budget_seconds`; its seconds.
+
+    `first` (Optuna parameter names) is enqueued as trial 0. The median pruner stops a trial
+    whose reported validation curve falls under the median of earlier trials at the same
+    epoch, once `prune_after` trials are complete and past `warmup_epochs`. The study is kept
+    in `storage` (SQLite) when given, replacing one of the same name (a rerun into a run).
+    """
     url = f"sqlite:///{storage}" if storage else None
     if url and study_name in optuna.study.get_all_study_names(url):
         optuna.delete_study(study_name=study_name, storage=url)  # a rerun into the same run
@@ -148,40 +196,34 @@ def search_on_validation(
         study_name=study_name,
         storage=url,
         direction="maximize",
-        sampler=optuna.samplers.TPESampler(seed=ctx.seed, n_startup_trials=min(8, trials)),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=2),
+        sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(8, trials)),
+        pruner=optuna.pruners.MedianPruner(
+            n_startup_trials=prune_after, n_warmup_steps=warmup_epochs
+        ),
     )
-    if space:
-        study.enqueue_trial(_defaults(space, config.model_dump(), members))
+    if first is not None:
+        study.enqueue_trial(dict(first))
 
     def report_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if on_trial is not None:
-            on_trial(_trial_json(trial))
+            on_trial(trial_json(trial))
 
     start = time.perf_counter()
     # Epoch training stops at the budget too, so one long trial cannot overrun it.
     deadline = time.monotonic() + budget_seconds if budget_seconds else None
     study.optimize(
-        objective,
-        n_trials=max(trials, 1) if space else 1,
+        lambda trial: objective(trial, deadline),
+        n_trials=trials,
         timeout=budget_seconds,
         callbacks=[report_trial],
         catch=(),
     )
+    return study, round(time.perf_counter() - start, 2)
+
+
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    best = max(complete, key=lambda t: float(t.value or 0.0))
-    chosen = dict(best.user_attrs["point"])
-    if spec.epoch_field:
-        chosen[spec.epoch_field] = best.user_attrs["epochs"]
-    boundary = [n for n, p in space.items() if p.on_edge(chosen[n])]
-    return chosen, record | {
-        "trials": [_trial_json(t) for t in study.trials],
-        "chosen": chosen,
-        "valid_value": round(float(best.value or 0.0), 5),
-        "boundary": boundary,
-        "budget_hit": bool(space) and len(study.trials) < trials,
-        "seconds": round(time.perf_counter() - start, 2),
-    }
+    return max(complete, key=lambda t: float(t.value or 0.0))
 
 
 def _fit_members(
@@ -198,7 +240,12 @@ def _fit_members(
     return fitted
 
 
-def _trial_json(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+def on_edges(space: Mapping[str, SearchParam], chosen: Mapping[str, Any]) -> list[str]:
+    """The searched settings whose chosen value sits on the edge of its range."""
+    return [n for n, p in space.items() if n in chosen and p.on_edge(chosen[n])]
+
+
+def trial_json(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
     return {
         "number": trial.number,
         "params": trial.user_attrs.get("point", trial.params),

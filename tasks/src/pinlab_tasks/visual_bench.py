@@ -9,22 +9,34 @@ the others), and linear-probe accuracy (logistic regression on frozen embeddings
 half the evaluation images and scored on the other half). Baselines: raw pixels and the
 untrained encoder.
 
-Selection: each recipe's epochs are early-stopped (up to a cap) on validation classes, half of
-the training classes, while it fits the other half; it is then refitted on all training classes
-for the chosen epochs. Only epochs are searched: a wider grid does not fit the 2-core budget.
-The whole pipeline repeats over `seeds` class splits (and training seeds); rows report the
-mean, standard deviation and per-seed values.
+Selection, blind to the test classes: inside the training classes, `validation_classes`
+holds half the classes out for validation and fits on the rest. Each recipe's settings are
+searched there (`pinlab_models.RECIPE_SEARCH_SPACES`: learning rate, weight decay, batch size,
+crop scale, and the loss's own temperature or proxy margin, scale and learning rate) by an
+Optuna study: seeded TPE, the recipe's defaults (`RECIPE_ENCODER`, `RECIPE_SETTINGS`) as trial
+0, every trial's epochs early-stopped (up to the cap) on validation-class recall@1, the median
+rule pruning weak curves. The best trial's settings and epochs are then refitted on all
+training classes and measured on the test classes. The whole pipeline repeats over `seeds`
+class splits (and training seeds); rows report the mean, standard deviation and per-seed
+values, and which chosen settings sit on the edge of their range.
+
+Budget: by default each recipe and split gets at most `DEFAULT_TRIALS` trials and
+`DEFAULT_BUDGET_SECONDS` seconds of search (trial 0 always runs whole; later trials stop their
+epochs at the deadline). On 2 CPU cores the time binds first: the defaults alone take 25-60 s
+per recipe, so 90 s buys 2-4 trials, and the three-split bench on the default world takes
+about twice the 10-14 min of choosing epochs alone. `trials=1` is that epochs-only run.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import optuna
 import torch
 import torch.nn.functional as F  # noqa: N812 - the PyTorch convention
 
@@ -49,24 +61,36 @@ from pinlab_models import (
     ImageEncoder,
     Recipe,
     RecipeConfig,
+    SearchParam,
     TrainContext,
+    recipe_space,
     resolve_device,
     seed_everything,
+    split_settings,
     train_with_recipe,
 )
 from pinlab_tasks._measure import peak_rss
 from pinlab_tasks.runs import RunLayout
+from pinlab_tasks.tuning import (
+    best_trial,
+    defaults_point,
+    on_edges,
+    run_study,
+    space_json,
+    suggest,
+    trial_json,
+)
 
 RECIPES: tuple[Recipe, ...] = ("supcon", "simclr", "proxy-anchor")
 RAW_SIDE = 32
 """Raw-pixel baseline: images average-pooled to at most this side, so its width stays small."""
 TARGET_RECALL_AT_1 = 0.90
+DEFAULT_TRIALS = 8
+DEFAULT_BUDGET_SECONDS = 90.0
 
-# The epochs are caps for the validation-class early stopping. The other settings come from
-# an earlier sweep on the default world's reported classes, and are not searched here (the
-# 2-core budget allows epochs only); their validation-class choice is still to do. SimCLR
-# learns without labels, so it sees fewer epochs at twice the cost each and stronger views
-# (SimCLR's own advice: crops, colour, grey).
+# Each recipe's starting point (the search's trial 0) and its epoch cap. SimCLR learns
+# without labels, so it sees fewer epochs at twice the cost each and strong views (SimCLR's
+# own advice: crops, colour, grey); its rotation, hue and grey chance are not searched.
 RECIPE_ENCODER: dict[Recipe, dict[str, Any]] = {
     "supcon": {"epochs": 40},
     "simclr": {"epochs": 15},
@@ -114,12 +138,15 @@ def bench_visual(
     device: str = "auto",
     progress: bool = True,
     seeds: int = 3,
+    trials: int = DEFAULT_TRIALS,
+    budget_seconds: float | None = DEFAULT_BUDGET_SECONDS,
 ) -> dict[str, Any]:
     """Every recipe and baseline over `seeds` class splits; mean, spread and per-seed values.
 
-    Split s uses seed `seed + s` for its classes and its training. Each recipe's epochs are
-    early-stopped on validation classes carved out of the training classes, then the encoder
-    is refitted on all training classes for that many epochs and measured on the test classes.
+    Split s uses seed `seed + s` for its classes and its training. Each recipe's settings and
+    epochs are searched (at most `trials` trials and `budget_seconds`, per recipe and split;
+    None or 0: no time limit) on validation classes carved out of the training classes, then
+    the encoder is refitted on all training classes and measured on the test classes.
     """
     started = time.perf_counter()
     unknown = [r for r in recipes or () if r not in RECIPES]
@@ -127,6 +154,8 @@ def bench_visual(
         raise PinlabDataError(f"unknown recipe {unknown[0]!r}; choose from {', '.join(RECIPES)}")
     if seeds < 1:
         raise PinlabDataError(f"--seeds must be at least 1, got {seeds}")
+    check_search(trials, budget_seconds)
+    search = Search(trials, budget_seconds or None, run.root / "optuna.db")
     chosen = [r for r in RECIPES if recipes is None or r in recipes]
     ds = load_dataset(data_dir)
     images = packed_images(ds)
@@ -145,14 +174,17 @@ def bench_visual(
             "encoder": base.model_dump(),
             "recipe_encoder": RECIPE_ENCODER,
             "recipe_settings": RECIPE_SETTINGS,
+            "trials": trials,
+            "budget_seconds": search.budget_seconds,
         },
         data_dir,
     )
     splits = []
     for s in range(seeds):
         split = _bench_split(
-            images, labels, pin_ids, chosen, max_epochs, base, seed + s, device, run, progress
-        )
+            images, labels, pin_ids, chosen, max_epochs, base, seed + s, device, run, progress,
+            search,
+        )  # fmt: skip
         # Each finished split is kept, so a bench stopped part-way still has its seeds.
         write_json_atomic(
             run.root / f"seed{split.seed}" / "rows.json",
@@ -177,14 +209,21 @@ def bench_visual(
         "run_dir": str(run.root),
         "protocol": {
             "name": first.protocol.name,
-            "selection": "epochs early-stopped on validation-class recall@1 (half the training "
-            "classes), then refitted on all training classes",
+            "selection": "settings searched (Optuna TPE, defaults first) and epochs "
+            "early-stopped on validation-class recall@1 (half the training classes, fitting "
+            "on the other half), then refitted on all training classes",
             "seeds": [split.seed for split in splits],
             "splits": [split.describe() for split in splits],
             "train_images": len(first.protocol.train),
             "test_images": len(first.protocol.test),
             "train_classes": first.protocol.train_classes,
             "test_classes": first.protocol.test_classes,
+        },
+        "search": {
+            "trials": trials,
+            "budget_seconds": search.budget_seconds,
+            "storage": str(search.storage),
+            "spaces": {r: space_json(recipe_space(r)) for r in chosen},
         },
         "device": device,
         "threads": torch.get_num_threads(),
@@ -200,6 +239,24 @@ def bench_visual(
     }
     write_json_atomic(run.root / "bench_visual.json", payload)
     return payload
+
+
+def check_search(trials: int, budget_seconds: float | None) -> None:
+    if trials < 1:
+        raise PinlabDataError(f"--trials must be at least 1 (1: the defaults only), got {trials}")
+    if budget_seconds is not None and not budget_seconds >= 0:
+        raise PinlabDataError(
+            f"--budget must be seconds >= 0 (0: no time limit), got {budget_seconds:g}"
+        )
+
+
+@dataclass(frozen=True)
+class Search:
+    """How much searching each recipe gets per split, and where its studies are kept."""
+
+    trials: int
+    budget_seconds: float | None
+    storage: Path
 
 
 @dataclass
@@ -231,6 +288,7 @@ def _bench_split(
     device: str,
     run: RunLayout,
     progress: bool,
+    search: Search,
 ) -> _Split:
     protocol = visual_protocol(labels, pin_ids, seed)
     valid = validation_classes(protocol, labels, pin_ids, seed)
@@ -272,13 +330,15 @@ def _bench_split(
         recipe_config = RecipeConfig(recipe=recipe, **RECIPE_SETTINGS[recipe])
         directory = run.root / f"seed{seed}" / recipe
         # Only training rows go in: the test classes cannot sway the choice.
-        epochs = choose_epochs(
+        config, recipe_config, epochs, record = search_recipe(
             images[protocol.train],
             labels[protocol.train],
             pin_ids[protocol.train],
             config,
             recipe_config,
+            recipe_space(recipe) if search.trials > 1 else {},
             TrainContext(run_dir=directory / "valid", seed=seed, device=device, progress=progress),
+            search,
         )
         ctx = TrainContext(run_dir=directory, seed=seed, device=device, progress=progress)
         train_labels = None if recipe == "simclr" else dense[protocol.train]
@@ -301,38 +361,108 @@ def _bench_split(
             "epochs": epochs,
             "max_epochs": max_epochs[recipe],
             "train_seconds": round(train_seconds, 2),
+            "search": record,
         }
         rows[recipe] = row
         maps[recipe] = emb[protocol.test]
     return _Split(seed, protocol, valid, rows, maps)
 
 
-def choose_epochs(
+def search_recipe(
     images: np.ndarray,
     labels: np.ndarray,
     pin_ids: np.ndarray,
     config: EncoderConfig,
     recipe: RecipeConfig,
+    space: dict[str, SearchParam],
     ctx: TrainContext,
-) -> int:
-    """Epochs for `recipe`: early-stopped (up to `config.epochs`) on validation-class recall@1.
+    search: Search,
+) -> tuple[EncoderConfig, RecipeConfig, int, dict[str, Any]]:
+    """The settings and epochs validation classes choose for `recipe`, and the search's record.
 
     Takes the training rows only: `visual_protocol` applied to them again (as
-    `validation_classes` does) fits on half the training classes and validates on the others.
+    `validation_classes` does) fits on half the training classes and validates on the
+    others, after every epoch (recall@1). Trial 0 is `config` and `recipe` as given, with its
+    epochs early-stopped up to `config.epochs`; an empty `space` runs that trial alone.
     """
     inner = visual_protocol(labels, pin_ids, ctx.seed)
     dense = np.unique(labels, return_inverse=True)[1].astype(np.int64)
-    valid_images, valid_labels = images[inner.test], dense[inner.test]
-
-    def validate(encoder: ImageEncoder) -> float:
-        report = evaluate_retrieval(
-            encoder.embed(valid_images), valid_labels, ks=(1,), protocol="valid"
-        )
-        return report.metrics["recall@1"]
-
+    fit_images, valid_images, valid_labels = (
+        images[inner.train],
+        images[inner.test],
+        dense[inner.test],
+    )
     fit_labels = None if recipe.recipe == "simclr" else dense[inner.train]
-    _, report = train_with_recipe(images[inner.train], fit_labels, config, recipe, ctx, validate)
-    return max(1, report.best_epoch)
+    start = config.model_dump() | recipe.model_dump()
+
+    def objective(trial: optuna.Trial, deadline: float | None) -> float:
+        point = {name: suggest(trial, name, param) for name, param in space.items()}
+        trial.set_user_attr("point", point)
+        curve: list[tuple[int, float]] = []
+
+        def validate(encoder: ImageEncoder) -> float:
+            report = evaluate_retrieval(
+                encoder.embed(valid_images), valid_labels, ks=(1,), protocol="valid"
+            )
+            value = report.metrics["recall@1"]
+            curve.append((len(curve) + 1, value))
+            trial.set_user_attr("curve", curve)
+            trial.report(value, len(curve))
+            if trial.should_prune():
+                raise optuna.TrialPruned
+            return value
+
+        encoder_update, recipe_update = split_settings(point)
+        # The defaults always run whole: the budget bounds the exploration beyond them.
+        trial_ctx = replace(
+            ctx,
+            run_dir=ctx.run_dir / f"trial-{trial.number}",
+            deadline=None if trial.number == 0 else deadline,
+        )
+        _, report = train_with_recipe(
+            fit_images,
+            fit_labels,
+            config.model_copy(update=encoder_update),
+            recipe.model_copy(update=recipe_update),
+            trial_ctx,
+            validate,
+        )
+        trial.set_user_attr("epochs", max(1, report.best_epoch))
+        return float(report.best_valid or 0.0)
+
+    study, seconds = run_study(
+        f"{recipe.recipe}-seed{ctx.seed}",
+        objective,
+        first=defaults_point(space, start),
+        trials=search.trials if space else 1,
+        budget_seconds=search.budget_seconds,
+        seed=ctx.seed,
+        storage=search.storage,
+        prune_after=2,
+        warmup_epochs=5,
+    )
+    best = best_trial(study)
+    chosen = dict(best.user_attrs["point"])
+    encoder_update, recipe_update = split_settings(chosen)
+    epochs = int(best.user_attrs["epochs"])
+    record = {
+        "space": space_json(space),
+        "metric": "recall@1",
+        "defaults": {name: start[name] for name in space},
+        "chosen": chosen,
+        "epochs": epochs,
+        "valid_value": round(float(best.value or 0.0), 5),
+        "best_trial": best.number,
+        "boundary": on_edges(space, chosen),
+        "trials": [trial_json(t) for t in study.trials],
+        "seconds": seconds,
+    }
+    return (
+        config.model_copy(update=encoder_update),
+        recipe.model_copy(update=recipe_update),
+        epochs,
+        record,
+    )
 
 
 def _summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -354,7 +484,13 @@ def _summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         summary[key] = round(float(np.mean(values)), 1) if values else None
     if not first["baseline"]:
         chosen = [r["epochs"] for r in rows]
+        searches = [r["search"] for r in rows]
         summary |= {
+            "settings_per_seed": [s["chosen"] for s in searches],
+            "trials_per_seed": [len(s["trials"]) for s in searches],
+            # A chosen setting at the edge of its range: the best may lie beyond it.
+            "on_edge_per_seed": [s["boundary"] for s in searches],
+            "search_per_seed": searches,
             "epochs_per_seed": chosen,
             "max_epochs": first["max_epochs"],
             # The search could not look past its cap: more epochs might have helped.

@@ -18,9 +18,12 @@ from pinlab_models._ensemble import Ensemble
 from pinlab_models._ials import ImplicitALS
 from pinlab_models._linear import ItemItem, interaction_matrix
 from pinlab_models._recipes import (
+    RECIPE_SEARCH_SPACES,
     ProxyAnchorLoss,
     nt_xent_loss,
     product_augment,
+    recipe_space,
+    split_settings,
     train_with_recipe,
 )
 from pinlab_models._recommenders import MatrixFactorization, Popularity
@@ -70,6 +73,7 @@ from pinlab_models.registry import (
 )
 
 __all__ = [
+    "RECIPE_SEARCH_SPACES",
     "AlignConfig",
     "BPRConfig",
     "CNNEncoder",
@@ -123,12 +127,14 @@ __all__ = [
     "load_recommender",
     "nt_xent_loss",
     "product_augment",
+    "recipe_space",
     "recommender_names",
     "recommender_spec",
     "register",
     "register_encoder_arch",
     "resolve_device",
     "seed_everything",
+    "split_settings",
     "supcon_loss",
     "train_alignment",
     "train_encoder",

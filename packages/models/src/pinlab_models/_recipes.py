@@ -8,6 +8,8 @@ torch on whole batches. On CUDA, bfloat16 autocast and channels_last are used wh
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Mapping
 from contextlib import nullcontext
 from typing import Any
 
@@ -21,15 +23,72 @@ from pinlab_models._cnn_encoder import CNNEncoder, EncoderValidator, supcon_loss
 from pinlab_models._runtime import EarlyStopping, EpochLog, Stopwatch, epoch_progress
 from pinlab_models._runtime import seed_everything as _seed
 from pinlab_models.contracts import (
+    Choice,
     EncoderConfig,
     EpochRecord,
     FitReport,
+    FloatRange,
     PinlabModelError,
+    Recipe,
     RecipeConfig,
+    SearchParam,
     TrainContext,
 )
 
 LABELLED = frozenset({"supcon", "proxy-anchor"})
+
+_LR = FloatRange(low=2e-4, high=2e-2, log=True)
+_WEIGHT_DECAY = FloatRange(low=1e-5, high=2e-2, log=True)
+_BATCH = Choice(values=(32, 64, 128))
+RECIPE_SEARCH_SPACES: dict[Recipe, dict[str, SearchParam]] = {
+    "supcon": {
+        "lr": _LR,
+        "weight_decay": _WEIGHT_DECAY,
+        "temperature": FloatRange(low=0.03, high=0.4, log=True),
+        "batch_size": _BATCH,
+        "crop_scale": FloatRange(low=0.2, high=0.95),
+    },
+    # No labels: the views carry all the signal, so their strength is searched more widely.
+    "simclr": {
+        "lr": _LR,
+        "weight_decay": _WEIGHT_DECAY,
+        "temperature": FloatRange(low=0.03, high=0.5, log=True),
+        "batch_size": _BATCH,
+        "crop_scale": FloatRange(low=0.08, high=0.8),
+        "color_jitter": FloatRange(low=0.05, high=0.8),
+    },
+    "proxy-anchor": {
+        "lr": _LR,
+        "weight_decay": _WEIGHT_DECAY,
+        "proxy_margin": FloatRange(low=0.0, high=0.3),
+        "proxy_alpha": FloatRange(low=8.0, high=128.0, log=True),
+        "proxy_lr_scale": FloatRange(low=10.0, high=1000.0, log=True),
+        "batch_size": Choice(values=(16, 32, 64, 128)),
+        "crop_scale": FloatRange(low=0.2, high=0.95),
+    },
+}
+"""The settings worth searching per recipe, as `EncoderConfig` or `RecipeConfig` field names.
+
+Wide enough that the usual defaults sit inside, on log scales for rates and scales."""
+
+
+def recipe_space(recipe: Recipe) -> dict[str, SearchParam]:
+    return dict(RECIPE_SEARCH_SPACES[recipe])
+
+
+def split_settings(settings: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Flat settings (a search point) as (`EncoderConfig` update, `RecipeConfig` update)."""
+    unknown = [
+        k for k in settings if k not in EncoderConfig.model_fields | RecipeConfig.model_fields
+    ]
+    if unknown:
+        raise PinlabModelError(
+            f"{unknown[0]!r} is neither an EncoderConfig nor a RecipeConfig field"
+        )
+    encoder = {k: v for k, v in settings.items() if k in EncoderConfig.model_fields}
+    return encoder, {k: v for k, v in settings.items() if k not in encoder}
+
+
 _GREY = torch.tensor([0.299, 0.587, 0.114])
 
 
@@ -135,7 +194,8 @@ def train_with_recipe(
 ) -> tuple[CNNEncoder, FitReport]:
     """Train an encoder of `config.arch` with `recipe`; keeps the best validation epoch.
 
-    `labels` are required by supcon and proxy-anchor and ignored by simclr.
+    `labels` are required by supcon and proxy-anchor and ignored by simclr. With `validate`,
+    training also stops at the first epoch ending past `ctx.deadline`.
     """
     if len(images) < 2:
         raise PinlabModelError(f"need at least 2 images to train an encoder, got {len(images)}")
@@ -239,6 +299,8 @@ def train_with_recipe(
             progress.update(progress.task_ids[0], advance=1, status=status)
             if stopper.update(epoch, valid, net):
                 break
+            if validate and ctx.deadline is not None and time.monotonic() > ctx.deadline:
+                break  # out of time: keep the best epoch validated so far
     stopper.restore(net)
     if channels_last:
         net.to(memory_format=torch.contiguous_format)

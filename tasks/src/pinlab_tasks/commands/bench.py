@@ -17,7 +17,12 @@ from pinlab_tasks._output import busy, emit, stderr, stdout
 from pinlab_tasks.benchmarks import bench_recsys, item_text_features, render_recsys
 from pinlab_tasks.runs import RunLayout, new_run_dir
 from pinlab_tasks.tracking import tracked
-from pinlab_tasks.visual_bench import bench_visual
+from pinlab_tasks.visual_bench import (
+    DEFAULT_BUDGET_SECONDS,
+    DEFAULT_TRIALS,
+    bench_visual,
+    check_search,
+)
 
 app = typer.Typer(help="Measure pinlab's steps: time and peak memory.", no_args_is_help=True)
 
@@ -258,6 +263,22 @@ def visual(
     seeds: Annotated[
         int, typer.Option("--seeds", min=1, help="Class splits (and training seeds) to average.")
     ] = 3,
+    trials: Annotated[
+        int,
+        typer.Option(
+            "--trials",
+            help="Optuna trials per recipe and split, on validation classes; trial 0 is the "
+            "recipe's defaults, so 1 keeps them and only early-stops the epochs.",
+        ),
+    ] = DEFAULT_TRIALS,
+    budget: Annotated[
+        float,
+        typer.Option(
+            "--budget",
+            help="Seconds of search per recipe and split (the defaults' trial always "
+            "finishes); 0: no time limit, --trials alone stops the search.",
+        ),
+    ] = DEFAULT_BUDGET_SECONDS,
     seed: SeedOpt = None,
     device: DeviceOpt = None,
     as_json: JsonFlag = False,
@@ -266,15 +287,19 @@ def visual(
 
     Recall@1/@10, MAP@R and linear-probe accuracy on classes never trained on (or held-out
     images when there are fewer than 4 classes), images/s training and embedding, peak memory.
-    Epochs are chosen on validation classes inside the training classes; every number is a
-    mean over `--seeds` class splits, with its standard deviation and per-seed values.
+    Each recipe's settings (learning rate, weight decay, batch, crop, loss settings) and epochs
+    are searched with Optuna on validation classes inside the training classes, never on the
+    reported ones; every number is a mean over `--seeds` class splits, with its standard
+    deviation and per-seed values. `*` marks a chosen setting on the edge of its range.
 
-    Writes: RUN/{run.json, bench_visual.json, embedding_map_*.png, seedS/rows.json,
-    seedS/RECIPE/encoder.pt}.
+    Writes: RUN/{run.json, bench_visual.json, optuna.db, embedding_map_*.png, seedS/rows.json,
+    seedS/RECIPE/encoder.pt, seedS/RECIPE/valid/trial-N/metrics.jsonl}.
     """
+    check_search(trials, budget)  # before the run directory exists
     s = settings()
     layout = RunLayout(run or new_run_dir(s.runs_dir, "bench-visual"))
     params = {"data": str(data), "recipes": recipes, "epochs": epochs, "seeds": seeds,
+              "trials": trials, "budget": budget,
               "seed": s.seed if seed is None else seed}  # fmt: skip
     with tracked("bench visual", params, run_dir=layout.root) as tracker:
         payload = bench_visual(
@@ -286,6 +311,8 @@ def visual(
             device or s.device,
             progress=not as_json,
             seeds=seeds,
+            trials=trials,
+            budget_seconds=budget,
         )
         tracker.log_metrics(
             {
@@ -318,7 +345,12 @@ def visual(
         ):
             table.add_column(column, justify="left" if column == "recipe" else "right")
         for row in payload["results"]:
-            name = f"[dim]{row['recipe']}*[/]" if row["baseline"] else row["recipe"]
+            edge = any(row.get("on_edge_per_seed", []))
+            name = (
+                f"[dim]{row['recipe']} (baseline)[/]"
+                if row["baseline"]
+                else row["recipe"] + ("*" if edge else "")
+            )
             train = row["train_images_per_s"]
             epochs_used = (
                 "-"
@@ -338,11 +370,35 @@ def visual(
             )
         stdout.print(table)
         stdout.print(
-            "* baseline; epochs per seed, chosen on validation classes (! at the cap); r@k "
-            "recall@k; probe linear-probe accuracy; /s images per second"
+            "epochs per seed, chosen on validation classes (! at the cap); * a chosen setting "
+            "on the edge of its search range; r@k recall@k; probe linear-probe accuracy; /s "
+            "images per second"
         )
+        search = payload["search"]
+        budget_text = f"{search['budget_seconds']:g} s" if search["budget_seconds"] else "no"
+        stdout.print(
+            f"search per recipe and split: up to {search['trials']} trials, {budget_text} "
+            f"budget; study in {search['storage']}"
+        )
+        for row in payload["results"]:
+            if row["baseline"]:
+                continue
+            for split_seed, point, count, edges in zip(
+                protocol["seeds"],
+                row["settings_per_seed"],
+                row["trials_per_seed"],
+                row["on_edge_per_seed"],
+                strict=True,
+            ):
+                chosen = ", ".join(f"{k} {_short(v)}" for k, v in point.items()) or "defaults"
+                flag = f"; on the edge: {', '.join(edges)}" if edges else ""
+                stdout.print(f"{row['recipe']} seed {split_seed} ({count} trials): {chosen}{flag}")
         for name, ok in payload["targets"].items():
             stdout.print(f"target {name}: {'met' if ok else 'NOT met'}")
         stdout.print(f"embedding maps: {', '.join(payload['embedding_maps'].values())}")
 
     emit(payload, as_json, render)
+
+
+def _short(value: object) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
