@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from pinlab_data import leave_last_out
 from pinlab_data.contracts import Float32Array, Int64Array, InteractionLog
 from pinlab_eval import (
+    CandidateScorer,
     NegativeSampling,
     ProtocolSpec,
     apply_protocol,
@@ -352,6 +353,46 @@ def test_a_constant_scorer_ranks_the_target_last_not_first() -> None:
     flat = TableScorer(np.zeros((2, 6), dtype=np.float32))
     result = sampled_user_metrics(flat, target, np.array([[2, 3, 4], [2, 3, 5]]), ks=(3,))
     np.testing.assert_array_equal(result.per_user["hr@3"], [0.0, 0.0])
+
+
+class CandidateTable(TableScorer):
+    """A CandidateScorer over a table that counts the items it was asked about."""
+
+    def __init__(self, table: Float32Array) -> None:
+        super().__init__(table)
+        self.asked = 0
+
+    def score(self, users: Int64Array) -> Float32Array:
+        raise AssertionError("sampled evaluation must not score the whole catalogue")
+
+    def score_candidates(self, users: Int64Array, items: Int64Array) -> Float32Array:
+        self.asked += items.size
+        return np.take_along_axis(self.table[users], items, axis=1)
+
+
+def test_a_candidate_scorer_scores_only_the_candidates_and_agrees() -> None:
+    rng = np.random.default_rng(3)
+    table = rng.random((30, 50)).astype(np.float32)
+    table[4, 7] = np.nan  # NaN ranks last either way
+    target = log_of(list(range(30)), rng.integers(0, 50, 30).tolist(), num_items=50)
+    negatives = rng.integers(0, 50, (30, 9))
+    picky = CandidateTable(table)
+    assert isinstance(picky, CandidateScorer)
+    fast = sampled_user_metrics(picky, target, negatives, ks=(1, 5), batch_size=7)
+    slow = sampled_user_metrics(TableScorer(table), target, negatives, ks=(1, 5), batch_size=7)
+    assert picky.asked == 30 * 10
+    for name, values in slow.per_user.items():
+        np.testing.assert_array_equal(fast.per_user[name], values)
+
+
+def test_a_candidate_scorer_returning_the_wrong_shape_is_refused() -> None:
+    class Short(CandidateTable):
+        def score_candidates(self, users: Int64Array, items: Int64Array) -> Float32Array:
+            return super().score_candidates(users, items)[:, 1:]
+
+    target = log_of([0], [0], num_items=5)
+    with pytest.raises(ValueError, match="one score per candidate"):
+        sampled_user_metrics(Short(np.zeros((1, 5), np.float32)), target, np.array([[1, 2]]))
 
 
 def test_sampled_evaluation_needs_one_target_per_user() -> None:

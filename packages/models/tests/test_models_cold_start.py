@@ -41,10 +41,12 @@ def half_features(num_items: int = 24) -> Float32Array:
     return np.column_stack([side, 1 - side, noise]).astype(np.float32)
 
 
-def test_cold_items_are_ranked_by_their_features(tmp_path: Path) -> None:
+# 20 warm items: the full softmax, and a sampled one of 5 uniform draws per step.
+@pytest.mark.parametrize("negatives", [4096, 5])
+def test_cold_items_are_ranked_by_their_features(negatives: int, tmp_path: Path) -> None:
     log = tribes_with_cold_items()
     ctx = TrainContext(run_dir=tmp_path, progress=False, item_features=half_features())
-    model = HybridRecommender(FAST)
+    model = HybridRecommender(FAST.model_copy(update={"negatives": negatives}))
     model.fit(log, ctx)
     scores = model.score(np.arange(log.num_users, dtype=np.int64))
     cold_first, cold_second = [10, 11], [22, 23]

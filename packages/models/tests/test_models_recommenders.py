@@ -34,6 +34,9 @@ FAST: dict[str, dict[str, Any]] = {
     "ensemble": {"member_settings": {"ials": {"dim": 8, "iterations": 5, "l2": 1.0}}},
 }
 
+# Models whose scores are a user vector against item vectors, so any subset costs its size.
+CANDIDATE_SCORERS = {"popularity", "mf", "bpr", "ials", "sasrec", "two-tower", "hybrid"}
+
 
 def two_tribes(num_users: int = 40, num_items: int = 20, seed: int = 0) -> InteractionLog:
     """Even users like the first half of the items, odd users the second; item 0 is a hit."""
@@ -101,6 +104,21 @@ def test_every_recommender_meets_the_contract(name: str, tmp_path: Path) -> None
 
     with pytest.raises(PinlabModelError, match="out of range"):
         model.score(np.array([log.num_users], dtype=np.int64))
+
+    # Sampled evaluation scores only each user's candidates where a model can.
+    assert hasattr(model, "score_candidates") == (name in CANDIDATE_SCORERS)
+    if name in CANDIDATE_SCORERS:
+        picker: Any = model  # score_candidates is beyond the Recommender Protocol
+        candidates = np.array([[4, 0, 19], [19, 19, 2], [7, 8, 9]], dtype=np.int64)
+        picked = picker.score_candidates(users, candidates)
+        assert picked.dtype == np.float32
+        np.testing.assert_allclose(
+            picked, np.take_along_axis(scores, candidates, axis=1), rtol=1e-5, atol=1e-6
+        )
+        with pytest.raises(PinlabModelError, match="out of range"):
+            picker.score_candidates(users, candidates + log.num_items - 7)
+        with pytest.raises(PinlabModelError, match="one row per"):
+            picker.score_candidates(users, candidates[:2])
 
 
 @pytest.mark.parametrize("name", recommender_names())

@@ -36,6 +36,7 @@ from pinlab_eval._visual_protocols import linear_probe, validation_classes, visu
 from pinlab_eval.contracts import (
     Anchor,
     BenchSummary,
+    CandidateScorer,
     Comparison,
     Csr,
     Curve,
@@ -61,6 +62,7 @@ __all__ = [
     "ANCHORS",
     "Anchor",
     "BenchSummary",
+    "CandidateScorer",
     "Comparison",
     "ContentKNN",
     "Csr",

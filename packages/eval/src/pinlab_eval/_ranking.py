@@ -18,6 +18,7 @@ import numpy.typing as npt
 from pinlab_data import seen_csr
 from pinlab_data.contracts import Float32Array, Int64Array, InteractionLog, PinlabDataError
 from pinlab_eval.contracts import (
+    CandidateScorer,
     Csr,
     Float64Array,
     Holdout,
@@ -79,6 +80,37 @@ def _score_batch(scorer: Scorer, batch: Int64Array, num_items: int | None) -> Fl
         )
     if scores.shape[1] == 0:
         raise PinlabDataError("scorer returned no items; the catalogue is empty")
+    scores[np.isnan(scores)] = -np.inf
+    return scores
+
+
+def _candidate_scores(scorer: Scorer, users: Int64Array, candidates: Int64Array) -> FloatArray:
+    """Scores of each user's `candidates` row, NaN turned into -inf.
+
+    A `CandidateScorer` scores just those items; any other scorer scores the whole catalogue,
+    from which they are picked.
+    """
+    if isinstance(scorer, CandidateScorer):
+        raw = scorer.score_candidates(users, candidates)
+        if np.shape(raw) != candidates.shape:
+            raise PinlabDataError(
+                f"score_candidates returned shape {np.shape(raw)} for candidates of shape "
+                f"{candidates.shape}; expected one score per candidate"
+            )
+    else:
+        full = scorer.score(users)
+        if full.ndim != 2 or len(full) != len(users):
+            raise PinlabDataError(
+                f"scorer returned shape {full.shape} for {len(users)} users; "
+                "expected (num_users, num_items)"
+            )
+        if int(candidates.max()) >= full.shape[1]:
+            raise PinlabDataError(
+                f"candidate items run past the scorer's {full.shape[1]} items; sample negatives "
+                "from a log over the same catalogue"
+            )
+        raw = np.take_along_axis(full, candidates, axis=1)
+    scores = np.array(raw, dtype=np.promote_types(raw.dtype, np.float32))
     scores[np.isnan(scores)] = -np.inf
     return scores
 
@@ -399,19 +431,12 @@ def sampled_user_metrics(
     if batch_size <= 0:
         raise PinlabDataError(f"batch_size must be positive, got {batch_size}")
     ranks: list[Int64Array] = []
-    num_items: int | None = None
     for start in range(0, len(users), batch_size):
         rows = slice(start, start + batch_size)
-        scores = _score_batch(scorer, users[rows], num_items)
-        num_items = scores.shape[1]
-        if max(int(negatives[rows].max()), int(items[rows].max())) >= num_items:
-            raise PinlabDataError(
-                f"candidate items run past the scorer's {num_items} items; sample negatives "
-                "from a log over the same catalogue"
-            )
-        positive = scores[np.arange(len(scores)), items[rows]]
-        negative = np.take_along_axis(scores, negatives[rows], axis=1)
-        ranks.append((negative >= positive[:, None]).sum(axis=1).astype(np.int64))
+        # Column 0 is the held-out item, the rest its negatives.
+        candidates = np.concatenate([items[rows, None], negatives[rows]], axis=1)
+        scores = _candidate_scores(scorer, users[rows], candidates)
+        ranks.append((scores[:, 1:] >= scores[:, :1]).sum(axis=1).astype(np.int64))
     rank = np.concatenate(ranks)
     # The one relevant item sits at `rank`; past the longest cut-off it is simply not a hit.
     hits = rank[:, None] == np.arange(max(ks), dtype=np.int64)

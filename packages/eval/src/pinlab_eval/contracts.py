@@ -30,6 +30,17 @@ class Scorer(Protocol):
     def score(self, users: Int64Array) -> Float32Array: ...
 
 
+@runtime_checkable
+class CandidateScorer(Scorer, Protocol):
+    """A Scorer that can also score only given items per user, for sampled evaluation.
+
+    `score_candidates(users, items)` takes `items` of shape (len(users), n) and returns the
+    (len(users), n) scores `score(users)` would give them, without scoring the whole catalogue.
+    """
+
+    def score_candidates(self, users: Int64Array, items: Int64Array) -> Float32Array: ...
+
+
 Metrics = dict[str, float]
 
 

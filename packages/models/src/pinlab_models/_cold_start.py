@@ -19,6 +19,9 @@ from torch import nn
 from pinlab_data.contracts import Float32Array, Int64Array, InteractionLog
 from pinlab_models._runtime import (
     RECOMMENDER_CHECKPOINT,
+    check_candidates,
+    check_users,
+    gathered_dot,
     run_epochs,
     save_checkpoint,
     seed_everything,
@@ -66,9 +69,12 @@ class _HybridNet(nn.Module):
         content: torch.Tensor = self.content(self.features[items])
         return content + F.pad(ids, (0, 1))
 
+    def user_vectors(self, users: torch.Tensor) -> torch.Tensor:
+        """(len(users), dim + 1): the user's factors and a 1 that picks up the item's bias."""
+        return F.pad(self.users.weight[users], (0, 1), value=1.0)
+
     def scores(self, users: torch.Tensor, item_vectors: torch.Tensor) -> torch.Tensor:
-        user_vecs = F.pad(self.users.weight[users], (0, 1), value=1.0)
-        result: torch.Tensor = user_vecs @ item_vectors.T
+        result: torch.Tensor = self.user_vectors(users) @ item_vectors.T
         return result
 
 
@@ -76,8 +82,8 @@ class HybridRecommender:
     """Content-aware matrix factorisation: cold items are scored from their features alone.
 
     Needs `TrainContext.item_features`, one row per item of the log (its index order). The
-    loss is a softmax over the items seen in training, so items held out entirely are never
-    trained as negatives either.
+    loss is a softmax over the items seen in training (sampled uniformly among them past
+    `negatives` of them), so items held out entirely are never trained as negatives either.
     """
 
     name = "hybrid"
@@ -106,9 +112,27 @@ class HybridRecommender:
         position = np.cumsum(warm) - 1
         targets = torch.from_numpy(position[train.items]).to(ctx.device)
         warm_items = torch.from_numpy(np.flatnonzero(warm)).to(ctx.device)
+        train_items = torch.from_numpy(train.items).to(ctx.device)
         weights = torch.from_numpy(train.weights).to(ctx.device)
         weights = weights / weights.mean()
         steps = max(1, len(train) // cfg.batch_size)
+
+        def kept(items: torch.Tensor) -> torch.Tensor:
+            """Vectors of `items`, each dropping its id part with probability item_dropout."""
+            keep = torch.rand(len(items), generator=gen) >= cfg.item_dropout
+            return net.item_vectors(items, keep.to(ctx.device))
+
+        def logits_and_targets(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            if len(warm_items) <= cfg.negatives:
+                return net.scores(users[idx], kept(warm_items)), targets[idx]
+            # Sampled softmax: the positive against uniform draws among the warm items. A
+            # uniform proposal shifts every logit by the same log-probability, so no logQ term.
+            drawn = torch.randint(0, len(warm_items), (cfg.negatives,), generator=gen)
+            user_vecs = net.user_vectors(users[idx])
+            positive = (user_vecs * kept(train_items[idx])).sum(dim=1, keepdim=True)
+            negative = user_vecs @ kept(warm_items[drawn.to(ctx.device)]).T
+            zero = torch.zeros(len(idx), dtype=torch.long, device=ctx.device)
+            return torch.cat([positive, negative], dim=1), zero
 
         def train_epoch() -> float:
             net.train()
@@ -116,11 +140,10 @@ class HybridRecommender:
             total = 0.0
             for step in range(steps):
                 idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-                keep = torch.rand(len(warm_items), generator=gen) >= cfg.item_dropout
-                vectors = net.item_vectors(warm_items, keep.to(ctx.device))
-                logits = net.scores(users[idx], vectors) / cfg.temperature
+                logits, target = logits_and_targets(idx)
                 loss = (
-                    F.cross_entropy(logits, targets[idx], reduction="none") * weights[idx]
+                    F.cross_entropy(logits / cfg.temperature, target, reduction="none")
+                    * weights[idx]
                 ).mean()
                 optimizer.zero_grad(set_to_none=True)
                 torch.autograd.backward(loss)
@@ -138,11 +161,22 @@ class HybridRecommender:
         if self.net is None:
             raise PinlabModelError(f"{self.name} has not been fitted; call fit() or load it")
         net = self.net
-        if len(users) and (users.min() < 0 or users.max() >= net.users.num_embeddings):
-            raise PinlabModelError(f"user index out of range 0..{net.users.num_embeddings - 1}")
+        check_users(users, net.users.num_embeddings)
         net.eval()
         u = torch.from_numpy(np.asarray(users, dtype=np.int64)).to(self.device)
         return net.scores(u, net.item_vectors()).float().cpu().numpy()
+
+    @torch.no_grad()
+    def score_candidates(self, users: Int64Array, items: Int64Array) -> Float32Array:
+        if self.net is None:
+            raise PinlabModelError(f"{self.name} has not been fitted; call fit() or load it")
+        net = self.net
+        check_users(users, net.users.num_embeddings)
+        check_candidates(users, items, len(net.warm))
+        net.eval()
+        u = torch.from_numpy(np.asarray(users, dtype=np.int64)).to(self.device)
+        scores = gathered_dot(net.user_vectors(u), net.item_vectors(), items)
+        return scores.float().cpu().numpy()
 
     def save(self, path: Path) -> None:
         if self.net is None:

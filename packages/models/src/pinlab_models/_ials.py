@@ -20,7 +20,9 @@ from torch import nn
 from pinlab_data.contracts import Float32Array, Int64Array, InteractionLog
 from pinlab_models._linear import interaction_matrix
 from pinlab_models._runtime import (
+    check_candidates,
     check_users,
+    gathered_dot,
     require_fitted,
     run_epochs,
     save_recommender,
@@ -144,6 +146,15 @@ class ImplicitALS:
         check_users(users, self.net.users.shape[0])
         u = torch.from_numpy(np.asarray(users, dtype=np.int64))
         return (self.net.users[u] @ self.net.items.T).numpy()
+
+    @torch.no_grad()
+    def score_candidates(self, users: Int64Array, items: Int64Array) -> Float32Array:
+        require_fitted(self.net is not None, self.name)
+        assert self.net is not None
+        check_users(users, self.net.users.shape[0])
+        check_candidates(users, items, self.net.items.shape[0])
+        u = torch.from_numpy(np.asarray(users, dtype=np.int64))
+        return gathered_dot(self.net.users[u], self.net.items, items).numpy()
 
     def save(self, path: Path) -> None:
         require_fitted(self.net is not None, self.name)

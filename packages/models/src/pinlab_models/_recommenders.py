@@ -15,7 +15,9 @@ from pinlab_data.contracts import Float32Array, Int64Array, InteractionLog
 from pinlab_models._learn_bpr import learn_bpr_epoch
 from pinlab_models._runtime import (
     Stopwatch,
+    check_candidates,
     check_users,
+    gathered_dot,
     one_pass_report,
     require_fitted,
     run_epochs,
@@ -56,6 +58,13 @@ class Popularity:
         assert self.counts is not None
         check_users(users, self.num_users)
         return np.broadcast_to(self.counts, (len(users), len(self.counts))).copy()
+
+    def score_candidates(self, users: Int64Array, items: Int64Array) -> Float32Array:
+        require_fitted(self.counts is not None, self.name)
+        assert self.counts is not None
+        check_users(users, self.num_users)
+        check_candidates(users, items, len(self.counts))
+        return self.counts[items]
 
     def save(self, path: Path) -> None:
         require_fitted(self.counts is not None, self.name)
@@ -217,6 +226,17 @@ class MatrixFactorization:
         self.net.eval()
         u = torch.from_numpy(np.asarray(users, dtype=np.int64)).to(self.device)
         return self.net.scores(u).float().cpu().numpy()
+
+    @torch.no_grad()
+    def score_candidates(self, users: Int64Array, items: Int64Array) -> Float32Array:
+        require_fitted(self.net is not None, self.name)
+        assert self.net is not None
+        check_users(users, self.net.users.num_embeddings)
+        check_candidates(users, items, self.net.items.num_embeddings)
+        u = torch.from_numpy(np.asarray(users, dtype=np.int64)).to(self.device)
+        bias = self.net.bias[torch.from_numpy(np.asarray(items, dtype=np.int64)).to(self.device)]
+        scores = gathered_dot(self.net.users.weight[u], self.net.items.weight, items) + bias
+        return scores.float().cpu().numpy()
 
     def save(self, path: Path) -> None:
         require_fitted(self.net is not None, self.name)

@@ -223,6 +223,24 @@ def check_users(users: Int64Array, num_users: int) -> None:
         raise PinlabModelError(f"user index out of range 0..{num_users - 1}")
 
 
+def check_candidates(users: Int64Array, items: Int64Array, num_items: int) -> None:
+    """`items` of `score_candidates`: one row per user, every index in the catalogue."""
+    if items.ndim != 2 or len(items) != len(users):
+        raise PinlabModelError(
+            f"candidates have shape {items.shape}; expected one row per each of {len(users)} users"
+        )
+    if items.size and (items.min() < 0 or items.max() >= num_items):
+        raise PinlabModelError(f"item index out of range 0..{num_items - 1}")
+
+
+def gathered_dot(
+    user_vecs: torch.Tensor, item_vecs: torch.Tensor, items: Int64Array
+) -> torch.Tensor:
+    """(len(user_vecs), n) scores: row r against `item_vecs[items[r]]`, not the whole table."""
+    index = torch.from_numpy(np.asarray(items, dtype=np.int64)).to(item_vecs.device)
+    return torch.einsum("bd,bnd->bn", user_vecs, item_vecs[index])
+
+
 def save_recommender(
     path: Path,
     name: str,

@@ -11,6 +11,7 @@ counted from the right, so a cropped sequence sees the same position embeddings 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,9 @@ from torch import nn
 
 from pinlab_data.contracts import Float32Array, Int64Array, InteractionLog
 from pinlab_models._runtime import (
+    check_candidates,
     check_users,
+    gathered_dot,
     require_fitted,
     run_epochs,
     save_recommender,
@@ -203,15 +206,35 @@ class SASRec:
         require_fitted(self.net is not None, self.name)
         assert self.net is not None and self.sequences is not None
         check_users(users, len(self.sequences))
-        self.net.eval()
-        chunks = []
-        for start in range(0, len(users), 512):
-            part = torch.from_numpy(np.asarray(users[start : start + 512], dtype=np.int64))
-            hidden = self.net(crop(self.sequences[part]).to(self.device))[:, -1]
-            chunks.append(self.net.logits(hidden).float().cpu())
+        net = self.net
+        chunks = [net.logits(hidden).float().cpu() for _, hidden in self._last_hidden(users)]
         if not chunks:
-            return np.zeros((0, self.net.items.num_embeddings - 1), dtype=np.float32)
+            return np.zeros((0, net.items.num_embeddings - 1), dtype=np.float32)
         return torch.cat(chunks).numpy()
+
+    @torch.no_grad()
+    def score_candidates(self, users: Int64Array, items: Int64Array) -> Float32Array:
+        require_fitted(self.net is not None, self.name)
+        assert self.net is not None and self.sequences is not None
+        check_users(users, len(self.sequences))
+        check_candidates(users, items, self.net.items.num_embeddings - 1)
+        real_items = self.net.items.weight[1:]
+        chunks = [
+            gathered_dot(hidden, real_items, items[rows]).float().cpu()
+            for rows, hidden in self._last_hidden(users)
+        ]
+        if not chunks:
+            return np.zeros(items.shape, dtype=np.float32)
+        return torch.cat(chunks).numpy()
+
+    def _last_hidden(self, users: Int64Array) -> Iterator[tuple[slice, torch.Tensor]]:
+        """Each chunk of `users` with the hidden state after its last item."""
+        assert self.net is not None and self.sequences is not None
+        self.net.eval()
+        for start in range(0, len(users), 512):
+            rows = slice(start, start + 512)
+            part = torch.from_numpy(np.asarray(users[rows], dtype=np.int64))
+            yield rows, self.net(crop(self.sequences[part]).to(self.device))[:, -1]
 
     def save(self, path: Path) -> None:
         require_fitted(self.net is not None, self.name)

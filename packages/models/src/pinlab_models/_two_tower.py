@@ -12,7 +12,9 @@ from torch import nn
 
 from pinlab_data.contracts import Float32Array, Int64Array, InteractionLog
 from pinlab_models._runtime import (
+    check_candidates,
     check_users,
+    gathered_dot,
     require_fitted,
     run_epochs,
     save_recommender,
@@ -135,6 +137,17 @@ class TwoTower:
         u = torch.from_numpy(np.asarray(users, dtype=np.int64))
         all_items = self.net.items()
         return (self.net.users(u, self.history[u], all_items) @ all_items.T).numpy()
+
+    @torch.no_grad()
+    def score_candidates(self, users: Int64Array, items: Int64Array) -> Float32Array:
+        require_fitted(self.net is not None, self.name)
+        assert self.net is not None and self.history is not None
+        check_users(users, len(self.history))
+        check_candidates(users, items, self.net.item_ids.num_embeddings - 1)
+        self.net.eval()
+        u = torch.from_numpy(np.asarray(users, dtype=np.int64))
+        all_items = self.net.items()
+        return gathered_dot(self.net.users(u, self.history[u], all_items), all_items, items).numpy()
 
     def save(self, path: Path) -> None:
         require_fitted(self.net is not None, self.name)

@@ -379,6 +379,11 @@ class HybridConfig(BaseModel):
     lr: PositiveFloat = 5e-3
     weight_decay: float = Field(default=1e-6, ge=0)
     temperature: PositiveFloat = 0.1
+    negatives: PositiveInt = Field(
+        default=4096,
+        description="Past this many warm items, each step's softmax is over this many drawn "
+        "uniformly among them (plus the positive) instead of all of them.",
+    )
     patience: PositiveInt = Field(default=4, description="Epochs without validation gain.")
 
 
