@@ -6,6 +6,7 @@ import asyncio
 import io
 import shutil
 import struct
+import threading
 import time
 import zlib
 from collections.abc import Iterator
@@ -555,3 +556,33 @@ def test_unexpected_errors_are_json_without_traceback(
         response = client.get(f"/v1/pins/{pins['ids'][0]}/similar")
         assert_error(response, 500, "internal error (RuntimeError)")
         assert "secret" not in response.text
+
+
+def test_faiss_threads_hold_on_the_thread_that_searches(
+    serve_run: Path, pins: dict[str, Any]
+) -> None:
+    # The app loads on a worker thread and answers on the event loop; OpenMP's thread count
+    # is per thread, so a setting made only while loading would not reach the search.
+    import faiss
+
+    svc = PinService(serve_run, ServeSettings(search_threads=1))
+    loader = threading.Thread(target=svc.load)
+    loader.start()
+    loader.join()
+    seen: list[int] = []
+    search = svc.state.searcher.search
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        seen.append(faiss.omp_get_max_threads())
+        return search(*args, **kwargs)
+
+    svc.state.searcher.search = spy  # type: ignore[method-assign]
+
+    def answer() -> None:
+        faiss.omp_set_num_threads(3)  # a fresh thread's default: every core
+        svc.similar(pins["ids"][0], 5, None, [], 0.0)
+
+    worker = threading.Thread(target=answer)
+    worker.start()
+    worker.join()
+    assert seen == [1]

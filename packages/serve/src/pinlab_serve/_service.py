@@ -133,7 +133,8 @@ class PinService:
 
     def _limit_threads(self) -> None:
         """The process's thread pools as the settings say (FAISS, PyTorch, BLAS), so a served
-        run is measured and served the same however the process was started."""
+        run is measured and served the same however the process was started. FAISS's is the
+        calling thread's only, so `_hits` sets it again on whichever thread searches."""
         import torch
         from threadpoolctl import threadpool_limits
 
@@ -256,6 +257,9 @@ class PinService:
         allow = catalog.allowed(category)
         fetch = k if diversity <= 0 else max(k, self.settings.candidates)
         with self.stage("search"):
+            # FAISS's OpenMP thread count is per calling thread; a request may run on the event
+            # loop or a worker thread, not the one that loaded, so set it here (it costs ~0).
+            faiss.omp_set_num_threads(self.settings.search_threads)
             hits = state.searcher.search(
                 vector[None, :],
                 fetch,
