@@ -225,3 +225,13 @@ def test_the_installed_entry_point_uses_exit_codes(tmp_path: Path) -> None:
     assert missing.returncode == 2
     assert json.loads(missing.stdout)["exit_code"] == 2
     assert "Traceback" not in missing.stderr
+
+
+def test_error_messages_print_literally(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    # An error quoting user input that looks like rich markup must print as it is, not crash.
+    odd = tmp_path / "run[" / "b]"  # the path reads `.../run[/b]`, a closing tag
+    odd.mkdir(parents=True)
+    code = run(["data", "describe", str(odd)])
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 2
+    assert "run[/b]" in err and "not a pinlab dataset" in err

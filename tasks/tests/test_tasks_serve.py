@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 import pytest
 from PIL import Image
@@ -173,8 +174,10 @@ def test_open_loop_counts_the_queue_from_the_due_time() -> None:
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}"
 
-        def send(client: httpx.AsyncClient, _: int) -> Any:
-            return client.get("/")
+        async def send(client: aiohttp.ClientSession, _: int) -> int:
+            async with client.get("/") as response:
+                await response.read()
+                return response.status
 
         row = asyncio.run(drive_open(url, send, 100.0, 30, 10.0, 1))
     finally:

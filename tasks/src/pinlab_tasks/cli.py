@@ -11,6 +11,7 @@ from typing import Annotated
 import torch
 import typer
 from pydantic import ValidationError
+from rich.markup import escape
 
 from pinlab_data import PinlabDataError
 from pinlab_models import PinlabModelError
@@ -91,7 +92,7 @@ def root(
 def _fail(message: str, code: int, as_json: bool) -> int:
     if as_json:
         print(json.dumps({"error": message, "exit_code": code}))
-    stderr.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    stderr.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return code
 
 

@@ -2,7 +2,7 @@
 
 Builds a demo-like world (or reuses a run), starts `pinlab serve` in a child process with one
 worker, exactly as a user would (its thread counts are `ServeSettings`' own), and drives each
-endpoint with a bounded load (a fixed number of requests and a time cap) from an httpx async
+endpoint with a bounded load (a fixed number of requests and a time cap) from an aiohttp
 client at several concurrency levels (closed loop), then at a fixed arrival rate (open loop,
 latency counted from each request's due time, so a queue cannot hide). The same load runs again
 against the service with `--backend numpy`, the plain-NumPy brute-force baseline. One
@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 import numpy as np
 from PIL import Image
@@ -65,7 +66,8 @@ ENCODER = EncoderConfig(epochs=3, patience=2)
 change its weights, not what a query costs."""
 RECOMMENDERS: dict[str, dict[str, Any]] = {"popularity": {}, "mf": {"epochs": 3, "dim": 32}}
 
-Send = Callable[[httpx.AsyncClient, int], Awaitable[httpx.Response]]
+Send = Callable[[aiohttp.ClientSession, int], Awaitable[int]]
+"""Sends request i on a one-connection session; returns the status once the body is read."""
 
 
 def build_world(out: Path, pins: int, seed: int) -> RunLayout:
@@ -149,9 +151,8 @@ def photo_jpeg(seed: int, size: tuple[int, int] = PHOTO_SIZE) -> bytes:
 def time_photo_upload(url: str, photo: bytes, requests: int, duration: float) -> dict[str, Any]:
     """`requests` uploads of one real-size photo, one at a time, through /v1/search/image."""
 
-    def send(client: httpx.AsyncClient, _: int) -> Awaitable[httpx.Response]:
-        files = {"image": ("photo.jpg", photo, "image/jpeg")}
-        return client.post("/v1/search/image", files=files)
+    def send(client: aiohttp.ClientSession, _: int) -> Awaitable[int]:
+        return _upload(client, "photo.jpg", photo, "image/jpeg")
 
     row = asyncio.run(drive(url, send, 1, requests, duration))
     with Image.open(io.BytesIO(photo)) as img:
@@ -199,20 +200,34 @@ def sample_queries(run: RunLayout, seed: int, n: int = 256) -> Queries:
     )
 
 
+async def _get(client: aiohttp.ClientSession, path: str, params: dict[str, Any]) -> int:
+    async with client.get(path, params=params) as response:
+        await response.read()
+        return response.status
+
+
+async def _upload(client: aiohttp.ClientSession, name: str, data: bytes, kind: str) -> int:
+    form = aiohttp.FormData()
+    # A file object, not bytes: aiohttp warns that a large bytes body may block the loop.
+    form.add_field("image", io.BytesIO(data), filename=name, content_type=kind)
+    async with client.post("/v1/search/image", data=form) as response:
+        await response.read()
+        return response.status
+
+
 def senders(q: Queries) -> dict[str, Send]:
-    def similar(client: httpx.AsyncClient, i: int) -> Awaitable[httpx.Response]:
-        return client.get(f"/v1/pins/{q.pin_ids[i % len(q.pin_ids)]}/similar", params={"k": 10})
+    def similar(client: aiohttp.ClientSession, i: int) -> Awaitable[int]:
+        return _get(client, f"/v1/pins/{q.pin_ids[i % len(q.pin_ids)]}/similar", {"k": 10})
 
-    def search_image(client: httpx.AsyncClient, i: int) -> Awaitable[httpx.Response]:
-        image = q.images[i % len(q.images)]
-        return client.post("/v1/search/image", files={"image": ("q.png", image, "image/png")})
+    def search_image(client: aiohttp.ClientSession, i: int) -> Awaitable[int]:
+        return _upload(client, "q.png", q.images[i % len(q.images)], "image/png")
 
-    def search_text(client: httpx.AsyncClient, i: int) -> Awaitable[httpx.Response]:
-        return client.get("/v1/search/text", params={"q": q.texts[i % len(q.texts)], "k": 10})
+    def search_text(client: aiohttp.ClientSession, i: int) -> Awaitable[int]:
+        return _get(client, "/v1/search/text", {"q": q.texts[i % len(q.texts)], "k": 10})
 
-    def recommendations(client: httpx.AsyncClient, i: int) -> Awaitable[httpx.Response]:
+    def recommendations(client: aiohttp.ClientSession, i: int) -> Awaitable[int]:
         user = q.user_ids[i % len(q.user_ids)]
-        return client.get(f"/v1/users/{user}/recommendations", params={"k": 10})
+        return _get(client, f"/v1/users/{user}/recommendations", {"k": 10})
 
     return {
         "similar": similar,
@@ -222,31 +237,29 @@ def senders(q: Queries) -> dict[str, Send]:
     }
 
 
-def _clients(url: str, n: int) -> list[httpx.AsyncClient]:
-    """`n` clients of one keep-alive connection each: one shared pool costs the client more
-    CPU per request than the server spends answering it."""
-    # TCP_NODELAY: httpx writes a multipart request's headers and body separately, and Nagle's
-    # algorithm holds the body until the server's (delayed, up to 200 ms) ACK of the headers.
+def _clients(url: str, n: int) -> list[aiohttp.ClientSession]:
+    """`n` sessions of one keep-alive connection each (aiohttp sets TCP_NODELAY).
+
+    aiohttp, not httpx: the client shares the server's two cores, and httpx's async client
+    spent about 1.4 ms of CPU per request against aiohttp's 0.2 ms, more than the server
+    itself (0.4-0.8 ms), so the bench measured its own load generator.
+    """
     return [
-        httpx.AsyncClient(
+        aiohttp.ClientSession(
             base_url=url,
-            transport=httpx.AsyncHTTPTransport(
-                limits=httpx.Limits(max_connections=1),
-                socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
-            ),
-            timeout=30,
+            connector=aiohttp.TCPConnector(limit=1),
+            timeout=aiohttp.ClientTimeout(total=30),
         )
         for _ in range(n)
     ]
 
 
-async def _call(send: Send, client: httpx.AsyncClient, i: int) -> bool:
+async def _call(send: Send, client: aiohttp.ClientSession, i: int) -> bool:
     """Send request `i`; True when it was answered 200."""
     try:
-        response = await send(client, i)
-    except httpx.HTTPError:
+        return await send(client, i) == 200
+    except (aiohttp.ClientError, TimeoutError):
         return False
-    return response.status_code == 200
 
 
 def _summary(latencies: list[float], errors: int, elapsed: float) -> dict[str, Any]:
@@ -277,7 +290,7 @@ async def drive(
         start = time.perf_counter()
         deadline = start + duration
 
-        async def worker(client: httpx.AsyncClient) -> None:
+        async def worker(client: aiohttp.ClientSession) -> None:
             nonlocal issued, errors
             while issued < requests and time.perf_counter() < deadline:
                 i = issued
@@ -290,7 +303,7 @@ async def drive(
         await asyncio.gather(*(worker(c) for c in clients))
         elapsed = time.perf_counter() - start
     finally:
-        await asyncio.gather(*(c.aclose() for c in clients))
+        await asyncio.gather(*(c.close() for c in clients))
     return {"concurrency": concurrency, **_summary(latencies, errors, elapsed)}
 
 
@@ -301,7 +314,7 @@ async def drive_open(
     and its latency counts from that due time. A closed loop slows its sending when the
     server slows, which hides the queue; here a server that falls behind shows it."""
     clients = _clients(url, connections)
-    idle: asyncio.Queue[httpx.AsyncClient] = asyncio.Queue()
+    idle: asyncio.Queue[aiohttp.ClientSession] = asyncio.Queue()
     latencies: list[float] = []
     errors = 0
 
@@ -329,7 +342,7 @@ async def drive_open(
         await asyncio.gather(*pending)
         elapsed = time.perf_counter() - start
     finally:
-        await asyncio.gather(*(c.aclose() for c in clients))
+        await asyncio.gather(*(c.close() for c in clients))
     return {"rate": rate, "connections": connections, **_summary(latencies, errors, elapsed)}
 
 
@@ -396,7 +409,7 @@ def bench_serve(
     say: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
     """Build (or reuse) a world, then load-test the service with FAISS and with NumPy."""
-    # httpx logs every request at INFO: at hundreds per second that would load the client.
+    # httpx (the readiness probe) logs every request at INFO.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="pinlab-bench-serve-") as tmp:
         if run_dir is None:
