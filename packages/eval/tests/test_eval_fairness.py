@@ -48,7 +48,8 @@ def test_exposure_by_hand() -> None:
     assert g1.empty and g1.relevance_share is None and g1.ratio is None
     assert g1.exposure_share == pytest.approx(2 * second / total)
     # Group 2 (item 3) holds 2 of 3 targets and is never shown: ratio 0.
-    assert (g2.exposure_share, g2.relevance_share, g2.ratio) == (0.0, pytest.approx(2 / 3), 0.0)
+    assert g2.relevance_share == pytest.approx(2 / 3)
+    assert (g2.exposure_share, g2.ratio) == (0.0, 0.0)
     # Group 3 has no items at all.
     assert g3.empty and g3.num_items == 0 and g3.exposure_share == 0.0
     tv = 0.5 * (abs(2 / total - 1 / 3) + 2 * second / total + 2 / 3)
@@ -110,7 +111,7 @@ def test_exposure_refuses_bad_input() -> None:
         exposure_by_group(ranked, ITEM_GROUP, csr([[]]))
     with pytest.raises(PinlabDataError, match="past num_groups"):
         exposure_by_group(ranked, ITEM_GROUP, csr([[0]]), num_groups=2)
-    with pytest.raises(PinlabDataError, match="0..G-1"):
+    with pytest.raises(PinlabDataError, match=r"0\.\.G-1"):
         exposure_by_group(ranked, np.array([0, -1, 0, 0], dtype=np.int64), csr([[0]]))
 
 
@@ -121,7 +122,8 @@ def test_quality_by_group_by_hand() -> None:
     values = np.array([1.0, 0.0, 0.2, 0.2])
     report = quality_by_group(values, np.array([0, 0, 1, 1]), "ndcg@10", num_groups=3, seed=3)
     g0, g1, g2 = report.groups
-    assert (g0.count, g0.mean, g1.count, g1.mean) == (2, 0.5, 2, pytest.approx(0.2))
+    assert (g0.count, g0.mean, g1.count) == (2, 0.5, 2)
+    assert g1.mean == pytest.approx(0.2)
     # Two users valued 1 and 0: resampled means are 0, 1/2 or 1, so the interval spans them.
     assert g0.ci == (0.0, 1.0)
     assert g1.ci == pytest.approx((0.2, 0.2))

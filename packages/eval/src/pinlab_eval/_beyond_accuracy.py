@@ -8,11 +8,15 @@ user; a user for whom the metric is undefined (no history) gets NaN.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
 
 from pinlab_data.contracts import Int64Array, PinlabDataError
 from pinlab_eval.contracts import Csr, Float64Array
+
+FloatArray = npt.NDArray[np.floating[Any]]
 
 
 def _check_ranked(ranked: Int64Array, num_items: int) -> None:
@@ -40,7 +44,7 @@ def _check_rows(ranked: Int64Array, rows: Csr, name: str, num_items: int) -> Non
         )
 
 
-def _unit_rows(embeddings: npt.NDArray[np.floating[object]]) -> Float64Array:
+def _unit_rows(embeddings: FloatArray) -> Float64Array:
     """Embeddings scaled to unit length, refusing NaN and zero vectors (no cosine for them)."""
     if embeddings.ndim != 2:
         raise PinlabDataError(f"item embeddings must be (items, dim), got {embeddings.shape}")
@@ -52,7 +56,7 @@ def _unit_rows(embeddings: npt.NDArray[np.floating[object]]) -> Float64Array:
         raise PinlabDataError(
             f"item {int(np.argmax(norms[:, 0] == 0))} has a zero embedding; cosine needs length"
         )
-    return vectors / norms
+    return np.asarray(vectors / norms, dtype=np.float64)
 
 
 def _pairs(k: int) -> tuple[Int64Array, Int64Array]:
@@ -95,9 +99,7 @@ def category_diversity_at_k(ranked: Int64Array, item_category: Int64Array) -> Fl
     return np.asarray(differ.mean(axis=1), dtype=np.float64)
 
 
-def embedding_diversity_at_k(
-    ranked: Int64Array, item_embeddings: npt.NDArray[np.floating[object]]
-) -> Float64Array:
+def embedding_diversity_at_k(ranked: Int64Array, item_embeddings: FloatArray) -> Float64Array:
     """Mean cosine distance 1 - cos(e_i, e_j) over the unordered pairs of each user's list.
 
     Microsoft Recommenders' `diversity` is 1 - ILS with ILS the mean pairwise cosine similarity
@@ -118,7 +120,7 @@ def embedding_diversity_at_k(
 def serendipity_at_k(
     ranked: Int64Array,
     history: Csr,
-    item_embeddings: npt.NDArray[np.floating[object]],
+    item_embeddings: FloatArray,
     relevant: Csr | None = None,
 ) -> Float64Array:
     """Mean relevance × unexpectedness of each user's recommended items (Microsoft Recommenders).
