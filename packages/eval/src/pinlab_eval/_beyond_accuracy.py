@@ -72,8 +72,9 @@ def distributional_coverage(ranked: Int64Array, num_items: int) -> float:
 
     With p(i) the share of all slots (every user's top-k) that show item i,
     H = -Σ_i p(i) log2 p(i): 0 when one item fills every slot, log2(num_items) when every item
-    is shown equally often. As Microsoft Recommenders' `distributional_coverage` (log base 2,
-    over recommended items only: unshown items add 0). Key `entropy@k`.
+    is shown equally often. Shani & Gunawardana (Recommender Systems Handbook 2010, eq. 21), as
+    Microsoft Recommenders' `distributional_coverage` (log base 2; unshown items add 0).
+    Key `entropy@k`.
     """
     if num_items <= 0:
         raise PinlabDataError(f"num_items must be positive, got {num_items}")
@@ -129,8 +130,11 @@ def serendipity_at_k(
     (`history`, rows lined up with `ranked`); relevance(u, i) is 1 if i is among the user's
     held-out targets (`relevant`), else 0, or 1 for every item when `relevant` is None (their
     default without a relevance column). serendipity(u) is the mean over the k items, as their
-    `user_serendipity`. A user with no history gets NaN (nothing to be unexpected against).
-    Key `serendipity@k`.
+    `user_serendipity` (Zhang et al., Auralist, WSDM 2012), with the item embeddings as their
+    `item_feature_vector` similarity. Differences: a recommended item that is also in the
+    history counts its self-similarity 1 here, 0 there (their pair table has no self-pairs;
+    `top_k` excludes seen items, so it does not arise), and a user with no history gets NaN
+    here (nothing to be unexpected against) where they drop the user. Key `serendipity@k`.
     """
     num_items = len(item_embeddings)
     _check_ranked(ranked, num_items)
