@@ -19,7 +19,7 @@ from pinlab_eval.contracts import Csr, Float64Array
 FloatArray = npt.NDArray[np.floating[Any]]
 
 
-def _check_ranked(ranked: Int64Array, num_items: int) -> None:
+def check_ranked(ranked: Int64Array, num_items: int) -> None:
     """Refuse a `ranked` that is not (users, k) or names items outside 0..num_items-1."""
     if ranked.ndim != 2:
         raise PinlabDataError(f"ranked must be (users, k), got shape {ranked.shape}")
@@ -30,7 +30,7 @@ def _check_ranked(ranked: Int64Array, num_items: int) -> None:
         )
 
 
-def _check_rows(ranked: Int64Array, rows: Csr, name: str, num_items: int) -> None:
+def check_rows(ranked: Int64Array, rows: Csr, name: str, num_items: int) -> None:
     """Refuse a CSR that does not line up with `ranked` row for row, or names unknown items."""
     indptr, indices = rows
     if len(indptr) != len(ranked) + 1:
@@ -78,7 +78,7 @@ def distributional_coverage(ranked: Int64Array, num_items: int) -> float:
     """
     if num_items <= 0:
         raise PinlabDataError(f"num_items must be positive, got {num_items}")
-    _check_ranked(ranked, num_items)
+    check_ranked(ranked, num_items)
     if ranked.size == 0:
         raise PinlabDataError("no recommendations to measure exposure on")
     counts = np.bincount(ranked.ravel(), minlength=num_items)
@@ -93,7 +93,7 @@ def category_diversity_at_k(ranked: Int64Array, item_category: Int64Array) -> Fl
     category": 0 when the whole list is one category, 1 when every item's category differs.
     Key `category_diversity@k`.
     """
-    _check_ranked(ranked, len(item_category))
+    check_ranked(ranked, len(item_category))
     first, second = _pairs(ranked.shape[1])
     categories = item_category[ranked]
     differ = categories[:, first] != categories[:, second]
@@ -110,7 +110,7 @@ def embedding_diversity_at_k(ranked: Int64Array, item_embeddings: FloatArray) ->
     the value stays per user for intervals. Ranges over [0, 2]; 0 when all items point the same
     way. Key `diversity@k`.
     """
-    _check_ranked(ranked, len(item_embeddings))
+    check_ranked(ranked, len(item_embeddings))
     unit = _unit_rows(item_embeddings)
     first, second = _pairs(ranked.shape[1])
     lists = unit[ranked]  # users × k × dim
@@ -137,8 +137,8 @@ def serendipity_at_k(
     here (nothing to be unexpected against) where they drop the user. Key `serendipity@k`.
     """
     num_items = len(item_embeddings)
-    _check_ranked(ranked, num_items)
-    _check_rows(ranked, history, "history", num_items)
+    check_ranked(ranked, num_items)
+    check_rows(ranked, history, "history", num_items)
     unit = _unit_rows(item_embeddings)
     indptr, indices = history
     sizes = np.diff(indptr)
@@ -149,7 +149,7 @@ def serendipity_at_k(
     mean_similarity = np.einsum("ukd,ud->uk", unit[ranked], summed) / np.maximum(sizes, 1)[:, None]
     unexpected = 1.0 - mean_similarity
     if relevant is not None:
-        _check_rows(ranked, relevant, "relevant", num_items)
+        check_rows(ranked, relevant, "relevant", num_items)
         unexpected = unexpected * _is_relevant(ranked, relevant, num_items)
     out = np.asarray(unexpected.mean(axis=1), dtype=np.float64)
     out[sizes == 0] = np.nan
@@ -183,8 +183,8 @@ def miscalibration_at_k(
     if not 0 < alpha < 1:
         raise PinlabDataError(f"alpha must lie strictly between 0 and 1, got {alpha}")
     num_items = len(item_category)
-    _check_ranked(ranked, num_items)
-    _check_rows(ranked, history, "history", num_items)
+    check_ranked(ranked, num_items)
+    check_rows(ranked, history, "history", num_items)
     if item_category.size and item_category.min() < 0:
         raise PinlabDataError("item categories must be non-negative integers")
     num_categories = int(item_category.max(initial=-1)) + 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from pinlab_data.contracts import Int64Array, PinlabDataError
+from pinlab_eval._beyond_accuracy import check_ranked, check_rows
 from pinlab_eval._stats import bootstrap_ci
 from pinlab_eval.contracts import (
     Csr,
@@ -45,24 +46,11 @@ def exposure_by_group(
     their demographic-parity-of-merit criterion. Groups are `item_group[item]`, 0..G-1;
     `num_groups` adds groups with no items. A group with no held-out targets is reported empty.
     """
-    num_items = len(item_group)
     if ranked.ndim != 2 or ranked.shape[1] == 0:
         raise PinlabDataError(f"ranked must be (users, k) with k >= 1, got shape {ranked.shape}")
-    if ranked.size and (ranked.min() < 0 or ranked.max() >= num_items):
-        raise PinlabDataError(
-            f"ranked items run over {ranked.min()}..{ranked.max()} but item_group covers "
-            f"{num_items} items"
-        )
-    indptr, indices = relevant
-    if len(indptr) != len(ranked) + 1:
-        raise PinlabDataError(
-            f"ranked has {len(ranked)} rows but relevant has {len(indptr) - 1}; "
-            "they must line up row for row"
-        )
-    if indices.size and (indices.min() < 0 or indices.max() >= num_items):
-        raise PinlabDataError(
-            f"relevant items run over {indices.min()}..{indices.max()} outside 0..{num_items - 1}"
-        )
+    check_ranked(ranked, len(item_group))
+    check_rows(ranked, relevant, "relevant", len(item_group))
+    indices = relevant[1]
     if len(ranked) == 0:
         raise PinlabDataError("no users to measure exposure on")
     groups = _num_groups(item_group, num_groups, "item")
@@ -89,6 +77,7 @@ def exposure_by_group(
         for g in range(groups)
     ]
     disparity = 0.5 * float(np.abs(exposure_share - relevance_share).sum())
+    # Disjoint shares give exactly 1, which rounding can push a hair past.
     return ExposureReport(k=k, num_users=len(ranked), groups=rows, disparity=min(disparity, 1.0))
 
 
