@@ -348,3 +348,77 @@ class VisualProtocol:
     """Rows measured."""
     train_classes: list[str]
     test_classes: list[str]
+
+
+# --- fairness: exposure over item groups, quality over user groups ------------------------------
+
+
+class GroupExposure(BaseModel):
+    """One item group's share of position-weighted exposure against its share of relevance.
+
+    An empty group (none of its items among the held-out targets) has no relevance share and no
+    ratio: `empty` is true and both are None, never 0.
+    """
+
+    group: int
+    num_items: int = Field(ge=0, description="Catalogue items in the group.")
+    exposure_share: float = Field(ge=0, le=1)
+    relevance_share: float | None = Field(default=None, ge=0, le=1)
+    ratio: float | None = Field(
+        default=None, ge=0, description="exposure_share / relevance_share: 1 is fair."
+    )
+    empty: bool
+
+    @model_validator(mode="after")
+    def _empty_means_no_relevance(self) -> Self:
+        if self.empty != (self.relevance_share is None) or self.empty != (self.ratio is None):
+            raise ValueError("an empty group has no relevance share or ratio, and only it")
+        return self
+
+
+class ExposureReport(BaseModel):
+    """Fairness of exposure (Singh & Joachims, KDD 2018) of top-k lists over item groups.
+
+    `disparity` is the total variation ½ Σ_g |exposure_share - relevance_share| (relevance share
+    0 for empty groups): 0 when exposure follows relevance, 1 when they share no group.
+    """
+
+    k: PositiveInt
+    num_users: int
+    groups: list[GroupExposure]
+    disparity: float = Field(ge=0, le=1)
+
+
+class GroupQuality(BaseModel):
+    """A per-user metric over one user group: mean, bootstrap interval, count (None when empty)."""
+
+    group: int
+    count: int = Field(ge=0)
+    mean: float | None = None
+    ci: tuple[float, float] | None = None
+    empty: bool
+
+    @model_validator(mode="after")
+    def _empty_means_no_values(self) -> Self:
+        if self.empty != (self.count == 0) or self.empty != (self.mean is None):
+            raise ValueError("a group has a mean exactly when it has users")
+        if self.empty != (self.ci is None):
+            raise ValueError("a group has an interval exactly when it has users")
+        return self
+
+
+class GroupQualityReport(BaseModel):
+    """How one per-user metric differs over user groups (higher is better).
+
+    `worst_group`/`best_group` are the non-empty groups of lowest/highest mean; `gap` is best
+    mean - worst mean.
+    """
+
+    metric: str
+    level: float = Field(gt=0, lt=1)
+    resamples: PositiveInt
+    seed: int
+    groups: list[GroupQuality]
+    worst_group: int
+    best_group: int
+    gap: float = Field(ge=0)
