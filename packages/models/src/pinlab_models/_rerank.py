@@ -266,7 +266,8 @@ def _unit_rows(vectors: npt.NDArray[np.floating]) -> FloatArray:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     if (norms == 0).any():
         raise PinlabModelError("vectors must be non-zero: a DPP needs each candidate's direction")
-    return x / norms
+    unit: FloatArray = x / norms
+    return unit
 
 
 def _as_list(labels: str | Sequence[str]) -> list[str]:
@@ -286,4 +287,5 @@ def _mix(labels: str | Sequence[str], index: dict[str, int]) -> FloatArray:
 def _kl(p: FloatArray, q: FloatArray) -> FloatArray:
     """KL(p || q_i) for each row q_i; categories absent from `p` add nothing."""
     mask = p > 0
-    return np.sum(p[mask] * np.log(p[mask] / q[..., mask]), axis=-1)
+    kl: FloatArray = np.sum(p[mask] * np.log(p[mask] / q[..., mask]), axis=-1)
+    return kl
