@@ -27,6 +27,14 @@ from pinlab_models._recipes import (
     train_with_recipe,
 )
 from pinlab_models._recommenders import MatrixFactorization, Popularity
+from pinlab_models._rerank import (
+    calibrated,
+    category_diversity,
+    dpp,
+    exposure_constrained,
+    mmr,
+    self_adjusting,
+)
 from pinlab_models._runtime import resolve_device, seed_everything
 from pinlab_models._sequential import SASRec
 from pinlab_models._text import TextEncoder
@@ -121,10 +129,15 @@ __all__ = [
     "build_network",
     "build_recommender",
     "builtin_archs",
+    "calibrated",
+    "category_diversity",
     "check_arch",
+    "dpp",
+    "exposure_constrained",
     "interaction_matrix",
     "load_image_text_model",
     "load_recommender",
+    "mmr",
     "nt_xent_loss",
     "product_augment",
     "recipe_space",
@@ -134,6 +147,7 @@ __all__ = [
     "register_encoder_arch",
     "resolve_device",
     "seed_everything",
+    "self_adjusting",
     "split_settings",
     "supcon_loss",
     "train_alignment",

@@ -20,7 +20,6 @@ from pinlab_data.contracts import Float32Array, ImageArray, Int64Array
 from pinlab_serve._brute import NumpySearcher
 from pinlab_serve._catalog import Catalog, RunFiles
 from pinlab_serve._index import PinIndex
-from pinlab_serve._rerank import mmr
 from pinlab_serve.contracts import (
     Hit,
     IndexManifest,
@@ -276,6 +275,9 @@ class PinService:
     def _ranked(self, state: IndexState, hits: list[Hit], k: int, diversity: float) -> list[PinHit]:
         catalog = self.catalog
         if diversity > 0 and len(hits) > 1:
+            # Imported here: pinlab_models loads torch, which `load()` has already paid for.
+            from pinlab_models import mmr
+
             rows = [catalog.row(h.pin_id) for h in hits]
             order = mmr(
                 [h.score for h in hits],

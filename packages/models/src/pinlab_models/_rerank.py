@@ -1,0 +1,291 @@
+"""Re-rankers: reorder a recommender's candidates for diversity, calibration or group exposure.
+
+Each is a pure function of the candidates' relevance scores, their features, one trade-off
+and `k`, returning the chosen candidate positions in order. The trade-off is 0 for "keep the
+relevance order" and grows toward more re-ranking, so `self_adjusting` can look for the
+smallest one that meets a target.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from pinlab_models.contracts import PinlabModelError
+
+FloatArray = npt.NDArray[np.float64]
+Labels = Sequence[str | Sequence[str]]
+"""Per item, one category or a list of genres (a list's weight is split equally)."""
+
+CALIBRATION_SMOOTHING = 0.01
+"""Steck's alpha: the list's category mix is mixed with 1% of the history's, so KL is finite."""
+
+_EXHAUSTED = 1e-10
+"""A conditional variance below this means the item adds no new direction to the DPP kernel."""
+
+
+def mmr(
+    relevance: Sequence[float],
+    vectors: npt.NDArray[np.floating],
+    categories: Sequence[str],
+    groups: Sequence[str],
+    k: int,
+    diversity: float,
+) -> list[int]:
+    """Positions of `k` candidates chosen greedily by MMR; `diversity` in [0, 1], 0 keeps the order.
+
+    Each step picks the candidate maximising
+    `(1 - diversity) * rel - diversity * (sim / 2 + cat_share / 4 + group_share / 4)`,
+    where `rel` is relevance scaled to [0, 1] over the candidates, `sim` the largest cosine
+    to an already chosen pin, and the shares the fraction of chosen pins with the same
+    category and the same creator group.
+    """
+    n = _check(relevance, k, ("diversity", diversity, 0.0, 1.0))
+    _check_rows("vectors", len(vectors), n)
+    _check_rows("categories", len(categories), n)
+    _check_rows("groups", len(groups), n)
+    if diversity == 0 or n <= 1:
+        return _by_relevance(relevance, k)
+    rel = _scaled(relevance)
+    sims = np.asarray(vectors, dtype=np.float64) @ np.asarray(vectors, dtype=np.float64).T
+    _, cat = np.unique(np.asarray(categories), return_inverse=True)
+    _, grp = np.unique(np.asarray(groups), return_inverse=True)
+    max_sim = np.full(n, 0.0)
+    same_cat = np.zeros(n)
+    same_grp = np.zeros(n)
+    free = np.ones(n, dtype=bool)
+    chosen: list[int] = []
+    for step in range(min(k, n)):
+        penalty = 0.0 if step == 0 else max_sim / 2 + (same_cat + same_grp) / (4 * step)
+        gain = np.where(free, (1 - diversity) * rel - diversity * penalty, -np.inf)
+        pick = int(np.argmax(gain))
+        chosen.append(pick)
+        free[pick] = False
+        max_sim = np.maximum(max_sim, sims[pick]) if step else sims[pick].copy()
+        same_cat += cat == cat[pick]
+        same_grp += grp == grp[pick]
+    return chosen
+
+
+def dpp(
+    relevance: Sequence[float],
+    vectors: npt.NDArray[np.floating],
+    k: int,
+    diversity: float,
+) -> list[int]:
+    """Greedy MAP of a DPP (Chen, Zhang and Zhou, NeurIPS 2018); `diversity` in [0, 1].
+
+    The kernel is `L = Diag(q) S Diag(q)` with `S` the cosine similarities of the vectors and
+    `q_i = exp(alpha * rel_i)`, `rel` relevance scaled to [0, 1] over the candidates and
+    `alpha = theta / (2 (1 - theta))` for the paper's `theta = 1 - diversity`: 0 keeps the
+    relevance order, 1 maximises `det S` alone. Each step adds the item that maximises
+    `log det L_Y`, through the paper's incremental Cholesky rows (O(k^2 M) in all). Because
+    `q` only rescales the Cholesky factors, the gain `2 alpha rel_i + log d_i^2` is taken on
+    `S`, so a large `alpha` never overflows. Once no candidate adds a new direction (more picks
+    than the vectors' rank), the rest follow by relevance.
+    """
+    n = _check(relevance, k, ("diversity", diversity, 0.0, 1.0))
+    _check_rows("vectors", len(vectors), n)
+    if diversity == 0 or n <= 1:
+        return _by_relevance(relevance, k)
+    unit = _unit_rows(vectors)
+    alpha = (1 - diversity) / (2 * diversity)
+    boost = 2 * alpha * _scaled(relevance)
+    steps = min(k, n)
+    rows = np.zeros((steps, n))  # row t: the new Cholesky column entries of every candidate
+    d2 = np.ones(n)  # conditional variance of each candidate given the chosen ones
+    free = np.ones(n, dtype=bool)
+    chosen: list[int] = []
+    for step in range(steps):
+        open_ = free & (d2 > _EXHAUSTED)
+        if not open_.any():
+            break
+        gain = np.where(open_, boost + np.log(np.where(open_, d2, 1.0)), -np.inf)
+        pick = int(np.argmax(gain))
+        chosen.append(pick)
+        free[pick] = False
+        e = (unit @ unit[pick] - rows[:step, pick] @ rows[:step]) / math.sqrt(d2[pick])
+        rows[step] = e
+        d2 = d2 - e**2
+    rest = [i for i in _by_relevance(relevance, n) if free[i]]
+    return chosen + rest[: steps - len(chosen)]
+
+
+def calibrated(
+    relevance: Sequence[float],
+    categories: Labels,
+    history: Labels,
+    k: int,
+    weight: float,
+) -> list[int]:
+    """Steck's calibrated re-ranking (RecSys 2018); `weight` (his lambda) in [0, 1].
+
+    Greedily maximises `(1 - weight) * sum rel - weight * KL(p || q~)` over the growing list,
+    where `rel` is relevance scaled to [0, 1] over the candidates, `p` the category mix of the
+    user's `history`, `q` that of the list (items weighted equally) and
+    `q~ = (1 - a) q + a p` with `a = CALIBRATION_SMOOTHING`. 0 keeps the relevance order.
+    """
+    n = _check(relevance, k, ("weight", weight, 0.0, 1.0))
+    _check_rows("categories", len(categories), n)
+    if not history:
+        raise PinlabModelError("calibrated re-ranking needs a non-empty history of categories")
+    if weight == 0 or n <= 1:
+        return _by_relevance(relevance, k)
+    names = sorted({c for labels in (*history, *categories) for c in _as_list(labels)})
+    index = {c: j for j, c in enumerate(names)}
+    items = np.stack([_mix(labels, index) for labels in categories])
+    target = np.mean([_mix(labels, index) for labels in history], axis=0)
+    rel = _scaled(relevance)
+    free = np.ones(n, dtype=bool)
+    mix_sum = np.zeros(len(names))
+    rel_sum = 0.0
+    chosen: list[int] = []
+    for size in range(1, min(k, n) + 1):
+        # Row i: the list's category mix if candidate i joined it.
+        q = (mix_sum + items) / size
+        kl = _kl(target, (1 - CALIBRATION_SMOOTHING) * q + CALIBRATION_SMOOTHING * target)
+        gain = np.where(free, (1 - weight) * (rel_sum + rel) - weight * kl, -np.inf)
+        pick = int(np.argmax(gain))
+        chosen.append(pick)
+        free[pick] = False
+        mix_sum += items[pick]
+        rel_sum += rel[pick]
+    return chosen
+
+
+def exposure_constrained(
+    relevance: Sequence[float],
+    protected: Sequence[bool],
+    k: int,
+    target: float,
+) -> list[int]:
+    """Re-rank so the protected group holds at least a `target` share (in [0, 1]) of every prefix.
+
+    The share is a count share, checked at every rank like Geyik et al.'s DetGreedy (KDD 2019,
+    "Fairness-Aware Ranking in Search & Recommendation Systems"), with FA*IR's (Zehlike et al.
+    2017) protected-minimum form: at rank `t` the top `t` must hold `floor(target * t)`
+    protected items. Each rank takes the most relevant candidate unless that minimum is
+    unmet, then the most relevant protected one. A ranking that already meets the minimum at
+    every rank is kept; with too few protected candidates, the rest follow by relevance.
+    """
+    n = _check(relevance, k, ("target", target, 0.0, 1.0))
+    _check_rows("protected", len(protected), n)
+    order = _by_relevance(relevance, n)
+    group = [i for i in order if protected[i]]
+    chosen: list[int] = []
+    taken: set[int] = set()
+    need = 0
+    for rank in range(1, min(k, n) + 1):
+        minimum = math.floor(target * rank + 1e-9)  # the epsilon keeps 0.7 * 10 at 7
+        if need < minimum and len(group) > need:
+            pick = next(i for i in group if i not in taken)
+        else:
+            pick = next(i for i in order if i not in taken)
+        chosen.append(pick)
+        taken.add(pick)
+        need += bool(protected[pick])
+    return chosen
+
+
+def self_adjusting(
+    rerank: Callable[[float], list[int]],
+    metric: Callable[[list[int]], float],
+    target: float,
+    grid: Sequence[float],
+) -> tuple[float, list[int]]:
+    """The smallest trade-off on `grid` whose list scores `metric >= target`, and that list.
+
+    Pinterest's self-adjusting diversity ("Representation Online Matters", FAccT 2023): per
+    request, diversify only as much as the target needs, so relevance is kept where the
+    candidates are already diverse. `rerank` maps a trade-off to positions (e.g.
+    `lambda d: dpp(rel, vecs, 10, d)`), `metric` scores positions (e.g. `category_diversity`
+    of their categories).
+    """
+    if not grid:
+        raise PinlabModelError("self-adjusting re-ranking needs a non-empty grid of trade-offs")
+    if not math.isfinite(target):
+        raise PinlabModelError(f"diversity target must be finite, got {target}")
+    best = (-math.inf, math.nan)
+    for tradeoff in sorted(grid):
+        order = rerank(tradeoff)
+        score = metric(order)
+        if score >= target:
+            return tradeoff, order
+        best = max(best, (score, tradeoff))
+    raise PinlabModelError(
+        f"no trade-off in [{min(grid)}, {max(grid)}] reaches the target {target} "
+        f"(best {best[0]:.4g} at {best[1]}); lower the target or widen the grid"
+    )
+
+
+def category_diversity(categories: Sequence[str]) -> float:
+    """Intra-list diversity by category: the share of pairs in the list with different ones."""
+    n = len(categories)
+    if n < 2:
+        return 0.0
+    same = sum(c * (c - 1) for c in Counter(categories).values())
+    return 1 - same / (n * (n - 1))
+
+
+def _check(relevance: Sequence[float], k: int, tradeoff: tuple[str, float, float, float]) -> int:
+    name, value, low, high = tradeoff
+    if not low <= value <= high:  # also refuses NaN
+        raise PinlabModelError(f"{name} must be in [{low}, {high}], got {value}")
+    if k < 1:
+        raise PinlabModelError(f"k must be at least 1, got {k}")
+    if not np.isfinite(np.asarray(relevance, dtype=np.float64)).all():
+        raise PinlabModelError("relevance scores must be finite; drop or fill NaN/inf candidates")
+    return len(relevance)
+
+
+def _check_rows(name: str, rows: int, n: int) -> None:
+    if rows != n:
+        raise PinlabModelError(f"{name} has {rows} rows but there are {n} relevance scores")
+
+
+def _by_relevance(relevance: Sequence[float], k: int) -> list[int]:
+    order = np.argsort(-np.asarray(relevance, dtype=np.float64), kind="stable")
+    return [int(i) for i in order[:k]]
+
+
+def _scaled(relevance: Sequence[float]) -> FloatArray:
+    """Relevance min-max scaled over the candidates, so a trade-off means the same for any model."""
+    rel = np.asarray(relevance, dtype=np.float64)
+    span = rel.max() - rel.min()
+    return (rel - rel.min()) / span if span > 0 else np.ones(len(rel))
+
+
+def _unit_rows(vectors: npt.NDArray[np.floating]) -> FloatArray:
+    x = np.asarray(vectors, dtype=np.float64)
+    if x.ndim != 2 or not np.isfinite(x).all():
+        raise PinlabModelError("vectors must be a finite 2-D array, one row per candidate")
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    if (norms == 0).any():
+        raise PinlabModelError("vectors must be non-zero: a DPP needs each candidate's direction")
+    unit: FloatArray = x / norms
+    return unit
+
+
+def _as_list(labels: str | Sequence[str]) -> list[str]:
+    return [labels] if isinstance(labels, str) else list(labels)
+
+
+def _mix(labels: str | Sequence[str], index: dict[str, int]) -> FloatArray:
+    out = np.zeros(len(index))
+    names = _as_list(labels)
+    if not names:
+        raise PinlabModelError("every item needs at least one category")
+    for c in names:
+        out[index[c]] += 1 / len(names)
+    return out
+
+
+def _kl(p: FloatArray, q: FloatArray) -> FloatArray:
+    """KL(p || q_i) for each row q_i; categories absent from `p` add nothing."""
+    mask = p > 0
+    kl: FloatArray = np.sum(p[mask] * np.log(p[mask] / q[..., mask]), axis=-1)
+    return kl
