@@ -22,6 +22,7 @@ from pinlab_models._runtime import (
     check_candidates,
     check_users,
     gathered_dot,
+    require_fitted,
     run_epochs,
     save_checkpoint,
     seed_everything,
@@ -158,8 +159,8 @@ class HybridRecommender:
 
     @torch.no_grad()
     def score(self, users: Int64Array) -> Float32Array:
-        if self.net is None:
-            raise PinlabModelError(f"{self.name} has not been fitted; call fit() or load it")
+        require_fitted(self.net is not None, self.name)
+        assert self.net is not None
         net = self.net
         check_users(users, net.users.num_embeddings)
         net.eval()
@@ -168,8 +169,8 @@ class HybridRecommender:
 
     @torch.no_grad()
     def score_candidates(self, users: Int64Array, items: Int64Array) -> Float32Array:
-        if self.net is None:
-            raise PinlabModelError(f"{self.name} has not been fitted; call fit() or load it")
+        require_fitted(self.net is not None, self.name)
+        assert self.net is not None
         net = self.net
         check_users(users, net.users.num_embeddings)
         check_candidates(users, items, len(net.warm))
