@@ -181,6 +181,22 @@ def test_recommendations_exclude_seen(client: TestClient, pins: dict[str, Any]) 
     assert len({h["category"] for h in diverse["hits"]}) == 4
 
 
+def test_recommendations_inline_and_threaded_agree(
+    serve_run: Path, client: TestClient, pins: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cheap scorer runs on the event loop, a slow one on a thread: the same answer."""
+    user = int(pins["ds"].user_ids()[3])
+    assert client.app.state.service.recommend_inline  # type: ignore[attr-defined]
+    inline = client.get(f"/v1/users/{user}/recommendations", params={"k": 12}).json()
+    # The fixture's popularity scorer takes microseconds; any scorer slower than 0 s threads.
+    monkeypatch.setattr("pinlab_serve._service.INLINE_SCORE_SECONDS", 0.0)
+    with TestClient(create_app(serve_run, ServeSettings())) as threaded:
+        wait_ready(threaded)
+        assert not threaded.app.state.service.recommend_inline  # type: ignore[attr-defined]
+        answer = threaded.get(f"/v1/users/{user}/recommendations", params={"k": 12}).json()
+    assert answer == inline
+
+
 def test_pin_metadata_image_and_users(client: TestClient, pins: dict[str, Any]) -> None:
     pin = pins["ids"][4]
     body = client.get(f"/v1/pins/{pin}").json()

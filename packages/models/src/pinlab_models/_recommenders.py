@@ -223,7 +223,8 @@ class MatrixFactorization:
         require_fitted(self.net is not None, self.name)
         assert self.net is not None
         check_users(users, self.net.users.num_embeddings)
-        self.net.eval()
+        if self.net.training:  # eval() walks the module tree: too slow for every request
+            self.net.eval()
         u = torch.from_numpy(np.asarray(users, dtype=np.int64)).to(self.device)
         return self.net.scores(u).float().cpu().numpy()
 

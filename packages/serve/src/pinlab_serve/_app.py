@@ -451,6 +451,8 @@ def create_app(run_dir: Path, settings: ServeSettings | None = None) -> FastAPI:
     ) -> Response:
         """Pins for a user from the run's best recommender; pins they engaged with excluded."""
         svc = ready()
+        if svc.recommend_inline:
+            return _json(svc.recommend(user_id, k, category, exclude, diversity), metrics)
         return _json(
             await asyncio.to_thread(svc.recommend, user_id, k, category, exclude, diversity),
             metrics,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+import torch
 from PIL import Image, UnidentifiedImageError
 
 from pinlab_data import decode_image
@@ -35,6 +36,12 @@ from pinlab_serve.contracts import (
 
 log = logging.getLogger("pinlab.serve")
 
+INLINE_SCORE_SECONDS = 0.002
+"""A recommender that scores a user faster than this is called on the event loop: handing it
+to a thread costs more than the work (a hop, then GIL handoffs under load) and doubled
+recommendations' p99 in `bench serve` on a 4,000-pin MF run. Slower ones go to a thread so
+the loop keeps answering."""
+
 StageObserver = Callable[[str, float], None]
 """Told each request stage's name and seconds (the app feeds a Prometheus histogram)."""
 
@@ -54,6 +61,16 @@ class TextSearch:
     model_id: str
     embed: Callable[[list[str]], Float32Array]
     state: IndexState
+
+
+def _top(scores: Float32Array, n: int) -> Int64Array:
+    """Positions of the `n` best scores, best first, ties by position.
+
+    torch.topk, not np.argpartition: a selection over 20,000 scores took 78 us against 200 us,
+    the largest cost of a recommendation request on the 20,000-pin bench world.
+    """
+    top = torch.topk(torch.from_numpy(scores), n).indices.numpy()
+    return np.asarray(top[np.lexsort((top, -scores[top]))], dtype=np.int64)
 
 
 def _searcher(index: PinIndex, backend: str) -> IndexState:
@@ -82,6 +99,7 @@ class PinService:
         self.recommender_name: str | None = None
         self._embed_images: Callable[[ImageArray], Float32Array] | None = None
         self._score: Callable[[Int64Array], Float32Array] | None = None
+        self.recommend_inline = False
 
     @property
     def ready(self) -> bool:
@@ -182,7 +200,11 @@ class PinService:
         assert self._text is not None
         self._text.state.searcher.search(self._text.embed(["warm up"]), 10)
         if self._score is not None and self.catalog.user_position:
-            self._score(np.zeros(1, dtype=np.int64))
+            user = np.zeros(1, dtype=np.int64)
+            self._score(user)
+            start = time.perf_counter()
+            self._score(user)
+            self.recommend_inline = time.perf_counter() - start < INLINE_SCORE_SECONDS
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -367,7 +389,7 @@ class PinService:
                 "`pinlab train recommender --run RUN`"
             )
         with self.stage("recommend"):
-            scores = np.asarray(self._score(np.array([position], dtype=np.int64))[0], np.float64)
+            scores = np.asarray(self._score(np.array([position], dtype=np.int64))[0], np.float32)
             item_ids = catalog.log.item_ids
             seen = catalog.seen(position)
             scores[seen] = -np.inf
@@ -377,8 +399,7 @@ class PinService:
             if exclude:
                 scores[np.isin(item_ids, np.asarray(exclude, dtype=np.int64))] = -np.inf
             fetch = min(k if diversity <= 0 else max(k, self.settings.candidates), len(scores))
-            top = np.argpartition(-scores, fetch - 1)[:fetch]
-            top = top[np.argsort(-scores[top], kind="stable")]
+            top = _top(scores, fetch)
         state = self.state
         hits = [
             Hit(pin_id=int(item_ids[i]), score=float(scores[i]))
