@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pinlab_data.contracts import Float32Array, Int64Array
-from pinlab_eval import evaluate_retrieval
+from pinlab_eval import evaluate_retrieval, retrieval_by_group, retrieval_per_query
 
 PROPERTY = settings(max_examples=40, deadline=None)
 
@@ -146,3 +146,65 @@ def test_permuting_items_changes_nothing(case: tuple[list[int], int]) -> None:
     after = evaluate_retrieval(embeddings[perm], labels[perm], ks=(1, 5))
     assert after.num_queries == before.num_queries
     assert after.metrics == pytest.approx(before.metrics)
+
+
+# --- per query and per group ------------------------------------------------------------------
+
+
+def test_per_query_values_and_groups_by_hand() -> None:
+    # The plane plus a lone label-2 distractor far from everything: queries 0..3, recall@1 of
+    # 1, 0, 1, 0 (see PLANE). Groups: a0 alone in 0, a1 and b0 in 1, b1 in 2, the distractor
+    # in 3 (items but no query) and nothing in 4.
+    embeddings = np.vstack([PLANE, [[-1.0, 0.0]]]).astype(np.float32)
+    labels = np.append(PLANE_LABELS, 2)
+    result = retrieval_per_query(embeddings, labels, ks=(1, 2))
+    assert result.queries.tolist() == [0, 1, 2, 3]
+    assert result.per_query["recall@1"].tolist() == [1.0, 0.0, 1.0, 0.0]
+    assert result.per_query["map"].tolist() == pytest.approx([1.0, 0.5, 1.0, 0.5])
+    assert result.report().metrics == evaluate_retrieval(embeddings, labels, ks=(1, 2)).metrics
+    groups = np.array([0, 1, 1, 2, 3], dtype=np.int64)
+    report = retrieval_by_group(result, groups, "recall@1", num_groups=5, resamples=200, seed=3)
+    assert [(g.count, g.mean) for g in report.groups] == [
+        (1, 1.0), (2, 0.5), (1, 0.0), (0, None), (0, None)
+    ]  # fmt: skip
+    assert report.groups[0].ci == (1.0, 1.0) and report.groups[2].ci == (0.0, 0.0)
+    low, high = report.groups[1].ci or (None, None)
+    assert low is not None and high is not None and 0.0 <= low <= 0.5 <= high <= 1.0
+    assert report.groups[3].empty and report.groups[3].ci is None
+    assert (report.worst_group, report.best_group, report.gap) == (2, 0, 1.0)
+    # Without num_groups, the distractor's group still shows, empty.
+    assert len(retrieval_by_group(result, groups, resamples=10).groups) == 4
+
+
+def test_retrieval_by_group_refuses_bad_input() -> None:
+    result = retrieval_per_query(PLANE, PLANE_LABELS, ks=(1,))
+    with pytest.raises(ValueError, match="one group per item"):
+        retrieval_by_group(result, np.zeros(3, dtype=np.int64))
+    with pytest.raises(ValueError, match=r"0\.\.G-1"):
+        retrieval_by_group(result, np.array([0, -1, 0, 0], dtype=np.int64))
+    with pytest.raises(ValueError, match="measured: map, map@r, recall@1"):
+        retrieval_by_group(result, np.zeros(4, dtype=np.int64), "recall@10")
+
+
+@PROPERTY
+@given(st.integers(3, 40), st.integers(1, 5), st.integers(1, 4), st.integers(0, 2**32 - 1))
+def test_group_recalls_weighted_by_counts_give_the_overall(
+    num_items: int, num_labels: int, num_groups: int, seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, num_labels, num_items)
+    labels[:2] = 0
+    groups = rng.integers(0, num_groups, num_items)
+    embeddings = unit_rows(rng.standard_normal((num_items, 4)).astype(np.float32))
+    result = retrieval_per_query(embeddings, labels, ks=(1, 3), batch_size=5)
+    overall = evaluate_retrieval(embeddings, labels, ks=(1, 3))
+    for metric in ("recall@1", "recall@3", "map@r"):
+        report = retrieval_by_group(result, groups, metric, num_groups=num_groups, resamples=50)
+        assert sum(g.count for g in report.groups) == overall.num_queries
+        weighted = sum(g.count * (g.mean or 0.0) for g in report.groups)
+        assert weighted / overall.num_queries == pytest.approx(overall.metrics[metric])
+        for g in report.groups:
+            queries_in_group = int((groups[result.queries] == g.group).sum())
+            assert g.count == queries_in_group and g.empty is (queries_in_group == 0)
+            if g.ci is not None and g.mean is not None:
+                assert g.ci[0] <= g.mean <= g.ci[1]

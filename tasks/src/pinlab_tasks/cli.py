@@ -20,6 +20,7 @@ from pinlab_tasks._app import app, use_settings
 from pinlab_tasks._output import configure_logging, stderr
 from pinlab_tasks.commands import (
     bench,
+    card,
     data,
     demo,
     evaluate,
@@ -45,6 +46,7 @@ demo.register(app)
 serve.register(app)
 query.register(app)
 meta.register(app)
+card.register(app)
 register_report(app)
 
 

@@ -1,7 +1,8 @@
 """`pinlab report`: one self-contained HTML page from a bench or run directory.
 
 The page reads only what the run wrote (bench.json, bench_visual.json, eval.json files,
-metrics.jsonl logs, user_metrics.npz, PNGs). Plots are drawn by `pinlab_eval` and embedded
+metrics.jsonl logs, user_metrics.npz, PNGs, the cards of `pinlab card`); `write_report` first
+writes a run's cards when it has none. Plots are drawn by `pinlab_eval` and embedded
 as PNG data URIs; there is no script, font or stylesheet to fetch, so the file opens offline
 and travels alone.
 """
@@ -23,6 +24,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
 from pinlab_data import PinlabDataError, write_bytes_atomic
 from pinlab_eval import Curve, curves_png, difference_matrix_png, distributions_png
+from pinlab_tasks.cards import CARDS_DIR, DATA_CARD, MODEL_CARD, write_cards
 from pinlab_tasks.runs import utc_now
 
 ReportKind = Literal["bench recsys", "bench visual", "run"]
@@ -436,10 +438,15 @@ def build_report(root: Path) -> Report:
 
 
 def write_report(root: Path, out: Path | None = None) -> tuple[Path, Report]:
-    """Build the page and write it atomically to `out` (default ROOT/report.html)."""
+    """Build the page and write it atomically to `out` (default ROOT/report.html).
+
+    A run without cards gets them first (`pinlab card`, RUN/cards), so the page shows them.
+    """
     target = out if out is not None else root / "report.html"
     if target.is_dir():
         raise PinlabDataError(f"{target} is a directory; pass a file name to --out")
+    if detect_kind(root) == "run" and not _cards(root):
+        write_cards(root)
     report = build_report(root)
     write_bytes_atomic(target, report.html.encode("utf-8"))
     return target, report
@@ -1249,3 +1256,81 @@ def _run_sections(root: Path, page: _Page) -> None:
     )
     _embedding_section(root, page, [])
     _cold_start_section(root, page)
+    _cards_section(root, page)
+
+
+def _cards(root: Path) -> list[Path]:
+    """The run's model and data cards, or nothing unless both are there."""
+    paths = [root / CARDS_DIR / MODEL_CARD, root / CARDS_DIR / DATA_CARD]
+    return paths if all(p.is_file() for p in paths) else []
+
+
+def _cards_section(root: Path, page: _Page) -> None:
+    cards = _cards(root)
+    if not cards:
+        page.missing("cards", f"no {CARDS_DIR}/ (`pinlab card {root}`)")
+        return
+    page.add(
+        "cards",
+        "Model and data cards",
+        f'<p class="note">From <code>{esc(CARDS_DIR)}/</code>, written by '
+        "<code>pinlab card</code>.</p>",
+        *(markdown_html(path.read_text()) for path in cards),
+    )
+
+
+_INLINE_CODE = re.compile(r"`([^`]+)`")
+_CELL = re.compile(r"(?<!\\)\|")  # a cell's own | is escaped as \|
+
+
+def markdown_html(text: str) -> str:
+    """The Markdown the cards use, as HTML: headings, pipe tables, bullets and paragraphs.
+
+    Everything is escaped first; headings drop two levels to sit under the section's h2.
+    """
+    out: list[str] = []
+    block: list[str] = []
+    kind = ""
+
+    def inline(line: str) -> str:
+        return _INLINE_CODE.sub(r"<code>\1</code>", esc(line))
+
+    def flush() -> None:
+        if kind == "table":
+            rows = [
+                [c.strip().replace("\\|", "|") for c in _CELL.split(line.strip()[1:-1])]
+                for line in block
+                if not re.fullmatch(r"\|( *-+ *\|)+", line.strip())
+            ]
+            head = "".join(f"<th>{inline(c)}</th>" for c in rows[0])
+            body = "".join(
+                "<tr>" + "".join(f"<td>{inline(c)}</td>" for c in row) + "</tr>" for row in rows[1:]
+            )
+            out.append(f'<div class="wide"><table><tr>{head}</tr>{body}</table></div>')
+        elif kind == "list":
+            out.append("<ul>" + "".join(f"<li>{inline(i)}</li>" for i in block) + "</ul>")
+        elif kind == "para":
+            out.append(f"<p>{inline(' '.join(block))}</p>")
+        block.clear()
+
+    for line in text.splitlines():
+        heading = re.match(r"(#{1,6}) (.*)", line)
+        now = (
+            "heading" if heading
+            else "table" if line.startswith("|")
+            else "list" if line.startswith("- ")
+            else "" if not line.strip()
+            else "para"
+        )  # fmt: skip
+        if now != kind or now == "heading":
+            flush()
+            kind = now
+        if heading:
+            level = min(len(heading.group(1)) + 2, 6)
+            out.append(f"<h{level}>{inline(heading.group(2))}</h{level}>")
+        elif now == "list":
+            block.append(line[2:])
+        elif now:
+            block.append(line)
+    flush()
+    return "\n".join(out)

@@ -71,9 +71,11 @@ class RunLayout:
                 "or `pinlab train ... --run DIR`"
             )
         try:
-            record: dict[str, Any] = json.loads(self.record.read_text())
+            record = json.loads(self.record.read_text())
         except json.JSONDecodeError as exc:
             raise PinlabDataError(f"{self.record} is not valid JSON ({exc}); remove it") from exc
+        if not isinstance(record, dict):
+            raise PinlabDataError(f"{self.record} is not a run record (a JSON object); remove it")
         return record
 
     def data_dir(self) -> Path:
@@ -100,7 +102,7 @@ class RunLayout:
             record.setdefault("seeds", {})[command] = config["seed"]
         if sys.argv != record.get("argv"):  # a later command adding to this run
             step["argv"] = list(sys.argv)
-        record["steps"].append(step)
+        record.setdefault("steps", []).append(step)
         write_json_atomic(self.record, record)
 
 

@@ -135,10 +135,7 @@ def eval_visual(run: RunLayout, seed: int) -> dict[str, Any]:
     ds = load_dataset(run.data_dir())
     images, labels = pin_images(ds), pin_labels(ds)
     categories = np.asarray(ds.pins.column("category").to_pylist(), dtype=object)
-    protocol, test = "held-out-pins", visual_split(ds, seed).test
-    if _trained_protocol(run) != "held-out-pins":  # `train encoder --protocol unseen-classes`
-        split = visual_protocol(categories, ds.pin_ids(), seed)
-        protocol, test = split.name, split.test
+    protocol, test = visual_test_rows(run, ds, seed)
     result: dict[str, Any] = {"protocol": protocol, "num_queries": len(test)}
     probe_fit = ~holdout_mask(ds.pin_ids()[test], 0.5, seed + 1)
     for name, path in (("trained", run.encoder), ("untrained", run.untrained_encoder)):
@@ -158,6 +155,16 @@ def eval_visual(run: RunLayout, seed: int) -> dict[str, Any]:
         result["text_to_image"] = eval_align(run)
     write_json_atomic(run.visual / "eval.json", result)
     return result
+
+
+def visual_test_rows(run: RunLayout, ds: Dataset, seed: int) -> tuple[str, np.ndarray]:
+    """The protocol and the pin rows `eval_visual` measures the run's encoder on."""
+    if _trained_protocol(run) == "held-out-pins":
+        return "held-out-pins", visual_split(ds, seed).test
+    # `train encoder --protocol unseen-classes`
+    categories = np.asarray(ds.pins.column("category").to_pylist(), dtype=object)
+    split = visual_protocol(categories, ds.pin_ids(), seed)
+    return split.name, split.test
 
 
 def _trained_protocol(run: RunLayout) -> str:

@@ -33,12 +33,13 @@ from pinlab_eval._ranking import (
     novelty_at_k,
     precision_at_k,
     recall_at_k,
+    relevant_csr,
     sampled_user_metrics,
     taste_recovery,
     top_k,
     user_metrics,
 )
-from pinlab_eval._retrieval import evaluate_retrieval
+from pinlab_eval._retrieval import evaluate_retrieval, retrieval_by_group, retrieval_per_query
 from pinlab_eval._stats import bootstrap_ci, holm, paired_bootstrap_test, summarize_models
 from pinlab_eval._visual_protocols import linear_probe, validation_classes, visual_protocol
 from pinlab_eval.contracts import (
@@ -62,6 +63,7 @@ from pinlab_eval.contracts import (
     ProtocolName,
     ProtocolSpec,
     ProtocolSplit,
+    QueryRetrieval,
     RankingReport,
     RetrievalReport,
     Scorer,
@@ -94,6 +96,7 @@ __all__ = [
     "ProtocolName",
     "ProtocolSpec",
     "ProtocolSplit",
+    "QueryRetrieval",
     "RankingReport",
     "RetrievalReport",
     "Scorer",
@@ -134,6 +137,9 @@ __all__ = [
     "quality_by_group",
     "random_ranking_metrics",
     "recall_at_k",
+    "relevant_csr",
+    "retrieval_by_group",
+    "retrieval_per_query",
     "sample_negatives",
     "sampled_user_metrics",
     "serendipity_at_k",

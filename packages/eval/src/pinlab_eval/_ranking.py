@@ -330,7 +330,7 @@ def catalogue_coverage(ranked: Int64Array, num_items: int) -> float:
     return len(np.unique(ranked)) / num_items
 
 
-def _relevant_csr(target: InteractionLog) -> tuple[Int64Array, Csr]:
+def relevant_csr(target: InteractionLog) -> tuple[Int64Array, Csr]:
     """Distinct users of the log and their distinct items as a CSR aligned with them."""
     users = np.unique(target.users).astype(np.int64)
     width = max(target.num_items, int(target.items.max()) + 1)
@@ -381,7 +381,7 @@ def user_metrics(
     ks = _check_ks(ks)
     if len(target) == 0:
         raise PinlabDataError("the target log has no interactions, so there is nothing to rank")
-    users, relevant = _relevant_csr(target)
+    users, relevant = relevant_csr(target)
     ranked = top_k(scorer, users, max(ks), exclude, batch_size)
     hits, n_relevant = _hits(ranked, relevant)
     per_user = _per_user(hits, n_relevant, ks)
@@ -415,7 +415,7 @@ def sampled_user_metrics(
     ks = _check_ks(ks)
     if len(target) == 0:
         raise PinlabDataError("the target log has no interactions, so there is nothing to rank")
-    users, (indptr, items) = _relevant_csr(target)
+    users, (indptr, items) = relevant_csr(target)
     if not (np.diff(indptr) == 1).all():
         raise PinlabDataError(
             "sampled evaluation ranks one held-out item per user, but some target users have "

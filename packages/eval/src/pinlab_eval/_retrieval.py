@@ -7,7 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from pinlab_data.contracts import Float32Array, Int64Array, PinlabDataError
-from pinlab_eval.contracts import RetrievalReport
+from pinlab_eval._fairness import quality_by_group
+from pinlab_eval.contracts import GroupQualityReport, QueryRetrieval, RetrievalReport
 
 
 def evaluate_retrieval(
@@ -27,8 +28,19 @@ def evaluate_retrieval(
     distractors); `num_queries` counts the rest. Ties count against the query: an item tied
     with a relevant one ranks ahead of it, so collapsed embeddings score low, never perfect.
     Similarities are computed `batch_size` queries at a time, so memory is
-    O(batch_size × num_items).
+    O(batch_size × num_items). `retrieval_per_query` keeps the values per query.
     """
+    return retrieval_per_query(embeddings, labels, ks, protocol, batch_size).report()
+
+
+def retrieval_per_query(
+    embeddings: Float32Array,
+    labels: Int64Array,
+    ks: Sequence[int] = (1, 10),
+    protocol: str = "held-out-pins",
+    batch_size: int = 1024,
+) -> QueryRetrieval:
+    """`evaluate_retrieval`'s metrics before averaging: one value per query (see there)."""
     if embeddings.ndim != 2 or labels.shape != (len(embeddings),):
         raise PinlabDataError(
             f"embeddings {embeddings.shape} and labels {labels.shape} must be (n, d) and (n,)"
@@ -75,7 +87,50 @@ def evaluate_retrieval(
             average_precision[i] = precision.mean()
             average_precision_at_r[i] = precision[rank < len(relevant)].sum() / len(relevant)
 
-    metrics = {f"recall@{k}": float((first_hit < k).mean()) for k in sorted(set(ks))}
-    metrics["map"] = float(average_precision.mean())
-    metrics["map@r"] = float(average_precision_at_r.mean())
-    return RetrievalReport(protocol=protocol, num_queries=len(queries), metrics=metrics)
+    per_query = {f"recall@{k}": (first_hit < k).astype(np.float64) for k in sorted(set(ks))}
+    per_query["map"] = average_precision
+    per_query["map@r"] = average_precision_at_r
+    return QueryRetrieval(
+        protocol=protocol, num_items=num_items, queries=queries, per_query=per_query
+    )
+
+
+def retrieval_by_group(
+    result: QueryRetrieval,
+    item_group: Int64Array,
+    metric: str = "recall@1",
+    num_groups: int | None = None,
+    resamples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> GroupQualityReport:
+    """A retrieval metric per group of queries, with counts and seeded bootstrap intervals.
+
+    `item_group[i]` is item i's group 0..G-1 (e.g. its creator group or category); a query
+    falls in its own item's group, whatever it retrieves. Each group's mean is over its queries
+    (`quality_by_group` on `result.per_query[metric]`), so the counts-weighted group means give
+    the overall mean. Groups with items but no queries (every item alone in its label), and
+    any up to `num_groups`, are reported empty.
+    """
+    if item_group.shape != (result.num_items,):
+        raise PinlabDataError(
+            f"item_group has shape {item_group.shape} but retrieval ran over "
+            f"{result.num_items} items; give one group per item, in the embeddings' order"
+        )
+    if item_group.size and item_group.min() < 0:
+        raise PinlabDataError(f"item groups must be labelled 0..G-1, got {item_group.min()}")
+    if metric not in result.per_query:
+        raise PinlabDataError(
+            f"no per-query {metric!r}; measured: {', '.join(sorted(result.per_query))}"
+        )
+    if num_groups is None:
+        num_groups = int(item_group.max(initial=-1)) + 1
+    return quality_by_group(
+        result.per_query[metric],
+        item_group[result.queries],
+        metric,
+        num_groups=num_groups,
+        resamples=resamples,
+        seed=seed,
+        level=level,
+    )

@@ -61,6 +61,28 @@ class RetrievalReport(BaseModel):
     metrics: Metrics = Field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class QueryRetrieval:
+    """Retrieval by label kept per query, for intervals and groups of queries.
+
+    `queries` are item indices (0..num_items-1) of the items that queried; `per_query[name][i]`
+    is query `queries[i]`'s value under the names of `RetrievalReport.metrics`: `recall@k` is 1
+    or 0, `map` its average precision, `map@r` its AP@R. Their means are the report's metrics.
+    """
+
+    protocol: str
+    num_items: int
+    queries: Int64Array
+    per_query: dict[str, Float64Array]
+
+    def report(self) -> RetrievalReport:
+        return RetrievalReport(
+            protocol=self.protocol,
+            num_queries=len(self.queries),
+            metrics={name: float(values.mean()) for name, values in self.per_query.items()},
+        )
+
+
 # --- protocols ---------------------------------------------------------------------------------
 
 ProtocolName = Literal["stratified", "leave-last-out", "temporal", "cold-start"]

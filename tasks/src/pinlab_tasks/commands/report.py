@@ -28,9 +28,10 @@ def report(
 ) -> None:
     """Write one HTML page of a run: metrics with intervals and per-seed values, published
     numbers, the search, curves, per-user distributions, significance, embedding maps and
-    cold start, whichever the run has. Plots are embedded; the page needs no network.
+    cold start, and the model and data cards of a run (`pinlab card`), whichever the run has.
+    Plots are embedded; the page needs no network.
 
-    Writes: PATH/report.html (or --out).
+    Writes: PATH/report.html (or --out); PATH/cards/ when a run has no cards yet.
     """
     written, result = write_report(path, out)
     payload = {

@@ -1,0 +1,161 @@
+"""`pinlab card`: model and data cards of a run, their numbers checked against the run's files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from pinlab_tasks.cards import activity_quartiles
+from pinlab_tasks.cli import run
+from pinlab_tasks.report import build_report, markdown_html, write_report
+
+
+def _copy(tiny_demo: dict[str, Any], tmp_path: Path) -> Path:
+    """A private copy of the shared demo run (its data stays where run.json says)."""
+    target = tmp_path / "run"
+    shutil.copytree(tiny_demo["run_dir"], target, ignore=shutil.ignore_patterns("data"))
+    return target
+
+
+def _card(root: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> dict[str, Any]:
+    assert run(["card", str(root), "--json", *extra]) == 0
+    payload: dict[str, Any] = json.loads(capsys.readouterr().out)
+    return payload
+
+
+def test_cards_state_the_runs_own_numbers(
+    tiny_demo: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = _copy(tiny_demo, tmp_path)
+    payload = _card(root, capsys, "--seed", "4")
+    cards = root / "cards"
+    assert sorted(p.name for p in cards.iterdir()) == ["data_card.md", "model_card.md"]
+    model = (cards / "model_card.md").read_text()
+    data = (cards / "data_card.md").read_text()
+    facts = payload["facts"]
+    assert payload["missing"] == [] and facts["bootstrap"]["seed"] == 4
+
+    # Overall numbers are the stored ones, and recomputing them from the saved models agrees.
+    stored = json.loads((root / "recommender" / "eval.json").read_text())["models"]
+    for name, metrics in stored.items():
+        assert f"{metrics['ndcg@10']:.4f}" in model and f"{metrics['recall@10']:.4f}" in model
+        assert facts["recommenders"][name]["matches_stored"] is True
+    visual = json.loads((root / "visual" / "eval.json").read_text())
+    assert f"{visual['trained']['recall@1']:.4f}" in model
+    assert facts["visual"]["matches_stored"] is True
+    assert facts["visual"]["overall"]["recall@1"] == pytest.approx(visual["trained"]["recall@1"])
+
+    # Per user group: the users add up and the count-weighted group means give the overall.
+    for name, rec in facts["recommenders"].items():
+        groups = rec["user_groups"]["metrics"]["ndcg@10"]["groups"]
+        assert sum(g["count"] for g in groups) == rec["counts"]["target_users"]
+        weighted = sum(g["count"] * (g["mean"] or 0.0) for g in groups)
+        assert weighted / rec["counts"]["target_users"] == pytest.approx(stored[name]["ndcg@10"])
+        exposure = rec["exposure"]
+        assert sum(g["exposure_share"] for g in exposure["groups"]) == pytest.approx(1.0)
+        assert f"{exposure['disparity']:.4f}" in model
+        assert f"### {name}: exposure by creator group" in model
+
+    # Visual recall per creator group and per category adds up to the overall recall.
+    for column in ("creator_group", "category"):
+        report = facts["visual"]["by"][column]["metrics"]["recall@1"]
+        weighted = sum(g["count"] * (g["mean"] or 0.0) for g in report["groups"])
+        assert weighted / facts["visual"]["num_queries"] == pytest.approx(
+            visual["trained"]["recall@1"]
+        )
+    assert "By the query pin's creator group:" in model and "By the query pin's category:" in model
+
+    # The data card counts the run's dataset.
+    summary = tiny_demo["data"]
+    for key in ("num_pins", "num_users", "num_interactions"):
+        assert f"| {key.removeprefix('num_')} | {summary[key]} |" in data
+    categories = facts["data"]["categories"]
+    assert sum(c["pins"] for c in categories.values()) == summary["num_pins"]
+    assert sum(c["interactions"] for c in categories.values()) == summary["num_interactions"]
+    assert "`emerging_exposure`" in data and "0.5000 times the rate" in data
+    assert "card" in json.loads((root / "run.json").read_text())["seeds"]
+
+
+def test_missing_pieces_are_named_not_fatal(
+    tiny_demo: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = _copy(tiny_demo, tmp_path)
+    shutil.rmtree(root / "recommender")
+    payload = _card(root, capsys, "--out", str(tmp_path / "elsewhere"))
+    model = Path(payload["model_card"]).read_text()
+    assert Path(payload["model_card"]).parent == tmp_path / "elsewhere"
+    assert "no recommender in this run" in model and "Visual search per group" in model
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "run.json").write_text(json.dumps({"steps": []}))
+    payload = _card(bare, capsys)
+    assert any("no dataset" in m for m in payload["missing"])
+    assert "no visual encoder in this run" in (bare / "cards" / "model_card.md").read_text()
+    assert "No dataset in this run" in (bare / "cards" / "data_card.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        (lambda d: None, "does not exist"),
+        (lambda d: d.mkdir(), "not a pinlab run (no run.json)"),
+        (lambda d: d.write_text("x"), "not a directory"),
+        (lambda d: (d.mkdir(), (d / "run.json").write_text("[1]")), "not a run record"),
+    ],
+)
+def test_not_a_run_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], setup: Any, message: str
+) -> None:
+    target = tmp_path / "d"
+    setup(target)
+    assert run(["card", str(target), "--json"]) == 2
+    assert message in json.loads(capsys.readouterr().out)["error"]
+
+
+def test_activity_quartiles_by_hand() -> None:
+    # Edges 2.75, 4.5, 6.25 over 1..8: two users per quartile.
+    group, labels = activity_quartiles(np.arange(1, 9, dtype=np.int64))
+    assert group.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert labels == [f"Q{q + 1} ({2 * q + 1}-{2 * q + 2} interactions)" for q in range(4)]
+    # All tied: everyone at or below the first edge, the other quartiles empty.
+    group, labels = activity_quartiles(np.full(5, 3, dtype=np.int64))
+    assert group.tolist() == [0] * 5 and labels[1:] == ["Q2 (no users)", "Q3 (no users)",
+                                                       "Q4 (no users)"]  # fmt: skip
+
+
+def test_report_shows_the_cards(tiny_demo: dict[str, Any], tmp_path: Path) -> None:
+    root = _copy(tiny_demo, tmp_path)
+    assert "cards" not in build_report(root).sections  # reading alone writes nothing
+    assert not (root / "cards").exists()
+    _, report = write_report(root)
+    assert (root / "cards" / "model_card.md").is_file()
+    assert report.sections[-1] == "cards"
+    assert "<h3>Model card: pinlab run run</h3>" in report.html
+    assert "<th>creator group</th>" in report.html
+
+
+def test_markdown_html_escapes_and_keeps_structure() -> None:
+    html = markdown_html(
+        "# T <x>\n\nsome `code` and\nmore\n\n- a\n- b\n\n| h | i |\n| --- | --- |\n| 1 | a\\|b |\n"
+    )
+    assert html.split("\n") == [
+        "<h3>T &lt;x&gt;</h3>",
+        "<p>some <code>code</code> and more</p>",
+        "<ul><li>a</li><li>b</li></ul>",
+        '<div class="wide"><table><tr><th>h</th><th>i</th></tr>'
+        "<tr><td>1</td><td>a|b</td></tr></table></div>",
+    ]
+
+
+def test_describe_lists_the_card_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["describe", "--json"]) == 0
+    commands = json.loads(capsys.readouterr().out)["commands"]
+    card = next(c for c in commands if c["command"] == "pinlab card")
+    assert "model_card.md" in card["outputs"]["files"]
+    assert {"--out", "--seed", "--json"} <= {f for p in card["inputs"] for f in p["flags"]}
