@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from pinlab_models import (
     recommender_names,
     recommender_spec,
 )
+from pinlab_models._runtime import epoch_line
 
 FAST: dict[str, dict[str, Any]] = {
     "mf": {"epochs": 30, "dim": 8, "batch_size": 64, "lr": 0.05},
@@ -293,3 +295,30 @@ def test_sasrec_learns_what_comes_next(settings: dict[str, Any], tmp_path: Path)
     top = np.argsort(-model.score(np.arange(60, dtype=np.int64)), axis=1)[:, :window]
     hits = np.mean([(last[u] + 1) % num_items in top[u] for u in range(60)])
     assert hits >= 0.9
+
+
+def test_epoch_line_states_the_time_left() -> None:
+    # 3 of 10 epochs in 30 s: 10 s each, 70 s left; a deadline 20 s away caps it.
+    line = epoch_line("train mf (validation trial 2)", 3, 10, 30.0, "loss 0.500", None)
+    assert line == (
+        "train mf (validation trial 2): epoch 3/10 (10.0 s/epoch), loss 0.500; at most 0:01:10 left"
+    )
+    capped = epoch_line("train mf", 3, 10, 30.0, "loss 0.500", time.monotonic() + 20)
+    assert capped.endswith("at most 0:00:20 left")
+    assert epoch_line("x", 1, 1, 5.0, "", time.monotonic() - 60).endswith("0:00:00 left")
+
+
+def test_epoch_lines_print_off_a_terminal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Piped output (a log, `--json` runs) gets a line per epoch; a quiet context gets none."""
+    monkeypatch.setattr("pinlab_models._runtime.LINE_EVERY_SECONDS", 0.0)
+    epochs = {**FAST["mf"], "epochs": 3, "patience": 5}
+    build_recommender("mf", epochs).fit(two_tribes(), ctx(tmp_path), lambda _: 0.5)
+    assert capsys.readouterr().err == ""  # ctx() trains without progress
+    labelled = TrainContext(run_dir=tmp_path / "p", seed=0, progress=True, label="trial 1")
+    build_recommender("mf", epochs).fit(two_tribes(), labelled, lambda _: 0.5)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert [line.split(":")[0] for line in lines] == ["train mf (trial 1)"] * 3
+    assert [line.split("epoch ")[1].split(" ")[0] for line in lines] == ["1/3", "2/3", "3/3"]
+    assert all("valid 0.5000" in line and "left" in line for line in lines)

@@ -111,7 +111,7 @@ def search_on_validation(
     config = spec.config_type.model_validate(base)
     members = list(spec.members(config)) if spec.members else []
     k = int(metric.split("@")[1])
-    probe_ctx = replace(ctx, run_dir=ctx.run_dir / "validation", progress=False)
+    probe_ctx = replace(ctx, run_dir=ctx.run_dir / "validation", label="validation")
     fitted = _fit_members(config, members, split, probe_ctx) if spec.of_fitted else None
 
     def objective(trial: optuna.Trial, deadline: float | None) -> float:
@@ -133,7 +133,10 @@ def search_on_validation(
             return validate(spec.of_fitted(spec.config_type.model_validate(point), fitted))
         model = build_recommender(name, point)
         trial_ctx = replace(
-            probe_ctx, run_dir=probe_ctx.run_dir / f"trial-{trial.number}", deadline=deadline
+            probe_ctx,
+            run_dir=probe_ctx.run_dir / f"trial-{trial.number}",
+            deadline=deadline,
+            label=f"validation trial {trial.number + 1}",
         )
         report = model.fit(split.valid.train, trial_ctx, validate)
         value = report.best_valid if report.best_valid is not None else validate(model)

@@ -100,7 +100,10 @@ class EpochLog:
 
 
 @contextmanager
-def epoch_progress(description: str, total: int, enabled: bool) -> Iterator[Progress]:
+def epoch_progress(
+    description: str, total: int, enabled: bool, transient: bool = False
+) -> Iterator[Progress]:
+    """A live bar on a terminal; elsewhere (a pipe, a log, `--json` runs) `epoch_line` speaks."""
     progress = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -110,12 +113,38 @@ def epoch_progress(description: str, total: int, enabled: bool) -> Iterator[Prog
         TextColumn("left at most"),
         TimeRemainingColumn(),
         console=stderr,
-        disable=not enabled,
-        transient=False,
+        disable=not enabled or not stderr.is_terminal,
+        transient=transient,
     )
     with progress:
         progress.add_task(description, total=total, status="")
         yield progress
+
+
+LINE_EVERY_SECONDS = 10.0
+"""Off a terminal, an epoch line at most this often: every epoch of a slow model, few of a
+fast one."""
+
+
+def epoch_line(
+    description: str, epoch: int, total: int, seconds: float, status: str, deadline: float | None
+) -> str:
+    """One epoch as a plain line, with the time left: the epochs left at the mean epoch time,
+    capped by the search budget's deadline when there is one (early stopping can end sooner).
+    """
+    left = (total - epoch) * seconds / epoch
+    if deadline is not None:
+        left = max(0.0, min(left, deadline - time.monotonic()))
+    return (
+        f"{description}: epoch {epoch}/{total} ({seconds / epoch:.1f} s/epoch), {status}; "
+        f"at most {_clock(left)} left"
+    )
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
 class EarlyStopping:
@@ -171,7 +200,9 @@ def run_epochs(
     log = EpochLog(ctx.run_dir)
     stopper = EarlyStopping(patience)
     clock = Stopwatch()
-    with epoch_progress(f"train {name}", epochs, ctx.progress) as progress:
+    said = 0.0  # when the last epoch line was printed
+    description = f"train {name}" + (f" ({ctx.label})" if ctx.label else "")
+    with epoch_progress(description, epochs, ctx.progress, transient=bool(ctx.label)) as progress:
         for epoch in range(1, epochs + 1):
             epoch_clock = Stopwatch()
             loss = train_epoch()
@@ -180,6 +211,14 @@ def run_epochs(
             log.write(EpochRecord(epoch=epoch, train_loss=loss, valid=valid, seconds=epoch_clock()))
             status = f"loss {loss:.3f}" + (f" valid {valid:.4f}" if valid is not None else "")
             progress.update(progress.task_ids[0], advance=1, status=status)
+            if ctx.progress and not stderr.is_terminal and clock() - said >= LINE_EVERY_SECONDS:
+                said = clock()
+                stderr.print(
+                    epoch_line(description, epoch, epochs, said, status, ctx.deadline),
+                    soft_wrap=True,  # one line per epoch, whatever the log's width
+                    markup=False,
+                    highlight=False,
+                )
             if (validate is None or check) and stopper.update(epoch, valid, net):
                 break
             if check and ctx.deadline is not None and time.monotonic() > ctx.deadline:

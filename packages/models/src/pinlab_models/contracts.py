@@ -39,6 +39,9 @@ class TrainContext:
     deadline: float | None = None
     """A `time.monotonic()` after which epoch training stops (keeping its best validated
     epoch): how a search holds a model to its time budget."""
+    label: str = ""
+    """Names this fit in progress output (e.g. "validation trial 3"); a labelled fit's bar is
+    cleared once done, so a search shows one live bar rather than one per trial."""
 
 
 class Scorer(Protocol):

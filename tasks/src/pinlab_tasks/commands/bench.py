@@ -186,7 +186,7 @@ def recsys(
             budget_seconds=budget or None,
             metric=metric,
             device=device or resolved.device,
-            progress=not as_json,
+            progress=True,  # epoch lines go to stderr; --json keeps stdout one document
             item_features=lambda: item_text_features(data),
             peers=[p.strip() for p in (peers or "").split(",") if p.strip()],
             say=stderr.print,
