@@ -218,6 +218,11 @@ def test_bench_serve_command(serve_run: Path) -> None:
     photo = payload["photo_upload"]
     assert (photo["width"], photo["height"], photo["errors"]) == (4000, 3000, 0)
     assert photo["requests"] >= 3 and 0 < photo["p50_ms"] <= photo["p99_ms"]
+    dpp = payload["dpp"]
+    assert (dpp["k"], dpp["candidates"], dpp["errors"]) == (25, 200, 0)
+    assert dpp["plain"]["requests"] == dpp["dpp"]["requests"] >= 20
+    assert dpp["added_p99_ms"] == round(dpp["dpp"]["p99_ms"] - dpp["plain"]["p99_ms"], 2)
+    assert payload["targets"]["dpp_added_p99"]["met"] == (dpp["added_p99_ms"] < 2.0)
 
 
 def test_bench_serve_states_its_encoder_and_photo(serve_run: Path) -> None:

@@ -304,3 +304,13 @@ def test_bad_input_is_refused() -> None:
         calibrated([0.1, 0.2], ["a", "b"], [], 2, 0.5)
     with pytest.raises(PinlabModelError, match="non-zero"):
         dpp([0.1, 0.2, 0.3], np.diag([1.0, 0.0, 1.0]), 2, 0.5)
+
+
+def test_miscalibration_by_hand() -> None:
+    from pinlab_models import miscalibration
+
+    # p = (1, 0); q = (0.5, 0.5), smoothed to 0.99 q + 0.01 p = (0.505, 0.495).
+    assert miscalibration(["a", "b"], ["a", "a"]) == pytest.approx(math.log(1 / 0.505))
+    assert miscalibration(["a", "b"], ["b", "a"]) == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(PinlabModelError, match="non-empty"):
+        miscalibration([], ["a"])

@@ -22,7 +22,7 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from pinlab_data import load_dataset
-from pinlab_serve import PinIndex, ServeSettings
+from pinlab_serve import Diversify, PinIndex, ServeSettings
 from pinlab_serve._app import STAGES, create_app
 from pinlab_serve._service import PinService
 
@@ -596,9 +596,85 @@ def test_faiss_threads_hold_on_the_thread_that_searches(
 
     def answer() -> None:
         faiss.omp_set_num_threads(3)  # a fresh thread's default: every core
-        svc.similar(pins["ids"][0], 5, None, [], 0.0)
+        svc.similar(pins["ids"][0], 5, None, [], Diversify())
 
     worker = threading.Thread(target=answer)
     worker.start()
     worker.join()
     assert seen == [1]
+
+
+def _category_diversity(body: dict[str, Any]) -> float:
+    from pinlab_models import category_diversity
+
+    return category_diversity([h["category"] for h in body["hits"]])
+
+
+def test_diversify_dpp_mmr_and_calibrated(client: TestClient, pins: dict[str, Any]) -> None:
+    from pinlab_models import miscalibration
+
+    ds = pins["ds"]
+    user = int(ds.user_ids()[2])
+    url = f"/v1/users/{user}/recommendations"
+    plain = client.get(url, params={"k": 10}).json()
+    assert plain["diversify"] is None and plain["diversity"] == 0
+    # Trade-off 0 keeps the relevance order, whatever the re-ranker.
+    for method in ("mmr", "dpp", "calibrated"):
+        same = client.get(url, params={"k": 10, "diversify": method, "tradeoff": 0}).json()
+        assert same["hits"] == plain["hits"] and same["diversify"] == method
+    pin = pins["ids"][0]
+    similar = client.get(f"/v1/pins/{pin}/similar", params={"k": 8}).json()
+    spread = client.get(
+        f"/v1/pins/{pin}/similar", params={"k": 8, "diversify": "dpp", "tradeoff": 0.9}
+    ).json()
+    assert spread["diversity"] == 0.9 and spread["diversify"] == "dpp"
+    assert _category_diversity(spread) > _category_diversity(similar)
+    # Calibrated: the list's category mix moves toward the user's history.
+    interactions = ds.interactions.to_pylist()
+    history = [pins["rows"][r["pin_id"]]["category"] for r in interactions if r["user_id"] == user]
+    calibrated = client.get(url, params={"k": 10, "diversify": "calibrated", "tradeoff": 0.9})
+    body = calibrated.json()
+    kl = [miscalibration([h["category"] for h in b["hits"]], history) for b in (plain, body)]
+    assert kl[1] < kl[0]
+
+
+def test_diversify_target_takes_the_smallest_tradeoff(
+    client: TestClient, pins: dict[str, Any]
+) -> None:
+    pin = pins["ids"][5]
+    url = f"/v1/pins/{pin}/similar"
+    for method in ("mmr", "dpp"):
+        body = client.get(url, params={"k": 8, "diversify": method, "target": 0.7}).json()
+        assert body["target"] == 0.7 and _category_diversity(body) >= 0.7
+        chosen = body["diversity"]
+        assert 0 < chosen <= 1
+        below = client.get(
+            url, params={"k": 8, "diversify": method, "tradeoff": round(chosen - 0.1, 1)}
+        ).json()
+        assert _category_diversity(below) < 0.7  # the next smaller grid value falls short
+        again = client.get(url, params={"k": 8, "diversify": method, "tradeoff": chosen}).json()
+        assert again["hits"] == body["hits"]
+
+
+@pytest.mark.parametrize(
+    ("params", "match"),
+    [
+        ({"diversify": "random", "tradeoff": 0.5}, "'mmr', 'dpp' or 'calibrated'"),
+        ({"diversify": "dpp", "tradeoff": 1.5}, "less than or equal to 1"),
+        ({"diversify": "dpp", "tradeoff": -0.1}, "greater than or equal to 0"),
+        ({"diversify": "dpp"}, "exactly one of tradeoff (0 to 1) or target"),
+        ({"diversify": "dpp", "tradeoff": 0.5, "target": 0.5}, "exactly one of tradeoff"),
+        ({"tradeoff": 0.5}, "need diversify=mmr, dpp or calibrated"),
+        ({"diversify": "mmr", "tradeoff": 0.5, "diversity": 0.5}, "not diversity as well"),
+        ({"diversify": "mmr", "target": 1.5}, "allowed range 0 to 1"),
+        ({"diversify": "mmr", "target": 0.99}, "out of reach: category diversity"),
+        ({"diversify": "calibrated", "tradeoff": 0.5}, "a user's history"),
+    ],
+)
+def test_diversify_bad_input_is_422(
+    client: TestClient, pins: dict[str, Any], params: dict[str, Any], match: str
+) -> None:
+    response = client.get(f"/v1/pins/{pins['ids'][1]}/similar", params={"k": 8, **params})
+    assert_error(response, 422, match)
+    if "out of reach" in match:
+        assert "allowed target: 0 to 0." in response.json()["error"]

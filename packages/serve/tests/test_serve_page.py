@@ -100,6 +100,14 @@ def test_page_in_headless_chromium(
                 "document.querySelector('#status').textContent.includes('results for user')"
             )
             assert tiles_with_images() == 12
+
+            # A re-ranker chosen: the same list without and with it, side by side.
+            page.select_option("#diversify", "dpp")
+            page.click("#user-form button")
+            page.wait_for_function("document.querySelectorAll('#results .column').length == 2")
+            assert tiles_with_images() == 24
+            headings = page.locator("#results .column h2").all_inner_texts()
+            assert headings == ["without diversification", "with dpp, trade-off 0.5"]
             assert errors == []
         finally:
             browser.close()

@@ -32,6 +32,7 @@ from pinlab_models._rerank import (
     category_diversity,
     dpp,
     exposure_constrained,
+    miscalibration,
     mmr,
     self_adjusting,
 )
@@ -137,6 +138,7 @@ __all__ = [
     "interaction_matrix",
     "load_image_text_model",
     "load_recommender",
+    "miscalibration",
     "mmr",
     "nt_xent_loss",
     "product_augment",

@@ -222,6 +222,19 @@ def self_adjusting(
     )
 
 
+def miscalibration(categories: Labels, history: Labels) -> float:
+    """Steck's miscalibration of one list: `KL(p || q~)` as `calibrated` minimises it, with `p`
+    the history's category mix and `q~` the list's, smoothed by `CALIBRATION_SMOOTHING`."""
+    if not history or not categories:
+        raise PinlabModelError("miscalibration needs a non-empty list and history")
+    names = sorted({c for labels in (*history, *categories) for c in _as_list(labels)})
+    index = {c: j for j, c in enumerate(names)}
+    target = np.mean([_mix(labels, index) for labels in history], axis=0)
+    mix = np.mean([_mix(labels, index) for labels in categories], axis=0)
+    smoothed = (1 - CALIBRATION_SMOOTHING) * mix + CALIBRATION_SMOOTHING * target
+    return float(_kl(target, smoothed))
+
+
 def category_diversity(categories: Sequence[str]) -> float:
     """Intra-list diversity by category: the share of pairs in the list with different ones."""
     n = len(categories)

@@ -5,6 +5,7 @@ from pinlab_serve._index import FLAT, HNSW, PinIndex, embed_image_file
 from pinlab_serve.contracts import (
     HNSW_THRESHOLD,
     MANIFEST_FILE,
+    Diversify,
     Hit,
     IndexManifest,
     PinlabServeError,
@@ -17,6 +18,7 @@ __all__ = [
     "HNSW",
     "HNSW_THRESHOLD",
     "MANIFEST_FILE",
+    "Diversify",
     "Hit",
     "IndexManifest",
     "PinIndex",

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -40,6 +40,8 @@ from pinlab_serve._batcher import MicroBatcher
 from pinlab_serve._catalog import RunFiles
 from pinlab_serve._service import PinService
 from pinlab_serve.contracts import (
+    Diversify,
+    DiversifyMethod,
     ErrorBody,
     ForbiddenError,
     HealthResponse,
@@ -52,6 +54,7 @@ from pinlab_serve.contracts import (
     SearchResponse,
     ServeSettings,
     UnauthorizedError,
+    UnprocessableError,
     UnsupportedMediaError,
     UsersResponse,
 )
@@ -68,6 +71,52 @@ Exclude = Annotated[
 Diversity = Annotated[
     float, Query(ge=0, le=1, description="0: by score; 1: spread across categories/creators.")
 ]
+
+
+def diversify_params(
+    diversify: Annotated[
+        DiversifyMethod | None,
+        Query(
+            description="Re-rank the candidates: mmr, dpp or calibrated (with tradeoff or target)."
+        ),
+    ] = None,
+    tradeoff: Annotated[
+        float | None, Query(ge=0, le=1, description="0 keeps the relevance order; 1 re-ranks most.")
+    ] = None,
+    target: Annotated[
+        float | None,
+        Query(
+            ge=0,
+            description="Instead of tradeoff, the smallest trade-off that meets it: mmr, dpp: "
+            "least category diversity (0..1); calibrated: most miscalibration (KL).",
+        ),
+    ] = None,
+    diversity: Diversity = 0.0,
+) -> Diversify:
+    """The request's re-ranking; `diversity=x` is the older spelling of mmr at trade-off x."""
+    if diversify is None:
+        if tradeoff is not None or target is not None:
+            raise UnprocessableError("tradeoff and target need diversify=mmr, dpp or calibrated")
+        return Diversify(method="mmr", tradeoff=diversity) if diversity > 0 else Diversify()
+    if diversity > 0:
+        raise UnprocessableError(
+            f"give diversify={diversify} with tradeoff or target, not diversity as well "
+            "(diversity=x means diversify=mmr&tradeoff=x)"
+        )
+    if (tradeoff is None) == (target is None):
+        raise UnprocessableError(
+            f"diversify={diversify} needs exactly one of tradeoff (0 to 1) or target "
+            "(mmr, dpp: category diversity 0 to 1; calibrated: miscalibration 0 or more)"
+        )
+    if target is not None and diversify != "calibrated" and target > 1:
+        raise UnprocessableError(
+            f"target {target} is a category diversity (share of pairs in different "
+            "categories); allowed range 0 to 1"
+        )
+    return Diversify(method=diversify, tradeoff=tradeoff or 0.0, target=target)
+
+
+Diversification = Annotated[Diversify, Depends(diversify_params)]
 PinId = Annotated[int, PathParam(ge=0, le=2**63 - 1)]
 UserId = Annotated[int, PathParam(ge=0, le=2**63 - 1)]
 MULTIPART_SLACK = 64 * 1024
@@ -81,6 +130,7 @@ _STATUS = {
     PinNotFoundError: 404,
     PayloadTooLargeError: 413,
     UnsupportedMediaError: 415,
+    UnprocessableError: 422,
 }
 ADMIN_OFF = (
     "admin endpoints are off; set PINLAB_SERVE_ADMIN_TOKEN (16+ characters) before starting "
@@ -404,57 +454,57 @@ def create_app(run_dir: Path, settings: ServeSettings | None = None) -> FastAPI:
     @app.post("/v1/search/image", response_model=SearchResponse, openapi_extra=upload_doc)
     async def search_image(
         request: Request,
+        div: Diversification,
         k: K = 10,
         category: Category = None,
         exclude: Exclude = [],  # noqa: B006 - FastAPI copies defaults per request
-        diversity: Diversity = 0.0,
     ) -> Response:
         """Pins that look like the uploaded image (multipart field `image`)."""
         svc = ready()
         data = await _upload(request, settings.max_upload_bytes)
         image = await asyncio.to_thread(svc.decode_upload, data)  # times itself as "decode"
         vector = await batcher.embed(image)
-        return _json(svc.search_vector(vector, k, category, exclude, diversity), metrics)
+        return _json(svc.search_vector(vector, k, category, exclude, div), metrics)
 
     @app.get("/v1/search/text", response_model=SearchResponse)
     async def search_text(
         q: Annotated[str, Query(min_length=1, max_length=500, description="What to find.")],
+        div: Diversification,
         k: K = 10,
         category: Category = None,
         exclude: Exclude = [],  # noqa: B006
-        diversity: Diversity = 0.0,
     ) -> Response:
         """Pins matching a text query (aligned image-text model, else pin captions)."""
         svc = ready()
         return _json(
-            await asyncio.to_thread(svc.search_text, q, k, category, exclude, diversity), metrics
+            await asyncio.to_thread(svc.search_text, q, k, category, exclude, div), metrics
         )
 
     @app.get("/v1/pins/{pin_id}/similar", response_model=SearchResponse)
     async def similar(
         pin_id: PinId,
+        div: Diversification,
         k: K = 10,
         category: Category = None,
         exclude: Exclude = [],  # noqa: B006
-        diversity: Diversity = 0.0,
     ) -> Response:
         """Pins that look like pin `pin_id` (never itself)."""
-        return _json(ready().similar(pin_id, k, category, exclude, diversity), metrics)
+        return _json(ready().similar(pin_id, k, category, exclude, div), metrics)
 
     @app.get("/v1/users/{user_id}/recommendations", response_model=RecommendationResponse)
     async def recommendations(
         user_id: UserId,
+        div: Diversification,
         k: K = 10,
         category: Category = None,
         exclude: Exclude = [],  # noqa: B006
-        diversity: Diversity = 0.0,
     ) -> Response:
         """Pins for a user from the run's best recommender; pins they engaged with excluded."""
         svc = ready()
         if svc.recommend_inline:
-            return _json(svc.recommend(user_id, k, category, exclude, diversity), metrics)
+            return _json(svc.recommend(user_id, k, category, exclude, div), metrics)
         return _json(
-            await asyncio.to_thread(svc.recommend, user_id, k, category, exclude, diversity),
+            await asyncio.to_thread(svc.recommend, user_id, k, category, exclude, div),
             metrics,
         )
 

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -22,6 +23,8 @@ from pinlab_serve._brute import NumpySearcher
 from pinlab_serve._catalog import Catalog, RunFiles
 from pinlab_serve._index import PinIndex
 from pinlab_serve.contracts import (
+    TRADEOFF_GRID,
+    Diversify,
     Hit,
     IndexManifest,
     PayloadTooLargeError,
@@ -32,6 +35,7 @@ from pinlab_serve.contracts import (
     Searcher,
     SearchResponse,
     ServeSettings,
+    UnprocessableError,
 )
 
 log = logging.getLogger("pinlab.serve")
@@ -70,7 +74,10 @@ def _top(scores: Float32Array, n: int) -> Int64Array:
     the largest cost of a recommendation request on the 20,000-pin bench world.
     """
     top = torch.topk(torch.from_numpy(scores), n).indices.numpy()
-    return np.asarray(top[np.lexsort((top, -scores[top]))], dtype=np.int64)
+    # topk picks any of the pins tied at the cut; widening to every pin at that score makes
+    # the answer not depend on how many were asked for.
+    top = np.flatnonzero(scores >= scores[top].min())
+    return np.asarray(top[np.lexsort((top, -scores[top]))][:n], dtype=np.int64)
 
 
 def _searcher(index: PinIndex, backend: str) -> IndexState:
@@ -271,12 +278,13 @@ class PinService:
         k: int,
         category: str | None,
         exclude: Sequence[int],
-        diversity: float,
+        div: Diversify,
         own: int | None = None,
-    ) -> list[PinHit]:
+    ) -> dict[str, Any]:
+        """The response fields a search fills: `hits` and what re-ranking was applied."""
         catalog = self.catalog
         allow = catalog.allowed(category)
-        fetch = k if diversity <= 0 else max(k, self.settings.candidates)
+        fetch = k if div.method is None else max(k, self.settings.candidates)
         with self.stage("search"):
             # FAISS's OpenMP thread count is per calling thread; a request may run on the event
             # loop or a worker thread, not the one that loaded, so set it here (it costs ~0).
@@ -288,29 +296,91 @@ class PinService:
                 allow=allow,
                 deny=exclude,
             )[0]
-        return self._rerank(state, hits, k, diversity)
+        return self._ranked(state, hits, k, div, history=[])
 
-    def _rerank(self, state: IndexState, hits: list[Hit], k: int, diversity: float) -> list[PinHit]:
+    def _ranked(
+        self, state: IndexState, hits: list[Hit], k: int, div: Diversify, history: list[str]
+    ) -> dict[str, Any]:
+        ranked, tradeoff = self._rerank(state, hits, k, div, history)
+        return {
+            "hits": ranked,
+            "diversity": tradeoff,
+            "diversify": div.method,
+            "target": div.target,
+        }
+
+    def _rerank(
+        self, state: IndexState, hits: list[Hit], k: int, div: Diversify, history: list[str]
+    ) -> tuple[list[PinHit], float]:
+        """The top `k` hits, re-ranked as `div` asks; and the trade-off applied."""
         with self.stage("rank"):
-            return self._ranked(state, hits, k, diversity)
+            order, tradeoff = self._order(state, hits, k, div, history)
+            return [self.catalog.hit(hits[i].pin_id, hits[i].score) for i in order], tradeoff
 
-    def _ranked(self, state: IndexState, hits: list[Hit], k: int, diversity: float) -> list[PinHit]:
+    def _order(
+        self, state: IndexState, hits: list[Hit], k: int, div: Diversify, history: list[str]
+    ) -> tuple[list[int], float]:
+        if div.method is None or len(hits) <= 1:
+            return list(range(min(k, len(hits)))), 0.0
+        # Imported here: pinlab_models loads torch, which `load()` has already paid for.
+        from pinlab_models import (
+            PinlabModelError,
+            calibrated,
+            category_diversity,
+            dpp,
+            miscalibration,
+            mmr,
+            self_adjusting,
+        )
+
         catalog = self.catalog
-        if diversity > 0 and len(hits) > 1:
-            # Imported here: pinlab_models loads torch, which `load()` has already paid for.
-            from pinlab_models import mmr
+        rows = [catalog.row(h.pin_id) for h in hits]
+        categories = [catalog.categories[r] for r in rows]
+        relevance = [h.score for h in hits]
+        vectors = (
+            None
+            if div.method == "calibrated"
+            else np.stack([state.searcher.vector(h.pin_id) for h in hits])
+        )
+        groups = [catalog.creator_groups[r] for r in rows]
 
-            rows = [catalog.row(h.pin_id) for h in hits]
-            order = mmr(
-                [h.score for h in hits],
-                np.stack([state.searcher.vector(h.pin_id) for h in hits]),
-                [catalog.categories[r] for r in rows],
-                [catalog.creator_groups[r] for r in rows],
-                k,
-                diversity,
+        def rerank(tradeoff: float) -> list[int]:
+            if div.method == "calibrated":
+                return calibrated(relevance, categories, history, k, tradeoff)
+            assert vectors is not None
+            if div.method == "dpp":
+                return dpp(relevance, vectors, k, tradeoff)
+            return mmr(relevance, vectors, categories, groups, k, tradeoff)
+
+        def met(order: list[int]) -> float:
+            chosen = [categories[i] for i in order]
+            if div.method == "calibrated":  # less is better: search on its negative
+                return -miscalibration(chosen, history)
+            return category_diversity(chosen)
+
+        if div.method == "calibrated" and not history:
+            raise UnprocessableError(
+                "diversify=calibrated matches the category mix of a user's history; use "
+                "it on /v1/users/{id}/recommendations for a user with interactions, or "
+                "choose diversify=mmr or dpp"
             )
-            hits = [hits[i] for i in order]
-        return [catalog.hit(h.pin_id, h.score) for h in hits[:k]]
+        goal = div.target
+        if goal is not None and div.method == "calibrated":
+            goal = -goal
+        if goal is None:
+            return rerank(div.tradeoff), div.tradeoff
+        try:
+            tradeoff, order = self_adjusting(rerank, met, goal, TRADEOFF_GRID)
+        except PinlabModelError:
+            reach = [abs(met(rerank(t))) for t in TRADEOFF_GRID]
+            best = min(reach) if div.method == "calibrated" else max(reach)
+            what = "miscalibration" if div.method == "calibrated" else "category diversity"
+            allowed = f"{best:.4g} or more" if div.method == "calibrated" else f"0 to {best:.4g}"
+            raise UnprocessableError(
+                f"target {div.target} is out of reach: {what} of these {len(hits)} candidates "
+                f"reaches {best:.4g} at best over trade-offs 0..1; allowed target: {allowed}"
+            ) from None
+        return order, tradeoff
 
     def search_vector(
         self,
@@ -318,7 +388,7 @@ class PinService:
         k: int,
         category: str | None,
         exclude: Sequence[int],
-        diversity: float,
+        div: Diversify,
     ) -> SearchResponse:
         state = self.state
         return SearchResponse(
@@ -326,8 +396,7 @@ class PinService:
             mode="image",
             model_id=self._encoder_id,
             index=state.kind,
-            diversity=diversity,
-            hits=self._hits(state, vector, k, category, exclude, diversity),
+            **self._hits(state, vector, k, category, exclude, div),
         )
 
     def similar(
@@ -336,7 +405,7 @@ class PinService:
         k: int,
         category: str | None,
         exclude: Sequence[int],
-        diversity: float,
+        div: Diversify,
     ) -> SearchResponse:
         state = self.state  # one snapshot: a concurrent swap cannot mix two indexes
         self.catalog.row(pin_id)
@@ -346,8 +415,7 @@ class PinService:
             mode="similar",
             model_id=self._encoder_id,
             index=state.kind,
-            diversity=diversity,
-            hits=self._hits(state, vector, k, category, exclude, diversity, own=pin_id),
+            **self._hits(state, vector, k, category, exclude, div, own=pin_id),
         )
 
     def search_text(
@@ -356,7 +424,7 @@ class PinService:
         k: int,
         category: str | None,
         exclude: Sequence[int],
-        diversity: float,
+        div: Diversify,
     ) -> SearchResponse:
         assert self._text is not None, "load() first"
         search = self._text
@@ -369,8 +437,7 @@ class PinService:
             mode=search.mode,
             model_id=search.model_id,
             index=search.state.kind,
-            diversity=diversity,
-            hits=self._hits(search.state, vector, k, category, exclude, diversity),
+            **self._hits(search.state, vector, k, category, exclude, div),
         )
 
     def recommend(
@@ -379,7 +446,7 @@ class PinService:
         k: int,
         category: str | None,
         exclude: Sequence[int],
-        diversity: float,
+        div: Diversify,
     ) -> RecommendationResponse:
         catalog = self.catalog
         position = catalog.user(user_id)
@@ -398,19 +465,23 @@ class PinService:
                 scores[~np.isin(item_ids, allow)] = -np.inf
             if exclude:
                 scores[np.isin(item_ids, np.asarray(exclude, dtype=np.int64))] = -np.inf
-            fetch = min(k if diversity <= 0 else max(k, self.settings.candidates), len(scores))
+            fetch = min(k if div.method is None else max(k, self.settings.candidates), len(scores))
             top = _top(scores, fetch)
         state = self.state
+        history = (
+            [catalog.categories[catalog.row(int(item_ids[i]))] for i in seen]
+            if div.method == "calibrated"
+            else []
+        )
         hits = [
             Hit(pin_id=int(item_ids[i]), score=float(scores[i]))
             for i in top
             # The re-rank needs each pin's vector, so it skips pins the index lacks.
-            if np.isfinite(scores[i]) and (diversity <= 0 or int(item_ids[i]) in state.index)
+            if np.isfinite(scores[i]) and (div.method is None or int(item_ids[i]) in state.index)
         ]
         return RecommendationResponse(
             user_id=user_id,
             model=self.recommender_name,
-            diversity=diversity,
             seen_excluded=len(seen),
-            hits=self._rerank(state, hits, k, diversity),
+            **self._ranked(state, hits, k, div, history),
         )

@@ -43,6 +43,33 @@ class ForbiddenError(PinlabServeError):
     """An admin request while no admin token is configured (HTTP 403)."""
 
 
+class UnprocessableError(PinlabServeError):
+    """Parameters that parse but cannot be served together, e.g. an unreachable target (422)."""
+
+
+DiversifyMethod = Literal["mmr", "dpp", "calibrated"]
+TRADEOFF_GRID = tuple(round(0.1 * i, 1) for i in range(11))
+"""Trade-offs a target searches, smallest first (Pinterest's self-adjusting diversity)."""
+
+
+class Diversify(BaseModel):
+    """How a request re-ranks its candidates; `method` None keeps the relevance order.
+
+    `mmr` and `dpp` spread the list over the embedding space (and, for MMR, categories and
+    creator groups); `calibrated` (Steck 2018) matches the category mix of the user's history.
+    Either `tradeoff` (0 keeps the order, 1 is most re-ranking) or `target`: for `mmr` and
+    `dpp` the least category diversity (share of pairs in different categories, 0..1), for
+    `calibrated` the most miscalibration (KL, >= 0); the smallest trade-off on
+    `TRADEOFF_GRID` that meets it is applied.
+    """
+
+    model_config = {"frozen": True}
+
+    method: DiversifyMethod | None = None
+    tradeoff: float = Field(default=0.0, ge=0, le=1)
+    target: float | None = Field(default=None, ge=0)
+
+
 class IndexManifest(BaseModel):
     """`index.json`: describes the index file it names, enough to refuse a mismatched one.
 
@@ -211,14 +238,22 @@ class SearchResponse(BaseModel):
     )
     model_id: str
     index: str = Field(description="Index kind that answered, e.g. 'IDMap2,Flat' or 'numpy'.")
-    diversity: float
+    diversity: float = Field(description="The re-ranking trade-off applied (0: none).")
+    diversify: DiversifyMethod | None = Field(
+        default=None, description="The re-ranker applied, if any."
+    )
+    target: float | None = Field(default=None, description="The target it met, if one was given.")
     hits: list[PinHit]
 
 
 class RecommendationResponse(BaseModel):
     user_id: int
     model: str = Field(description="Recommender that scored (the run's best by ndcg@10).")
-    diversity: float
+    diversity: float = Field(description="The re-ranking trade-off applied (0: none).")
+    diversify: DiversifyMethod | None = Field(
+        default=None, description="The re-ranker applied, if any."
+    )
+    target: float | None = Field(default=None, description="The target it met, if one was given.")
     seen_excluded: int = Field(description="Pins the user engaged with, never recommended.")
     hits: list[PinHit]
 
