@@ -126,7 +126,23 @@ def curves_png(panels: Mapping[str, Sequence[Curve]], xlabel: str, ylabel: str) 
         plt.close(fig)
 
 
-def _draw_curves(ax: Axes, curves: Sequence[Curve]) -> None:
+def frontier_png(panels: Mapping[str, Sequence[Curve]], xlabel: str, ylabel: str) -> bytes:
+    """Trade-off frontiers: like `curves_png`, but x is a measured quantity, not a count."""
+    if not panels:
+        raise PinlabDataError("no frontiers to plot")
+    fig, axes = _grid(len(panels), 3.4, 2.6)
+    try:
+        for ax, (title, curves) in zip(axes, panels.items(), strict=True):
+            _draw_curves(ax, curves, whole_x=False)
+            ax.set_title(title, fontsize=9)
+            ax.set_xlabel(xlabel, fontsize=8)
+            ax.set_ylabel(ylabel, fontsize=8)
+        return _png(fig)
+    finally:
+        plt.close(fig)
+
+
+def _draw_curves(ax: Axes, curves: Sequence[Curve], whole_x: bool = True) -> None:
     colours = plt.get_cmap("tab10")
     named = 0
     for curve in curves:
@@ -148,7 +164,8 @@ def _draw_curves(ax: Axes, curves: Sequence[Curve]) -> None:
                 zorder=2,
             )
             named += 1
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if whole_x:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.tick_params(labelsize=7)
     ax.grid(alpha=0.3)
     if named:

@@ -73,7 +73,7 @@ Diversity = Annotated[
 ]
 
 
-def diversify_params(
+async def diversify_params(  # async: FastAPI runs a plain def dependency on a thread
     diversify: Annotated[
         DiversifyMethod | None,
         Query(

@@ -32,6 +32,13 @@ class NumpySearcher:
             raise PinNotFoundError(f"pin {pin_id} is not in the index")
         return np.asarray(self._matrix[row], dtype=np.float32)
 
+    def vectors(self, pin_ids: Int64Array) -> Float32Array:
+        return (
+            np.stack([self.vector(int(p)) for p in pin_ids])
+            if len(pin_ids)
+            else (np.zeros((0, self.dim), dtype=np.float32))
+        )
+
     def search(
         self,
         queries: Float32Array,

@@ -285,7 +285,11 @@ class PinIndex:
         """Stored vectors of `pin_ids`, shape (n, d); every id must be searchable."""
         if len(pin_ids) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        return np.stack([self.vector(int(p)) for p in pin_ids])
+        missing = [int(p) for p in pin_ids if int(p) not in self._ids]
+        if missing:
+            self.vector(missing[0])  # raises, naming it
+        ids = np.asarray(pin_ids, dtype=np.int64)
+        return np.asarray(self._index.reconstruct_batch(ids), dtype=np.float32)
 
     def _serialize(self) -> bytes:
         return bytes(faiss.serialize_index(self._index))

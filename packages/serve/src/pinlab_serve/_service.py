@@ -340,7 +340,7 @@ class PinService:
         vectors = (
             None
             if div.method == "calibrated"
-            else np.stack([state.searcher.vector(h.pin_id) for h in hits])
+            else state.searcher.vectors(np.asarray([h.pin_id for h in hits], dtype=np.int64))
         )
         groups = [catalog.creator_groups[r] for r in rows]
 

@@ -201,6 +201,8 @@ class Searcher(Protocol):
 
     def vector(self, pin_id: int) -> Float32Array: ...
 
+    def vectors(self, pin_ids: Int64Array) -> Float32Array: ...
+
     def search(
         self,
         queries: Float32Array,

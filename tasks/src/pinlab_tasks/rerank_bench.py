@@ -1,0 +1,446 @@
+"""`pinlab bench rerank`: what each re-ranker buys in diversity, calibration and exposure, and
+what it costs in NDCG@10, over one recommender's candidates.
+
+Per seed r: the stratified split with seed 42 + r; the base model (default settings, never
+tuned here) fitted on the validation split's training part, then refitted on the test split's
+training part. Each user's top candidates (seen items excluded) are re-ranked to k=10 by every
+re-ranker over a sweep of its trade-off. Validation picks, per re-ranker, the trade-off with
+the most gain inside the issue's NDCG budget; the test split reports the whole frontier and
+that choice. Nothing on the test split chooses anything.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pinlab_data import interaction_log, load_dataset, seen_csr
+from pinlab_data._synth import TRUTH_FILE, load_truth
+from pinlab_data.contracts import Dataset, Int64Array, InteractionLog, PinlabDataError
+from pinlab_eval import (
+    catalogue_coverage,
+    category_diversity_at_k,
+    embedding_diversity_at_k,
+    exposure_by_group,
+    gini_at_k,
+    miscalibration_at_k,
+    ndcg_at_k,
+    protocol_spec,
+    relevant_csr,
+    top_k,
+)
+from pinlab_eval.contracts import Csr, Holdout
+from pinlab_models import (
+    TrainContext,
+    build_recommender,
+    calibrated,
+    dpp,
+    exposure_constrained,
+    mmr,
+)
+from pinlab_tasks.recsys import split_for
+
+K = 10
+TRADEOFFS = tuple(round(0.1 * i, 1) for i in range(10))
+"""0 (the base ranking) to 0.9; 1 would drop relevance altogether for MMR and calibration."""
+EXPOSURE_TARGETS = tuple(round(0.05 * i, 2) for i in range(11))
+"""The protected group's least share of every prefix, 0 to 0.5."""
+EMBEDDING_DIM = 32
+BUDGETS = {"mmr": 0.01, "dpp": 0.01, "calibrated": 0.02, "exposure": 0.02}
+"""The issue's relative NDCG@10 loss allowed per re-ranker when validation picks a setting."""
+GOALS = {
+    "mmr": "category_diversity",
+    "dpp": "category_diversity",
+    "calibrated": "miscalibration",
+    "exposure": "exposure_gap",
+}
+"""What each re-ranker is picked for on validation (more diversity, less of the others)."""
+
+
+@dataclass(frozen=True)
+class Items:
+    """Item side information lined up with the log's dense item indexes."""
+
+    category: Int64Array
+    category_names: list[str]
+    group: Int64Array
+    group_names: list[str]
+    vectors: np.ndarray  # unit rows from the training interactions (truncated SVD)
+
+
+def _column(ds: Dataset, log: InteractionLog, column: str) -> tuple[Int64Array, list[str]]:
+    names = ds.pins.column_names
+    if column not in names:
+        raise PinlabDataError(
+            f"--by {column!r} is not a pin column; the pins have: {', '.join(names)}"
+        )
+    pins = ds.pins.column("pin_id").to_pylist()
+    by_pin = dict(zip(pins, ds.pins.column(column).to_pylist(), strict=True))
+    values = [str(by_pin[int(p)]) for p in log.item_ids]
+    labels = sorted(set(values))
+    code = {v: i for i, v in enumerate(labels)}
+    return np.asarray([code[v] for v in values], dtype=np.int64), labels
+
+
+def item_vectors(train: InteractionLog, seed: int) -> np.ndarray:
+    """Items as unit rows of a rank-32 SVD of the training user-item matrix: similarity from
+    behaviour, independent of the category labels the diversity is measured with."""
+    matrix = torch.zeros(train.num_users, train.num_items)
+    matrix[torch.from_numpy(train.users), torch.from_numpy(train.items)] = 1.0
+    torch.manual_seed(seed)
+    q = min(EMBEDDING_DIM, min(matrix.shape) - 1)
+    _, s, v = torch.svd_lowrank(matrix, q=q, niter=4)
+    vectors = (v * s).numpy().astype(np.float64)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    # An item nobody trained on has no direction: give it its own axis-free small vector.
+    vectors[norms[:, 0] == 0] = 1e-6
+    return np.asarray(vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
+
+
+def merit_share(
+    ds_root: Path, log: InteractionLog, users: Int64Array, group: Int64Array
+) -> list[float] | None:
+    """Each item group's share of true relevance, without the world's exposure bias.
+
+    The synthetic users pick a category by taste, then a pin within it with odds
+    appeal x palette-taste^1.5 x (emerging creators' exposure knob); merit drops the knob:
+    p(u, i) = taste_end[u, cat i] * w(u, i) / sum of w(u, j) over i's category, averaged over
+    the test users. None off the synthetic world (no truth.npz).
+    """
+    if not (ds_root / TRUTH_FILE).is_file():
+        return None
+    truth = load_truth(ds_root)
+    pins = log.item_ids - 1  # the world's pin ids are 1..n, its truth rows 0..n-1
+    cat, pal = truth.pin_category[pins], truth.pin_palette[pins]
+    appeal = truth.pin_appeal[pins].astype(np.float64)
+    user_rows = log.user_ids[users] - 1
+    shares = np.zeros(int(group.max()) + 1)
+    for u in user_rows:
+        w = appeal * truth.palette_taste[u, pal].astype(np.float64) ** 1.5
+        per_cat = np.bincount(cat, weights=w, minlength=truth.taste_end.shape[1])
+        p = truth.taste_end[u, cat] * w / per_cat[cat]
+        shares += np.bincount(group, weights=p, minlength=len(shares))
+    return [float(x) for x in shares / shares.sum()]
+
+
+def _aligned(csr: Csr, users: Int64Array) -> Csr:
+    """Rows `users` of a CSR indexed by user, as a CSR lined up with `users`."""
+    indptr, indices = csr
+    lengths = indptr[users + 1] - indptr[users]
+    rows = [indices[indptr[u] : indptr[u + 1]] for u in users]
+    out = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    flat = np.concatenate(rows).astype(np.int64) if rows else np.empty(0, np.int64)
+    return out, flat
+
+
+@dataclass(frozen=True)
+class Lists:
+    """One holdout's candidates and everything the metrics need about its users."""
+
+    users: Int64Array
+    candidates: Int64Array  # (users, n) by the base model's score, best first
+    scores: np.ndarray
+    relevant: Csr
+    history: Csr
+
+
+def candidate_lists(name: str, holdout: Holdout, n: int, run_dir: Path, seed: int) -> Lists:
+    model = build_recommender(name, {})
+    ctx = TrainContext(run_dir=run_dir, seed=seed, progress=False)
+    model.fit(holdout.train, ctx, None)
+    users, relevant = relevant_csr(holdout.target)
+    seen = seen_csr(holdout.train)
+    candidates = top_k(model, users, n, seen)
+    scores = np.take_along_axis(model.score(users), candidates, axis=1)
+    return Lists(users, candidates, scores, relevant, _aligned(seen, users))
+
+
+def rerank_all(
+    lists: Lists, items: Items, method: str, tradeoff: float, protected: int
+) -> Int64Array:
+    """Every user's top K after re-ranking their candidates."""
+    out = np.empty((len(lists.users), K), dtype=np.int64)
+    names = [items.category_names[c] for c in items.category]
+    hist_ptr, hist = lists.history
+    for row, cands in enumerate(lists.candidates):
+        rel = lists.scores[row].tolist()
+        if method == "mmr":
+            cats = [names[i] for i in cands]
+            groups = [items.group_names[items.group[i]] for i in cands]
+            order = mmr(rel, items.vectors[cands], cats, groups, K, tradeoff)
+        elif method == "dpp":
+            order = dpp(rel, items.vectors[cands], K, tradeoff)
+        elif method == "calibrated":
+            past = [names[i] for i in hist[hist_ptr[row] : hist_ptr[row + 1]]]
+            order = calibrated(rel, [names[i] for i in cands], past, K, tradeoff)
+        else:
+            order = exposure_constrained(
+                rel, (items.group[cands] == protected).tolist(), K, tradeoff
+            )
+        out[row] = cands[order]
+    return out
+
+
+def measure(
+    ranked: Int64Array,
+    lists: Lists,
+    items: Items,
+    num_items: int,
+    merit: list[float] | None,
+    protected: int,
+) -> dict[str, float | None]:
+    exposure = exposure_by_group(ranked, items.group, lists.relevant, len(items.group_names))
+    share = exposure.groups[protected].exposure_share
+    out: dict[str, float | None] = {
+        "ndcg@10": float(ndcg_at_k(ranked, lists.relevant).mean()),
+        "category_diversity": float(category_diversity_at_k(ranked, items.category).mean()),
+        "embedding_diversity": float(embedding_diversity_at_k(ranked, items.vectors).mean()),
+        "miscalibration": float(
+            np.nanmean(miscalibration_at_k(ranked, lists.history, items.category))
+        ),
+        "coverage": catalogue_coverage(ranked, num_items),
+        "gini": gini_at_k(ranked, num_items),
+        "protected_exposure_share": share,
+        "exposure_disparity": exposure.disparity,
+    }
+    reference = (
+        merit[protected] if merit is not None else exposure.groups[protected].relevance_share
+    )
+    out["protected_reference_share"] = reference
+    out["exposure_gap"] = None if not reference else abs(share - reference) / reference
+    return out
+
+
+def _sweep(
+    lists: Lists, items: Items, merit: list[float] | None, protected: int
+) -> dict[str, dict[float, dict[str, float | None]]]:
+    n_items = len(items.category)
+    out: dict[str, dict[float, dict[str, float | None]]] = {}
+    for method in ("mmr", "dpp", "calibrated", "exposure"):
+        grid = EXPOSURE_TARGETS if method == "exposure" else TRADEOFFS
+        out[method] = {
+            t: measure(
+                rerank_all(lists, items, method, t, protected),
+                lists,
+                items,
+                n_items,
+                merit,
+                protected,
+            )
+            for t in grid
+        }
+    return out
+
+
+def pick(points: dict[float, dict[str, float | None]], method: str) -> float:
+    """The trade-off with the most gain for `method`'s goal whose relative NDCG@10 loss
+    against trade-off 0 stays within its budget (0 when none does)."""
+    base = points[0.0]["ndcg@10"] or 0.0
+    goal = GOALS[method]
+    sign = 1.0 if goal == "category_diversity" else -1.0
+    best, best_value = 0.0, -math.inf
+    for t, m in points.items():
+        value = m[goal]
+        loss = (base - (m["ndcg@10"] or 0.0)) / base if base > 0 else 0.0
+        if value is None or loss > BUDGETS[method] + 1e-12:
+            continue
+        if sign * value > best_value + 1e-12:
+            best, best_value = t, sign * value
+    return best
+
+
+def bench_rerank(
+    data_dir: Path,
+    run_dir: Path,
+    *,
+    by: str | None,
+    model: str,
+    candidates: int,
+    seeds: int,
+    seed: int,
+    say: Callable[[str], None] = lambda _: None,
+) -> dict[str, Any]:
+    started = time.perf_counter()
+    ds = load_dataset(data_dir)
+    log = interaction_log(ds)
+    by = by or ("creator_group" if (data_dir / TRUTH_FILE).is_file() else "category")
+    group, group_names = _column(ds, log, by)
+    category, category_names = _column(ds, log, "category")
+    if seeds < 1:
+        raise PinlabDataError(f"--seeds must be at least 1, got {seeds}")
+    if candidates < K:
+        raise PinlabDataError(f"--candidates must be at least {K}, got {candidates}")
+    per_seed: list[dict[str, Any]] = []
+    for r in range(seeds):
+        spec = protocol_spec("stratified", {"seed": 42 + r})
+        split = split_for(log, spec)
+        say(f"seed {seed + r}: fitting {model} (validation, then test training part)")
+        sides: dict[str, Any] = {}
+        protected = -1
+        for side, holdout in (("valid", split.valid), ("test", split.test)):
+            lists = candidate_lists(
+                model, holdout, candidates, run_dir / f"seed-{seed + r}" / side, seed + r
+            )
+            items = Items(
+                category, category_names, group, group_names, item_vectors(holdout.train, seed + r)
+            )
+            if protected < 0:
+                # The group the base lists under-expose most against its relevance (on validation).
+                base = exposure_by_group(
+                    lists.candidates[:, :K], group, lists.relevant, len(group_names)
+                )
+                ratios = [(g.ratio if g.ratio is not None else math.inf) for g in base.groups]
+                protected = int(np.argmin(ratios))
+            merit = merit_share(data_dir, log, lists.users, group)
+            say(f"seed {seed + r}: re-ranking {len(lists.users)} {side} users' top {candidates}")
+            sides[side] = _sweep(lists, items, merit, protected)
+        chosen = {m: pick(sides["valid"][m], m) for m in sides["valid"]}
+        per_seed.append(
+            {
+                "seed": seed + r,
+                "protected": group_names[protected],
+                "chosen": chosen,
+                "test": sides["test"],
+            }
+        )
+    return summarize(per_seed, data_dir, by, model, candidates, started)
+
+
+def _mean_std(values: Sequence[float | None]) -> dict[str, float | None]:
+    real = [v for v in values if v is not None]
+    if not real:
+        return {"mean": None, "std": None}
+    return {
+        "mean": float(np.mean(real)),
+        "std": float(np.std(real, ddof=1)) if len(real) > 1 else 0.0,
+    }
+
+
+def summarize(
+    per_seed: list[dict[str, Any]],
+    data_dir: Path,
+    by: str,
+    model: str,
+    candidates: int,
+    started: float,
+) -> dict[str, Any]:
+    methods = list(per_seed[0]["test"])
+    frontier: dict[str, list[dict[str, Any]]] = {}
+    for method in methods:
+        rows = []
+        for t in per_seed[0]["test"][method]:
+            metrics = per_seed[0]["test"][method][t]
+            rows.append(
+                {"tradeoff": t}
+                | {
+                    name: _mean_std([s["test"][method][t][name] for s in per_seed])
+                    for name in metrics
+                }
+            )
+        frontier[method] = rows
+    chosen: dict[str, Any] = {}
+    for method in methods:
+        picks = [s["chosen"][method] for s in per_seed]
+        base = [s["test"][method][0.0] for s in per_seed]
+        at = [s["test"][method][p] for s, p in zip(per_seed, picks, strict=True)]
+        loss = [(b["ndcg@10"] - a["ndcg@10"]) / b["ndcg@10"] for a, b in zip(at, base, strict=True)]
+        goal = GOALS[method]
+        change = [
+            (a[goal] - b[goal]) / b[goal] if a[goal] is not None and b[goal] else None
+            for a, b in zip(at, base, strict=True)
+        ]
+        grid = EXPOSURE_TARGETS if method == "exposure" else TRADEOFFS
+        chosen[method] = {
+            "tradeoff_per_seed": picks,
+            "on_edge": any(p == grid[-1] for p in picks),
+            "goal": goal,
+            "ndcg_budget": BUDGETS[method],
+            "relative_ndcg_loss": _mean_std(loss),
+            f"relative_{goal}_change": _mean_std(change),
+            "at_choice": {name: _mean_std([a[name] for a in at]) for name in at[0]},
+        }
+    return {
+        "data": str(data_dir),
+        "by": by,
+        "protected": per_seed[0]["protected"],
+        "model": model,
+        "candidates": candidates,
+        "k": K,
+        "seeds": [s["seed"] for s in per_seed],
+        "item_vectors": f"rank-{EMBEDDING_DIM} SVD of the training user-item matrix (unit rows)",
+        "chosen_on": "validation split (stratified protocol applied inside the test training part)",
+        "frontier": frontier,
+        "chosen": chosen,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def frontier_plot(result: dict[str, Any], path: Path) -> Path:
+    """NDCG@10 against category diversity and against the protected group's exposure share,
+    one curve per re-ranker (means over seeds)."""
+    from pinlab_data import write_bytes_atomic
+    from pinlab_eval import frontier_png
+    from pinlab_eval.contracts import Curve
+
+    panels = {}
+    for x, title in (
+        ("category_diversity", "NDCG@10 vs category diversity"),
+        ("protected_exposure_share", f"NDCG@10 vs {result['protected']} exposure share"),
+        ("miscalibration", "NDCG@10 vs miscalibration"),
+    ):
+        panels[title] = [
+            Curve(
+                points=[(row[x]["mean"], row["ndcg@10"]["mean"]) for row in rows],
+                label=method,
+            )
+            for method, rows in result["frontier"].items()
+        ]
+    write_bytes_atomic(path, frontier_png(panels, "metric (mean over seeds)", "NDCG@10"))
+    return path
+
+
+def render_rerank(payload: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    from pinlab_tasks._output import stdout
+
+    stdout.print(
+        f"{payload['model']} top {payload['candidates']} re-ranked to k={payload['k']}, "
+        f"seeds {payload['seeds']}, groups by {payload['by']} (protected: "
+        f"{payload['protected']}); settings chosen on {payload['chosen_on']}"
+    )
+    table = Table(title="validation-chosen setting per re-ranker, test split, mean ± std")
+    for column in ("re-ranker", "trade-off", "NDCG loss", "goal", "goal change", "ndcg@10",
+                   "cat. ILD", "miscal.", "protected share", "reference share"):  # fmt: skip
+        table.add_column(column, justify="left" if column == "re-ranker" else "right")
+
+    def fmt(stat: dict[str, float | None], percent: bool = False) -> str:
+        if stat["mean"] is None:
+            return "n/a"
+        scale, unit, digits = (100, "%", 1) if percent else (1, "", 4)
+        mean, std = stat["mean"] * scale, (stat["std"] or 0) * scale
+        return f"{mean:.{digits}f}{unit} ± {std:.{digits}f}"
+
+    for method, c in payload["chosen"].items():
+        at = c["at_choice"]
+        table.add_row(
+            method,
+            ",".join(str(t) for t in c["tradeoff_per_seed"]) + (" (edge)" if c["on_edge"] else ""),
+            fmt(c["relative_ndcg_loss"], True),
+            c["goal"],
+            fmt(c[f"relative_{c['goal']}_change"], True),
+            fmt(at["ndcg@10"]),
+            fmt(at["category_diversity"]),
+            fmt(at["miscalibration"]),
+            fmt(at["protected_exposure_share"]),
+            fmt(at["protected_reference_share"]),
+        )
+    stdout.print(table)
+    stdout.print(f"frontier plot: {payload.get('plot')}; {payload['seconds']} s")
