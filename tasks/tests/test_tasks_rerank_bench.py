@@ -51,7 +51,7 @@ def test_bench_rerank_frontier(
         last["calibrated"]["miscalibration"]["mean"] < base["calibrated"]["miscalibration"]["mean"]
     )
     share = [r["protected_exposure_share"]["mean"] for r in frontier["exposure"]]
-    assert share[-1] > share[0] and share[-1] >= 0.45  # at least half of every prefix
+    assert share[-1] > 2 * share[0]  # as far as the candidates hold emerging pins
     reference = base["exposure"]["protected_reference_share"]["mean"]
     assert 0 < reference < 1  # the emerging creators' merit from the world's truth
     chosen = payload["chosen"]

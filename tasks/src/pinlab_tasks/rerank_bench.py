@@ -278,12 +278,12 @@ def bench_rerank(
     if candidates < K:
         raise PinlabDataError(f"--candidates must be at least {K}, got {candidates}")
     per_seed: list[dict[str, Any]] = []
+    protected = -1  # chosen on the first seed's validation split, then kept
     for r in range(seeds):
         spec = protocol_spec("stratified", {"seed": 42 + r})
         split = split_for(log, spec)
         say(f"seed {seed + r}: fitting {model} (validation, then test training part)")
         sides: dict[str, Any] = {}
-        protected = -1
         for side, holdout in (("valid", split.valid), ("test", split.test)):
             lists = candidate_lists(
                 model, holdout, candidates, run_dir / f"seed-{seed + r}" / side, seed + r
@@ -291,14 +291,19 @@ def bench_rerank(
             items = Items(
                 category, category_names, group, group_names, item_vectors(holdout.train, seed + r)
             )
+            merit = merit_share(data_dir, log, lists.users, group)
             if protected < 0:
-                # The group the base lists under-expose most against its relevance (on validation).
+                # The group the base lists under-expose most (on validation): against its true
+                # merit on the synthetic world, else against its held-out relevance.
                 base = exposure_by_group(
                     lists.candidates[:, :K], group, lists.relevant, len(group_names)
                 )
-                ratios = [(g.ratio if g.ratio is not None else math.inf) for g in base.groups]
+                reference = merit or [g.relevance_share or 0.0 for g in base.groups]
+                ratios = [
+                    g.exposure_share / ref if ref else math.inf
+                    for g, ref in zip(base.groups, reference, strict=True)
+                ]
                 protected = int(np.argmin(ratios))
-            merit = merit_share(data_dir, log, lists.users, group)
             say(f"seed {seed + r}: re-ranking {len(lists.users)} {side} users' top {candidates}")
             sides[side] = _sweep(lists, items, merit, protected)
         chosen = {m: pick(sides["valid"][m], m) for m in sides["valid"]}
