@@ -391,7 +391,7 @@ def frontier_plot(result: dict[str, Any], path: Path) -> Path:
     """NDCG@10 against category diversity and against the protected group's exposure share,
     one curve per re-ranker (means over seeds)."""
     from pinlab_data import write_bytes_atomic
-    from pinlab_eval import frontier_png
+    from pinlab_eval import curves_png
     from pinlab_eval.contracts import Curve
 
     panels = {}
@@ -407,7 +407,9 @@ def frontier_plot(result: dict[str, Any], path: Path) -> Path:
             )
             for method, rows in result["frontier"].items()
         ]
-    write_bytes_atomic(path, frontier_png(panels, "metric (mean over seeds)", "NDCG@10"))
+    write_bytes_atomic(
+        path, curves_png(panels, "metric (mean over seeds)", "NDCG@10", whole_x=False)
+    )
     return path
 
 

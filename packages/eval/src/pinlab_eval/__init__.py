@@ -16,7 +16,6 @@ from pinlab_eval._plots import (
     difference_matrix_png,
     distributions_png,
     embedding_map,
-    frontier_png,
     project_2d,
 )
 from pinlab_eval._protocols import apply_protocol, protocol_spec, sample_negatives
@@ -120,7 +119,6 @@ __all__ = [
     "evaluate_retrieval",
     "evaluate_text_to_image",
     "exposure_by_group",
-    "frontier_png",
     "gini_at_k",
     "hit_rate_at_k",
     "holm",

@@ -105,35 +105,21 @@ def embedding_map(
     return Path(path)
 
 
-def curves_png(panels: Mapping[str, Sequence[Curve]], xlabel: str, ylabel: str) -> bytes:
+def curves_png(
+    panels: Mapping[str, Sequence[Curve]], xlabel: str, ylabel: str, whole_x: bool = True
+) -> bytes:
     """Small multiples of curves, one panel per key (a model, a log), sharing axis labels.
 
     Unlabelled curves go behind in thin grey; labelled ones on top in colour, with a legend.
-    A curve of one point is drawn as a dot. x counts something (epochs, trials): its ticks
-    are whole numbers.
+    A curve of one point is drawn as a dot. With `whole_x`, x counts something (epochs,
+    trials) and its ticks are whole numbers; without, x is a measured quantity (a frontier).
     """
     if not panels:
         raise PinlabDataError("no curves to plot")
     fig, axes = _grid(len(panels), 3.4, 2.6)
     try:
         for ax, (title, curves) in zip(axes, panels.items(), strict=True):
-            _draw_curves(ax, curves)
-            ax.set_title(title, fontsize=9)
-            ax.set_xlabel(xlabel, fontsize=8)
-            ax.set_ylabel(ylabel, fontsize=8)
-        return _png(fig)
-    finally:
-        plt.close(fig)
-
-
-def frontier_png(panels: Mapping[str, Sequence[Curve]], xlabel: str, ylabel: str) -> bytes:
-    """Trade-off frontiers: like `curves_png`, but x is a measured quantity, not a count."""
-    if not panels:
-        raise PinlabDataError("no frontiers to plot")
-    fig, axes = _grid(len(panels), 3.4, 2.6)
-    try:
-        for ax, (title, curves) in zip(axes, panels.items(), strict=True):
-            _draw_curves(ax, curves, whole_x=False)
+            _draw_curves(ax, curves, whole_x)
             ax.set_title(title, fontsize=9)
             ax.set_xlabel(xlabel, fontsize=8)
             ax.set_ylabel(ylabel, fontsize=8)
