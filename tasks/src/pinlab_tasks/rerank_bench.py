@@ -99,7 +99,7 @@ def item_vectors(train: InteractionLog, seed: int) -> np.ndarray:
     _, s, v = torch.svd_lowrank(matrix, q=q, niter=4)
     vectors = (v * s).numpy().astype(np.float64)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    # An item nobody trained on has no direction: give it its own axis-free small vector.
+    # An item nobody trained on has no direction: all such items share one, so cosine is defined.
     vectors[norms[:, 0] == 0] = 1e-6
     return np.asarray(vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
 
@@ -192,7 +192,6 @@ def measure(
     ranked: Int64Array,
     lists: Lists,
     items: Items,
-    num_items: int,
     merit: list[float] | None,
     protected: int,
 ) -> dict[str, float | None]:
@@ -205,8 +204,8 @@ def measure(
         "miscalibration": float(
             np.nanmean(miscalibration_at_k(ranked, lists.history, items.category))
         ),
-        "coverage": catalogue_coverage(ranked, num_items),
-        "gini": gini_at_k(ranked, num_items),
+        "coverage": catalogue_coverage(ranked, len(items.category)),
+        "gini": gini_at_k(ranked, len(items.category)),
         "protected_exposure_share": share,
         "exposure_disparity": exposure.disparity,
     }
@@ -221,7 +220,6 @@ def measure(
 def _sweep(
     lists: Lists, items: Items, merit: list[float] | None, protected: int
 ) -> dict[str, dict[float, dict[str, float | None]]]:
-    n_items = len(items.category)
     out: dict[str, dict[float, dict[str, float | None]]] = {}
     for method in ("mmr", "dpp", "calibrated", "exposure"):
         grid = EXPOSURE_TARGETS if method == "exposure" else TRADEOFFS
@@ -230,7 +228,6 @@ def _sweep(
                 rerank_all(lists, items, method, t, protected),
                 lists,
                 items,
-                n_items,
                 merit,
                 protected,
             )
