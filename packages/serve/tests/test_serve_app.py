@@ -88,6 +88,20 @@ def test_health_ready_docs_and_page(client: TestClient) -> None:
     ):
         assert path in paths
     assert "multipart/form-data" in paths["/v1/search/image"]["post"]["requestBody"]["content"]
+    # The ranked endpoints read their query string as one model; the docs still list each key.
+    ranking = ["k", "category", "exclude", "diversify", "tradeoff", "target", "diversity"]
+    for path, method, first in (
+        ("/v1/search/image", "post", []),
+        ("/v1/search/text", "get", []),
+        ("/v1/pins/{pin_id}/similar", "get", ["pin_id"]),
+        ("/v1/users/{user_id}/recommendations", "get", ["user_id"]),
+    ):
+        params = paths[path][method]["parameters"]
+        names = [p["name"] for p in params]
+        assert names == first + ranking + (["q"] if path == "/v1/search/text" else []), names
+        k = next(p for p in params if p["name"] == "k")
+        assert k["schema"]["minimum"] == 1 and k["schema"]["maximum"] == 1000
+        assert next(p for p in params if p["name"] == "exclude")["schema"]["type"] == "array"
     page = client.get("/")
     assert page.headers["content-type"].startswith("text/html")
     for element in ('id="q"', 'id="image"', 'id="user"', 'id="results"'):

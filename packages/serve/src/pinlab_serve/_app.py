@@ -13,10 +13,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar, get_origin
 
 import numpy as np
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -30,7 +30,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -40,8 +40,6 @@ from pinlab_serve._batcher import MicroBatcher
 from pinlab_serve._catalog import RunFiles
 from pinlab_serve._service import PinService
 from pinlab_serve.contracts import (
-    Diversify,
-    DiversifyMethod,
     ErrorBody,
     ForbiddenError,
     HealthResponse,
@@ -49,10 +47,12 @@ from pinlab_serve.contracts import (
     PinlabServeError,
     PinNotFoundError,
     PinOut,
+    RankQuery,
     RecommendationResponse,
     ReloadResponse,
     SearchResponse,
     ServeSettings,
+    TextQuery,
     UnauthorizedError,
     UnprocessableError,
     UnsupportedMediaError,
@@ -61,62 +61,49 @@ from pinlab_serve.contracts import (
 
 log = logging.getLogger("pinlab.serve")
 
-K = Annotated[int, Query(ge=1, le=1000, description="Number of results.")]
-Category = Annotated[
-    str | None, Query(min_length=1, max_length=100, description="Only pins of this category.")
-]
-Exclude = Annotated[
-    list[int], Query(max_length=1000, description="Pin ids never to return (repeat the key).")
-]
-Diversity = Annotated[
-    float, Query(ge=0, le=1, description="0: by score; 1: spread across categories/creators.")
-]
+Q = TypeVar("Q", bound=BaseModel)
 
 
-async def diversify_params(  # async: FastAPI runs a plain def dependency on a thread
-    diversify: Annotated[
-        DiversifyMethod | None,
-        Query(
-            description="Re-rank the candidates: mmr, dpp or calibrated (with tradeoff or target)."
-        ),
-    ] = None,
-    tradeoff: Annotated[
-        float | None, Query(ge=0, le=1, description="0 keeps the relevance order; 1 re-ranks most.")
-    ] = None,
-    target: Annotated[
-        float | None,
-        Query(
-            ge=0,
-            description="Instead of tradeoff, the smallest trade-off that meets it: mmr, dpp: "
-            "least category diversity (0..1); calibrated: most miscalibration (KL).",
-        ),
-    ] = None,
-    diversity: Diversity = 0.0,
-) -> Diversify:
-    """The request's re-ranking; `diversity=x` is the older spelling of mmr at trade-off x."""
-    if diversify is None:
-        if tradeoff is not None or target is not None:
-            raise UnprocessableError("tradeoff and target need diversify=mmr, dpp or calibrated")
-        return Diversify(method="mmr", tradeoff=diversity) if diversity > 0 else Diversify()
-    if diversity > 0:
-        raise UnprocessableError(
-            f"give diversify={diversify} with tradeoff or target, not diversity as well "
-            "(diversity=x means diversify=mmr&tradeoff=x)"
-        )
-    if (tradeoff is None) == (target is None):
-        raise UnprocessableError(
-            f"diversify={diversify} needs exactly one of tradeoff (0 to 1) or target "
-            "(mmr, dpp: category diversity 0 to 1; calibrated: miscalibration 0 or more)"
-        )
-    if target is not None and diversify != "calibrated" and target > 1:
-        raise UnprocessableError(
-            f"target {target} is a category diversity (share of pairs in different "
-            "categories); allowed range 0 to 1"
-        )
-    return Diversify(method=diversify, tradeoff=tradeoff or 0.0, target=target)
+def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
+    """OpenAPI `parameters` for a query model that `_query` reads (FastAPI does not see it)."""
+    schema = model.model_json_schema()
+    required = set(schema.get("required", []))
+    return [
+        {
+            "name": name,
+            "in": "query",
+            "required": name in required,
+            "description": field.get("description", ""),
+            "schema": {key: v for key, v in field.items() if key != "description"},
+        }
+        for name, field in schema["properties"].items()
+    ]
 
 
-Diversification = Annotated[Diversify, Depends(diversify_params)]
+def _query(request: Request, model: type[Q]) -> Q:
+    """The request's query string validated as `model`; a bad value is the usual 422.
+
+    Read here rather than declared as FastAPI parameters: FastAPI re-inspects every declared
+    parameter's annotation on each request, about a fifth of a `similar` request's server time
+    (cProfile under `bench serve` load).
+    """
+    params = request.query_params
+    data: dict[str, Any] = dict(params)
+    for name in _LIST_FIELDS[model]:
+        data[name] = params.getlist(name)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        errors = [{**e, "loc": ("query", *e["loc"])} for e in exc.errors()]
+        raise RequestValidationError(errors) from None
+
+
+_LIST_FIELDS: dict[type[BaseModel], list[str]] = {
+    model: [n for n, f in model.model_fields.items() if get_origin(f.annotation) is list]
+    for model in (RankQuery, TextQuery)
+}
+RANKED = {"parameters": _query_parameters(RankQuery)}
+TEXT_RANKED = {"parameters": _query_parameters(TextQuery)}
 PinId = Annotated[int, PathParam(ge=0, le=2**63 - 1)]
 UserId = Annotated[int, PathParam(ge=0, le=2**63 - 1)]
 MULTIPART_SLACK = 64 * 1024
@@ -451,62 +438,47 @@ def create_app(run_dir: Path, settings: ServeSettings | None = None) -> FastAPI:
         }
     }
 
-    @app.post("/v1/search/image", response_model=SearchResponse, openapi_extra=upload_doc)
-    async def search_image(
-        request: Request,
-        div: Diversification,
-        k: K = 10,
-        category: Category = None,
-        exclude: Exclude = [],  # noqa: B006 - FastAPI copies defaults per request
-    ) -> Response:
+    @app.post("/v1/search/image", response_model=SearchResponse, openapi_extra=upload_doc | RANKED)
+    async def search_image(request: Request) -> Response:
         """Pins that look like the uploaded image (multipart field `image`)."""
+        query = _query(request, RankQuery)
         svc = ready()
+        div = query.diversification()
         data = await _upload(request, settings.max_upload_bytes)
         image = await asyncio.to_thread(svc.decode_upload, data)  # times itself as "decode"
         vector = await batcher.embed(image)
-        return _json(svc.search_vector(vector, k, category, exclude, div), metrics)
+        return _json(
+            svc.search_vector(vector, query.k, query.category, query.exclude, div), metrics
+        )
 
-    @app.get("/v1/search/text", response_model=SearchResponse)
-    async def search_text(
-        q: Annotated[str, Query(min_length=1, max_length=500, description="What to find.")],
-        div: Diversification,
-        k: K = 10,
-        category: Category = None,
-        exclude: Exclude = [],  # noqa: B006
-    ) -> Response:
+    @app.get("/v1/search/text", response_model=SearchResponse, openapi_extra=TEXT_RANKED)
+    async def search_text(request: Request) -> Response:
         """Pins matching a text query (aligned image-text model, else pin captions)."""
+        query = _query(request, TextQuery)
         svc = ready()
-        return _json(
-            await asyncio.to_thread(svc.search_text, q, k, category, exclude, div), metrics
-        )
+        args = (query.q, query.k, query.category, query.exclude, query.diversification())
+        return _json(await asyncio.to_thread(svc.search_text, *args), metrics)
 
-    @app.get("/v1/pins/{pin_id}/similar", response_model=SearchResponse)
-    async def similar(
-        pin_id: PinId,
-        div: Diversification,
-        k: K = 10,
-        category: Category = None,
-        exclude: Exclude = [],  # noqa: B006
-    ) -> Response:
+    @app.get("/v1/pins/{pin_id}/similar", response_model=SearchResponse, openapi_extra=RANKED)
+    async def similar(pin_id: PinId, request: Request) -> Response:
         """Pins that look like pin `pin_id` (never itself)."""
-        return _json(ready().similar(pin_id, k, category, exclude, div), metrics)
+        query = _query(request, RankQuery)
+        div = query.diversification()
+        return _json(ready().similar(pin_id, query.k, query.category, query.exclude, div), metrics)
 
-    @app.get("/v1/users/{user_id}/recommendations", response_model=RecommendationResponse)
-    async def recommendations(
-        user_id: UserId,
-        div: Diversification,
-        k: K = 10,
-        category: Category = None,
-        exclude: Exclude = [],  # noqa: B006
-    ) -> Response:
+    @app.get(
+        "/v1/users/{user_id}/recommendations",
+        response_model=RecommendationResponse,
+        openapi_extra=RANKED,
+    )
+    async def recommendations(user_id: UserId, request: Request) -> Response:
         """Pins for a user from the run's best recommender; pins they engaged with excluded."""
+        query = _query(request, RankQuery)
         svc = ready()
+        args = (user_id, query.k, query.category, query.exclude, query.diversification())
         if svc.recommend_inline:
-            return _json(svc.recommend(user_id, k, category, exclude, div), metrics)
-        return _json(
-            await asyncio.to_thread(svc.recommend, user_id, k, category, exclude, div),
-            metrics,
-        )
+            return _json(svc.recommend(*args), metrics)
+        return _json(await asyncio.to_thread(svc.recommend, *args), metrics)
 
     @app.get("/v1/users", response_model=UsersResponse)
     async def users(

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from pinlab_data import interaction_log, load_dataset, seen_csr
 from pinlab_data.contracts import ImageArray, Int64Array
-from pinlab_serve.contracts import PinHit, PinlabServeError, PinNotFoundError, PinOut
+from pinlab_serve.contracts import PinlabServeError, PinNotFoundError, PinOut
 
 
 @dataclass(frozen=True)
@@ -116,10 +117,12 @@ class Catalog:
     def pin(self, pin_id: int) -> PinOut:
         return PinOut.model_validate(self._fields(pin_id))
 
-    def hit(self, pin_id: int, score: float) -> PinHit:
-        return PinHit.model_validate({**self._fields(pin_id), "score": score})
+    def hit(self, pin_id: int, score: float) -> dict[str, Any]:
+        """A `PinHit`'s fields: the response validates all its hits in one call, where a
+        `PinHit` per hit cost a tenth of a `similar` request's server time."""
+        return {**self._fields(pin_id), "score": score}
 
-    def _fields(self, pin_id: int) -> dict[str, object]:
+    def _fields(self, pin_id: int) -> dict[str, Any]:
         row = self.row(pin_id)
         return {
             "pin_id": int(pin_id),

@@ -28,7 +28,6 @@ from pinlab_serve.contracts import (
     Hit,
     IndexManifest,
     PayloadTooLargeError,
-    PinHit,
     PinlabServeError,
     RecommendationResponse,
     ReloadResponse,
@@ -311,7 +310,7 @@ class PinService:
 
     def _rerank(
         self, state: IndexState, hits: list[Hit], k: int, div: Diversify, history: list[str]
-    ) -> tuple[list[PinHit], float]:
+    ) -> tuple[list[dict[str, Any]], float]:
         """The top `k` hits, re-ranked as `div` asks; and the trade-off applied."""
         with self.stage("rank"):
             order, tradeoff = self._order(state, hits, k, div, history)
