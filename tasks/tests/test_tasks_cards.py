@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
-from pinlab_tasks.cards import activity_quartiles
+from pinlab_data import PinlabDataError, load_dataset
+from pinlab_tasks.cards import (
+    activity_quartiles,
+    age_buckets,
+    user_column_groups,
+    user_groupings,
+)
 from pinlab_tasks.cli import run
 from pinlab_tasks.report import build_report, markdown_html, write_report
 
@@ -52,7 +60,8 @@ def test_cards_state_the_runs_own_numbers(
 
     # Per user group: the users add up and the count-weighted group means give the overall.
     for name, rec in facts["recommenders"].items():
-        groups = rec["user_groups"]["metrics"]["ndcg@10"]["groups"]
+        (activity,) = rec["user_groups"]  # the synthetic users have no attribute columns
+        groups = activity["metrics"]["ndcg@10"]["groups"]
         assert sum(g["count"] for g in groups) == rec["counts"]["target_users"]
         weighted = sum(g["count"] * (g["mean"] or 0.0) for g in groups)
         assert weighted / rec["counts"]["target_users"] == pytest.approx(stored[name]["ndcg@10"])
@@ -127,6 +136,51 @@ def test_activity_quartiles_by_hand() -> None:
     group, labels = activity_quartiles(np.full(5, 3, dtype=np.int64))
     assert group.tolist() == [0] * 5 and labels[1:] == ["Q2 (no users)", "Q3 (no users)",
                                                        "Q4 (no users)"]  # fmt: skip
+
+
+def test_user_column_groups_by_hand() -> None:
+    # Age: MovieLens-1M's buckets, whatever the values; no value is "missing".
+    group, labels = age_buckets([17, 18, 24, 25, 56, 90, None, 49, 50])
+    assert labels == ["under 18", "18-24", "25-34", "35-44", "45-49", "50-55", "56+", "missing"]
+    assert group.tolist() == [0, 1, 1, 2, 6, 6, 7, 4, 5]
+    ages = [17, 18, 24, 25, 56, 90, None, 49, 50, 33]  # over MAX_LEVELS values: bucketed
+    assert user_column_groups("age", ages)[0].tolist() == [0, 1, 1, 2, 6, 6, 7, 4, 5, 2]
+    # Few levels: the values themselves, sorted as text.
+    group, labels = user_column_groups("gender", ["M", "F", None, "M"])
+    assert (group.tolist(), labels) == ([1, 0, 2, 1], ["F", "M", "missing"])
+    # Another numeric column with many values: quartiles by value.
+    group, labels = user_column_groups("income", [float(v) for v in range(1, 13)])
+    assert group.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+    assert labels == ["Q1 (1-3)", "Q2 (4-6)", "Q3 (7-9)", "Q4 (10-12)", "missing"]
+
+
+def test_user_groupings_read_attribute_columns_and_name_the_ones_that_exist(
+    tiny_demo: dict[str, Any],
+) -> None:
+    ds = load_dataset(Path(tiny_demo["run_dir"]) / "data")
+    ids = ds.user_ids()
+    segment = pa.array(["a" if u % 2 else "b" for u in ids.tolist()], pa.string())
+    ds = dataclasses.replace(ds, users=ds.users.append_column("segment", segment))
+    users = ids[::-1][:5]
+    activity = np.arange(5, dtype=np.int64)
+    ((by, group, labels),) = user_groupings(ds, users, activity, ["segment"])
+    assert by == "segment" and labels == ["a", "b", "missing"]
+    assert group.tolist() == [0 if u % 2 else 1 for u in users.tolist()]
+    assert [g[0] for g in user_groupings(ds, users, activity, None)] == [
+        "activity quartile (training interactions)",
+        "segment",
+    ]
+    with pytest.raises(PinlabDataError, match=r"'age' is not a user column.*activity, segment"):
+        user_groupings(ds, users, activity, ["age"])
+
+
+def test_card_with_an_unknown_user_group_exits_2(
+    tiny_demo: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = _copy(tiny_demo, tmp_path)
+    assert run(["card", str(root), "--user-group", "age", "--json"]) == 2
+    assert "choose from activity" in json.loads(capsys.readouterr().out)["error"]
+    assert not (root / "cards").exists()
 
 
 def test_report_shows_the_cards(tiny_demo: dict[str, Any], tmp_path: Path) -> None:

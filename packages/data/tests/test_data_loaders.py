@@ -173,7 +173,31 @@ def test_every_movielens_layout(tmp_path: Path, layout: str, packed: bool) -> No
     assert ds.pins.column("image_row").null_count == len(pins)
     assert set(ds.interactions.column("event").to_pylist()) == {"rating"}
     assert ds.users.column("external_id").null_count == users  # MovieLens ids are kept as is
+    attributes = {  # the zip code stays behind
+        "100k": [(22, 25, "M", "writer"), (186, 39, "F", "executive"), (196, 49, "M", "writer")],
+        "1m": [(1, 1, "F", "K-12 student"), (2, 56, "M", "self-employed")],
+    }
+    if layout in attributes:
+        assert ds.users.column_names == ["user_id", "external_id", "age", "gender", "occupation"]
+        rows = ds.users.select(["user_id", "age", "gender", "occupation"]).to_pylist()
+        assert [tuple(r.values()) for r in rows] == attributes[layout]
+    else:
+        assert ds.users.column_names == ["user_id", "external_id"]
     check_valid(tmp_path / "ds")
+
+
+def test_a_user_without_attributes_gets_nulls_and_a_bad_age_names_its_line(
+    tmp_path: Path,
+) -> None:
+    files = dict(LAYOUTS["100k"])
+    files["u.user"] = b"196|49|M|writer|55105\n22|25|M|writer|40206\n"  # no 186
+    load_movielens(write_folder(tmp_path / "ml-100k", files), tmp_path / "ds")
+    users = load_dataset(tmp_path / "ds").users
+    assert users.column("age").to_pylist() == [25, None, 49]
+    files["u.user"] = b"196|49|M|writer|55105\n22|old|M|writer|40206\n"
+    with pytest.raises(PinlabDataError, match=r"u.user.*line 2.*age 'old'"):
+        load_movielens(write_folder(tmp_path / "ml-100k-bad", files), tmp_path / "ds2")
+    assert not (tmp_path / "ds2").exists()
 
 
 def test_ratings_keep_their_values_and_times(tmp_path: Path) -> None:

@@ -125,6 +125,18 @@ def test_save_casts_to_the_schema_and_drops_other_columns(tmp_path: Path) -> Non
     assert ds.pins.schema == PIN_SCHEMA
 
 
+def test_users_keep_their_attribute_columns_and_refuse_nested_ones(tmp_path: Path) -> None:
+    users = pa.table({"age": [24, None], "user_id": [1, 2], "gender": ["F", "M"]})
+    loaded = load_dataset(saved(tmp_path, users=users)).users
+    assert loaded.column_names == ["user_id", "external_id", "age", "gender"]
+    assert loaded.column("age").to_pylist() == [24, None]
+    assert loaded.select(["user_id", "external_id"]).schema == USER_SCHEMA
+    nested = pa.table({"user_id": [1, 2], "tags": [["a"], []]})
+    with pytest.raises(PinlabDataError, match="column 'tags' is list<item: string>; a user attr"):
+        saved(tmp_path / "again", users=nested)
+    assert not (tmp_path / "again").exists()
+
+
 def test_save_names_a_missing_column(tmp_path: Path) -> None:
     with pytest.raises(PinlabDataError, match="interactions table has no column 'weight'"):
         saved(tmp_path, interactions=world()["interactions"].drop_columns(["weight"]))

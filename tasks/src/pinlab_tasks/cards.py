@@ -9,6 +9,7 @@ named in the card, never guessed.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -69,11 +70,15 @@ class Cards:
 
 
 def write_cards(
-    run_dir: Path, out: Path | None = None, seed: int = 0, resamples: int = 1000
+    run_dir: Path,
+    out: Path | None = None,
+    seed: int = 0,
+    resamples: int = 1000,
+    user_columns: Sequence[str] | None = None,
 ) -> Cards:
     """Measure the run, then write both cards atomically to `out` (default RUN/cards)."""
     run = open_run(run_dir)
-    facts = card_facts(run, seed, resamples)
+    facts = card_facts(run, seed, resamples, user_columns)
     directory = out if out is not None else run.root / CARDS_DIR
     if directory.exists() and not directory.is_dir():
         raise PinlabDataError(f"{directory} is a file; pass a directory to --out")
@@ -98,7 +103,12 @@ def open_run(run_dir: Path) -> RunLayout:
 # --- measuring ----------------------------------------------------------------------------------
 
 
-def card_facts(run: RunLayout, seed: int = 0, resamples: int = 1000) -> dict[str, Any]:
+def card_facts(
+    run: RunLayout,
+    seed: int = 0,
+    resamples: int = 1000,
+    user_columns: Sequence[str] | None = None,
+) -> dict[str, Any]:
     """Everything the cards state, as JSON-able values; `missing` names what the run lacks."""
     record = run.read_record()
     missing: list[str] = []
@@ -110,7 +120,7 @@ def card_facts(run: RunLayout, seed: int = 0, resamples: int = 1000) -> dict[str
         "bootstrap": {"resamples": resamples, "seed": seed, "level": LEVEL},
         "data": None if ds is None else _data_facts(ds),
         "visual": _visual_facts(run, ds, record, seed, resamples, missing),
-        "recommenders": _recommender_facts(run, ds, seed, resamples, missing),
+        "recommenders": _recommender_facts(run, ds, seed, resamples, missing, user_columns),
         "missing": missing,
     }
     return facts
@@ -272,8 +282,88 @@ def activity_quartiles(activity: Int64Array) -> tuple[Int64Array, list[str]]:
     return group, labels
 
 
+ACTIVITY = "activity"
+"""The user grouping every card has: quartile of training interactions."""
+AGE_EDGES = (18, 25, 35, 45, 50, 56)
+"""MovieLens-1M's age buckets (its README), used for any user column named `age`."""
+MAX_LEVELS = 8
+"""A numeric user column with more distinct values than this is bucketed."""
+
+
+def age_buckets(ages: Sequence[float | None]) -> tuple[Int64Array, list[str]]:
+    """MovieLens-1M's seven age buckets (under 18, 18-24, ..., 56+) and 'missing' last."""
+    labels = [f"under {AGE_EDGES[0]}"]
+    labels += [f"{lo}-{hi - 1}" for lo, hi in itertools.pairwise(AGE_EDGES)]
+    labels += [f"{AGE_EDGES[-1]}+", "missing"]
+    known = np.asarray([-1 if a is None else a for a in ages], dtype=np.float64)
+    group = np.searchsorted(np.asarray(AGE_EDGES, np.float64), known, side="right")
+    group[np.asarray([a is None for a in ages], dtype=np.bool_)] = len(labels) - 1
+    return group.astype(np.int64), labels
+
+
+def user_column_groups(column: str, values: Sequence[Any]) -> tuple[Int64Array, list[str]]:
+    """Each user's group by one users-table column: its values as they are, or buckets for a
+    numeric column with more than MAX_LEVELS values (MovieLens's age buckets for `age`,
+    quartiles otherwise). A user with no value is in the group 'missing'."""
+    present = [v for v in values if v is not None]
+    numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in present)
+    if numeric and len(set(present)) > MAX_LEVELS:
+        if column == "age":
+            return age_buckets(values)
+        edges = np.quantile(np.asarray(present, np.float64), [0.25, 0.5, 0.75])
+        known = np.asarray([np.nan if v is None else v for v in values], np.float64)
+        group = np.searchsorted(edges, known, side="left").astype(np.int64)
+        labels = []
+        for q in range(4):
+            members = known[group == q]
+            span = f"{members.min():g}-{members.max():g}" if len(members) else "no users"
+            labels.append(f"Q{q + 1} ({span})")
+        group[np.isnan(known)] = 4
+        return group, [*labels, "missing"]
+    names = sorted({str(v) for v in present})
+    code = {name: i for i, name in enumerate(names)}
+    missing = len(names)
+    codes = [missing if v is None else code[str(v)] for v in values]
+    return np.asarray(codes, dtype=np.int64), [*names, "missing"]
+
+
+def user_groupings(
+    ds: Dataset, user_ids: Int64Array, activity: Int64Array, columns: Sequence[str] | None
+) -> list[tuple[str, Int64Array, list[str]]]:
+    """(what, each user's group, group labels) for `columns` (None: activity and every user
+    attribute column); an unknown name is an error that lists the ones that exist."""
+    attributes = [c for c in ds.users.column_names if c not in ("user_id", "external_id")]
+    known = [ACTIVITY, *attributes]
+    wanted = known if columns is None else list(columns)
+    unknown = [c for c in wanted if c not in known]
+    if unknown:
+        raise PinlabDataError(
+            f"--user-group {unknown[0]!r} is not a user column of this run's data; choose from "
+            f"{', '.join(known)}"
+        )
+    row_of = {int(u): r for r, u in enumerate(ds.user_ids().tolist())}
+    rows = [row_of.get(int(u)) for u in user_ids]
+    out = []
+    for column in wanted:
+        if column == ACTIVITY:
+            group, labels = activity_quartiles(activity)
+            out.append(("activity quartile (training interactions)", group, labels))
+            continue
+        table = ds.users.column(column).to_pylist()
+        values = [None if r is None else table[r] for r in rows]
+        group, labels = user_column_groups(column, values)
+        bucketed = " (MovieLens age buckets)" if labels[0].startswith("under ") else ""
+        out.append((f"{column}{bucketed}", group, labels))
+    return out
+
+
 def _recommender_facts(
-    run: RunLayout, ds: Dataset | None, seed: int, resamples: int, missing: list[str]
+    run: RunLayout,
+    ds: Dataset | None,
+    seed: int,
+    resamples: int,
+    missing: list[str],
+    user_columns: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     names = run.trained_recommenders()
     if not names:
@@ -314,7 +404,8 @@ def _recommender_facts(
         stored = facts["stored"]
         per_user = np.bincount(split.test.train.users, minlength=log.num_users)
         activity = per_user[measured.users].astype(np.int64)
-        quartile, labels = activity_quartiles(activity)
+        assert ds is not None  # a log comes from the dataset
+        groupings = user_groupings(ds, log.user_ids[measured.users], activity, user_columns)
         users, relevant = relevant_csr(split.test.target)
         ranked = top_k(model, users, GROUP_K, seen_csr(split.test.train))
         exposure = exposure_by_group(ranked, item_group, relevant, len(group_names))
@@ -322,25 +413,35 @@ def _recommender_facts(
             "counts": split.test.counts.model_dump(),
             "recomputed": recomputed,
             "matches_stored": None if stored is None else _same(recomputed, stored),
-            "user_groups": {
-                "by": "activity quartile (training interactions)",
-                "names": labels,
-                "metrics": {
-                    metric: _quality(measured.per_user[metric], quartile, metric, resamples, seed)
-                    for metric in GROUP_METRICS
-                    if metric in measured.per_user
-                },
-            },
+            "user_groups": [
+                {
+                    "by": by,
+                    "names": labels,
+                    "metrics": {
+                        metric: _quality(
+                            measured.per_user[metric], group, len(labels), metric, resamples, seed
+                        )
+                        for metric in GROUP_METRICS
+                        if metric in measured.per_user
+                    },
+                }
+                for by, group, labels in groupings
+            ],
             "exposure": {"names": group_names, **exposure.model_dump(mode="json")},
         }
     return out
 
 
 def _quality(
-    values: Float64Array, group: Int64Array, metric: str, resamples: int, seed: int
+    values: Float64Array,
+    group: Int64Array,
+    num_groups: int,
+    metric: str,
+    resamples: int,
+    seed: int,
 ) -> dict[str, Any]:
     report: GroupQualityReport = quality_by_group(
-        values, group, metric, num_groups=4, resamples=resamples, seed=seed, level=LEVEL
+        values, group, metric, num_groups=num_groups, resamples=resamples, seed=seed, level=LEVEL
     )
     return report.model_dump(mode="json")
 
@@ -387,11 +488,16 @@ def _group_table(names: Sequence[str], reports: Mapping[str, Mapping[str, Any]])
 
 
 def _gaps(names: Sequence[str], reports: Mapping[str, Mapping[str, Any]]) -> str:
-    return "\n".join(
-        f"- {metric}: best {names[r['best_group']]}, worst {names[r['worst_group']]}, "
-        f"gap {r['gap']:.4f}."
-        for metric, r in reports.items()
-    )
+    lines = []
+    for metric, r in reports.items():
+        worst = r["groups"][r["worst_group"]]
+        low, high = worst["ci"]
+        lines.append(
+            f"- {metric}: worst {names[r['worst_group']]} {worst['mean']:.4f} "
+            f"[{low:.4f}, {high:.4f}] ({worst['count']} users), best "
+            f"{names[r['best_group']]}, gap {r['gap']:.4f}."
+        )
+    return "\n".join(lines)
 
 
 def _document(parts: Iterable[str]) -> str:
@@ -479,8 +585,10 @@ def model_card(facts: Mapping[str, Any]) -> str:
         "- Reading the numbers as properties of other datasets or of the algorithms in general.",
         "## Factors",
         f"Recommendation quality is broken down by user activity quartile (training interactions "
-        f"of each test user); exposure by the pins' creator group; visual search by the query "
-        f"pin's creator group and category. Intervals are {int(LEVEL * 100)}% percentile "
+        f"of each test user) and by each user attribute the data has (MovieLens: age in "
+        f"MovieLens-1M's buckets, gender, occupation), or the `--user-group` columns; "
+        f"exposure by the pins' creator group; visual search by the query pin's creator group "
+        f"and category. Intervals are {int(LEVEL * 100)}% percentile "
         f"bootstrap over the group's users or queries ({boot['resamples']} resamples, seed "
         f"{boot['seed']}).",
         "## Training and evaluation data",
@@ -568,17 +676,19 @@ def _overall_section(visual: Mapping[str, Any] | None, recs: Mapping[str, Any]) 
 def _recommender_group_sections(recs: Mapping[str, Any]) -> list[str]:
     parts: list[str] = []
     for name, r in recs.items():
-        groups = r.get("user_groups")
-        if not groups:
+        groupings = r.get("user_groups")
+        if not groupings:
             continue
         counts = r["counts"]
+        for groups in groupings:
+            parts += [
+                f"### {name}: quality per user group, by {groups['by']}",
+                f"{counts['target_users']} test users; {counts['train_interactions']} "
+                f"training and {counts['target_interactions']} held-out interactions.",
+                _group_table(groups["names"], groups["metrics"]),
+                _gaps(groups["names"], groups["metrics"]),
+            ]
         parts += [
-            f"### {name}: quality per user group",
-            f"{counts['target_users']} test users by {groups['by']}; "
-            f"{counts['train_interactions']} training and {counts['target_interactions']} "
-            "held-out interactions.",
-            _group_table(groups["names"], groups["metrics"]),
-            _gaps(groups["names"], groups["metrics"]),
             f"### {name}: exposure by creator group (top {r['exposure']['k']})",
             _exposure_table(r["exposure"]),
             f"Disparity (total variation between exposure and relevance shares): "

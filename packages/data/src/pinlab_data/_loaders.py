@@ -88,8 +88,11 @@ def load_movielens(
     (`ratings.dat`, `movies.dat`) and 20M, 25M, 32M and latest(-small) (`ratings.csv`,
     `movies.csv`). Movies become pins with caption "Title (Year) | Genre1, Genre2" and their
     first genre as category; ratings become "rating" events weighted by the rating. Ids stay
-    MovieLens's own. `tags.csv` is left out: tags are timestamped user actions, and folding
-    them into item text would leak later behaviour into features of earlier splits.
+    MovieLens's own. Where the download has them (100K's `u.user`, 1M's `users.dat`), users
+    keep their age, gender and occupation as attribute columns, for quality per user group;
+    the zip code is left out (a quasi-identifier that no metric here needs). `tags.csv` is
+    left out: tags are timestamped user actions, and folding them into item text would leak
+    later behaviour into features of earlier splits.
     """
     started = time.perf_counter()
     source, out = Path(source), Path(out)
@@ -103,6 +106,8 @@ def load_movielens(
             _require_columns(files, member, list(columns))
         bad = BadLines(files.label(member), "error", MOVIELENS_HINT)
         log = _read_ratings(files.opener(member), fmt, columns, bad)
+        reader = _MOVIELENS_USERS.get(layout)
+        attributes = None if reader is None else reader(files, folder)
     name = PurePosixPath(folder).name or source.stem
     return _write(
         out,
@@ -118,6 +123,7 @@ def load_movielens(
         overwrite=overwrite,
         config={},
         started=started,
+        user_attributes=attributes,
     )
 
 
@@ -310,8 +316,12 @@ def _write(
     overwrite: bool,
     config: dict[str, object],
     started: float,
+    user_attributes: pa.Table | None = None,
 ) -> LoadReport:
-    """Filter `log`, build the pins, users and interactions tables, and save them."""
+    """Filter `log`, build the pins, users and interactions tables, and save them.
+
+    `user_attributes` (a `user_id` column and attribute columns) is joined onto the users;
+    one without a row gets nulls."""
     if len(log.users) == 0:
         raise PinlabDataError(
             f"{source} holds no interactions ({bad.count()} bad lines); pass a file with some"
@@ -371,7 +381,7 @@ def _write(
         out,
         manifest,
         pins,
-        pa.table({"user_id": user_ids, "external_id": external}),
+        _with_attributes(pa.table({"user_id": user_ids, "external_id": external}), user_attributes),
         interactions,
         extra=extra,
         overwrite=overwrite,
@@ -389,6 +399,17 @@ def _write(
         num_interactions=manifest.num_interactions,
         seconds=round(time.perf_counter() - started, 3),
     )
+
+
+def _with_attributes(users: pa.Table, attributes: pa.Table | None) -> pa.Table:
+    if attributes is None:
+        return users
+    ids = np.asarray(attributes.column("user_id"), dtype=np.int64)
+    where = {int(u): row for row, u in enumerate(ids)}
+    rows = pa.array([where.get(int(u)) for u in users.column("user_id").to_pylist()], pa.int64())
+    for name in attributes.column_names[1:]:
+        users = users.append_column(name, attributes.column(name).take(rows))
+    return users
 
 
 def _pins(catalogue: pa.Table, used: Int64Array, only_used: bool) -> pa.Table:
@@ -817,3 +838,77 @@ def _require_columns(files: _MovieLensFiles, member: str, expected: list[str]) -
 
 
 _MOVIELENS_ITEMS = {"100k": _items_100k, "1m": _items_dat, "10m": _items_dat, "csv": _items_csv}
+ML1M_OCCUPATIONS = (
+    "other",
+    "academic/educator",
+    "artist",
+    "clerical/admin",
+    "college/grad student",
+    "customer service",
+    "doctor/health care",
+    "executive/managerial",
+    "farmer",
+    "homemaker",
+    "K-12 student",
+    "lawyer",
+    "programmer",
+    "retired",
+    "sales/marketing",
+    "scientist",
+    "self-employed",
+    "technician/engineer",
+    "tradesman/craftsman",
+    "unemployed",
+    "writer",
+)
+"""1M's occupation codes 0..20, as its README lists them."""
+
+
+def _users_100k(files: _MovieLensFiles, folder: str) -> pa.Table | None:
+    """`u.user` (user|age|gender|occupation|zip) as user_id, age, gender, occupation."""
+    member = _join(folder, "u.user")
+    if member not in files.names:
+        return None
+    fmt = TextFormat("|", names=("user", "age", "gender", "occupation", "zip"), quoting=False)
+    users, bad = _read_all(files, member, fmt, ["user", "age", "gender", "occupation"])
+    ages = parse_ids(users.columns["age"])
+    record_bad_values(users, {"age": ages}, bad, "|")
+    return pa.table(
+        {
+            "user_id": _checked_ids(users, "user", bad, "|"),
+            "age": ages.values,
+            "gender": users.columns["gender"],
+            "occupation": users.columns["occupation"],
+        }
+    )
+
+
+def _users_1m(files: _MovieLensFiles, folder: str) -> pa.Table | None:
+    """`users.dat` (UserID::Gender::Age::Occupation::Zip) with the occupation named; 1M's
+    age is already its bucket's lower bound (1, 18, 25, 35, 45, 50, 56)."""
+    member = _join(folder, "users.dat")
+    if member not in files.names:
+        return None
+    names = ("user", "_1", "gender", "_2", "age", "_3", "occupation", "_4", "zip")
+    fmt = TextFormat(":", names=names, quoting=False)
+    users, bad = _read_all(files, member, fmt, ["user", "gender", "age", "occupation"])
+    parsed = {name: parse_ids(users.columns[name]) for name in ("age", "occupation")}
+    record_bad_values(users, parsed, bad, "::")
+    ids = _checked_ids(users, "user", bad, "::")  # raises on any bad line noted so far
+    codes = parsed["occupation"].values
+    if len(codes) and codes.max() >= len(ML1M_OCCUPATIONS):
+        raise PinlabDataError(
+            f"{files.label(member)} has occupation code {int(codes.max())}; 1M's are 0 to "
+            f"{len(ML1M_OCCUPATIONS) - 1}. {MOVIELENS_HINT}"
+        )
+    return pa.table(
+        {
+            "user_id": ids,
+            "age": parsed["age"].values,
+            "gender": users.columns["gender"],
+            "occupation": pa.array([ML1M_OCCUPATIONS[c] for c in codes], pa.string()),
+        }
+    )
+
+
+_MOVIELENS_USERS = {"100k": _users_100k, "1m": _users_1m}

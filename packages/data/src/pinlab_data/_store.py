@@ -87,14 +87,16 @@ def save_dataset(
 ) -> Path:
     """Write a dataset directory atomically and return its path.
 
-    Tables are cast to the contract schemas (extra columns are dropped). Everything is written
+    Tables are cast to the contract schemas. Extra columns are dropped, except on the users
+    table, which keeps them after its own as user attributes (MovieLens's age, gender and
+    occupation) that per-group metrics can name. Everything is written
     to a hidden sibling directory first and renamed into place, so `root` only ever holds a
     complete dataset: the old one, or the new one.
     """
     root = Path(root).resolve()
     tables = {
         "pins": _conform(pins, TABLE_SCHEMAS["pins"], "pins table"),
-        "users": _conform(users, TABLE_SCHEMAS["users"], "users table"),
+        "users": _conform(users, TABLE_SCHEMAS["users"], "users table", attributes=True),
         "interactions": _conform(interactions, TABLE_SCHEMAS["interactions"], "interactions table"),
     }
     _check_manifest(manifest, tables)
@@ -161,7 +163,8 @@ def load_with_schemas(root: Path, *, allow_nulls: bool) -> tuple[Dataset, dict[s
     for name, schema in TABLE_SCHEMAS.items():
         raw = _read_table(root / TABLE_FILES[name])
         stored[name] = raw.schema
-        tables[name] = _conform(raw, schema, str(root / TABLE_FILES[name]), allow_nulls)
+        source = str(root / TABLE_FILES[name])
+        tables[name] = _conform(raw, schema, source, allow_nulls, attributes=name == "users")
     dataset = Dataset(
         root=root,
         manifest=manifest,
@@ -222,9 +225,15 @@ def _read_table(path: Path) -> pa.Table:
 
 
 def _conform(
-    table: pa.Table, schema: pa.Schema, source: str, allow_nulls: bool = False
+    table: pa.Table,
+    schema: pa.Schema,
+    source: str,
+    allow_nulls: bool = False,
+    *,
+    attributes: bool = False,
 ) -> pa.Table:
-    """Select and cast the schema's columns, naming the first column that does not fit."""
+    """Select and cast the schema's columns, naming the first column that does not fit; with
+    `attributes`, the table's other columns follow (strings, numbers or booleans)."""
     columns = []
     for field in schema:
         matches = table.schema.get_all_field_indices(field.name)
@@ -255,7 +264,31 @@ def _conform(
                 f"at row {first}; fill or drop them (`pinlab data validate` lists them)"
             )
         columns.append(column)
+    if attributes:
+        contract = set(schema.names)
+        for index, field in enumerate(table.schema):
+            if field.name in contract:
+                continue
+            if field.name in schema.names:
+                raise PinlabDataError(f"{source} has column {field.name!r} twice; keep one")
+            if not _is_attribute_type(field.type):
+                raise PinlabDataError(
+                    f"{source} column {field.name!r} is {field.type}; a user attribute must be "
+                    "a string, a number or a boolean (flatten it or drop it)"
+                )
+            schema = schema.append(field)
+            columns.append(table.column(index))
     return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _is_attribute_type(kind: pa.DataType) -> bool:
+    return bool(
+        pa.types.is_string(kind)
+        or pa.types.is_large_string(kind)
+        or pa.types.is_integer(kind)
+        or pa.types.is_floating(kind)
+        or pa.types.is_boolean(kind)
+    )
 
 
 def _read_images(path: Path) -> ImageArray | None:

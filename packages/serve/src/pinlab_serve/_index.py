@@ -285,7 +285,7 @@ class PinIndex:
         """Stored vectors of `pin_ids`, shape (n, d); every id must be searchable."""
         if len(pin_ids) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        missing = [int(p) for p in pin_ids if int(p) not in self._ids]
+        missing = [p for p in np.asarray(pin_ids).tolist() if p not in self._ids]
         if missing:
             self.vector(missing[0])  # raises, naming it
         ids = np.asarray(pin_ids, dtype=np.int64)

@@ -472,11 +472,12 @@ class PinService:
             if div.method == "calibrated"
             else []
         )
+        top = top[np.isfinite(scores[top])]
         hits = [
-            Hit(pin_id=int(item_ids[i]), score=float(scores[i]))
-            for i in top
+            Hit(pin_id, score)
+            for pin_id, score in zip(item_ids[top].tolist(), scores[top].tolist(), strict=True)
             # The re-rank needs each pin's vector, so it skips pins the index lacks.
-            if np.isfinite(scores[i]) and (div.method is None or int(item_ids[i]) in state.index)
+            if div.method is None or pin_id in state.index
         ]
         return RecommendationResponse(
             user_id=user_id,
