@@ -10,6 +10,7 @@ import pytest
 
 from pinlab_data import SynthConfig, write_synth
 from pinlab_tasks.cli import run
+from pinlab_tasks.report import build_report
 from pinlab_tasks.rerank_bench import TRADEOFFS, pick
 
 
@@ -63,6 +64,13 @@ def test_bench_rerank_frontier(
     assert (run_dir / "frontier.png").read_bytes()[:4] == b"\x89PNG"
     steps = json.loads((run_dir / "run.json").read_text())["steps"]
     assert steps[-1]["command"] == "bench rerank"
+    # The report lays it out: the choices (with their per-seed settings) and the frontier.
+    report = build_report(run_dir)
+    assert report.kind == "bench rerank" and report.sections == ["chosen", "frontier"]
+    assert report.plots == 1
+    for method, choice in chosen.items():
+        per_seed = ", ".join(map(str, choice["tradeoff_per_seed"]))
+        assert f"<td>{method}</td><td>{per_seed}</td>" in report.html
 
 
 def test_bench_rerank_unknown_column(

@@ -25,9 +25,10 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 from pinlab_data import PinlabDataError, write_bytes_atomic
 from pinlab_eval import Curve, curves_png, difference_matrix_png, distributions_png
 from pinlab_tasks.cards import CARDS_DIR, DATA_CARD, MODEL_CARD, write_cards
+from pinlab_tasks.rerank_bench import RERANK_FILE
 from pinlab_tasks.runs import utc_now
 
-ReportKind = Literal["bench recsys", "bench visual", "run"]
+ReportKind = Literal["bench recsys", "bench visual", "bench rerank", "run"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 # --- what the page reads: lenient views of the files, so older and newer runs both load ------
@@ -385,11 +386,14 @@ def detect_kind(root: Path) -> ReportKind:
         return "bench recsys"
     if (root / "bench_visual.json").is_file():
         return "bench visual"
+    if (root / RERANK_FILE).is_file():
+        return "bench rerank"
     if (root / "run.json").is_file() and any((root / p).is_file() for p in RUN_RESULTS):
         return "run"
     raise PinlabDataError(
         f"{root} holds nothing to report: expected bench.json (`pinlab bench recsys --run DIR`),"
-        " bench_visual.json (`pinlab bench visual --run DIR`), or run.json with evaluation "
+        " bench_visual.json (`pinlab bench visual --run DIR`), rerank.json (`pinlab bench "
+        "rerank --run DIR`), or run.json with evaluation "
         "results (`pinlab demo --out DIR`)"
     )
 
@@ -424,6 +428,11 @@ def build_report(root: Path) -> Report:
         title = f"pinlab bench visual: {visual.dataset}"
         header = _visual_header(root, visual, record)
         _visual_sections(root, visual, page)
+    elif kind == "bench rerank":
+        result = _json_or_empty(root / RERANK_FILE)
+        title = f"pinlab bench rerank: {result.get('data')}"
+        header = _rerank_header(root, result, record)
+        _rerank_sections(root, result, page)
     else:
         title = f"pinlab run: {root.name}"
         header = _run_header(root, record)
@@ -1187,6 +1196,75 @@ def _visual_sections(root: Path, bench: VisualBench, page: _Page) -> None:
         page.missing("curves", "no metrics.jsonl logs under the run")
     named = [_inside(root, p) for p in bench.embedding_maps.values()]
     _embedding_section(root, page, named)
+
+
+def _rerank_header(root: Path, result: Mapping[str, Any], record: Mapping[str, Any]) -> str:
+    items: list[tuple[str, object]] = [
+        ("data", result.get("data")),
+        ("model", result.get("model")),
+        ("candidates", result.get("candidates")),
+        ("k", result.get("k")),
+        ("item groups by", result.get("by")),
+        ("protected group", result.get("protected")),
+        ("seeds", ", ".join(map(str, result.get("seeds") or []))),
+        ("settings chosen on", result.get("chosen_on")),
+        ("item vectors", result.get("item_vectors")),
+        ("DPP kernel", result.get("dpp_kernel")),
+        ("bench seconds", result.get("seconds")),
+        *_provenance(root, record),
+    ]
+    return _meta(items)
+
+
+def _spread(value: Mapping[str, Any] | None, scale: float = 1.0, unit: str = "") -> str:
+    if not value or value.get("mean") is None:
+        return "n/a"
+    return f"{value['mean'] * scale:+.1f}{unit} ± {(value.get('std') or 0.0) * scale:.1f}{unit}"
+
+
+def _rerank_sections(root: Path, result: Mapping[str, Any], page: _Page) -> None:
+    chosen = result.get("chosen") or {}
+    head = "".join(
+        f"<th>{esc(h)}</th>"
+        for h in (
+            "re-ranker", "chosen per seed", "on the grid's edge", "goal", "NDCG@10 budget",
+            "relative NDCG@10 change", "relative goal change",
+        )
+    )  # fmt: skip
+    body = "".join(
+        "<tr>"
+        f"<td>{esc(method)}</td>"
+        f"<td>{esc(', '.join(map(str, c['tradeoff_per_seed'])))}</td>"
+        f"<td>{'yes' if c['on_edge'] else 'no'}</td>"
+        f"<td>{esc(c['goal'])}</td>"
+        f"<td>{c['ndcg_budget'] * 100:.0f}%</td>"
+        f"<td>{esc(_spread(c['relative_ndcg_loss'], -100, '%'))}</td>"
+        f"<td>{esc(_spread(c.get('relative_' + c['goal'] + '_change'), 100, '%'))}</td>"
+        "</tr>"
+        for method, c in chosen.items()
+    )
+    page.add(
+        "chosen",
+        "Settings chosen on validation",
+        '<p class="note">Per seed, the trade-off with the most gain for the goal inside the '
+        "NDCG@10 budget on the validation split; changes are on the test split against the "
+        "same seed's unre-ranked list, mean ± standard deviation over seeds.</p>",
+        f'<div class="wide"><table class="metrics"><tr>{head}</tr>{body}</table></div>',
+    )
+    plot = root / "frontier.png"
+    if plot.is_file():
+        page.add(
+            "frontier",
+            "Utility-diversity frontier",
+            page.figure(
+                plot.read_bytes(),
+                "frontier",
+                "NDCG@10 against each beyond-accuracy metric, one curve per re-ranker",
+                "Test split, means over seeds; each point is one trade-off.",
+            ),
+        )
+    else:
+        page.missing("frontier", "no frontier.png in the directory")
 
 
 def _inside(root: Path, recorded: str) -> Path:

@@ -47,6 +47,7 @@ from pinlab_models import (
 )
 from pinlab_tasks.recsys import split_for
 
+RERANK_FILE = "rerank.json"
 K = 10
 TRADEOFFS = tuple(round(0.05 * i, 2) for i in range(19))
 """0 (the base ranking) to 0.9 in steps of 0.05; 1 would drop relevance altogether for MMR

@@ -233,9 +233,16 @@ def rerank(
     2%); the test split reports the frontier and that choice, mean ± std over seeds. On the
     synthetic world the exposure gap is to the group's true merit (no exposure bias).
 
+    `pinlab report RUN` lays out the choices and the frontier as a page.
+
     Writes: RUN/run.json (resolved config), RUN/rerank.json, RUN/frontier.png.
     """
-    from pinlab_tasks.rerank_bench import bench_rerank, frontier_plot, render_rerank
+    from pinlab_tasks.rerank_bench import (
+        RERANK_FILE,
+        bench_rerank,
+        frontier_plot,
+        render_rerank,
+    )
 
     resolved = settings()
     layout = RunLayout(run or new_run_dir(resolved.runs_dir, "bench-rerank"))
@@ -260,8 +267,8 @@ def rerank(
         )
         result["plot"] = str(frontier_plot(result, layout.root / "frontier.png"))
         layout.log_step("bench rerank", config, data_dir=data)
-        write_json_atomic(layout.root / "rerank.json", result)
-        tracker.log_artifact(layout.root / "rerank.json")
+        write_json_atomic(layout.root / RERANK_FILE, result)
+        tracker.log_artifact(layout.root / RERANK_FILE)
     payload = {"run": str(layout.root), **result}
     emit(payload, as_json, lambda: render_rerank(payload))
 
