@@ -60,7 +60,8 @@ def test_cards_state_the_runs_own_numbers(
 
     # Per user group: the users add up and the count-weighted group means give the overall.
     for name, rec in facts["recommenders"].items():
-        (activity,) = rec["user_groups"]  # the synthetic users have no attribute columns
+        activity, segment = rec["user_groups"]  # the synthetic users' one attribute
+        assert segment["names"] == ["broad", "focused", "missing"]
         groups = activity["metrics"]["ndcg@10"]["groups"]
         assert sum(g["count"] for g in groups) == rec["counts"]["target_users"]
         weighted = sum(g["count"] * (g["mean"] or 0.0) for g in groups)
@@ -159,18 +160,22 @@ def test_user_groupings_read_attribute_columns_and_name_the_ones_that_exist(
 ) -> None:
     ds = load_dataset(Path(tiny_demo["run_dir"]) / "data")
     ids = ds.user_ids()
-    segment = pa.array(["a" if u % 2 else "b" for u in ids.tolist()], pa.string())
-    ds = dataclasses.replace(ds, users=ds.users.append_column("segment", segment))
+    parity = pa.array(["a" if u % 2 else "b" for u in ids.tolist()], pa.string())
+    ds = dataclasses.replace(ds, users=ds.users.append_column("parity", parity))
     users = ids[::-1][:5]
     activity = np.arange(5, dtype=np.int64)
-    ((by, group, labels),) = user_groupings(ds, users, activity, ["segment"])
-    assert by == "segment" and labels == ["a", "b", "missing"]
+    ((by, group, labels),) = user_groupings(ds, users, activity, ["parity"])
+    assert by == "parity" and labels == ["a", "b", "missing"]
     assert group.tolist() == [0 if u % 2 else 1 for u in users.tolist()]
+    # The synthetic world's users carry their taste segment.
     assert [g[0] for g in user_groupings(ds, users, activity, None)] == [
         "activity quartile (training interactions)",
         "segment",
+        "parity",
     ]
-    with pytest.raises(PinlabDataError, match=r"'age' is not a user column.*activity, segment"):
+    with pytest.raises(
+        PinlabDataError, match=r"'age' is not a user column.*activity, segment, parity"
+    ):
         user_groupings(ds, users, activity, ["age"])
 
 

@@ -256,8 +256,9 @@ def synthesize(
         {
             "user_id": np.arange(1, config.num_users + 1, dtype=np.int64),
             "external_id": pa.nulls(config.num_users, pa.string()),
+            "segment": taste_segments(truth.taste_start),
         },
-        schema=USER_SCHEMA,
+        schema=USER_SCHEMA.append(pa.field("segment", pa.string())),
     )
     manifest = DatasetManifest(
         name=f"synth-{config.num_pins}-seed{config.seed}",
@@ -286,6 +287,15 @@ def write_synth(root: Path, config: SynthConfig, *, overwrite: bool = False) -> 
         extra={TRUTH_FILE: _truth_bytes(truth)},
         overwrite=overwrite,
     )
+
+
+def taste_segments(taste: npt.NDArray[np.floating]) -> list[str]:
+    """Each user's segment, a user attribute of the world: 'focused' when the entropy of their
+    starting category taste is below the users' median, else 'broad'."""
+    p = np.clip(np.asarray(taste, dtype=np.float64), 1e-12, None)
+    entropy = -(p * np.log(p)).sum(axis=1)
+    median = float(np.median(entropy))
+    return ["focused" if e < median else "broad" for e in entropy.tolist()]
 
 
 def load_truth(root: Path) -> SynthTruth:
