@@ -164,6 +164,26 @@ def test_exposure_hand_case() -> None:
     assert exposure_constrained(relevance, few, 4, 0.5) == [0, 9, 1, 2]
 
 
+def test_exposure_offset_by_hand_and_on_average() -> None:
+    protected = [False] * 6 + [True] * 4
+    relevance = list(np.linspace(1, 0, 10))
+    # Target 0.25, offset 0.5: minimum at rank t is floor(0.25 t + 0.5) = 0, 1, 1, 1, 1, 2.
+    assert exposure_constrained(relevance, protected, 6, 0.25, 0.5) == [0, 6, 1, 2, 3, 7]
+    assert exposure_constrained(relevance, protected, 6, 0.25) == [0, 1, 2, 6, 3, 4]
+    # Over offsets spread evenly on [0, 1), each prefix's protected count averages target * t:
+    # targets between the whole-item steps of one list are met on average.
+    relevance = list(np.linspace(1, 0, 20))
+    protected = [False] * 10 + [True] * 10
+    for target in (0.17, 0.18, 0.19):
+        counts = np.zeros(10)
+        for u in range(1000):
+            order = exposure_constrained(relevance, protected, 10, target, (u + 0.5) / 1000)
+            counts += np.cumsum([protected[i] for i in order])
+        np.testing.assert_allclose(counts / 1000, target * np.arange(1, 11), atol=2e-3)
+    with pytest.raises(PinlabModelError, match=r"offset must be in \[0, 1\), got 1.0"):
+        exposure_constrained(relevance, protected, 5, 0.2, 1.0)
+
+
 def test_exposure_keeps_order_when_target_met() -> None:
     protected = [i % 2 == 1 for i in range(10)]
     relevance = list(np.linspace(1, 0, 10))

@@ -48,6 +48,7 @@ from pinlab_models import (
 from pinlab_tasks.recsys import split_for
 
 RERANK_FILE = "rerank.json"
+GOLDEN = (math.sqrt(5) - 1) / 2
 K = 10
 TRADEOFFS = tuple(round(0.05 * i, 2) for i in range(19))
 """0 (the base ranking) to 0.9 in steps of 0.05; 1 would drop relevance altogether for MMR
@@ -179,6 +180,9 @@ def rerank_all(
     out = np.empty((len(lists.users), K), dtype=np.int64)
     names = [items.category_names[c] for c in items.category]
     kernel = items.kernel() if method == "dpp" else items.vectors
+    # Each user's dither of the exposure minimum: evenly spread over [0, 1) (golden-ratio
+    # sequence), so the protected group's share follows the target smoothly over users.
+    offsets = np.modf(np.arange(len(lists.users)) * GOLDEN)[0]
     hist_ptr, hist = lists.history
     for row, cands in enumerate(lists.candidates):
         rel = lists.scores[row].tolist()
@@ -193,7 +197,7 @@ def rerank_all(
             order = calibrated(rel, [names[i] for i in cands], past, K, tradeoff)
         else:
             order = exposure_constrained(
-                rel, (items.group[cands] == protected).tolist(), K, tradeoff
+                rel, (items.group[cands] == protected).tolist(), K, tradeoff, offsets[row]
             )
         out[row] = cands[order]
     return out

@@ -162,25 +162,34 @@ def exposure_constrained(
     protected: Sequence[bool],
     k: int,
     target: float,
+    offset: float = 0.0,
 ) -> list[int]:
     """Re-rank so the protected group holds at least a `target` share (in [0, 1]) of every prefix.
 
     The share is a count share, checked at every rank like Geyik et al.'s DetGreedy (KDD 2019,
     "Fairness-Aware Ranking in Search & Recommendation Systems"), with FA*IR's (Zehlike et al.
-    2017) protected-minimum form: at rank `t` the top `t` must hold `floor(target * t)`
-    protected items. Each rank takes the most relevant candidate unless that minimum is
-    unmet, then the most relevant protected one. A ranking that already meets the minimum at
-    every rank is kept; with too few protected candidates, the rest follow by relevance.
+    2017) protected-minimum form: at rank `t` the top `t` must hold `floor(target * t +
+    offset)` protected items. Each rank takes the most relevant candidate unless that minimum
+    is unmet, then the most relevant protected one. A ranking that already meets the minimum
+    at every rank is kept; with too few protected candidates, the rest follow by relevance.
+
+    `offset` in [0, 1) dithers the minimum: with 10 ranks, `floor(target * t)` moves in whole
+    items (every target from 1/6 to 1/5 places one protected item at rank 6), so a group's
+    share jumps between targets. An offset drawn uniformly per list makes each prefix's
+    expected minimum exactly `target * t` over lists (E[floor(x + U)] = x), so the share
+    follows the target smoothly on average while each list still meets `floor(target * t)`.
     """
     n = _check(relevance, k, ("target", target, 0.0, 1.0))
     _check_rows("protected", len(protected), n)
+    if not 0.0 <= offset < 1.0:
+        raise PinlabModelError(f"offset must be in [0, 1), got {offset}")
     order = _by_relevance(relevance, n)
     group = [i for i in order if protected[i]]
     chosen: list[int] = []
     taken: set[int] = set()
     need = 0
     for rank in range(1, min(k, n) + 1):
-        minimum = math.floor(target * rank + 1e-9)  # the epsilon keeps 0.7 * 10 at 7
+        minimum = math.floor(target * rank + offset + 1e-9)  # the epsilon keeps 0.7 * 10 at 7
         if need < minimum and len(group) > need:
             pick = next(i for i in group if i not in taken)
         else:
