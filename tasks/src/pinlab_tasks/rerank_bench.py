@@ -57,13 +57,16 @@ EXPOSURE_TARGETS = tuple(round(0.025 * i, 3) for i in range(21))
 """The protected group's least share of every prefix, 0 to 0.5 in steps of 0.025 (at 0.05 a
 step moved the emerging creators' share from 19% under their merit to 37% over it)."""
 EMBEDDING_DIM = 32
-BUDGETS = {"mmr": 0.01, "dpp": 0.01, "calibrated": 0.02, "exposure": 0.02}
+BUDGETS = {
+    "mmr": 0.01, "dpp": 0.01, "calibrated": 0.02, "exposure": 0.02, "exposure_dithered": 0.02,
+}  # fmt: skip
 """The issue's relative NDCG@10 loss allowed per re-ranker when validation picks a setting."""
 GOALS = {
     "mmr": "category_diversity",
     "dpp": "category_diversity",
     "calibrated": "miscalibration",
     "exposure": "exposure_gap",
+    "exposure_dithered": "exposure_gap",
 }
 """What each re-ranker is picked for on validation (more diversity, less of the others)."""
 
@@ -180,9 +183,14 @@ def rerank_all(
     out = np.empty((len(lists.users), K), dtype=np.int64)
     names = [items.category_names[c] for c in items.category]
     kernel = items.kernel() if method == "dpp" else items.vectors
-    # Each user's dither of the exposure minimum: evenly spread over [0, 1) (golden-ratio
-    # sequence), so the protected group's share follows the target smoothly over users.
-    offsets = np.modf(np.arange(len(lists.users)) * GOLDEN)[0]
+    # exposure_dithered: each user's offset of the exposure minimum, spread evenly over [0, 1)
+    # (golden-ratio sequence), so the protected share follows the target smoothly over users;
+    # exposure: offset 0, the deterministic minimum.
+    offsets = (
+        np.modf(np.arange(len(lists.users)) * GOLDEN)[0]
+        if method == "exposure_dithered"
+        else np.zeros(len(lists.users))
+    )
     hist_ptr, hist = lists.history
     for row, cands in enumerate(lists.candidates):
         rel = lists.scores[row].tolist()
@@ -236,8 +244,8 @@ def _sweep(
     lists: Lists, items: Items, merit: list[float] | None, protected: int
 ) -> dict[str, dict[float, dict[str, float | None]]]:
     out: dict[str, dict[float, dict[str, float | None]]] = {}
-    for method in ("mmr", "dpp", "calibrated", "exposure"):
-        grid = EXPOSURE_TARGETS if method == "exposure" else TRADEOFFS
+    for method in GOALS:
+        grid = EXPOSURE_TARGETS if method.startswith("exposure") else TRADEOFFS
         out[method] = {
             t: measure(
                 rerank_all(lists, items, method, t, protected),
@@ -373,7 +381,7 @@ def summarize(
             (a[goal] - b[goal]) / b[goal] if a[goal] is not None and b[goal] else None
             for a, b in zip(at, base, strict=True)
         ]
-        grid = EXPOSURE_TARGETS if method == "exposure" else TRADEOFFS
+        grid = EXPOSURE_TARGETS if method.startswith("exposure") else TRADEOFFS
         chosen[method] = {
             "tradeoff_per_seed": picks,
             "on_edge": any(p == grid[-1] for p in picks),

@@ -224,7 +224,8 @@ def rerank(
     as_json: JsonFlag = False,
 ) -> None:
     """Re-rank one recommender's candidates with MMR, DPP, calibrated and exposure-constrained
-    re-ranking over a sweep of trade-offs; report the NDCG@10-diversity frontier.
+    re-ranking (its minimum as is, and dithered over users) over a sweep of trade-offs; report
+    the NDCG@10-diversity frontier.
 
     Per seed (stratified split, seed 42 + r) the model is fitted with default settings on the
     validation and then the test training part. Validation picks each re-ranker's trade-off
