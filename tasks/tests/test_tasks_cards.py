@@ -61,7 +61,7 @@ def test_cards_state_the_runs_own_numbers(
     # Per user group: the users add up and the count-weighted group means give the overall.
     for name, rec in facts["recommenders"].items():
         activity, segment = rec["user_groups"]  # the synthetic users' one attribute
-        assert segment["names"] == ["broad", "focused", "missing"]
+        assert segment["names"] == ["broad", "focused"]
         groups = activity["metrics"]["ndcg@10"]["groups"]
         assert sum(g["count"] for g in groups) == rec["counts"]["target_users"]
         weighted = sum(g["count"] * (g["mean"] or 0.0) for g in groups)
@@ -149,10 +149,11 @@ def test_user_column_groups_by_hand() -> None:
     # Few levels: the values themselves, sorted as text.
     group, labels = user_column_groups("gender", ["M", "F", None, "M"])
     assert (group.tolist(), labels) == ([1, 0, 2, 1], ["F", "M", "missing"])
+    assert user_column_groups("gender", ["M", "F"])[1] == ["F", "M"]  # none missing: no group
     # Another numeric column with many values: quartiles by value.
     group, labels = user_column_groups("income", [float(v) for v in range(1, 13)])
     assert group.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
-    assert labels == ["Q1 (1-3)", "Q2 (4-6)", "Q3 (7-9)", "Q4 (10-12)", "missing"]
+    assert labels == ["Q1 (1-3)", "Q2 (4-6)", "Q3 (7-9)", "Q4 (10-12)"]
 
 
 def test_user_groupings_read_attribute_columns_and_name_the_ones_that_exist(
@@ -165,7 +166,7 @@ def test_user_groupings_read_attribute_columns_and_name_the_ones_that_exist(
     users = ids[::-1][:5]
     activity = np.arange(5, dtype=np.int64)
     ((by, group, labels),) = user_groupings(ds, users, activity, ["parity"])
-    assert by == "parity" and labels == ["a", "b", "missing"]
+    assert by == "parity" and labels == ["a", "b"]
     assert group.tolist() == [0 if u % 2 else 1 for u in users.tolist()]
     # The synthetic world's users carry their taste segment.
     assert [g[0] for g in user_groupings(ds, users, activity, None)] == [

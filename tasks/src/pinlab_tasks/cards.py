@@ -291,20 +291,31 @@ MAX_LEVELS = 8
 
 
 def age_buckets(ages: Sequence[float | None]) -> tuple[Int64Array, list[str]]:
-    """MovieLens-1M's seven age buckets (under 18, 18-24, ..., 56+) and 'missing' last."""
+    """MovieLens-1M's seven age buckets (under 18, 18-24, ..., 56+), and 'missing' last when
+    a user has no age."""
     labels = [f"under {AGE_EDGES[0]}"]
     labels += [f"{lo}-{hi - 1}" for lo, hi in itertools.pairwise(AGE_EDGES)]
-    labels += [f"{AGE_EDGES[-1]}+", "missing"]
+    labels.append(f"{AGE_EDGES[-1]}+")
     known = np.asarray([-1 if a is None else a for a in ages], dtype=np.float64)
     group = np.searchsorted(np.asarray(AGE_EDGES, np.float64), known, side="right")
-    group[np.asarray([a is None for a in ages], dtype=np.bool_)] = len(labels) - 1
-    return group.astype(np.int64), labels
+    return _with_missing(group.astype(np.int64), labels, ages)
+
+
+def _with_missing(
+    group: Int64Array, labels: list[str], values: Sequence[Any]
+) -> tuple[Int64Array, list[str]]:
+    """Users without a value in one more group, 'missing', when there are any."""
+    absent = np.asarray([v is None for v in values], dtype=np.bool_)
+    if not absent.any():
+        return group, labels
+    group[absent] = len(labels)
+    return group, [*labels, "missing"]
 
 
 def user_column_groups(column: str, values: Sequence[Any]) -> tuple[Int64Array, list[str]]:
     """Each user's group by one users-table column: its values as they are, or buckets for a
     numeric column with more than MAX_LEVELS values (MovieLens's age buckets for `age`,
-    quartiles otherwise). A user with no value is in the group 'missing'."""
+    quartiles otherwise). Users with no value are the group 'missing' (last, if any)."""
     present = [v for v in values if v is not None]
     numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in present)
     if numeric and len(set(present)) > MAX_LEVELS:
@@ -318,13 +329,11 @@ def user_column_groups(column: str, values: Sequence[Any]) -> tuple[Int64Array, 
             members = known[group == q]
             span = f"{members.min():g}-{members.max():g}" if len(members) else "no users"
             labels.append(f"Q{q + 1} ({span})")
-        group[np.isnan(known)] = 4
-        return group, [*labels, "missing"]
+        return _with_missing(group, labels, values)
     names = sorted({str(v) for v in present})
     code = {name: i for i, name in enumerate(names)}
-    missing = len(names)
-    codes = [missing if v is None else code[str(v)] for v in values]
-    return np.asarray(codes, dtype=np.int64), [*names, "missing"]
+    codes = [0 if v is None else code[str(v)] for v in values]
+    return _with_missing(np.asarray(codes, dtype=np.int64), names, values)
 
 
 def user_groupings(
@@ -352,7 +361,7 @@ def user_groupings(
         table = ds.users.column(column).to_pylist()
         values = [None if r is None else table[r] for r in rows]
         group, labels = user_column_groups(column, values)
-        bucketed = " (MovieLens age buckets)" if labels[0].startswith("under ") else ""
+        bucketed = " (MovieLens-1M age buckets)" if labels[0].startswith("under ") else ""
         out.append((f"{column}{bucketed}", group, labels))
     return out
 
