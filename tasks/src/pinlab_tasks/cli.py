@@ -31,6 +31,7 @@ from pinlab_tasks.commands import (
     serve,
     train,
 )
+from pinlab_tasks.commands.mcp import register as register_mcp
 from pinlab_tasks.commands.report import register as register_report
 from pinlab_tasks.settings import LogLevel, PinlabSettings
 
@@ -48,6 +49,7 @@ query.register(app)
 meta.register(app)
 card.register(app)
 register_report(app)
+register_mcp(app)
 
 
 @app.callback()
