@@ -74,7 +74,7 @@ class RankQuery(BaseModel):
     """The query string of every ranked endpoint, validated as one model.
 
     One model, not one FastAPI parameter per field: FastAPI re-inspects each parameter's
-    annotation on every request, which cost about 0.3 ms of a 1 ms `similar` request.
+    annotation on every request, 37% of a `similar` route's time under cProfile.
     """
 
     k: int = Field(default=10, ge=1, le=1000, description="Number of results.")
