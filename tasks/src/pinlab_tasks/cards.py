@@ -290,12 +290,17 @@ MAX_LEVELS = 8
 """A numeric user column with more distinct values than this is bucketed."""
 
 
+AGE_LABELS = [
+    f"under {AGE_EDGES[0]}",
+    *(f"{lo}-{hi - 1}" for lo, hi in itertools.pairwise(AGE_EDGES)),
+    f"{AGE_EDGES[-1]}+",
+]
+
+
 def age_buckets(ages: Sequence[float | None]) -> tuple[Int64Array, list[str]]:
     """MovieLens-1M's seven age buckets (under 18, 18-24, ..., 56+), and 'missing' last when
     a user has no age."""
-    labels = [f"under {AGE_EDGES[0]}"]
-    labels += [f"{lo}-{hi - 1}" for lo, hi in itertools.pairwise(AGE_EDGES)]
-    labels.append(f"{AGE_EDGES[-1]}+")
+    labels = list(AGE_LABELS)
     known = np.asarray([-1 if a is None else a for a in ages], dtype=np.float64)
     group = np.searchsorted(np.asarray(AGE_EDGES, np.float64), known, side="right")
     return _with_missing(group.astype(np.int64), labels, ages)
@@ -361,7 +366,7 @@ def user_groupings(
         table = ds.users.column(column).to_pylist()
         values = [None if r is None else table[r] for r in rows]
         group, labels = user_column_groups(column, values)
-        bucketed = " (MovieLens-1M age buckets)" if labels[0].startswith("under ") else ""
+        bucketed = " (MovieLens-1M age buckets)" if labels[: len(AGE_LABELS)] == AGE_LABELS else ""
         out.append((f"{column}{bucketed}", group, labels))
     return out
 
