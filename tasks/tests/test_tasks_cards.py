@@ -146,6 +146,7 @@ def test_user_column_groups_by_hand() -> None:
     assert group.tolist() == [0, 1, 1, 2, 6, 6, 7, 4, 5]
     ages = [17, 18, 24, 25, 56, 90, None, 49, 50, 33]  # over MAX_LEVELS values: bucketed
     assert user_column_groups("age", ages)[0].tolist() == [0, 1, 1, 2, 6, 6, 7, 4, 5, 2]
+    assert user_column_groups("age", [1, 56, 25])[0].tolist() == [0, 6, 2]  # 1M's bucket codes
     # Few levels: the values themselves, sorted as text.
     group, labels = user_column_groups("gender", ["M", "F", None, "M"])
     assert (group.tolist(), labels) == ([1, 0, 2, 1], ["F", "M", "missing"])

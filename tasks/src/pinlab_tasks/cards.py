@@ -319,13 +319,13 @@ def _with_missing(
 
 def user_column_groups(column: str, values: Sequence[Any]) -> tuple[Int64Array, list[str]]:
     """Each user's group by one users-table column: its values as they are, or buckets for a
-    numeric column with more than MAX_LEVELS values (MovieLens's age buckets for `age`,
-    quartiles otherwise). Users with no value are the group 'missing' (last, if any)."""
+    numeric column with more than MAX_LEVELS values (quartiles), and MovieLens-1M's age buckets
+    for a numeric `age`. Users with no value are the group 'missing' (last, if any)."""
     present = [v for v in values if v is not None]
     numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in present)
+    if numeric and column == "age":  # 100K's ages, or 1M's bucket lower bounds
+        return age_buckets(values)
     if numeric and len(set(present)) > MAX_LEVELS:
-        if column == "age":
-            return age_buckets(values)
         edges = np.quantile(np.asarray(present, np.float64), [0.25, 0.5, 0.75])
         known = np.asarray([np.nan if v is None else v for v in values], np.float64)
         group = np.searchsorted(edges, known, side="left").astype(np.int64)
