@@ -155,6 +155,8 @@ def test_user_column_groups_by_hand() -> None:
     group, labels = user_column_groups("income", [float(v) for v in range(1, 13)])
     assert group.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
     assert labels == ["Q1 (1-3)", "Q2 (4-6)", "Q3 (7-9)", "Q4 (10-12)"]
+    group, labels = user_column_groups("income", [*map(float, range(1, 13)), None])
+    assert group.tolist()[-1] == 4 and labels[3:] == ["Q4 (10-12)", "missing"]
 
 
 def test_user_groupings_read_attribute_columns_and_name_the_ones_that_exist(

@@ -272,12 +272,20 @@ def activity_quartiles(activity: Int64Array) -> tuple[Int64Array, list[str]]:
     Quartile q holds the users above the q-th quartile edge and at or below the next: with
     heavy ties a quartile can be empty, and it is then reported empty.
     """
-    edges = np.quantile(activity, [0.25, 0.5, 0.75])
-    group = np.searchsorted(edges, activity, side="left").astype(np.int64)
+    return quartiles(activity.astype(np.float64), " interactions")
+
+
+def quartiles(values: Float64Array, unit: str = "") -> tuple[Int64Array, list[str]]:
+    """Quartile 0..3 of each value by the quartile edges of the non-NaN ones, labelled with
+    the span it holds; a NaN lands past the last quartile (group 4)."""
+    nan = np.isnan(values)
+    edges = np.quantile(values[~nan], [0.25, 0.5, 0.75])
+    group = np.searchsorted(edges, values, side="left").astype(np.int64)
+    group[nan] = 4
     labels = []
     for q in range(4):
-        members = activity[group == q]
-        span = f"{members.min()}-{members.max()} interactions" if len(members) else "no users"
+        members = values[group == q]
+        span = f"{members.min():g}-{members.max():g}{unit}" if len(members) else "no users"
         labels.append(f"Q{q + 1} ({span})")
     return group, labels
 
@@ -326,15 +334,8 @@ def user_column_groups(column: str, values: Sequence[Any]) -> tuple[Int64Array, 
     if numeric and column == "age":  # 100K's ages, or 1M's bucket lower bounds
         return age_buckets(values)
     if numeric and len(set(present)) > MAX_LEVELS:
-        edges = np.quantile(np.asarray(present, np.float64), [0.25, 0.5, 0.75])
         known = np.asarray([np.nan if v is None else v for v in values], np.float64)
-        group = np.searchsorted(edges, known, side="left").astype(np.int64)
-        labels = []
-        for q in range(4):
-            members = known[group == q]
-            span = f"{members.min():g}-{members.max():g}" if len(members) else "no users"
-            labels.append(f"Q{q + 1} ({span})")
-        return _with_missing(group, labels, values)
+        return _with_missing(*quartiles(known), values)
     names = sorted({str(v) for v in present})
     code = {name: i for i, name in enumerate(names)}
     codes = [0 if v is None else code[str(v)] for v in values]
