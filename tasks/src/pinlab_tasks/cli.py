@@ -33,7 +33,7 @@ from pinlab_tasks.commands import (
 )
 from pinlab_tasks.commands.mcp import register as register_mcp
 from pinlab_tasks.commands.report import register as register_report
-from pinlab_tasks.settings import LogLevel, PinlabSettings
+from pinlab_tasks.settings import LogLevel, PinlabSettings, ProgressMode
 
 BAD_INPUT = (PinlabDataError, PinlabModelError, PinlabServeError, FileNotFoundError)
 
@@ -75,12 +75,22 @@ def root(
     no_tracking: Annotated[
         bool, typer.Option("--no-tracking", help="Log nothing to MLflow [env PINLAB_TRACKING=off].")
     ] = False,
+    progress: Annotated[
+        ProgressMode | None,
+        typer.Option(
+            "--progress",
+            help="How long jobs report on stderr: auto (a bar on a terminal, plain lines "
+            "elsewhere), rich (also under --json), json (one event per line: start, epoch "
+            "with ETA, end, step; schema in `describe`), off [env PINLAB_PROGRESS].",
+        ),
+    ] = None,
 ) -> None:
     overrides = {
         "threads": threads,
         "log_level": log_level,
         "runs_dir": runs_dir,
         "tracking_uri": tracking_uri,
+        "progress": progress,
     }
     # From the environment each time: flags of an earlier invocation in this process must not stick.
     resolved = PinlabSettings().model_copy(

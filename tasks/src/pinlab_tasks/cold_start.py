@@ -41,6 +41,7 @@ from pinlab_models import (
     Scorer,
     TextEncoder,
     TrainContext,
+    TrainProgress,
     load_image_text_model,
     resolve_device,
 )
@@ -96,7 +97,7 @@ def eval_cold_start(
     device: str,
     cold_fraction: float = 0.2,
     config: HybridConfig | None = None,
-    progress: bool = True,
+    progress: TrainProgress = True,
 ) -> dict[str, Any]:
     """Fit the hybrid and the baselines on the warm pins; rank the cold pins for every user.
 
@@ -172,7 +173,7 @@ def _fit_hybrid(
     directory: Path,
     seed: int,
     device: str,
-    progress: bool,
+    progress: TrainProgress,
     valid: Holdout | None = None,
 ) -> tuple[HybridRecommender, FitReport]:
     model = HybridRecommender(config)

@@ -38,6 +38,7 @@ from pinlab_eval import (
 from pinlab_models import (
     Recommender,
     TrainContext,
+    TrainProgress,
     build_recommender,
     load_recommender,
     recommender_spec,
@@ -138,7 +139,7 @@ def train_recommender(
     overrides: dict[str, Any],
     seed: int,
     device: str,
-    progress: bool = True,
+    progress: TrainProgress = True,
     protocol: ProtocolSpec | None = None,
     trials: int = 0,
 ) -> dict[str, Any]:

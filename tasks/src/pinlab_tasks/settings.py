@@ -10,6 +10,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+ProgressMode = Literal["auto", "rich", "json", "off"]
 
 
 class PinlabSettings(BaseSettings):
@@ -20,6 +21,12 @@ class PinlabSettings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=512)
     log_level: LogLevel = "INFO"
+    progress: ProgressMode = Field(
+        default="auto",
+        description="How long jobs report on stderr: auto (a bar on a terminal, plain lines "
+        "elsewhere, silent under --json where a command was), rich (that even under --json), "
+        "json (one ProgressEvent per line), off.",
+    )
     debug: bool = Field(default=False, description="Show tracebacks instead of one-line errors.")
     tracking: bool = Field(default=True, description="Log runs to MLflow (PINLAB_TRACKING=off).")
     tracking_uri: str | None = Field(

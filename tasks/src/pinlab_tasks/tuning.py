@@ -111,7 +111,7 @@ def search_on_validation(
     config = spec.config_type.model_validate(base)
     members = list(spec.members(config)) if spec.members else []
     k = int(metric.split("@")[1])
-    probe_ctx = replace(ctx, run_dir=ctx.run_dir / "validation", label="validation")
+    probe_ctx = replace(ctx, run_dir=ctx.run_dir / "validation", label="validation", metric=metric)
     fitted = _fit_members(config, members, split, probe_ctx) if spec.of_fitted else None
 
     def objective(trial: optuna.Trial, deadline: float | None) -> float:

@@ -39,6 +39,7 @@ from pinlab_models import (
     ImageTextModel,
     RecipeConfig,
     TrainContext,
+    TrainProgress,
     load_image_text_model,
     resolve_device,
     seed_everything,
@@ -103,7 +104,7 @@ def train_visual(
     config: EncoderConfig,
     seed: int,
     device: str,
-    progress: bool = True,
+    progress: TrainProgress = True,
 ) -> dict[str, Any]:
     """Train the CNN encoder on the training pins; early-stop on validation recall@1."""
     ds = load_dataset(data_dir)
@@ -122,7 +123,9 @@ def train_visual(
         report = evaluate_retrieval(emb, labels[split.valid], ks=(1,), protocol="valid")
         return report.metrics["recall@1"]
 
-    ctx = TrainContext(run_dir=run.visual, seed=seed, device=device, progress=progress)
+    ctx = TrainContext(
+        run_dir=run.visual, seed=seed, device=device, progress=progress, metric="recall@1"
+    )
     encoder, report = train_encoder(images[split.train], labels[split.train], config, ctx, validate)
     model_id = encoder.save(run.encoder)
     result = {"model_id": model_id, "train_pins": len(split.train), **report.model_dump()}
@@ -231,7 +234,7 @@ def train_align(
     config: AlignConfig,
     seed: int,
     device: str,
-    progress: bool = True,
+    progress: TrainProgress = True,
 ) -> dict[str, Any]:
     """Align the image tower to MiniLM caption embeddings on the training pins.
 
@@ -257,7 +260,13 @@ def train_align(
     def validate(model: ImageTextModel) -> float:
         return _text_to_image(model, images, ds, valid_rows)[0].metrics["recall@10"]
 
-    ctx = TrainContext(run_dir=run.visual / "align", seed=seed, device=device, progress=progress)
+    ctx = TrainContext(
+        run_dir=run.visual / "align",
+        seed=seed,
+        device=device,
+        progress=progress,
+        metric="text recall@10",
+    )
     model, report = train_alignment(
         images[train_rows],
         [captions[r] for r in train_rows],
@@ -320,7 +329,7 @@ def train_encoder_recipe(
     recipe: RecipeConfig,
     seed: int,
     device: str,
-    progress: bool = True,
+    progress: TrainProgress = True,
     protocol: EncoderProtocol = "held-out-pins",
 ) -> dict[str, Any]:
     """Train an encoder of any architecture with a recipe.
@@ -363,7 +372,9 @@ def train_encoder_recipe(
         report = evaluate_retrieval(emb, labels[split.valid], ks=(1,), protocol="valid")
         return report.metrics["recall@1"]
 
-    ctx = TrainContext(run_dir=run.visual, seed=seed, device=device, progress=progress)
+    ctx = TrainContext(
+        run_dir=run.visual, seed=seed, device=device, progress=progress, metric="recall@1"
+    )
     given = None if recipe.recipe == "simclr" else labels[split.train]
     # Early stopping needs a validation query with something to find.
     can_validate = bool((np.unique(labels[split.valid], return_counts=True)[1] > 1).any())

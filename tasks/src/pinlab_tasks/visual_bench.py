@@ -63,6 +63,7 @@ from pinlab_models import (
     RecipeConfig,
     SearchParam,
     TrainContext,
+    TrainProgress,
     recipe_space,
     resolve_device,
     seed_everything,
@@ -136,7 +137,7 @@ def bench_visual(
     epochs: int | None = None,
     seed: int = 0,
     device: str = "auto",
-    progress: bool = True,
+    progress: TrainProgress = True,
     seeds: int = 3,
     trials: int = DEFAULT_TRIALS,
     budget_seconds: float | None = DEFAULT_BUDGET_SECONDS,
@@ -287,7 +288,7 @@ def _bench_split(
     seed: int,
     device: str,
     run: RunLayout,
-    progress: bool,
+    progress: TrainProgress,
     search: Search,
 ) -> _Split:
     protocol = visual_protocol(labels, pin_ids, seed)
@@ -337,7 +338,13 @@ def _bench_split(
             config,
             recipe_config,
             recipe_space(recipe) if search.trials > 1 else {},
-            TrainContext(run_dir=directory / "valid", seed=seed, device=device, progress=progress),
+            TrainContext(
+                run_dir=directory / "valid",
+                seed=seed,
+                device=device,
+                progress=progress,
+                metric="recall@1",
+            ),
             search,
         )
         ctx = TrainContext(run_dir=directory, seed=seed, device=device, progress=progress)

@@ -21,10 +21,10 @@ from pinlab_data import (
     write_json_atomic,
     write_synth,
 )
-from pinlab_models import AlignConfig
+from pinlab_models import AlignConfig, TrainProgress
 from pinlab_tasks.presets import PRESETS
 from pinlab_tasks.queries import build_index, recommend, search
-from pinlab_tasks.recsys import eval_recommenders, train_recommender
+from pinlab_tasks.recsys import Say, eval_recommenders, train_recommender
 from pinlab_tasks.runs import RunLayout
 from pinlab_tasks.visual import (
     eval_align,
@@ -46,7 +46,7 @@ def synth(out: Path, config: SynthConfig, overwrite: bool = False) -> dict[str, 
 
 
 def _demo_align(
-    run: RunLayout, config: AlignConfig, seed: int, device: str, progress: bool
+    run: RunLayout, config: AlignConfig, seed: int, device: str, progress: TrainProgress
 ) -> dict[str, Any]:
     trained = train_align(run, run.data, config, seed, device, progress)
     evaluation = eval_align(run)
@@ -73,8 +73,9 @@ def demo(
     out: Path,
     seed: int,
     device: str,
-    progress: bool = True,
+    progress: TrainProgress = True,
     align: bool = False,
+    say: Say = lambda _: None,
 ) -> dict[str, Any]:
     """The whole pipeline on a synthetic world: data, encoder, recommenders, index, queries.
 
@@ -90,13 +91,19 @@ def demo(
     run.log_step(
         "demo", {"preset": preset_name, "seed": seed, "with_align": align, **preset.model_dump()}
     )
+    say(f"generating the {preset_name} world")
     data = synth(run.data, synth_config, overwrite=True)
+    say("training the image encoder")
     visual_train = train_visual(run, run.data, preset.encoder, seed, device, progress)
     visual = eval_visual(run, seed)
     for name, overrides in preset.recommenders.items():
+        say(f"training recommender {name}")
         train_recommender(run, run.data, name, overrides, seed, device, progress)
+    say("evaluating recommenders, building the index")
     rec = eval_recommenders(run)
     index = build_index(run)
+    if align:
+        say("aligning images to text")
 
     ds = load_dataset(run.data)
     query_pin = int(ds.pin_ids()[visual_split(ds, seed).test[0]])

@@ -275,7 +275,7 @@ def train_alignment(
     log = EpochLog(ctx.run_dir)
     stopper = EarlyStopping(config.patience)
     clock = Stopwatch()
-    with epoch_progress("align image tower", config.epochs, ctx.progress) as progress:
+    with epoch_progress("align image tower", config.epochs, ctx) as progress:
         for epoch in range(1, config.epochs + 1):
             epoch_clock = Stopwatch()
             tower.train()
@@ -300,8 +300,7 @@ def train_alignment(
                 epoch=epoch, train_loss=total / steps_per_epoch, valid=valid, seconds=epoch_clock()
             )
             log.write(record)
-            status = f"loss {record.train_loss:.3f}" + (f" valid {valid:.3f}" if valid else "")
-            progress.update(progress.task_ids[0], advance=1, status=status)
+            progress.update(epoch, record.train_loss, valid)
             if stopper.update(epoch, valid, tower):
                 break
     stopper.restore(tower)

@@ -188,7 +188,7 @@ def train_encoder(
     log = EpochLog(ctx.run_dir)
     stopper = EarlyStopping(config.patience)
     clock = Stopwatch()
-    with epoch_progress("train encoder", config.epochs, ctx.progress) as progress:
+    with epoch_progress("train encoder", config.epochs, ctx) as progress:
         for epoch in range(1, config.epochs + 1):
             epoch_clock = Stopwatch()
             net.train()
@@ -214,8 +214,7 @@ def train_encoder(
                 seconds=epoch_clock(),
             )
             log.write(record)
-            status = f"loss {record.train_loss:.3f}" + (f" valid {valid:.3f}" if valid else "")
-            progress.update(progress.task_ids[0], advance=1, status=status)
+            progress.update(epoch, record.train_loss, valid)
             if stopper.update(epoch, valid, net):
                 break
     stopper.restore(net)

@@ -265,7 +265,7 @@ def train_with_recipe(
             z = net(x)
         return F.normalize(z.float(), dim=1)
 
-    with epoch_progress(f"train {recipe.recipe}", config.epochs, ctx.progress) as progress:
+    with epoch_progress(f"train {recipe.recipe}", config.epochs, ctx) as progress:
         for epoch in range(1, config.epochs + 1):
             epoch_clock = Stopwatch()
             net.train()
@@ -295,8 +295,7 @@ def train_with_recipe(
                 epoch=epoch, train_loss=total / steps_per_epoch, valid=valid, seconds=epoch_clock()
             )
             log.write(record)
-            status = f"loss {record.train_loss:.3f}" + (f" valid {valid:.3f}" if valid else "")
-            progress.update(progress.task_ids[0], advance=1, status=status)
+            progress.update(epoch, record.train_loss, valid)
             if stopper.update(epoch, valid, net):
                 break
             if validate and ctx.deadline is not None and time.monotonic() > ctx.deadline:

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ from pinlab_models.contracts import (
     EpochRecord,
     FitReport,
     PinlabModelError,
+    ProgressEvent,
     Scorer,
     TrainContext,
     Validator,
@@ -99,12 +100,83 @@ class EpochLog:
             f.write(json.dumps(record.model_dump()) + "\n")
 
 
+LINE_EVERY_SECONDS = 10.0
+"""Off a terminal, an epoch line at most this often: every epoch of a slow model, few of a
+fast one."""
+
+
+class EpochReporter:
+    """Says how one fit goes, as `TrainContext.progress` asks: a rich bar on a terminal, a
+    plain line every `LINE_EVERY_SECONDS` elsewhere, `ProgressEvent`s to a sink, or nothing.
+    """
+
+    def __init__(self, description: str, total: int, ctx: TrainContext, bar: Progress) -> None:
+        self.description = description
+        self.total = total
+        self.ctx = ctx
+        self.bar = bar
+        self.clock = Stopwatch()
+        self.said = 0.0  # when the last plain line was printed
+        self.epoch = 0
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+
+    def _send(self, event: Literal["start", "epoch", "end"], **fields: Any) -> None:
+        if callable(self.ctx.progress):
+            self.ctx.progress(
+                ProgressEvent(
+                    event=event,
+                    label=self.description,
+                    epochs=self.total,
+                    metric=self.ctx.metric,
+                    elapsed_s=round(self.clock(), 3),
+                    **fields,
+                )
+            )
+
+    def start(self) -> None:
+        self._send("start")
+
+    def update(self, epoch: int, loss: float, valid: float | None) -> None:
+        """One epoch done: `loss` its mean training loss, `valid` its validation value."""
+        self.epoch = epoch
+        if valid is not None and (self.best is None or valid > self.best):
+            self.best, self.best_epoch = valid, epoch
+        status = f"loss {loss:.3f}" + (f" valid {valid:.4f}" if valid is not None else "")
+        self.bar.update(self.bar.task_ids[0], advance=1, status=status)
+        elapsed = self.clock()
+        self._send(
+            "epoch", epoch=epoch, loss=loss, value=valid, best=self.best,
+            best_epoch=self.best_epoch, eta_s=round(self._eta(epoch, elapsed), 3),
+        )  # fmt: skip
+        if self.ctx.progress is True and not stderr.is_terminal:
+            self._line(epoch, elapsed, status)
+
+    def _line(self, epoch: int, elapsed: float, status: str) -> None:
+        if elapsed - self.said < LINE_EVERY_SECONDS:
+            return
+        self.said = elapsed
+        stderr.print(
+            epoch_line(self.description, epoch, self.total, elapsed, status, self.ctx.deadline),
+            soft_wrap=True,  # one line per epoch, whatever the log's width
+            markup=False,
+            highlight=False,
+        )
+
+    def end(self) -> None:
+        self._send("end", epoch=self.epoch or None, best=self.best, best_epoch=self.best_epoch)
+
+    def _eta(self, epoch: int, elapsed: float) -> float:
+        left = None if self.ctx.deadline is None else self.ctx.deadline - time.monotonic()
+        return eta_seconds(epoch, self.total, elapsed, left)
+
+
 @contextmanager
 def epoch_progress(
-    description: str, total: int, enabled: bool, transient: bool = False
-) -> Iterator[Progress]:
-    """A live bar on a terminal; elsewhere (a pipe, a log, `--json` runs) `epoch_line` speaks."""
-    progress = Progress(
+    description: str, total: int, ctx: TrainContext, transient: bool = False
+) -> Iterator[EpochReporter]:
+    """One fit's `EpochReporter`; a sink hears `start` now and `end` when the block leaves."""
+    bar = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
@@ -113,28 +185,33 @@ def epoch_progress(
         TextColumn("left at most"),
         TimeRemainingColumn(),
         console=stderr,
-        disable=not enabled or not stderr.is_terminal,
+        disable=ctx.progress is not True or not stderr.is_terminal,
         transient=transient,
     )
-    with progress:
-        progress.add_task(description, total=total, status="")
-        yield progress
+    with bar:
+        bar.add_task(description, total=total, status="")
+        reporter = EpochReporter(description, total, ctx, bar)
+        reporter.start()
+        try:
+            yield reporter
+        finally:
+            reporter.end()  # a pruned trial ends too: every start has its end
 
 
-LINE_EVERY_SECONDS = 10.0
-"""Off a terminal, an epoch line at most this often: every epoch of a slow model, few of a
-fast one."""
+def eta_seconds(done: int, total: int, elapsed: float, time_left: float | None = None) -> float:
+    """Seconds left at most: the epochs left at the mean epoch time so far, capped by the time
+    left to a search's budget when there is one (early stopping can end sooner)."""
+    left = max(total - done, 0) * elapsed / max(done, 1)
+    return left if time_left is None else max(0.0, min(left, time_left))
 
 
 def epoch_line(
     description: str, epoch: int, total: int, seconds: float, status: str, deadline: float | None
 ) -> str:
-    """One epoch as a plain line, with the time left: the epochs left at the mean epoch time,
-    capped by the search budget's deadline when there is one (early stopping can end sooner).
-    """
-    left = (total - epoch) * seconds / epoch
-    if deadline is not None:
-        left = max(0.0, min(left, deadline - time.monotonic()))
+    """One epoch as a plain line, with the time left (`eta_seconds`)."""
+    left = eta_seconds(
+        epoch, total, seconds, None if deadline is None else deadline - time.monotonic()
+    )
     return (
         f"{description}: epoch {epoch}/{total} ({seconds / epoch:.1f} s/epoch), {status}; "
         f"at most {_clock(left)} left"
@@ -200,25 +277,15 @@ def run_epochs(
     log = EpochLog(ctx.run_dir)
     stopper = EarlyStopping(patience)
     clock = Stopwatch()
-    said = 0.0  # when the last epoch line was printed
     description = f"train {name}" + (f" ({ctx.label})" if ctx.label else "")
-    with epoch_progress(description, epochs, ctx.progress, transient=bool(ctx.label)) as progress:
+    with epoch_progress(description, epochs, ctx, transient=bool(ctx.label)) as progress:
         for epoch in range(1, epochs + 1):
             epoch_clock = Stopwatch()
             loss = train_epoch()
             check = validate is not None and (epoch % eval_every == 0 or epoch == epochs)
             valid = validate(model) if validate is not None and check else None
             log.write(EpochRecord(epoch=epoch, train_loss=loss, valid=valid, seconds=epoch_clock()))
-            status = f"loss {loss:.3f}" + (f" valid {valid:.4f}" if valid is not None else "")
-            progress.update(progress.task_ids[0], advance=1, status=status)
-            if ctx.progress and not stderr.is_terminal and clock() - said >= LINE_EVERY_SECONDS:
-                said = clock()
-                stderr.print(
-                    epoch_line(description, epoch, epochs, said, status, ctx.deadline),
-                    soft_wrap=True,  # one line per epoch, whatever the log's width
-                    markup=False,
-                    highlight=False,
-                )
+            progress.update(epoch, loss, valid)
             if (validate is None or check) and stopper.update(epoch, valid, net):
                 break
             if check and ctx.deadline is not None and time.monotonic() > ctx.deadline:

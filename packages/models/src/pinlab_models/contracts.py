@@ -23,6 +23,46 @@ class PinlabModelError(ValueError):
     """Bad input to a model: unknown name, incompatible checkpoint, wrong shapes."""
 
 
+class ProgressEvent(BaseModel):
+    """One progress event of a long job: a fit's start, each epoch, its end, or a workflow step.
+
+    `--progress json` prints each as one line on stderr, so an agent can follow a run while
+    stdout stays the single `--json` document. Fields a kind lacks are left out of the line.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    event: Literal["start", "epoch", "end", "step"] = Field(
+        description="start/epoch/end of one fit, or step: a stage message of a long workflow"
+    )
+    command: str = Field(default="", description='the CLI command, e.g. "train recommender"')
+    label: str | None = Field(
+        default=None, description='which fit, e.g. "train mf (validation trial 3)"'
+    )
+    message: str | None = Field(default=None, description="what a step is doing")
+    epoch: int | None = Field(default=None, ge=1, description="epochs done (epoch, end)")
+    epochs: int | None = Field(default=None, ge=1, description="epochs planned at most")
+    loss: float | None = Field(default=None, description="mean training loss of the epoch")
+    metric: str | None = Field(default=None, description="what validation measures")
+    value: float | None = Field(default=None, description="validation value of the epoch")
+    best: float | None = Field(default=None, description="best validation value so far")
+    best_epoch: int | None = Field(default=None, description="the epoch of `best`")
+    elapsed_s: float | None = Field(default=None, ge=0, description="seconds since the start")
+    eta_s: float | None = Field(
+        default=None,
+        ge=0,
+        description="seconds left at most: the epochs left at the mean epoch time, capped by "
+        "a search's time budget (early stopping can end sooner)",
+    )
+
+
+ProgressSink = Callable[[ProgressEvent], None]
+"""Receives a fit's `ProgressEvent`s (`TrainContext.progress`)."""
+
+TrainProgress = bool | ProgressSink
+"""True: a bar on a terminal, plain lines elsewhere; False: silent; a sink: events only."""
+
+
 @dataclass(frozen=True)
 class TrainContext:
     """Where and how a training run happens; passed in, never read from globals.
@@ -34,7 +74,7 @@ class TrainContext:
     run_dir: Path
     seed: int = 0
     device: str = "cpu"
-    progress: bool = True
+    progress: TrainProgress = True
     item_features: Float32Array | None = None
     deadline: float | None = None
     """A `time.monotonic()` after which epoch training stops (keeping its best validated
@@ -42,6 +82,8 @@ class TrainContext:
     label: str = ""
     """Names this fit in progress output (e.g. "validation trial 3"); a labelled fit's bar is
     cleared once done, so a search shows one live bar rather than one per trial."""
+    metric: str | None = None
+    """Names what `validate` returns (e.g. "ndcg@10") in progress events."""
 
 
 class Scorer(Protocol):

@@ -14,6 +14,7 @@ from pinlab_eval import protocol_spec
 from pinlab_tasks._app import DeviceOpt, JsonFlag, SeedOpt, settings
 from pinlab_tasks._measure import run_measured
 from pinlab_tasks._output import busy, emit, stderr, stdout
+from pinlab_tasks._progress import step_say, train_progress
 from pinlab_tasks.benchmarks import bench_recsys, item_text_features, render_recsys
 from pinlab_tasks.runs import RunLayout, new_run_dir
 from pinlab_tasks.tracking import tracked
@@ -186,10 +187,10 @@ def recsys(
             budget_seconds=budget or None,
             metric=metric,
             device=device or resolved.device,
-            progress=True,  # epoch lines go to stderr; --json keeps stdout one document
+            progress=train_progress(True, "bench recsys"),  # on stderr: stdout stays one document
             item_features=lambda: item_text_features(data),
             peers=[p.strip() for p in (peers or "").split(",") if p.strip()],
-            say=stderr.print,
+            say=step_say(stderr.print, "bench recsys"),
         )
         layout.log_step("bench recsys", config, data_dir=data)  # only once it succeeded
         write_json_atomic(layout.root / "bench.json", result)
@@ -264,7 +265,7 @@ def rerank(
             candidates=candidates,
             seeds=seeds,
             seed=seed_value,
-            say=stderr.print,
+            say=step_say(stderr.print, "bench rerank"),
         )
         result["plot"] = str(frontier_plot(result, layout.root / "frontier.png"))
         layout.log_step("bench rerank", config, data_dir=data)
@@ -310,7 +311,7 @@ def serve(
         duration,
         seed,
         run_dir=run,
-        say=(lambda _: None) if as_json else stderr.print,
+        say=step_say((lambda _: None) if as_json else stderr.print, "bench serve"),
     )
     emit(payload, as_json, lambda: render_serve(payload))
 
@@ -384,7 +385,7 @@ def visual(
             epochs,
             s.seed if seed is None else seed,
             device or s.device,
-            progress=not as_json,
+            progress=train_progress(not as_json, "bench visual"),
             seeds=seeds,
             trials=trials,
             budget_seconds=budget,

@@ -13,6 +13,7 @@ from rich.table import Table
 from pinlab_tasks import workflows
 from pinlab_tasks._app import DeviceOpt, JsonFlag, SeedOpt, settings
 from pinlab_tasks._output import emit, metrics_table, stdout
+from pinlab_tasks._progress import step_say, train_progress
 from pinlab_tasks.runs import RunLayout, new_run_dir
 from pinlab_tasks.tracking import log_fit, numbers, tracked
 
@@ -48,7 +49,13 @@ def demo(
     params = {"preset": preset, "seed": seed, "device": device or s.device, "align": align}
     with tracked("demo", params, run_dir=run_dir) as tracker:
         result = workflows.demo(
-            preset, run_dir, seed=seed, device=device or s.device, progress=not as_json, align=align
+            preset,
+            run_dir,
+            seed=seed,
+            device=device or s.device,
+            progress=train_progress(not as_json, "demo"),
+            say=step_say(lambda _: None, "demo"),
+            align=align,
         )
         _log_demo(RunLayout(run_dir), result)
         tracker.log_metrics(

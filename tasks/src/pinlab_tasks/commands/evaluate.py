@@ -11,6 +11,7 @@ from pinlab_tasks import cold_start, recsys
 from pinlab_tasks import visual as visual_workflows
 from pinlab_tasks._app import DeviceOpt, JsonFlag, SeedOpt, settings
 from pinlab_tasks._output import emit, metrics_table, stdout
+from pinlab_tasks._progress import train_progress
 from pinlab_tasks.runs import RunLayout
 from pinlab_tasks.tracking import numbers, tracked
 
@@ -116,7 +117,7 @@ def cold_start_(
             seed,
             device or s.device,
             cold_fraction=fraction,
-            progress=not as_json,
+            progress=train_progress(not as_json, "eval cold-start"),
         )
         tracker.log_metrics(numbers(result))
         tracker.log_artifact(run / "cold_start" / "eval.json")

@@ -18,6 +18,7 @@ from typer.models import ArgumentInfo, ParameterInfo
 
 from pinlab_tasks._app import JsonFlag, settings
 from pinlab_tasks._output import emit, stdout
+from pinlab_tasks._progress import progress_description
 
 EXIT_CODES = {"0": "success", "1": "failure", "2": "bad usage or bad input"}
 PACKAGES = ("pinlab-data", "pinlab-models", "pinlab-eval", "pinlab-serve", "pinlab-tasks")
@@ -34,6 +35,7 @@ def register(app: typer.Typer) -> None:
             "json_flag": "--json prints exactly one JSON document on stdout; logs go to stderr",
             "exit_codes": EXIT_CODES,
             "global_options": _params(root.callback) if root and root.callback else [],
+            "progress": progress_description(),
             "commands": commands,
         }
 

@@ -23,6 +23,7 @@ from pinlab_tasks import recsys
 from pinlab_tasks import visual as visual_workflows
 from pinlab_tasks._app import DeviceOpt, JsonFlag, SeedOpt, settings
 from pinlab_tasks._output import emit, stdout
+from pinlab_tasks._progress import train_progress
 from pinlab_tasks.recsys import DEFAULT_PROTOCOL
 from pinlab_tasks.runs import RunLayout, new_run_dir
 from pinlab_tasks.tracking import Tracker, log_fit, tracked
@@ -58,7 +59,12 @@ def visual(
     params = {"data": str(data), "seed": seed, "encoder": config.model_dump()}
     with tracked("train visual", params, run_dir=layout.root) as tracker:
         result = visual_workflows.train_visual(
-            layout, data, config, seed, device or s.device, not as_json
+            layout,
+            data,
+            config,
+            seed,
+            device or s.device,
+            train_progress(not as_json, "train visual"),
         )
         _log_training(tracker, result, layout.visual)
     result["run_dir"] = str(layout.root)
@@ -130,7 +136,14 @@ def encoder(
     }
     with tracked("train encoder", params, run_dir=layout.root) as tracker:
         result = visual_workflows.train_encoder_recipe(
-            layout, data, config, recipe_config, seed, device or s.device, not as_json, protocol
+            layout,
+            data,
+            config,
+            recipe_config,
+            seed,
+            device or s.device,
+            train_progress(not as_json, "train encoder"),
+            protocol,
         )
         _log_training(tracker, result, layout.visual)
     result["run_dir"] = str(layout.root)
@@ -180,7 +193,12 @@ def align(
     params = {"data": str(data or "(run's dataset)"), "seed": seed, "align": config.model_dump()}
     with tracked("train align", params, run_dir=layout.root) as tracker:
         result = visual_workflows.train_align(
-            layout, data, config, seed, device or s.device, not as_json
+            layout,
+            data,
+            config,
+            seed,
+            device or s.device,
+            train_progress(not as_json, "train align"),
         )
         _log_training(tracker, result, layout.visual / "align")
     result["run_dir"] = str(layout.root)
@@ -241,7 +259,7 @@ def recommender(
             parse_settings(set_ or []),
             seed,
             device or s.device,
-            not as_json,
+            train_progress(not as_json, "train recommender"),
             protocol=spec,
             trials=trials,
         )
