@@ -12,7 +12,7 @@ import pytest
 import pinlab_tasks.cli  # noqa: F401 - importing the CLI registers every command on `app`
 from pinlab_models import recommender_names
 from pinlab_tasks._app import app
-from pinlab_tasks.commands.meta import _walk
+from pinlab_tasks.commands.meta import walk_commands
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -20,7 +20,7 @@ AGENTS = (ROOT / "AGENTS.md").read_text(encoding="utf-8")
 PACKAGES = sorted([*(ROOT / "packages").iterdir(), ROOT / "tasks"])
 
 
-@pytest.mark.parametrize("command", sorted(c["command"] for c in _walk(app, [])))
+@pytest.mark.parametrize("command", sorted(c["command"] for c in walk_commands(app, [])))
 def test_the_readme_lists_every_command(command: str) -> None:
     assert command in README, f"README.md's command list lacks `{command}`"
 

@@ -1,6 +1,6 @@
 """The MCP server behind `pinlab mcp`: every CLI command as a tool, run directories as resources.
 
-Tools are generated from the catalogue `pinlab describe` prints (`meta._walk`), so a command
+Tools are generated from the catalogue `pinlab describe` prints (`meta.walk_commands`), so a command
 gets its tool, input schema and description by being declared once, as a Typer command.
 A call runs the command in this process through `cli.run` with `--json` and returns the one
 JSON document it prints.
@@ -33,7 +33,7 @@ from mcp.shared.exceptions import MCPError
 from pinlab_tasks._app import app
 from pinlab_tasks.cards import CARDS_DIR, DATA_CARD, MODEL_CARD
 from pinlab_tasks.cli import run  # importing cli also registers every command on `app`
-from pinlab_tasks.commands.meta import _walk
+from pinlab_tasks.commands.meta import walk_commands
 
 # `serve` runs a web server until interrupted, so its tool call would never return; `mcp` is
 # this server. Every other command is a tool.
@@ -73,7 +73,7 @@ class CommandTool:
 def command_tools() -> dict[str, CommandTool]:
     """A tool per command of `pinlab describe`'s catalogue but `EXCLUDED`, by tool name."""
     tools: dict[str, CommandTool] = {}
-    for command in sorted(_walk(app, []), key=lambda c: c["command"]):
+    for command in sorted(walk_commands(app, []), key=lambda c: c["command"]):
         path = tuple(command["command"].split()[1:])
         if " ".join(path) in EXCLUDED:
             continue

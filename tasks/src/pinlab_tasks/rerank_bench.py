@@ -11,6 +11,7 @@ that choice. Nothing on the test split chooses anything.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -82,6 +83,7 @@ class Items:
     group_names: list[str]
     vectors: np.ndarray  # unit rows from the training interactions (truncated SVD)
 
+    @functools.cached_property
     def kernel(self) -> np.ndarray:
         """The DPP's item features: the behaviour vector and the category one-hot, equally
         weighted, so cosine = (behaviour cosine + same category) / 2. A DPP over behaviour
@@ -183,7 +185,7 @@ def rerank_all(
     """Every user's top K after re-ranking their candidates."""
     out = np.empty((len(lists.users), K), dtype=np.int64)
     names = [items.category_names[c] for c in items.category]
-    kernel = items.kernel() if method == "dpp" else items.vectors
+    kernel = items.kernel if method == "dpp" else items.vectors
     # exposure_dithered: each user's offset of the exposure minimum, spread evenly over [0, 1)
     # (golden-ratio sequence), so the protected share follows the target smoothly over users;
     # exposure: offset 0, the deterministic minimum.

@@ -28,7 +28,7 @@ LIBRARIES = ("torch", "numpy", "pyarrow", "faiss-cpu", "pydantic", "typer")
 def register(app: typer.Typer) -> None:
     def describe(as_json: JsonFlag = False) -> None:
         """Every command with its options, inputs and outputs, as JSON for agents."""
-        commands = sorted(_walk(app, []), key=lambda c: c["command"])
+        commands = sorted(walk_commands(app, []), key=lambda c: c["command"])
         root = app.registered_callback
         payload = {
             "tool": "pinlab",
@@ -53,7 +53,7 @@ def register(app: typer.Typer) -> None:
     app.command("doctor")(doctor)
 
 
-def _walk(app: typer.Typer, path: list[str]) -> Iterator[dict[str, Any]]:
+def walk_commands(app: typer.Typer, path: list[str]) -> Iterator[dict[str, Any]]:
     """Every command of the app, read from the declared signatures (Typer's public API)."""
     for info in app.registered_commands:
         assert info.callback is not None
@@ -61,7 +61,7 @@ def _walk(app: typer.Typer, path: list[str]) -> Iterator[dict[str, Any]]:
         yield _command([*path, name], info.callback)
     for group in app.registered_groups:
         assert group.typer_instance is not None and group.name is not None
-        yield from _walk(group.typer_instance, [*path, group.name])
+        yield from walk_commands(group.typer_instance, [*path, group.name])
 
 
 def _command(path: list[str], fn: Callable[..., Any]) -> dict[str, Any]:
