@@ -18,7 +18,16 @@ from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.shared.exceptions import MCPError
 
 from pinlab_tasks.cli import run
-from pinlab_tasks.mcp_server import build_server, command_argv, command_tools, tool_name
+from pinlab_tasks.mcp_server import (
+    build_server,
+    command_argv,
+    command_tools,
+    settings_env,
+    tool_name,
+    tool_result,
+)
+from pinlab_tasks.runs import INCOMPLETE
+from pinlab_tasks.settings import PinlabSettings
 
 T = TypeVar("T")
 
@@ -72,14 +81,32 @@ def stable(value: Any) -> Any:
     return value
 
 
+class Progress:
+    """A client's progress callback: every message, and an event at the first epoch."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+        self.counts: list[float] = []
+        self.first_epoch = anyio.Event()
+
+    async def __call__(self, progress: float, total: float | None, message: str | None) -> None:
+        self.counts.append(progress)
+        self.messages.append(message or "")
+        if " epoch " in (message or ""):
+            self.first_epoch.set()
+
+
 @pytest.fixture(scope="module")
-def mcp_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
-    """The tiny demo run once through the `demo` tool: the server's root and the result."""
+def mcp_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any], Progress]:
+    """The tiny demo run once through the `demo` tool: the server's root, the result, and the
+    progress it reported."""
     root = tmp_path_factory.mktemp("mcp")
-    result = call(root, "demo", {"preset": "tiny", "out": str(root / "run"), "seed": 1})
+    progress = Progress()
+    arguments = {"preset": "tiny", "out": str(root / "run"), "seed": 1}
+    result = with_client(root, lambda c: c.call_tool("demo", arguments, progress_callback=progress))
     assert not result.is_error, result.content
     assert isinstance(result.structured_content, dict)
-    return root, result.structured_content
+    return root, result.structured_content, progress
 
 
 def test_tools_are_describes_commands_but_mcp_and_serve(
@@ -122,6 +149,10 @@ def test_schemas_follow_the_typer_parameters() -> None:
     dedupe = tools["data_dedupe"].tool.input_schema["properties"]
     assert dedupe["min_cosine"]["type"] == "number"
     assert "set" in tools["train_encoder"].tool.input_schema["properties"]  # not `set_`
+    # Typer's bounds become the schema's.
+    scale = tools["bench_serve"].tool.input_schema["properties"]["scale"]
+    assert (scale["minimum"], scale["maximum"]) == (0.01, 10)
+    assert "maximum" not in tools["runs_list"].tool.input_schema["properties"]["limit"]
 
 
 def test_arguments_become_the_command_line() -> None:
@@ -146,18 +177,18 @@ def test_arguments_become_the_command_line() -> None:
 
 
 def test_the_demo_tool_returns_what_the_cli_prints(
-    mcp_demo: tuple[Path, dict[str, Any]], tiny_demo: dict[str, Any]
+    mcp_demo: tuple[Path, dict[str, Any], Progress], tiny_demo: dict[str, Any]
 ) -> None:
-    root, result = mcp_demo
+    root, result, _ = mcp_demo
     assert result["run_dir"] == str(root / "run")
     assert (root / "run" / "run.json").is_file()
     assert stable(result) == stable(tiny_demo)  # metrics, index file, chosen model, hits
 
 
 def test_search_and_recommend_tools_on_the_demo_run(
-    mcp_demo: tuple[Path, dict[str, Any]],
+    mcp_demo: tuple[Path, dict[str, Any], Progress],
 ) -> None:
-    root, result = mcp_demo
+    root, result, _ = mcp_demo
     run_dir = result["run_dir"]
     pin = result["search"]["query"]["pin"]["pin_id"]
     found = call(root, "search", {"run": run_dir, "pin": pin, "k": 3})
@@ -172,8 +203,8 @@ def test_search_and_recommend_tools_on_the_demo_run(
     assert len(liked.structured_content["items"]) == 5
 
 
-def test_run_files_are_resources(mcp_demo: tuple[Path, dict[str, Any]]) -> None:
-    root, _ = mcp_demo
+def test_run_files_are_resources(mcp_demo: tuple[Path, dict[str, Any], Progress]) -> None:
+    root, _, _ = mcp_demo
 
     async def read_run_json(client: Client) -> tuple[list[str], str]:
         listed = await client.list_resources()
@@ -187,6 +218,83 @@ def test_run_files_are_resources(mcp_demo: tuple[Path, dict[str, Any]]) -> None:
     assert json.loads(text) == json.loads((root / "run" / "run.json").read_text())
     message = refused(root, lambda c: c.read_resource("pinlab://run/../../etc/passwd"))
     assert message.startswith("no resource")
+
+
+def test_the_demo_reports_its_stages_and_epochs_as_progress(
+    mcp_demo: tuple[Path, dict[str, Any], Progress],
+) -> None:
+    _, _, progress = mcp_demo
+    assert progress.counts == sorted(set(progress.counts))  # strictly increasing, as MCP asks
+    assert any(m.startswith("demo: ") for m in progress.messages)  # a workflow stage
+    epochs = [m for m in progress.messages if " epoch " in m]
+    assert any(m.startswith("train mf") and "epoch 3/3" in m for m in epochs), epochs
+
+
+def test_a_cancelled_call_stops_its_command_and_marks_what_it_changed(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    data, run_dir = tmp_path / "data", tmp_path / "run"
+    assert run(["data", "synth", "--preset", "tiny", "--out", str(data)]) == 0
+    arguments = {
+        "data": str(data),
+        "run": str(run_dir),
+        "model": "mf",
+        # Thousands of epochs that validation never stops: only the cancel ends it.
+        "set": ['loss="softmax"', "dim=8", "epochs=5000", "patience=5000"],
+    }
+    marker = run_dir / INCOMPLETE
+    progress = Progress()
+
+    async def cancel_after_an_epoch(client: Client) -> None:
+        async with anyio.create_task_group() as group:
+
+            async def train() -> None:
+                await client.call_tool("train_recommender", arguments, progress_callback=progress)
+
+            group.start_soon(train)
+            with anyio.fail_after(120):
+                await progress.first_epoch.wait()
+            group.cancel_scope.cancel()
+        with anyio.fail_after(60):  # the server stops the command, then marks the run
+            while not marker.is_file():
+                await anyio.sleep(0.1)
+
+    with_client(tmp_path, cancel_after_an_epoch)
+    stopped = json.loads(marker.read_text())
+    assert stopped["command"] == "train recommender"
+    assert stopped["reason"] == "cancelled by the MCP client"
+    trial = "recommender/mf/validation/trial-0/metrics.jsonl"  # its epochs on validation
+    assert trial in stopped["changed"]
+    files = sorted(p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*") if p.is_file())
+    assert not [f for f in files if f.rsplit("/", 1)[-1].startswith(".")]  # no temporary files
+    assert not (run_dir / "recommender" / "mf" / "model.pt").exists()  # it never finished
+    epochs_logged = (run_dir / trial).read_text()
+    anyio.run(anyio.sleep, 1.5)
+    assert (run_dir / trial).read_text() == epochs_logged  # stopped, not still training
+    # Reading the run warns that it is incomplete; running the command to its end clears it.
+    code = run(["train", "recommender", "--data", str(data), "--run", str(run_dir),
+                "--set", "dim=8", "--set", "epochs=2"])  # fmt: skip
+    assert code == 0
+    assert "marked incomplete" in capsys.readouterr().err
+    assert not marker.exists()
+
+
+def test_calls_run_with_the_servers_settings(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Root flags given before `mcp` reach every call: the environment a call gets resolves
+    to the server's settings (progress always json, which the server reads)."""
+    server = PinlabSettings(
+        runs_dir=tmp_path / "r", threads=1, tracking=False, log_level="WARNING", seed=7,
+        tracking_uri="sqlite:///x.db", debug=True,
+    )  # fmt: skip
+    for key in list(os.environ):
+        if key.startswith("PINLAB_"):
+            monkeypatch.delenv(key)
+    for key, value in settings_env(server).items():
+        monkeypatch.setenv(key, value)
+    expected = server.model_copy(update={"progress": "json", "runs_dir": (tmp_path / "r")})
+    assert PinlabSettings() == expected
 
 
 def test_bad_arguments_and_unknown_tools_are_protocol_errors(tmp_path: Path) -> None:
@@ -212,10 +320,14 @@ def test_a_failing_command_is_a_tool_error_with_the_cli_message(
     result = call(tmp_path, "card", {"run": missing})
     assert result.is_error and result.structured_content is None
     assert [c.text for c in result.content] == [printed["error"]]  # type: ignore[union-attr]
-    # A usage error Typer reports itself (no JSON) still comes back as its one line.
-    result = call(tmp_path, "runs_list", {"limit": 0})
+    # Typer's bounds are in the schema, so the protocol refuses them before any run.
+    message = refused_call(tmp_path, "runs_list", {"limit": 0})
+    assert "limit: 0 is less than the minimum of 1" in message
+    # A usage error Typer reports itself (no JSON, a box on stderr) comes back as its one line.
+    box = "╭─ Error ─╮\n│ Invalid value for '--limit': 0 is not in the range x>=1. │\n╰─────────╯"
+    result = tool_result(2, "", box)
     assert result.is_error
-    assert "Invalid value for '--limit'" in result.content[0].text  # type: ignore[union-attr]
+    assert result.content[0].text == "Invalid value for '--limit': 0 is not in the range x>=1."  # type: ignore[union-attr]
 
 
 def test_stdio_subprocess_lists_tools_and_runs_describe(tmp_path: Path) -> None:

@@ -2,8 +2,8 @@
 
 Tools are generated from the catalogue `pinlab describe` prints (`meta.walk_commands`), so a command
 gets its tool, input schema and description by being declared once, as a Typer command.
-A call runs the command in this process through `cli.run` with `--json` and returns the one
-JSON document it prints.
+A call runs the command through `cli.run` with `--json` in a process of its own and returns
+the one JSON document it prints; its `--progress json` events become progress notifications.
 """
 
 from __future__ import annotations
@@ -11,14 +11,19 @@ from __future__ import annotations
 import contextlib
 import difflib
 import io
+import itertools
 import json
+import multiprocessing
+import os
+import signal
 import sys
-import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import version
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 from urllib.parse import quote
 
 import anyio
@@ -29,11 +34,15 @@ from jsonschema.exceptions import ValidationError, best_match
 from mcp.server import Server, ServerRequestContext
 from mcp.server.stdio import stdio_server
 from mcp.shared.exceptions import MCPError
+from pydantic import ValidationError as PydanticValidationError
 
+from pinlab_models import ProgressEvent
 from pinlab_tasks._app import app
 from pinlab_tasks.cards import CARDS_DIR, DATA_CARD, MODEL_CARD
 from pinlab_tasks.cli import run  # importing cli also registers every command on `app`
 from pinlab_tasks.commands.meta import walk_commands
+from pinlab_tasks.runs import INCOMPLETE, mark_incomplete
+from pinlab_tasks.settings import PinlabSettings
 
 # `serve` runs a web server until interrupted, so its tool call would never return; `mcp` is
 # this server. Every other command is a tool.
@@ -124,6 +133,9 @@ def _property(param: Mapping[str, Any]) -> dict[str, Any]:
 def _scalar(kind: str, param: Mapping[str, Any]) -> dict[str, Any]:
     if kind == "choice":
         return {"type": "string", "enum": list(param["choices"])}
+    if kind in ("int", "float"):
+        bounds = {"minimum": param.get("min"), "maximum": param.get("max")}
+        return {"type": _JSON_TYPES[kind]} | {k: v for k, v in bounds.items() if v is not None}
     if kind not in _JSON_TYPES:
         raise TypeError(
             f"no JSON Schema type for {kind!r} (parameter {param['name']}); "
@@ -193,30 +205,202 @@ def _where(error: ValidationError) -> str:
     return str(name) + "".join(f"[{i}]" for i in rest)
 
 
-class _Tee(io.StringIO):
-    """Keeps what is written and passes it on, so a command's logs still reach our stderr."""
+# Each call runs in its own process, forked from a server that has imported pinlab once: a
+# call starts in milliseconds, calls run side by side, and a cancelled one can be stopped
+# wherever it is. `pinlab_tasks.mcp_server` is preloaded there, so the CLI is too.
+_PROCESSES = multiprocessing.get_context("forkserver")
 
-    def __init__(self, echo: TextIO) -> None:
-        super().__init__()
-        self._echo = echo
+STOP_GRACE_S = 10.0
+"""How long a cancelled command has, after SIGTERM, to unwind (atomic writers delete their
+temporary files) before it is killed."""
+
+
+def settings_env(current: PinlabSettings) -> dict[str, str]:
+    """PINLAB_* variables carrying the server's resolved settings (root flags given before
+    `mcp` included) into each call; progress is always json, the stream the server reads."""
+    env = {}
+    for key, value in current.model_dump(mode="json").items():
+        if value is not None:
+            text = json.dumps(value) if isinstance(value, bool) else str(value)
+            env[f"PINLAB_{key.upper()}"] = text
+    env["PINLAB_RUNS_DIR"] = str(current.runs_dir.resolve())
+    env["PINLAB_PROGRESS"] = "json"
+    return env
+
+
+class _LineSender(io.TextIOBase):
+    """The command's stderr: each complete line goes to the server as it is written."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._partial = ""
+
+    def writable(self) -> bool:
+        return True
 
     def write(self, s: str) -> int:
-        self._echo.write(s)
-        return super().write(s)
+        *lines, self._partial = (self._partial + s).split("\n")
+        for line in lines:
+            self._conn.send(("line", line))
+        return len(s)
+
+    def flush(self) -> None:
+        if self._partial:
+            self._conn.send(("line", self._partial))
+            self._partial = ""
 
 
-# redirect_stdout swaps sys.stdout for the whole process, not this thread: two commands at
-# once would print into each other's capture. Calls take turns.
-_CLI_LOCK = threading.Lock()
-
-
-def run_captured(argv: list[str]) -> tuple[int, str, str]:
-    """Run the CLI in this process: its exit code, its stdout and its stderr."""
-    with _CLI_LOCK:
-        out, err = io.StringIO(), _Tee(sys.stderr)
+def _run_in_child(argv: list[str], env: dict[str, str], conn: Connection) -> None:
+    """The call's process: run the CLI, stream stderr lines, send the exit code and stdout."""
+    # SIGTERM unwinds like Ctrl-C, so atomic writers and temporary directories clean up.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    os.dup2(2, 1)  # under stdio fd 1 is the protocol's: nothing else may write there
+    os.environ.update(env)
+    out, err = io.StringIO(), _LineSender(conn)
+    try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             code = run(argv)
-    return code, out.getvalue(), err.getvalue()
+        err.flush()
+        conn.send(("exit", code, out.getvalue()))
+    except KeyboardInterrupt:
+        return  # stopped: the server reads nothing more
+
+
+ProgressReport = Callable[[ProgressEvent], Awaitable[None]]
+
+
+async def run_command(
+    argv: list[str], env: Mapping[str, str], report: ProgressReport
+) -> tuple[int, str, str]:
+    """Run the CLI in a child process: its exit code, stdout, and the stderr lines that are
+    not progress events (those go to `report` as they come)."""
+    receive, send = _PROCESSES.Pipe(duplex=False)
+    process = _PROCESSES.Process(target=_run_in_child, args=(argv, dict(env), send))
+    process.start()
+    send.close()  # the child holds the only writer: EOF means it is gone
+    logs: list[str] = []
+    try:
+        while True:
+            if not await anyio.to_thread.run_sync(receive.poll, 0.2):
+                continue
+            try:
+                message = receive.recv()
+            except EOFError:
+                process.join()
+                logs.append(f"the command's process died (exit code {process.exitcode})")
+                return 1, "", "\n".join(logs)
+            if message[0] == "exit":
+                return int(message[1]), str(message[2]), "\n".join(logs)
+            event = progress_event(message[1])
+            if event is None:
+                logs.append(message[1])
+                print(message[1], file=sys.stderr)  # the command's log, in the server's
+            else:
+                await report(event)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(_stop, process)
+        receive.close()
+
+
+def _stop(process: BaseProcess) -> None:
+    if process.is_alive():
+        process.terminate()
+        process.join(STOP_GRACE_S)
+    if process.is_alive():
+        process.kill()
+    process.join()
+
+
+def progress_event(line: str) -> ProgressEvent | None:
+    if not line.startswith("{"):
+        return None
+    try:
+        return ProgressEvent.model_validate_json(line)
+    except PydanticValidationError:
+        return None
+
+
+def progress_message(event: ProgressEvent) -> str:
+    """One line of a progress notification."""
+    what = event.label or event.command
+    if event.event == "step":
+        return f"{what}: {event.message}"
+    if event.event == "start":
+        return f"{what}: started" + (f", at most {event.epochs} epochs" if event.epochs else "")
+    if event.event == "end":
+        done = f"{what}: done after {event.epoch} epochs"
+        if event.best is None:
+            return done
+        return f"{done}, best {event.metric} {event.best:.4f} at epoch {event.best_epoch}"
+    parts = [f"{what}: epoch {event.epoch}/{event.epochs}"]
+    if event.loss is not None:
+        parts.append(f"loss {event.loss:.4g}")
+    if event.value is not None:
+        parts.append(f"{event.metric} {event.value:.4f}")
+    if event.eta_s is not None:
+        parts.append(f"ETA {event.eta_s:.0f} s")
+    return ", ".join(parts)
+
+
+RUN_ARGUMENTS = frozenset({"run", "out"})
+"""Path arguments naming a directory the command writes into."""
+
+
+@dataclass(frozen=True)
+class WrittenDirs:
+    """What the directories a call may write held before it: to tell, if it is stopped, which
+    it had changed (and mark those incomplete) from which it left as they were."""
+
+    named: dict[Path, dict[str, tuple[int, int]]]
+    runs_dir: Path
+    runs_before: frozenset[str]
+
+    @classmethod
+    def before(cls, tool: CommandTool, arguments: Mapping[str, Any], runs_dir: Path) -> WrittenDirs:
+        named = [
+            Path(arguments[argument_name(p)]).resolve()
+            for p in tool.inputs
+            if p["type"] == "path" and argument_name(p) in RUN_ARGUMENTS
+            and arguments.get(argument_name(p)) is not None
+        ]  # fmt: skip
+        return cls({d: _files(d) for d in named}, runs_dir, frozenset(_children(runs_dir)))
+
+    def mark_changed(self, command: str, reason: str) -> list[Path]:
+        """Mark every directory the call changed; return them."""
+        states = dict(self.named)
+        for name in _children(self.runs_dir) - self.runs_before:  # a new run, unnamed
+            states.setdefault(self.runs_dir / name, {})
+        marked = []
+        for root, before in states.items():
+            after = _files(root)
+            changed = sorted(
+                p for p in before.keys() | after.keys() if before.get(p) != after.get(p)
+            )
+            if changed:
+                mark_incomplete(root, command, reason, changed)
+                marked.append(root)
+        return marked
+
+
+def _files(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file under `root` (when it is a directory): its modification time and size."""
+    if not root.is_dir():
+        return {}
+    found = {}
+    for path in root.rglob("*"):
+        with contextlib.suppress(OSError):  # gone while listing: counts as changed
+            if path.is_file() and path.name != INCOMPLETE:
+                stat = path.stat()
+                found[path.relative_to(root).as_posix()] = (stat.st_mtime_ns, stat.st_size)
+    return found
+
+
+def _children(root: Path) -> set[str]:
+    try:
+        return {p.name for p in root.iterdir() if p.is_dir()}
+    except OSError:
+        return set()
 
 
 def tool_result(code: int, stdout: str, stderr: str) -> types.CallToolResult:
@@ -252,9 +436,17 @@ def _error_message(document: Any, stderr: str, code: int) -> str:
 
 
 async def call_tool(
-    tools: Mapping[str, CommandTool], name: str, arguments: Mapping[str, Any]
+    tools: Mapping[str, CommandTool],
+    name: str,
+    arguments: Mapping[str, Any],
+    current: PinlabSettings,
+    report: ProgressReport,
 ) -> types.CallToolResult:
-    """Validate, run the command in a worker thread, and shape its output."""
+    """Validate, run the command in its own process, and shape its output.
+
+    Progress events of the command reach `report`. Cancelled, the command is stopped and
+    every directory it had changed is marked incomplete (`INCOMPLETE.json`).
+    """
     tool = tools.get(name)
     if tool is None:
         near = difflib.get_close_matches(name, tools, n=3)
@@ -267,7 +459,18 @@ async def call_tool(
     if error is not None:
         raise MCPError(types.INVALID_PARAMS, f"{name}: {argument_problem(error)}")
     argv = command_argv(tool, arguments)
-    code, stdout, stderr = await anyio.to_thread.run_sync(run_captured, argv)
+    written = WrittenDirs.before(tool, arguments, current.runs_dir.resolve())
+    try:
+        code, stdout, stderr = await run_command(argv, settings_env(current), report)
+    except anyio.get_cancelled_exc_class():
+        with anyio.CancelScope(shield=True):
+            command = " ".join(tool.path)
+            marked = written.mark_changed(command, "cancelled by the MCP client")
+            where = ", ".join(map(str, marked)) or "nothing changed"
+            print(
+                f"pinlab mcp: {command} cancelled and stopped; incomplete: {where}", file=sys.stderr
+            )
+        raise
     return tool_result(code, stdout, stderr)
 
 
@@ -323,10 +526,15 @@ def read_resource(root: Path, uri: str) -> types.ReadResourceResult:
     return types.ReadResourceResult(contents=[contents])
 
 
-def build_server(runs_root: Path) -> Server[Any]:
-    """The pinlab MCP server: command tools, and the run files under `runs_root`."""
+def build_server(runs_root: Path, current: PinlabSettings | None = None) -> Server[Any]:
+    """The pinlab MCP server: command tools, and the run files under `runs_root`.
+
+    Tool calls run with `current` settings (default: from PINLAB_* variables).
+    """
     tools = command_tools()
     root = runs_root.resolve()
+    current = current or PinlabSettings()
+    _PROCESSES.set_forkserver_preload([__name__])
 
     async def on_list_tools(
         ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
@@ -336,7 +544,13 @@ def build_server(runs_root: Path) -> Server[Any]:
     async def on_call_tool(
         ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
     ) -> types.CallToolResult:
-        return await call_tool(tools, params.name, params.arguments or {})
+        done = itertools.count(1)
+
+        async def report(event: ProgressEvent) -> None:
+            # A no-op unless the client sent a progress token with the call.
+            await ctx.session.report_progress(next(done), None, progress_message(event))
+
+        return await call_tool(tools, params.name, params.arguments or {}, current, report)
 
     async def on_list_resources(
         ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
@@ -353,7 +567,9 @@ def build_server(runs_root: Path) -> Server[Any]:
         version=version("pinlab-tasks"),
         instructions=(
             "Each pinlab CLI command is a tool (all but `serve`, which never returns, and `mcp`); "
-            "a call runs it with --json and returns its JSON document. Run directories under "
+            "a call runs it with --json and returns its JSON document; with a progress token it "
+            "reports each stage and epoch, and a cancelled call is stopped, leaving the "
+            "directories it had changed marked by INCOMPLETE.json. Run directories under "
             f"{root} are resources: run.json, the HTML report and the model and data cards."
         ),
         on_list_tools=on_list_tools,

@@ -10,7 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from pinlab_data import PinlabDataError, write_json_atomic
+from pinlab_tasks._output import log
 from pinlab_tasks.provenance import dataset_fingerprint, provenance
+
+INCOMPLETE = "INCOMPLETE.json"
+"""Marks a directory that a stopped command had begun to change: what, when, which files."""
 
 
 def utc_now() -> str:
@@ -65,6 +69,13 @@ class RunLayout:
         return sorted(p.parent.name for p in self.recommenders.glob("*/model.pt"))
 
     def read_record(self) -> dict[str, Any]:
+        marker = incomplete(self.root)
+        if marker is not None:
+            log.warning(
+                "run %s is marked incomplete: `%s` was stopped at %s; rerun that command to "
+                "complete it (%s lists the files it had changed)",
+                self.root, marker.get("command"), marker.get("stopped_at"), INCOMPLETE,
+            )  # fmt: skip
         if not self.record.is_file():
             raise PinlabDataError(
                 f"{self.root} is not a pinlab run (no run.json); make one with `pinlab demo` "
@@ -104,6 +115,31 @@ class RunLayout:
             step["argv"] = list(sys.argv)
         record.setdefault("steps", []).append(step)
         write_json_atomic(self.record, record)
+        marker = incomplete(self.root)
+        if marker is not None and marker.get("command") == command:
+            (self.root / INCOMPLETE).unlink()  # the stopped command has now run to its end
+
+
+def incomplete(root: Path) -> dict[str, Any] | None:
+    """The marker a stopped command left in `root`, if any."""
+    path = root / INCOMPLETE
+    if not path.is_file():
+        return None
+    try:
+        marker = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {"command": None, "stopped_at": None}
+    return marker if isinstance(marker, dict) else {"command": None, "stopped_at": None}
+
+
+def mark_incomplete(root: Path, command: str, reason: str, changed: list[str]) -> None:
+    """Record in `root` that `command` stopped part-way after changing the files `changed`.
+
+    Every file a command writes is renamed into place whole, so none is torn; the marker says
+    that the set of files may be half a run's (a model trained, its evaluation missing).
+    """
+    marker = {"command": command, "stopped_at": utc_now(), "reason": reason, "changed": changed}
+    write_json_atomic(root / INCOMPLETE, marker)
 
 
 def _new_record() -> dict[str, Any]:

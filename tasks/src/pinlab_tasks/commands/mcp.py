@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from pinlab_tasks._app import settings
+
 
 def register(app: typer.Typer) -> None:
     app.command("mcp")(mcp_command)
@@ -36,16 +38,19 @@ def mcp_command(
     `_` (`pinlab data load movielens` is data_load_movielens), its input schema built from the
     command's parameters; a call runs the command with --json and returns its JSON document,
     a failure its one-line error. Not tools: `serve`, which never returns, and `mcp` itself.
+    Each call runs in a process of its own with this server's settings (root options given
+    before `mcp` included). With a progress token, a call reports every stage and epoch as
+    progress notifications; cancelled, it is stopped (SIGTERM, so temporary files go) and every
+    directory it had changed gets an INCOMPLETE.json naming the command and the files.
     Resources: RUN/run.json, RUN/report.html and RUN/cards/*.md as pinlab://run/<path>.
-    No --json here: under stdio, stdout carries the protocol. Tool calls resolve their settings
-    from PINLAB_* variables: root options given before `mcp` do not reach them.
+    No --json here: under stdio, stdout carries the protocol.
 
     Writes: nothing itself; each tool call writes what its command writes.
     """
     address = None if http is None else _host_port(http)
     from pinlab_tasks import mcp_server  # the MCP SDK loads for this command only
 
-    server = mcp_server.build_server(runs or Path.cwd())
+    server = mcp_server.build_server(runs or Path.cwd(), settings())
     if address is None:
         mcp_server.serve_stdio(server)
     else:

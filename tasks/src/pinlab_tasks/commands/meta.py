@@ -104,6 +104,8 @@ def _params(fn: Callable[..., Any]) -> list[dict[str, Any]]:
                 "required": param.default is inspect.Parameter.empty,
                 "default": default if isinstance(default, str | int | float | bool) else None,
                 "help": info.help if info else None,
+                "min": getattr(info, "min", None),
+                "max": getattr(info, "max", None),
             }
         )
     return out
