@@ -373,3 +373,41 @@ def test_sequence_bad_lines_error_skip_and_report(tmp_path: Path) -> None:
     assert lines[0] == '"line","reason","text"'
     assert [line.split(",")[0] for line in lines[1:]] == ["3", "5"]
     check_valid(tmp_path / "r")
+
+
+def test_sequences_read_one_line_per_user(tmp_path: Path) -> None:
+    """ICLRec's Amazon layout: `user item item ...`, items in time order; auto detects it."""
+    source = tmp_path / "Beauty.txt"
+    source.write_text("1 10 11 12\n2 11 13\n\n3 12\n")
+    report = load_sequences(source, tmp_path / "auto")
+    assert (report.rows_read, report.num_users, report.num_pins) == (6, 3, 4)
+    assert report.layout == "user-items"  # what auto detected
+    ds = load_dataset(tmp_path / "auto")
+    rows = ds.interactions.select(["user_id", "pin_id", "timestamp"]).to_pylist()
+    assert [tuple(r.values()) for r in rows] == [
+        (0, 0, 1), (0, 1, 2), (0, 2, 3), (1, 1, 1), (1, 3, 2), (2, 2, 1),
+    ]  # fmt: skip
+    named = load_sequences(source, tmp_path / "named", layout="user-items")
+    assert load_dataset(tmp_path / "named").interactions.equals(ds.interactions)
+    assert named.num_pins == 4
+    # Read as user-item, the long lines are bad, named by line number.
+    with pytest.raises(PinlabDataError, match=r"Beauty.txt line 1: 4 fields where 2"):
+        load_sequences(source, tmp_path / "wrong", layout="user-item")
+
+
+def test_sequence_layout_detection_and_bad_lines(tmp_path: Path) -> None:
+    # A user on two lines is SASRec's layout, even with a long (bad) line among them.
+    repeated = tmp_path / "repeated.txt"
+    repeated.write_text("1 5 6\n1 6\n")
+    with pytest.raises(PinlabDataError, match=r"line 1: 3 fields where 2 \(user item\)"):
+        load_sequences(repeated, tmp_path / "a")
+    # One line per user: a user with no items is a bad line, reported by number.
+    source = tmp_path / "users.txt"
+    source.write_text("1 5 6\n2\n3 7 8 9\n")
+    with pytest.raises(PinlabDataError, match=r"users.txt line 2: a user and no items"):
+        load_sequences(source, tmp_path / "b")
+    report = load_sequences(source, tmp_path / "c", on_bad_lines="report")
+    assert (report.rows_read, report.bad_lines) == (5, 1)
+    lines = (tmp_path / "c" / "bad_lines.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in lines[1:]] == ["2"]
+    check_valid(tmp_path / "c")

@@ -50,6 +50,7 @@ from pinlab_data.contracts import (
     LoadReport,
     OnBadLines,
     PinlabDataError,
+    SequenceLayout,
 )
 
 BAD_LINES_FILE = "bad_lines.csv"
@@ -194,38 +195,58 @@ def load_sequences(
     source: Path,
     out: Path,
     *,
+    layout: SequenceLayout = "auto",
     on_bad_lines: OnBadLines = "error",
     filters: InteractionFilters | None = None,
     overwrite: bool = False,
 ) -> LoadReport:
-    """Convert a sequence file (`user item` per line, each user's lines in time order).
+    """Convert a sequence file: `user item` per line (`user-item`, SASRec's data files, each
+    user's lines in time order) or `user item item ...` per line (`user-items`, the Amazon
+    files S3-Rec and ICLRec release, items in time order).
 
-    The format of sequential-recommendation benchmarks (SASRec's data files): whitespace
-    separated, no times, so a user's k-th item gets time k. Ids become dense, in first-seen
-    order, with the file's ids kept as `external_id`; every line is a "view" of weight 1.
+    Whitespace separated, no times, so a user's k-th item gets time k. `auto` reads the first
+    block of lines: a user on two lines, or no line past two fields, means `user-item`, else
+    `user-items` (where every line has two fields and no user repeats, both read the same).
+    Ids become dense, in first-seen order, with the file's ids kept as `external_id`; every
+    item is a "view" of weight 1. Bad lines are named by their line number.
     """
     started = time.perf_counter()
     source, out = Path(source), Path(out)
     check_writable(out.resolve(), overwrite)
     if not source.is_file():
-        raise PinlabDataError(f"{source} is not a file; pass a text file of `user item` lines")
+        raise PinlabDataError(
+            f"{source} is not a file; pass a text file of `user item` or `user item item ...` lines"
+        )
     # A delimiter that text files do not hold, so each line is one field, split below.
     fmt = TextFormat("\x1f", names=("line",), quoting=False)
     bad = BadLines(str(source), on_bad_lines, BAD_LINES_HINT)
     users, items = IdMap(), IdMap()
     columns = _Columns(with_ratings=False)
     seen = np.zeros(0, dtype=np.int64)  # items per user so far
+    resolved: SequenceLayout = layout
     for chunk in read_text(lambda: str(source), fmt, ["line"], bad):
-        lines = chunk.columns["line"]
-        fields = pc.utf8_split_whitespace(lines)
+        fields = pc.utf8_split_whitespace(chunk.columns["line"])
         count = np.asarray(pc.list_value_length(fields), dtype=np.int64)
-        _bad_shapes(chunk, count, 2, "user item", bad)
-        good = count == 2
+        if resolved == "auto":
+            resolved = _sequence_layout(fields, count)
+        if resolved == "user-item":
+            _bad_shapes(chunk, count, 2, "user item", bad)
+            good = count == 2
+        else:
+            wrong = count == 1
+            if wrong.any():
+                rows = np.flatnonzero(wrong)
+                texts = chunk.columns["line"].take(pa.array(rows)).to_pylist()
+                reason = "a user and no items (user item item ... expected)"
+                bad.add(chunk.rows[rows], [reason] * len(rows), texts)
+            good = count >= 2
         if not good.any():
             continue
         fields = fields.filter(pa.array(good))
-        user = users.encode(pc.list_element(fields, 0))
-        item = items.encode(pc.list_element(fields, 1))
+        per_line = count[good] - 1
+        line_user = users.encode(pc.list_element(fields, 0))
+        user = np.repeat(line_user, per_line)
+        item = items.encode(pc.list_flatten(pc.list_slice(fields, 1)))
         seen = np.concatenate([seen, np.zeros(len(users) - len(seen), dtype=np.int64)])
         order = np.argsort(user, kind="stable")
         ordered = user[order]
@@ -240,7 +261,7 @@ def load_sequences(
         out,
         kind="sequences",
         source=source,
-        layout="user-item",
+        layout="user-item" if resolved == "auto" else resolved,
         name=_stem(source),
         log=columns.log(),
         catalogue=catalogue,
@@ -248,9 +269,23 @@ def load_sequences(
         filters=filters or InteractionFilters(),
         bad=bad,
         overwrite=overwrite,
-        config={"timestamps": "position in the user's sequence", "on_bad_lines": on_bad_lines},
+        config={
+            "timestamps": "position in the user's sequence",
+            "layout": layout,
+            "on_bad_lines": on_bad_lines,
+        },
         started=started,
     )
+
+
+def _sequence_layout(fields: Any, count: Int64Array) -> SequenceLayout:
+    """`auto`'s choice from one block of split lines (see `load_sequences`)."""
+    filled = count > 0
+    if not (count > 2).any():
+        return "user-item"
+    firsts = pc.list_element(fields.filter(pa.array(filled)), 0)
+    repeats = pc.count_distinct(firsts).as_py() < int(filled.sum())
+    return "user-item" if repeats else "user-items"
 
 
 # --- the shared end: filter, build the three tables, save ---------------------------------

@@ -142,6 +142,8 @@ class DatasetManifest(BaseModel):
 
 InteractionFormat = Literal["csv", "tsv", "parquet"]
 OnBadLines = Literal["error", "skip", "report"]
+SequenceLayout = Literal["auto", "user-item", "user-items"]
+"""A sequence file's lines: `user item` each, or `user item item ...` (see `load_sequences`)."""
 """What a loader does with a malformed line: stop at the first, drop them, or drop them and
 list them in the dataset's `bad_lines.csv`."""
 

@@ -29,6 +29,7 @@ from pinlab_data import (
     LoadReport,
     MovieLensName,
     OnBadLines,
+    SequenceLayout,
     describe_dataset,
     fetch_movielens,
     load_dataset,
@@ -238,9 +239,18 @@ def load_interactions_command(
 @load_app.command("sequences")
 def load_sequences_command(
     source: Annotated[
-        Path, typer.Argument(help="`user item` per line, each user's lines in time order.")
+        Path,
+        typer.Argument(help="`user item` or `user item item ...` lines, items in time order."),
     ],
     out: OutDir,
+    layout: Annotated[
+        SequenceLayout,
+        typer.Option(
+            "--layout",
+            help="user-item (SASRec's files), user-items (S3-Rec/ICLRec's Amazon files), or "
+            "auto: read from the first lines.",
+        ),
+    ] = "auto",
     on_bad_lines: BadLinesOpt = "error",
     min_rating: MinRating = None,
     dedupe: Dedupe = False,
@@ -248,7 +258,7 @@ def load_sequences_command(
     overwrite: Overwrite = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """Convert a sequence file (SASRec's benchmark format); a user's k-th item gets time k.
+    """Convert a sequence file (SASRec's or ICLRec's layout); a user's k-th item gets time k.
 
     Writes: OUT/{dataset.json, pins/users/interactions.parquet, bad_lines.csv with report}.
     """
@@ -256,6 +266,7 @@ def load_sequences_command(
         report = load_sequences(
             source,
             out,
+            layout=layout,
             on_bad_lines=on_bad_lines,
             filters=_filters(min_rating, dedupe, k_core),
             overwrite=overwrite,
