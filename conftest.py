@@ -44,11 +44,18 @@ def tiny_demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 @pytest.fixture(scope="session")
 def serve_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small servable run directory built without the CLI: a synthetic world, an untrained
-    (randomly initialised) CNN encoder, its index and a popularity recommender."""
+    (randomly initialised) CNN encoder, its index, a popularity recommender (what user
+    recommendations serve) and itemknn (what sessions get: popularity reads no history)."""
     import numpy as np
 
     from pinlab_data import SynthConfig, interaction_log, load_dataset, write_synth
-    from pinlab_models import CNNEncoder, EncoderConfig, Popularity, TrainContext, seed_everything
+    from pinlab_models import (
+        CNNEncoder,
+        EncoderConfig,
+        TrainContext,
+        build_recommender,
+        seed_everything,
+    )
     from pinlab_serve import PinIndex
 
     run = tmp_path_factory.mktemp("serve") / "run"
@@ -63,9 +70,11 @@ def serve_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert ds.images is not None
     images = np.asarray(ds.images[ds.pins.column("image_row").to_numpy()])
     PinIndex.build(encoder.embed(images), ds.pin_ids(), encoder.model_id).save(run / "index")
-    model = Popularity()
-    model.fit(interaction_log(ds), TrainContext(run_dir=run / "recommender" / "popularity"))
-    model.save(run / "recommender" / "popularity" / "model.pt")
+    log = interaction_log(ds)
+    for name in ("popularity", "itemknn"):
+        model = build_recommender(name)
+        model.fit(log, TrainContext(run_dir=run / "recommender" / name))
+        model.save(run / "recommender" / name / "model.pt")
     return run
 
 

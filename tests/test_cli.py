@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pinlab_data import load_dataset
 from pinlab_tasks.cli import run
 
 
@@ -72,6 +74,44 @@ def test_search_and_recommend_on_the_demo_run(
     code, out, _ = cli(capsys, "recommend", "--run", run_dir, "--user", "3", "-k", "7")
     assert code == 0 and len(out["items"]) == 7
     assert out["model"] in tiny_demo["recommender"]
+
+
+def test_recommend_for_a_session_history(
+    tiny_demo: dict[str, Any], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    demo = tiny_demo["run_dir"]
+    # The demo's models (popularity, mf) score users by id only.
+    code, out, _ = cli(capsys, "recommend", "--run", demo, "--history", "1,2")
+    assert code == 2 and "none of the models" in out["error"] and "reads a history" in out["error"]
+    run_dir = tmp_path / "run"
+    shutil.copytree(demo, run_dir)
+    data = json.loads((run_dir / "run.json").read_text())["data_dir"]
+    code, _, _ = cli(capsys, "train", "recommender", "--data", data, "--run", str(run_dir),
+                     "--model", "sasrec", "--set", "epochs=2", "--set", "max_len=8")  # fmt: skip
+    assert code == 0
+    ds = load_dataset(Path(data))
+    rows = ds.interactions.to_pylist()
+    pins = [r["pin_id"] for r in rows if r["user_id"] == rows[0]["user_id"]][:12]
+    history = ",".join(map(str, [*pins, 987654321]))
+    code, out, err = cli(
+        capsys, "recommend", "--run", str(run_dir), "--history", history, "-k", "6"
+    )
+    assert code == 0, err
+    assert out["model"] == "sasrec" and out["window"] == 8
+    assert out["unknown_ids"] == [987654321]
+    assert out["truncated"] and out["history_used"] == 8  # the 8 most recent known pins
+    assert "ignored 1 unknown pin ids" in err and "most recent 8" in err
+    items = [i["pin_id"] for i in out["items"]]
+    assert len(items) == 6 and not set(items) & set(pins[-8:])
+    for args, message in (
+        (["--history", "x,2"], "'x' is not one"),
+        (["--history", ","], "the history is empty"),
+        (["--history", "987654321"], "none of the 1 pin ids"),
+        (["--user", "3", "--history", "1"], "exactly one of --user"),
+        (["--history", "1", "--model", "mf"], "does not read a history"),
+    ):
+        code, out, _ = cli(capsys, "recommend", "--run", str(run_dir), *args)
+        assert code == 2 and message in out["error"], (args, out)
 
 
 def test_each_step_runs_on_its_own(

@@ -61,6 +61,18 @@ def test_the_sasrec_paper_covers_its_sequence_benchmarks(name: str) -> None:
     assert [a.model for a in anchors_for(name, sampled)] == ["SASRec"]
 
 
+@pytest.mark.parametrize(("name", "key"), [("Beauty", "beauty"), ("Toys_and_Games", "toys")])
+def test_the_s3rec_amazon_files_get_their_full_ranking_anchors(name: str, key: str) -> None:
+    """`data load sequences` names a dataset by its file: Beauty.txt, Toys_and_Games.txt."""
+    full = anchors_for(name, ProtocolSpec(name="leave-last-out"))
+    models = {a.model for a in full}
+    assert {"ICLRec", "ICSRec", "SASRec, sampled softmax (256 negatives)"} <= models
+    iclrec = next(a for a in full if a.model == "ICLRec")
+    expected = {"beauty": (0.0744, 0.0403), "toys": (0.0834, 0.0480)}[key]
+    assert (iclrec.metrics["hr@10"], iclrec.metrics["ndcg@10"]) == expected
+    assert all("full ranking" in a.note for a in full)
+
+
 def test_every_anchor_uses_metric_names_our_evaluation_produces() -> None:
     target = InteractionLog(
         users=np.array([0], dtype=np.int64),
@@ -70,7 +82,7 @@ def test_every_anchor_uses_metric_names_our_evaluation_produces() -> None:
         user_ids=np.arange(1, dtype=np.int64),
         item_ids=np.arange(3, dtype=np.int64),
     )
-    ours = user_metrics(Zeros(), target, None, ks=(1, 10)).means()
+    ours = user_metrics(Zeros(), target, None, ks=(1, 5, 10, 20)).means()
     for anchor in ANCHORS:
         for name, value in anchor.metrics.items():
             assert METRIC_NAME.match(name) and name in ours, (anchor.model, name)

@@ -13,6 +13,7 @@ import pytest
 from pinlab_data.contracts import Float32Array, InteractionLog
 from pinlab_models import (
     EnsembleConfig,
+    HistoryScorer,
     MFConfig,
     PinlabModelError,
     Recommender,
@@ -121,6 +122,49 @@ def test_every_recommender_meets_the_contract(name: str, tmp_path: Path) -> None
             picker.score_candidates(users, candidates + log.num_items - 7)
         with pytest.raises(PinlabModelError, match="one row per"):
             picker.score_candidates(users, candidates[:2])
+
+
+# Models that score a visitor from a history alone (a live session).
+HISTORY_SCORERS = {"sasrec", "two-tower", "ease", "dlae", "itemknn", "rp3beta"}
+# ... and whose scores of a user are those of that user's history: nothing else is read.
+HISTORY_ONLY = HISTORY_SCORERS - {"two-tower"}
+
+
+@pytest.mark.parametrize("name", recommender_names())
+def test_history_scorers_score_visitors(name: str, tmp_path: Path) -> None:
+    model = build_recommender(name, FAST.get(name))
+    assert isinstance(model, HistoryScorer) == (name in HISTORY_SCORERS)
+    if name not in HISTORY_SCORERS:
+        return
+    scorer: Any = model
+    with pytest.raises(PinlabModelError, match="not been fitted"):
+        scorer.score_histories([np.array([1], dtype=np.int64)])
+    log = two_tribes()
+    model.fit(log, ctx(tmp_path))
+    # Each user's training items, oldest first: the history a visitor would bring.
+    order = np.lexsort((np.arange(len(log)), log.timestamps, log.users))
+    histories = [log.items[order][log.users[order] == u] for u in (0, 3, 7)]
+    scores = scorer.score_histories(histories)
+    assert scores.shape == (3, log.num_items) and scores.dtype == np.float32
+    if name in HISTORY_ONLY:
+        users = np.array([0, 3, 7], dtype=np.int64)
+        np.testing.assert_allclose(scores, model.score(users), rtol=1e-4, atol=1e-5)
+    # A visitor who saw only the first tribe's items is scored like the first tribe.
+    half = log.num_items // 2
+    visitor = scorer.score_histories([np.arange(1, 6, dtype=np.int64)])[0]
+    assert visitor[6:half].mean() > visitor[half:].mean()
+    loaded: Any = load_recommender(_saved(model, tmp_path))
+    np.testing.assert_allclose(loaded.score_histories(histories), scores, rtol=1e-5, atol=1e-6)
+    with pytest.raises(PinlabModelError, match="history 1 is empty"):
+        scorer.score_histories([histories[0], np.array([], dtype=np.int64)])
+    with pytest.raises(PinlabModelError, match="out of range"):
+        scorer.score_histories([np.array([log.num_items], dtype=np.int64)])
+
+
+def _saved(model: Recommender, tmp_path: Path) -> Path:
+    path = tmp_path / "saved.pt"
+    model.save(path)
+    return path
 
 
 @pytest.mark.parametrize("name", recommender_names())

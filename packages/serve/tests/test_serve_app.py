@@ -195,6 +195,42 @@ def test_recommendations_exclude_seen(client: TestClient, pins: dict[str, Any]) 
     assert len({h["category"] for h in diverse["hits"]}) == 4
 
 
+def test_session_recommendations_for_a_visitor(client: TestClient, pins: dict[str, Any]) -> None:
+    """A visitor's pins, never trained on: the run's history model (itemknn) scores them."""
+    ds = pins["ds"]
+    user = int(ds.user_ids()[2])
+    history = [r["pin_id"] for r in ds.interactions.to_pylist() if r["user_id"] == user]
+    body = client.post("/v1/recommendations/session", json={"history": history, "k": 7}).json()
+    assert body["model"] == "itemknn" and body["window"] is None
+    assert (body["history_used"], body["unknown_ids"], body["truncated"]) == (
+        len(history), [], False,
+    )  # fmt: skip
+    ids = [h["pin_id"] for h in body["hits"]]
+    assert len(ids) == 7 and not set(ids) & set(history)
+    # The same history, served as this user's: itemknn reads nothing else, so the same list.
+    service = client.app.state.service  # type: ignore[attr-defined]
+    position = service.catalog.user(user)
+    as_user = service._session.score(np.array([position], dtype=np.int64))[0]
+    as_user[service.catalog.seen(position)] = -np.inf
+    top = np.argsort(-as_user, kind="stable")[:7]
+    assert sorted(ids) == sorted(int(p) for p in service.catalog.log.item_ids[top])
+    # Unknown ids are ignored and named; the rest still counts.
+    mixed = client.post(
+        "/v1/recommendations/session", json={"history": [*history, 987654321], "k": 7}
+    ).json()
+    assert mixed["unknown_ids"] == [987654321] and "ignored 1 unknown" in mixed["warnings"][0]
+    assert [h["pin_id"] for h in mixed["hits"]] == ids
+
+
+def test_bad_session_histories_are_422s(client: TestClient) -> None:
+    path = "/v1/recommendations/session"
+    assert_error(client.post(path, json={"history": []}), 422, "history")
+    assert_error(client.post(path, json={"history": [-5, 987654321]}), 422, "none of the 2 pin")
+    assert_error(client.post(path, json={"k": 3}), 422, "history")
+    assert_error(client.post(path, json={"history": [1], "k": 0}), 422, "k")
+    assert_error(client.post(path, json={"history": [1], "colour": "red"}), 422, "colour")
+
+
 def test_recommendations_inline_and_threaded_agree(
     serve_run: Path, client: TestClient, pins: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:

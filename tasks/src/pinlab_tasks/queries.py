@@ -14,17 +14,19 @@ from pinlab_data import (
     interaction_log,
     load_dataset,
     seen_csr,
+    session_history,
 )
 from pinlab_eval import (
     top_k,
 )
 from pinlab_models import (
     CNNEncoder,
+    HistoryScorer,
     Recommender,
     load_image_text_model,
     load_recommender,
 )
-from pinlab_serve import PinIndex, embed_image_file
+from pinlab_serve import PinIndex, RunFiles, embed_image_file
 from pinlab_tasks.runs import RunLayout
 from pinlab_tasks.visual import pin_images
 
@@ -128,6 +130,54 @@ def recommend(run: RunLayout, user: int, k: int, model_name: str | None = None) 
         "model": model_name,
         "recent": _pin_rows(ds, [int(p) for p in history]),
         "items": _pin_rows(ds, pin_ids),
+    }
+
+
+def recommend_session(
+    run: RunLayout, history: list[int], k: int, model_name: str | None = None
+) -> dict[str, Any]:
+    """Top-k pins for a visitor the model never trained on, from the pins of their session
+    (oldest first), by the run's best model that reads histories (or `model_name`)."""
+    _check_k(k)
+    ranked = RunFiles(run.root).ranked_recommenders()
+    if not ranked:
+        raise PinlabDataError(f"run {run.root} has no trained recommender")
+    names = [model_name] if model_name is not None else ranked
+    if model_name is not None and model_name not in ranked:
+        raise PinlabDataError(
+            f"no trained {model_name!r} in {run.root}; trained: {', '.join(ranked)}"
+        )
+    model: HistoryScorer | None = None
+    for name in names:
+        loaded = load_recommender(run.recommender(name))
+        if isinstance(loaded, HistoryScorer):
+            model, model_name = loaded, name
+            break
+    if model is None:
+        which = (
+            f"{model_name!r} in {run.root} does not read a history"
+            if len(names) == 1
+            else f"none of the models in {run.root} reads a history ({', '.join(names)})"
+        )
+        raise PinlabDataError(
+            f"{which}; train one that does (sasrec, two-tower, ease, dlae, itemknn, rp3beta) "
+            "with `pinlab train recommender --model NAME`"
+        )
+    ds = load_dataset(run.data_dir())
+    log = interaction_log(ds)
+    session = session_history(log.item_ids, history, model.history_window)
+    scores = model.score_histories([session.items])[0]
+    scores[session.items] = -np.inf  # never the pins the visitor already has
+    top = np.argsort(-scores, kind="stable")[:k]
+    top = top[np.isfinite(scores[top])]
+    return {
+        "model": model_name,
+        "history_used": len(session.items),
+        "unknown_ids": session.unknown,
+        "truncated": session.truncated_from is not None,
+        "window": model.history_window,
+        "warnings": session.warnings(),
+        "items": _pin_rows(ds, [int(p) for p in log.item_ids[top]]),
     }
 
 

@@ -27,6 +27,7 @@ from pinlab_data._loaders import (
     load_sequences,
 )
 from pinlab_data._movielens_like import write_movielens_like
+from pinlab_data._sessions import session_history
 from pinlab_data._splits import holdout_mask, interaction_log, leave_last_out, seen_csr
 from pinlab_data._store import (
     atomic_writer,
@@ -76,6 +77,7 @@ from pinlab_data.contracts import (
     PinlabDataError,
     Problem,
     SequenceLayout,
+    SessionHistory,
     Severity,
     SkippedImage,
     SynthTruth,
@@ -125,6 +127,7 @@ __all__ = [
     "PinlabDataError",
     "Problem",
     "SequenceLayout",
+    "SessionHistory",
     "Severity",
     "SkippedImage",
     "SynthConfig",
@@ -154,6 +157,7 @@ __all__ = [
     "perceptual_hashes",
     "save_dataset",
     "seen_csr",
+    "session_history",
     "synthesize",
     "validate_dataset",
     "write_bytes_atomic",

@@ -302,6 +302,32 @@ class Dataset:
 
 
 @dataclass(frozen=True)
+class SessionHistory:
+    """A visitor's history resolved against a catalogue (`session_history`)."""
+
+    items: Int64Array
+    """Item indexes of the known pins, oldest first, cut to the model's window."""
+    given: int
+    """Pin ids the visitor gave."""
+    unknown: list[int]
+    """Given ids the catalogue lacks, left out."""
+    truncated_from: int | None
+    """Known items before the cut to the window; None when nothing was cut."""
+
+    def warnings(self) -> list[str]:
+        """What a response says about the history it did not use whole."""
+        said = []
+        if self.unknown:
+            said.append(f"ignored {len(self.unknown)} unknown pin ids: {self.unknown[:20]}")
+        if self.truncated_from is not None:
+            said.append(
+                f"the history had {self.truncated_from} known pins; the model reads the most "
+                f"recent {len(self.items)}"
+            )
+        return said
+
+
+@dataclass(frozen=True)
 class InteractionLog:
     """Interactions in dense index space, the form models and metrics work on.
 

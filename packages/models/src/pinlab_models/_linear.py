@@ -7,7 +7,7 @@ class fits, scores and saves them all, and each model is one function here.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from pinlab_data.contracts import Float32Array, Int64Array, InteractionLog
 from pinlab_models._runtime import (
     Stopwatch,
+    check_histories,
     check_users,
     one_pass_report,
     require_fitted,
@@ -153,6 +154,19 @@ class ItemItem:
         assert self.weights is not None and self.history is not None
         check_users(users, self.history.shape[0])
         scores: Float32Array = np.asarray(self.history[users] @ self.weights, dtype=np.float32)
+        return scores
+
+    history_window = None  # a history is a set of items here: all of it counts
+
+    def score_histories(self, histories: Sequence[Int64Array]) -> Float32Array:
+        """A visitor's row: 1 for each item of their history, times the item-item matrix."""
+        require_fitted(self.weights is not None, self.name)
+        assert self.weights is not None
+        check_histories(histories, len(self.weights))
+        rows = np.zeros((len(histories), len(self.weights)), dtype=np.float32)
+        for row, history in enumerate(histories):
+            rows[row, history] = 1.0
+        scores: Float32Array = rows @ self.weights
         return scores
 
     def save(self, path: Path) -> None:

@@ -6,7 +6,7 @@ import hashlib
 import json
 import random
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
@@ -337,6 +337,25 @@ def check_candidates(users: Int64Array, items: Int64Array, num_items: int) -> No
         )
     if items.size and (items.min() < 0 or items.max() >= num_items):
         raise PinlabModelError(f"item index out of range 0..{num_items - 1}")
+
+
+def check_histories(histories: Sequence[Int64Array], num_items: int) -> None:
+    """`score_histories`'s input: each history non-empty, every index in the catalogue."""
+    for row, history in enumerate(histories):
+        if len(history) == 0:
+            raise PinlabModelError(f"history {row} is empty; a session needs at least one item")
+        if history.min() < 0 or history.max() >= num_items:
+            raise PinlabModelError(f"history {row}: item index out of range 0..{num_items - 1}")
+
+
+def padded_histories(histories: Sequence[Int64Array], length: int) -> torch.Tensor:
+    """(len(histories), length) item indexes + 1, each history's most recent items, left-padded
+    with 0 (`user_sequences`'s layout)."""
+    rows = torch.zeros((len(histories), length), dtype=torch.int64)
+    for row, history in enumerate(histories):
+        recent = torch.from_numpy(np.asarray(history[-length:], dtype=np.int64)) + 1
+        rows[row, length - len(recent) :] = recent
+    return rows
 
 
 def gathered_dot(

@@ -11,7 +11,7 @@ counted from the right, so a cropped sequence sees the same position embeddings 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,10 @@ from torch import nn
 from pinlab_data.contracts import Float32Array, Int64Array, InteractionLog
 from pinlab_models._runtime import (
     check_candidates,
+    check_histories,
     check_users,
     gathered_dot,
+    padded_histories,
     require_fitted,
     run_epochs,
     save_recommender,
@@ -226,6 +228,23 @@ class SASRec:
         if not chunks:
             return np.zeros(items.shape, dtype=np.float32)
         return torch.cat(chunks).numpy()
+
+    @property
+    def history_window(self) -> int:
+        return self.config.max_len
+
+    @torch.no_grad()
+    def score_histories(self, histories: Sequence[Int64Array]) -> Float32Array:
+        """The next item's scores after each history, as for a user whose last items they are."""
+        require_fitted(self.net is not None, self.name)
+        assert self.net is not None
+        num_items = self.net.items.num_embeddings - 1
+        check_histories(histories, num_items)
+        if not histories:
+            return np.zeros((0, num_items), dtype=np.float32)
+        self.net.eval()
+        rows = crop(padded_histories(histories, self.config.max_len)).to(self.device)
+        return self.net.logits(self.net(rows)[:, -1]).float().cpu().numpy()
 
     def _last_hidden(self, users: Int64Array) -> Iterator[tuple[slice, torch.Tensor]]:
         """Each chunk of `users` with the hidden state after its last item."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,10 @@ from torch import nn
 from pinlab_data.contracts import Float32Array, Int64Array, InteractionLog
 from pinlab_models._runtime import (
     check_candidates,
+    check_histories,
     check_users,
     gathered_dot,
+    padded_histories,
     require_fitted,
     run_epochs,
     save_recommender,
@@ -148,6 +151,27 @@ class TwoTower:
         u = torch.from_numpy(np.asarray(users, dtype=np.int64))
         all_items = self.net.items()
         return gathered_dot(self.net.users(u, self.history[u], all_items), all_items, items).numpy()
+
+    @property
+    def history_window(self) -> int:
+        return self.config.history_len
+
+    @torch.no_grad()
+    def score_histories(self, histories: Sequence[Int64Array]) -> Float32Array:
+        """A visitor has no id vector of their own: the user tower gets the mean of the
+        trained users' id vectors, the "average user", beside the history's items."""
+        require_fitted(self.net is not None, self.name)
+        assert self.net is not None
+        num_items = self.net.item_ids.num_embeddings - 1
+        check_histories(histories, num_items)
+        self.net.eval()
+        rows = padded_histories(histories, self.config.history_len)
+        all_items = self.net.items()
+        mask = (rows > 0).unsqueeze(-1).float()
+        pooled = (all_items[(rows - 1).clamp_min(0)] * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+        average = self.net.user_ids.weight.mean(0).expand(len(rows), -1)
+        users = F.normalize(self.net.user_mlp(torch.cat([average, pooled], dim=-1)), dim=-1)
+        return (users @ all_items.T).numpy()
 
     def save(self, path: Path) -> None:
         require_fitted(self.net is not None, self.name)

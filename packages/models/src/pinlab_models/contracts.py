@@ -7,7 +7,7 @@ by name in `pinlab_models.registry`.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol, runtime_checkable
@@ -212,6 +212,19 @@ class Recommender(Protocol):
     def score(self, users: Int64Array) -> Float32Array: ...
 
     def save(self, path: Path) -> None: ...
+
+
+@runtime_checkable
+class HistoryScorer(Protocol):
+    """A recommender that scores every item for a visitor it never trained on, from the
+    visitor's history alone (a live session): log item indices, oldest first."""
+
+    @property
+    def history_window(self) -> int | None:
+        """The most recent items a history is cut to; None when the model reads all of it."""
+        ...
+
+    def score_histories(self, histories: Sequence[Int64Array]) -> Float32Array: ...
 
 
 @runtime_checkable

@@ -52,6 +52,8 @@ from pinlab_serve.contracts import (
     ReloadResponse,
     SearchResponse,
     ServeSettings,
+    SessionRequest,
+    SessionResponse,
     TextQuery,
     UnauthorizedError,
     UnprocessableError,
@@ -479,6 +481,19 @@ def create_app(run_dir: Path, settings: ServeSettings | None = None) -> FastAPI:
         if svc.recommend_inline:
             return _json(svc.recommend(*args), metrics)
         return _json(await asyncio.to_thread(svc.recommend, *args), metrics)
+
+    @app.post(
+        "/v1/recommendations/session",
+        response_model=SessionResponse,
+        responses=ERRORS,
+    )
+    async def session_recommendations(body: SessionRequest) -> Response:
+        """Pins for a visitor the model never trained on, from the pins of their session
+        (oldest first), by the run's best recommender that reads histories; the history's
+        pins excluded. Unknown ids are ignored and named; none known is a 422."""
+        svc = ready()
+        args = (body.history, body.k, body.category, body.exclude, body.diversification())
+        return _json(await asyncio.to_thread(svc.recommend_session, *args), metrics)
 
     @app.get("/v1/users", response_model=UsersResponse)
     async def users(

@@ -52,15 +52,25 @@ class RunFiles:
 
     def best_recommender(self) -> str | None:
         """The recommender with the best ndcg@10 in eval.json, else the last trained one."""
+        ranked = self.ranked_recommenders()
+        return ranked[0] if ranked else None
+
+    def ranked_recommenders(self) -> list[str]:
+        """Trained recommenders, best first: eval.json's best, the rest by its ndcg@10 where
+        it has them, then by name from the last."""
         names = sorted(p.parent.name for p in self.recommenders.glob("*/model.pt"))
-        if not names:
-            return None
         evaluation = self.recommenders / "eval.json"
-        if evaluation.is_file():
-            best = json.loads(evaluation.read_text()).get("best")
-            if best in names:
-                return str(best)
-        return names[-1]
+        record = json.loads(evaluation.read_text()) if evaluation.is_file() else {}
+        models = record.get("models", {})
+        ndcg = {
+            str(name): float(metrics.get("ndcg@10", -1.0))
+            for name, metrics in (models.items() if isinstance(models, dict) else [])
+            if isinstance(metrics, dict)
+        }
+        ranked = sorted(names, key=lambda n: (n != record.get("best"), -ndcg.get(n, -1.0)))
+        # Unevaluated ones keep the old default order: the last trained name first.
+        evaluated = [n for n in ranked if n in ndcg or n == record.get("best")]
+        return evaluated + [n for n in reversed(names) if n not in evaluated]
 
     def check(self) -> None:
         """Refuse a run the service cannot serve, saying what is missing and how to make it."""

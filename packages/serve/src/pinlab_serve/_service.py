@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import faiss
 import numpy as np
@@ -34,8 +34,12 @@ from pinlab_serve.contracts import (
     Searcher,
     SearchResponse,
     ServeSettings,
+    SessionResponse,
     UnprocessableError,
 )
+
+if TYPE_CHECKING:
+    from pinlab_models import HistoryScorer
 
 log = logging.getLogger("pinlab.serve")
 
@@ -106,6 +110,8 @@ class PinService:
         self._embed_images: Callable[[ImageArray], Float32Array] | None = None
         self._score: Callable[[Int64Array], Float32Array] | None = None
         self.recommend_inline = False
+        self.session_name: str | None = None
+        self._session: HistoryScorer | None = None
 
     @property
     def ready(self) -> bool:
@@ -127,7 +133,7 @@ class PinService:
 
     def load(self) -> None:
         """Load data, encoder, index, text vectors and recommender; warm them; mark ready."""
-        from pinlab_models import CNNEncoder, load_recommender
+        from pinlab_models import CNNEncoder, HistoryScorer, load_recommender
 
         start = time.perf_counter()
         self._limit_threads()
@@ -139,10 +145,13 @@ class PinService:
         index = PinIndex.load(self.files.index, expect_model_id=encoder.model_id)
         self._state = _searcher(index, self.settings.search_backend)
         self._text = self._load_text()
-        name = self.files.best_recommender()
-        if name is not None:
+        for name in self.files.ranked_recommenders():
             model = load_recommender(self.files.recommenders / name / "model.pt")
-            self.recommender_name, self._score = name, model.score
+            if self._score is None:
+                self.recommender_name, self._score = name, model.score
+            if isinstance(model, HistoryScorer):
+                self.session_name, self._session = name, model
+                break
         self._warm()
         self._ready.set()
         log.info(
@@ -454,34 +463,85 @@ class PinService:
                 f"run {self.files.root} has no trained recommender; train one with "
                 "`pinlab train recommender --run RUN`"
             )
+        seen = catalog.seen(position)
         with self.stage("recommend"):
             scores = np.asarray(self._score(np.array([position], dtype=np.int64))[0], np.float32)
-            item_ids = catalog.log.item_ids
-            seen = catalog.seen(position)
-            scores[seen] = -np.inf
-            allow = catalog.allowed(category)
-            if allow is not None:
-                scores[~np.isin(item_ids, allow)] = -np.inf
-            if exclude:
-                scores[np.isin(item_ids, np.asarray(exclude, dtype=np.int64))] = -np.inf
-            fetch = min(k if div.method is None else max(k, self.settings.candidates), len(scores))
-            top = _top(scores, fetch)
-        state = self.state
-        history = (
-            [catalog.categories[catalog.row(int(item_ids[i]))] for i in seen]
-            if div.method == "calibrated"
-            else []
-        )
-        top = top[np.isfinite(scores[top])]
-        hits = [
-            Hit(pin_id, score)
-            for pin_id, score in zip(item_ids[top].tolist(), scores[top].tolist(), strict=True)
-            # The re-rank needs each pin's vector, so it skips pins the index lacks.
-            if div.method is None or pin_id in state.index
-        ]
+            hits = self._candidates(scores, seen, k, category, exclude, div)
         return RecommendationResponse(
             user_id=user_id,
             model=self.recommender_name,
             seen_excluded=len(seen),
-            **self._ranked(state, hits, k, div, history),
+            **self._ranked(self.state, hits, k, div, self._categories(seen, div)),
         )
+
+    def recommend_session(
+        self,
+        history_ids: Sequence[int],
+        k: int,
+        category: str | None,
+        exclude: Sequence[int],
+        div: Diversify,
+    ) -> SessionResponse:
+        """Pins for a visitor the model never trained on, from the pins of their session."""
+        from pinlab_data import PinlabDataError, session_history
+
+        if self._session is None or self.session_name is None:
+            raise PinlabServeError(
+                f"run {self.files.root} has no recommender that reads histories; train one "
+                "(sasrec, two-tower, ease, dlae, itemknn or rp3beta) with "
+                "`pinlab train recommender --run RUN --model NAME`"
+            )
+        window = self._session.history_window
+        try:
+            history = session_history(self.catalog.log.item_ids, history_ids, window)
+        except PinlabDataError as exc:
+            raise UnprocessableError(str(exc)) from None
+        with self.stage("recommend"):
+            scores = np.asarray(self._session.score_histories([history.items])[0], np.float32)
+            hits = self._candidates(scores, history.items, k, category, exclude, div)
+        return SessionResponse(
+            model=self.session_name,
+            history_used=len(history.items),
+            unknown_ids=history.unknown,
+            truncated=history.truncated_from is not None,
+            window=window,
+            warnings=history.warnings(),
+            **self._ranked(self.state, hits, k, div, self._categories(history.items, div)),
+        )
+
+    def _candidates(
+        self,
+        scores: Float32Array,
+        seen: Int64Array,
+        k: int,
+        category: str | None,
+        exclude: Sequence[int],
+        div: Diversify,
+    ) -> list[Hit]:
+        """The best of a recommender's `scores` to rank: `seen` items (indexes), pins outside
+        `category` and `exclude`d pins left out; as many as the re-ranker needs."""
+        catalog = self.catalog
+        item_ids = catalog.log.item_ids
+        scores[seen] = -np.inf
+        allow = catalog.allowed(category)
+        if allow is not None:
+            scores[~np.isin(item_ids, allow)] = -np.inf
+        if exclude:
+            scores[np.isin(item_ids, np.asarray(exclude, dtype=np.int64))] = -np.inf
+        fetch = min(k if div.method is None else max(k, self.settings.candidates), len(scores))
+        top = _top(scores, fetch)
+        top = top[np.isfinite(scores[top])]
+        index = self.state.index
+        return [
+            Hit(pin_id, score)
+            for pin_id, score in zip(item_ids[top].tolist(), scores[top].tolist(), strict=True)
+            # The re-rank needs each pin's vector, so it skips pins the index lacks.
+            if div.method is None or pin_id in index
+        ]
+
+    def _categories(self, items: Int64Array, div: Diversify) -> list[str]:
+        """The categories of a history's items (indexes), which calibration matches."""
+        if div.method != "calibrated":
+            return []
+        catalog = self.catalog
+        return [catalog.categories[catalog.row(int(catalog.log.item_ids[i]))] for i in items]

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal, NamedTuple, Protocol
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pinlab_data.contracts import Float32Array, Int64Array
@@ -333,6 +333,34 @@ class RecommendationResponse(BaseModel):
     )
     target: float | None = Field(default=None, description="The target it met, if one was given.")
     seen_excluded: int = Field(description="Pins the user engaged with, never recommended.")
+    hits: list[PinHit]
+
+
+class SessionRequest(RankQuery):
+    """POST /v1/recommendations/session: a visitor the model never trained on, by the pins
+    they engaged with (oldest first), and the ranked endpoints' options."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    history: list[int] = Field(
+        min_length=1,
+        max_length=10_000,
+        description="Pin ids the visitor engaged with, oldest first. Unknown ids are ignored "
+        "with a warning (none known: 422); a history longer than the model's window keeps its "
+        "most recent pins, and the response says so.",
+    )
+
+
+class SessionResponse(BaseModel):
+    model: str = Field(description="Recommender that scored: the run's best that reads histories.")
+    history_used: int = Field(description="Pins of the history the model read.")
+    unknown_ids: list[int] = Field(description="History ids not in the catalogue, ignored.")
+    truncated: bool = Field(description="Whether the history was cut to the model's window.")
+    window: int | None = Field(description="Most recent pins the model reads; null: all.")
+    warnings: list[str] = Field(description="What was ignored or cut, in words.")
+    diversity: float = Field(description="The re-ranking trade-off applied (0: none).")
+    diversify: DiversifyMethod | None = Field(default=None, description="The re-ranker applied.")
+    target: float | None = Field(default=None, description="The target it met, if one was given.")
     hits: list[PinHit]
 
 

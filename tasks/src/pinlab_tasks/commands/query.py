@@ -8,9 +8,10 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from pinlab_data import PinlabDataError
 from pinlab_tasks import queries
 from pinlab_tasks._app import JsonFlag, KOpt
-from pinlab_tasks._output import emit, stdout
+from pinlab_tasks._output import emit, log, stdout
 from pinlab_tasks.runs import RunLayout
 
 RunOpt = Annotated[Path, typer.Option("--run", help="Run directory (the demo's works).")]
@@ -41,20 +42,56 @@ def search(
 
 def recommend(
     run: RunOpt,
-    user: Annotated[int, typer.Option("--user", help="User id.")],
+    user: Annotated[
+        int | None, typer.Option("--user", help="User id (one of --user or --history).")
+    ] = None,
+    history: Annotated[
+        str | None,
+        typer.Option(
+            "--history",
+            help="A visitor's pin ids, oldest first, comma-separated (12,40,7): a live session "
+            "the model never trained on. Unknown ids are ignored with a warning.",
+        ),
+    ] = None,
     k: KOpt = 10,
     model: Annotated[
-        str | None, typer.Option("--model", help="Trained model name. Default: the best.")
+        str | None,
+        typer.Option(
+            "--model", help="Trained model name. Default: the best (that reads histories)."
+        ),
     ] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Top-k pins for a user, excluding pins they already engaged with."""
+    """Top-k pins for a user, or for a session's history; pins already engaged with excluded.
+
+    With --history, the run's best model that scores from a history alone (sasrec, two-tower,
+    ease, dlae, itemknn, rp3beta) answers; a history longer than its window keeps its most
+    recent pins, and the result says so.
+    """
+    if (user is None) == (history is None):
+        raise PinlabDataError("give exactly one of --user ID or --history ID,ID,...")
+    if history is not None:
+        result = queries.recommend_session(RunLayout(run), _ids(history), k, model)
+        for warning in result["warnings"]:
+            log.warning("%s", warning)
+        title = f"for a session of {result['history_used']} pins by {result['model']}"
+        emit(result, as_json, lambda: _table(title, result["items"], []))
+        return
+    assert user is not None
     result = queries.recommend(RunLayout(run), user, k, model)
     emit(
         result,
         as_json,
         lambda: _table(f"for user {user} by {result['model']}", result["items"], []),
     )
+
+
+def _ids(text: str) -> list[int]:
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    bad = [p for p in parts if not p.lstrip("-").isdigit()]
+    if bad:
+        raise PinlabDataError(f"--history takes pin ids separated by commas; {bad[0]!r} is not one")
+    return [int(p) for p in parts]
 
 
 def _table(title: str, rows: list[dict[str, Any]], extra: list[str]) -> None:
