@@ -203,7 +203,7 @@ def test_bench_serve_command(serve_run: Path) -> None:
         rows = payload[key]
         assert [(r["endpoint"], r["concurrency"]) for r in rows] == [
             (e, c)
-            for e in ("similar", "search_image", "search_text", "recommendations")
+            for e in ("similar", "search_image", "search_text", "recommendations", "session")
             for c in (1, 2)
         ]
         for r in rows:
@@ -211,6 +211,7 @@ def test_bench_serve_command(serve_run: Path) -> None:
             assert 0 < r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"]
     world = payload["world"]
     assert world["pins"] == 240 and world["index"] == "IDMap2,Flat"
+    assert "sessions" not in world  # the run's itemknn reads histories
     assert world["encoder"]["arch"] == "cnn" and world["encoder"]["embedding_dim"] == 16
     assert world["threads"] == {"torch": 1, "faiss": 1, "blas": 1, "workers": 1}
     assert [r["endpoint"] for r in payload["open_loop"]] == list(ENDPOINTS)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import io
 import json
 import logging
@@ -42,14 +43,23 @@ from pinlab_tasks import queries, recsys, visual, workflows
 from pinlab_tasks._output import stdout
 from pinlab_tasks.runs import RunLayout
 
-ENDPOINTS = ("similar", "search_image", "search_text", "recommendations")
+ENDPOINTS = ("similar", "search_image", "search_text", "recommendations", "session")
 TARGETS = {
     "similar": {"concurrency": 16, "p99_ms": 25.0, "qps": 500.0},
     "search_image": {"concurrency": 8, "p99_ms": 150.0},
     "recommendations": {"concurrency": 16, "p99_ms": 25.0},
+    "session": {"concurrency": 8, "p99_ms": 20.0},
 }
 # Requests per (endpoint, concurrency): enough for a stable p99, bounded by `duration`.
-REQUESTS = {"similar": 4000, "search_image": 800, "search_text": 600, "recommendations": 2000}
+REQUESTS = {
+    "similar": 4000,
+    "search_image": 800,
+    "search_text": 600,
+    "recommendations": 2000,
+    "session": 2000,
+}
+SESSION_LENGTH = 50
+"""Pins in each session request's history (issue 12: a history of 50 ids, k=10)."""
 PHOTO_SIZE = (4000, 3000)
 """A 12-megapixel photo, the size phone cameras take."""
 PHOTO_REQUESTS = 20
@@ -58,13 +68,18 @@ OPEN_RATES = {
     "search_image": 50.0,
     "search_text": 100.0,
     "recommendations": 500.0,
+    "session": 300.0,
 }
 """Requests per second of the open-loop run (the closed-loop targets' throughput)."""
 OPEN_CONNECTIONS = 32
 ENCODER = EncoderConfig(epochs=3, patience=2)
 """The default encoder's architecture (what `pinlab demo` serves); fewer epochs only, which
 change its weights, not what a query costs."""
-RECOMMENDERS: dict[str, dict[str, Any]] = {"popularity": {}, "mf": {"epochs": 3, "dim": 32}}
+RECOMMENDERS: dict[str, dict[str, Any]] = {
+    "popularity": {},
+    "mf": {"epochs": 3, "dim": 32},
+    "sasrec": {"epochs": 3},  # what session requests get: it reads a history
+}
 
 Send = Callable[[aiohttp.ClientSession, int], Awaitable[int]]
 """Sends request i on a one-connection session; returns the status once the body is read."""
@@ -133,6 +148,8 @@ class Queries:
     user_ids: list[int]
     images: list[bytes]
     texts: list[str]
+    histories: list[list[int]]
+    """Session histories of `SESSION_LENGTH` pins; empty when the run serves no sessions."""
 
 
 def photo_jpeg(seed: int, size: tuple[int, int] = PHOTO_SIZE) -> bytes:
@@ -251,16 +268,35 @@ def sample_queries(run: RunLayout, seed: int, n: int = 256) -> Queries:
         images.append(buffer.getvalue())
     captions = ds.pins.column("caption").to_pylist()
     users = ds.user_ids()
+    pins = ds.pin_ids()
+    length = min(SESSION_LENGTH, len(pins))
     return Queries(
-        pin_ids=[int(p) for p in ds.pin_ids()[rows]],
+        pin_ids=[int(p) for p in pins[rows]],
         user_ids=[int(u) for u in users[rng.choice(len(users), size=min(n, len(users)))]],
         images=images,
         texts=[captions[int(r)] for r in rows],
+        histories=[
+            [int(p) for p in pins[rng.choice(len(pins), length, replace=False)]] for _ in range(64)
+        ],
     )
+
+
+def serves_sessions(url: str, queries: Queries) -> str | None:
+    """None when the run answers session requests; else why not (its error)."""
+    answer = httpx.post(
+        f"{url}/v1/recommendations/session", json={"history": queries.histories[0]}, timeout=30
+    )
+    return None if answer.status_code == 200 else str(answer.json().get("error"))
 
 
 async def _get(client: aiohttp.ClientSession, path: str, params: dict[str, Any]) -> int:
     async with client.get(path, params=params) as response:
+        await response.read()
+        return response.status
+
+
+async def _post(client: aiohttp.ClientSession, path: str, body: dict[str, Any]) -> int:
+    async with client.post(path, json=body) as response:
         await response.read()
         return response.status
 
@@ -288,12 +324,19 @@ def senders(q: Queries) -> dict[str, Send]:
         user = q.user_ids[i % len(q.user_ids)]
         return _get(client, f"/v1/users/{user}/recommendations", {"k": 10})
 
-    return {
+    def session(client: aiohttp.ClientSession, i: int) -> Awaitable[int]:
+        history = q.histories[i % len(q.histories)]
+        return _post(client, "/v1/recommendations/session", {"history": history, "k": 10})
+
+    sending: dict[str, Send] = {
         "similar": similar,
         "search_image": search_image,
         "search_text": search_text,
         "recommendations": recommendations,
     }
+    if q.histories:
+        sending["session"] = session
+    return sending
 
 
 def _clients(url: str, n: int) -> list[aiohttp.ClientSession]:
@@ -505,6 +548,10 @@ def bench_serve(
         for key, backend in (("results", "faiss"), ("baseline", "numpy")):
             say(f"load-testing the service with {backend} search")
             with serving(run.root, backend, log) as url:
+                if key == "results" and (why := serves_sessions(url, queries)) is not None:
+                    say(f"no session requests: {why}")
+                    payload["world"]["sessions"] = why
+                    queries = dataclasses.replace(queries, histories=[])
                 payload[key] = load_test(url, queries, levels, scale, duration)
                 if backend == "faiss":
                     say("open loop: requests at a fixed arrival rate")
