@@ -35,3 +35,55 @@ def test_cropped_rows_give_the_same_hidden_states_as_full_ones() -> None:
     with torch.no_grad():
         full, cut = net(rows)[:, -1], net(crop(rows))[:, -1]
     torch.testing.assert_close(full, cut)
+
+
+def _sampled(loss: str, t: float = 0.75) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """A tiny net's sampled loss on 2 sequences of 3 positions, and what it was fed."""
+    from pinlab_models._sequential import SASRec
+
+    cfg = SASRecConfig(dim=4, layers=1, heads=1, max_len=3, loss=loss, negatives=5, gbce_t=t)
+    model = SASRec(cfg)
+    torch.manual_seed(0)
+    model.net = _Transformer(num_items=11, cfg=cfg)
+    hidden = torch.randn(2, 3, 4)
+    targets = torch.tensor([[0, 2, 3], [4, 5, 11]])
+    real = targets > 0
+    gen = torch.Generator().manual_seed(3)
+    value = model._sampled_loss(hidden, targets, real, 11, gen)
+    drawn = torch.randint(1, 12, (2, 5), generator=torch.Generator().manual_seed(3))
+    return value, {
+        "hidden": hidden, "targets": targets, "real": real, "drawn": drawn,
+        "items": model.net.items.weight.detach(),
+    }  # fmt: skip
+
+
+def _scores(fed: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per real position: the positive's score, the draws' scores, which draws are its own."""
+    rows, cols = fed["real"].nonzero(as_tuple=True)
+    states, positives = fed["hidden"][rows, cols], fed["targets"][rows, cols]
+    drawn = fed["drawn"][rows]
+    pos = (states * fed["items"][positives]).sum(-1)
+    neg = (states[:, None, :] * fed["items"][drawn]).sum(-1)
+    return pos, neg, drawn == positives[:, None]
+
+
+def test_gbce_is_bce_at_t0_and_scales_the_positive_term_by_beta() -> None:
+    """gSASRec's gBCE by hand: beta = alpha (t (1 - 1/alpha) + 1/alpha), alpha = 5/10."""
+    for t in (0.0, 0.75, 1.0):
+        value, fed = _sampled("gbce", t)
+        pos, neg, own = _scores(fed)
+        alpha = 5 / 10
+        beta = alpha * (t * (1 - 1 / alpha) + 1 / alpha)
+        by_hand = -beta * torch.log(torch.sigmoid(pos)) - torch.where(
+            own, 0.0, torch.log(1 - torch.sigmoid(neg))
+        ).sum(-1)
+        torch.testing.assert_close(value, by_hand.mean(), rtol=1e-5, atol=1e-6)
+        assert beta == {0.0: 1.0, 0.75: 0.625, 1.0: alpha}[t]
+
+
+def test_sampled_softmax_is_cross_entropy_over_the_draws() -> None:
+    value, fed = _sampled("sampled-softmax")
+    pos, neg, own = _scores(fed)
+    logits = torch.cat([pos[:, None], neg.masked_fill(own, -torch.inf)], 1)
+    by_hand = -torch.log_softmax(logits, dim=1)[:, 0].mean()
+    torch.testing.assert_close(value, by_hand, rtol=1e-5, atol=1e-6)

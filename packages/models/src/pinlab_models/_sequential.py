@@ -34,6 +34,7 @@ from pinlab_models._runtime import (
 )
 from pinlab_models.contracts import (
     FitReport,
+    GSASRecConfig,
     PinlabModelError,
     SASRecConfig,
     TrainContext,
@@ -131,9 +132,8 @@ class _Transformer(nn.Module):
 
 
 class SASRec:
-    name = "sasrec"
-
-    def __init__(self, config: SASRecConfig | None = None) -> None:
+    def __init__(self, config: SASRecConfig | None = None, name: str = "sasrec") -> None:
+        self.name = name
         self.config = config or SASRecConfig()
         self.net: _Transformer | None = None
         self.sequences: torch.Tensor | None = None
@@ -188,6 +188,8 @@ class SASRec:
             pos = (states * item_vecs[positives]).sum(-1)
             neg = (states * item_vecs[negatives.to(targets.device)]).sum(-1)
             return (F.softplus(-pos) + F.softplus(neg)).mean()
+        if cfg.loss in ("sampled-softmax", "gbce"):
+            return self._sampled_loss(hidden, targets, real, num_items, gen)
         rows, cols = real.nonzero(as_tuple=True)
         logits = self.net.logits(hidden[rows, cols])
         if cfg.dense_window == 1:
@@ -202,6 +204,34 @@ class SASRec:
             hit = item > 0
             picked.append(log_probs[inside.nonzero(as_tuple=True)[0][hit], item[hit] - 1])
         return -torch.cat(picked).mean()
+
+    def _sampled_loss(
+        self,
+        hidden: torch.Tensor,
+        targets: torch.Tensor,
+        real: torch.Tensor,
+        num_items: int,
+        gen: torch.Generator,
+    ) -> torch.Tensor:
+        """Each real position's next item against `negatives` uniform draws per sequence,
+        shared by that sequence's positions (as gSASRec samples them)."""
+        assert self.net is not None
+        cfg = self.config
+        item_vecs = self.net.items.weight
+        drawn = torch.randint(1, num_items + 1, (len(targets), cfg.negatives), generator=gen)
+        drawn = drawn.to(targets.device)
+        pos = (hidden * item_vecs[targets]).sum(-1)[real]
+        neg = torch.einsum("bld,bkd->blk", hidden, item_vecs[drawn])
+        # A draw that is the position's own next item is no negative.
+        neg = neg.masked_fill(drawn[:, None, :] == targets[:, :, None], -torch.inf)[real]
+        if cfg.loss == "sampled-softmax":
+            logits = torch.cat([pos[:, None], neg], dim=1)
+            first = torch.zeros(len(pos), dtype=torch.long, device=pos.device)
+            return F.cross_entropy(logits, first)
+        alpha = cfg.negatives / max(num_items - 1, 1)
+        beta = alpha * (cfg.gbce_t * (1 - 1 / alpha) + 1 / alpha)
+        # -log(sigmoid(pos) ** beta) - sum(log(1 - sigmoid(neg))); masked draws add 0.
+        return (beta * F.softplus(-pos) + F.softplus(neg).sum(-1)).mean()
 
     @torch.no_grad()
     def score(self, users: Int64Array) -> Float32Array:
@@ -267,7 +297,9 @@ class SASRec:
 
     @classmethod
     def from_checkpoint(cls, payload: dict[str, Any]) -> SASRec:
-        model = cls(SASRecConfig.model_validate(payload["config"]))
+        name = str(payload["name"])
+        config_type = GSASRecConfig if name == "gsasrec" else SASRecConfig
+        model = cls(config_type.model_validate(payload["config"]), name=name)
         state = dict(payload["state"])
         model.sequences = state.pop("sequences")
         net = _Transformer(int(payload["num_items"]), model.config)

@@ -480,9 +480,12 @@ class SASRecConfig(BaseModel):
 
     `loss="softmax"` scores the next item against the whole catalogue (cross-entropy, as in
     gSASRec and BERT4Rec's comparisons), `"bce"` is the paper's one sampled negative per
-    position. `dense_window > 1` is PinnerFormer's dense all-action loss (Pancha et al.,
-    2022): each position predicts every item of the next `dense_window` steps, not only the
-    next one.
+    position. `"sampled-softmax"` and `"gbce"` score it against `negatives` items drawn
+    uniformly per sequence (shared by its positions): cross-entropy over them, or gSASRec's generalised BCE (Petrov and Macdonald, RecSys 2023), whose
+    positive term is raised to beta = alpha (t (1 - 1/alpha) + 1/alpha), alpha the sampling
+    rate, to undo the overconfidence negative sampling teaches. `dense_window > 1` is
+    PinnerFormer's dense all-action loss (Pancha et al., 2022): each position predicts every
+    item of the next `dense_window` steps, not only the next one (full softmax only).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -492,7 +495,13 @@ class SASRecConfig(BaseModel):
     heads: PositiveInt = 2
     max_len: PositiveInt = Field(default=50, description="Most recent items a user keeps.")
     dropout: float = Field(default=0.2, ge=0.0, lt=1.0)
-    loss: Literal["softmax", "bce"] = "softmax"
+    loss: Literal["softmax", "bce", "sampled-softmax", "gbce"] = "softmax"
+    negatives: PositiveInt = Field(
+        default=256, description="Items drawn per sequence (sampled-softmax, gbce)."
+    )
+    gbce_t: float = Field(
+        default=0.75, ge=0.0, le=1.0, description="gBCE calibration: 0 is BCE, 1 undoes it."
+    )
     dense_window: PositiveInt = 1
     epochs: PositiveInt = 100
     batch_size: PositiveInt = 128
@@ -500,6 +509,13 @@ class SASRecConfig(BaseModel):
     weight_decay: float = Field(default=0.0, ge=0)
     patience: PositiveInt = 5
     eval_every: PositiveInt = Field(default=2, description="Epochs between validation checks.")
+
+
+class GSASRecConfig(SASRecConfig):
+    """gSASRec (Petrov and Macdonald, RecSys 2023): SASRec trained with gBCE over 256
+    sampled negatives, t = 0.75, the paper's recommended setting."""
+
+    loss: Literal["softmax", "bce", "sampled-softmax", "gbce"] = "gbce"
 
 
 class TwoTowerConfig(BaseModel):

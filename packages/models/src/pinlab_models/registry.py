@@ -25,6 +25,7 @@ from pinlab_models.contracts import (
     EASEConfig,
     EnsembleConfig,
     FloatRange,
+    GSASRecConfig,
     HybridConfig,
     IALSConfig,
     IntRange,
@@ -247,6 +248,21 @@ register(
         search_space={
             "dropout": FloatRange(low=0.0, high=0.7),
             "lr": FloatRange(low=1e-4, high=1e-2, log=True),
+        },
+        epoch_field="epochs",
+    )
+)
+register(
+    RecommenderSpec(
+        name="gsasrec",
+        summary="gSASRec: SASRec with gBCE over 256 sampled negatives (Petrov & Macdonald, 2023).",
+        config_type=GSASRecConfig,
+        build=lambda cfg: SASRec(cfg, name="gsasrec"),
+        from_checkpoint=SASRec.from_checkpoint,
+        search_space={
+            "dropout": FloatRange(low=0.0, high=0.7),
+            "lr": FloatRange(low=1e-4, high=1e-2, log=True),
+            "gbce_t": FloatRange(low=0.0, high=1.0),
         },
         epoch_field="epochs",
     )
