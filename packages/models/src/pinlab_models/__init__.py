@@ -42,6 +42,7 @@ from pinlab_models._text import TextEncoder
 from pinlab_models._two_tower import TwoTower
 from pinlab_models.contracts import (
     AlignConfig,
+    BERT4RecConfig,
     BPRConfig,
     Choice,
     Device,
@@ -89,6 +90,7 @@ from pinlab_models.registry import (
 __all__ = [
     "RECIPE_SEARCH_SPACES",
     "AlignConfig",
+    "BERT4RecConfig",
     "BPRConfig",
     "CNNEncoder",
     "Choice",

@@ -33,6 +33,7 @@ from pinlab_models._runtime import (
     seed_everything,
 )
 from pinlab_models.contracts import (
+    BERT4RecConfig,
     FitReport,
     GSASRecConfig,
     PinlabModelError,
@@ -82,9 +83,15 @@ def crop(sequences: torch.Tensor) -> torch.Tensor:
 class _Transformer(nn.Module):
     causal: torch.Tensor
 
-    def __init__(self, num_items: int, cfg: SASRecConfig) -> None:
+    def __init__(
+        self, num_items: int, cfg: SASRecConfig | BERT4RecConfig, causal: bool = True
+    ) -> None:
+        """`causal=False` lets every position see the whole sequence (BERT4Rec), whose item
+        table then also holds a mask token after the real items."""
         super().__init__()
-        self.items = nn.Embedding(num_items + 1, cfg.dim, padding_idx=0)
+        self.num_items = num_items
+        self.is_causal = causal
+        self.items = nn.Embedding(num_items + 1 + (not causal), cfg.dim, padding_idx=0)
         self.positions = nn.Embedding(cfg.max_len, cfg.dim)
         layer = nn.TransformerEncoderLayer(
             cfg.dim, cfg.heads, 4 * cfg.dim, cfg.dropout, batch_first=True, norm_first=True
@@ -121,13 +128,16 @@ class _Transformer(nn.Module):
         """
         length = sequences.shape[1]
         diagonal = torch.eye(length, dtype=torch.bool, device=sequences.device)
-        blocked = (self.causal[:length, :length] | (sequences == 0)[:, None, :]) & ~diagonal
+        padding = (sequences == 0)[:, None, :]
+        blocked = (
+            self.causal[:length, :length] | padding if self.is_causal else padding
+        ) & ~diagonal
         mask = torch.zeros(blocked.shape, device=sequences.device).masked_fill(blocked, -torch.inf)
         return mask.repeat_interleave(self.heads, dim=0)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Scores over real items (padding excluded) for each hidden state."""
-        out: torch.Tensor = hidden @ self.items.weight[1:].T
+        """Scores over real items (padding and the mask token excluded) per hidden state."""
+        out: torch.Tensor = hidden @ self.items.weight[1 : self.num_items + 1].T
         return out
 
 

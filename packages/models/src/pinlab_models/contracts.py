@@ -481,9 +481,10 @@ class SASRecConfig(BaseModel):
     `loss="softmax"` scores the next item against the whole catalogue (cross-entropy, as in
     gSASRec and BERT4Rec's comparisons), `"bce"` is the paper's one sampled negative per
     position. `"sampled-softmax"` and `"gbce"` score it against `negatives` items drawn
-    uniformly per sequence (shared by its positions): cross-entropy over them, or gSASRec's generalised BCE (Petrov and Macdonald, RecSys 2023), whose
-    positive term is raised to beta = alpha (t (1 - 1/alpha) + 1/alpha), alpha the sampling
-    rate, to undo the overconfidence negative sampling teaches. `dense_window > 1` is
+    uniformly per sequence (shared by its positions): cross-entropy over them, or gSASRec's
+    generalised BCE (Petrov and Macdonald, RecSys 2023), whose positive term is raised to
+    beta = alpha (t (1 - 1/alpha) + 1/alpha), alpha the sampling rate, to undo the
+    overconfidence negative sampling teaches. `dense_window > 1` is
     PinnerFormer's dense all-action loss (Pancha et al., 2022): each position predicts every
     item of the next `dense_window` steps, not only the next one (full softmax only).
     """
@@ -506,6 +507,27 @@ class SASRecConfig(BaseModel):
     epochs: PositiveInt = 100
     batch_size: PositiveInt = 128
     lr: PositiveFloat = 2e-3
+    weight_decay: float = Field(default=0.0, ge=0)
+    patience: PositiveInt = 5
+    eval_every: PositiveInt = Field(default=2, description="Epochs between validation checks.")
+
+
+class BERT4RecConfig(BaseModel):
+    """BERT4Rec (Sun et al., CIKM 2019): a bidirectional transformer trained to fill in items
+    masked at random (the cloze task), full softmax over the catalogue at masked positions.
+    A user is scored by a mask token appended after their most recent `max_len - 1` items."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dim: PositiveInt = 64
+    layers: PositiveInt = 2
+    heads: PositiveInt = 2
+    max_len: int = Field(default=50, ge=2, description="Positions, the scoring mask included.")
+    dropout: float = Field(default=0.2, ge=0.0, lt=1.0)
+    mask_prob: float = Field(default=0.2, gt=0.0, lt=1.0, description="Items masked per step.")
+    epochs: PositiveInt = 200
+    batch_size: PositiveInt = 128
+    lr: PositiveFloat = 1e-3
     weight_decay: float = Field(default=0.0, ge=0)
     patience: PositiveInt = 5
     eval_every: PositiveInt = Field(default=2, description="Epochs between validation checks.")

@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from pinlab_models._bert4rec import BERT4Rec
 from pinlab_models._cold_start import HybridRecommender
 from pinlab_models._ensemble import Ensemble
 from pinlab_models._ials import ImplicitALS
@@ -19,6 +20,7 @@ from pinlab_models._runtime import RECOMMENDER_CHECKPOINT, load_checkpoint
 from pinlab_models._sequential import SASRec
 from pinlab_models._two_tower import TwoTower
 from pinlab_models.contracts import (
+    BERT4RecConfig,
     BPRConfig,
     Choice,
     DLAEConfig,
@@ -263,6 +265,21 @@ register(
             "dropout": FloatRange(low=0.0, high=0.7),
             "lr": FloatRange(low=1e-4, high=1e-2, log=True),
             "gbce_t": FloatRange(low=0.0, high=1.0),
+        },
+        epoch_field="epochs",
+    )
+)
+register(
+    RecommenderSpec(
+        name="bert4rec",
+        summary="BERT4Rec: bidirectional transformer trained on masked items (Sun et al., 2019).",
+        config_type=BERT4RecConfig,
+        build=BERT4Rec,
+        from_checkpoint=BERT4Rec.from_checkpoint,
+        search_space={
+            "dropout": FloatRange(low=0.0, high=0.7),
+            "lr": FloatRange(low=1e-4, high=1e-2, log=True),
+            "mask_prob": FloatRange(low=0.05, high=0.6),
         },
         epoch_field="epochs",
     )
