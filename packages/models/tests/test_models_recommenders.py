@@ -46,6 +46,7 @@ FAST: dict[str, dict[str, Any]] = {
         "gbce_t": 0.0,
     },
     "bert4rec": {"dim": 16, "layers": 1, "max_len": 12, "epochs": 40, "eval_every": 1},
+    "hstu": {"dim": 16, "layers": 1, "max_len": 12, "epochs": 40, "eval_every": 1, "lr": 1e-2},
     "two-tower": {"dim": 16, "epochs": 30, "batch_size": 32},
     "ensemble": {"member_settings": {"ials": {"dim": 8, "iterations": 5, "l2": 1.0}}},
 }
@@ -141,10 +142,11 @@ def test_every_recommender_meets_the_contract(name: str, tmp_path: Path) -> None
 
 # Models that score a visitor from a history alone (a live session).
 HISTORY_SCORERS = {
-    "sasrec", "gsasrec", "bert4rec", "two-tower", "ease", "dlae", "itemknn", "rp3beta",
+    "sasrec", "gsasrec", "bert4rec", "hstu", "two-tower", "ease", "dlae", "itemknn", "rp3beta",
 }  # fmt: skip
-# ... and whose scores of a user are those of that user's history: nothing else is read.
-HISTORY_ONLY = HISTORY_SCORERS - {"two-tower"}
+# ... and whose scores of a user are those of that user's history: nothing else is read
+# (two-tower also reads the user's id vector, hstu the times, which a session lacks).
+HISTORY_ONLY = HISTORY_SCORERS - {"two-tower", "hstu"}
 
 
 @pytest.mark.parametrize("name", recommender_names())

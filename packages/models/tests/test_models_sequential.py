@@ -87,3 +87,41 @@ def test_sampled_softmax_is_cross_entropy_over_the_draws() -> None:
     logits = torch.cat([pos[:, None], neg.masked_fill(own, -torch.inf)], 1)
     by_hand = -torch.log_softmax(logits, dim=1)[:, 0].mean()
     torch.testing.assert_close(value, by_hand, rtol=1e-5, atol=1e-6)
+
+
+def test_hstu_is_causal_and_reads_the_time_gaps() -> None:
+    from pinlab_models._hstu import _HSTU
+    from pinlab_models.contracts import HSTUConfig
+
+    torch.manual_seed(0)
+    net = _HSTU(num_items=9, cfg=HSTUConfig(dim=8, heads=2, layers=2, max_len=5, dropout=0.0))
+    net.eval()
+    torch.nn.init.normal_(net.time_bias.weight)
+    seq = torch.tensor([[0, 3, 4, 5, 6]])
+    times = torch.tensor([[0, 10, 20, 1000, 5000]])
+    out = net(seq, times)
+    later = net(torch.tensor([[0, 3, 4, 9, 1]]), times)
+    torch.testing.assert_close(out[:, :3], later[:, :3])  # the future is not read
+    assert not torch.allclose(out[:, 3:], later[:, 3:])
+    apart = net(seq, torch.tensor([[0, 10, 20, 30, 40]]))
+    torch.testing.assert_close(out[:, :3], apart[:, :3])  # same gaps so far
+    assert not torch.allclose(out[:, -1], apart[:, -1])  # other gaps, other state
+
+
+def test_hstu_windows_keep_each_items_time() -> None:
+    import numpy as np
+
+    from pinlab_data.contracts import InteractionLog
+    from pinlab_models._hstu import user_windows
+
+    log = InteractionLog(
+        users=np.array([1, 0, 1, 1, 0], dtype=np.int64),
+        items=np.array([4, 2, 5, 6, 3], dtype=np.int64),
+        timestamps=np.array([30, 7, 10, 20, 9], dtype=np.int64),
+        weights=np.ones(5, dtype=np.float32),
+        user_ids=np.arange(2, dtype=np.int64),
+        item_ids=np.arange(7, dtype=np.int64),
+    )
+    items, times = user_windows(log, 2)
+    assert items.tolist() == [[3, 4], [7, 5]]  # indexes + 1, oldest first, last two
+    assert times.tolist() == [[7, 9], [20, 30]]

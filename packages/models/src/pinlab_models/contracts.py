@@ -533,6 +533,33 @@ class BERT4RecConfig(BaseModel):
     eval_every: PositiveInt = Field(default=2, description="Epochs between validation checks.")
 
 
+class HSTUConfig(BaseModel):
+    """An HSTU-style generative recommender (Zhai et al., "Actions Speak Louder than Words",
+    ICML 2024): each layer gates pointwise aggregated attention, SiLU(QK^T + bias) V / n with
+    no softmax, by U; the bias is learned per relative position and per log-bucket of the
+    time gap between the two actions. Next item by sampled softmax over `negatives` draws per
+    sequence (the paper's loss), or the full softmax."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dim: PositiveInt = 64
+    layers: PositiveInt = 2
+    heads: PositiveInt = 2
+    max_len: PositiveInt = Field(default=50, description="Most recent items a user keeps.")
+    dropout: float = Field(default=0.2, ge=0.0, lt=1.0)
+    time_buckets: PositiveInt = Field(
+        default=32, description="Log buckets of the time gap between two actions."
+    )
+    loss: Literal["softmax", "sampled-softmax"] = "sampled-softmax"
+    negatives: PositiveInt = Field(default=256, description="Items drawn per sequence.")
+    epochs: PositiveInt = 200
+    batch_size: PositiveInt = 128
+    lr: PositiveFloat = 1e-3
+    weight_decay: float = Field(default=0.0, ge=0)
+    patience: PositiveInt = 5
+    eval_every: PositiveInt = Field(default=2, description="Epochs between validation checks.")
+
+
 class GSASRecConfig(SASRecConfig):
     """gSASRec (Petrov and Macdonald, RecSys 2023): SASRec trained with gBCE over 256
     sampled negatives, t = 0.75, the paper's recommended setting."""

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ValidationError
 from pinlab_models._bert4rec import BERT4Rec
 from pinlab_models._cold_start import HybridRecommender
 from pinlab_models._ensemble import Ensemble
+from pinlab_models._hstu import HSTU
 from pinlab_models._ials import ImplicitALS
 from pinlab_models._linear import ItemItem, item_item_builder
 from pinlab_models._recommenders import MatrixFactorization, Popularity
@@ -28,6 +29,7 @@ from pinlab_models.contracts import (
     EnsembleConfig,
     FloatRange,
     GSASRecConfig,
+    HSTUConfig,
     HybridConfig,
     IALSConfig,
     IntRange,
@@ -280,6 +282,20 @@ register(
             "dropout": FloatRange(low=0.0, high=0.7),
             "lr": FloatRange(low=1e-4, high=1e-2, log=True),
             "mask_prob": FloatRange(low=0.05, high=0.6),
+        },
+        epoch_field="epochs",
+    )
+)
+register(
+    RecommenderSpec(
+        name="hstu",
+        summary="HSTU-style generative recommender: gated pointwise attention, time bias.",
+        config_type=HSTUConfig,
+        build=HSTU,
+        from_checkpoint=HSTU.from_checkpoint,
+        search_space={
+            "dropout": FloatRange(low=0.0, high=0.7),
+            "lr": FloatRange(low=1e-4, high=1e-2, log=True),
         },
         epoch_field="epochs",
     )
