@@ -49,9 +49,10 @@ def recommender(
 
     The contract suite runs it at once, and `pinlab train recommender --model NAME` sees it.
 
-    Writes: ROOT/packages/models/src/pinlab_models/_NAME.py, packages/models/tests/
-    test_models_NAME.py; edits pinlab_models' contracts.py (config), registry.py (spec, search
-    space), __init__.py, the contract suite's CANDIDATE_SCORERS, README.md, AGENTS.md.
+    Writes: ROOT/packages/models/src/pinlab_models/_NAME.py,
+    ROOT/packages/models/tests/test_models_NAME.py; edits pinlab_models' contracts.py (config),
+    registry.py (spec, search space), __init__.py, the contract suite's CANDIDATE_SCORERS,
+    README.md and AGENTS.md.
     """
     _finish(scaffold.plan_recommender(_root(root), name, kind), dry_run, as_json)
 
@@ -65,9 +66,10 @@ def loader(
 ) -> None:
     """A `pinlab data load KIND` loader (JSON Lines to start from), tested and documented.
 
-    Writes: ROOT/packages/data/src/pinlab_data/_KIND_loader.py, packages/data/tests/
-    test_data_KIND_loader.py; edits pinlab_data's contracts.py (LoaderKind), __init__.py,
-    tasks/.../commands/data.py, README.md, AGENTS.md.
+    Writes: ROOT/packages/data/src/pinlab_data/_KIND_loader.py,
+    ROOT/packages/data/tests/test_data_KIND_loader.py; edits pinlab_data's contracts.py
+    (LoaderKind) and __init__.py, ROOT/tasks/src/pinlab_tasks/commands/data.py, README.md and
+    AGENTS.md.
     """
     _finish(scaffold.plan_loader(_root(root), kind), dry_run, as_json)
 
@@ -81,8 +83,9 @@ def metric(
 ) -> None:
     """A per-user top-k metric NAME_at_k(ranked, relevant) in pinlab_eval, with its tests.
 
-    Writes: ROOT/packages/eval/src/pinlab_eval/_NAME.py, packages/eval/tests/test_eval_NAME.py;
-    edits pinlab_eval/__init__.py, README.md, packages/eval/AGENTS.md.
+    Writes: ROOT/packages/eval/src/pinlab_eval/_NAME.py,
+    ROOT/packages/eval/tests/test_eval_NAME.py; edits pinlab_eval/__init__.py, README.md and
+    packages/eval/AGENTS.md.
     """
     _finish(scaffold.plan_metric(_root(root), name), dry_run, as_json)
 
