@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import keyword
 import re
+import textwrap
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -352,11 +353,11 @@ def plan_metric(root: Path, name: str) -> Plan:
     plan.create(test, render("test_metric.py.tmpl", n))
     _export(plan, f"{EVAL}/__init__.py", f"pinlab_eval._{n.snake}", function)
     what = "relevant items in the top k over min(k, relevant items)"
-    plan.insert(
-        README_METRICS,
+    bullet = (
         f"- `{n.snake}@k` (`pinlab_eval.{function}`, a `pinlab new metric` start): {what}, per "
-        "user; not in `user_metrics`' output.\n",
+        "user; not in `user_metrics`' output."
     )
+    plan.insert(README_METRICS, textwrap.fill(bullet, 96, subsequent_indent="  ") + "\n")
     plan.insert(AGENTS_METRICS, f"| `{n.snake}@k` | `{function}` | `_{n.snake}.py` | {what} |\n")
     plan.next_steps = [
         f"make it compute what {name} means: {module}, with the hand computation and the "
