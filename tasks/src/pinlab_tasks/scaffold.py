@@ -163,7 +163,7 @@ def render(template: str, n: Names) -> str:
         text = text.replace("{{" + key + "}}", value)
     if "{{" in text:
         raise ScaffoldError(f"template {template} has an unknown placeholder; fix the template")
-    return tidy_imports(text) if template.endswith(".py.tmpl") else text
+    return tidy_imports(text)
 
 
 @dataclass
