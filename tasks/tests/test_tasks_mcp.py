@@ -141,7 +141,7 @@ def test_schemas_follow_the_typer_parameters() -> None:
     assert demo["properties"]["align"] == {**demo["properties"]["align"], "type": "boolean"}
     assert demo["required"] == []
     recommend = tools["recommend"].tool.input_schema
-    assert set(recommend["required"]) == {"run", "user"}
+    assert set(recommend["required"]) == {"run"}  # --user or --history
     assert recommend["properties"]["k"]["default"] == 10
     card = tools["card"].tool.input_schema["properties"]
     assert card["run"]["type"] == "string"

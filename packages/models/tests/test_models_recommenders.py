@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pinlab_data.contracts import Float32Array, InteractionLog
+from pinlab_data.contracts import InteractionLog
 from pinlab_models import (
     EnsembleConfig,
     HistoryScorer,
@@ -24,6 +24,7 @@ from pinlab_models import (
     recommender_spec,
 )
 from pinlab_models._runtime import epoch_line
+from pinlab_models.testing import tribe_features, two_tribes
 
 FAST: dict[str, dict[str, Any]] = {
     "mf": {"epochs": 30, "dim": 8, "batch_size": 64, "lr": 0.05},
@@ -53,38 +54,16 @@ FAST: dict[str, dict[str, Any]] = {
 
 # Models whose scores are a user vector against item vectors, so any subset costs its size.
 CANDIDATE_SCORERS = {
-    "popularity", "mf", "bpr", "ials", "sasrec", "gsasrec", "two-tower", "hybrid",
-}  # fmt: skip
-
-
-def two_tribes(num_users: int = 40, num_items: int = 20, seed: int = 0) -> InteractionLog:
-    """Even users like the first half of the items, odd users the second; item 0 is a hit."""
-    rng = np.random.default_rng(seed)
-    users, items = [], []
-    half = num_items // 2
-    for u in range(num_users):
-        offset = 0 if u % 2 == 0 else half
-        liked = rng.choice(half, 6, replace=False) + offset
-        users += [u] * len(liked)
-        items += list(liked)
-    users += list(range(num_users))
-    items += [0] * num_users
-    n = len(users)
-    return InteractionLog(
-        users=np.array(users, dtype=np.int64),
-        items=np.array(items, dtype=np.int64),
-        timestamps=rng.permutation(n).astype(np.int64),  # item 0 anywhere in a sequence
-        weights=np.ones(n, dtype=np.float32),
-        user_ids=np.arange(100, 100 + num_users, dtype=np.int64),
-        item_ids=np.arange(500, 500 + num_items, dtype=np.int64),
-    )
-
-
-def tribe_features(num_items: int = 20) -> Float32Array:
-    """Item features for the models that read them: which half an item is in, and noise."""
-    side = (np.arange(num_items) >= num_items // 2).astype(np.float32)
-    noise = np.random.default_rng(1).normal(0, 0.1, (num_items, 6))
-    return np.column_stack([side, 1 - side, noise]).astype(np.float32)
+    "popularity",
+    "mf",
+    "bpr",
+    "ials",
+    "sasrec",
+    "gsasrec",
+    "two-tower",
+    "hybrid",
+    # pinlab new: candidate scorers go above this line
+}
 
 
 def ctx(tmp_path: Path) -> TrainContext:

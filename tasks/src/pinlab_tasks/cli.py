@@ -26,6 +26,7 @@ from pinlab_tasks.commands import (
     evaluate,
     index,
     meta,
+    new,
     query,
     runs,
     serve,
@@ -33,9 +34,10 @@ from pinlab_tasks.commands import (
 )
 from pinlab_tasks.commands.mcp import register as register_mcp
 from pinlab_tasks.commands.report import register as register_report
+from pinlab_tasks.scaffold import ScaffoldError
 from pinlab_tasks.settings import LogLevel, PinlabSettings, ProgressMode
 
-BAD_INPUT = (PinlabDataError, PinlabModelError, PinlabServeError, FileNotFoundError)
+BAD_INPUT = (PinlabDataError, PinlabModelError, PinlabServeError, ScaffoldError, FileNotFoundError)
 
 app.add_typer(data.app, name="data")
 app.add_typer(train.app, name="train")
@@ -43,6 +45,7 @@ app.add_typer(evaluate.app, name="eval")
 app.add_typer(index.app, name="index")
 app.add_typer(bench.app, name="bench")
 app.add_typer(runs.app, name="runs")
+app.add_typer(new.app, name="new")
 demo.register(app)
 serve.register(app)
 query.register(app)

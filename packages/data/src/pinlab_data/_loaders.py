@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -47,6 +47,7 @@ from pinlab_data.contracts import (
     Int64Array,
     InteractionFilters,
     InteractionFormat,
+    LoaderKind,
     LoadReport,
     OnBadLines,
     PinlabDataError,
@@ -339,7 +340,7 @@ def _concat(parts: list[Any], dtype: type[np.generic]) -> Any:
 def _write(
     out: Path,
     *,
-    kind: Literal["movielens", "interactions", "sequences"],
+    kind: LoaderKind,
     source: Path,
     layout: str,
     name: str,

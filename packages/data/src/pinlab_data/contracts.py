@@ -191,11 +191,20 @@ class FilterStep(BaseModel):
     rows_after: NonNegativeInt
 
 
+LoaderKind = Literal[
+    "movielens",
+    "interactions",
+    "sequences",
+    # pinlab new: loader kinds go above this line (`pinlab new loader KIND`)
+]
+"""Which loader wrote a dataset (`LoadReport.kind`)."""
+
+
 class LoadReport(BaseModel):
     """What a loader read and what it wrote."""
 
     dataset: str = Field(description="The dataset directory written.")
-    kind: Literal["movielens", "interactions", "sequences"]
+    kind: LoaderKind
     source: str
     layout: str = Field(description="The source's format: '100k', '1m', 'csv', 'parquet', ...")
     rows_read: NonNegativeInt = Field(description="Interactions read, bad lines excluded.")

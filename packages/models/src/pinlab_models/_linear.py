@@ -17,6 +17,7 @@ import torch
 from pydantic import BaseModel
 
 from pinlab_data.contracts import Float32Array, Int64Array, InteractionLog
+from pinlab_models._registries import add_unique
 from pinlab_models._runtime import (
     Stopwatch,
     check_histories,
@@ -89,7 +90,7 @@ def dlae_weights(x: sp.csr_matrix, cfg: DLAEConfig) -> Matrix:
     return result
 
 
-def _keep_top(weights: Matrix, k: int) -> Matrix:
+def keep_top(weights: Matrix, k: int) -> Matrix:
     """Zero all but the k largest weights in each column (the item being scored)."""
     if k >= len(weights):
         return weights
@@ -104,7 +105,7 @@ def itemknn_weights(x: sp.csr_matrix, cfg: ItemKNNConfig) -> Matrix:
     norms = np.sqrt(np.diag(gram))
     weights = gram / (norms[:, None] * norms[None, :] + cfg.shrink + 1e-12)
     np.fill_diagonal(weights, 0.0)
-    return _keep_top(weights, cfg.neighbours)
+    return keep_top(weights, cfg.neighbours)
 
 
 def rp3beta_weights(x: sp.csr_matrix, cfg: RP3BetaConfig) -> Matrix:
@@ -115,10 +116,13 @@ def rp3beta_weights(x: sp.csr_matrix, cfg: RP3BetaConfig) -> Matrix:
     popularity = np.maximum(np.asarray(x.sum(axis=0)).ravel(), 1.0)
     weights = walk / popularity[None, :] ** cfg.beta
     np.fill_diagonal(weights, 0.0)
-    return _keep_top(weights, cfg.neighbours)
+    return keep_top(weights, cfg.neighbours)
 
 
-_WEIGHTS: dict[str, tuple[type[BaseModel], Callable[[sp.csr_matrix, Any], Matrix]]] = {
+WeightsFunction = Callable[[sp.csr_matrix, Any], Matrix]
+"""The item-item matrix of a binary training matrix, given the model's config."""
+
+_WEIGHTS: dict[str, tuple[type[BaseModel], WeightsFunction]] = {
     "ease": (EASEConfig, ease_weights),
     "dlae": (DLAEConfig, dlae_weights),
     "itemknn": (ItemKNNConfig, itemknn_weights),
@@ -196,3 +200,15 @@ class ItemItem:
 
 def item_item_builder(name: str) -> Callable[[Any], ItemItem]:
     return lambda config: ItemItem(name, config)
+
+
+def add_item_item(
+    name: str, config_type: type[BaseModel], weights: WeightsFunction
+) -> Callable[[Any], ItemItem]:
+    """An item-item model whose weights function lives in its own module; returns its builder.
+
+    `ItemItem` fits, scores, saves and loads it like the models above (`registry.py` calls
+    this once, where it registers the model).
+    """
+    add_unique(_WEIGHTS, "item-item model", name, (config_type, weights))
+    return item_item_builder(name)

@@ -588,3 +588,6 @@ class TwoTowerConfig(BaseModel):
     temperature: PositiveFloat = 0.05
     logq: bool = Field(default=True, description="Subtract log sampling probability.")
     patience: PositiveInt = 4
+
+
+# pinlab new: recommender configs go above this line (`pinlab new recommender NAME`)

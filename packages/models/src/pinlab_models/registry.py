@@ -344,3 +344,4 @@ register(
         uses_item_features=True,
     )
 )
+# pinlab new: recommender registrations go above this line (`pinlab new recommender NAME`)

@@ -341,6 +341,9 @@ def load_images_command(
     emit(report.model_dump(), as_json, render)
 
 
+# pinlab new: loader commands go above this line (`pinlab new loader KIND`)
+
+
 @app.command("dedupe")
 def dedupe(
     path: DataDir,
