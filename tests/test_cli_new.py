@@ -8,6 +8,7 @@ import ast
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -276,6 +277,8 @@ def test_skeletons_pass_the_gates_and_their_tests(
         "packages/models/tests/test_models_search_space.py",
         "tests/test_docs.py",
     )
-    # Per model: the contract suite's 3 tests, the spec's, its own (15); the loader's 2, the
-    # metric's 3, and the docs naming the 3 models and the load command (4).
-    assert "24 passed" in out, out
+    # Per model at least: its own test, the spec's, the contract suite's 3 (more as it grows);
+    # the loader's 2, the metric's 3, the docs naming the 3 models and the load command (4).
+    passed = re.search(r"(\d+) passed", out)
+    assert passed is not None and int(passed.group(1)) >= 3 * 5 + 9, out
+    assert "failed" not in out and "error" not in out, out
