@@ -62,6 +62,7 @@ CANDIDATE_SCORERS = {
     "gsasrec",
     "two-tower",
     "hybrid",
+    "mult-vae",
     # pinlab new: candidate scorers go above this line
 }
 
@@ -122,6 +123,7 @@ def test_every_recommender_meets_the_contract(name: str, tmp_path: Path) -> None
 # Models that must score a visitor from a history alone (a live session); others may too.
 HISTORY_SCORERS = {
     "sasrec", "gsasrec", "bert4rec", "hstu", "two-tower", "ease", "dlae", "itemknn", "rp3beta",
+    "mult-vae",
 }  # fmt: skip
 # Those whose scores of a user are not just those of the user's history: two-tower also reads
 # the user's id vector, hstu the times, which a session lacks.

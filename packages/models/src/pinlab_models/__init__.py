@@ -17,6 +17,7 @@ from pinlab_models._cold_start import HybridRecommender
 from pinlab_models._ensemble import Ensemble
 from pinlab_models._ials import ImplicitALS
 from pinlab_models._linear import ItemItem, interaction_matrix
+from pinlab_models._mult_vae import MultVae
 from pinlab_models._recipes import (
     RECIPE_SEARCH_SPACES,
     ProxyAnchorLoss,
@@ -62,6 +63,7 @@ from pinlab_models.contracts import (
     IntRange,
     ItemKNNConfig,
     MFConfig,
+    MultVaeConfig,
     PinlabModelError,
     PopularityConfig,
     ProgressEvent,
@@ -118,6 +120,8 @@ __all__ = [
     "ItemKNNConfig",
     "MFConfig",
     "MatrixFactorization",
+    "MultVae",
+    "MultVaeConfig",
     "PinlabModelError",
     "Popularity",
     "PopularityConfig",

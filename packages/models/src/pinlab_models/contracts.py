@@ -590,4 +590,39 @@ class TwoTowerConfig(BaseModel):
     patience: PositiveInt = 4
 
 
+class MultVaeConfig(BaseModel):
+    """Mult-VAE (Liang, Krishnan, Hoffman and Jebara, WWW 2018): a variational autoencoder of
+    each user's binary item row under a multinomial likelihood.
+
+    The row, L2-normalised and dropped out (`dropout`) in training, is encoded by a
+    `hidden_dim` tanh layer into the mean and log-variance of a `latent_dim` Gaussian; a
+    sample (the mean when scoring) is decoded by a `hidden_dim` tanh layer into logits over
+    the catalogue. The loss per user is minus the log-softmax of the logits summed over the
+    row's items, plus beta times the KL divergence to N(0, I), beta = min(`anneal_cap`,
+    updates / `total_anneal_steps`), plus `l2` times the squared weight matrices.
+
+    The paper anneals over 200,000 updates of 500 users on ML-20M (about 230 updates an
+    epoch), reaching its cap of 0.2 after some 170 epochs. Updates per epoch scale with the
+    users, so the default here is relative to a MovieLens-100K-sized log (a few hundred to a
+    few thousand users: 2 to 10 updates an epoch): 1,000 updates reach beta 0.2 after 200
+    updates, i.e. within the first 20 to 100 epochs. On a log of 100,000 users, raise it
+    (about 400 updates per epoch per 200,000 users reaches the cap in the paper's epochs).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    hidden_dim: PositiveInt = Field(default=600, description="Encoder and decoder tanh layer.")
+    latent_dim: PositiveInt = Field(default=200, description="Gaussian latent size.")
+    dropout: float = Field(default=0.5, ge=0.0, lt=1.0, description="On the input row.")
+    anneal_cap: float = Field(default=0.2, ge=0.0, description="Largest KL weight beta.")
+    total_anneal_steps: PositiveInt = Field(
+        default=1000, description="Updates over which beta would rise from 0 to 1."
+    )
+    epochs: PositiveInt = Field(default=300, description="Passes at most (early-stopped).")
+    batch_size: PositiveInt = Field(default=500, description="Users per Adam step.")
+    lr: PositiveFloat = Field(default=1e-3, description="Adam's step size.")
+    l2: float = Field(default=1e-6, ge=0, description="Times the squared weight matrices.")
+    patience: PositiveInt = Field(default=20, description="Epochs without validation gain.")
+
+
 # pinlab new: recommender configs go above this line (`pinlab new recommender NAME`)

@@ -15,6 +15,7 @@ from pinlab_models._ensemble import Ensemble
 from pinlab_models._hstu import HSTU
 from pinlab_models._ials import ImplicitALS
 from pinlab_models._linear import ItemItem, item_item_builder
+from pinlab_models._mult_vae import MultVae
 from pinlab_models._recommenders import MatrixFactorization, Popularity
 from pinlab_models._registries import add_unique
 from pinlab_models._runtime import RECOMMENDER_CHECKPOINT, load_checkpoint
@@ -35,6 +36,7 @@ from pinlab_models.contracts import (
     IntRange,
     ItemKNNConfig,
     MFConfig,
+    MultVaeConfig,
     PinlabModelError,
     PopularityConfig,
     Recommender,
@@ -342,6 +344,22 @@ register(
         },
         epoch_field="epochs",
         uses_item_features=True,
+    )
+)
+register(
+    RecommenderSpec(
+        name="mult-vae",
+        summary="Mult-VAE: variational autoencoder of user rows, multinomial likelihood.",
+        config_type=MultVaeConfig,
+        build=MultVae,
+        from_checkpoint=MultVae.from_checkpoint,
+        search_space={
+            "lr": FloatRange(low=1e-4, high=1e-2, log=True),
+            "dropout": FloatRange(low=0.0, high=0.8),
+            "anneal_cap": FloatRange(low=0.0, high=1.0),
+            "latent_dim": IntRange(low=16, high=512, log=True),
+        },
+        epoch_field="epochs",
     )
 )
 # pinlab new: recommender registrations go above this line (`pinlab new recommender NAME`)
