@@ -293,6 +293,8 @@ def plan_recommender(root: Path, name: str, kind: str) -> Plan:
     plan.next_steps = [
         f"make it yours: the model in {module}, {config} in {MODELS}/contracts.py, its "
         f"search space in {REGISTRY}; keep the rows in README.md and AGENTS.md true",
+        "to score sessions (a visitor's history alone), implement HistoryScorer "
+        f"(history_window, score_histories) and name it in HISTORY_SCORERS in {CONTRACT_SUITE}",
         f"uv run pytest {test} {CONTRACT_SUITE} tests/test_docs.py -q",
         GATES,
         f"uv run pinlab train recommender --data DIR --model {name}",
