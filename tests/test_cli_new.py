@@ -88,11 +88,11 @@ def test_dry_runs_list_every_place_and_write_nothing(
     checkout = shared
     before = snapshot(checkout)
     root = ["--root", str(checkout), "--dry-run"]
-    code, plan = new(capsys, "recommender", "mult-vae", *root)
+    code, plan = new(capsys, "recommender", "slim-vae", *root)
     assert code == 0 and plan["dry_run"]
     assert plan["created"] == [
-        f"{MODELS}/_mult_vae.py",
-        "packages/models/tests/test_models_mult_vae.py",
+        f"{MODELS}/_slim_vae.py",
+        "packages/models/tests/test_models_slim_vae.py",
     ]
     assert set(plan["edited"]) == {
         f"{MODELS}/contracts.py",
