@@ -114,7 +114,10 @@ def test_bench_recsys_leave_last_out_with_sampled_negatives(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--models", "ease,sasrec-ultra"], "unknown model 'sasrec-ultra'; registered: bpr"),
+        (
+            ["--models", "ease,sasrec-ultra"],
+            "unknown model 'sasrec-ultra'; registered: bert4rec, bpr",
+        ),
         (["--protocol", "random"], "bad protocol 'random'"),
         (["--negatives", "10"], "`negatives` is a setting of the leave-last-out protocol"),
         (["--metric", "ndgc@10"], "bad validation metric 'ndgc@10'"),
