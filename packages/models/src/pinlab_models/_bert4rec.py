@@ -91,7 +91,8 @@ class BERT4Rec:
     def _next(self, recent: torch.Tensor) -> Float32Array:
         """Scores of the item after each row of `recent` (left-padded, max_len - 1 wide)."""
         assert self.net is not None
-        self.net.eval()
+        if self.net.training:  # eval() walks every module: not on each request
+            self.net.eval()
         mask = torch.full((len(recent), 1), self.net.num_items + 1, dtype=torch.int64)
         rows = torch.cat([recent, mask], dim=1)
         chunks = [

@@ -200,7 +200,8 @@ class HSTU:
     @torch.no_grad()
     def _last(self, sequences: torch.Tensor, times: torch.Tensor) -> Iterator[torch.Tensor]:
         assert self.net is not None
-        self.net.eval()
+        if self.net.training:  # eval() walks every module: not on each request
+            self.net.eval()
         for start in range(0, len(sequences), 512):
             rows = crop(sequences[start : start + 512])
             width = rows.shape[1]

@@ -282,14 +282,16 @@ class SASRec:
         check_histories(histories, num_items)
         if not histories:
             return np.zeros((0, num_items), dtype=np.float32)
-        self.net.eval()
+        if self.net.training:  # eval() walks every module: not on each request
+            self.net.eval()
         rows = crop(padded_histories(histories, self.config.max_len)).to(self.device)
         return self.net.logits(self.net(rows)[:, -1]).float().cpu().numpy()
 
     def _last_hidden(self, users: Int64Array) -> Iterator[tuple[slice, torch.Tensor]]:
         """Each chunk of `users` with the hidden state after its last item."""
         assert self.net is not None and self.sequences is not None
-        self.net.eval()
+        if self.net.training:  # eval() walks every module: not on each request
+            self.net.eval()
         for start in range(0, len(users), 512):
             rows = slice(start, start + 512)
             part = torch.from_numpy(np.asarray(users[rows], dtype=np.int64))

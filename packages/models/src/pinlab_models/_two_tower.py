@@ -136,7 +136,8 @@ class TwoTower:
         require_fitted(self.net is not None, self.name)
         assert self.net is not None and self.history is not None
         check_users(users, len(self.history))
-        self.net.eval()
+        if self.net.training:  # eval() walks every module: not on each request
+            self.net.eval()
         u = torch.from_numpy(np.asarray(users, dtype=np.int64))
         all_items = self.net.items()
         return (self.net.users(u, self.history[u], all_items) @ all_items.T).numpy()
@@ -147,7 +148,8 @@ class TwoTower:
         assert self.net is not None and self.history is not None
         check_users(users, len(self.history))
         check_candidates(users, items, self.net.item_ids.num_embeddings - 1)
-        self.net.eval()
+        if self.net.training:  # eval() walks every module: not on each request
+            self.net.eval()
         u = torch.from_numpy(np.asarray(users, dtype=np.int64))
         all_items = self.net.items()
         return gathered_dot(self.net.users(u, self.history[u], all_items), all_items, items).numpy()
@@ -164,7 +166,8 @@ class TwoTower:
         assert self.net is not None
         num_items = self.net.item_ids.num_embeddings - 1
         check_histories(histories, num_items)
-        self.net.eval()
+        if self.net.training:  # eval() walks every module: not on each request
+            self.net.eval()
         rows = padded_histories(histories, self.config.history_len)
         all_items = self.net.items()
         mask = (rows > 0).unsqueeze(-1).float()

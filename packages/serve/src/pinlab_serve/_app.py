@@ -493,6 +493,8 @@ def create_app(run_dir: Path, settings: ServeSettings | None = None) -> FastAPI:
         pins excluded. Unknown ids are ignored and named; none known is a 422."""
         svc = ready()
         args = (body.history, body.k, body.category, body.exclude, body.diversification())
+        if svc.session_inline:
+            return _json(svc.recommend_session(*args), metrics)
         return _json(await asyncio.to_thread(svc.recommend_session, *args), metrics)
 
     @app.get("/v1/users", response_model=UsersResponse)

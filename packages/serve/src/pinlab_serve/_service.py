@@ -110,6 +110,7 @@ class PinService:
         self._embed_images: Callable[[ImageArray], Float32Array] | None = None
         self._score: Callable[[Int64Array], Float32Array] | None = None
         self.recommend_inline = False
+        self.session_inline = False
         self.session_name: str | None = None
         self._session: HistoryScorer | None = None
 
@@ -220,6 +221,12 @@ class PinService:
             start = time.perf_counter()
             self._score(user)
             self.recommend_inline = time.perf_counter() - start < INLINE_SCORE_SECONDS
+        if self._session is not None:
+            history = np.arange(min(50, len(self.catalog.log.item_ids)), dtype=np.int64)
+            self._session.score_histories([history])
+            start = time.perf_counter()
+            self._session.score_histories([history])
+            self.session_inline = time.perf_counter() - start < INLINE_SCORE_SECONDS
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
