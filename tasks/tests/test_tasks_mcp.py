@@ -330,16 +330,22 @@ def test_a_failing_command_is_a_tool_error_with_the_cli_message(
     assert result.content[0].text == "Invalid value for '--limit': 0 is not in the range x>=1."  # type: ignore[union-attr]
 
 
-def test_stdio_subprocess_lists_tools_and_runs_describe(tmp_path: Path) -> None:
+def test_stdio_subprocess_lists_tools_searches_recommends_and_refuses(
+    mcp_demo: tuple[Path, dict[str, Any], Progress], tmp_path: Path
+) -> None:
+    """`pinlab mcp` as a subprocess over stdio, on the demo run the in-process server made."""
+    root, demo, _ = mcp_demo
     env = {"PINLAB_TRACKING": "off", "OMP_WAIT_POLICY": "PASSIVE"}
     params = StdioServerParameters(
         command=sys.executable,
-        args=["-m", "pinlab_tasks", "mcp", "--runs", str(tmp_path)],
+        args=["-m", "pinlab_tasks", "mcp", "--runs", str(root)],
         env=env | {k: os.environ[k] for k in ("PINLAB_THREADS",) if k in os.environ},
         cwd=tmp_path,
     )
+    run_dir = demo["run_dir"]
+    pin = demo["search"]["query"]["pin"]["pin_id"]
 
-    async def session() -> tuple[list[str], types.CallToolResult]:
+    async def session() -> tuple[list[str], list[types.CallToolResult], str]:
         with (tmp_path / "server.err").open("w") as errlog:
             async with (
                 stdio_client(params, errlog=errlog) as (read, write),
@@ -347,11 +353,25 @@ def test_stdio_subprocess_lists_tools_and_runs_describe(tmp_path: Path) -> None:
             ):
                 await client.initialize()
                 tools = await client.list_tools()
-                return [t.name for t in tools.tools], await client.call_tool("describe", {})
+                results = [
+                    await client.call_tool("describe", {}),
+                    await client.call_tool("search", {"run": run_dir, "pin": pin, "k": 3}),
+                    await client.call_tool("recommend", {"run": run_dir, "user": 3, "k": 4}),
+                    await client.call_tool("card", {"run": str(tmp_path / "no-such-run")}),
+                ]
+                with pytest.raises(MCPError) as refused:
+                    await client.call_tool("demo", {"seed": "one"})
+                return [t.name for t in tools.tools], results, refused.value.message
 
-    names, described = anyio.run(session)
+    names, (described, found, liked, failed), message = anyio.run(session)
     assert "demo" in names and "describe" in names and "serve" not in names
     assert not described.is_error, (tmp_path / "server.err").read_text()
     assert isinstance(described.structured_content, dict)
     commands = {c["command"] for c in described.structured_content["commands"]}
     assert {tool_name(c.split()[1:]) for c in commands} - {"mcp", "serve"} == set(names)
+    assert isinstance(found.structured_content, dict) and len(found.structured_content["hits"]) == 3
+    assert (
+        isinstance(liked.structured_content, dict) and len(liked.structured_content["items"]) == 4
+    )
+    assert failed.is_error and "does not exist" in failed.content[0].text  # type: ignore[union-attr]
+    assert "seed" in message and "integer" in message
