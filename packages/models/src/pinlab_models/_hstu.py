@@ -28,7 +28,7 @@ from pinlab_models._runtime import (
     save_recommender,
     seed_everything,
 )
-from pinlab_models._sequential import crop, length_batches
+from pinlab_models._sequential import crop, length_batches, sampled_scores, sampled_softmax
 from pinlab_models.contracts import (
     FitReport,
     HSTUConfig,
@@ -188,14 +188,10 @@ class HSTU:
         cfg = self.config
         if cfg.loss == "softmax":
             return F.cross_entropy(self.net.logits(hidden[real]), targets[real] - 1)
-        item_vecs = self.net.items.weight
-        drawn = torch.randint(1, num_items + 1, (len(targets), cfg.negatives), generator=gen)
-        drawn = drawn.to(targets.device)
-        pos = (hidden * item_vecs[targets]).sum(-1)[real]
-        neg = torch.einsum("bld,bkd->blk", hidden, item_vecs[drawn])
-        neg = neg.masked_fill(drawn[:, None, :] == targets[:, :, None], -torch.inf)[real]
-        logits = torch.cat([pos[:, None], neg], dim=1)
-        return F.cross_entropy(logits, torch.zeros(len(pos), dtype=torch.long, device=pos.device))
+        pos, neg = sampled_scores(
+            hidden, targets, real, self.net.items.weight, cfg.negatives, num_items, gen
+        )
+        return sampled_softmax(pos, neg)
 
     @torch.no_grad()
     def _last(self, sequences: torch.Tensor, times: torch.Tensor) -> Iterator[torch.Tensor]:

@@ -80,6 +80,36 @@ def crop(sequences: torch.Tensor) -> torch.Tensor:
     return sequences[:, -longest:]
 
 
+def sampled_scores(
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    real: torch.Tensor,
+    item_vecs: torch.Tensor,
+    negatives: int,
+    num_items: int,
+    gen: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores of each real position's next item, and of `negatives` uniform draws per sequence
+    shared by its positions (as gSASRec samples them): (positions,) and (positions, draws).
+
+    `hidden` (b, n, d) and `targets` (b, n) (item indexes + 1) are masked by `real`. A draw
+    that is the position's own next item scores -inf: it is no negative.
+    """
+    drawn = torch.randint(1, num_items + 1, (len(targets), negatives), generator=gen)
+    drawn = drawn.to(targets.device)
+    pos = (hidden * item_vecs[targets]).sum(-1)[real]
+    neg = torch.einsum("bld,bkd->blk", hidden, item_vecs[drawn])
+    neg = neg.masked_fill(drawn[:, None, :] == targets[:, :, None], -torch.inf)[real]
+    return pos, neg
+
+
+def sampled_softmax(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of each positive against its draws."""
+    logits = torch.cat([pos[:, None], neg], dim=1)
+    first = torch.zeros(len(pos), dtype=torch.long, device=pos.device)
+    return F.cross_entropy(logits, first)
+
+
 class _Transformer(nn.Module):
     causal: torch.Tensor
 
@@ -223,21 +253,15 @@ class SASRec:
         num_items: int,
         gen: torch.Generator,
     ) -> torch.Tensor:
-        """Each real position's next item against `negatives` uniform draws per sequence,
-        shared by that sequence's positions (as gSASRec samples them)."""
+        """Each real position's next item against `negatives` draws per sequence: softmax over
+        them, or gSASRec's gBCE."""
         assert self.net is not None
         cfg = self.config
-        item_vecs = self.net.items.weight
-        drawn = torch.randint(1, num_items + 1, (len(targets), cfg.negatives), generator=gen)
-        drawn = drawn.to(targets.device)
-        pos = (hidden * item_vecs[targets]).sum(-1)[real]
-        neg = torch.einsum("bld,bkd->blk", hidden, item_vecs[drawn])
-        # A draw that is the position's own next item is no negative.
-        neg = neg.masked_fill(drawn[:, None, :] == targets[:, :, None], -torch.inf)[real]
+        pos, neg = sampled_scores(
+            hidden, targets, real, self.net.items.weight, cfg.negatives, num_items, gen
+        )
         if cfg.loss == "sampled-softmax":
-            logits = torch.cat([pos[:, None], neg], dim=1)
-            first = torch.zeros(len(pos), dtype=torch.long, device=pos.device)
-            return F.cross_entropy(logits, first)
+            return sampled_softmax(pos, neg)
         alpha = cfg.negatives / max(num_items - 1, 1)
         beta = alpha * (cfg.gbce_t * (1 - 1 / alpha) + 1 / alpha)
         # -log(sigmoid(pos) ** beta) - sum(log(1 - sigmoid(neg))); masked draws add 0.
