@@ -28,7 +28,14 @@ from pinlab_models._runtime import (
     save_recommender,
     seed_everything,
 )
-from pinlab_models._sequential import crop, length_batches, sampled_scores, sampled_softmax
+from pinlab_models._sequential import (
+    crop,
+    length_batches,
+    recent_per_user,
+    sampled_scores,
+    sampled_softmax,
+    user_sequences,
+)
 from pinlab_models.contracts import (
     FitReport,
     HSTUConfig,
@@ -41,17 +48,7 @@ from pinlab_models.contracts import (
 def user_windows(train: InteractionLog, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(num_users, max_len) item indexes + 1 and their timestamps, each user's most recent
     actions left-padded with 0 (`user_sequences`'s layout, with the times beside it)."""
-    order = np.lexsort((np.arange(len(train)), train.timestamps, train.users))
-    users, items = train.users[order], train.items[order] + 1
-    times = train.timestamps[order]
-    ends = np.cumsum(np.bincount(users, minlength=train.num_users))
-    from_end = ends[users] - 1 - np.arange(len(users))
-    keep = from_end < max_len
-    sequences = np.zeros((train.num_users, max_len), dtype=np.int64)
-    stamps = np.zeros((train.num_users, max_len), dtype=np.int64)
-    sequences[users[keep], max_len - 1 - from_end[keep]] = items[keep]
-    stamps[users[keep], max_len - 1 - from_end[keep]] = times[keep]
-    return torch.from_numpy(sequences), torch.from_numpy(stamps)
+    return user_sequences(train, max_len), recent_per_user(train, max_len, train.timestamps)
 
 
 class _Layer(nn.Module):

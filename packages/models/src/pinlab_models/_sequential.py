@@ -48,16 +48,22 @@ def user_sequences(train: InteractionLog, max_len: int) -> torch.Tensor:
 
     Interactions are ordered by timestamp within a user (ties keep log order).
     """
+    return recent_per_user(train, max_len, train.items + 1)
+
+
+def recent_per_user(train: InteractionLog, max_len: int, values: Int64Array) -> torch.Tensor:
+    """(num_users, max_len): `values` (one per interaction) of each user's most recent
+    `max_len` interactions, oldest first, left-padded with 0 (`user_sequences`'s layout)."""
     order = np.lexsort((np.arange(len(train)), train.timestamps, train.users))
-    users, items = train.users[order], train.items[order] + 1
+    users, picked = train.users[order], np.asarray(values, dtype=np.int64)[order]
     counts = np.bincount(users, minlength=train.num_users)
     ends = np.cumsum(counts)
     # Position of each interaction counted from its user's last one (0 = most recent).
     from_end = ends[users] - 1 - np.arange(len(users))
     keep = from_end < max_len
-    sequences = np.zeros((train.num_users, max_len), dtype=np.int64)
-    sequences[users[keep], max_len - 1 - from_end[keep]] = items[keep]
-    return torch.from_numpy(sequences)
+    rows = np.zeros((train.num_users, max_len), dtype=np.int64)
+    rows[users[keep], max_len - 1 - from_end[keep]] = picked[keep]
+    return torch.from_numpy(rows)
 
 
 def length_batches(

@@ -67,9 +67,12 @@ class RunFiles:
             for name, metrics in (models.items() if isinstance(models, dict) else [])
             if isinstance(metrics, dict)
         }
-        ranked = sorted(names, key=lambda n: (n != record.get("best"), -ndcg.get(n, -1.0)))
+        best = record.get("best")
+        evaluated = sorted(
+            (n for n in names if n in ndcg or n == best),
+            key=lambda n: (n != best, -ndcg.get(n, -1.0)),
+        )
         # Unevaluated ones keep the old default order: the last trained name first.
-        evaluated = [n for n in ranked if n in ndcg or n == record.get("best")]
         return evaluated + [n for n in reversed(names) if n not in evaluated]
 
     def check(self) -> None:
