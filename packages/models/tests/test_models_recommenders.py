@@ -146,6 +146,11 @@ def test_history_scorers_score_visitors(name: str, tmp_path: Path) -> None:
     histories = [log.items[order][log.users[order] == u] for u in (0, 3, 7)]
     scores = scorer.score_histories(histories)
     assert scores.shape == (3, log.num_items) and scores.dtype == np.float32
+    # Batched with a shorter history (as the service batches concurrent sessions), each
+    # history scores as it does alone: padding must not leak into the scores.
+    pair = [histories[0], histories[1][:2]]
+    alone = np.stack([scorer.score_histories([h])[0] for h in pair])
+    np.testing.assert_allclose(scorer.score_histories(pair), alone, rtol=1e-4, atol=1e-5)
     if name not in READS_MORE:
         users = np.array([0, 3, 7], dtype=np.int64)
         np.testing.assert_allclose(scores, model.score(users), rtol=1e-4, atol=1e-5)

@@ -492,6 +492,49 @@ def test_image_searches_are_micro_batched(serve_run: Path, pins: dict[str, Any])
     assert values["pinlab_encoder_batch_size_count"] < 8
 
 
+async def _concurrent_sessions(app: FastAPI, histories: list[list[int]]) -> tuple[list[Any], str]:
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            while (await client.get("/readyz")).status_code != 200:
+                await asyncio.sleep(0.05)
+            one_by_one = [
+                await client.post("/v1/recommendations/session", json={"history": h, "k": 9})
+                for h in histories
+            ]
+            together = await asyncio.gather(
+                *(
+                    client.post("/v1/recommendations/session", json={"history": h, "k": 9})
+                    for h in histories
+                )
+            )
+            metrics = (await client.get("/metrics")).text
+    return [r.json() for r in one_by_one] + [r.json() for r in together], metrics
+
+
+def test_concurrent_sessions_share_model_calls(serve_run: Path, pins: dict[str, Any]) -> None:
+    """Sessions that arrive together are scored in one call, each as it would be alone."""
+    ds = pins["ds"]
+    log = ds.interactions.to_pylist()
+    users = [int(u) for u in ds.user_ids()[:8]]
+    # Histories of different lengths, so a batch pads them differently.
+    histories = [
+        [r["pin_id"] for r in log if r["user_id"] == u][: 2 + i] for i, u in enumerate(users)
+    ]
+    bodies, metrics = asyncio.run(_concurrent_sessions(create_app(serve_run), histories))
+    alone, together = bodies[:8], bodies[8:]
+    assert [b["hits"] for b in together] == [b["hits"] for b in alone]
+    assert all(len(b["hits"]) == 9 for b in alone)
+    values = {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in metrics.splitlines()
+        if line.startswith("pinlab_session_batch_size_")
+    }
+    # Sixteen sessions, fewer model calls: the eight concurrent ones shared batches.
+    assert values["pinlab_session_batch_size_sum"] == 16
+    assert values["pinlab_session_batch_size_count"] < 16
+
+
 def test_index_swap(serve_run: Path, tmp_path: Path, pins: dict[str, Any]) -> None:
     run = tmp_path / "run"
     shutil.copytree(serve_run, run)

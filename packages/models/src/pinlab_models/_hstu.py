@@ -55,6 +55,9 @@ class _Layer(nn.Module):
     def __init__(self, cfg: HSTUConfig) -> None:
         super().__init__()
         self.heads = cfg.heads
+        # Pointwise attention is normalised by the window, a constant (HSTU's 1/N): dividing by
+        # a batch's cropped width would make a row's scores depend on its batch-mates.
+        self.window = cfg.max_len
         self.norm_in = nn.LayerNorm(cfg.dim)
         self.uvqk = nn.Linear(cfg.dim, 4 * cfg.dim)
         self.norm_out = nn.LayerNorm(cfg.dim)
@@ -70,7 +73,7 @@ class _Layer(nn.Module):
             return t.view(b, n, self.heads, d // self.heads).transpose(1, 2)
 
         scores = split(q) @ split(k).transpose(-1, -2) / (d // self.heads) ** 0.5
-        weights = F.silu(scores + bias) * allowed / n
+        weights = F.silu(scores + bias) * allowed / self.window
         attended = (weights @ split(v)).transpose(1, 2).reshape(b, n, d)
         out: torch.Tensor = x + self.dropout(self.out(self.norm_out(attended) * u))
         return out

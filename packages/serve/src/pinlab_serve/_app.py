@@ -36,6 +36,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pinlab_data import PinlabDataError
+from pinlab_data.contracts import Float32Array, ImageArray, Int64Array
 from pinlab_serve._batcher import MicroBatcher
 from pinlab_serve._catalog import RunFiles
 from pinlab_serve._service import PinService
@@ -152,6 +153,12 @@ class Metrics:
         self.batch = Histogram(
             "pinlab_encoder_batch_size",
             "Images per encoder call (micro-batching).",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            registry=self.registry,
+        )
+        self.session_batch = Histogram(
+            "pinlab_session_batch_size",
+            "Session histories per model call (micro-batching).",
             buckets=(1, 2, 4, 8, 16, 32, 64, 128),
             registry=self.registry,
         )
@@ -333,11 +340,16 @@ def create_app(run_dir: Path, settings: ServeSettings | None = None) -> FastAPI:
     settings = settings or ServeSettings()
     metrics = Metrics()
     service = PinService(run_dir, settings, metrics.observe_stage)
-    batcher = MicroBatcher(
-        service.embed_images,
+    batcher: MicroBatcher[ImageArray, Float32Array] = MicroBatcher(
+        lambda images: list(service.embed_images(np.stack(images))),
         settings.batch_window_ms / 1000,
         settings.max_batch,
         metrics.batch.observe,
+    )
+    # Sessions batch only what is already queued: a lone visitor never waits, and under load
+    # one transformer call serves every history that arrived during the last one.
+    sessions: MicroBatcher[Int64Array, Float32Array] = MicroBatcher(
+        service.score_sessions, 0.0, settings.max_batch, metrics.session_batch.observe
     )
 
     async def load() -> None:
@@ -378,6 +390,7 @@ def create_app(run_dir: Path, settings: ServeSettings | None = None) -> FastAPI:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await batcher.close()
+        await sessions.close()
 
     app = FastAPI(
         title="pinlab",
@@ -448,7 +461,7 @@ def create_app(run_dir: Path, settings: ServeSettings | None = None) -> FastAPI:
         div = query.diversification()
         data = await _upload(request, settings.max_upload_bytes)
         image = await asyncio.to_thread(svc.decode_upload, data)  # times itself as "decode"
-        vector = await batcher.embed(image)
+        vector = await batcher.submit(image)
         return _json(
             svc.search_vector(vector, query.k, query.category, query.exclude, div), metrics
         )
@@ -492,10 +505,13 @@ def create_app(run_dir: Path, settings: ServeSettings | None = None) -> FastAPI:
         (oldest first), by the run's best recommender that reads histories; the history's
         pins excluded. Unknown ids are ignored and named; none known is a 422."""
         svc = ready()
-        args = (body.history, body.k, body.category, body.exclude, body.diversification())
-        if svc.session_inline:
-            return _json(svc.recommend_session(*args), metrics)
-        return _json(await asyncio.to_thread(svc.recommend_session, *args), metrics)
+        history = svc.resolve_session(body.history)
+        scores = await sessions.submit(history.items)
+        div = body.diversification()
+        return _json(
+            svc.session_response(history, scores, body.k, body.category, body.exclude, div),
+            metrics,
+        )
 
     @app.get("/v1/users", response_model=UsersResponse)
     async def users(

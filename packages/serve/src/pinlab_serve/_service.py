@@ -18,7 +18,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from pinlab_data import decode_image
-from pinlab_data.contracts import Float32Array, ImageArray, Int64Array
+from pinlab_data.contracts import Float32Array, ImageArray, Int64Array, SessionHistory
 from pinlab_serve._brute import NumpySearcher
 from pinlab_serve._catalog import Catalog, RunFiles
 from pinlab_serve._index import PinIndex
@@ -110,7 +110,6 @@ class PinService:
         self._embed_images: Callable[[ImageArray], Float32Array] | None = None
         self._score: Callable[[Int64Array], Float32Array] | None = None
         self.recommend_inline = False
-        self.session_inline = False
         self.session_name: str | None = None
         self._session: HistoryScorer | None = None
 
@@ -223,10 +222,7 @@ class PinService:
             self.recommend_inline = time.perf_counter() - start < INLINE_SCORE_SECONDS
         if self._session is not None:
             history = np.arange(min(50, len(self.catalog.log.item_ids)), dtype=np.int64)
-            self._session.score_histories([history])
-            start = time.perf_counter()
-            self._session.score_histories([history])
-            self.session_inline = time.perf_counter() - start < INLINE_SCORE_SECONDS
+            self._session.score_histories([history, history[:3]])
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -481,6 +477,56 @@ class PinService:
             **self._ranked(self.state, hits, k, div, self._categories(seen, div)),
         )
 
+    def resolve_session(self, history_ids: Sequence[int]) -> SessionHistory:
+        """A visitor's pin ids as the session model's item indexes (unknown ids named, cut to
+        its window); 422 when the history is empty or none of it is known."""
+        from pinlab_data import PinlabDataError, session_history
+
+        if self._session is None:
+            raise PinlabServeError(
+                f"run {self.files.root} has no recommender that reads histories; train one "
+                "(sasrec, two-tower, ease, dlae, itemknn or rp3beta) with "
+                "`pinlab train recommender --run RUN --model NAME`"
+            )
+        try:
+            return session_history(
+                self.catalog.log.item_ids, history_ids, self._session.history_window
+            )
+        except PinlabDataError as exc:
+            raise UnprocessableError(str(exc)) from None
+
+    def score_sessions(self, histories: list[Int64Array]) -> list[Float32Array]:
+        """Every item's score for each resolved history, in one model call (the app batches
+        concurrent session requests through here)."""
+        assert self._session is not None, "resolve_session() first"
+        with self.stage("recommend"):
+            scores = np.asarray(self._session.score_histories(histories), np.float32)
+        return list(scores)
+
+    def session_response(
+        self,
+        history: SessionHistory,
+        scores: Float32Array,
+        k: int,
+        category: str | None,
+        exclude: Sequence[int],
+        div: Diversify,
+    ) -> SessionResponse:
+        """The top `k` of a session's `scores`, its own pins left out."""
+        assert self._session is not None and self.session_name is not None
+        with self.stage("recommend"):
+            hits = self._candidates(scores, history.items, k, category, exclude, div)
+        ranked = self._ranked(self.state, hits, k, div, self._categories(history.items, div))
+        return SessionResponse(
+            model=self.session_name,
+            history_used=len(history.items),
+            unknown_ids=history.unknown,
+            truncated=history.truncated_from is not None,
+            window=self._session.history_window,
+            warnings=history.warnings(),
+            **ranked,
+        )
+
     def recommend_session(
         self,
         history_ids: Sequence[int],
@@ -490,31 +536,9 @@ class PinService:
         div: Diversify,
     ) -> SessionResponse:
         """Pins for a visitor the model never trained on, from the pins of their session."""
-        from pinlab_data import PinlabDataError, session_history
-
-        if self._session is None or self.session_name is None:
-            raise PinlabServeError(
-                f"run {self.files.root} has no recommender that reads histories; train one "
-                "(sasrec, two-tower, ease, dlae, itemknn or rp3beta) with "
-                "`pinlab train recommender --run RUN --model NAME`"
-            )
-        window = self._session.history_window
-        try:
-            history = session_history(self.catalog.log.item_ids, history_ids, window)
-        except PinlabDataError as exc:
-            raise UnprocessableError(str(exc)) from None
-        with self.stage("recommend"):
-            scores = np.asarray(self._session.score_histories([history.items])[0], np.float32)
-            hits = self._candidates(scores, history.items, k, category, exclude, div)
-        return SessionResponse(
-            model=self.session_name,
-            history_used=len(history.items),
-            unknown_ids=history.unknown,
-            truncated=history.truncated_from is not None,
-            window=window,
-            warnings=history.warnings(),
-            **self._ranked(self.state, hits, k, div, self._categories(history.items, div)),
-        )
+        history = self.resolve_session(history_ids)
+        (scores,) = self.score_sessions([history.items])
+        return self.session_response(history, scores, k, category, exclude, div)
 
     def _candidates(
         self,
