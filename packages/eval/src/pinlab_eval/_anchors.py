@@ -164,4 +164,4 @@ def anchors_for(dataset_name: str, protocol: ProtocolSpec | str) -> list[Anchor]
 def _dataset_key(name: str) -> str:
     key = "".join(c for c in name.lower() if c.isalnum())
     key = key.replace("movielens", "ml").removeprefix("amazon")
-    return {"videogames": "games", "toysandgames": "toys"}.get(key, key)
+    return {"videogames": "games", "video": "games", "toysandgames": "toys"}.get(key, key)
