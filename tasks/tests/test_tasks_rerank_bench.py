@@ -36,7 +36,14 @@ def test_bench_rerank_frontier(
     assert code == 0, err
     assert payload["by"] == "creator_group" and payload["protected"] == "emerging"
     frontier = payload["frontier"]
-    assert set(frontier) == {"mmr", "dpp", "calibrated", "exposure", "exposure_dithered"}
+    assert set(frontier) == {
+        "mmr",
+        "dpp",
+        "calibrated",
+        "exposure",
+        "exposure_dithered",
+        "exposure_boost",
+    }
     base = {m: rows[0] for m, rows in frontier.items()}
     # Trade-off 0 is the base ranking for every re-ranker: the same numbers.
     ndcg = {m: row["ndcg@10"]["mean"] for m, row in base.items()}

@@ -13,6 +13,7 @@ from pinlab_models import (
     calibrated,
     category_diversity,
     dpp,
+    exposure_boost,
     exposure_constrained,
     mmr,
     self_adjusting,
@@ -204,6 +205,27 @@ def test_exposure_reaches_target_share(seed: int) -> None:
             assert sum(protected[i] for i in order[:t]) >= math.floor(target * t + 1e-9)
 
 
+def test_exposure_boost_hand_case() -> None:
+    relevance = [1.0, 0.9, 0.5, 0.85, 0.0]  # scaled: 1, 0.9, 0.5, 0.85, 0
+    protected = [False, False, False, True, True]
+    assert exposure_boost(relevance, protected, 5, 0.0) == [0, 1, 3, 2, 4]
+    # +0.1: the protected 0.85 passes 0.9 (0.95) but not 1.0; 0 stays below 0.5.
+    assert exposure_boost(relevance, protected, 5, 0.1) == [0, 3, 1, 2, 4]
+    # +0.6: 0.85 -> 1.45 first; 0 -> 0.6 passes 0.5 only.
+    assert exposure_boost(relevance, protected, 5, 0.6) == [3, 0, 1, 4, 2]
+    # +1: the least relevant protected candidate ties the most relevant (ties keep order).
+    assert exposure_boost(relevance, protected, 3, 1.0) == [3, 0, 4]
+
+
+def test_exposure_boost_spends_exposure_where_it_is_cheap() -> None:
+    """Two lists, one protected slot to give: the bonus gives it to the list whose protected
+    candidate is nearly on top (it costs little), a per-list minimum to both."""
+    close = exposure_boost([1.0, 0.95, 0.0], [False, True, False], 1, 0.1)
+    far = exposure_boost([1.0, 0.2, 0.0], [False, True, False], 1, 0.1)
+    assert (close, far) == ([1], [0])
+    assert exposure_constrained([1.0, 0.2, 0.0], [False, True, False], 1, 1.0) == [1]
+
+
 # ---------------------------------------------------------------- self-adjusting
 
 
@@ -279,7 +301,14 @@ def _rerankers(seed: int) -> dict[str, Callable[[list[int], int, float], list[in
         r, _, _, p = pick(perm)
         return exposure_constrained(r, p, k, t)
 
-    return {"mmr": run_mmr, "dpp": run_dpp, "calibrated": run_cal, "exposure": run_exp}
+    def run_boost(perm: list[int], k: int, t: float) -> list[int]:
+        r, _, _, p = pick(perm)
+        return exposure_boost(r, p, k, t)
+
+    return {
+        "mmr": run_mmr, "dpp": run_dpp, "calibrated": run_cal, "exposure": run_exp,
+        "exposure_boost": run_boost,
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize("seed", range(15))
@@ -316,6 +345,8 @@ def test_bad_input_is_refused() -> None:
         dpp([0.1, 0.2], vecs, 2, 0.5)
     with pytest.raises(PinlabModelError, match="protected has 1 rows"):
         exposure_constrained([0.1, 0.2], [True], 2, 0.5)
+    with pytest.raises(PinlabModelError, match="protected has 3 rows"):
+        exposure_boost([0.1, 0.2], [True, False, True], 2, 0.5)
     with pytest.raises(PinlabModelError, match="categories has 2 rows"):
         calibrated([0.1, 0.2, 0.3], ["a", "b"], ["a"], 2, 0.5)
     with pytest.raises(PinlabModelError, match="groups has 1 rows"):

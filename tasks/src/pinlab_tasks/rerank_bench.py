@@ -43,6 +43,7 @@ from pinlab_models import (
     build_recommender,
     calibrated,
     dpp,
+    exposure_boost,
     exposure_constrained,
     mmr,
 )
@@ -61,6 +62,7 @@ step moved the emerging creators' share from 19% under their merit to 37% over i
 EMBEDDING_DIM = 32
 BUDGETS = {
     "mmr": 0.01, "dpp": 0.01, "calibrated": 0.02, "exposure": 0.02, "exposure_dithered": 0.02,
+    "exposure_boost": 0.02,
 }  # fmt: skip
 """The issue's relative NDCG@10 loss allowed per re-ranker when validation picks a setting."""
 GOALS = {
@@ -69,6 +71,7 @@ GOALS = {
     "calibrated": "miscalibration",
     "exposure": "exposure_gap",
     "exposure_dithered": "exposure_gap",
+    "exposure_boost": "exposure_gap",
 }
 """What each re-ranker is picked for on validation (more diversity, less of the others)."""
 
@@ -206,6 +209,8 @@ def rerank_all(
         elif method == "calibrated":
             past = [names[i] for i in hist[hist_ptr[row] : hist_ptr[row + 1]]]
             order = calibrated(rel, [names[i] for i in cands], past, K, tradeoff)
+        elif method == "exposure_boost":
+            order = exposure_boost(rel, (items.group[cands] == protected).tolist(), K, tradeoff)
         else:
             order = exposure_constrained(
                 rel, (items.group[cands] == protected).tolist(), K, tradeoff, offsets[row]
@@ -243,12 +248,17 @@ def measure(
     return out
 
 
+def _grid(method: str) -> tuple[float, ...]:
+    """Prefix minimums for the constrained re-rankers, trade-offs for the rest (the boost too)."""
+    return EXPOSURE_TARGETS if method in ("exposure", "exposure_dithered") else TRADEOFFS
+
+
 def _sweep(
     lists: Lists, items: Items, merit: list[float] | None, protected: int
 ) -> dict[str, dict[float, dict[str, float | None]]]:
     out: dict[str, dict[float, dict[str, float | None]]] = {}
     for method in GOALS:
-        grid = EXPOSURE_TARGETS if method.startswith("exposure") else TRADEOFFS
+        grid = _grid(method)
         out[method] = {
             t: measure(
                 rerank_all(lists, items, method, t, protected),
@@ -384,7 +394,7 @@ def summarize(
             (a[goal] - b[goal]) / b[goal] if a[goal] is not None and b[goal] else None
             for a, b in zip(at, base, strict=True)
         ]
-        grid = EXPOSURE_TARGETS if method.startswith("exposure") else TRADEOFFS
+        grid = _grid(method)
         chosen[method] = {
             "tradeoff_per_seed": picks,
             "on_edge": any(p == grid[-1] for p in picks),

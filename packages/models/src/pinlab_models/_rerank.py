@@ -200,6 +200,25 @@ def exposure_constrained(
     return chosen
 
 
+def exposure_boost(
+    relevance: Sequence[float], protected: Sequence[bool], k: int, boost: float
+) -> list[int]:
+    """Re-rank by relevance (min-max scaled over the candidates) plus `boost` (in [0, 1]) for
+    every protected candidate: 0 keeps the relevance order, 1 lifts the least relevant
+    protected candidate level with the most relevant one.
+
+    A constant bonus is the Lagrangian relaxation of an exposure constraint amortised over
+    lists (Singh and Joachims 2018; FairCo, Morik et al. SIGIR 2020, adapts the bonus online):
+    a protected item moves up only where it was already close to the top, so the exposure a
+    group gains is bought where it costs the least relevance, not forced into every list as
+    `exposure_constrained`'s per-prefix minimum does.
+    """
+    n = _check(relevance, k, ("boost", boost, 0.0, 1.0))
+    _check_rows("protected", len(protected), n)
+    bonus = boost * np.asarray(protected, dtype=np.float64)
+    return _by_relevance((_scaled(relevance) + bonus).tolist(), k)
+
+
 def self_adjusting(
     rerank: Callable[[float], list[int]],
     metric: Callable[[list[int]], float],
