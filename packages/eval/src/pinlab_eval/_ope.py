@@ -297,7 +297,9 @@ def _switch_weight(w: Float64Array, tau: float) -> Float64Array:
 def _shrunk(w: Float64Array, lam: float) -> Float64Array:
     if math.isinf(lam):
         return w
-    return lam * w / (w**2 + lam)
+    denominator = w**2 + lam
+    # lambda = 0 shrinks every weight to 0 (dm), including w = 0 where the ratio is 0/0.
+    return np.divide(lam * w, denominator, out=np.zeros_like(w), where=denominator > 0)
 
 
 def _per_round(
