@@ -12,12 +12,14 @@ from __future__ import annotations
 import importlib.util
 import math
 import warnings
+from collections.abc import Mapping
 from importlib.metadata import version
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import numpy as np
+from rich.table import Table
 from scipy import stats
 
 from pinlab_data import BanditFeedback, PinlabDataError, load_open_bandit
@@ -28,6 +30,7 @@ from pinlab_eval import (
     estimate_all,
     round_rewards,
 )
+from pinlab_tasks._output import stdout
 
 OBP_TOLERANCE = 1e-6
 """Ours and obp's estimates on identical inputs must agree to this (absolute)."""
@@ -272,3 +275,46 @@ def _import_obp() -> ModuleType:
 
         module: ModuleType = obp
     return module
+
+
+def require_obp() -> None:
+    """Raise the reason obp is missing as bad input (exit 2), naming the extra."""
+    missing = obp_missing()
+    if missing is not None:
+        raise PinlabDataError(missing)
+
+
+def render_open_bandit(payload: Mapping[str, Any]) -> None:
+    """The Open Bandit check as a table: estimates against BTS's own click rate."""
+    truth = payload["on_policy"]
+    table = Table(
+        title=f"BTS's click rate from the random policy's logs ({payload['dataset']}, "
+        f"campaign {payload['campaign']}, {payload['rows']:,} rows)",
+        caption=f"on-policy (BTS's own logs): {truth['value']:.5f} "
+        f"[{truth['ci_low']:.5f}, {truth['ci_high']:.5f}]",
+    )
+    for column in ("estimator", "estimate", "interval", "relative error", "covers", "params"):
+        table.add_column(column, justify="left" if column == "estimator" else "right")
+    for row in payload["estimates"]:
+        if row["value"] is None:
+            table.add_row(row["name"], "unsupported", "", "", "", "")
+            continue
+        interval = (
+            f"[{row['ci_low']:.5f}, {row['ci_high']:.5f}]" if row["ci_low"] is not None else ""
+        )
+        params = ", ".join(f"{k}={v:g}" for k, v in row["params"].items())
+        table.add_row(
+            row["name"],
+            f"{row['value']:.5f}",
+            interval,
+            f"{row['relative_error']:.3f}",
+            "yes" if row["covers_on_policy"] else "no",
+            params,
+        )
+    stdout.print(table)
+    agreement = payload["agreement"]
+    stdout.print(
+        f"obp {agreement['obp']} on identical inputs: max |ours - obp| = "
+        f"{agreement['max_abs_diff']:.2e} ({'agrees' if agreement['agree'] else 'DISAGREES'} "
+        f"within {agreement['tolerance']:g})"
+    )
