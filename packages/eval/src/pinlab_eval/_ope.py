@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import get_args
 
 import numpy as np
 import numpy.typing as npt
@@ -50,6 +50,7 @@ from pinlab_eval.contracts import (
     OpeEstimate,
     OpeEstimatorName,
     OpeInputError,
+    SupportBasis,
 )
 
 ESTIMATORS: tuple[OpeEstimatorName, ...] = get_args(OpeEstimatorName)
@@ -266,9 +267,6 @@ def _rows_named(mask: npt.NDArray[np.bool_]) -> str:
     rows = np.flatnonzero(mask)
     more = ", ..." if len(rows) > 5 else ""
     return f"{len(rows)} row(s) (rows {', '.join(str(r) for r in rows[:5])}{more})"
-
-
-SupportBasis = Literal["logger_dist", "logged-pairs", "not-needed"]
 
 
 def _support(
