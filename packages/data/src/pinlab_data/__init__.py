@@ -17,6 +17,14 @@ from pinlab_data._download import (
     download_movielens,
     fetch_movielens,
 )
+from pinlab_data._feedback import (
+    FEEDBACK_FILE,
+    FEEDBACK_MANIFEST,
+    LOGGER_DIST_FILE,
+    FeedbackManifest,
+    load_feedback,
+    save_feedback,
+)
 from pinlab_data._filters import filter_interactions
 from pinlab_data._image_loader import DEFAULT_MAX_PIXELS, SKIPPED_FILE, load_images
 from pinlab_data._images import decode_image, load_image
@@ -27,6 +35,7 @@ from pinlab_data._loaders import (
     load_sequences,
 )
 from pinlab_data._movielens_like import write_movielens_like
+from pinlab_data._open_bandit import OPEN_BANDIT_COLUMNS, load_open_bandit
 from pinlab_data._sessions import session_history
 from pinlab_data._splits import holdout_mask, interaction_log, leave_last_out, seen_csr
 from pinlab_data._store import (
@@ -48,11 +57,14 @@ from pinlab_data._validate import validate_dataset
 from pinlab_data.contracts import (
     ADDED_COLUMNS,
     EVENT_WEIGHTS,
+    FEEDBACK_COLUMNS,
     INTERACTION_SCHEMA,
     PIN_SCHEMA,
     SCHEMA_VERSION,
     TABLE_SCHEMAS,
     USER_SCHEMA,
+    BanditFeedback,
+    BanditFeedbackError,
     ColumnMapping,
     Dataset,
     DatasetManifest,
@@ -61,6 +73,7 @@ from pinlab_data.contracts import (
     EventKind,
     FilterStep,
     Float32Array,
+    Float64Array,
     ImageArray,
     ImageColumns,
     ImageLayout,
@@ -92,9 +105,14 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "DUPLICATES_FILE",
     "EVENT_WEIGHTS",
+    "FEEDBACK_COLUMNS",
+    "FEEDBACK_FILE",
+    "FEEDBACK_MANIFEST",
     "GROUPLENS",
     "INTERACTION_SCHEMA",
+    "LOGGER_DIST_FILE",
     "MOVIELENS_ARCHIVES",
+    "OPEN_BANDIT_COLUMNS",
     "PIN_SCHEMA",
     "SCHEMA_VERSION",
     "SHAPES",
@@ -102,14 +120,18 @@ __all__ = [
     "TABLE_SCHEMAS",
     "USER_SCHEMA",
     "Archive",
+    "BanditFeedback",
+    "BanditFeedbackError",
     "ColumnMapping",
     "Dataset",
     "DatasetManifest",
     "DedupeReport",
     "DuplicateCluster",
     "EventKind",
+    "FeedbackManifest",
     "FilterStep",
     "Float32Array",
+    "Float64Array",
     "ImageArray",
     "ImageColumns",
     "ImageLayout",
@@ -150,14 +172,17 @@ __all__ = [
     "interaction_log",
     "leave_last_out",
     "load_dataset",
+    "load_feedback",
     "load_image",
     "load_images",
     "load_interactions",
     "load_movielens",
+    "load_open_bandit",
     "load_sequences",
     "load_truth",
     "perceptual_hashes",
     "save_dataset",
+    "save_feedback",
     "seen_csr",
     "session_history",
     "synthesize",
