@@ -59,6 +59,10 @@ world); 1 would drop relevance altogether for MMR and calibration."""
 EXPOSURE_TARGETS = tuple(round(0.025 * i, 3) for i in range(21))
 """The protected group's least share of every prefix, 0 to 0.5 in steps of 0.025 (at 0.05 a
 step moved the emerging creators' share from 19% under their merit to 37% over it)."""
+BOOSTS = tuple(round(0.0125 * i, 4) for i in range(81))
+"""exposure_boost's bonus, 0 to 1 in steps of 0.0125 (1 lifts every protected candidate level
+with the top one): on the synthetic world's first sweep (the shared trade-off grid) one step,
+0.15 to 0.2, moved the emerging creators' share from 17% under their merit to 6% over it."""
 EMBEDDING_DIM = 32
 BUDGETS = {
     "mmr": 0.01, "dpp": 0.01, "calibrated": 0.02, "exposure": 0.02, "exposure_dithered": 0.02,
@@ -249,7 +253,10 @@ def measure(
 
 
 def _grid(method: str) -> tuple[float, ...]:
-    """Prefix minimums for the constrained re-rankers, trade-offs for the rest (the boost too)."""
+    """Prefix minimums for the constrained re-rankers, the bonus grid for the boost, trade-offs
+    for the rest."""
+    if method == "exposure_boost":
+        return BOOSTS
     return EXPOSURE_TARGETS if method in ("exposure", "exposure_dithered") else TRADEOFFS
 
 
