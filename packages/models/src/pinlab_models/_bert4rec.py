@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - the PyTorch convention
 
 from pinlab_data.contracts import Float32Array, Int64Array, InteractionLog
+from pinlab_models._parallel import Steps
 from pinlab_models._runtime import (
     check_histories,
     check_users,
@@ -65,26 +66,25 @@ class BERT4Rec:
         mask_token = train.num_items + 1
         optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
+        def loss(rows: torch.Tensor, _: torch.Tensor, draws: torch.Generator) -> torch.Tensor:
+            batch = crop(windows[rows])
+            real = batch > 0
+            masked = real & (torch.rand(batch.shape, generator=draws) < cfg.mask_prob)
+            masked[:, -1] |= ~masked.any(dim=1)  # the last column is each row's last item
+            inputs = batch.masked_fill(masked, mask_token).to(ctx.device)
+            hidden = net(inputs)[masked.to(ctx.device)]
+            return F.cross_entropy(net.logits(hidden), batch[masked].to(ctx.device) - 1)
+
+        step = Steps(net, optimizer, gen, loss)
+
         def train_epoch() -> float:
             net.train()
-            total, steps = 0.0, 0
-            for rows in length_batches(lengths, cfg.batch_size, gen):
-                batch = crop(windows[rows])
-                real = batch > 0
-                masked = real & (torch.rand(batch.shape, generator=gen) < cfg.mask_prob)
-                masked[:, -1] |= ~masked.any(dim=1)  # the last column is each row's last item
-                inputs = batch.masked_fill(masked, mask_token).to(ctx.device)
-                hidden = net(inputs)[masked.to(ctx.device)]
-                loss = F.cross_entropy(net.logits(hidden), batch[masked].to(ctx.device) - 1)
-                optimizer.zero_grad(set_to_none=True)
-                torch.autograd.backward(loss)
-                optimizer.step()
-                total, steps = total + float(loss.detach()), steps + 1
-            return total / steps
+            losses = [step(rows) for rows in length_batches(lengths, cfg.batch_size, gen)]
+            return sum(losses) / len(losses)
 
         return run_epochs(
             self, net, train_epoch, epochs=cfg.epochs, patience=cfg.patience, ctx=ctx,
-            validate=validate, eval_every=cfg.eval_every,
+            validate=validate, eval_every=cfg.eval_every, steps=step,
         )  # fmt: skip
 
     @torch.no_grad()

@@ -17,6 +17,7 @@ import torch.nn.functional as F  # noqa: N812 - the PyTorch convention
 from torch import nn
 
 from pinlab_data.contracts import Float32Array, Int64Array, InteractionLog
+from pinlab_models._parallel import Steps
 from pinlab_models._runtime import (
     RECOMMENDER_CHECKPOINT,
     check_candidates,
@@ -118,43 +119,41 @@ class HybridRecommender:
         weights = weights / weights.mean()
         steps = max(1, len(train) // cfg.batch_size)
 
-        def kept(items: torch.Tensor) -> torch.Tensor:
+        def kept(items: torch.Tensor, draws: torch.Generator) -> torch.Tensor:
             """Vectors of `items`, each dropping its id part with probability item_dropout."""
-            keep = torch.rand(len(items), generator=gen) >= cfg.item_dropout
+            keep = torch.rand(len(items), generator=draws) >= cfg.item_dropout
             return net.item_vectors(items, keep.to(ctx.device))
 
-        def logits_and_targets(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        def logits_and_targets(
+            idx: torch.Tensor, draws: torch.Generator
+        ) -> tuple[torch.Tensor, torch.Tensor]:
             if len(warm_items) <= cfg.negatives:
-                return net.scores(users[idx], kept(warm_items)), targets[idx]
+                return net.scores(users[idx], kept(warm_items, draws)), targets[idx]
             # Sampled softmax: the positive against uniform draws among the warm items. A
             # uniform proposal shifts every logit by the same log-probability, so no logQ term.
-            drawn = torch.randint(0, len(warm_items), (cfg.negatives,), generator=gen)
+            drawn = torch.randint(0, len(warm_items), (cfg.negatives,), generator=draws)
             user_vecs = net.user_vectors(users[idx])
-            positive = (user_vecs * kept(train_items[idx])).sum(dim=1, keepdim=True)
-            negative = user_vecs @ kept(warm_items[drawn.to(ctx.device)]).T
+            positive = (user_vecs * kept(train_items[idx], draws)).sum(dim=1, keepdim=True)
+            negative = user_vecs @ kept(warm_items[drawn.to(ctx.device)], draws).T
             zero = torch.zeros(len(idx), dtype=torch.long, device=ctx.device)
             return torch.cat([positive, negative], dim=1), zero
+
+        def loss(idx: torch.Tensor, _: torch.Tensor, draws: torch.Generator) -> torch.Tensor:
+            logits, target = logits_and_targets(idx, draws)
+            losses = F.cross_entropy(logits / cfg.temperature, target, reduction="none")
+            return (losses * weights[idx]).mean()
+
+        step = Steps(net, optimizer, gen, loss)
 
         def train_epoch() -> float:
             net.train()
             order = torch.randperm(len(train), generator=gen).to(ctx.device)
-            total = 0.0
-            for step in range(steps):
-                idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-                logits, target = logits_and_targets(idx)
-                loss = (
-                    F.cross_entropy(logits / cfg.temperature, target, reduction="none")
-                    * weights[idx]
-                ).mean()
-                optimizer.zero_grad(set_to_none=True)
-                torch.autograd.backward(loss)
-                optimizer.step()
-                total += float(loss.detach())
-            return total / steps
+            size = cfg.batch_size
+            return sum(step(order[i * size : (i + 1) * size]) for i in range(steps)) / steps
 
         return run_epochs(
             self, net, train_epoch, epochs=cfg.epochs, patience=cfg.patience, ctx=ctx,
-            validate=validate,
+            validate=validate, steps=step,
         )  # fmt: skip
 
     @torch.no_grad()

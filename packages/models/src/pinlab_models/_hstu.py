@@ -19,6 +19,7 @@ import torch.nn.functional as F  # noqa: N812 - the PyTorch convention
 from torch import nn
 
 from pinlab_data.contracts import Float32Array, Int64Array, InteractionLog
+from pinlab_models._parallel import Steps
 from pinlab_models._runtime import (
     check_histories,
     check_users,
@@ -154,26 +155,25 @@ class HSTU:
         optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         num_items = train.num_items
 
+        def loss(rows: torch.Tensor, _: torch.Tensor, draws: torch.Generator) -> torch.Tensor:
+            longest = int(lengths[rows].max())
+            batch = windows[rows][:, -longest:].to(ctx.device)
+            times = stamps[rows][:, -longest:].to(ctx.device)
+            inputs, targets = batch[:, :-1], batch[:, 1:]
+            hidden = net(inputs, times[:, :-1])
+            real = (inputs > 0) & (targets > 0)
+            return self._loss(hidden, targets, real, num_items, draws)
+
+        step = Steps(net, optimizer, gen, loss)
+
         def train_epoch() -> float:
             net.train()
-            total, steps = 0.0, 0
-            for rows in length_batches(lengths, cfg.batch_size, gen):
-                longest = int(lengths[rows].max())
-                batch = windows[rows][:, -longest:].to(ctx.device)
-                times = stamps[rows][:, -longest:].to(ctx.device)
-                inputs, targets = batch[:, :-1], batch[:, 1:]
-                hidden = net(inputs, times[:, :-1])
-                real = (inputs > 0) & (targets > 0)
-                loss = self._loss(hidden, targets, real, num_items, gen)
-                optimizer.zero_grad(set_to_none=True)
-                torch.autograd.backward(loss)
-                optimizer.step()
-                total, steps = total + float(loss.detach()), steps + 1
-            return total / steps
+            losses = [step(rows) for rows in length_batches(lengths, cfg.batch_size, gen)]
+            return sum(losses) / len(losses)
 
         return run_epochs(
             self, net, train_epoch, epochs=cfg.epochs, patience=cfg.patience, ctx=ctx,
-            validate=validate, eval_every=cfg.eval_every,
+            validate=validate, eval_every=cfg.eval_every, steps=step,
         )  # fmt: skip
 
     def _loss(

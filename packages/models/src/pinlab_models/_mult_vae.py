@@ -29,6 +29,7 @@ from torch import nn
 
 from pinlab_data.contracts import Float32Array, Int64Array, InteractionLog
 from pinlab_models._linear import interaction_matrix
+from pinlab_models._parallel import Steps
 from pinlab_models._runtime import (
     check_candidates,
     check_histories,
@@ -113,14 +114,16 @@ class MultVae:
         self.history = interaction_matrix(train).astype(np.float32)
         self.net = net = self._build(train.num_items).to(ctx.device)
         self.updates = 0
+        train_epoch, steps = self._epochs(generator)
         return run_epochs(
             self,
             net,
-            self._epochs(generator),
+            train_epoch,
             epochs=cfg.epochs,
             patience=cfg.patience,
             ctx=ctx,
             validate=validate,
+            steps=steps,
         )
 
     def beta(self) -> float:
@@ -128,36 +131,38 @@ class MultVae:
         cfg = self.config
         return min(cfg.anneal_cap, self.updates / cfg.total_anneal_steps)
 
-    def _epochs(self, generator: torch.Generator) -> Callable[[], float]:
+    def _epochs(self, generator: torch.Generator) -> tuple[Callable[[], float], Steps]:
         """One pass over the shuffled users who have training items, a step per batch."""
         net, history = self._fitted()
         cfg = self.config
-        active = np.flatnonzero(np.diff(history.indptr) > 0)
-        optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+        active = torch.from_numpy(np.flatnonzero(np.diff(history.indptr) > 0))
+
+        def loss(users: torch.Tensor, _: torch.Tensor, __: torch.Generator) -> torch.Tensor:
+            rows = self._rows(history[users.numpy()])
+            mu, logvar = net.encode(rows)
+            z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+            logits = net.to_items(net.hidden(z))
+            nll = -(F.log_softmax(logits, dim=1) * rows).sum(dim=1).mean()
+            kl = (0.5 * (logvar.exp() + mu.square() - 1.0 - logvar)).sum(dim=1).mean()
+            loss = nll + self.beta() * kl
+            if cfg.l2 > 0:
+                loss = loss + cfg.l2 * sum(w.square().sum() for w in net.weight_matrices())
+            return loss
+
+        steps = Steps(net, torch.optim.Adam(net.parameters(), lr=cfg.lr), generator, loss)
 
         def train_epoch() -> float:
             net.train()
-            order = active[torch.randperm(len(active), generator=generator).numpy()]
+            order = active[torch.randperm(len(active), generator=generator)]
             total = 0.0
             for start in range(0, len(order), cfg.batch_size):
                 batch = order[start : start + cfg.batch_size]
-                rows = self._rows(history[batch])
-                mu, logvar = net.encode(rows)
-                z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
-                logits = net.to_items(net.hidden(z))
-                nll = -(F.log_softmax(logits, dim=1) * rows).sum(dim=1).mean()
-                kl = (0.5 * (logvar.exp() + mu.square() - 1.0 - logvar)).sum(dim=1).mean()
-                loss = nll + self.beta() * kl
-                if cfg.l2 > 0:
-                    loss = loss + cfg.l2 * sum(w.square().sum() for w in net.weight_matrices())
-                optimizer.zero_grad(set_to_none=True)
-                torch.autograd.backward(loss)
-                optimizer.step()
-                self.updates += 1
-                total += float(loss.detach()) * len(batch)
+                self.updates = steps.count  # the KL weight anneals with the steps taken
+                total += steps(batch) * len(batch)
+            self.updates = steps.count
             return total / max(len(order), 1)
 
-        return train_epoch
+        return train_epoch, steps
 
     def _rows(self, matrix: sp.csr_matrix) -> torch.Tensor:
         return torch.from_numpy(matrix.toarray()).to(self.device)

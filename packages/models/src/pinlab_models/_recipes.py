@@ -8,7 +8,6 @@ torch on whole batches. On CUDA, bfloat16 autocast and channels_last are used wh
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Mapping
 from contextlib import nullcontext
 from typing import Any
@@ -20,12 +19,12 @@ from torch import nn
 
 from pinlab_data.contracts import ImageArray, Int64Array
 from pinlab_models._cnn_encoder import CNNEncoder, EncoderValidator, supcon_loss, to_input
-from pinlab_models._runtime import EarlyStopping, EpochLog, Stopwatch, epoch_progress
+from pinlab_models._parallel import Steps, gathered
+from pinlab_models._runtime import run_epochs
 from pinlab_models._runtime import seed_everything as _seed
 from pinlab_models.contracts import (
     Choice,
     EncoderConfig,
-    EpochRecord,
     FitReport,
     FloatRange,
     PinlabModelError,
@@ -254,9 +253,6 @@ def train_with_recipe(
         total_steps=steps_per_epoch * config.epochs,
         pct_start=0.15,
     )
-    log = EpochLog(ctx.run_dir)
-    stopper = EarlyStopping(config.patience)
-    clock = Stopwatch()
 
     def embed(x: torch.Tensor) -> torch.Tensor:
         if channels_last:
@@ -265,53 +261,39 @@ def train_with_recipe(
             z = net(x)
         return F.normalize(z.float(), dim=1)
 
-    with epoch_progress(f"train {recipe.recipe}", config.epochs, ctx) as progress:
-        for epoch in range(1, config.epochs + 1):
-            epoch_clock = Stopwatch()
-            net.train()
-            order = torch.randperm(len(images), generator=gen)
-            total = 0.0
-            for step in range(steps_per_epoch):
-                idx = order[step * batch_size : (step + 1) * batch_size]
-                x = to_input(_batch(source, idx, ctx.device))
-                if recipe.recipe == "simclr":
-                    z1 = embed(product_augment(x, recipe, gen))
-                    z2 = embed(product_augment(x, recipe, gen))
-                    loss = nt_xent_loss(z1, z2, config.temperature)
-                else:
-                    assert dense is not None
-                    y = dense[idx].to(ctx.device)
-                    z = embed(product_augment(x, recipe, gen))
-                    loss = (
-                        proxy(z, y) if proxy is not None else supcon_loss(z, y, config.temperature)
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                torch.autograd.backward(loss)
-                optimizer.step()
-                schedule.step()
-                total += float(loss.detach())
-            valid = validate(encoder) if validate else None
-            record = EpochRecord(
-                epoch=epoch, train_loss=total / steps_per_epoch, valid=valid, seconds=epoch_clock()
-            )
-            log.write(record)
-            progress.update(epoch, record.train_loss, valid)
-            if stopper.update(epoch, valid, net):
-                break
-            if validate and ctx.deadline is not None and time.monotonic() > ctx.deadline:
-                break  # out of time: keep the best epoch validated so far
-    stopper.restore(net)
+    def loss(share: torch.Tensor, _: torch.Tensor, draws: torch.Generator) -> torch.Tensor:
+        """The whole batch's loss on every rank: each embeds its share and `gathered` brings
+        the others' (with their gradients), so pairs, positives and proxies see the batch."""
+        x = to_input(_batch(source, share, ctx.device))
+        if recipe.recipe == "simclr":
+            z1 = gathered(embed(product_augment(x, recipe, draws)))
+            z2 = gathered(embed(product_augment(x, recipe, draws)))
+            return nt_xent_loss(z1, z2, config.temperature)
+        assert dense is not None
+        y = gathered(dense[share].to(ctx.device))
+        z = gathered(embed(product_augment(x, recipe, draws)))
+        return proxy(z, y) if proxy is not None else supcon_loss(z, y, config.temperature)
+
+    step = Steps(
+        [net] if proxy is None else [net, proxy], optimizer, gen, loss, scheduler=schedule,
+        whole_batch=True,
+    )  # fmt: skip
+
+    def train_epoch() -> float:
+        net.train()
+        order = torch.randperm(len(images), generator=gen)
+        total = 0.0
+        for i in range(steps_per_epoch):
+            total += step(order[i * batch_size : (i + 1) * batch_size])
+        return total / steps_per_epoch
+
+    report = run_epochs(
+        encoder, net, train_epoch, epochs=config.epochs, patience=config.patience, ctx=ctx,
+        validate=validate, steps=step, name=f"{config.arch}-{recipe.recipe}",
+    )  # fmt: skip
     if channels_last:
         net.to(memory_format=torch.contiguous_format)
     net.eval()
-    report = FitReport(
-        model=f"{config.arch}-{recipe.recipe}",
-        epochs=len(log.records),
-        best_epoch=stopper.best_epoch,
-        best_valid=stopper.best,
-        seconds=clock(),
-        history=log.records,
-    )
     return encoder, report
 
 

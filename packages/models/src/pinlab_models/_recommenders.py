@@ -13,6 +13,7 @@ from torch import nn
 
 from pinlab_data.contracts import Float32Array, Int64Array, InteractionLog
 from pinlab_models._learn_bpr import learn_bpr_epoch
+from pinlab_models._parallel import Steps
 from pinlab_models._runtime import (
     Stopwatch,
     check_candidates,
@@ -139,15 +140,17 @@ class MatrixFactorization:
         self.device = "cpu" if cfg.loss == "bpr" else ctx.device
         self.net = net = _Factors(train.num_users, train.num_items, cfg.dim, cfg.init_std)
         net.to(self.device)
-        train_epoch = (
-            self._learn_bpr_epochs(train, gen)
-            if cfg.loss == "bpr"
-            else self._softmax_epochs(train, gen)
-        )
-        report = run_epochs(
-            self, net, train_epoch, epochs=cfg.epochs, patience=cfg.patience, ctx=ctx,
-            validate=validate,
-        )  # fmt: skip
+        if cfg.loss == "bpr":  # sequential per-sample SGD: one process, no Steps
+            report = run_epochs(
+                self, net, self._learn_bpr_epochs(train, gen), epochs=cfg.epochs,
+                patience=cfg.patience, ctx=ctx, validate=validate, gen=gen,
+            )  # fmt: skip
+        else:
+            train_epoch, steps = self._softmax_epochs(train, gen)
+            report = run_epochs(
+                self, net, train_epoch, epochs=cfg.epochs, patience=cfg.patience, ctx=ctx,
+                validate=validate, steps=steps,
+            )  # fmt: skip
         net.to(ctx.device)
         self.device = ctx.device
         return report
@@ -174,33 +177,33 @@ class MatrixFactorization:
 
         return train_epoch
 
-    def _softmax_epochs(self, train: InteractionLog, gen: torch.Generator) -> Callable[[], float]:
+    def _softmax_epochs(
+        self, train: InteractionLog, gen: torch.Generator
+    ) -> tuple[Callable[[], float], Steps]:
         assert self.net is not None
         cfg, net = self.config, self.net
         users = torch.from_numpy(train.users).to(self.device)
         items = torch.from_numpy(train.items).to(self.device)
         weights = torch.from_numpy(train.weights).to(self.device)
         weights = weights / weights.mean()
-        optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr)
-        steps = max(1, -(-len(train) // cfg.batch_size))
+        batches = max(1, -(-len(train) // cfg.batch_size))
 
-        def step(batch: torch.Tensor) -> float:
-            losses = self._softmax_losses(users[batch], items[batch], train.num_items, gen)
-            loss = (losses * weights[batch]).mean()
-            optimizer.zero_grad(set_to_none=True)
-            torch.autograd.backward(loss)
-            optimizer.step()
-            return float(loss.detach()) * len(batch)
+        def loss(share: torch.Tensor, _: torch.Tensor, draws: torch.Generator) -> torch.Tensor:
+            losses = self._softmax_losses(users[share], items[share], train.num_items, draws)
+            return (losses * weights[share]).mean()
+
+        step = Steps(net, torch.optim.Adam(net.parameters(), lr=cfg.lr), gen, loss)
 
         def train_epoch() -> float:
             net.train()
             order = torch.randperm(len(train), generator=gen).to(self.device)
-            total = sum(
-                step(order[i * cfg.batch_size : (i + 1) * cfg.batch_size]) for i in range(steps)
-            )
+            total = 0.0
+            for i in range(batches):
+                batch = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+                total += step(batch) * len(batch)
             return total / len(train)
 
-        return train_epoch
+        return train_epoch, step
 
     def _softmax_losses(
         self, users: torch.Tensor, items: torch.Tensor, num_items: int, gen: torch.Generator

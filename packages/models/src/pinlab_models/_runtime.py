@@ -8,8 +8,9 @@ import random
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -23,8 +24,16 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from pinlab_data import atomic_writer
+from pinlab_data import atomic_writer, write_bytes_atomic
 from pinlab_data.contracts import Int64Array
+from pinlab_models._parallel import (
+    Steps,
+    at_rank_zero,
+    from_rank_zero,
+    mean_over_ranks,
+    rank_zero_says,
+    world,
+)
 from pinlab_models.contracts import (
     EpochRecord,
     FitReport,
@@ -86,18 +95,29 @@ def load_checkpoint(path: Path, kind: str) -> dict[str, Any]:
 
 
 class EpochLog:
-    """Appends one JSON line per epoch to `metrics.jsonl` in the run directory."""
+    """Appends one JSON line per epoch to `metrics.jsonl` in the run directory; with
+    `write=False` (ranks past 0 under torchrun) it only keeps the records."""
 
-    def __init__(self, run_dir: Path) -> None:
-        run_dir.mkdir(parents=True, exist_ok=True)
+    def __init__(self, run_dir: Path, write: bool = True) -> None:
         self.path = run_dir / "metrics.jsonl"
-        self.path.write_text("")
+        self.writes = write
         self.records: list[EpochRecord] = []
+        if write:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            self.path.write_text("")
 
     def write(self, record: EpochRecord) -> None:
         self.records.append(record)
-        with self.path.open("a") as f:
-            f.write(json.dumps(record.model_dump()) + "\n")
+        if self.writes:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record.model_dump()) + "\n")
+
+    def restore(self, records: list[EpochRecord]) -> None:
+        """Start from the records of a resumed fit (the file rewritten whole)."""
+        self.records = list(records)
+        if self.writes:
+            text = "".join(json.dumps(r.model_dump()) + "\n" for r in records)
+            write_bytes_atomic(self.path, text.encode())
 
 
 LINE_EVERY_SECONDS = 10.0
@@ -247,6 +267,16 @@ class EarlyStopping:
         if self.best_state is not None:
             module.load_state_dict(self.best_state)
 
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "best": self.best, "best_epoch": self.best_epoch, "since": self._since,
+            "best_state": self.best_state,
+        }  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.best_epoch = state["best"], int(state["best_epoch"])
+        self._since, self.best_state = int(state["since"]), state["best_state"]
+
 
 class Stopwatch:
     def __init__(self) -> None:
@@ -256,40 +286,68 @@ class Stopwatch:
         return time.perf_counter() - self.start
 
 
+M = TypeVar("M")
+
+TRAINING_STATE = "training_state.pt"
+"""Kept in a fit's run directory when `TrainContext.checkpoints`: what `resume` continues."""
+TRAINING_STATE_KIND = "pinlab-training-state"
+
+
 def run_epochs(
-    model: Scorer,
+    model: M,
     net: torch.nn.Module,
     train_epoch: Callable[[], float],
     *,
     epochs: int,
     patience: int,
     ctx: TrainContext,
-    validate: Validator | None,
+    validate: Callable[[M], float] | None,
     eval_every: int = 1,
+    steps: Steps | None = None,
+    gen: torch.Generator | None = None,
+    name: str | None = None,
 ) -> FitReport:
-    """The loop every epoch-trained recommender shares: train, validate, log, stop early.
+    """The loop every epoch-trained model shares: train, validate, log, stop early, resume.
 
     `train_epoch` runs one pass and returns its mean loss. Validation runs every `eval_every`
     epochs and on the last; the best validated state of `net` is restored at the end. Past
-    `ctx.deadline`, training stops at the next validation.
+    `ctx.deadline`, training stops at the next validation. `steps` is the fit's `Steps`: with
+    it the fit trains data-parallel under torchrun (the epoch's loss averaged over ranks, one
+    stop decision, rank 0 alone writing) and its optimiser and generators go in the training
+    state; a fit without it (one-step solves, LearnBPR) runs in one process and gives `gen`,
+    its generator, to keep. With `ctx.checkpoints` the state after each epoch is kept in
+    RUN_DIR/training_state.pt; with `ctx.resume` the fit continues from it.
     """
-    name = str(getattr(model, "name", type(model).__name__))
-    log = EpochLog(ctx.run_dir)
+    name = name or str(getattr(model, "name", type(model).__name__))
+    rank, size = world()
+    if size > 1 and steps is None:
+        raise PinlabModelError(
+            f"{name} does not step through pinlab_models.Steps, so it cannot train "
+            "data-parallel; train it in one process (drop --nproc-per-node and --nnodes)"
+        )
+    log = EpochLog(ctx.run_dir, write=rank == 0)
     stopper = EarlyStopping(patience)
+    state = TrainingState(ctx.run_dir / TRAINING_STATE, name, net, stopper, log, steps, gen)
+    done, finished = state.load() if ctx.resume else (0, False)
     clock = Stopwatch()
     description = f"train {name}" + (f" ({ctx.label})" if ctx.label else "")
-    with epoch_progress(description, epochs, ctx, transient=bool(ctx.label)) as progress:
-        for epoch in range(1, epochs + 1):
+    shown = ctx if rank == 0 else replace(ctx, progress=False)
+    with epoch_progress(description, epochs, shown, transient=bool(ctx.label)) as progress:
+        for epoch in range(done + 1, (done if finished else epochs) + 1):
             epoch_clock = Stopwatch()
-            loss = train_epoch()
+            loss = mean_over_ranks(train_epoch())
             check = validate is not None and (epoch % eval_every == 0 or epoch == epochs)
             valid = validate(model) if validate is not None and check else None
             log.write(EpochRecord(epoch=epoch, train_loss=loss, valid=valid, seconds=epoch_clock()))
             progress.update(epoch, loss, valid)
-            if (validate is None or check) and stopper.update(epoch, valid, net):
+            stop = bool((validate is None or check) and stopper.update(epoch, valid, net))
+            # Out of time: keep the best epoch validated so far.
+            stop |= check and ctx.deadline is not None and time.monotonic() > ctx.deadline
+            stop = rank_zero_says(stop)  # the clock is rank 0's: every rank stops together
+            if ctx.checkpoints:
+                state.save(epoch, finished=stop or epoch == epochs)
+            if stop:
                 break
-            if check and ctx.deadline is not None and time.monotonic() > ctx.deadline:
-                break  # out of time: keep the best epoch validated so far
     stopper.restore(net)
     return FitReport(
         model=name,
@@ -301,11 +359,99 @@ def run_epochs(
     )
 
 
+class TrainingState:
+    """A fit's state after an epoch, in one checkpoint: the network, the early stopping (its
+    best state too), the epoch log, the optimiser, schedule and batch order, and every rank's
+    own generators. Rank 0 writes it (atomically); on resume rank 0 reads it and hands it on.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        name: str,
+        net: torch.nn.Module,
+        stopper: EarlyStopping,
+        log: EpochLog,
+        steps: Steps | None,
+        gen: torch.Generator | None,
+    ) -> None:
+        self.path, self.name, self.net, self.stopper, self.log = path, name, net, stopper, log
+        self.steps, self.gen = steps, gen
+
+    def _rank_state(self) -> dict[str, torch.Tensor]:
+        if self.steps is not None:
+            return self.steps.rank_state()
+        mine = {"torch": torch.get_rng_state()}
+        return mine | ({} if self.gen is None else {"gen": self.gen.get_state()})
+
+    def save(self, epoch: int, finished: bool) -> None:
+        ranks = at_rank_zero(self._rank_state())  # a collective: every rank takes part
+        if ranks is None:
+            return
+        save_checkpoint(
+            self.path,
+            {
+                "kind": TRAINING_STATE_KIND,
+                "model": self.name,
+                "epoch": epoch,
+                "finished": finished,
+                "net": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
+                "stopper": self.stopper.state_dict(),
+                "history": [r.model_dump() for r in self.log.records],
+                "steps": None if self.steps is None else self.steps.state_dict(),
+                "ranks": ranks,
+            },
+        )
+
+    def load(self) -> tuple[int, bool]:
+        """Restore the state if there is one; (epochs done, whether the fit had finished)."""
+        rank, size = world()
+        payload = None
+        if rank == 0 and self.path.is_file():
+            payload = load_checkpoint(self.path, TRAINING_STATE_KIND)
+        payload = from_rank_zero(payload)
+        if payload is None:
+            return 0, False
+        if payload["model"] != self.name:
+            raise PinlabModelError(
+                f"{self.path} is {payload['model']}'s training state, not {self.name}'s; "
+                "drop --resume to start over"
+            )
+        try:
+            self.net.load_state_dict(payload["net"])
+            if self.steps is not None and payload["steps"] is not None:
+                self.steps.load_state_dict(payload["steps"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise PinlabModelError(
+                f"{self.path} was written with other settings ({type(exc).__name__}); resume "
+                "with the settings it was trained with, or drop --resume to start over"
+            ) from exc
+        self.stopper.load_state_dict(payload["stopper"])
+        self.log.restore([EpochRecord.model_validate(r) for r in payload["history"]])
+        ranks = payload["ranks"]
+        # The same number of processes continues every rank's own draws; another number
+        # continues the same model and optimiser with fresh draws.
+        if len(ranks) == size:
+            mine = ranks[rank]
+            if self.steps is not None:
+                self.steps.load_rank_state(mine)
+            else:
+                torch.set_rng_state(mine["torch"])
+                if self.gen is not None and "gen" in mine:
+                    self.gen.set_state(mine["gen"])
+        return int(payload["epoch"]), bool(payload["finished"])
+
+
 def one_pass_report(
     model: Scorer, ctx: TrainContext, validate: Validator | None, clock: Stopwatch
 ) -> FitReport:
     """Validate and log a model fitted in one step (closed form, counts): one epoch's record."""
     name = str(getattr(model, "name", type(model).__name__))
+    if world()[1] > 1:
+        raise PinlabModelError(
+            f"{name} is fitted in one step, not in epochs: there is nothing to train "
+            "data-parallel; train it in one process (drop --nproc-per-node and --nnodes)"
+        )
     valid = validate(model) if validate else None
     log = EpochLog(ctx.run_dir)
     log.write(EpochRecord(epoch=1, train_loss=0.0, valid=valid, seconds=clock()))

@@ -21,6 +21,7 @@ import torch.nn.functional as F  # noqa: N812 - the PyTorch convention
 from torch import nn
 
 from pinlab_data.contracts import Float32Array, Int64Array, InteractionLog
+from pinlab_models._parallel import Steps
 from pinlab_models._runtime import (
     check_candidates,
     check_histories,
@@ -201,21 +202,20 @@ class SASRec:
         self.net = net = _Transformer(train.num_items, cfg).to(ctx.device)
         optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
+        def loss(rows: torch.Tensor, _: torch.Tensor, draws: torch.Generator) -> torch.Tensor:
+            batch = crop(windows[rows]).to(ctx.device)
+            return self._loss(batch[:, :-1], batch[:, 1:], train.num_items, draws)
+
+        step = Steps(net, optimizer, gen, loss)
+
         def train_epoch() -> float:
             net.train()
-            total, steps = 0.0, 0
-            for rows in length_batches(lengths, cfg.batch_size, gen):
-                batch = crop(windows[rows]).to(ctx.device)
-                loss = self._loss(batch[:, :-1], batch[:, 1:], train.num_items, gen)
-                optimizer.zero_grad(set_to_none=True)
-                torch.autograd.backward(loss)
-                optimizer.step()
-                total, steps = total + float(loss.detach()), steps + 1
-            return total / steps
+            losses = [step(rows) for rows in length_batches(lengths, cfg.batch_size, gen)]
+            return sum(losses) / len(losses)
 
         return run_epochs(
             self, net, train_epoch, epochs=cfg.epochs, patience=cfg.patience, ctx=ctx,
-            validate=validate, eval_every=cfg.eval_every,
+            validate=validate, eval_every=cfg.eval_every, steps=step,
         )  # fmt: skip
 
     def _loss(

@@ -12,6 +12,7 @@ import torch.nn.functional as F  # noqa: N812 - the PyTorch convention
 from torch import nn
 
 from pinlab_data.contracts import Float32Array, Int64Array, InteractionLog
+from pinlab_models._parallel import Steps
 from pinlab_models._runtime import (
     check_candidates,
     check_histories,
@@ -105,30 +106,33 @@ class TwoTower:
         counts = torch.bincount(items, minlength=train.num_items).float()
         log_q = torch.log(counts / counts.sum()).clamp_min(-30.0)
 
+        def loss(share: torch.Tensor, batch: torch.Tensor, _: torch.Generator) -> torch.Tensor:
+            """The share's rows against every item of the whole batch: in-batch negatives are
+            the global batch's under DDP too (each rank embeds the whole catalogue anyway)."""
+            mine = torch.nonzero(torch.isin(batch, share)).squeeze(1)
+            u, i = users[batch[mine]], items[batch]
+            all_items = net.items()
+            logits = net.users(u, history[u], all_items) @ all_items[i].T / cfg.temperature
+            if cfg.logq:
+                logits = logits - log_q[i][None, :]
+            # Another row's item that this user also has in the batch is no negative.
+            same = (i[None, :] == i[mine][:, None]) & (mine[:, None] != torch.arange(len(i)))
+            return F.cross_entropy(logits.masked_fill(same, float("-inf")), mine)
+
+        step = Steps(net, optimizer, gen, loss)
+
         def train_epoch() -> float:
             net.train()
             order = torch.randperm(len(users), generator=gen)
-            total, steps = 0.0, 0
-            for start in range(0, len(order), cfg.batch_size):
-                idx = order[start : start + cfg.batch_size]
-                u, i = users[idx], items[idx]
-                all_items = net.items()
-                logits = net.users(u, history[u], all_items) @ all_items[i].T / cfg.temperature
-                if cfg.logq:
-                    logits = logits - log_q[i][None, :]
-                # Another row's item that this user also has in the batch is no negative.
-                same = (i[None, :] == i[:, None]) & ~torch.eye(len(i), dtype=torch.bool)
-                logits = logits.masked_fill(same, float("-inf"))
-                loss = F.cross_entropy(logits, torch.arange(len(i)))
-                optimizer.zero_grad(set_to_none=True)
-                torch.autograd.backward(loss)
-                optimizer.step()
-                total, steps = total + float(loss.detach()), steps + 1
-            return total / steps
+            losses = [
+                step(order[start : start + cfg.batch_size])
+                for start in range(0, len(order), cfg.batch_size)
+            ]
+            return sum(losses) / len(losses)
 
         return run_epochs(
             self, net, train_epoch, epochs=cfg.epochs, patience=cfg.patience, ctx=ctx,
-            validate=validate,
+            validate=validate, steps=step,
         )  # fmt: skip
 
     @torch.no_grad()

@@ -84,6 +84,12 @@ class TrainContext:
     cleared once done, so a search shows one live bar rather than one per trial."""
     metric: str | None = None
     """Names what `validate` returns (e.g. "ndcg@10") in progress events."""
+    checkpoints: bool = False
+    """Keep the fit's state after each epoch in RUN_DIR/training_state.pt (weights, optimiser,
+    generators, early stopping, the epoch log), written atomically by rank 0."""
+    resume: bool = False
+    """Continue from RUN_DIR/training_state.pt when it is there; a fit it marks finished is
+    restored, not trained again."""
 
 
 class Scorer(Protocol):
