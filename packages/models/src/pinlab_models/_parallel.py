@@ -76,6 +76,13 @@ def at_rank_zero(obj: Any) -> list[Any] | None:
     return out
 
 
+def positions_in(batch: torch.Tensor, share: torch.Tensor) -> torch.Tensor:
+    """Where `share`'s rows sit in `batch` (distinct row indexes): a loss whose negatives are
+    the whole batch's items scores its share against them and needs its targets' places."""
+    order = torch.argsort(batch)
+    return order[torch.searchsorted(batch[order], share)]
+
+
 class _Gather(torch.autograd.Function):
     """All ranks' rows, concatenated in rank order; the backward pass sums every rank's
     gradient of the gathered rows and hands each rank those of its own."""

@@ -13,7 +13,7 @@ from torch import nn
 
 from pinlab_data.contracts import Float32Array, Int64Array, InteractionLog
 from pinlab_models._learn_bpr import learn_bpr_epoch
-from pinlab_models._parallel import Steps
+from pinlab_models._parallel import Steps, positions_in
 from pinlab_models._runtime import (
     Stopwatch,
     check_candidates,
@@ -188,8 +188,9 @@ class MatrixFactorization:
         weights = weights / weights.mean()
         batches = max(1, -(-len(train) // cfg.batch_size))
 
-        def loss(share: torch.Tensor, _: torch.Tensor, draws: torch.Generator) -> torch.Tensor:
-            losses = self._softmax_losses(users[share], items[share], train.num_items, draws)
+        def loss(share: torch.Tensor, batch: torch.Tensor, draws: torch.Generator) -> torch.Tensor:
+            mine = positions_in(batch, share)
+            losses = self._softmax_losses(users[share], items[batch], mine, train.num_items, draws)
             return (losses * weights[share]).mean()
 
         step = Steps(net, torch.optim.Adam(net.parameters(), lr=cfg.lr), gen, loss)
@@ -206,20 +207,27 @@ class MatrixFactorization:
         return train_epoch, step
 
     def _softmax_losses(
-        self, users: torch.Tensor, items: torch.Tensor, num_items: int, gen: torch.Generator
+        self,
+        users: torch.Tensor,
+        batch_items: torch.Tensor,
+        mine: torch.Tensor,
+        num_items: int,
+        gen: torch.Generator,
     ) -> torch.Tensor:
-        """Cross-entropy of each positive among the catalogue or sampled items, plus its L2."""
+        """Cross-entropy of each positive among the catalogue, or among the whole batch's
+        items and sampled ones, plus its L2. `users` are the batch's rows at `mine` (all of
+        them in one process, this rank's share under torchrun)."""
         assert self.net is not None
         cfg, net = self.config, self.net
+        items = batch_items[mine]
         norms = net.squared_norms(users, items)
         if cfg.negatives >= num_items:
             logits = net.scores(users) / cfg.temperature
             return F.cross_entropy(logits, items, reduction="none") + cfg.l2 / 2 * norms
         # Uniform negatives need no logQ correction: every item has the same sampling odds.
         sampled = torch.randint(0, num_items, (cfg.negatives,), generator=gen).to(users.device)
-        logits = net.scores(users, torch.cat([items, sampled])) / cfg.temperature
-        target = torch.arange(len(users), device=users.device)
-        return F.cross_entropy(logits, target, reduction="none") + cfg.l2 / 2 * norms
+        logits = net.scores(users, torch.cat([batch_items, sampled])) / cfg.temperature
+        return F.cross_entropy(logits, mine, reduction="none") + cfg.l2 / 2 * norms
 
     @torch.no_grad()
     def score(self, users: Int64Array) -> Float32Array:

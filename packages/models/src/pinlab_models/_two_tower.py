@@ -12,7 +12,7 @@ import torch.nn.functional as F  # noqa: N812 - the PyTorch convention
 from torch import nn
 
 from pinlab_data.contracts import Float32Array, Int64Array, InteractionLog
-from pinlab_models._parallel import Steps
+from pinlab_models._parallel import Steps, positions_in
 from pinlab_models._runtime import (
     check_candidates,
     check_histories,
@@ -109,7 +109,7 @@ class TwoTower:
         def loss(share: torch.Tensor, batch: torch.Tensor, _: torch.Generator) -> torch.Tensor:
             """The share's rows against every item of the whole batch: in-batch negatives are
             the global batch's under DDP too (each rank embeds the whole catalogue anyway)."""
-            mine = torch.nonzero(torch.isin(batch, share)).squeeze(1)
+            mine = positions_in(batch, share)
             u, i = users[batch[mine]], items[batch]
             all_items = net.items()
             logits = net.users(u, history[u], all_items) @ all_items[i].T / cfg.temperature
