@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
@@ -37,3 +38,15 @@ def settings() -> PinlabSettings:
 
 def use_settings(value: PinlabSettings) -> None:
     _settings[:] = [value]
+
+
+_argv: list[list[str]] = []
+
+
+def invocation() -> list[str]:
+    """This invocation's arguments (after the program name), as `cli.run` received them."""
+    return list(_argv[-1]) if _argv else sys.argv[1:]
+
+
+def use_invocation(args: list[str]) -> None:
+    _argv[:] = [list(args)]

@@ -16,7 +16,8 @@ from rich.markup import escape
 from pinlab_data import PinlabDataError
 from pinlab_models import PinlabModelError
 from pinlab_serve import PinlabServeError
-from pinlab_tasks._app import app, use_settings
+from pinlab_tasks import distributed
+from pinlab_tasks._app import app, use_invocation, use_settings
 from pinlab_tasks._output import configure_logging, stderr
 from pinlab_tasks.commands import (
     bench,
@@ -107,6 +108,11 @@ def root(
 
 
 def _fail(message: str, code: int, as_json: bool) -> int:
+    worker = distributed.rank()
+    if worker > 0:  # a torchrun worker past rank 0: rank 0 prints the stdout document
+        if code == 2:
+            return code  # bad input is the same on every rank, and rank 0 says it
+        message, as_json = f"rank {worker}: {message}", False
     if as_json:
         print(json.dumps({"error": message, "exit_code": code}))
     stderr.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
@@ -119,12 +125,17 @@ def run(argv: list[str] | None = None) -> int:
     Typer reports usage errors itself (exit 2); pinlab's own errors arrive here.
     """
     args = sys.argv[1:] if argv is None else argv
+    use_invocation(args)
     debug = "--debug" in args or os.environ.get("PINLAB_DEBUG") == "1"
     as_json = "--json" in args
     try:
         app(args=argv, prog_name="pinlab")
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except KeyboardInterrupt:
+        if not distributed.under_torchrun():
+            raise
+        return 130  # stopped by the launcher: atomic writers have cleaned up
     except BAD_INPUT as exc:
         if debug:
             raise

@@ -36,6 +36,7 @@ from pinlab_eval import (
     top_k,
 )
 from pinlab_models import (
+    TRAINING_STATE,
     Recommender,
     TrainContext,
     TrainProgress,
@@ -43,6 +44,7 @@ from pinlab_models import (
     load_recommender,
     recommender_spec,
     resolve_device,
+    world,
 )
 from pinlab_tasks._measure import added_peak_rss
 from pinlab_tasks.cold_start import item_features
@@ -142,11 +144,14 @@ def train_recommender(
     progress: TrainProgress = True,
     protocol: ProtocolSpec | None = None,
     trials: int = 0,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Choose settings on validation (epochs, or a search with `trials`), refit, save.
 
     The protocol (leave-last-out unless given) is recorded in the model's `train.json`, so
-    `eval_recommenders` measures it on exactly the split it was refitted for.
+    `eval_recommenders` measures it on exactly the split it was refitted for. Every fit keeps
+    its state after each epoch (`TRAINING_STATE`), so `resume` continues an interrupted run;
+    the states go once the model is saved. Under torchrun the fits are data-parallel.
     """
     spec = protocol or protocol_spec(DEFAULT_PROTOCOL)
     build_recommender(name, overrides)  # a bad setting fails before any work
@@ -154,7 +159,7 @@ def train_recommender(
     split = split_for(interaction_log(ds), spec)
     directory = run.recommender(name).parent
     config = {"model": name, "overrides": overrides, "seed": seed, "protocol": spec.settings(),
-              "trials": trials}  # fmt: skip
+              "trials": trials, "processes": world()[1]}  # fmt: skip
     run.log_step("train recommender", config, data_dir)
     # Models that read item features (the cold-start hybrid) get the captions' embeddings.
     features = (
@@ -168,6 +173,8 @@ def train_recommender(
         device=resolve_device(device),
         progress=progress,
         item_features=features,
+        checkpoints=True,
+        resume=resume,
     )
     start = time.perf_counter()
     model, info = tune_and_refit(
@@ -192,7 +199,14 @@ def train_recommender(
         "history": info["refit_history"],
     }
     write_json_atomic(directory / "train.json", result)
+    drop_training_states(directory)
     return result
+
+
+def drop_training_states(directory: Path) -> None:
+    """A trained model no longer needs the states its fits kept for `--resume`."""
+    for state in directory.rglob(TRAINING_STATE):
+        state.unlink()
 
 
 def eval_recommenders(run: RunLayout, ks: tuple[int, ...] = RANKING_KS) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from pinlab_eval import (
     visual_protocol,
 )
 from pinlab_models import (
+    TRAINING_STATE,
     AlignConfig,
     CNNEncoder,
     EncoderConfig,
@@ -46,6 +47,7 @@ from pinlab_models import (
     train_alignment,
     train_encoder,
     train_with_recipe,
+    world,
     zero_shot_labels,
 )
 from pinlab_tasks.runs import RunLayout
@@ -331,8 +333,10 @@ def train_encoder_recipe(
     device: str,
     progress: TrainProgress = True,
     protocol: EncoderProtocol = "held-out-pins",
+    resume: bool = False,
 ) -> dict[str, Any]:
-    """Train an encoder of any architecture with a recipe.
+    """Train an encoder of any architecture with a recipe (data-parallel under torchrun;
+    `resume` continues from the fit's last epoch state, which goes once the encoder is saved).
 
     `held-out-pins`: 20% of pins never trained on (as `train visual`); `unseen-classes`: half
     the categories never trained on (held-out images when there are fewer than 4 categories),
@@ -360,6 +364,7 @@ def train_encoder_recipe(
             "recipe": recipe.model_dump(),
             "protocol": protocol_name,
             "seed": seed,
+            "processes": world()[1],
         },
         data_dir,
     )
@@ -373,8 +378,9 @@ def train_encoder_recipe(
         return report.metrics["recall@1"]
 
     ctx = TrainContext(
-        run_dir=run.visual, seed=seed, device=device, progress=progress, metric="recall@1"
-    )
+        run_dir=run.visual, seed=seed, device=device, progress=progress, metric="recall@1",
+        checkpoints=True, resume=resume,
+    )  # fmt: skip
     given = None if recipe.recipe == "simclr" else labels[split.train]
     # Early stopping needs a validation query with something to find.
     can_validate = bool((np.unique(labels[split.valid], return_counts=True)[1] > 1).any())
@@ -391,6 +397,7 @@ def train_encoder_recipe(
         **report.model_dump(),
     }
     write_json_atomic(run.visual / "train.json", result)
+    (run.visual / TRAINING_STATE).unlink(missing_ok=True)
     return result
 
 

@@ -18,6 +18,7 @@ from pinlab_models._ensemble import Ensemble
 from pinlab_models._ials import ImplicitALS
 from pinlab_models._linear import ItemItem, interaction_matrix
 from pinlab_models._mult_vae import MultVae
+from pinlab_models._parallel import Steps, gathered, positions_in, world
 from pinlab_models._recipes import (
     RECIPE_SEARCH_SPACES,
     ProxyAnchorLoss,
@@ -38,7 +39,7 @@ from pinlab_models._rerank import (
     mmr,
     self_adjusting,
 )
-from pinlab_models._runtime import resolve_device, seed_everything
+from pinlab_models._runtime import TRAINING_STATE, resolve_device, seed_everything
 from pinlab_models._sequential import SASRec
 from pinlab_models._text import TextEncoder
 from pinlab_models._two_tower import TwoTower
@@ -85,6 +86,8 @@ from pinlab_models.contracts import (
 from pinlab_models.registry import (
     RecommenderSpec,
     build_recommender,
+    check_data_parallel,
+    data_parallel,
     load_recommender,
     recommender_names,
     recommender_spec,
@@ -93,6 +96,7 @@ from pinlab_models.registry import (
 
 __all__ = [
     "RECIPE_SEARCH_SPACES",
+    "TRAINING_STATE",
     "AlignConfig",
     "BERT4RecConfig",
     "BPRConfig",
@@ -139,6 +143,7 @@ __all__ = [
     "Scorer",
     "SearchParam",
     "Simplex",
+    "Steps",
     "TextEncoder",
     "TrainContext",
     "TrainProgress",
@@ -152,15 +157,19 @@ __all__ = [
     "calibrated",
     "category_diversity",
     "check_arch",
+    "check_data_parallel",
+    "data_parallel",
     "dpp",
     "exposure_boost",
     "exposure_constrained",
+    "gathered",
     "interaction_matrix",
     "load_image_text_model",
     "load_recommender",
     "miscalibration",
     "mmr",
     "nt_xent_loss",
+    "positions_in",
     "product_augment",
     "recipe_space",
     "recommender_names",
@@ -175,5 +184,6 @@ __all__ = [
     "train_alignment",
     "train_encoder",
     "train_with_recipe",
+    "world",
     "zero_shot_labels",
 ]

@@ -48,6 +48,24 @@ from pinlab_models.contracts import (
 )
 
 
+def data_parallel(config: Any) -> str | None:
+    """For `RecommenderSpec.single_process`: every config steps through `Steps`."""
+    return None
+
+
+def one_step(config: Any) -> str | None:
+    """The default `RecommenderSpec.single_process`: a fit with no epochs to share out."""
+    return "it is fitted in one step, not in epochs of gradient steps"
+
+
+def _learn_bpr(config: Any) -> str | None:
+    if getattr(config, "loss", "bpr") == "bpr":
+        return (
+            "LearnBPR is sequential per-sample SGD (use --set loss=softmax for Adam steps that can)"
+        )
+    return None
+
+
 @dataclass(frozen=True)
 class RecommenderSpec:
     name: str
@@ -70,6 +88,10 @@ class RecommenderSpec:
     max_items: int | None = None
     """It holds items x items dense matrices: above this catalogue size `bench recsys` leaves
     it out of its default models (naming it in --models still runs it)."""
+    single_process: Callable[[Any], str | None] = one_step
+    """Why a config of it cannot train data-parallel under torchrun (`pinlab train ...
+    --nproc-per-node N`), or None when it can: `data_parallel` for a model whose epochs hand
+    their batches to `Steps` (tests/test_models_parallel.py checks every spec says true)."""
 
     def __post_init__(self) -> None:
         fields = self.config_type.model_fields
@@ -125,6 +147,17 @@ def build_recommender(name: str, config: Mapping[str, Any] | None = None) -> Rec
     return spec.build(cfg)
 
 
+def check_data_parallel(name: str, config: Mapping[str, Any] | None = None) -> None:
+    """Refuse, with the reason, a model and settings that cannot train data-parallel."""
+    spec = recommender_spec(name)
+    reason = spec.single_process(spec.config_type.model_validate(dict(config or {})))
+    if reason is not None:
+        raise PinlabModelError(
+            f"{name} cannot train data-parallel: {reason}; train it in one process (drop "
+            "--nproc-per-node and --nnodes)"
+        )
+
+
 def load_recommender(path: Path) -> Recommender:
     return _from_payload(load_checkpoint(path, RECOMMENDER_CHECKPOINT))
 
@@ -156,6 +189,7 @@ register(
             "l2": FloatRange(low=1e-5, high=1e-1, log=True),
         },
         epoch_field="epochs",
+        single_process=_learn_bpr,
     )
 )
 register(
@@ -171,6 +205,7 @@ register(
             "l2": FloatRange(low=1e-5, high=1e-1, log=True),
         },
         epoch_field="epochs",
+        single_process=_learn_bpr,
     )
 )
 register(
@@ -242,6 +277,7 @@ register(
             "alpha": FloatRange(low=0.01, high=1000.0, log=True),
         },
         epoch_field="iterations",
+        single_process=lambda config: "ALS solves least squares; it takes no gradient steps",
     )
 )
 register(
@@ -256,6 +292,7 @@ register(
             "lr": FloatRange(low=1e-4, high=1e-2, log=True),
         },
         epoch_field="epochs",
+        single_process=data_parallel,
     )
 )
 register(
@@ -271,6 +308,7 @@ register(
             "gbce_t": FloatRange(low=0.0, high=1.0),
         },
         epoch_field="epochs",
+        single_process=data_parallel,
     )
 )
 register(
@@ -286,6 +324,7 @@ register(
             "mask_prob": FloatRange(low=0.05, high=0.6),
         },
         epoch_field="epochs",
+        single_process=data_parallel,
     )
 )
 register(
@@ -300,6 +339,7 @@ register(
             "lr": FloatRange(low=1e-4, high=1e-2, log=True),
         },
         epoch_field="epochs",
+        single_process=data_parallel,
     )
 )
 register(
@@ -316,6 +356,7 @@ register(
         },
         epoch_field="epochs",
         uses_item_features=True,
+        single_process=data_parallel,
     )
 )
 register(
@@ -329,6 +370,7 @@ register(
         members=lambda cfg: cfg.members,
         of_fitted=Ensemble.of_fitted,
         max_items=DENSE_ITEM_ITEM_LIMIT,
+        single_process=lambda config: "a blend fits its members one after another",
     )
 )
 register(
@@ -344,6 +386,7 @@ register(
         },
         epoch_field="epochs",
         uses_item_features=True,
+        single_process=data_parallel,
     )
 )
 register(
@@ -360,6 +403,7 @@ register(
             "latent_dim": IntRange(low=16, high=512, log=True),
         },
         epoch_field="epochs",
+        single_process=data_parallel,
     )
 )
 # pinlab new: recommender registrations go above this line (`pinlab new recommender NAME`)

@@ -17,11 +17,13 @@ from pinlab_models import (
     PinlabModelError,
     Recipe,
     RecipeConfig,
+    build_recommender,
+    check_data_parallel,
     recommender_names,
 )
-from pinlab_tasks import recsys
+from pinlab_tasks import distributed, recsys
 from pinlab_tasks import visual as visual_workflows
-from pinlab_tasks._app import DeviceOpt, JsonFlag, SeedOpt, settings
+from pinlab_tasks._app import DeviceOpt, JsonFlag, SeedOpt, invocation, settings
 from pinlab_tasks._output import emit, stdout
 from pinlab_tasks._progress import train_progress
 from pinlab_tasks.recsys import DEFAULT_PROTOCOL
@@ -38,7 +40,42 @@ RunOpt = Annotated[
 ]
 
 
-def _run(path: Path | None) -> RunLayout:
+NprocOpt = Annotated[
+    int,
+    typer.Option(
+        "--nproc-per-node",
+        min=1,
+        help="Processes on this node; above 1 (or with --nnodes) the command re-launches "
+        "itself under torchrun and trains data-parallel (DDP: gloo on CPU, NCCL on GPU).",
+    ),
+]
+NnodesOpt = Annotated[str, typer.Option("--nnodes", help="torchrun: nodes, N or MIN:MAX.")]
+NodeRankOpt = Annotated[int, typer.Option("--node-rank", min=0, help="torchrun: this node.")]
+RdzvBackendOpt = Annotated[
+    str, typer.Option("--rdzv-backend", help="torchrun: rendezvous backend.")
+]
+RdzvEndpointOpt = Annotated[
+    str | None,
+    typer.Option("--rdzv-endpoint", help="torchrun: HOST:PORT every node can reach."),
+]
+RdzvIdOpt = Annotated[str, typer.Option("--rdzv-id", help="torchrun: the job's id.")]
+RdzvTimeoutOpt = Annotated[
+    int,
+    typer.Option("--rdzv-timeout", min=1, help="torchrun: seconds to wait for every node."),
+]
+ResumeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--resume",
+        help="Continue an interrupted training of --run from its last epoch "
+        "(training_state.pt: weights, optimiser, generators); finished fits are not redone.",
+    ),
+]
+
+
+def _run(path: Path | None, resume: bool = False) -> RunLayout:
+    if resume and path is None:
+        raise PinlabDataError("--resume continues a run: name it with --run DIR")
     return RunLayout(path or new_run_dir(settings().runs_dir, "train"))
 
 
@@ -107,11 +144,21 @@ def encoder(
     ] = None,
     seed: SeedOpt = None,
     device: DeviceOpt = None,
+    resume: ResumeOpt = False,
+    nproc_per_node: NprocOpt = 1,
+    nnodes: NnodesOpt = "1",
+    node_rank: NodeRankOpt = 0,
+    rdzv_backend: RdzvBackendOpt = "c10d",
+    rdzv_endpoint: RdzvEndpointOpt = None,
+    rdzv_id: RdzvIdOpt = "pinlab",
+    rdzv_timeout: RdzvTimeoutOpt = 900,
     as_json: JsonFlag = False,
 ) -> None:
     """Train an image encoder of any architecture with a metric-learning recipe.
 
-    Early stopping on validation recall@1 (pins of the training classes).
+    Early stopping on validation recall@1 (pins of the training classes). With
+    --nproc-per-node N, N processes train data-parallel at the same global batch (embeddings
+    gathered, so the recipe's loss sees the whole batch).
     Writes: RUN/visual/{encoder.pt, encoder_untrained.pt, metrics.jsonl, train.json}.
     """
     s = settings()
@@ -125,29 +172,36 @@ def encoder(
     }
     config = _validated(EncoderConfig, encoder_fields)
     recipe_config = _validated(RecipeConfig, {"recipe": recipe, **recipe_fields})
-    layout = _run(run)
+    layout = _run(run, resume)
+    plan = distributed.Launch(
+        nproc_per_node, nnodes, node_rank, rdzv_backend, rdzv_endpoint, rdzv_id, rdzv_timeout
+    )
+    if plan.wanted:
+        raise typer.Exit(distributed.launch(plan, invocation(), layout.root))
     seed = s.seed if seed is None else seed
-    params = {
-        "data": str(data),
-        "seed": seed,
-        "protocol": protocol,
-        "encoder": config.model_dump(),
-        "recipe": recipe_config.model_dump(),
-    }
-    with tracked("train encoder", params, run_dir=layout.root) as tracker:
-        result = visual_workflows.train_encoder_recipe(
-            layout,
-            data,
-            config,
-            recipe_config,
-            seed,
-            device or s.device,
-            train_progress(not as_json, "train encoder"),
-            protocol,
-        )
-        _log_training(tracker, result, layout.visual)
-    result["run_dir"] = str(layout.root)
-    emit(result, as_json, lambda: _render(result))
+    with distributed.worker(layout, device or s.device) as layout:
+        params = {
+            "data": str(data),
+            "seed": seed,
+            "protocol": protocol,
+            "encoder": config.model_dump(),
+            "recipe": recipe_config.model_dump(),
+        }
+        with tracked("train encoder", params, run_dir=layout.root) as tracker:
+            result = visual_workflows.train_encoder_recipe(
+                layout,
+                data,
+                config,
+                recipe_config,
+                seed,
+                device or settings().device,
+                train_progress(not as_json, "train encoder"),
+                protocol,
+                resume=resume,
+            )
+            _log_training(tracker, result, layout.visual)
+        result["run_dir"] = str(layout.root)
+        emit(result, as_json, lambda: _render(result))
 
 
 def _validated(model: type[ConfigT], values: dict[str, Any]) -> ConfigT:
@@ -230,13 +284,23 @@ def recommender(
     ] = 0,
     seed: SeedOpt = None,
     device: DeviceOpt = None,
+    resume: ResumeOpt = False,
+    nproc_per_node: NprocOpt = 1,
+    nnodes: NnodesOpt = "1",
+    node_rank: NodeRankOpt = 0,
+    rdzv_backend: RdzvBackendOpt = "c10d",
+    rdzv_endpoint: RdzvEndpointOpt = None,
+    rdzv_id: RdzvIdOpt = "pinlab",
+    rdzv_timeout: RdzvTimeoutOpt = 900,
     as_json: JsonFlag = False,
 ) -> None:
     """Choose settings on the protocol's validation split, then refit on its training part.
 
     The same pipeline as `bench recsys`: epochs (and, with --trials, the model's declared
     search space) are chosen on validation; the model is refitted on everything but the test
-    targets, which `pinlab eval recommender` then measures.
+    targets, which `pinlab eval recommender` then measures. With --nproc-per-node N, N
+    processes train both fits data-parallel at the same global batch (models trained in
+    epochs of gradient steps; the others say why not).
 
     Writes: RUN/recommender/MODEL/{model.pt, train.json, metrics.jsonl, validation/}.
     """
@@ -245,28 +309,45 @@ def recommender(
             f"unknown model {model!r}; registered: {', '.join(recommender_names())}"
         )
     s = settings()
-    layout = _run(run)
+    layout = _run(run, resume)
+    overrides = parse_settings(set_ or [])
+    plan = distributed.Launch(
+        nproc_per_node, nnodes, node_rank, rdzv_backend, rdzv_endpoint, rdzv_id, rdzv_timeout
+    )
+    if plan.wanted:
+        build_recommender(model, overrides)  # bad settings fail here, before any worker starts
+        check_data_parallel(model, overrides)
+        if trials:
+            raise PinlabDataError(
+                "--trials searches settings one trial after another in one process; search "
+                "without --nproc-per-node, then train the chosen settings (--set) data-parallel"
+            )
+        raise typer.Exit(distributed.launch(plan, invocation(), layout.root))
     seed = s.seed if seed is None else seed
     spec = protocol_spec(protocol, {"seed": protocol_seed})
     params = {"model": model, "data": str(data), "seed": seed, "protocol": spec.settings()}
-    with tracked(
-        f"train recommender {model}", params | {"trials": trials}, run_dir=layout.root
-    ) as tracker:
+    with (
+        distributed.worker(layout, device or s.device) as layout,
+        tracked(
+            f"train recommender {model}", params | {"trials": trials}, run_dir=layout.root
+        ) as tracker,
+    ):
         result = recsys.train_recommender(
             layout,
             data,
             model,
-            parse_settings(set_ or []),
+            overrides,
             seed,
-            device or s.device,
+            device or settings().device,
             train_progress(not as_json, "train recommender"),
             protocol=spec,
             trials=trials,
+            resume=resume,
         )
         tracker.log_params({"config": result["config"]})
         _log_training(tracker, result, layout.recommender(model).parent)
-    result["run_dir"] = str(layout.root)
-    emit(result, as_json, lambda: _render(result))
+        result["run_dir"] = str(layout.root)
+        emit(result, as_json, lambda: _render(result))
 
 
 def _log_training(tracker: Tracker, result: dict[str, Any], directory: Path) -> None:
