@@ -123,11 +123,13 @@ def launch(plan: Launch, args: list[str], run_dir: Path) -> int:
 
     if under_torchrun():
         raise LaunchError("this process is already a torchrun worker; drop --nproc-per-node")
-    torchrun = [*plan.torchrun_args(), "--module", "pinlab_tasks", *worker_args(args, run_dir)]
-    config, command, command_args = config_from_args(get_args_parser().parse_args(torchrun))
+    torchrun = [*plan.torchrun_args(), "--module", "pinlab_tasks"]
     # Share the cores out: N workers each with every core would fight over them.
     threads = str(max(1, settings().threads // plan.nproc_per_node))
     with _environment(OMP_NUM_THREADS=threads, PINLAB_THREADS=threads), _quiet_launcher():
+        config, command, module = config_from_args(get_args_parser().parse_args(torchrun))
+        # Added after parsing: torchrun's parser would take `--run` for its own `--run-path`.
+        command_args = [*module, *worker_args(args, run_dir)]
         try:
             elastic_launch(config, command)(*command_args)
         except RendezvousTimeoutError:

@@ -139,6 +139,9 @@ def search_on_validation(
             label=f"validation trial {trial.number + 1}",
         )
         report = model.fit(split.valid.train, trial_ctx, validate)
+        # From the fit's own history: a resumed fit validated only its last epochs here.
+        values = [r.valid for r in report.history if r.valid is not None]
+        trial.set_user_attr("curve", [(n, v) for n, v in enumerate(values, 1)])
         value = report.best_valid if report.best_valid is not None else validate(model)
         if spec.epoch_field:
             trial.set_user_attr("epochs", report.best_epoch)
