@@ -26,6 +26,7 @@ import torch.distributed as dist
 
 from pinlab_data import PinlabDataError
 from pinlab_tasks._app import settings, use_settings
+from pinlab_tasks._output import stderr
 from pinlab_tasks.runs import RunLayout
 
 LAUNCH_FLAGS = (
@@ -142,7 +143,12 @@ def launch(plan: Launch, args: list[str], run_dir: Path) -> int:
             codes = {failure.exitcode for failure in exc.failures.values()}
             return 2 if 2 in codes else 1
         except SignalException:
-            return 130  # interrupted: the workers were stopped and cleaned up
+            stderr.print(
+                f"interrupted; the workers stopped with every file whole. Continue from the "
+                f"last epoch with the same command and --resume --run {run_dir}",
+                markup=False, highlight=False, soft_wrap=True,
+            )  # fmt: skip
+            return 130
     return 0
 
 
@@ -164,14 +170,20 @@ def _environment(**values: str) -> Iterator[None]:
 @contextlib.contextmanager
 def _quiet_launcher() -> Iterator[None]:
     """torchrun's agent logs each failure at length; pinlab says it in one line."""
-    logger = logging.getLogger("torch.distributed")
-    level = logger.level
+    loggers = [
+        logging.getLogger(name)
+        for name in list(logging.root.manager.loggerDict)
+        if name.startswith("torch.distributed")
+    ]
+    levels = [logger.level for logger in loggers]
     if not settings().debug:
-        logger.setLevel(logging.CRITICAL)
+        for logger in loggers:
+            logger.setLevel(logging.CRITICAL)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def under_torchrun() -> bool:

@@ -80,7 +80,7 @@ def positions_in(batch: torch.Tensor, share: torch.Tensor) -> torch.Tensor:
     """Where `share`'s rows sit in `batch` (distinct row indexes): a loss whose negatives are
     the whole batch's items scores its share against them and needs its targets' places."""
     order = torch.argsort(batch)
-    return order[torch.searchsorted(batch[order], share)]
+    return order[torch.searchsorted(batch[order], share.contiguous())]
 
 
 class _Gather(torch.autograd.Function):

@@ -2,17 +2,38 @@
 
 The contract suite (`tests/test_models_recommenders.py`) runs every registered model on it;
 a model's own tests (those `pinlab new recommender` writes too) check it beats popularity on
-held-out items with `tribe_hit_rate`.
+held-out items with `tribe_hit_rate`. `in_processes` runs a task in N gloo processes, as
+torchrun would, so a test compares data-parallel training with one process (`tribe_fit`,
+`recipe_fit`, `contrastive_steps`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
+import os
+import pickle
+import socket
+import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
+import torch
+import torch.distributed as dist
 
-from pinlab_data.contracts import Float32Array, Int64Array, InteractionLog
-from pinlab_models.contracts import Recommender, TrainContext
+from pinlab_data.contracts import Float32Array, ImageArray, Int64Array, InteractionLog
+from pinlab_models.contracts import (
+    EncoderConfig,
+    ImageEncoder,
+    RecipeConfig,
+    Recommender,
+    Scorer,
+    TrainContext,
+)
+
+T = TypeVar("T")
 
 
 def two_tribes(num_users: int = 40, num_items: int = 20, seed: int = 0) -> InteractionLog:
@@ -86,3 +107,179 @@ def tribe_hit_rate(model: Recommender, run_dir: Path, k: int = 5, seed: int = 0)
     scores[train.users, train.items] = -np.inf
     top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     return float((top == held_out[:, None]).any(axis=1).mean())
+
+
+def held_out_mrr(model: Scorer, train: InteractionLog, held_out: Int64Array) -> float:
+    """Mean reciprocal rank of each user's held-out item among the items they have not seen:
+    unlike a hit rate, it keeps moving once the tribes are learnt."""
+    scores = model.score(np.arange(train.num_users, dtype=np.int64)).astype(np.float64)
+    scores[train.users, train.items] = -np.inf
+    mine = scores[np.arange(len(held_out)), held_out]
+    return float((1.0 / (1 + (scores > mine[:, None]).sum(axis=1))).mean())
+
+
+def in_processes(task: Callable[..., T], *args: Any, world: int = 2) -> T:
+    """Rank 0's `task(*args)`, run by `world` processes in one gloo process group on this
+    machine (what torchrun gives each worker). `task` must be importable by name (a
+    function of a module), as the processes are spawned."""
+    with tempfile.TemporaryDirectory() as tmp:
+        with socket.socket() as probe:  # a free port for the group's rendezvous
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        spawn = multiprocessing.get_context("spawn")
+        ranks = [
+            spawn.Process(target=_rank, args=(rank, world, port, task, args, Path(tmp)))
+            for rank in range(world)
+        ]
+        for process in ranks:
+            process.start()
+        for process in ranks:
+            process.join()
+        failed = [(r, p.exitcode) for r, p in enumerate(ranks) if p.exitcode]
+        if failed:
+            raise RuntimeError(f"ranks {failed} (rank, exit code) failed; see their stderr")
+        result: T = pickle.loads((Path(tmp) / "result.pkl").read_bytes())
+        return result
+
+
+def _rank(
+    rank: int, world: int, port: int, task: Callable[..., Any], args: tuple[Any, ...], out: Path
+) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)  # one core each, as the launcher shares them out
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        result = task(*args)
+        if rank == 0:
+            (out / "result.pkl").write_bytes(pickle.dumps(result))
+    finally:
+        dist.destroy_process_group()
+
+
+def tribe_fit(
+    name: str, config: Mapping[str, Any], run_dir: Path, seed: int = 0, stop_after: int = 0
+) -> dict[str, Any]:
+    """Fit `name` on `tribe_holdout`'s training part, validating the held-out items' mean
+    reciprocal rank every epoch: {"loss", "valid": per epoch, "state": the fitted weights}.
+
+    `stop_after` > 0: the fit breaks off after that many validated epochs (as if killed, its
+    training state kept in `run_dir`) and a second fit resumes it.
+    """
+    from pinlab_models.registry import build_recommender
+
+    train, held_out = tribe_holdout(seed=0)
+    ctx = TrainContext(
+        run_dir=run_dir, seed=seed, progress=False, checkpoints=True,
+        item_features=tribe_features(train.num_items),
+    )  # fmt: skip
+    model = build_recommender(name, config)
+    if stop_after:
+        with contextlib.suppress(_BrokenOffError):
+            model.fit(train, ctx, _break_off_after(stop_after, train, held_out))
+        model = build_recommender(name, config)
+        ctx = TrainContext(
+            run_dir=run_dir, seed=seed, progress=False, checkpoints=True, resume=True,
+            item_features=ctx.item_features,
+        )  # fmt: skip
+    report = model.fit(train, ctx, lambda m: held_out_mrr(m, train, held_out))
+    return {
+        "loss": [r.train_loss for r in report.history],
+        "valid": [r.valid for r in report.history],
+        "state": {k: v.detach().clone() for k, v in _net(model).state_dict().items()},
+    }
+
+
+class _BrokenOffError(Exception):
+    pass
+
+
+def _break_off_after(
+    epochs: int, train: InteractionLog, held_out: Int64Array
+) -> Callable[[Scorer], float]:
+    seen = [0]
+
+    def validate(model: Scorer) -> float:
+        seen[0] += 1
+        if seen[0] > epochs:
+            raise _BrokenOffError
+        return held_out_mrr(model, train, held_out)
+
+    return validate
+
+
+def _net(model: Any) -> torch.nn.Module:
+    net: torch.nn.Module = model.net
+    return net
+
+
+def quadrants(n: int, seed: int = 0) -> tuple[ImageArray, Int64Array]:
+    """16 x 16 noisy images of 4 classes: a bright square near the corner of the class's
+    quadrant, and a dimmer decoy square anywhere; hard enough that a tiny encoder's
+    retrieval keeps improving for a few epochs."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 140, (n, 16, 16, 3), dtype=np.uint8)
+    labels = np.arange(n) % 4
+    for i, label in enumerate(labels):
+        top, left = (label // 2) * 8 + rng.integers(0, 4), (label % 2) * 8 + rng.integers(0, 4)
+        images[i, top : top + 4, left : left + 4] = 200
+        top, left = rng.integers(0, 12, 2)
+        images[i, top : top + 4, left : left + 4] = rng.integers(100, 220)
+    return images, labels.astype(np.int64)
+
+
+def retrieval_mrr(embeddings: Float32Array, labels: Int64Array) -> float:
+    """Mean over images of 1 / the rank of the nearest other image with their label."""
+    similar = embeddings @ embeddings.T
+    np.fill_diagonal(similar, -np.inf)
+    order = np.argsort(-similar, axis=1, kind="stable")[:, :-1]  # the image itself is last
+    first = (labels[order] == labels[:, None]).argmax(axis=1)
+    return float((1.0 / (1 + first)).mean())
+
+
+def recipe_fit(
+    recipe: RecipeConfig, config: EncoderConfig, run_dir: Path, seed: int = 0
+) -> dict[str, Any]:
+    """Train an encoder with `recipe` on 64 `quadrants` images, validating `retrieval_mrr`
+    on 32 others every epoch: {"loss": per epoch, "valid": per epoch}."""
+    from pinlab_models._recipes import train_with_recipe
+
+    images, labels = quadrants(64, seed=0)
+    valid_images, valid_labels = quadrants(32, seed=1)
+
+    def validate(encoder: ImageEncoder) -> float:
+        return retrieval_mrr(encoder.embed(valid_images), valid_labels)
+
+    ctx = TrainContext(run_dir=run_dir, seed=seed, progress=False)
+    _, report = train_with_recipe(images, labels, config, recipe, ctx, validate)
+    return {
+        "loss": [r.train_loss for r in report.history],
+        "valid": [r.valid for r in report.history],
+    }
+
+
+def contrastive_steps(steps: int = 3, batch: int = 8) -> dict[str, torch.Tensor]:
+    """A small network without batch statistics after `steps` Adam steps of the supervised
+    contrastive loss over fixed data, through `Steps(whole_batch=True)` and `gathered`: with
+    no random draws, N processes must end where one does."""
+    from pinlab_models._cnn_encoder import supcon_loss
+    from pinlab_models._parallel import Steps, gathered
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch * steps, 6, generator=gen)
+    y = torch.arange(batch * steps) % 3
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 4))
+
+    def loss(share: torch.Tensor, _: torch.Tensor, __: torch.Generator) -> torch.Tensor:
+        z = gathered(torch.nn.functional.normalize(net(x[share]), dim=1))
+        return supcon_loss(z, gathered(y[share]), 0.5)
+
+    step = Steps(net, torch.optim.Adam(net.parameters(), lr=0.05), gen, loss, whole_batch=True)
+    for i in range(steps):
+        step(torch.arange(i * batch, (i + 1) * batch))
+    return {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+
+def each(calls: list[tuple[Callable[..., Any], tuple[Any, ...]]]) -> list[Any]:
+    """Every `(function, args)` call in turn: several checks in one `in_processes` start."""
+    return [function(*args) for function, args in calls]
