@@ -55,12 +55,15 @@ EXACT = 1e-5
 LOSS_TOLERANCE = 0.10
 VALID_TOLERANCE = 0.12
 
-TINY_ENCODER = EncoderConfig(image_size=16, widths=(4, 8), embedding_dim=8, epochs=5, batch_size=16)
+TINY_ENCODER = EncoderConfig(
+    image_size=16, widths=(4, 8), embedding_dim=8, epochs=5, batch_size=16, patience=99
+)
+# Patience past the epochs: the curves compared have every epoch.
 RECOMMENDERS: dict[str, dict[str, Any]] = {
-    "two-tower": {"epochs": 6, "batch_size": 64},
-    "mf": {"loss": "softmax", "negatives": 8, "epochs": 10, "batch_size": 64, "dim": 16},
-    "sasrec": {"epochs": 10, "eval_every": 1, "batch_size": 16},
-    "mult-vae": {"epochs": 10, "batch_size": 16},
+    "two-tower": {"epochs": 6, "batch_size": 64, "patience": 99},
+    "mf": {"loss": "softmax", "negatives": 8, "epochs": 10, "batch_size": 64, "patience": 99},
+    "sasrec": {"epochs": 10, "eval_every": 1, "batch_size": 16, "patience": 99},
+    "mult-vae": {"epochs": 10, "batch_size": 16, "patience": 99},
 }
 RECIPES = ("supcon", "simclr", "proxy-anchor")
 
