@@ -19,7 +19,7 @@ from torch import nn
 
 from pinlab_data.contracts import ImageArray, Int64Array
 from pinlab_models._cnn_encoder import CNNEncoder, EncoderValidator, supcon_loss, to_input
-from pinlab_models._parallel import Steps, gathered
+from pinlab_models._parallel import Steps, gathered, world
 from pinlab_models._runtime import run_epochs
 from pinlab_models._runtime import seed_everything as _seed
 from pinlab_models.contracts import (
@@ -220,6 +220,11 @@ def train_with_recipe(
     gen = _seed(ctx.seed)
     cuda = ctx.device.startswith("cuda")
     encoder = CNNEncoder(config, ctx.device)
+    if cuda and world()[1] > 1:
+        # Batch statistics over the global batch, as one process has them (NCCL only: on the
+        # CPU each rank normalises by its own share).
+        synced = nn.SyncBatchNorm.convert_sync_batchnorm(encoder.net)  # type: ignore[no-untyped-call]  # torch leaves it untyped
+        encoder.net = synced
     net = encoder.net
     proxy: ProxyAnchorLoss | None = None
     groups: list[dict[str, Any]] = [{"params": list(net.parameters()), "lr": config.lr}]
