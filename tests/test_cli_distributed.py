@@ -70,6 +70,16 @@ def test_what_cannot_run_data_parallel_exits_2_before_any_worker(
     assert not out.exists()
 
 
+def test_an_encoder_batch_that_does_not_split_exits_2(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code = run(["train", "encoder", "--data", str(tmp_path), "--run", str(tmp_path / "run"),
+                "--set", "batch_size=63", "--nproc-per-node", "2"])  # fmt: skip
+    assert code == 2
+    assert "make it a multiple of 2" in one_line_error(capsys.readouterr().err)
+    assert not (tmp_path / "run").exists()
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

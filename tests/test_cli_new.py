@@ -275,6 +275,7 @@ def test_skeletons_pass_the_gates_and_their_tests(
         *tests,
         "packages/models/tests/test_models_recommenders.py",
         "packages/models/tests/test_models_search_space.py",
+        "packages/models/tests/test_models_parallel.py",  # the epochs skeleton steps via Steps
         "tests/test_docs.py",
     )
     # Per model at least: its own test, the spec's, the contract suite's 3 (more as it grows);

@@ -177,6 +177,13 @@ def encoder(
         nproc_per_node, nnodes, node_rank, rdzv_backend, rdzv_endpoint, rdzv_id, rdzv_timeout
     )
     if plan.wanted:
+        processes = plan.nproc_per_node * int(nnodes) if nnodes.isdigit() else 1
+        if config.batch_size % processes:
+            raise PinlabModelError(
+                f"batch_size {config.batch_size} does not split evenly over {processes} "
+                f"processes (the recipes gather the whole batch); make it a multiple of "
+                f"{processes} with --set batch_size=N"
+            )
         raise typer.Exit(distributed.launch(plan, invocation(), layout.root))
     seed = s.seed if seed is None else seed
     with distributed.worker(layout, device or s.device) as layout:
