@@ -64,6 +64,8 @@ if TYPE_CHECKING:
     import onnx
 
 CALIBRATION_BATCH = 64
+CHECK_BATCH = 32
+"""Texts per call when checking the text tower: sorted by length, so the long one pads few."""
 _LONG_TEXT = " ".join(["a long caption past the text tower's token limit"] * 40)
 """Checked at export with the given texts, so truncation agrees with sentence-transformers'."""
 
@@ -103,7 +105,7 @@ def _export(
     module: nn.Module, args: tuple[torch.Tensor, ...], dynamic: dict[str, dict[int, str]]
 ) -> onnx.ModelProto:
     """torch.export's ONNX exporter, inputs named as `dynamic` lists them, batch axes free."""
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings(), _quiet("onnxscript", "onnx_ir"):
         # Inputs sharing an axis (the text tower's batch and sequence) keep its first name,
         # and the exporter warns that it did.
         warnings.filterwarnings("ignore", message="# The axis name")
@@ -139,6 +141,19 @@ def _versions() -> str:
     return (
         f"torch {torch.__version__}, onnx {onnx.__version__}, onnxruntime {onnxruntime.__version__}"
     )
+
+
+@contextlib.contextmanager
+def _quiet(*loggers: str) -> Iterator[None]:
+    """The exporter's graph passes log each rewrite at INFO: keep them to warnings."""
+    levels = {name: logging.getLogger(name).level for name in loggers}
+    for name in loggers:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
 
 
 @contextlib.contextmanager
@@ -344,7 +359,7 @@ def export_text_tower(
             "normalised model the export rebuilds"
         )
     checked_texts = [*texts, _LONG_TEXT]
-    reference = TextEncoder("cpu").encode(checked_texts)
+    reference = TextEncoder("cpu").encode(checked_texts, batch_size=CHECK_BATCH)
     meta = OnnxMetadata(
         kind="text-tower",
         precision="fp32",
@@ -360,7 +375,7 @@ def export_text_tower(
 
     def checked(model: onnx.ModelProto, meta: OnnxMetadata, started: float) -> _Written:
         blob = _with_metadata(model, meta)
-        got = encode_texts_with(session(blob, threads), checked_texts, 256)
+        got = encode_texts_with(session(blob, threads), checked_texts, CHECK_BATCH)
         return _Written(blob, agreement(got, reference), time.perf_counter() - started)
 
     started = time.perf_counter()
