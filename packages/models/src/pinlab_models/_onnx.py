@@ -96,6 +96,11 @@ def minilm_max_tokens() -> int:
     return int(config["max_seq_length"])
 
 
+def metadata_props(meta: OnnxMetadata) -> dict[str, str]:
+    """The metadata_props entries that record `meta` (`read_metadata` reads them back)."""
+    return {METADATA_PREFIX + k: str(v) for k, v in meta.model_dump(exclude_none=True).items()}
+
+
 def read_metadata(props: dict[str, str]) -> OnnxMetadata | None:
     """The pinlab metadata among an ONNX file's metadata_props; None when it has none."""
     fields = {
@@ -298,8 +303,10 @@ def _open_checked(
     try:
         run = session(path, threads)
     except Exception as exc:  # ONNX Runtime raises its own unexported error types
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise PinlabModelError(f"{path} is not a readable ONNX model ({first}); {fix}") from None
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        parts = first.split(" : ")  # "[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : Load ..."
+        detail = parts[2] if len(parts) > 3 else first[:120]
+        raise PinlabModelError(f"{path} is not a readable ONNX model ({detail}); {fix}") from None
     meta = read_metadata(dict(run.get_modelmeta().custom_metadata_map))
     if meta is None:
         raise PinlabModelError(

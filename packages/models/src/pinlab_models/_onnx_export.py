@@ -44,6 +44,7 @@ from pinlab_models._onnx import (
     agreement,
     embed_images_with,
     encode_texts_with,
+    metadata_props,
     minilm_max_tokens,
     minilm_sha256,
     onnx_file,
@@ -128,8 +129,8 @@ def _with_metadata(model: onnx.ModelProto, meta: OnnxMetadata) -> bytes:
     kept = [p for p in model.metadata_props if not p.key.startswith(METADATA_PREFIX)]
     del model.metadata_props[:]
     model.metadata_props.extend(kept)
-    for key, value in meta.model_dump(exclude_none=True).items():
-        model.metadata_props.add(key=METADATA_PREFIX + key, value=str(value))
+    for key, value in metadata_props(meta).items():
+        model.metadata_props.add(key=key, value=value)
     blob: bytes = model.SerializeToString()
     return blob
 

@@ -2,7 +2,8 @@
 
 The contract suite (`tests/test_models_recommenders.py`) runs every registered model on it;
 a model's own tests (those `pinlab new recommender` writes too) check it beats popularity on
-held-out items with `tribe_hit_rate`.
+held-out items with `tribe_hit_rate`. Also `handmade_onnx_encoder`, an ONNX image model built
+node by node, so the runtime's checks are tested without the (slow) exporter.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from pinlab_data.contracts import Float32Array, Int64Array, InteractionLog
-from pinlab_models.contracts import Recommender, TrainContext
+from pinlab_models._onnx import EMBEDDINGS, IMAGES, metadata_props
+from pinlab_models.contracts import OnnxMetadata, Recommender, TrainContext
 
 
 def two_tribes(num_users: int = 40, num_items: int = 20, seed: int = 0) -> InteractionLog:
@@ -86,3 +88,36 @@ def tribe_hit_rate(model: Recommender, run_dir: Path, k: int = 5, seed: int = 0)
     scores[train.users, train.items] = -np.inf
     top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     return float((top == held_out[:, None]).any(axis=1).mean())
+
+
+def handmade_onnx_encoder(
+    path: Path, image_size: int, embedding_dim: int, metadata: OnnxMetadata | None, seed: int = 0
+) -> None:
+    """Write an image model as pinlab's exports are shaped: uint8 `images` (N, S, S, 3) in,
+    L2-normalised `embeddings` (N, D) out (a random linear map), `metadata` in its props."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    flat = image_size * image_size * 3
+    weights = np.random.default_rng(seed).normal(size=(flat, embedding_dim)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", [IMAGES], ["pixels"], to=TensorProto.FLOAT),
+            helper.make_node("Reshape", ["pixels", "flat_shape"], ["flat"]),
+            helper.make_node("MatMul", ["flat", "weights"], ["projected"]),
+            helper.make_node("LpNormalization", ["projected"], [EMBEDDINGS], axis=1, p=2),
+        ],
+        "handmade_encoder",
+        [helper.make_tensor_value_info(IMAGES, TensorProto.UINT8, ["N", *[image_size] * 2, 3])],
+        [helper.make_tensor_value_info(EMBEDDINGS, TensorProto.FLOAT, ["N", embedding_dim])],
+        [
+            numpy_helper.from_array(np.array([-1, flat], dtype=np.int64), "flat_shape"),
+            numpy_helper.from_array(weights, "weights"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9  # what ONNX Runtime 1.20 and later read
+    for key, value in (metadata_props(metadata) if metadata else {}).items():
+        model.metadata_props.add(key=key, value=value)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(model, str(path))
