@@ -24,7 +24,7 @@ def test_the_runtimes_are_the_models_runtimes() -> None:
     assert get_args(Runtime) == get_args(pinlab_models.Runtime)
     assert ServeSettings().runtime == "torch"
     with pytest.raises(ValidationError):
-        ServeSettings(runtime="tensorrt")  # type: ignore[arg-type]
+        ServeSettings(runtime="tensorrt")
 
 
 def test_a_run_without_an_export_fails_to_load_saying_how_to_export(serve_run: Path) -> None:
@@ -64,7 +64,7 @@ def test_queries_are_embedded_through_onnx(onnx_run: Path) -> None:
     image = {"image": ("q.png", png_of_row(onnx_run, 7), "image/png")}
     answers = {}
     for runtime in ("torch", "onnx", "onnx-int8"):
-        client = ready_client(onnx_run, runtime)  # type: ignore[arg-type]
+        client = ready_client(onnx_run, runtime)
         try:
             service = client.app.state.service  # type: ignore[attr-defined]
             embedder = service._embed_images.__self__
