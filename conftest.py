@@ -79,6 +79,25 @@ def serve_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def onnx_run(serve_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`serve_run` copied and exported to ONNX, float32 and int8, through the real CLI
+    (`pinlab export onnx --int8`): about a minute, so only slow tests use it."""
+    import contextlib
+    import io
+
+    from pinlab_tasks.cli import run
+
+    out = tmp_path_factory.mktemp("onnx") / "run"
+    shutil.copytree(serve_run, out)
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        code = run(["export", "onnx", "--run", str(out), "--int8", "--json"])
+    assert code == 0, buffer.getvalue()
+    (out.parent / "export_stdout.json").write_text(buffer.getvalue())
+    return out
+
+
+@pytest.fixture(scope="session")
 def chromium() -> str:
     """A headless-capable Chromium's path; skips when none is installed (.ci/run installs it)."""
     pytest.importorskip("playwright.sync_api", reason="playwright is a dev dependency")

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from pinlab_models import Runtime
 from pinlab_tasks.settings import PinlabSettings
 
 app = typer.Typer(
@@ -25,6 +26,14 @@ DeviceOpt = Annotated[
     str | None, typer.Option("--device", help="auto, cpu or cuda [env PINLAB_DEVICE].")
 ]
 KOpt = Annotated[int, typer.Option("-k", "--k", help="How many results.")]
+RuntimeOpt = Annotated[
+    Runtime,
+    typer.Option(
+        "--runtime",
+        help="What embeds queries: torch (eager), onnx or onnx-int8 (ONNX Runtime on the run's "
+        "export: `pinlab export onnx --run RUN [--int8]`).",
+    ),
+]
 
 _settings: list[PinlabSettings] = []
 

@@ -25,6 +25,7 @@ from pinlab_tasks.commands import (
     data,
     demo,
     evaluate,
+    export,
     index,
     meta,
     new,
@@ -44,6 +45,7 @@ app.add_typer(data.app, name="data")
 app.add_typer(train.app, name="train")
 app.add_typer(evaluate.app, name="eval")
 app.add_typer(index.app, name="index")
+app.add_typer(export.app, name="export")
 app.add_typer(bench.app, name="bench")
 app.add_typer(runs.app, name="runs")
 app.add_typer(new.app, name="new")

@@ -23,7 +23,9 @@ from pinlab_models import (
     CNNEncoder,
     HistoryScorer,
     Recommender,
-    load_image_text_model,
+    Runtime,
+    load_image_encoder,
+    load_image_text,
     load_recommender,
 )
 from pinlab_serve import PinIndex, RunFiles, embed_image_file
@@ -58,14 +60,16 @@ def search(
     pin: int | None = None,
     image: Path | None = None,
     text: str | None = None,
+    runtime: Runtime = "torch",
 ) -> dict[str, Any]:
-    """Pins most similar to a pin of the catalogue, an image file, or a text (aligned model)."""
+    """Pins most similar to a pin of the catalogue, an image file, or a text (aligned model);
+    image and text queries are embedded on `runtime` (a pin's vector is read from the index)."""
     if sum(q is not None for q in (pin, image, text)) != 1:
         raise PinlabDataError("give exactly one of --pin ID, --image PATH or --text TEXT")
     _check_k(k)
     if text is not None:
-        return _search_text(run, text, k)
-    encoder = CNNEncoder.load(run.encoder)
+        return _search_text(run, text, k, runtime)
+    encoder = load_image_encoder(run.encoder, runtime, run.onnx)
     index = PinIndex.load(run.index, expect_model_id=encoder.model_id)
     ds = load_dataset(run.data_dir())
     if pin is not None:
@@ -78,18 +82,19 @@ def search(
     rows = _pin_rows(ds, [h.pin_id for h in hits])
     return {
         "query": query,
+        "runtime": runtime,
         "hits": [{**r, "score": h.score} for r, h in zip(rows, hits, strict=True)],
     }
 
 
-def _search_text(run: RunLayout, text: str, k: int) -> dict[str, Any]:
+def _search_text(run: RunLayout, text: str, k: int, runtime: Runtime) -> dict[str, Any]:
     """Every pin's aligned image embedding against the text's, by inner product (exact)."""
     if not run.image_text.is_file():
         raise PinlabDataError(
             f"run {run.root} has no image-text model; train one with "
             f"`pinlab train align --run {run.root}`"
         )
-    model = load_image_text_model(run.image_text)
+    model = load_image_text(run.image_text, runtime, run.onnx)
     ds = load_dataset(run.data_dir())
     scores = model.embed_images(pin_images(ds)) @ model.embed_texts([text])[0]
     top = np.argsort(-scores, kind="stable")[:k]
@@ -97,6 +102,7 @@ def _search_text(run: RunLayout, text: str, k: int) -> dict[str, Any]:
     return {
         "query": {"text": text},
         "model_id": model.model_id,
+        "runtime": runtime,
         "hits": [{**r, "score": float(scores[i])} for r, i in zip(rows, top, strict=True)],
     }
 

@@ -63,6 +63,11 @@ class RunLayout:
     def index(self) -> Path:
         return self.root / "index"
 
+    @property
+    def onnx(self) -> Path:
+        """ONNX exports of the run's models (`pinlab export onnx`), read by `--runtime onnx`."""
+        return self.root / "onnx"
+
     def trained_recommenders(self) -> list[str]:
         if not self.recommenders.is_dir():
             return []

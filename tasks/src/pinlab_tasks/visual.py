@@ -181,7 +181,7 @@ def _trained_protocol(run: RunLayout) -> str:
     return protocol
 
 
-def _captioned(ds: Dataset, rows: np.ndarray) -> np.ndarray:
+def captioned(ds: Dataset, rows: np.ndarray) -> np.ndarray:
     """The rows among `rows` whose pin has a caption: alignment learns from nothing else."""
     captions = ds.pins.column("caption").to_pylist()
     kept: np.ndarray = rows[np.array([bool(captions[r].strip()) for r in rows], dtype=bool)]
@@ -249,7 +249,7 @@ def train_align(
     if images.shape[1] != config.image_size:  # the dataset decides the input size
         config = config.model_copy(update={"image_size": int(images.shape[1])})
     split = visual_split(ds, seed)
-    train_rows, valid_rows = _captioned(ds, split.train), _captioned(ds, split.valid)
+    train_rows, valid_rows = captioned(ds, split.train), captioned(ds, split.valid)
     if len(train_rows) < 2:
         raise PinlabDataError(
             f"{ds.root}: {len(train_rows)} training pins have a caption; alignment learns "
@@ -302,7 +302,7 @@ def eval_align(run: RunLayout) -> dict[str, Any]:
     seed = int(json.loads(trained.read_text())["seed"])
     ds = load_dataset(run.data_dir())
     images = pin_images(ds)
-    test = _captioned(ds, visual_split(ds, seed).test)
+    test = captioned(ds, visual_split(ds, seed).test)
     if len(test) == 0:
         raise PinlabDataError(f"{ds.root}: no held-out pin has a caption to query with")
     model = load_image_text_model(run.image_text)

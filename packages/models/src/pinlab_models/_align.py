@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -170,14 +171,20 @@ class ImageTextModel:
         return self.model_id
 
 
-def load_image_text_model(path: Path, device: str = "cpu") -> ImageTextModel:
-    """Load a model written by `ImageTextModel.save` (weights only, never code)."""
+def load_alignment_checkpoint(path: Path) -> dict[str, Any]:
+    """The checkpoint's payload, refused unless its tower was aligned to this MiniLM."""
     payload = load_checkpoint(path, CHECKPOINT_KIND)
     if payload.get("text_model") != MINILM_ID:
         raise PinlabModelError(
             f"{path} was aligned to {payload.get('text_model')!r}, but the text encoder here is "
             f"{MINILM_ID!r}; retrain it with `pinlab train align`"
         )
+    return payload
+
+
+def load_image_text_model(path: Path, device: str = "cpu") -> ImageTextModel:
+    """Load a model written by `ImageTextModel.save` (weights only, never code)."""
+    payload = load_alignment_checkpoint(path)
     config = AlignConfig.model_validate(payload["config"])
     tower = build_tower(config, pretrained=False)
     tower.load_state_dict(payload["state"])

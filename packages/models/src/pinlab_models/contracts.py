@@ -246,6 +246,62 @@ class ImageEncoder(Protocol):
     def embed(self, images: ImageArray, batch_size: int = 512) -> Float32Array: ...
 
 
+Runtime = Literal["torch", "onnx", "onnx-int8"]
+"""What embeds images and texts: eager PyTorch, or ONNX Runtime on the run's export
+(`pinlab export onnx`) in float32 or int8."""
+
+OnnxKind = Literal["image-encoder", "image-text-tower", "text-tower"]
+
+
+class OnnxMetadata(BaseModel):
+    """What a pinlab ONNX file says about itself, in its `metadata_props` (`pinlab.<field>`).
+
+    A loader compares it with the model the run has now: the checkpoint's SHA-256, the kind
+    and precision, and the input the graph takes.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: OnnxKind
+    precision: Literal["fp32", "int8"]
+    source: str = Field(description="The checkpoint (or text model) it was exported from.")
+    source_sha256: str = Field(description="SHA-256 of the source's weights file.")
+    model_id: str = Field(description="The source model's id, as index manifests name it.")
+    run: str | None = Field(default=None, description="The run directory it was exported in.")
+    inputs: str = Field(description="The graph's inputs, e.g. 'images: uint8 [N, 32, 32, 3]'.")
+    embedding_dim: PositiveInt
+    image_size: PositiveInt | None = Field(default=None, description="Image models only.")
+    max_seq_length: PositiveInt | None = Field(default=None, description="The text tower only.")
+    quantization: str | None = Field(default=None, description="int8 only: how it was made.")
+    exported_with: str = Field(description="torch, onnx and onnxruntime versions.")
+
+
+class OnnxAgreement(BaseModel):
+    """How close an ONNX model's embeddings are to eager PyTorch's on the same inputs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    samples: PositiveInt
+    max_abs_diff: float
+    min_cosine: float
+    mean_cosine: float
+
+
+class OnnxExport(BaseModel):
+    """One ONNX file written by an export, and how it compared with eager PyTorch."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    file: str
+    kind: OnnxKind
+    precision: Literal["fp32", "int8"]
+    bytes: int
+    seconds: float = Field(description="Export (or quantization) and the check, wall clock.")
+    agreement: OnnxAgreement
+    bound: str = Field(description="What the agreement must meet, e.g. 'max_abs_diff <= 1e-4'.")
+    within: bool = Field(description="fp32 files are only written within it; int8 ones say.")
+
+
 class PopularityConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -4,7 +4,8 @@ The contract suite (`tests/test_models_recommenders.py`) runs every registered m
 a model's own tests (those `pinlab new recommender` writes too) check it beats popularity on
 held-out items with `tribe_hit_rate`. `in_processes` runs a task in N gloo processes, as
 torchrun would, so a test compares data-parallel training with one process (`tribe_fit`,
-`recipe_fit`, `contrastive_steps`).
+`recipe_fit`, `contrastive_steps`). Also `handmade_onnx_encoder`, an ONNX image model built
+node by node, so the runtime's checks are tested without the (slow) exporter.
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ import torch
 import torch.distributed as dist
 
 from pinlab_data.contracts import Float32Array, ImageArray, Int64Array, InteractionLog
+from pinlab_models._onnx import EMBEDDINGS, IMAGES, metadata_props
 from pinlab_models.contracts import (
     EncoderConfig,
     ImageEncoder,
+    OnnxMetadata,
     RecipeConfig,
     Recommender,
     Scorer,
@@ -283,3 +286,36 @@ def contrastive_steps(steps: int = 3, batch: int = 8) -> dict[str, torch.Tensor]
 def each(calls: list[tuple[Callable[..., Any], tuple[Any, ...]]]) -> list[Any]:
     """Every `(function, args)` call in turn: several checks in one `in_processes` start."""
     return [function(*args) for function, args in calls]
+
+
+def handmade_onnx_encoder(
+    path: Path, image_size: int, embedding_dim: int, metadata: OnnxMetadata | None, seed: int = 0
+) -> None:
+    """Write an image model as pinlab's exports are shaped: uint8 `images` (N, S, S, 3) in,
+    L2-normalised `embeddings` (N, D) out (a random linear map), `metadata` in its props."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    flat = image_size * image_size * 3
+    weights = np.random.default_rng(seed).normal(size=(flat, embedding_dim)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", [IMAGES], ["pixels"], to=TensorProto.FLOAT),
+            helper.make_node("Reshape", ["pixels", "flat_shape"], ["flat"]),
+            helper.make_node("MatMul", ["flat", "weights"], ["projected"]),
+            helper.make_node("LpNormalization", ["projected"], [EMBEDDINGS], axis=1, p=2),
+        ],
+        "handmade_encoder",
+        [helper.make_tensor_value_info(IMAGES, TensorProto.UINT8, ["N", *[image_size] * 2, 3])],
+        [helper.make_tensor_value_info(EMBEDDINGS, TensorProto.FLOAT, ["N", embedding_dim])],
+        [
+            numpy_helper.from_array(np.array([-1, flat], dtype=np.int64), "flat_shape"),
+            numpy_helper.from_array(weights, "weights"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9  # what ONNX Runtime 1.20 and later read
+    for key, value in (metadata_props(metadata) if metadata else {}).items():
+        model.metadata_props.add(key=key, value=value)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(model, str(path))

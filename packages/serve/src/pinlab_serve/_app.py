@@ -51,6 +51,7 @@ from pinlab_serve.contracts import (
     RankQuery,
     RecommendationResponse,
     ReloadResponse,
+    Runtime,
     SearchResponse,
     ServeSettings,
     SessionRequest,
@@ -566,9 +567,19 @@ def create_app_from_env() -> FastAPI:
     return create_app(settings.run_dir, settings)
 
 
-def check_run(run_dir: Path) -> None:
-    """Raise PinlabServeError, saying what to make, when `run_dir` cannot be served."""
-    RunFiles(run_dir.resolve()).check()
+def check_run(run_dir: Path, runtime: Runtime = "torch") -> None:
+    """Raise PinlabServeError, saying what to make, when `run_dir` cannot be served; with an
+    ONNX runtime, PinlabModelError when an export is missing or not of the run's models."""
+    files = RunFiles(run_dir.resolve())
+    files.check()
+    if runtime != "torch":
+        from pinlab_models import load_image_encoder, load_image_text, load_text_encoder
+
+        load_image_encoder(files.encoder, runtime, files.onnx, threads=1)
+        if files.image_text.is_file():
+            load_image_text(files.image_text, runtime, files.onnx, threads=1)
+        else:
+            load_text_encoder(runtime, files.onnx, threads=1)
 
 
 def run_server(run_dir: Path, settings: ServeSettings, log_level: str = "info") -> None:

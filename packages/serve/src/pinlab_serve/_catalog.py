@@ -33,6 +33,11 @@ class RunFiles:
         return self.root / "index"
 
     @property
+    def onnx(self) -> Path:
+        """The ONNX exports `--runtime onnx` / `onnx-int8` read (`pinlab export onnx`)."""
+        return self.root / "onnx"
+
+    @property
     def recommenders(self) -> Path:
         return self.root / "recommender"
 

@@ -133,13 +133,17 @@ class PinService:
 
     def load(self) -> None:
         """Load data, encoder, index, text vectors and recommender; warm them; mark ready."""
-        from pinlab_models import CNNEncoder, HistoryScorer, load_recommender
+        from pinlab_models import HistoryScorer, load_image_encoder, load_recommender
 
         start = time.perf_counter()
         self._limit_threads()
         self.files.check()
         self._catalog = Catalog(self.files.data_dir())
-        encoder = CNNEncoder.load(self.files.encoder)
+        settings = self.settings
+        encoder = load_image_encoder(
+            self.files.encoder, settings.runtime, self.files.onnx, settings.torch_threads
+        )
+        # An ONNX encoder keeps its checkpoint's model id, so it searches that one's index.
         self._encoder_id, self.image_size = encoder.model_id, encoder.image_size
         self._embed_images = encoder.embed
         index = PinIndex.load(self.files.index, expect_model_id=encoder.model_id)
@@ -155,12 +159,13 @@ class PinService:
         self._warm()
         self._ready.set()
         log.info(
-            "ready in %.1f s: %d pins, index %s, text %s, recommender %s",
+            "ready in %.1f s: %d pins, index %s, text %s, recommender %s, runtime %s",
             time.perf_counter() - start,
             len(self.state.index),
             self.state.kind,
             self._text.mode,
             self.recommender_name,
+            settings.runtime,
         )
 
     def _limit_threads(self) -> None:
@@ -175,27 +180,25 @@ class PinService:
         threadpool_limits(self.settings.blas_threads, user_api="blas")
 
     def _load_text(self) -> TextSearch:
-        """The run's image-text model if it has one, else MiniLM over the pin captions."""
-        catalog = self.catalog
-        if self.files.image_text.is_file():
-            import pinlab_models
+        """The run's image-text model if it has one, else MiniLM over the pin captions; both
+        on the settings' runtime."""
+        from pinlab_models import load_image_text, load_text_encoder
 
-            loader = getattr(pinlab_models, "load_image_text_model", None)
-            if loader is not None and catalog.images is not None:
-                model = loader(self.files.image_text)
-                rows = np.array([r if r is not None else -1 for r in catalog.image_rows])
-                has = rows >= 0
-                vectors = model.embed_images(np.asarray(catalog.images[rows[has]]))
-                index = PinIndex.build(vectors, catalog.pin_ids[has], model.model_id)
-                return TextSearch(
-                    "image-text",
-                    model.model_id,
-                    model.embed_texts,
-                    _searcher(index, self.settings.search_backend),
-                )
-        from pinlab_models import TextEncoder
-
-        encoder = TextEncoder()
+        catalog, settings, onnx = self.catalog, self.settings, self.files.onnx
+        threads = settings.torch_threads
+        if self.files.image_text.is_file() and catalog.images is not None:
+            model = load_image_text(self.files.image_text, settings.runtime, onnx, threads)
+            rows = np.array([r if r is not None else -1 for r in catalog.image_rows])
+            has = rows >= 0
+            vectors = model.embed_images(np.asarray(catalog.images[rows[has]]))
+            index = PinIndex.build(vectors, catalog.pin_ids[has], model.model_id)
+            return TextSearch(
+                "image-text",
+                model.model_id,
+                model.embed_texts,
+                _searcher(index, settings.search_backend),
+            )
+        encoder = load_text_encoder(settings.runtime, onnx, threads)
         # Captions repeat a lot (templated), so embed each distinct one once.
         unique, inverse = np.unique(np.asarray(catalog.captions), return_inverse=True)
         vectors = encoder.encode(unique.tolist())[inverse]
@@ -204,7 +207,7 @@ class PinService:
             "caption",
             encoder.model_id,
             encoder.encode,
-            _searcher(index, self.settings.search_backend),
+            _searcher(index, settings.search_backend),
         )
 
     def _warm(self) -> None:
@@ -406,6 +409,7 @@ class PinService:
             query={"kind": "image"},
             mode="image",
             model_id=self._encoder_id,
+            runtime=self.settings.runtime,
             index=state.kind,
             **self._hits(state, vector, k, category, exclude, div),
         )
@@ -447,6 +451,7 @@ class PinService:
             query={"q": text},
             mode=search.mode,
             model_id=search.model_id,
+            runtime=self.settings.runtime,
             index=search.state.kind,
             **self._hits(search.state, vector, k, category, exclude, div),
         )

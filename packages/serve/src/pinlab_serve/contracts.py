@@ -17,6 +17,9 @@ INDEX_FILE_SUFFIX = ".faiss"
 ADMIN_TOKEN_MIN = 16
 HNSW_THRESHOLD = 50_000
 """Catalogues with at least this many pins get an HNSW graph; smaller ones exact search."""
+Runtime = Literal["torch", "onnx", "onnx-int8"]
+"""`pinlab_models.Runtime`, spelled here so the settings load without importing torch (a test
+checks that the two agree)."""
 
 
 class PinlabServeError(ValueError):
@@ -212,6 +215,11 @@ class ServeSettings(BaseSettings):
     search_backend: Literal["faiss", "numpy"] = Field(
         default="faiss", description="'numpy' is the brute-force baseline for benchmarks."
     )
+    runtime: Runtime = Field(
+        default="torch",
+        description="What embeds query images and texts: eager PyTorch, or ONNX Runtime on the "
+        "run's export (`pinlab export onnx`), float32 or int8; threads: `torch_threads`.",
+    )
     batch_window_ms: float = Field(
         default=2.0, ge=0, le=100, description="How long image searches wait to share a batch."
     )
@@ -315,6 +323,11 @@ class SearchResponse(BaseModel):
         "over pin captions)."
     )
     model_id: str
+    runtime: Runtime | None = Field(
+        default=None,
+        description="What embedded the query (torch, onnx, onnx-int8); none for similar pins, "
+        "whose vector is read from the index.",
+    )
     index: str = Field(description="Index kind that answered, e.g. 'IDMap2,Flat' or 'numpy'.")
     diversity: float = Field(description="The re-ranking trade-off applied (0: none).")
     diversify: DiversifyMethod | None = Field(

@@ -381,6 +381,45 @@ def serve(
     emit(payload, as_json, lambda: render_serve(payload))
 
 
+@app.command("infer")
+def infer(
+    run: Annotated[
+        Path | None,
+        typer.Option("--run", help="Measure this run instead of building a world."),
+    ] = None,
+    pins: Annotated[int, typer.Option("--pins", min=100, help="Pins in the world.")] = 3000,
+    batch_sizes: Annotated[
+        str, typer.Option("--batch-sizes", help="Comma-separated batch sizes, each timed.")
+    ] = "1,32,256",
+    rounds: Annotated[
+        int, typer.Option("--rounds", min=1, max=50, help="Alternated timed passes per runtime.")
+    ] = 5,
+    seed: Annotated[int, typer.Option("--seed", help="World, split and sample seed.")] = 0,
+    as_json: JsonFlag = False,
+) -> None:
+    """Eager PyTorch against ONNX Runtime (float32 and int8) for the image encoder and the text
+    tower: images/s and texts/s at each batch size with the same threads (`--threads`),
+    runtimes alternated round by round; visual search recall@10 (and text-to-image recall when
+    aligned) on the same held-out queries per runtime; how far embeddings move; the issue's
+    target (1.5x eager image throughput, recall@10 at most 0.01 lower).
+
+    Without --run, a 3,000-pin world is built and trained briefly in a temporary folder. Use
+    the seed the run's encoder was trained with: it picks the held-out pins.
+    Writes: nothing that stays; with --run, RUN/onnx/ when its exports are missing or stale.
+    """
+    from pinlab_tasks.infer_bench import bench_infer, parse_batch_sizes, render_infer
+
+    payload = bench_infer(
+        pins,
+        parse_batch_sizes(batch_sizes),
+        rounds,
+        seed,
+        run_dir=run,
+        say=step_say((lambda _: None) if as_json else stderr.print, "bench infer"),
+    )
+    emit(payload, as_json, lambda: render_infer(payload))
+
+
 @app.command("visual")
 def visual(
     data: Annotated[Path, typer.Option("--data", help="Dataset with labelled images.")],

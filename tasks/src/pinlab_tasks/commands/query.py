@@ -10,7 +10,7 @@ from rich.table import Table
 
 from pinlab_data import PinlabDataError
 from pinlab_tasks import queries
-from pinlab_tasks._app import JsonFlag, KOpt
+from pinlab_tasks._app import JsonFlag, KOpt, RuntimeOpt
 from pinlab_tasks._output import emit, log, stdout
 from pinlab_tasks.runs import RunLayout
 
@@ -33,10 +33,12 @@ def search(
         typer.Option("--text", help="Find pins matching this text (needs `pinlab train align`)."),
     ] = None,
     k: KOpt = 10,
+    runtime: RuntimeOpt = "torch",
     as_json: JsonFlag = False,
 ) -> None:
-    """Visual search by pin id or image file over the run's index, or by text."""
-    result = queries.search(RunLayout(run), k, pin=pin, image=image, text=text)
+    """Visual search by pin id or image file over the run's index, or by text; the query is
+    embedded on --runtime (an ONNX file not exported from the run's model is refused)."""
+    result = queries.search(RunLayout(run), k, pin=pin, image=image, text=text, runtime=runtime)
     emit(result, as_json, lambda: _table("search results", result["hits"], ["score"]))
 
 

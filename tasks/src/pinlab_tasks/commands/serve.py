@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 import typer
 
 from pinlab_serve import ServeSettings, check_run, run_server
-from pinlab_tasks._app import JsonFlag, settings
+from pinlab_tasks._app import JsonFlag, RuntimeOpt, settings
 from pinlab_tasks._output import stderr
 
 
@@ -31,6 +31,7 @@ def serve(
     watch: Annotated[
         float, typer.Option(help="Swap in a rebuilt index when index.json changes (poll seconds).")
     ] = 0.0,
+    runtime: RuntimeOpt = "torch",
     as_json: JsonFlag = False,
 ) -> None:
     """Serve a run over HTTP until interrupted: /v1 API, /docs, /metrics and a web page at /.
@@ -38,14 +39,21 @@ def serve(
     Other settings (upload limits, CORS origins, batching) come from PINLAB_SERVE_* variables.
     POST /v1/admin/reload is off unless PINLAB_SERVE_ADMIN_TOKEN is set (16+ characters; an
     environment variable, never an option, so it stays out of `ps`); then it needs
-    `Authorization: Bearer TOKEN`.
+    `Authorization: Bearer TOKEN`. With --runtime onnx or onnx-int8, query images and texts
+    are embedded by ONNX Runtime on the run's export, refused at start unless it was exported
+    from the run's models.
 
     Writes: nothing (reads RUN; POST /v1/admin/reload re-reads RUN/index/).
     """
     resolved = ServeSettings(
-        host=host, port=port, workers=workers, search_backend=backend, watch_interval_s=watch
+        host=host,
+        port=port,
+        workers=workers,
+        search_backend=backend,
+        watch_interval_s=watch,
+        runtime=runtime,
     )
-    check_run(run)
+    check_run(run, runtime)
     url = f"http://{host}:{port}/"
     if as_json:
         print(json.dumps({"url": url, "run": str(run), **resolved.model_dump(mode="json")}))
