@@ -23,6 +23,7 @@ from pinlab_tasks.commands import (
     card,
     data,
     demo,
+    embed,
     evaluate,
     index,
     meta,
@@ -47,6 +48,7 @@ app.add_typer(bench.app, name="bench")
 app.add_typer(runs.app, name="runs")
 app.add_typer(new.app, name="new")
 demo.register(app)
+embed.register(app)
 serve.register(app)
 query.register(app)
 meta.register(app)

@@ -63,6 +63,11 @@ class RunLayout:
     def index(self) -> Path:
         return self.root / "index"
 
+    @property
+    def embeddings(self) -> Path:
+        """Vectors of every pin as Parquet shards (`pinlab embed`)."""
+        return self.root / "embeddings"
+
     def trained_recommenders(self) -> list[str]:
         if not self.recommenders.is_dir():
             return []

@@ -17,6 +17,14 @@ from pinlab_data._download import (
     download_movielens,
     fetch_movielens,
 )
+from pinlab_data._embeddings import (
+    EMBEDDINGS_MANIFEST,
+    embedding_table,
+    load_embeddings_manifest,
+    read_embeddings,
+    shard_name,
+    write_embedding_shard,
+)
 from pinlab_data._filters import filter_interactions
 from pinlab_data._image_loader import DEFAULT_MAX_PIXELS, SKIPPED_FILE, load_images
 from pinlab_data._images import decode_image, load_image
@@ -30,6 +38,7 @@ from pinlab_data._movielens_like import write_movielens_like
 from pinlab_data._sessions import session_history
 from pinlab_data._splits import holdout_mask, interaction_log, leave_last_out, seen_csr
 from pinlab_data._store import (
+    atomic_directory,
     atomic_writer,
     load_dataset,
     save_dataset,
@@ -47,6 +56,7 @@ from pinlab_data._synth import (
 from pinlab_data._validate import validate_dataset
 from pinlab_data.contracts import (
     ADDED_COLUMNS,
+    EMBEDDINGS_FORMAT,
     EVENT_WEIGHTS,
     INTERACTION_SCHEMA,
     PIN_SCHEMA,
@@ -58,6 +68,9 @@ from pinlab_data.contracts import (
     DatasetManifest,
     DedupeReport,
     DuplicateCluster,
+    EmbeddingKind,
+    EmbeddingSet,
+    EmbeddingsManifest,
     EventKind,
     FilterStep,
     Float32Array,
@@ -84,6 +97,7 @@ from pinlab_data.contracts import (
     SynthTruth,
     User,
     ValidationReport,
+    embedding_schema,
 )
 
 __all__ = [
@@ -91,6 +105,8 @@ __all__ = [
     "BAD_LINES_FILE",
     "DEFAULT_MAX_PIXELS",
     "DUPLICATES_FILE",
+    "EMBEDDINGS_FORMAT",
+    "EMBEDDINGS_MANIFEST",
     "EVENT_WEIGHTS",
     "GROUPLENS",
     "INTERACTION_SCHEMA",
@@ -107,6 +123,9 @@ __all__ = [
     "DatasetManifest",
     "DedupeReport",
     "DuplicateCluster",
+    "EmbeddingKind",
+    "EmbeddingSet",
+    "EmbeddingsManifest",
     "EventKind",
     "FilterStep",
     "Float32Array",
@@ -136,6 +155,7 @@ __all__ = [
     "SynthTruth",
     "User",
     "ValidationReport",
+    "atomic_directory",
     "atomic_writer",
     "candidate_pairs",
     "caption_attributes",
@@ -144,12 +164,15 @@ __all__ = [
     "dedupe_dataset",
     "describe_dataset",
     "download_movielens",
+    "embedding_schema",
+    "embedding_table",
     "fetch_movielens",
     "filter_interactions",
     "holdout_mask",
     "interaction_log",
     "leave_last_out",
     "load_dataset",
+    "load_embeddings_manifest",
     "load_image",
     "load_images",
     "load_interactions",
@@ -157,12 +180,15 @@ __all__ = [
     "load_sequences",
     "load_truth",
     "perceptual_hashes",
+    "read_embeddings",
     "save_dataset",
     "seen_csr",
     "session_history",
+    "shard_name",
     "synthesize",
     "validate_dataset",
     "write_bytes_atomic",
+    "write_embedding_shard",
     "write_json_atomic",
     "write_movielens_like",
     "write_synth",
