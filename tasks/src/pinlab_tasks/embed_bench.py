@@ -92,10 +92,8 @@ def bench_embed(
         n = int(load_dataset(data).pins.num_rows)
     summary = {engine: _summary(rows) for engine, rows in times.items()}
     ratio = summary["ray"]["images_per_s"] / summary["local"]["images_per_s"]
-    steady = (
-        summary["ray"]["after_first_shard_images_per_s"]
-        / summary["local"]["after_first_shard_images_per_s"]
-    )
+    after = [summary[e]["after_first_shard_images_per_s"] for e in ("ray", "local")]
+    steady = after[0] / after[1] if None not in after else None
     return {
         "pins": n,
         "data": str(data) if run_dir is not None else f"synthetic ({WORLD_PINS:,} distinct images)",
@@ -159,14 +157,14 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     steady = [
         (r["pins"] - r["first_shard_rows"]) / (r["seconds"] - r["first_shard_s"])
         for r in rows
-        if r["seconds"] > r["first_shard_s"]
+        if r["pins"] > r["first_shard_rows"]  # one shard: nothing after the first
     ]
     return {
         "seconds": [r["seconds"] for r in rows],
         "images_per_s_each": [r["images_per_s"] for r in rows],
         "images_per_s": statistics.median(r["images_per_s"] for r in rows),
         "first_shard_s": [r["first_shard_s"] for r in rows],
-        "after_first_shard_images_per_s": statistics.median(steady) if steady else float("nan"),
+        "after_first_shard_images_per_s": statistics.median(steady) if steady else None,
     }
 
 
@@ -204,7 +202,7 @@ def render_embed(payload: dict[str, Any]) -> None:
             where,
             f"{row['images_per_s']:,.0f}",
             ", ".join(f"{v:,.0f}" for v in row["images_per_s_each"]),
-            f"{row['after_first_shard_images_per_s']:,.0f}",
+            _rate(row["after_first_shard_images_per_s"]),
             ", ".join(f"{v:.1f}" for v in row["first_shard_s"]),
         )
     stdout.print(table)
@@ -212,7 +210,8 @@ def render_embed(payload: dict[str, Any]) -> None:
     machine = payload["machine"]
     steady = payload["ratio_after_first_shard"]
     stdout.print(
-        f"ray / local: {payload['ratio']:.2f} (after the first shard {steady:.2f}); "
+        f"ray / local: {payload['ratio']:.2f} (after the first shard "
+        f"{'-' if steady is None else f'{steady:.2f}'}); "
         f"cluster start {payload['cluster_start_s']:.1f} s, not counted "
         f"(with it: {payload['ray_with_cluster_start_images_per_s']:,.0f} images/s)"
     )
@@ -224,3 +223,7 @@ def render_embed(payload: dict[str, Any]) -> None:
     target = payload["target"]
     verdict = "met" if target["met"] else "NOT met"
     stdout.print(f"target ray >= {target['ratio']}x local, same vectors: {verdict}")
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"

@@ -126,6 +126,8 @@ def embed_run(
     if address is not None and engine != "ray":
         raise PinlabDataError("--address names a Ray cluster to join; add --engine ray")
     if engine == "ray":
+        if address not in (None, "auto"):
+            check_reachable(address)  # at once, not after Ray's minutes of retries
         import_ray()  # before any work: without Ray, say how to install it
     data_dir = data if data is not None else run.data_dir()
     per_worker = max(1, threads // workers) if engine == "ray" else threads
@@ -183,7 +185,8 @@ def embed_dataset(
         )
     out = Path(out) if out is not None else run.embeddings
     plan = _plan(run, data_dir, captions, threads, shard_rows)
-    workers = workers if engine == "ray" else 1
+    # No more Ray workers than shards: an idle one would only cost its start-up.
+    workers = min(workers, max(1, len(plan.shards))) if engine == "ray" else 1
     own_cluster = engine == "ray" and cluster is None
     start = time.perf_counter()
     with contextlib.ExitStack() as stack:
