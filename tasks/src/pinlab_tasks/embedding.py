@@ -377,10 +377,6 @@ def _write(
 
 def import_ray() -> Any:
     """The `ray` module with Ray Data, or one line saying how to install it."""
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # never report usage over the network
-    # Under `uv run`, Ray would otherwise ship the working directory to every worker and start
-    # it through `uv run` (tens of seconds); workers run this interpreter, pinlab installed.
-    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Ray's own deprecation notices at import
