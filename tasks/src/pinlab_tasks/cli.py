@@ -24,6 +24,7 @@ from pinlab_tasks.commands import (
     card,
     data,
     demo,
+    embed,
     evaluate,
     export,
     index,
@@ -50,6 +51,7 @@ app.add_typer(bench.app, name="bench")
 app.add_typer(runs.app, name="runs")
 app.add_typer(new.app, name="new")
 demo.register(app)
+embed.register(app)
 serve.register(app)
 query.register(app)
 meta.register(app)

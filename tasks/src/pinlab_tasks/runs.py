@@ -68,6 +68,11 @@ class RunLayout:
         """ONNX exports of the run's models (`pinlab export onnx`), read by `--runtime onnx`."""
         return self.root / "onnx"
 
+    @property
+    def embeddings(self) -> Path:
+        """Vectors of every pin as Parquet shards (`pinlab embed`)."""
+        return self.root / "embeddings"
+
     def trained_recommenders(self) -> list[str]:
         if not self.recommenders.is_dir():
             return []

@@ -17,6 +17,14 @@ from pinlab_data._download import (
     download_movielens,
     fetch_movielens,
 )
+from pinlab_data._embeddings import (
+    EMBEDDINGS_MANIFEST,
+    embedding_table,
+    load_embeddings_manifest,
+    read_embeddings,
+    shard_name,
+    write_embedding_shard,
+)
 from pinlab_data._feedback import (
     FEEDBACK_FILE,
     FEEDBACK_MANIFEST,
@@ -39,6 +47,7 @@ from pinlab_data._open_bandit import OPEN_BANDIT_COLUMNS, load_open_bandit
 from pinlab_data._sessions import session_history
 from pinlab_data._splits import holdout_mask, interaction_log, leave_last_out, seen_csr
 from pinlab_data._store import (
+    atomic_directory,
     atomic_writer,
     load_dataset,
     save_dataset,
@@ -56,6 +65,7 @@ from pinlab_data._synth import (
 from pinlab_data._validate import validate_dataset
 from pinlab_data.contracts import (
     ADDED_COLUMNS,
+    EMBEDDINGS_FORMAT,
     EVENT_WEIGHTS,
     FEEDBACK_COLUMNS,
     INTERACTION_SCHEMA,
@@ -70,6 +80,9 @@ from pinlab_data.contracts import (
     DatasetManifest,
     DedupeReport,
     DuplicateCluster,
+    EmbeddingKind,
+    EmbeddingSet,
+    EmbeddingsManifest,
     EventKind,
     FilterStep,
     Float32Array,
@@ -97,6 +110,7 @@ from pinlab_data.contracts import (
     SynthTruth,
     User,
     ValidationReport,
+    embedding_schema,
 )
 
 __all__ = [
@@ -104,6 +118,8 @@ __all__ = [
     "BAD_LINES_FILE",
     "DEFAULT_MAX_PIXELS",
     "DUPLICATES_FILE",
+    "EMBEDDINGS_FORMAT",
+    "EMBEDDINGS_MANIFEST",
     "EVENT_WEIGHTS",
     "FEEDBACK_COLUMNS",
     "FEEDBACK_FILE",
@@ -127,6 +143,9 @@ __all__ = [
     "DatasetManifest",
     "DedupeReport",
     "DuplicateCluster",
+    "EmbeddingKind",
+    "EmbeddingSet",
+    "EmbeddingsManifest",
     "EventKind",
     "FeedbackManifest",
     "FilterStep",
@@ -158,6 +177,7 @@ __all__ = [
     "SynthTruth",
     "User",
     "ValidationReport",
+    "atomic_directory",
     "atomic_writer",
     "candidate_pairs",
     "caption_attributes",
@@ -166,12 +186,15 @@ __all__ = [
     "dedupe_dataset",
     "describe_dataset",
     "download_movielens",
+    "embedding_schema",
+    "embedding_table",
     "fetch_movielens",
     "filter_interactions",
     "holdout_mask",
     "interaction_log",
     "leave_last_out",
     "load_dataset",
+    "load_embeddings_manifest",
     "load_feedback",
     "load_image",
     "load_images",
@@ -181,13 +204,16 @@ __all__ = [
     "load_sequences",
     "load_truth",
     "perceptual_hashes",
+    "read_embeddings",
     "save_dataset",
     "save_feedback",
     "seen_csr",
     "session_history",
+    "shard_name",
     "synthesize",
     "validate_dataset",
     "write_bytes_atomic",
+    "write_embedding_shard",
     "write_json_atomic",
     "write_movielens_like",
     "write_synth",

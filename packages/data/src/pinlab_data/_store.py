@@ -110,10 +110,7 @@ def save_dataset(
                 f"{', '.join(sorted(RESERVED_FILES))}"
             )
     check_writable(root, overwrite)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _sibling(root, "tmp")
-    tmp.mkdir()
-    try:
+    with atomic_directory(root) as tmp:
         for name, table in tables.items():
             pq.write_table(table, tmp / TABLE_FILES[name])
         if images is not None:
@@ -121,14 +118,28 @@ def save_dataset(
         for name, data in extra.items():
             (tmp / name).write_bytes(data)
         (tmp / DATASET_FILE).write_text(manifest.model_dump_json(indent=2) + "\n")
-        for path in tmp.iterdir():
-            with path.open("rb") as f:
-                os.fsync(f.fileno())
+    return root
+
+
+@contextlib.contextmanager
+def atomic_directory(root: Path) -> Iterator[Path]:
+    """A fresh hidden directory beside `root` that replaces `root` whole when the block ends
+    without error (its files fsynced first); on any error or interrupt it is removed, so
+    `root` only ever holds the old contents or the complete new ones."""
+    root = Path(root).resolve()
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _sibling(root, "tmp")
+    tmp.mkdir()
+    try:
+        yield tmp
+        for path in tmp.rglob("*"):
+            if path.is_file():
+                with path.open("rb") as f:
+                    os.fsync(f.fileno())
         _swap_into_place(tmp, root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return root
 
 
 def check_writable(root: Path, overwrite: bool) -> None:

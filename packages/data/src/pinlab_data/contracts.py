@@ -612,3 +612,47 @@ def _logger_problems(fb: BanditFeedback, dist: Float64Array) -> list[str]:
         logged,
     )
     return problems
+
+
+EMBEDDINGS_FORMAT = 1
+EmbeddingKind = Literal["image", "text"]
+"""A set of vectors in an embeddings directory: pin images, or pin captions."""
+
+
+def embedding_schema(dim: int) -> pa.Schema:
+    """One shard of vectors: the pin's id (as the pins table has it) and a float32 vector."""
+    return pa.schema(
+        [
+            pa.field("pin_id", PIN_SCHEMA.field("pin_id").type, nullable=False),
+            pa.field("vector", pa.list_(pa.float32(), dim), nullable=False),
+        ]
+    )
+
+
+class EmbeddingSet(BaseModel):
+    """One kind of vector in an embeddings directory, as Parquet shards of `embedding_schema`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: EmbeddingKind
+    model_id: str = Field(description="Fingerprint of the model that made the vectors.")
+    dim: PositiveInt
+    count: NonNegativeInt = Field(description="Vectors over all shards.")
+    shards: list[str] = Field(description="Shard file names, in pin-table order.")
+    note: str = Field(default="", description="What was embedded, and what was left out.")
+
+
+class EmbeddingsManifest(BaseModel):
+    """`manifest.json` of an embeddings directory; written last, so its presence means the
+    shards it lists are complete."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format_version: int = EMBEDDINGS_FORMAT
+    engine: str = Field(description="What computed the vectors: 'local' or 'ray'.")
+    created: str
+    dataset: str = Field(description="The dataset directory embedded.")
+    dataset_fingerprint: str
+    count: NonNegativeInt = Field(description="Pins in the dataset.")
+    sets: dict[str, EmbeddingSet] = Field(description="Kind ('image', 'text') to its shards.")
+    config: dict[str, object] = Field(default_factory=dict, description="Engine settings.")

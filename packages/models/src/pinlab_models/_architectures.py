@@ -16,7 +16,6 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
 import torch.nn.functional as F  # noqa: N812 - the PyTorch convention
 from huggingface_hub import try_to_load_from_cache
@@ -42,6 +41,8 @@ def builtin_archs() -> list[str]:
 
 @cache
 def timm_names() -> tuple[str, ...]:
+    import timm  # here, not at the top: timm and torchvision take seconds the CNN never needs
+
     return tuple(timm.list_models())
 
 
@@ -96,6 +97,8 @@ class TimmNet(nn.Module):
 
 
 def _create_timm(name: str, pretrained: bool) -> nn.Module:
+    import timm
+
     if not pretrained:
         model: nn.Module = timm.create_model(name, pretrained=False, num_classes=0)
         return model

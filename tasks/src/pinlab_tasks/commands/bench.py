@@ -16,6 +16,7 @@ from pinlab_tasks._measure import run_measured
 from pinlab_tasks._output import busy, emit, stderr, stdout
 from pinlab_tasks._progress import step_say, train_progress
 from pinlab_tasks.benchmarks import bench_recsys, item_text_features, render_recsys
+from pinlab_tasks.embedding import DEFAULT_SHARD_ROWS
 from pinlab_tasks.runs import RunLayout, new_run_dir
 from pinlab_tasks.tracking import tracked
 from pinlab_tasks.visual_bench import (
@@ -418,6 +419,62 @@ def infer(
         say=step_say((lambda _: None) if as_json else stderr.print, "bench infer"),
     )
     emit(payload, as_json, lambda: render_infer(payload))
+
+
+@app.command("embed")
+def embed(
+    pins: Annotated[
+        int, typer.Option("--pins", min=1, help="Pins of the synthetic bench world.")
+    ] = 100_000,
+    repeats: Annotated[
+        int, typer.Option("--repeats", min=1, help="Runs of each engine, alternating.")
+    ] = 3,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Ray workers.")] = 2,
+    shard_rows: Annotated[
+        int, typer.Option("--shard-rows", min=1, help="Pins per shard.")
+    ] = DEFAULT_SHARD_ROWS,
+    run: Annotated[
+        Path | None,
+        typer.Option("--run", help="Embed with this run's encoder instead of a bench world."),
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option("--data", help="With --run: this dataset (default: the run's).")
+    ] = None,
+    seed: SeedOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Images/s of `pinlab embed` on the local engine against the Ray engine (a local Ray
+    cluster of `--workers` workers sharing the `--threads` budget), on the same data in one
+    process, repetitions alternating; whether the vectors are bit-identical; the machine's
+    load. Target: Ray at least 0.8x the local engine's images/s.
+
+    Writes: nothing that stays (a temporary folder).
+    """
+    from pinlab_tasks.embed_bench import bench_embed, render_embed
+
+    s = settings()
+    params = {"pins": pins, "repeats": repeats, "workers": workers, "threads": s.threads,
+              "shard_rows": shard_rows, "run": str(run) if run else None}  # fmt: skip
+    with tracked("bench embed", params) as tracker:
+        payload = bench_embed(
+            pins,
+            repeats,
+            workers,
+            s.threads,
+            shard_rows,
+            s.seed if seed is None else seed,
+            run_dir=run,
+            data_dir=data,
+            say=step_say((lambda _: None) if as_json else stderr.print, "bench embed"),
+        )
+        tracker.log_metrics(
+            {
+                "local_images_per_s": payload["local"]["images_per_s"],
+                "ray_images_per_s": payload["ray"]["images_per_s"],
+                "ratio": payload["ratio"],
+            }
+        )
+    emit(payload, as_json, lambda: render_embed(payload))
 
 
 @app.command("visual")
