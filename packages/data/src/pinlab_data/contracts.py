@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -20,6 +20,7 @@ SCHEMA_VERSION = 1
 
 Int64Array = npt.NDArray[np.int64]
 Float32Array = npt.NDArray[np.float32]
+Float64Array = npt.NDArray[np.float64]
 ImageArray = npt.NDArray[np.uint8]
 """Images packed as (N, H, W, 3) uint8 RGB."""
 
@@ -409,3 +410,205 @@ class SynthTruth:
     pin_category: Int64Array
     pin_palette: Int64Array
     pin_appeal: Float32Array
+
+
+FEEDBACK_COLUMNS = ("round_id", "action", "position", "reward", "pscore", "context")
+"""Columns a logged-feedback table must have (`pscore_slate` is optional)."""
+MAX_ROWS_NAMED = 5
+
+
+class BanditFeedbackError(PinlabDataError):
+    """Logged bandit feedback that breaks its contract; the message names the rows."""
+
+
+@dataclass(frozen=True)
+class BanditFeedback:
+    """Logged bandit feedback: one row per impression (a slate of `len_list` has that many rows).
+
+    The contract off-policy estimators read, filled by simulators and by loaders of real logs
+    (Open Bandit Pipeline's `bandit_feedback` maps onto it field by field). Arrays are coerced
+    to their dtypes and checked on construction; every broken rule is reported in one
+    `BanditFeedbackError` that names the first rows (and how many) breaking it.
+    """
+
+    n_actions: int
+    """Catalogue size; actions are 0..n_actions-1."""
+    len_list: int
+    """Slate size (1: one action per round)."""
+    round_id: Int64Array
+    """(n,) the slate or round a row belongs to."""
+    action: Int64Array
+    """(n,) in [0, n_actions)."""
+    position: Int64Array
+    """(n,) in [0, len_list)."""
+    reward: Float64Array
+    """(n,) the observed reward (a click 0/1 or any real number)."""
+    pscore: Float64Array
+    """(n,) in (0, 1]: the logger's marginal probability of `action` at `position`."""
+    context: Float64Array
+    """(n, d) the round's context features, repeated on each of its rows (d may be 0)."""
+    pscore_slate: Float64Array | None = None
+    """(n,) in (0, 1]: the logger's probability of the whole logged slate (same on its rows)."""
+    logger_dist: Float64Array | None = None
+    """(n, n_actions, len_list): the logger's full distribution per row, when known (simulators).
+
+    Lets estimators check support exactly: a target's mass where this is 0 is unsupported.
+    """
+
+    def __post_init__(self) -> None:
+        n = _coerce(self, "round_id", np.int64)
+        for name in ("action", "position"):
+            _coerce(self, name, np.int64)
+        for name in ("reward", "pscore"):
+            _coerce(self, name, np.float64)
+        _coerce(self, "context", np.float64, ndim=2)
+        if self.pscore_slate is not None:
+            _coerce(self, "pscore_slate", np.float64)
+        if self.logger_dist is not None:
+            _coerce(self, "logger_dist", np.float64, ndim=3)
+        problems = _feedback_problems(self, n)
+        if problems:
+            raise BanditFeedbackError(
+                f"bandit feedback is invalid: {'; '.join(problems)}; fix the logs (or the code "
+                "that wrote them) and load them again"
+            )
+
+    def __len__(self) -> int:
+        return len(self.action)
+
+    @property
+    def n_rounds(self) -> int:
+        return len(np.unique(self.round_id))
+
+    @property
+    def context_dim(self) -> int:
+        return int(self.context.shape[1])
+
+    def round_index(self) -> Int64Array:
+        """Each row's round as 0..n_rounds-1 (rounds in sorted round_id order)."""
+        return np.unique(self.round_id, return_inverse=True)[1].astype(np.int64)
+
+
+def _coerce(fb: BanditFeedback, name: str, dtype: type[np.generic], ndim: int = 1) -> int:
+    """Set field `name` to a C-contiguous array of `dtype`; return its length."""
+    raw = np.asarray(getattr(fb, name))
+    if raw.ndim != ndim:
+        raise BanditFeedbackError(
+            f"bandit feedback field {name!r} has {raw.ndim} dimension(s), expected {ndim}; "
+            "see BanditFeedback's field docs"
+        )
+    if dtype is np.int64 and raw.size and not np.issubdtype(raw.dtype, np.integer):
+        raise BanditFeedbackError(
+            f"bandit feedback field {name!r} holds {raw.dtype} values, expected integers; cast "
+            "the column to an integer type"
+        )
+    if dtype is np.float64 and raw.size and not np.issubdtype(raw.dtype, np.number):
+        raise BanditFeedbackError(
+            f"bandit feedback field {name!r} holds {raw.dtype} values, expected numbers"
+        )
+    object.__setattr__(fb, name, np.ascontiguousarray(raw, dtype=dtype))
+    return len(raw)
+
+
+def _named_rows(
+    mask: npt.NDArray[np.bool_], what: str, values: npt.NDArray[Any] | None = None
+) -> list[str]:
+    """'what at N row(s) (rows 3, 7, ...; values ...)', or nothing when no row is in `mask`."""
+    rows = np.flatnonzero(mask)
+    if len(rows) == 0:
+        return []
+    shown = rows[:MAX_ROWS_NAMED]
+    more = ", ..." if len(rows) > len(shown) else ""
+    detail = f"rows {', '.join(str(r) for r in shown)}{more}"
+    if values is not None:
+        detail += f"; values {', '.join(repr(v.item()) for v in values[shown])}{more}"
+    return [f"{what} at {len(rows)} row(s) ({detail})"]
+
+
+def _feedback_problems(fb: BanditFeedback, n: int) -> list[str]:
+    if fb.n_actions < 1 or fb.len_list < 1:
+        return [f"n_actions ({fb.n_actions}) and len_list ({fb.len_list}) must be at least 1"]
+    lengths = {
+        "action": len(fb.action),
+        "position": len(fb.position),
+        "reward": len(fb.reward),
+        "pscore": len(fb.pscore),
+        "context": len(fb.context),
+    }
+    if fb.pscore_slate is not None:
+        lengths["pscore_slate"] = len(fb.pscore_slate)
+    if fb.logger_dist is not None:
+        lengths["logger_dist"] = len(fb.logger_dist)
+    wrong = {name: size for name, size in lengths.items() if size != n}
+    if wrong:
+        said = ", ".join(f"{name} has {size}" for name, size in wrong.items())
+        return [f"every field needs one entry per row: round_id has {n} rows but {said}"]
+    problems = [
+        *_named_rows(
+            (fb.action < 0) | (fb.action >= fb.n_actions),
+            f"action outside the catalogue [0, {fb.n_actions})",
+            fb.action,
+        ),
+        *_named_rows(
+            (fb.position < 0) | (fb.position >= fb.len_list),
+            f"position outside the slate [0, {fb.len_list})",
+            fb.position,
+        ),
+        *_named_rows(~((fb.pscore > 0) & (fb.pscore <= 1)), "pscore not in (0, 1]", fb.pscore),
+        *_named_rows(~np.isfinite(fb.reward), "reward not finite", fb.reward),
+    ]
+    finite_context = np.asarray(np.isfinite(fb.context).all(axis=1), dtype=np.bool_)
+    problems += _named_rows(~finite_context, "context not finite")
+    if fb.pscore_slate is not None:
+        problems += _named_rows(
+            ~((fb.pscore_slate > 0) & (fb.pscore_slate <= 1)),
+            "pscore_slate not in (0, 1]",
+            fb.pscore_slate,
+        )
+    if n and not problems:
+        problems += _round_problems(fb)
+    if fb.logger_dist is not None and n and not problems:
+        problems += _logger_problems(fb, fb.logger_dist)
+    return problems
+
+
+def _round_problems(fb: BanditFeedback) -> list[str]:
+    """A round shows each position at most once, and its rows agree on pscore_slate."""
+    order = np.lexsort((fb.position, fb.round_id))
+    same = (np.diff(fb.round_id[order]) == 0) & (np.diff(fb.position[order]) == 0)
+    repeated = np.zeros(len(fb.action), dtype=np.bool_)
+    repeated[order[1:][same]] = True
+    problems = _named_rows(repeated, "position repeated within its round", fb.position)
+    if fb.pscore_slate is not None:
+        by_round = np.lexsort((fb.round_id,))
+        sorted_ps = fb.pscore_slate[by_round]
+        same_round = np.diff(fb.round_id[by_round]) == 0
+        differs = np.zeros(len(fb.action), dtype=np.bool_)
+        differs[by_round[1:][same_round & (sorted_ps[1:] != sorted_ps[:-1])]] = True
+        problems += _named_rows(
+            differs, "pscore_slate differing from its round's first row", fb.pscore_slate
+        )
+    return problems
+
+
+def _logger_problems(fb: BanditFeedback, dist: Float64Array) -> list[str]:
+    if dist.shape[1:] != (fb.n_actions, fb.len_list):
+        return [
+            f"logger_dist has shape {dist.shape}, expected (rows, n_actions={fb.n_actions}, "
+            f"len_list={fb.len_list})"
+        ]
+    rows = np.arange(len(dist))
+    column = dist[rows, :, fb.position]
+    bad_sum = ~np.isclose(column.sum(axis=1), 1.0, atol=1e-6) | (column < 0).any(axis=1)
+    problems = _named_rows(
+        bad_sum,
+        "logger_dist not a distribution over actions at the row's position",
+        column.sum(axis=1),
+    )
+    logged = dist[rows, fb.action, fb.position]
+    problems += _named_rows(
+        ~np.isclose(logged, fb.pscore, rtol=0.0, atol=1e-6),
+        "logger_dist at the logged action differing from pscore",
+        logged,
+    )
+    return problems

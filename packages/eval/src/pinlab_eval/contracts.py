@@ -12,7 +12,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
-from pinlab_data.contracts import Float32Array, Int64Array, InteractionLog
+from pinlab_data.contracts import Float32Array, Int64Array, InteractionLog, PinlabDataError
 
 Float64Array = npt.NDArray[np.float64]
 
@@ -444,3 +444,50 @@ class GroupQualityReport(BaseModel):
     worst_group: int
     best_group: int
     gap: float = Field(ge=0)
+
+
+OpeEstimatorName = Literal["dm", "ips", "snips", "dr", "switch-dr", "dr-os", "pseudo-inverse"]
+CiMethod = Literal["normal", "bootstrap"]
+
+
+class OpeInputError(PinlabDataError):
+    """Inputs an off-policy estimator cannot use (shapes, distributions); exit 2 in the CLI."""
+
+
+class OpeEstimate(BaseModel):
+    """One off-policy estimate of a target policy's value from logged bandit feedback.
+
+    `value` follows obp's definitions: the mean over logged rows of each row's estimate (for a
+    slate log, the value per impression), except `pseudo-inverse`, whose value is per round
+    (the expected reward of a whole slate: positions summed). `value` and the interval are None
+    when the estimate cannot be made: `supported` False (an IPS-family estimator, a target
+    with mass where the logger never acts) or too few rounds for an interval.
+    """
+
+    # An infinite tau or lambda (switch-dr as dr) is written "Infinity" and read back.
+    model_config = ConfigDict(frozen=True, ser_json_inf_nan="strings")
+
+    name: OpeEstimatorName
+    value: float | None
+    ci_low: float | None
+    ci_high: float | None
+    n: int = Field(description="Logged rows read.")
+    n_rounds: int = Field(description="Rounds (slates); the resampling unit of the interval.")
+    alpha: float = Field(description="The interval covers 1 - alpha.")
+    ci: CiMethod
+    supported: bool = True
+    unsupported_mass: float = Field(
+        default=0.0,
+        description="Mean over rows of the target's probability on actions the logger could "
+        "not take at the row's position.",
+    )
+    unsupported_rows: int = Field(default=0, description="Rows with such mass.")
+    support: Literal["logger_dist", "logged-pairs", "not-needed"] = Field(
+        default="not-needed",
+        description="What support was checked against: the logger's distribution per row, or "
+        "(without it) the (action, position) pairs the logs hold.",
+    )
+    params: dict[str, float] = Field(
+        default_factory=dict, description="Hyperparameters used (switch-dr's tau, dr-os's lambda)."
+    )
+    note: str | None = None
