@@ -36,6 +36,14 @@ from pinlab_data._loaders import (
 )
 from pinlab_data._movielens_like import write_movielens_like
 from pinlab_data._sessions import session_history
+from pinlab_data._simulator import (
+    ClickModel,
+    MatrixPreference,
+    SimConfig,
+    Simulator,
+    SynthPreference,
+    synth_preferences,
+)
 from pinlab_data._splits import holdout_mask, interaction_log, leave_last_out, seen_csr
 from pinlab_data._store import (
     atomic_writer,
@@ -93,7 +101,9 @@ from pinlab_data.contracts import (
     SessionHistory,
     Severity,
     SkippedImage,
+    SlateOutcome,
     SynthTruth,
+    TruePreference,
     User,
     ValidationReport,
 )
@@ -120,6 +130,7 @@ __all__ = [
     "Archive",
     "BanditFeedback",
     "BanditFeedbackError",
+    "ClickModel",
     "ColumnMapping",
     "Dataset",
     "DatasetManifest",
@@ -142,6 +153,7 @@ __all__ = [
     "LeaveLastOutSplit",
     "LoadReport",
     "LoaderKind",
+    "MatrixPreference",
     "MovieLensName",
     "OnBadLines",
     "PairSimilarity",
@@ -151,9 +163,14 @@ __all__ = [
     "SequenceLayout",
     "SessionHistory",
     "Severity",
+    "SimConfig",
+    "Simulator",
     "SkippedImage",
+    "SlateOutcome",
     "SynthConfig",
+    "SynthPreference",
     "SynthTruth",
+    "TruePreference",
     "User",
     "ValidationReport",
     "atomic_writer",
@@ -182,6 +199,7 @@ __all__ = [
     "save_feedback",
     "seen_csr",
     "session_history",
+    "synth_preferences",
     "synthesize",
     "validate_dataset",
     "write_bytes_atomic",
