@@ -161,7 +161,7 @@ def train_reinforce(
             optimiser.zero_grad()
             torch.autograd.backward(loss)
             optimiser.step()
-            total += float(loss) * len(batch)
+            total += float(loss.detach()) * len(batch)
         losses.append(total / len(r))
     net.eval()
     with torch.no_grad():
