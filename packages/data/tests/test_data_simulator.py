@@ -36,7 +36,7 @@ def _run(config: SimConfig, steps: int = 5) -> list[np.ndarray]:
 
 @pytest.mark.parametrize("click_model", ["pbm", "cascade"])
 def test_same_seed_same_clicks(click_model: str) -> None:
-    config = SimConfig(click_model=click_model, users_per_step=20, seed=4)  # type: ignore[arg-type]
+    config = SimConfig(click_model=click_model, users_per_step=20, seed=4)
     a, b = _run(config), _run(config)
     for x, y in zip(a, b, strict=True):
         np.testing.assert_array_equal(x, y)
@@ -105,7 +105,7 @@ def test_best_slate_is_never_beaten() -> None:
     for click_model in ("pbm", "cascade"):
         sim = Simulator(
             MatrixPreference(ATTRACTION),
-            SimConfig(click_model=click_model, users_per_step=50),  # type: ignore[arg-type]
+            SimConfig(click_model=click_model, users_per_step=50),
         )
         for step in range(10):
             users = sim.draw_users()

@@ -238,7 +238,7 @@ def test_reinforce_with_a_learned_beta_trains_too() -> None:
 
 
 def test_reward_model_is_cross_fitted_and_learns_the_clicks() -> None:
-    fb, items, sim = _logs("epsilon-greedy", 3000, seed=9)
+    fb, items, _ = _logs("epsilon-greedy", 3000, seed=9)
     q = fit_reward_model(fb, items, folds=2, seed=0)
     assert q.shape == (len(fb), len(items), 2) and ((q > 0) & (q < 1)).all()
     contexts, _, truth = _tiny_world()

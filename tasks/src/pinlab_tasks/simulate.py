@@ -185,9 +185,7 @@ def build_world(
     if (data / TRUTH_FILE).is_file():
         truth = load_truth(data)
         # The world's ids are 1..n; its truth rows 0..n-1.
-        start, end = synth_preferences(
-            truth, log.user_ids[keep_u] - 1, log.item_ids[keep_i] - 1
-        )
+        start, end = synth_preferences(truth, log.user_ids[keep_u] - 1, log.item_ids[keep_i] - 1)
         about["truth"] = "synthetic tastes (truth.npz), drifting from taste_start to taste_end"
         return World(start, end, contexts, vectors, about)
     truth_scores = _fitted_scores(truth_model, log, work_dir, seed + 1)[np.ix_(keep_u, keep_i)]
