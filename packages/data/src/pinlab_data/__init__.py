@@ -35,6 +35,7 @@ from pinlab_data._loaders import (
     load_sequences,
 )
 from pinlab_data._movielens_like import write_movielens_like
+from pinlab_data._open_bandit import OPEN_BANDIT_COLUMNS, load_open_bandit
 from pinlab_data._sessions import session_history
 from pinlab_data._simulator import (
     ClickModel,
@@ -121,6 +122,7 @@ __all__ = [
     "INTERACTION_SCHEMA",
     "LOGGER_DIST_FILE",
     "MOVIELENS_ARCHIVES",
+    "OPEN_BANDIT_COLUMNS",
     "PIN_SCHEMA",
     "SCHEMA_VERSION",
     "SHAPES",
@@ -192,6 +194,7 @@ __all__ = [
     "load_images",
     "load_interactions",
     "load_movielens",
+    "load_open_bandit",
     "load_sequences",
     "load_truth",
     "perceptual_hashes",

@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import get_args
 
 import numpy as np
 import numpy.typing as npt
@@ -50,6 +50,7 @@ from pinlab_eval.contracts import (
     OpeEstimate,
     OpeEstimatorName,
     OpeInputError,
+    SupportBasis,
 )
 
 ESTIMATORS: tuple[OpeEstimatorName, ...] = get_args(OpeEstimatorName)
@@ -268,9 +269,6 @@ def _rows_named(mask: npt.NDArray[np.bool_]) -> str:
     return f"{len(rows)} row(s) (rows {', '.join(str(r) for r in rows[:5])}{more})"
 
 
-SupportBasis = Literal["logger_dist", "logged-pairs", "not-needed"]
-
-
 def _support(
     fb: BanditFeedback, pi: Float64Array, logger_dist: Float64Array | None
 ) -> tuple[float, int, SupportBasis]:
@@ -297,7 +295,9 @@ def _switch_weight(w: Float64Array, tau: float) -> Float64Array:
 def _shrunk(w: Float64Array, lam: float) -> Float64Array:
     if math.isinf(lam):
         return w
-    return lam * w / (w**2 + lam)
+    denominator = w**2 + lam
+    # lambda = 0 shrinks every weight to 0 (dm), including w = 0 where the ratio is 0/0.
+    return np.divide(lam * w, denominator, out=np.zeros_like(w), where=denominator > 0)
 
 
 def _per_round(
@@ -357,12 +357,14 @@ def _hyperparameter(
 
 
 def _tune(rows: _Rows, grid: Sequence[float], modify: WeightMap) -> float:
-    """The grid value whose modified-weight DR has the least estimated MSE.
+    """The grid value whose modified-weight DR has the least estimated mean squared error.
 
-    MSE is estimated as the squared bias against dr (unbiased where the reward model is wrong
-    too), mean((w - w') (r - q)), plus the sample variance over n; Su et al. (2020, section 4)
-    choose lambda this way, and Wang et al. (2017) tau by an MSE bound of the same shape. Ties
-    go to the larger value (less bias).
+    MSE is estimated as (bias bound)^2 + variance / n. The bias is taken against dr, unbiased
+    whatever the reward model: the mean of d_i = (w_i - w'_i)(r_i - q_i), bounded above with
+    probability 0.95 by the empirical Bernstein bound (Maurer & Pontil 2009) since the plain
+    mean is itself noisy and would favour too much shrinkage. Su et al. (2020, section 4)
+    choose lambda this way and Wang et al. (2017) tau by an MSE bound of the same shape; obp's
+    "mse" tuning is alike. Ties go to the larger value (less bias).
     """
     assert rows.dm is not None and rows.q_logged is not None
     residual = rows.reward - rows.q_logged
@@ -370,12 +372,23 @@ def _tune(rows: _Rows, grid: Sequence[float], modify: WeightMap) -> float:
     best, best_mse = math.inf, math.inf
     for value in sorted(grid, reverse=True):
         weight = modify(rows.w, value)
-        bias = float(np.mean((rows.w - weight) * residual))
-        variance = float(np.var(rows.dm + weight * residual, ddof=1)) if n > 1 else 0.0
-        mse = bias**2 + variance / max(n, 1)
+        mse = _bias_bound((rows.w - weight) * residual) ** 2
+        if n > 1:
+            mse += float(np.var(rows.dm + weight * residual, ddof=1)) / n
         if mse < best_mse:
             best, best_mse = value, mse
     return best
+
+
+def _bias_bound(d: Float64Array, delta: float = 0.05) -> float:
+    """|mean(d)| plus the empirical Bernstein deviation of a mean of n values in a range b."""
+    n = len(d)
+    if n < 2:
+        return abs(float(d.mean())) if n else 0.0
+    spread = float(d.max() - d.min())
+    log_term = math.log(2 / delta)
+    deviation = math.sqrt(2 * float(np.var(d, ddof=1)) * log_term / n)
+    return abs(float(d.mean())) + deviation + 7 * spread * log_term / (3 * (n - 1))
 
 
 def _interval(

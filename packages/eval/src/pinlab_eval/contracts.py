@@ -448,6 +448,7 @@ class GroupQualityReport(BaseModel):
 
 OpeEstimatorName = Literal["dm", "ips", "snips", "dr", "switch-dr", "dr-os", "pseudo-inverse"]
 CiMethod = Literal["normal", "bootstrap"]
+SupportBasis = Literal["logger_dist", "logged-pairs", "not-needed"]
 
 
 class OpeInputError(PinlabDataError):
@@ -482,7 +483,7 @@ class OpeEstimate(BaseModel):
         "not take at the row's position.",
     )
     unsupported_rows: int = Field(default=0, description="Rows with such mass.")
-    support: Literal["logger_dist", "logged-pairs", "not-needed"] = Field(
+    support: SupportBasis = Field(
         default="not-needed",
         description="What support was checked against: the logger's distribution per row, or "
         "(without it) the (action, position) pairs the logs hold.",

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from pinlab_data import write_json_atomic, write_movielens_like
-from pinlab_eval import protocol_spec
+from pinlab_eval import CiMethod, protocol_spec
 from pinlab_tasks._app import DeviceOpt, JsonFlag, SeedOpt, settings
 from pinlab_tasks._measure import run_measured
 from pinlab_tasks._output import busy, emit, stderr, stdout
@@ -74,6 +74,71 @@ def data(
         stdout.print(table)
 
     emit(payload, as_json, render)
+
+
+@app.command("ope-real")
+def ope_real(
+    campaign: Annotated[
+        str, typer.Option("--campaign", help="Open Bandit Dataset campaign: all, men or women.")
+    ] = "all",
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data",
+            help="An Open Bandit Dataset folder ({random,bts}/CAMPAIGN/CAMPAIGN.csv). Default: "
+            "the small sample obp ships.",
+        ),
+    ] = None,
+    folds: Annotated[int, typer.Option("--folds", min=2, help="Reward model cross-fitting.")] = 3,
+    ci: Annotated[
+        CiMethod, typer.Option("--ci", help="Interval: normal (delta method) or bootstrap.")
+    ] = "normal",
+    run: Annotated[
+        Path | None, typer.Option("--run", help="Run directory. Default: a new one.")
+    ] = None,
+    seed: SeedOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Estimate the Bernoulli Thompson sampling policy's click rate from the uniform-random
+    policy's logs of the Open Bandit Dataset, as the OBP paper does, with every off-policy
+    estimator; compare with BTS's own logged click rate (relative error, interval coverage),
+    and run obp's estimators on identical inputs (they must agree to 1e-6).
+
+    Needs the optional extra: `uv sync --all-packages --extra obp`.
+
+    Writes: RUN/run.json (resolved config), RUN/ope_real.json.
+    """
+    from pinlab_tasks.ope_peers import open_bandit_check, render_open_bandit, require_obp
+
+    require_obp()
+    resolved = settings()
+    layout = RunLayout(run or new_run_dir(resolved.runs_dir, "bench-ope-real"))
+    seed_value = resolved.seed if seed is None else seed
+    config = {
+        "campaign": campaign,
+        "data": str(data) if data else None,
+        "folds": folds,
+        "ci": ci,
+        "seed": seed_value,
+    }
+    with tracked("bench ope-real", config, run_dir=layout.root) as tracker:
+        with busy("estimating BTS from the random policy's logs", as_json):
+            result = open_bandit_check(
+                campaign=campaign, data=data, folds=folds, seed=seed_value, ci=ci
+            )
+        layout.log_step("bench ope-real", config)
+        write_json_atomic(layout.root / "ope_real.json", result)
+        tracker.log_metrics(
+            {
+                f"relative_error/{row['name']}": row["relative_error"]
+                for row in result["estimates"]
+                if row["value"] is not None
+            }
+            | {"obp_max_abs_diff": result["agreement"]["max_abs_diff"]}
+        )
+        tracker.log_artifact(layout.root / "ope_real.json")
+    payload = {"run": str(layout.root), **result}
+    emit(payload, as_json, lambda: render_open_bandit(payload))
 
 
 @app.command("recsys")
