@@ -172,7 +172,9 @@ def build_world(
     counts_i = np.bincount(log.items, minlength=log.num_items)
     keep_u = _most(counts_u, users)
     keep_i = _most(counts_i, items)
-    scores = _fitted_scores(recommender, log, work_dir, seed)[np.ix_(keep_u, keep_i)]
+    scores = _fitted_scores(recommender, log, work_dir / "fitted" / recommender, seed)[
+        np.ix_(keep_u, keep_i)
+    ]
     contexts, vectors = factors(scores, dim)
     about: dict[str, Any] = {
         "data": str(data),
@@ -188,7 +190,9 @@ def build_world(
         start, end = synth_preferences(truth, log.user_ids[keep_u] - 1, log.item_ids[keep_i] - 1)
         about["truth"] = "synthetic tastes (truth.npz), drifting from taste_start to taste_end"
         return World(start, end, contexts, vectors, about)
-    truth_scores = _fitted_scores(truth_model, log, work_dir, seed + 1)[np.ix_(keep_u, keep_i)]
+    truth_scores = _fitted_scores(truth_model, log, work_dir / "fitted" / truth_model, seed + 1)[
+        np.ix_(keep_u, keep_i)
+    ]
     about["truth"] = (
         f"{truth_model}'s scores, per user sigmoid(logit(0.05) + 1.5 z), drifting towards "
         "another user's"
@@ -241,8 +245,18 @@ class Trace:
         }
 
 
+@dataclass(frozen=True)
+class Logged:
+    """A run's logs and, for the simulator's bookkeeping, the user of each round (round r is
+    feedback rows r * k ... r * k + k - 1); estimators see only the feedback."""
+
+    feedback: BanditFeedback
+    users: Int64Array
+
+
 @dataclass
 class _Log:
+    users: list[np.ndarray] = field(default_factory=list)
     round_id: list[np.ndarray] = field(default_factory=list)
     action: list[np.ndarray] = field(default_factory=list)
     reward: list[np.ndarray] = field(default_factory=list)
@@ -262,7 +276,7 @@ def run_policy(
     log: bool = False,
     logger_dist: bool | None = None,
     points: int = 100,
-) -> tuple[Trace, BanditFeedback | None]:
+) -> tuple[Trace, Logged | None]:
     """Serve `rounds` rounds (one user, one slate) in batches of `config.users_per_step`.
 
     The simulator draws users and clicks from `config.seed`; the policy draws from `seed`. With
@@ -292,7 +306,7 @@ def run_policy(
         outcome = sim.step(users, choice.slates)
         policy.update(context, choice.slates, outcome.clicks)
         if record is not None:
-            _record(record, trace.rounds, context, choice, outcome.clicks, policy, with_dist)
+            _record(record, trace.rounds, users, context, choice, outcome.clicks, policy, with_dist)
         trace.rounds += len(users)
         trace.clicks += float(outcome.clicks.sum())
         trace.expected += float(outcome.expected.sum())
@@ -303,12 +317,15 @@ def run_policy(
             trace.curve_regret.append(trace.regret)
             next_point += trace.every
     trace.seconds = time.perf_counter() - start
-    return trace, (_feedback(record, world.num_items, k) if record is not None else None)
+    if record is None:
+        return trace, None
+    return trace, Logged(_feedback(record, world.num_items, k), np.concatenate(record.users))
 
 
 def _record(
     record: _Log,
     first_round: int,
+    users: Int64Array,
     context: Float64Array,
     choice: Any,
     clicks: Float64Array,
@@ -322,6 +339,7 @@ def _record(
             "estimates them with propensity_samples > 0)"
         )
     b, k = choice.slates.shape
+    record.users.append(users)
     record.round_id.append(np.repeat(first_round + np.arange(b), k))
     record.action.append(choice.slates.ravel())
     record.reward.append(clicks.ravel())
@@ -365,10 +383,14 @@ def sim_run(
     seed: int,
     settings: dict[str, Any] | None = None,
     log: bool = True,
+    policy: SlatePolicy | None = None,
 ) -> dict[str, Any]:
-    """Run one policy; write its logs (with the world and the settings) under `out/logs`."""
-    policy = build_policy(policy_name, world.inputs(config.slate_size, seed), settings)
-    trace, feedback = run_policy(world, policy, config, rounds, seed=seed, log=log)
+    """Run one policy (`policy`, or built by name); write its logs (with the world and the
+    settings) under `out/logs`."""
+    if policy is None:
+        policy = build_policy(policy_name, world.inputs(config.slate_size, seed), settings)
+    trace, logged = run_policy(world, policy, config, rounds, seed=seed, log=log)
+    feedback = logged.feedback if logged is not None else None
     result: dict[str, Any] = {
         **trace.summary(),
         "impressions": trace.rounds * config.slate_size,
@@ -420,3 +442,136 @@ def read_logs(root: Path) -> tuple[BanditFeedback, World, dict[str, Any]]:
             f"{world.contexts.shape[1]}-d contexts; the files come from different runs"
         )
     return feedback, world, meta
+
+
+def world_for(
+    data: Path | None,
+    root: Path,
+    *,
+    users: int,
+    items: int,
+    recommender: str,
+    dim: int,
+    seed: int,
+) -> World:
+    """The world of `data`, or of a synthetic world of `users` x `items` written under
+    `root/world` (the same seed writes the same world)."""
+    if data is None:
+        data = synthetic_world_dir(root / "world", users, items, seed)
+        return build_world(data, root, recommender=recommender, dim=dim, seed=seed)
+    return build_world(
+        data, root, users=users, items=items, recommender=recommender, dim=dim, seed=seed
+    )
+
+
+def parse_settings(pairs: list[str] | None) -> dict[str, Any]:
+    """`KEY=VALUE` pairs as a dict, values read as JSON when they parse (numbers, booleans)."""
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise PinlabDataError(f"--set takes KEY=VALUE, got {pair!r} (e.g. --set epsilon=0.1)")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
+def target_policy(
+    world: World,
+    name: str,
+    settings: dict[str, Any],
+    slate_size: int,
+    *,
+    seed: int,
+    train_logs: Path | None = None,
+) -> StationaryPolicy:
+    """A fixed policy to value off-policy: one of the stationary policies, or `reinforce`
+    trained on `train_logs` (logs of the same world; never the logs being evaluated)."""
+    from pinlab_models import ReinforceConfig, train_reinforce
+
+    if name == "reinforce":
+        if train_logs is None:
+            raise PinlabDataError(
+                "reinforce is trained from logs: pass --train-logs DIR (logs of the same world "
+                "from another `pinlab sim run`, not the logs being evaluated)"
+            )
+        feedback, other, _ = read_logs(train_logs)
+        if not np.array_equal(other.items, world.items):
+            raise PinlabDataError(
+                f"{train_logs} comes from another world than the logs being evaluated; train "
+                "on logs of the same world"
+            )
+        return train_reinforce(
+            feedback, world.items, ReinforceConfig.model_validate(settings), seed=seed,
+            slate_size=slate_size,
+        )  # fmt: skip
+    policy = build_policy(name, world.inputs(slate_size, seed), settings)
+    if not isinstance(policy, StationaryPolicy):
+        raise PinlabDataError(
+            f"{name} learns as it acts, so it has no fixed value to estimate; value a fixed "
+            "policy: random, greedy, softmax, epsilon-greedy or reinforce"
+        )
+    return policy
+
+
+def eval_ope(
+    logs: Path,
+    policy_name: str,
+    settings: dict[str, Any],
+    *,
+    train_logs: Path | None,
+    ci: Any,
+    seed: int,
+) -> dict[str, Any]:
+    """Every estimator's value of `policy_name` from the logs in `logs`, with intervals; the
+    exact value too when the logs' simulator was stationary with pbm clicks."""
+    from pinlab_eval import estimate_all
+    from pinlab_models import fit_reward_model
+
+    feedback, world, meta = read_logs(logs)
+    config = SimConfig.model_validate(meta.get("sim", {}))
+    target = target_policy(
+        world, policy_name, settings, feedback.len_list, seed=seed, train_logs=train_logs
+    )
+    action_dist = target.marginals(feedback.context)
+    rewards = fit_reward_model(feedback, world.items, folds=2, seed=seed)
+    estimates = estimate_all(feedback, action_dist, rewards, ci=ci, seed=seed)
+    truth: float | None = None
+    why = None
+    if config.click_model == "pbm" and config.is_stationary:
+        truth = world.simulator(config).on_policy_value(target.marginals(world.contexts))
+    else:
+        why = (
+            "no exact value: the logs' simulator had "
+            + ("cascade clicks" if config.click_model != "pbm" else "drift or fatigue")
+            + "; log with --stationary (pbm, no drift or fatigue) to compare with the truth"
+        )
+    rows = []
+    for est in estimates:
+        row: dict[str, Any] = est.model_dump(mode="json")
+        if truth is not None and est.value is not None:
+            scale = feedback.len_list if est.name == "pseudo-inverse" else 1
+            row["truth"] = truth * scale
+            row["relative_error"] = abs(est.value - truth * scale) / (truth * scale)
+            row["covers_truth"] = bool(
+                est.ci_low is not None
+                and est.ci_high is not None
+                and est.ci_low <= truth * scale <= est.ci_high
+            )
+        rows.append(row)
+    return {
+        "logs": str(logs),
+        "logger": meta.get("policy"),
+        "logger_settings": meta.get("settings", {}),
+        "target": policy_name,
+        "target_settings": settings,
+        "rows": len(feedback),
+        "rounds": feedback.n_rounds,
+        "logged_click_rate": float(feedback.reward.mean()),
+        "truth_per_impression": truth,
+        "truth_note": why,
+        "reward_model": "cross-fitted logistic regression on the logs (2 folds)",
+        "estimates": rows,
+    }

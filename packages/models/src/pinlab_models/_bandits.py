@@ -50,6 +50,7 @@ from pinlab_models.contracts import (
 MAX_EXACT_SLATE = 3
 """Plackett-Luce position marginals are computed exactly up to this slate size."""
 _TIE_JITTER = 1e-9
+_ROWS_PER_CHUNK = 256
 
 
 # --- slate arithmetic ---------------------------------------------------------------------------
@@ -105,6 +106,13 @@ def plackett_luce_marginals(probs: Float64Array, k: int) -> Float64Array:
             f"{MAX_EXACT_SLATE}, not {k}; use a smaller slate size or the epsilon-greedy policy"
         )
     p = np.asarray(probs, dtype=np.float64)
+    if len(p) > _ROWS_PER_CHUNK:  # position 2 holds (rows, items, items) temporaries
+        return np.concatenate(
+            [
+                plackett_luce_marginals(p[start : start + _ROWS_PER_CHUNK], k)
+                for start in range(0, len(p), _ROWS_PER_CHUNK)
+            ]
+        )
     out = np.empty((*p.shape, k))
     out[:, :, 0] = p
     if k > 1:
@@ -396,7 +404,7 @@ class NeuralLinear:
         config: NeuralLinearConfig,
         seed: int,
     ) -> None:
-        self.items_t = torch.as_tensor(np.asarray(items), dtype=torch.float32)
+        self.items_t = torch.tensor(np.asarray(items), dtype=torch.float32)
         self.num_items, self.slate_size, self.context_dim = len(items), slate_size, context_dim
         self.config = config
         self._gen = torch.Generator().manual_seed(seed)

@@ -129,10 +129,11 @@ def train_reinforce(
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):  # seeded weights, the global stream untouched
         torch.manual_seed(seed)
-        net = _PolicyNet(feedback.context_dim, torch.as_tensor(items, dtype=torch.float32), cfg)
-    x = torch.as_tensor(feedback.context, dtype=torch.float32)
-    a = torch.as_tensor(feedback.action)
-    r = torch.as_tensor(feedback.reward, dtype=torch.float32)
+        net = _PolicyNet(feedback.context_dim, torch.tensor(items, dtype=torch.float32), cfg)
+    # Copies: loaded logs are read-only arrays, which torch will not wrap.
+    x = torch.tensor(feedback.context, dtype=torch.float32)
+    a = torch.tensor(feedback.action)
+    r = torch.tensor(feedback.reward, dtype=torch.float32)
     beta_known = torch.as_tensor(known_beta(feedback, k), dtype=torch.float32)
     optimiser = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     losses: list[float] = []

@@ -56,8 +56,8 @@ def _fit(
     def loss(theta: Float64Array) -> tuple[float, Float64Array]:
         p = model.unpack(theta)
         z = (
-            np.einsum("nd,de,ne->n", x, p["m"], ya, optimize=True)
-            + np.einsum("nd,nd->n", p["w"][action], x)
+            ((x @ p["m"]) * ya).sum(axis=1)
+            + (p["w"][action] * x).sum(axis=1)
             + p["b"][action]
             + x @ p["u"]
             + p["c"][position]
