@@ -172,6 +172,10 @@ def bandits(
     train_rounds: Annotated[
         int, typer.Option("--train-rounds", min=10, help="Logged rounds REINFORCE learns from.")
     ] = 20_000,
+    speed_impressions: Annotated[
+        int,
+        typer.Option("--speed-impressions", min=3, help="Impressions the speed check serves."),
+    ] = 1_000_000,
     run: Annotated[
         Path | None, typer.Option("--run", help="Run directory. Default: a new one.")
     ] = None,
@@ -203,7 +207,8 @@ def bandits(
     seed_value = resolved.seed if seed is None else seed
     config = {"rounds": rounds, "seeds": seeds, "data": str(data) if data else None,
               "users": users, "items": items, "slate": slate, "click_model": click_model,
-              "train_rounds": train_rounds, "seed": seed_value}  # fmt: skip
+              "train_rounds": train_rounds, "speed_impressions": speed_impressions,
+              "seed": seed_value}  # fmt: skip
     say = step_say(stderr.print, "bench bandits")
     with tracked("bench bandits", config, run_dir=layout.root) as tracker:
         say("building the world")
@@ -213,7 +218,8 @@ def bandits(
         )  # fmt: skip
         result = bench_bandits(
             world, rounds=rounds, seeds=seeds, slate_size=slate, click_model=click_model,
-            train_rounds=train_rounds, seed=seed_value, say=say,
+            train_rounds=train_rounds, seed=seed_value, speed_impressions=speed_impressions,
+            say=say,
         )  # fmt: skip
         result["plot"] = str(bandits_plot(result, layout.root / PLOT_FILE))
         layout.log_step("bench bandits", config, data_dir=data)
