@@ -263,7 +263,6 @@ class _Log:
     pscore: list[np.ndarray] = field(default_factory=list)
     pscore_slate: list[np.ndarray] = field(default_factory=list)
     context: list[np.ndarray] = field(default_factory=list)
-    dist: list[np.ndarray] = field(default_factory=list)
 
 
 def run_policy(
@@ -297,6 +296,12 @@ def run_policy(
         and isinstance(policy, StationaryPolicy)
         and (cells <= MAX_LOGGER_DIST_CELLS if logger_dist is None else logger_dist)
     )
+    # A stationary policy's marginals depend on the user alone: computed once for everyone.
+    per_user = (
+        policy.marginals(world.contexts)
+        if with_dist and isinstance(policy, StationaryPolicy)
+        else None
+    )
     next_point = trace.every
     start = time.perf_counter()
     while trace.rounds < rounds:
@@ -306,7 +311,7 @@ def run_policy(
         outcome = sim.step(users, choice.slates)
         policy.update(context, choice.slates, outcome.clicks)
         if record is not None:
-            _record(record, trace.rounds, users, context, choice, outcome.clicks, policy, with_dist)
+            _record(record, trace.rounds, users, context, choice, outcome.clicks, policy)
         trace.rounds += len(users)
         trace.clicks += float(outcome.clicks.sum())
         trace.expected += float(outcome.expected.sum())
@@ -319,7 +324,9 @@ def run_policy(
     trace.seconds = time.perf_counter() - start
     if record is None:
         return trace, None
-    return trace, Logged(_feedback(record, world.num_items, k), np.concatenate(record.users))
+    users_logged = np.concatenate(record.users)
+    dist = None if per_user is None else np.repeat(per_user[users_logged], k, axis=0)
+    return trace, Logged(_feedback(record, world.num_items, k, dist), users_logged)
 
 
 def _record(
@@ -330,7 +337,6 @@ def _record(
     choice: Any,
     clicks: Float64Array,
     policy: SlatePolicy,
-    with_dist: bool,
 ) -> None:
     if choice.pscore is None:
         raise PinlabModelError(
@@ -347,12 +353,9 @@ def _record(
     if choice.pscore_slate is not None:
         record.pscore_slate.append(np.repeat(choice.pscore_slate, k))
     record.context.append(np.repeat(context, k, axis=0))
-    if with_dist:
-        assert isinstance(policy, StationaryPolicy)
-        record.dist.append(np.repeat(policy.marginals(context), k, axis=0))
 
 
-def _feedback(record: _Log, n_actions: int, k: int) -> BanditFeedback:
+def _feedback(record: _Log, n_actions: int, k: int, dist: Float64Array | None) -> BanditFeedback:
     rows = len(record.action)
     return BanditFeedback(
         n_actions=n_actions,
@@ -366,7 +369,7 @@ def _feedback(record: _Log, n_actions: int, k: int) -> BanditFeedback:
         pscore_slate=(
             np.concatenate(record.pscore_slate) if len(record.pscore_slate) == rows else None
         ),
-        logger_dist=np.concatenate(record.dist) if len(record.dist) == rows else None,
+        logger_dist=dist,
     )
 
 

@@ -89,8 +89,10 @@ def _fit(
 def _predict(p: dict[str, Float64Array], x: Float64Array, items: Float64Array) -> Float64Array:
     """(n, n_actions, k) click probabilities for every item at every position."""
     base = x @ p["m"] @ items.T + x @ p["w"].T + p["b"][None, :] + (x @ p["u"])[:, None]
-    z = base[:, :, None] + p["c"][None, None, :]
-    return np.asarray(1.0 / (1.0 + np.exp(-z)))
+    out = np.empty((*base.shape, len(p["c"])))
+    for position, offset in enumerate(p["c"]):
+        out[:, :, position] = 1.0 / (1.0 + np.exp(-(base + offset)))
+    return out
 
 
 def fit_reward_model(
@@ -122,8 +124,10 @@ def fit_reward_model(
     fold_of_round = np.random.default_rng(seed).permutation(n_rounds) % folds
     fold = fold_of_round[rounds]
     out = np.empty((len(feedback), feedback.n_actions, feedback.len_list))
+    # A round's rows share its context: predict once per round, then copy to its rows.
+    first_row = np.unique(rounds, return_index=True)[1]
     for f in range(folds):
-        train, held = fold != f, fold == f
+        train = fold != f
         params = _fit(
             feedback.context[train],
             feedback.action[train],
@@ -133,5 +137,7 @@ def fit_reward_model(
             feedback.len_list,
             l2,
         )
-        out[held] = _predict(params, feedback.context[held], items)
+        held_rounds = np.flatnonzero(fold_of_round == f)
+        per_round = _predict(params, feedback.context[first_row[held_rounds]], items)
+        out[fold == f] = per_round[np.searchsorted(held_rounds, rounds[fold == f])]
     return out
