@@ -18,6 +18,7 @@ from pinlab_eval import (
     distributions_png,
     embedding_map,
     project_2d,
+    spread_png,
 )
 
 
@@ -88,3 +89,14 @@ def test_difference_matrix_checks_its_shapes() -> None:
         difference_matrix_png(
             ["a"], np.full((1, 1), np.nan), p_value[:1, :1], significant[:1, :1], "ndcg@10"
         )
+
+
+def test_spread_plots_values_per_name_and_refuses_nothing() -> None:
+    rng = np.random.default_rng(2)
+    panels = {"pair a": {"dr": rng.normal(size=30), "ips": rng.normal(size=30)}}
+    one = _size(spread_png(panels, "relative error", band=0.1))
+    more = {"pair a": {f"e{i}": rng.normal(size=30) for i in range(7)}}
+    assert _size(spread_png(more, "relative error"))[1] > one[1]  # a taller panel for more rows
+    assert spread_png(panels, "x") == spread_png(panels, "x")  # the jitter is fixed
+    with pytest.raises(PinlabDataError, match="no values"):
+        spread_png({}, "x")

@@ -33,6 +33,7 @@ from pinlab_tasks.commands import (
     query,
     runs,
     serve,
+    sim,
     train,
 )
 from pinlab_tasks.commands.mcp import register as register_mcp
@@ -50,6 +51,7 @@ app.add_typer(export.app, name="export")
 app.add_typer(bench.app, name="bench")
 app.add_typer(runs.app, name="runs")
 app.add_typer(new.app, name="new")
+app.add_typer(sim.app, name="sim")
 demo.register(app)
 embed.register(app)
 serve.register(app)

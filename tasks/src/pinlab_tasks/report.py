@@ -24,11 +24,17 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
 from pinlab_data import PinlabDataError, write_bytes_atomic
 from pinlab_eval import Curve, curves_png, difference_matrix_png, distributions_png
+from pinlab_tasks.bandit_bench import BANDITS_FILE
+from pinlab_tasks.bandit_bench import PLOT_FILE as BANDITS_PLOT
 from pinlab_tasks.cards import CARDS_DIR, DATA_CARD, MODEL_CARD, write_cards
+from pinlab_tasks.ope_bench import OPE_FILE
+from pinlab_tasks.ope_bench import PLOT_FILE as OPE_PLOT
 from pinlab_tasks.rerank_bench import RERANK_FILE
 from pinlab_tasks.runs import utc_now
 
-ReportKind = Literal["bench recsys", "bench visual", "bench rerank", "run"]
+ReportKind = Literal[
+    "bench recsys", "bench visual", "bench rerank", "bench ope", "bench bandits", "run"
+]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 # --- what the page reads: lenient views of the files, so older and newer runs both load ------
@@ -388,12 +394,17 @@ def detect_kind(root: Path) -> ReportKind:
         return "bench visual"
     if (root / RERANK_FILE).is_file():
         return "bench rerank"
+    if (root / OPE_FILE).is_file():
+        return "bench ope"
+    if (root / BANDITS_FILE).is_file():
+        return "bench bandits"
     if (root / "run.json").is_file() and any((root / p).is_file() for p in RUN_RESULTS):
         return "run"
     raise PinlabDataError(
         f"{root} holds nothing to report: expected bench.json (`pinlab bench recsys --run DIR`),"
         " bench_visual.json (`pinlab bench visual --run DIR`), rerank.json (`pinlab bench "
-        "rerank --run DIR`), or run.json with evaluation "
+        "rerank --run DIR`), ope.json (`pinlab bench ope`), bandits.json (`pinlab bench "
+        "bandits`), or run.json with evaluation "
         "results (`pinlab demo --out DIR`)"
     )
 
@@ -433,6 +444,16 @@ def build_report(root: Path) -> Report:
         title = f"pinlab bench rerank: {result.get('data')}"
         header = _rerank_header(root, result, record)
         _rerank_sections(root, result, page)
+    elif kind == "bench ope":
+        result = _json_or_empty(root / OPE_FILE)
+        title = "pinlab bench ope: off-policy estimates against the simulator's truth"
+        header = _sim_header(root, result, record)
+        _ope_sections(root, result, page)
+    elif kind == "bench bandits":
+        result = _json_or_empty(root / BANDITS_FILE)
+        title = "pinlab bench bandits: policies in the simulator"
+        header = _sim_header(root, result, record)
+        _bandits_sections(root, result, page)
     else:
         title = f"pinlab run: {root.name}"
         header = _run_header(root, record)
@@ -1265,6 +1286,170 @@ def _rerank_sections(root: Path, result: Mapping[str, Any], page: _Page) -> None
         )
     else:
         page.missing("frontier", "no frontier.png in the directory")
+
+
+def _sim_header(root: Path, result: Mapping[str, Any], record: Mapping[str, Any]) -> str:
+    world = result.get("world") or {}
+    sim = result.get("sim") or {}
+    return _meta(
+        [
+            ("world", world.get("data")),
+            ("users x items", f"{world.get('users')} x {world.get('items')}"),
+            ("true preference", world.get("truth")),
+            ("what policies see", f"{world.get('recommender')}'s {world.get('dim')} factors"),
+            ("click model", sim.get("click_model")),
+            ("slate size", sim.get("slate_size")),
+            ("fatigue, recovery, drift",
+             f"{sim.get('fatigue')}, {sim.get('recovery')}, {sim.get('drift')}"),
+            ("rounds", result.get("rounds")),
+            ("seeds", ", ".join(map(str, result.get("seeds") or []))),
+            ("bench seconds", result.get("seconds")),
+            *_provenance(root, record),
+        ]
+    )  # fmt: skip
+
+
+def _pct(value: object, signed: bool = False) -> str:
+    if not isinstance(value, int | float):
+        return "-"
+    return f"{value * 100:+.1f}%" if signed else f"{value * 100:.1f}%"
+
+
+def _ope_sections(root: Path, result: Mapping[str, Any], page: _Page) -> None:
+    targets = result.get("targets") or {}
+    page.add(
+        "target",
+        "The issue's target",
+        f"<p>DR from {esc(result.get('rounds'))} epsilon-greedy rounds, mean relative error "
+        f"{esc(_pct(targets.get('dr_mean_relative_error')))} (target under 10%: "
+        f"{'met' if targets.get('dr_within_10pct') else 'not met'}); its "
+        f"{esc(_pct(1 - (result.get('alpha') or 0.05)))} interval covered the truth in "
+        f"{esc(_pct(targets.get('dr_coverage')))} of seeds (Wilson 95% interval of that share: "
+        f"{esc(targets.get('dr_coverage_ci95'))}).</p>",
+        f'<p class="note">Truth: {esc(result.get("truth"))}. Reward model: '
+        f"{esc(result.get('reward_model'))}.</p>",
+    )
+    head = "".join(
+        f"<th>{esc(h)}</th>"
+        for h in ("estimator", "mean", "relative bias", "mean |relative error|",
+                  "relative RMSE", "coverage", "relative width", "unsupported")
+    )  # fmt: skip
+    for pair in result.get("pairs") or []:
+        body = "".join(_ope_row(name, s) for name, s in (pair.get("estimators") or {}).items())
+        page.add(
+            _slug(pair.get("pair", "pair")),
+            str(pair.get("pair")),
+            f"<p>{esc(pair.get('why'))}; truth {pair.get('truth_per_impression', 0):.4f} "
+            "clicks per impression.</p>",
+            f'<div class="wide"><table class="metrics"><tr>{head}</tr>{body}</table></div>',
+        )
+    plot = root / OPE_PLOT
+    if plot.is_file():
+        page.add(
+            "errors",
+            "Errors per seed",
+            page.figure(
+                plot.read_bytes(),
+                "ope errors",
+                "relative error of every estimator per seed, one panel per pair",
+                "One dot per seed, the mean as a red diamond; the band is +-10%.",
+            ),
+        )
+    else:
+        page.missing("errors", f"no {OPE_PLOT} in the directory")
+    peers = result.get("peers") or {}
+    if peers:
+        items = []
+        for name, peer in peers.items():
+            if not peer.get("available"):
+                items.append(f"<li>{esc(name)}: skipped ({esc(peer.get('reason'))})</li>")
+            elif name == "obp_agreement":
+                items.append(
+                    f"<li>obp {esc(peer.get('obp'))} on identical inputs ({esc(peer.get('pair'))}):"
+                    f" largest difference {esc(peer.get('max_abs_diff'))}</li>"
+                )
+            else:
+                rows = {e["name"]: e for e in peer.get("estimates") or []}
+                dr = rows.get("dr") or {}
+                items.append(
+                    f"<li>Open Bandit Dataset ({esc(peer.get('campaign'))}): BTS's logged click "
+                    f"rate {esc(peer.get('on_policy', {}).get('value'))}; DR from the random "
+                    f"policy's logs {esc(dr.get('value'))} (relative error "
+                    f"{esc(_pct(dr.get('relative_error')))})</li>"
+                )
+        page.add("peers", "Peers", f"<ul>{''.join(items)}</ul>")
+
+
+def _ope_row(name: str, s: Mapping[str, Any]) -> str:
+    mean, coverage = s.get("mean"), s.get("coverage")
+    unsupported = f"{s.get('unsupported')}/{s.get('runs')}" if s.get("unsupported") else ""
+    cells = (
+        name,
+        "-" if mean is None else f"{mean:.4f}",
+        _pct(s.get("relative_bias"), signed=True),
+        _pct(s.get("mean_relative_error")),
+        _pct(s.get("relative_rmse")),
+        "-" if coverage is None else f"{coverage:.2f}",
+        _pct(s.get("mean_relative_width")),
+        unsupported,
+    )
+    return "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>"
+
+
+def _bandits_sections(root: Path, result: Mapping[str, Any], page: _Page) -> None:
+    head = "".join(
+        f"<th>{esc(h)}</th>"
+        for h in ("policy", "cumulative regret", "regret per round", "expected clicks per round",
+                  "seconds")
+    )  # fmt: skip
+    ordered = sorted((result.get("policies") or {}).items(), key=lambda kv: kv[1]["regret"]["mean"])
+    body = "".join(
+        "<tr>"
+        f"<td>{esc(name)}</td>"
+        f"<td>{p['regret']['mean']:,.0f} ± {p['regret']['std']:,.0f}</td>"
+        f"<td>{p['regret_per_round']['mean']:.4f}</td>"
+        f"<td>{p['reward_per_round']['mean']:.4f}</td>"
+        f"<td>{p['seconds']['mean']:.1f}</td>"
+        "</tr>"
+        for name, p in ordered
+    )
+    targets = "".join(
+        f"<li>{esc(name)}: {'met' if ok else 'not met'}</li>"
+        for name, ok in (result.get("targets") or {}).items()
+    )
+    page.add(
+        "policies",
+        "Policies, best first",
+        f'<p class="note">{esc(result.get("regret"))}; mean ± standard deviation over seeds.</p>',
+        f'<div class="wide"><table class="metrics"><tr>{head}</tr>{body}</table></div>',
+        f"<ul>{targets}</ul>",
+    )
+    plot = root / BANDITS_PLOT
+    if plot.is_file():
+        page.add(
+            "curves",
+            "Regret and reward curves",
+            page.figure(
+                plot.read_bytes(),
+                "bandits",
+                "cumulative regret and running expected clicks per round of every policy",
+                "Means over seeds.",
+            ),
+        )
+    else:
+        page.missing("curves", f"no {BANDITS_PLOT} in the directory")
+    rf = result.get("reinforce") or {}
+    speed = result.get("simulator_speed") or {}
+    page.add(
+        "reinforce",
+        "REINFORCE against its logger",
+        f"<p>Trained on {esc(rf.get('train_rounds'))} rounds logged by {esc(rf.get('logger'))} "
+        f"({esc(rf.get('logger_settings'))}): {esc(rf.get('reinforce_reward_per_round'))} "
+        f"expected clicks per round against the logger's {esc(rf.get('logger_reward_per_round'))}"
+        f" ({esc(_pct(rf.get('relative_improvement'), signed=True))}).</p>",
+        f"<p>Simulator: {esc(speed.get('impressions'))} impressions in "
+        f"{esc(speed.get('seconds'))} s.</p>",
+    )
 
 
 def _inside(root: Path, recorded: str) -> Path:

@@ -45,6 +45,14 @@ from pinlab_data._loaders import (
 from pinlab_data._movielens_like import write_movielens_like
 from pinlab_data._open_bandit import OPEN_BANDIT_COLUMNS, load_open_bandit
 from pinlab_data._sessions import session_history
+from pinlab_data._simulator import (
+    ClickModel,
+    MatrixPreference,
+    SimConfig,
+    Simulator,
+    SynthPreference,
+    synth_preferences,
+)
 from pinlab_data._splits import holdout_mask, interaction_log, leave_last_out, seen_csr
 from pinlab_data._store import (
     atomic_directory,
@@ -107,7 +115,9 @@ from pinlab_data.contracts import (
     SessionHistory,
     Severity,
     SkippedImage,
+    SlateOutcome,
     SynthTruth,
+    TruePreference,
     User,
     ValidationReport,
     embedding_schema,
@@ -138,6 +148,7 @@ __all__ = [
     "Archive",
     "BanditFeedback",
     "BanditFeedbackError",
+    "ClickModel",
     "ColumnMapping",
     "Dataset",
     "DatasetManifest",
@@ -163,6 +174,7 @@ __all__ = [
     "LeaveLastOutSplit",
     "LoadReport",
     "LoaderKind",
+    "MatrixPreference",
     "MovieLensName",
     "OnBadLines",
     "PairSimilarity",
@@ -172,9 +184,14 @@ __all__ = [
     "SequenceLayout",
     "SessionHistory",
     "Severity",
+    "SimConfig",
+    "Simulator",
     "SkippedImage",
+    "SlateOutcome",
     "SynthConfig",
+    "SynthPreference",
     "SynthTruth",
+    "TruePreference",
     "User",
     "ValidationReport",
     "atomic_directory",
@@ -210,6 +227,7 @@ __all__ = [
     "seen_csr",
     "session_history",
     "shard_name",
+    "synth_preferences",
     "synthesize",
     "validate_dataset",
     "write_bytes_atomic",

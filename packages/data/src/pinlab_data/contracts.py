@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -410,6 +410,45 @@ class SynthTruth:
     pin_category: Int64Array
     pin_palette: Int64Array
     pin_appeal: Float32Array
+
+
+class TruePreference(Protocol):
+    """How strongly every item attracts some users: the click probability of an item seen with
+    full attention, in [0, 1]. What drives the simulator (`Simulator`): the synthetic world's
+    tastes (`SynthPreference`) or a fitted model's calibrated scores (`MatrixPreference`)."""
+
+    @property
+    def num_users(self) -> int: ...
+
+    @property
+    def num_items(self) -> int: ...
+
+    def attraction(self, users: Int64Array) -> Float64Array:
+        """(len(users), num_items) attraction in [0, 1]."""
+        ...
+
+
+@dataclass(frozen=True)
+class SlateOutcome:
+    """What one simulator step showed and what came of it, one row per user served."""
+
+    users: Int64Array
+    """(B,) the users served."""
+    slates: Int64Array
+    """(B, k) the items shown, top first."""
+    clicks: Float64Array
+    """(B, k) 1 where the user clicked."""
+    attraction: Float64Array
+    """(B, k) the shown items' attraction at that moment (after drift and fatigue)."""
+    expected: Float64Array
+    """(B,) expected clicks of the slate shown, from the true attraction (not the draw)."""
+    best: Float64Array
+    """(B,) expected clicks of the best slate for the user at that moment."""
+
+    @property
+    def regret(self) -> Float64Array:
+        """(B,) expected clicks lost against the best slate."""
+        return np.asarray(self.best - self.expected, dtype=np.float64)
 
 
 FEEDBACK_COLUMNS = ("round_id", "action", "position", "reward", "pscore", "context")

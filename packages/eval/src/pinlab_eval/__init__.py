@@ -28,6 +28,7 @@ from pinlab_eval._plots import (
     distributions_png,
     embedding_map,
     project_2d,
+    spread_png,
 )
 from pinlab_eval._protocols import apply_protocol, protocol_spec, sample_negatives
 from pinlab_eval._ranking import (
@@ -171,6 +172,7 @@ __all__ = [
     "sample_negatives",
     "sampled_user_metrics",
     "serendipity_at_k",
+    "spread_png",
     "summarize_models",
     "taste_recovery",
     "top_k",

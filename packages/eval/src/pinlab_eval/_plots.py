@@ -220,6 +220,38 @@ def _draw_boxes(ax: Axes, per_model: Mapping[str, Float64Array]) -> None:
     ax.grid(axis="x", alpha=0.3)
 
 
+def spread_png(
+    panels: Mapping[str, Mapping[str, Float64Array]], xlabel: str, band: float | None = None
+) -> bytes:
+    """Repeated measurements as points: one panel per key, one row per name, every value a
+    dot (jittered up and down) and the mean a red diamond; a line at 0 and, with `band`, the
+    shaded +-band around it (e.g. an estimator's error per seed against a 10% target)."""
+    if not panels or not any(panels.values()):
+        raise PinlabDataError("no values to plot")
+    rows = max(len(named) for named in panels.values())
+    fig, axes = _grid(len(panels), 4.2, 0.32 * rows + 1.1)
+    rng = np.random.default_rng(0)  # the jitter only spreads the dots; fixed, so files repeat
+    try:
+        for ax, (title, named) in zip(axes, panels.items(), strict=True):
+            for y, raw in zip(range(len(named))[::-1], named.values(), strict=True):
+                v = np.asarray(raw, dtype=np.float64)
+                v = v[np.isfinite(v)]
+                ax.scatter(v, y + rng.uniform(-0.18, 0.18, len(v)), s=5, alpha=0.5, color="0.35")
+                if len(v):
+                    ax.scatter([v.mean()], [y], marker="D", s=18, color="tab:red", zorder=3)
+            ax.set_yticks(range(len(named))[::-1], list(named), fontsize=8)
+            ax.axvline(0.0, color="k", linewidth=0.8)
+            if band is not None:
+                ax.axvspan(-band, band, color="tab:green", alpha=0.12)
+            ax.set_title(title, fontsize=9)
+            ax.set_xlabel(xlabel, fontsize=8)
+            ax.tick_params(axis="x", labelsize=7)
+            ax.grid(axis="x", alpha=0.3)
+        return _png(fig)
+    finally:
+        plt.close(fig)
+
+
 def difference_matrix_png(
     models: Sequence[str],
     difference: Float64Array,

@@ -12,9 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol, runtime_checkable
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
 
-from pinlab_data.contracts import Float32Array, ImageArray, Int64Array, InteractionLog
+from pinlab_data.contracts import (
+    Float32Array,
+    Float64Array,
+    ImageArray,
+    Int64Array,
+    InteractionLog,
+)
 
 Device = Literal["auto", "cpu", "cuda"]
 
@@ -692,6 +699,149 @@ class MultVaeConfig(BaseModel):
     lr: PositiveFloat = Field(default=1e-3, description="Adam's step size.")
     l2: float = Field(default=1e-6, ge=0, description="Times the squared weight matrices.")
     patience: PositiveInt = Field(default=20, description="Epochs without validation gain.")
+
+
+# --- slate policies: act in the simulator (pinlab_data.Simulator), log propensities ---------
+
+Feedback = Literal["all", "cascade"]
+"""Which shown positions a learner treats as seen: all of them, or (cascade) those down to the
+first click (every one when nothing was clicked), as a user scanning from the top would."""
+
+
+@dataclass(frozen=True)
+class SlateChoice:
+    """One batch of slates a policy chose, with the probabilities it chose them with."""
+
+    slates: Int64Array
+    """(B, k) items, top first."""
+    pscore: Float64Array | None
+    """(B, k) the probability the policy puts slates[b, p] at position p (None: unknown or
+    not asked for)."""
+    pscore_slate: Float64Array | None = None
+    """(B,) the probability of the whole slate (None: unknown)."""
+
+
+class SlatePolicy(Protocol):
+    """Chooses slates for a batch of contexts (one row per user) and may learn from clicks.
+
+    `act` takes the generator it draws from, so the caller owns the seed. `update` receives
+    what the same batch showed and its clicks (B, k); a fixed policy ignores it.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def slate_size(self) -> int: ...
+
+    @property
+    def num_items(self) -> int: ...
+
+    def act(
+        self, context: Float64Array, rng: np.random.Generator, *, propensities: bool = True
+    ) -> SlateChoice:
+        """Slates for the contexts; `propensities=False` spares computing their
+        probabilities (pscore None) where nothing will log them."""
+        ...
+
+    def update(self, context: Float64Array, slates: Int64Array, clicks: Float64Array) -> None: ...
+
+
+@runtime_checkable
+class StationaryPolicy(SlatePolicy, Protocol):
+    """A policy whose choice depends on the context alone, with exact marginals: what
+    off-policy evaluation can target and the simulator can value exactly."""
+
+    def marginals(self, context: Float64Array) -> Float64Array:
+        """(B, items, k): the probability of each item at each position."""
+        ...
+
+
+class SoftmaxConfig(BaseModel):
+    """A fitted recommender's scores, standardised per user, under a Plackett-Luce softmax."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: PositiveFloat = Field(
+        default=0.5, description="Divides the per-user standardised scores; lower is greedier."
+    )
+
+
+class EpsilonGreedyConfig(BaseModel):
+    """A greedy slate with probability 1 - epsilon, a uniformly random one otherwise."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epsilon: float = Field(default=0.2, ge=0, le=1)
+
+
+class LinearBanditConfig(BaseModel):
+    """Disjoint ridge regression per item on the context and an intercept (Li et al. 2010),
+    updated after every batch; how it explores depends on the policy (`linucb`: the upper
+    bound with `alpha`; `thompson`: posterior draws scaled by `noise`; `online-greedy`: none;
+    `online-epsilon-greedy`: `epsilon`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    l2: PositiveFloat = Field(default=1.0, description="Ridge penalty (prior precision).")
+    alpha: float = Field(default=0.3, ge=0, description="linucb: width of the upper bound.")
+    noise: PositiveFloat = Field(
+        default=0.3, description="thompson: posterior scale (the reward noise's std)."
+    )
+    epsilon: float = Field(default=0.1, ge=0, le=1, description="online-epsilon-greedy only.")
+    feedback: Feedback = "all"
+    propensity_samples: int = Field(
+        default=0,
+        ge=0,
+        description="thompson: posterior draws that estimate logged propensities (0: none).",
+    )
+
+
+class NeuralLinearConfig(BaseModel):
+    """Neural-linear Thompson sampling (Riquelme, Tucker & Snoek 2018): an MLP over the context,
+    the item's embedding and their product learns a representation from the clicks; a Bayesian
+    linear regression on its last hidden layer draws the scores. The network is refitted every
+    `retrain_every` rounds on everything seen, then the regression is recomputed on it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    hidden: PositiveInt = 32
+    retrain_every: PositiveInt = Field(default=10_000, description="Rounds between refits.")
+    epochs: PositiveInt = Field(default=3, description="Passes over the data per refit.")
+    batch_size: PositiveInt = 1024
+    lr: PositiveFloat = 3e-3
+    l2: PositiveFloat = 1.0
+    noise: PositiveFloat = 0.3
+    feedback: Feedback = "all"
+
+
+class ReinforceConfig(BaseModel):
+    """REINFORCE with top-K off-policy correction (Chen et al., WSDM 2019), from logs.
+
+    pi(a | s) = softmax over items of user_tower(s) . (item embedding map + item bias); the
+    loss per logged impression is -min(pi/beta, weight_cap) * lambda_K * reward * log pi(a|s),
+    with lambda_K = K (1 - pi)^(K - 1) (both weights held constant in the gradient) and beta
+    the logger's per-draw probability of the item: `known` from the logs (its marginals over
+    positions, summed, / K), or `learned` by a second softmax head fitted to the logged items
+    on the same user state, its gradient stopped from the state, as the paper does.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    dim: PositiveInt = 32
+    hidden: PositiveInt = 64
+    top_k: PositiveInt | None = Field(
+        default=None, description="K of the correction; default the slate size."
+    )
+    beta: Literal["known", "learned"] = "known"
+    weight_cap: PositiveFloat = Field(default=20.0, description="Caps pi/beta (variance).")
+    epochs: PositiveInt = 20
+    batch_size: PositiveInt = 2048
+    lr: PositiveFloat = 3e-3
+    weight_decay: float = Field(default=1e-5, ge=0)
+    entropy: float = Field(
+        default=0.0, ge=0, description="Bonus on the policy's entropy (0: the paper's loss)."
+    )
 
 
 # pinlab new: recommender configs go above this line (`pinlab new recommender NAME`)

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from pinlab_data import write_json_atomic, write_movielens_like
+from pinlab_data import ClickModel, write_json_atomic, write_movielens_like
 from pinlab_eval import CiMethod, protocol_spec
 from pinlab_tasks._app import DeviceOpt, JsonFlag, SeedOpt, settings
 from pinlab_tasks._measure import run_measured
@@ -75,6 +75,163 @@ def data(
         stdout.print(table)
 
     emit(payload, as_json, render)
+
+
+@app.command("ope")
+def ope(
+    seeds: Annotated[
+        int, typer.Option("--seeds", min=2, help="Logs per pair (fresh users and clicks each).")
+    ] = 50,
+    rounds: Annotated[int, typer.Option("--rounds", min=10, help="Logged rounds per seed.")] = (
+        10_000
+    ),
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data",
+            help="A dataset directory (its truth.npz, else a fitted ease, is the truth). "
+            "Default: a synthetic world of --users x --items under RUN/world.",
+        ),
+    ] = None,
+    users: Annotated[int, typer.Option("--users", min=2)] = 1000,
+    items: Annotated[int, typer.Option("--items", min=4)] = 100,
+    slate: Annotated[int, typer.Option("--slate", min=1, max=3, help="Items per slate.")] = 3,
+    no_peers: Annotated[
+        bool, typer.Option("--no-peers", help="Skip obp and the Open Bandit Dataset check.")
+    ] = False,
+    run: Annotated[
+        Path | None, typer.Option("--run", help="Run directory. Default: a new one.")
+    ] = None,
+    seed: SeedOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Every off-policy estimator against the exact value the simulator knows, per pair
+    (logging policy, target policy), over seeds: estimate, interval, error and coverage.
+
+    The simulator runs as a contextual bandit (pbm clicks, no drift or fatigue); each seed logs
+    --rounds fresh rounds, fits the reward model on those logs alone (cross-fitted), and
+    estimates each target. The truth is the target's exact expected clicks per impression over
+    all users. Pairs: epsilon-greedy -> softmax (the issue's DR target), epsilon-greedy ->
+    REINFORCE (trained on other logs), softmax -> greedy, random -> softmax, and greedy ->
+    softmax (IPS-family estimators must report it unsupported). With the obp extra, obp's
+    estimators on identical inputs and the Open Bandit Dataset check (BTS from random logs);
+    without it, they say why they were skipped.
+
+    `pinlab report RUN` lays the tables and the error plot out as a page.
+
+    Writes: RUN/run.json, RUN/ope.json, RUN/ope_errors.png, RUN/world/ (without --data).
+    """
+    from pinlab_tasks.ope_bench import OPE_FILE, PLOT_FILE, bench_ope, errors_plot, render_ope
+    from pinlab_tasks.simulate import world_for
+
+    resolved = settings()
+    layout = RunLayout(run or new_run_dir(resolved.runs_dir, "bench-ope"))
+    seed_value = resolved.seed if seed is None else seed
+    config = {"seeds": seeds, "rounds": rounds, "data": str(data) if data else None,
+              "users": users, "items": items, "slate": slate, "peers": not no_peers,
+              "seed": seed_value}  # fmt: skip
+    say = step_say(stderr.print, "bench ope")
+    with tracked("bench ope", config, run_dir=layout.root) as tracker:
+        say("building the world")
+        world = world_for(
+            data, layout.root, users=users, items=items, recommender="ials", dim=16,
+            seed=seed_value,
+        )  # fmt: skip
+        result = bench_ope(
+            world, seeds=seeds, rounds=rounds, slate_size=slate, seed=seed_value, say=say,
+            peers=not no_peers,
+        )  # fmt: skip
+        result["plot"] = str(errors_plot(result, layout.root / PLOT_FILE))
+        layout.log_step("bench ope", config, data_dir=data)
+        write_json_atomic(layout.root / OPE_FILE, result)
+        tracker.log_metrics({"seconds": result["seconds"]})
+        tracker.log_artifact(layout.root / OPE_FILE)
+    payload = {"run": str(layout.root), **result}
+    emit(payload, as_json, lambda: render_ope(payload))
+
+
+@app.command("bandits")
+def bandits(
+    rounds: Annotated[int, typer.Option("--rounds", min=10, help="Rounds per policy and seed.")] = (
+        100_000
+    ),
+    seeds: Annotated[int, typer.Option("--seeds", min=1, help="Repeats (users, clicks).")] = 2,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data",
+            help="A dataset directory (its truth.npz, else a fitted ease, is the truth). "
+            "Default: a synthetic world of --users x --items under RUN/world.",
+        ),
+    ] = None,
+    users: Annotated[int, typer.Option("--users", min=2)] = 1000,
+    items: Annotated[int, typer.Option("--items", min=4)] = 100,
+    slate: Annotated[int, typer.Option("--slate", min=1, max=3, help="Items per slate.")] = 3,
+    click_model: Annotated[
+        ClickModel, typer.Option("--click-model", help="cascade or pbm.")
+    ] = "cascade",
+    train_rounds: Annotated[
+        int, typer.Option("--train-rounds", min=10, help="Logged rounds REINFORCE learns from.")
+    ] = 20_000,
+    speed_impressions: Annotated[
+        int,
+        typer.Option("--speed-impressions", min=3, help="Impressions the speed check serves."),
+    ] = 1_000_000,
+    run: Annotated[
+        Path | None, typer.Option("--run", help="Run directory. Default: a new one.")
+    ] = None,
+    seed: SeedOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Every policy in the simulator (drift and fatigue on) for --rounds rounds: cumulative
+    reward and regret curves, REINFORCE against its logging policy, and the simulator's speed.
+
+    Regret is the expected clicks of the best slate for the user at that moment minus the
+    slate shown's (expectations, not sampled clicks). Learners update after every batch of
+    users from the positions a cascade user saw (or all, with pbm).
+
+    `pinlab report RUN` shows the curves.
+
+    Writes: RUN/run.json, RUN/bandits.json, RUN/bandits.png, RUN/world/ (without --data).
+    """
+    from pinlab_tasks.bandit_bench import (
+        BANDITS_FILE,
+        PLOT_FILE,
+        bandits_plot,
+        bench_bandits,
+        render_bandits,
+    )
+    from pinlab_tasks.simulate import world_for
+
+    resolved = settings()
+    layout = RunLayout(run or new_run_dir(resolved.runs_dir, "bench-bandits"))
+    seed_value = resolved.seed if seed is None else seed
+    config = {"rounds": rounds, "seeds": seeds, "data": str(data) if data else None,
+              "users": users, "items": items, "slate": slate, "click_model": click_model,
+              "train_rounds": train_rounds, "speed_impressions": speed_impressions,
+              "seed": seed_value}  # fmt: skip
+    say = step_say(stderr.print, "bench bandits")
+    with tracked("bench bandits", config, run_dir=layout.root) as tracker:
+        say("building the world")
+        world = world_for(
+            data, layout.root, users=users, items=items, recommender="ials", dim=16,
+            seed=seed_value,
+        )  # fmt: skip
+        result = bench_bandits(
+            world, rounds=rounds, seeds=seeds, slate_size=slate, click_model=click_model,
+            train_rounds=train_rounds, seed=seed_value, speed_impressions=speed_impressions,
+            say=say,
+        )  # fmt: skip
+        result["plot"] = str(bandits_plot(result, layout.root / PLOT_FILE))
+        layout.log_step("bench bandits", config, data_dir=data)
+        write_json_atomic(layout.root / BANDITS_FILE, result)
+        tracker.log_metrics(
+            {f"regret/{name}": p["regret"]["mean"] for name, p in result["policies"].items()}
+            | {"seconds": result["seconds"]}
+        )
+        tracker.log_artifact(layout.root / BANDITS_FILE)
+    payload = {"run": str(layout.root), **result}
+    emit(payload, as_json, lambda: render_bandits(payload))
 
 
 @app.command("ope-real")

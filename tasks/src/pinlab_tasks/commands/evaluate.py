@@ -6,7 +6,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.table import Table
 
+from pinlab_data import write_json_atomic
+from pinlab_eval import CiMethod
 from pinlab_tasks import cold_start, recsys
 from pinlab_tasks import visual as visual_workflows
 from pinlab_tasks._app import DeviceOpt, JsonFlag, SeedOpt, settings
@@ -136,3 +139,94 @@ def _render_cold_start(result: dict[str, Any]) -> None:
         f"hybrid vs the strongest baseline: {ratios}; hr@10 {result['hr@10_vs_random']:.1f}x "
         f"random, over {result['cold_items']} cold pins (random: exact expectation)"
     )
+
+
+@app.command("ope")
+def ope(
+    logs: Annotated[
+        Path, typer.Option("--logs", help="Logged feedback of `pinlab sim run` (RUN/logs).")
+    ],
+    policy: Annotated[
+        str,
+        typer.Option(
+            "--policy",
+            help="The target: random, greedy, softmax, epsilon-greedy, or reinforce "
+            "(with --train-logs).",
+        ),
+    ],
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="A target setting KEY=VALUE (repeatable): temperature=0.5."),
+    ] = None,
+    train_logs: Annotated[
+        Path | None,
+        typer.Option("--train-logs", help="reinforce: other logs of the same world to train on."),
+    ] = None,
+    ci: Annotated[
+        CiMethod, typer.Option("--ci", help="Interval: normal (delta method) or bootstrap.")
+    ] = "normal",
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Also write the result to this JSON file.")
+    ] = None,
+    seed: SeedOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Estimate a target policy's clicks per impression from another policy's logs, with every
+    off-policy estimator (dm, ips, snips, dr, switch-dr, dr-os, pseudo-inverse) and its interval.
+
+    The reward model of dm and the dr family is fitted on the logs alone (cross-fitted
+    logistic regression). IPS-family estimators report a target that puts mass where the
+    logger never acts as unsupported instead of a number. Logs with propensities of 0 or
+    outside (0, 1], missing columns or actions outside the catalogue are refused (exit 2)
+    with the rows named. When the logs come from a stationary pbm simulation, the target's
+    exact value is shown beside each estimate.
+
+    Writes: --out FILE when given (nothing else).
+    """
+    from pinlab_tasks.simulate import eval_ope, parse_settings
+
+    s = settings()
+    seed = s.seed if seed is None else seed
+    target_settings = parse_settings(set_)
+    params = {"logs": str(logs), "policy": policy, "settings": target_settings, "ci": ci,
+              "seed": seed}  # fmt: skip
+    with tracked("eval ope", params) as tracker:
+        result = eval_ope(logs, policy, target_settings, train_logs=train_logs, ci=ci, seed=seed)
+        tracker.log_metrics(
+            {
+                f"estimate/{row['name']}": row["value"]
+                for row in result["estimates"]
+                if row["value"] is not None
+            }
+        )
+    if out is not None:
+        write_json_atomic(out, result)
+
+    def render() -> None:
+        truth = result["truth_per_impression"]
+        table = Table(
+            title=f"{result['target']} from {result['logger']}'s logs ({result['rounds']:,} "
+            f"rounds); truth {'-' if truth is None else f'{truth:.4f}'} per impression",
+            title_justify="left",
+        )
+        for column in ("estimator", "value", "interval", "relative error", "covers", "note"):
+            table.add_column(column, justify="left" if column in ("estimator", "note") else "right")
+        for row in result["estimates"]:
+            value = row["value"]
+            table.add_row(
+                row["name"],
+                "-" if value is None else f"{value:.4f}",
+                "-" if row["ci_low"] is None else f"[{row['ci_low']:.4f}, {row['ci_high']:.4f}]",
+                f"{row['relative_error'] * 100:.1f}%" if "relative_error" in row else "-",
+                _covers(row.get("covers_truth")),
+                row["note"] or "",
+            )
+        stdout.print(table)
+        if result["truth_note"]:
+            stdout.print(result["truth_note"])
+
+    emit(result, as_json, render)
+
+
+def _covers(flag: bool | None) -> str:
+    return "-" if flag is None else ("yes" if flag else "no")

@@ -1,0 +1,162 @@
+"""`pinlab sim run` and `pinlab eval ope` through the CLI: logs written and valued, the same seed
+the same logs, bad logs and bad targets refused with exit 2, unsupported targets reported."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pinlab_tasks.cli import run
+
+TINY = ["--users", "60", "--items", "20", "--rounds", "400", "--stationary", "--seed", "3"]
+
+
+def _cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, dict[str, Any]]:
+    code = run([*args, "--json"])
+    out = capsys.readouterr().out
+    return code, json.loads(out) if out.strip() else {}
+
+
+@pytest.fixture(scope="module")
+def logged(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One epsilon-greedy run on a tiny stationary world; tests copy its logs to change them."""
+    root = tmp_path_factory.mktemp("sim")
+    assert run(["sim", "run", "--policy", "epsilon-greedy", *TINY, "--run", str(root / "eps")]) == 0
+    return root / "eps"
+
+
+def test_sim_run_logs_and_eval_ope_values_a_target(
+    logged: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    record = json.loads((logged / "sim.json").read_text())
+    assert record["logged_rows"] == 400 * 3 and record["logger_dist"]
+    assert json.loads((logged / "run.json").read_text())["steps"][0]["command"] == "sim run"
+    code, payload = _cli(
+        ["eval", "ope", "--logs", str(logged / "logs"), "--policy", "softmax",
+         "--set", "temperature=0.5"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, payload
+    assert payload["truth_per_impression"] > 0 and payload["target_settings"] == {
+        "temperature": 0.5
+    }
+    by_name = {row["name"]: row for row in payload["estimates"]}
+    assert set(by_name) == {"dm", "ips", "snips", "dr", "switch-dr", "dr-os", "pseudo-inverse"}
+    for row in by_name.values():
+        assert row["supported"] and row["ci_low"] <= row["value"] <= row["ci_high"]
+        assert row["relative_error"] >= 0
+
+
+def test_same_seed_same_logs(
+    logged: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    again = tmp_path / "again"
+    code, _ = _cli(["sim", "run", "--policy", "epsilon-greedy", *TINY, "--run", str(again)], capsys)
+    assert code == 0
+    first = pq.read_table(logged / "logs" / "feedback.parquet")
+    assert first.equals(pq.read_table(again / "logs" / "feedback.parquet"))
+
+
+def test_a_target_where_the_logger_never_acts_is_unsupported(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _ = _cli(["sim", "run", "--policy", "greedy", *TINY, "--run", str(tmp_path)], capsys)
+    assert code == 0
+    code, payload = _cli(
+        ["eval", "ope", "--logs", str(tmp_path / "logs"), "--policy", "softmax"], capsys
+    )
+    assert code == 0, payload
+    by_name = {row["name"]: row for row in payload["estimates"]}
+    assert by_name["dm"]["value"] is not None  # the direct method needs no support
+    for name in ("ips", "snips", "dr", "switch-dr", "dr-os"):
+        row = by_name[name]
+        assert not row["supported"] and row["value"] is None and row["unsupported_mass"] > 0.5
+        assert "unsupported" in row["note"]
+
+
+def _broken(logs: Path, tmp_path: Path, change: Any) -> Path:
+    out = tmp_path / "logs"
+    shutil.copytree(logs, out)
+    (out / "logger_dist.npy").unlink()  # its own check would also fire; the table's is tested
+    table = pq.read_table(out / "feedback.parquet")
+    pq.write_table(change(table), out / "feedback.parquet")
+    return out
+
+
+def _set(table: pa.Table, column: str, rows: list[int], value: Any) -> pa.Table:
+    values = table.column(column).to_pylist()
+    for row in rows:
+        values[row] = value
+    index = table.column_names.index(column)
+    return table.set_column(index, column, pa.array(values, type=table.schema.field(column).type))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            lambda t: _set(t, "pscore", [4, 9], 0.0),
+            r"pscore not in \(0, 1\] at 2 row\(s\) \(rows 4, 9",
+        ),
+        (lambda t: _set(t, "pscore", [7], 1.5), r"pscore not in \(0, 1\] at 1 row\(s\) \(rows 7"),
+        (lambda t: _set(t, "action", [11], 999), r"outside the catalogue \[0, 20\).*rows 11"),
+        (lambda t: t.drop_columns(["pscore"]), "pscore"),
+    ],
+)
+def test_bad_logs_exit_2_naming_the_rows(
+    logged: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    change: Any,
+    message: str,
+) -> None:
+    logs = _broken(logged / "logs", tmp_path, change)
+    code, payload = _cli(["eval", "ope", "--logs", str(logs), "--policy", "greedy"], capsys)
+    assert code == 2, payload
+    assert re.search(message, payload["error"]), payload["error"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--policy", "linucb"], "learns as it acts"),
+        (["--policy", "reinforce"], "--train-logs"),
+        (["--policy", "nope"], "unknown policy 'nope'"),
+        (["--policy", "softmax", "--set", "temperature"], "KEY=VALUE"),
+        (["--policy", "softmax", "--set", "temp=0.5"], "temp"),
+    ],
+)
+def test_bad_targets_exit_2(
+    logged: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    code, payload = _cli(["eval", "ope", "--logs", str(logged / "logs"), *args], capsys)
+    assert code == 2 and message in payload["error"], payload
+
+
+def test_logs_without_their_world_exit_2(
+    logged: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    logs = tmp_path / "logs"
+    shutil.copytree(logged / "logs", logs)
+    (logs / "world.npz").unlink()
+    code, payload = _cli(["eval", "ope", "--logs", str(logs), "--policy", "greedy"], capsys)
+    assert code == 2 and "world.npz" in payload["error"]
+
+
+def test_reinforce_trains_on_other_logs_and_runs(
+    logged: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, payload = _cli(
+        ["sim", "run", "--policy", "reinforce", "--train-logs", str(logged / "logs"), *TINY,
+         "--run", str(tmp_path), "--set", "epochs=2"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, payload
+    assert payload["policy"] == "reinforce" and payload["logged_rows"] == 1200
