@@ -191,12 +191,12 @@ def factory_of(index: Any) -> str:
     family = family_of(index)
     if family == "flat":
         return FLAT
-    inner: Any = faiss.downcast_index(index.index)
-    if family == "hnsw":
-        return f"IDMap2,HNSW{inner.hnsw.nb_neighbors(1)}"
-    if family == "hnsw-pq":
-        pq = _faiss.downcast_index(inner.storage).pq
-        return f"IDMap,HNSW{inner.hnsw.nb_neighbors(1)}_PQ{pq.M}"
+    if family in ("hnsw", "hnsw-pq"):
+        inner: Any = faiss.downcast_index(index.index)
+        neighbours = inner.hnsw.nb_neighbors(1)
+        if family == "hnsw":
+            return f"IDMap2,HNSW{neighbours}"
+        return f"IDMap,HNSW{neighbours}_PQ{_faiss.downcast_index(inner.storage).pq.M}"
     ivf = _ivf(index)
     bits = "" if ivf.pq.nbits == 8 else f"x{ivf.pq.nbits}"
     base = f"IVF{ivf.nlist},PQ{ivf.pq.M}{bits}"
@@ -364,6 +364,17 @@ class PinIndex:
         if value <= 0:
             raise PinlabServeError(f"{name} must be positive, got {value}")
         self._params[name] = int(value)
+        self._manifest = None
+
+    def manifest_params(self) -> dict[str, int | float]:
+        """Build and search parameters as the manifest records them (a copy)."""
+        return dict(self._params)
+
+    def annotate(
+        self, *, recall_at_10: float, latency: Latency | None, tuning: IndexTuning | None
+    ) -> None:
+        """Record what the tuner measured; `save` writes it into the manifest."""
+        self._recall, self._latency, self._tuning = recall_at_10, latency, tuning
         self._manifest = None
 
     @property

@@ -14,7 +14,7 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -34,6 +34,16 @@ class Shard:
     dim: int
     first_row: int
     """Row of its first vector over all shards (an `.npy` shard's first pin id)."""
+
+    def read_ids(self) -> Int64Array:
+        """Its pin ids alone (Parquet reads only that column)."""
+        if self.path.suffix == ".npy":
+            return np.arange(self.first_row, self.first_row + self.rows, dtype=np.int64)
+        if self.path.suffix == ".npz":
+            with np.load(self.path) as arrays:
+                return np.asarray(arrays["pin_id"], dtype=np.int64)
+        table = pq.read_table(self.path, columns=["pin_id"])
+        return np.asarray(table.column("pin_id").to_numpy(), dtype=np.int64)
 
     def read(self) -> tuple[Int64Array, Float32Array]:
         """Its pin ids and (rows, dim) float32 vectors."""
@@ -55,6 +65,58 @@ class Shard:
             np.asarray(table.column("pin_id").to_numpy(), dtype=np.int64),
             flat.reshape(self.rows, self.dim),
         )
+
+
+class VectorSource(Protocol):
+    """What an index is built from: shards read one after another, or rows picked out."""
+
+    @property
+    def rows(self) -> int: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def parts(self) -> int: ...
+
+    def __iter__(self) -> Iterator[tuple[Int64Array, Float32Array]]: ...
+
+    def take(self, rows: Int64Array) -> tuple[Int64Array, Float32Array]: ...
+
+    def read_ids(self) -> Int64Array: ...
+
+
+class ArrayVectors:
+    """Vectors already in memory, as one shard (tests, and the tuner's screening sample)."""
+
+    def __init__(self, ids: Int64Array, vectors: Float32Array) -> None:
+        if vectors.ndim != 2 or len(ids) != len(vectors):
+            raise PinlabServeError(
+                f"need (n, d) vectors and one id each, got {vectors.shape} and {len(ids)} ids"
+            )
+        self._ids = np.asarray(ids, dtype=np.int64)
+        self._vectors = vectors
+
+    @property
+    def rows(self) -> int:
+        return len(self._ids)
+
+    @property
+    def dim(self) -> int:
+        return int(self._vectors.shape[1])
+
+    @property
+    def parts(self) -> int:
+        return 1
+
+    def __iter__(self) -> Iterator[tuple[Int64Array, Float32Array]]:
+        yield self._ids, self._vectors
+
+    def take(self, rows: Int64Array) -> tuple[Int64Array, Float32Array]:
+        return self._ids[rows], np.asarray(self._vectors[rows], dtype=np.float32)
+
+    def read_ids(self) -> Int64Array:
+        return self._ids
 
 
 class EmbeddingShards:
@@ -81,19 +143,29 @@ class EmbeddingShards:
     def dim(self) -> int:
         return self.shards[0].dim
 
+    @property
+    def parts(self) -> int:
+        return len(self.shards)
+
     def __iter__(self) -> Iterator[tuple[Int64Array, Float32Array]]:
         for shard in self.shards:
             yield shard.read()
 
-    def take(self, rows: Int64Array) -> Float32Array:
-        """The vectors at global `rows` (ascending), reading each shard once."""
+    def take(self, rows: Int64Array) -> tuple[Int64Array, Float32Array]:
+        """Pin ids and vectors at global `rows` (ascending), reading each shard once."""
+        ids = np.empty(len(rows), dtype=np.int64)
         out = np.empty((len(rows), self.dim), dtype=np.float32)
         for shard in self.shards:
             lo = np.searchsorted(rows, shard.first_row)
             hi = np.searchsorted(rows, shard.first_row + shard.rows)
             if hi > lo:
-                out[lo:hi] = shard.read()[1][rows[lo:hi] - shard.first_row]
-        return out
+                shard_ids, vectors = shard.read()
+                at = rows[lo:hi] - shard.first_row
+                ids[lo:hi], out[lo:hi] = shard_ids[at], vectors[at]
+        return ids, out
+
+    def read_ids(self) -> Int64Array:
+        return np.concatenate([shard.read_ids() for shard in self.shards])
 
 
 def open_shards(paths: Sequence[Path]) -> EmbeddingShards:
