@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 
@@ -28,18 +30,140 @@ from pinlab_models import (
     load_image_text,
     load_recommender,
 )
-from pinlab_serve import PinIndex, RunFiles, embed_image_file
+from pinlab_serve import (
+    DEFAULT_TARGET_RECALL,
+    INDEX_KINDS,
+    ArrayVectors,
+    IndexKind,
+    PinIndex,
+    PinlabServeError,
+    RunFiles,
+    VectorSource,
+    embed_image_file,
+    open_shards,
+    tune,
+)
 from pinlab_tasks.runs import RunLayout
 from pinlab_tasks.visual import pin_images
 
+BuildKind = IndexKind | str
+"""`--kind`: 'size' (exact below `HNSW_THRESHOLD` pins, HNSW above), 'auto' (the tuner over
+every kind) or one kind (the tuner over that kind alone)."""
+_SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+               "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}  # fmt: skip
 
-def build_index(run: RunLayout) -> dict[str, Any]:
+
+def parse_size(text: str) -> int:
+    """'1GB' (10^9 bytes), '512MiB' (2^20 each), '2.5GB', '1000000'; bad text raises."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
+    unit = match.group(2).upper() if match else ""
+    if match is None or unit not in _SIZE_UNITS or float(match.group(1)) <= 0:
+        raise PinlabServeError(
+            f"--max-memory {text!r} is not a size; write e.g. 1GB, 512MB or 2GiB"
+        )
+    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+
+
+def build_index(
+    run: RunLayout | None,
+    *,
+    vectors: Sequence[Path] = (),
+    out: Path | None = None,
+    model_id: str | None = None,
+    kind: BuildKind = "size",
+    target_recall: float | None = None,
+    max_memory: str | None = None,
+    prefer: str = "memory",
+    seed: int = 0,
+    say: Callable[[str], None] = lambda _: None,
+) -> dict[str, Any]:
+    """Index a run's pins (embedded with its encoder) or embedding shards, and save it.
+
+    Everything is built in memory; only `PinIndex.save` writes, and its manifest rename is the
+    commit, so a build stopped at any point leaves the previous index serving and no file of
+    the new one. With a target, a memory cap or a kind other than 'size', the tuner chooses
+    and measures (`pinlab_serve.tune`).
+    """
+    if out is not None:
+        destination = out
+    elif run is not None:
+        destination = run.index
+    else:
+        raise PinlabServeError("give --run RUN (writes RUN/index) or --out DIR")
+    cap = parse_size(max_memory) if max_memory is not None else None
+    kinds = _kinds(kind, tuned=target_recall is not None or cap is not None)
+    if prefer not in ("memory", "latency"):
+        raise PinlabServeError(f"--prefer must be memory or latency, got {prefer!r}")
+    source, model = _index_source(run, vectors, model_id, say)
+    if kinds is None:
+        say(f"indexing {source.rows:,} vectors")
+        ids = np.concatenate([ids for ids, _ in source])
+        index = PinIndex.build(np.concatenate([v for _, v in source]), ids, model, seed=seed)
+    else:
+        index = tune(
+            source,
+            model,
+            target_recall=DEFAULT_TARGET_RECALL if target_recall is None else target_recall,
+            max_memory=cap,
+            kinds=kinds,
+            prefer="latency" if prefer == "latency" else "memory",
+            seed=seed,
+            say=say,
+        )
+    manifest = index.save(destination)
+    config = {
+        "vectors": [str(v) for v in vectors],
+        "out": str(destination),
+        "kind": kind,
+        "target_recall": target_recall,
+        "max_memory": max_memory,
+        "prefer": prefer,
+        "seed": seed,
+        "model_id": model,
+    }
+    if run is not None:
+        run.log_step("index build", config)
+    return {"out": str(destination), **manifest.model_dump()}
+
+
+def _kinds(kind: BuildKind, tuned: bool) -> tuple[IndexKind, ...] | None:
+    """The kinds the tuner may choose from, or None for the size rule."""
+    if kind == "size":
+        return INDEX_KINDS if tuned else None
+    if kind == "auto":
+        return INDEX_KINDS
+    for known in get_args(IndexKind):
+        if kind == known:
+            return (known,)
+    raise PinlabServeError(
+        f"--kind {kind!r} is not an index kind; use size, auto or one of {', '.join(INDEX_KINDS)}"
+    )
+
+
+def _index_source(
+    run: RunLayout | None, vectors: Sequence[Path], model_id: str | None, say: Callable[[str], None]
+) -> tuple[VectorSource, str]:
+    """The vectors to index and the id of the model that made them."""
+    if vectors:
+        shards = open_shards(list(vectors))
+        model = model_id or shards.model_id
+        if model is None and run is not None and run.encoder.is_file():
+            model = CNNEncoder.load(run.encoder).model_id
+        if model is None:
+            raise PinlabServeError(
+                "the shards do not say which model made them; pass --model-id ID (or --run "
+                "RUN to take its encoder's)"
+            )
+        return shards, model
+    if run is None:
+        raise PinlabServeError(
+            "give --vectors FILE_OR_DIR to index, or --run RUN to embed its pins"
+        )
     ds = load_dataset(run.data_dir())
     encoder = CNNEncoder.load(run.encoder)
-    index = PinIndex.build(encoder.embed(pin_images(ds)), ds.pin_ids(), model_id=encoder.model_id)
-    manifest = index.save(run.index)
-    run.log_step("index build", {"model_id": encoder.model_id})
-    return manifest.model_dump()
+    say(f"embedding {len(ds.pin_ids()):,} pins")
+    embedded = np.asarray(encoder.embed(pin_images(ds)), dtype=np.float32)
+    return ArrayVectors(ds.pin_ids(), embedded), model_id or encoder.model_id
 
 
 def _pin_rows(ds: Dataset, pin_ids: list[int]) -> list[dict[str, Any]]:

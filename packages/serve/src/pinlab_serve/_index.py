@@ -4,6 +4,11 @@ Small catalogues get exact search (`IndexFlatIP`); from `HNSW_THRESHOLD` pins on
 graph whose recall@10 against exact search is measured at build time and kept in the manifest.
 Both sit in an `IndexIDMap2`, so pins are added and removed by id without a rebuild; an
 HNSW graph keeps removed pins as tombstones until `save` (or re-adding one) compacts it.
+
+Past memory, `_pq.py` builds the same class over product-quantised codes (IVF-PQ, OPQ +
+IVF-PQ, HNSW over PQ): there only the codes are kept, `vector` decodes them (approximate), the
+pin ids live in the inverted lists (IVF) or an `IndexIDMap` (HNSW-PQ), and `load(mmap=True)`
+maps the file instead of reading it.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import faiss
 import numpy as np
@@ -28,7 +33,10 @@ from pinlab_serve.contracts import (
     INDEX_FILE_SUFFIX,
     MANIFEST_FILE,
     Hit,
+    IndexKind,
     IndexManifest,
+    IndexTuning,
+    Latency,
     PinlabServeError,
     PinNotFoundError,
 )
@@ -48,7 +56,12 @@ _faiss: Any = faiss
 _REBUILD = "build one with `pinlab index build --run RUN`"
 _CHUNK = 1 << 20
 _GROWTH = 4
-"""How much a filtered HNSW search widens its candidate list each time it comes up short."""
+"""How much a filtered approximate search widens its candidate list each time it comes up short."""
+Family = Literal["flat", "hnsw", "ivf", "hnsw-pq"]
+"""How a FAISS index holds pins: IDMap2 over full vectors (flat, HNSW), ids inside inverted
+lists of PQ codes (IVF, with or without an OPQ rotation in front), IDMap over an HNSW-PQ graph."""
+MMAP_FLAGS = faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY
+"""Map codes, lists and graph links from the file instead of copying them (every kind)."""
 
 
 def _unit_rows(x: Any, what: str, dim: int | None = None) -> Float32Array:
@@ -150,13 +163,65 @@ def _new_index(vectors: Float32Array, ids: Int64Array, params: dict[str, int | f
     return index
 
 
-class PinIndex:
-    """Pin embeddings in a FAISS `IndexIDMap2` over `IndexFlatIP` or `IndexHNSWFlat`.
+def family_of(index: Any) -> Family:
+    """Which of the layouts pinlab serves `index` is; anything else is refused."""
+    if isinstance(index, faiss.IndexIDMap2):  # before IndexIDMap, its base class
+        inner = faiss.downcast_index(index.index)
+        if isinstance(inner, faiss.IndexHNSWFlat):
+            return "hnsw"
+        if isinstance(inner, faiss.IndexFlat):
+            return "flat"
+    elif isinstance(index, faiss.IndexIDMap):
+        if isinstance(faiss.downcast_index(index.index), faiss.IndexHNSWPQ):
+            return "hnsw-pq"
+    elif isinstance(index, faiss.IndexIVFPQ) or (
+        isinstance(index, faiss.IndexPreTransform)
+        and isinstance(faiss.downcast_index(index.index), faiss.IndexIVFPQ)
+    ):
+        return "ivf"
+    raise PinlabServeError(f"a FAISS {type(index).__name__} is not an index pinlab serves")
 
-    IDMap2 (not IDMap) keeps the id -> row map both ways, so a pin's vector can be fetched by
-    id (`vector`, `similar`) and pins can be added or removed without a rebuild. HNSW graphs
-    cannot drop nodes, so removal there is a tombstone that search filters out until `compact`
-    rebuilds the graph (`save` does, and so does re-adding a removed pin).
+
+def _ivf(index: Any) -> Any:
+    return faiss.downcast_index(faiss.extract_index_ivf(index))
+
+
+def factory_of(index: Any) -> str:
+    """The FAISS factory string that describes `index` (the manifest's `kind`)."""
+    family = family_of(index)
+    if family == "flat":
+        return FLAT
+    if family in ("hnsw", "hnsw-pq"):
+        inner: Any = faiss.downcast_index(index.index)
+        neighbours = inner.hnsw.nb_neighbors(1)
+        if family == "hnsw":
+            return f"IDMap2,HNSW{neighbours}"
+        return f"IDMap,HNSW{neighbours}_PQ{_faiss.downcast_index(inner.storage).pq.M}"
+    ivf = _ivf(index)
+    bits = "" if ivf.pq.nbits == 8 else f"x{ivf.pq.nbits}"
+    base = f"IVF{ivf.nlist},PQ{ivf.pq.M}{bits}"
+    return f"OPQ{ivf.pq.M},{base}" if isinstance(index, faiss.IndexPreTransform) else base
+
+
+def kind_of(index: Any) -> IndexKind:
+    family = family_of(index)
+    if family != "ivf":
+        return family
+    return "opq-ivf-pq" if isinstance(index, faiss.IndexPreTransform) else "ivf-pq"
+
+
+class PinIndex:
+    """Pin embeddings in a FAISS index, searched and changed by pin id.
+
+    Flat and HNSW: an `IndexIDMap2` over `IndexFlatIP` or `IndexHNSWFlat`. IDMap2 (not IDMap)
+    keeps the id -> row map both ways, so a pin's vector can be fetched by id (`vector`,
+    `similar`) and pins can be added or removed without a rebuild. HNSW graphs cannot drop
+    nodes, so removal there is a tombstone that search filters out until `compact` rebuilds
+    the graph (`save` does, and so does re-adding a removed pin).
+
+    PQ kinds (`_pq.build_pq`): IVF-PQ keeps the pin ids in its inverted lists (removal works);
+    HNSW-PQ keeps them in an `IndexIDMap` and refuses removal. Their pin -> position table,
+    which `vector` needs, is built on first use rather than at load.
     """
 
     def __init__(
@@ -167,17 +232,27 @@ class PinIndex:
         params: dict[str, int | float],
         recall_at_10: float | None,
         tombstones: Sequence[int] = (),
+        *,
+        memory_bytes: int | None = None,
+        latency: Latency | None = None,
+        tuning: IndexTuning | None = None,
+        mapped: bool = False,
     ) -> None:
-        """Wrap an existing FAISS index; use `build` or `load` instead of calling this."""
+        """Wrap an existing FAISS index; use `build`, `_pq.build_pq` or `load` instead."""
         self._index = index
-        self._is_hnsw = self._hnsw(index)
+        self._family = family_of(index)
+        self._kind = factory_of(index)
         self._model_id = model_id
         self._created = created
         self._params = dict(params)
         self._recall = recall_at_10
         self._tombstones = {int(t) for t in tombstones}
-        self._ids = {int(i) for i in faiss.vector_to_array(index.id_map)} - self._tombstones
+        self._memory = memory_bytes
+        self._latency = latency
+        self._tuning = tuning
+        self._mapped = mapped
         self._sorted: Int64Array | None = None
+        self._where: Int64Array | None = None
         self._manifest: IndexManifest | None = None
 
     @classmethod
@@ -217,7 +292,7 @@ class PinIndex:
 
         Graphs cannot drop nodes, so this re-inserts the live vectors into a new graph with
         the same parameters and measures its recall@10 again (with `seed`). No-op without
-        tombstones; flat indexes never have any (`remove` deletes their rows).
+        tombstones; other kinds never have any (`remove` deletes their entries).
         """
         if not self._tombstones:
             return
@@ -227,27 +302,30 @@ class PinIndex:
         live = ~np.isin(stored_ids, np.fromiter(self._tombstones, np.int64))
         vectors, ids = np.ascontiguousarray(stored[live]), stored_ids[live]
         self._index = _new_index(vectors, ids, self._params)
-        self._is_hnsw = self._hnsw(self._index)
+        self._kind = factory_of(self._index)
         self._tombstones = set()
+        self._changed()
         self._recall = self._measure_recall(vectors, ids, seed) if len(ids) else None
-        self._manifest = None
 
     def _measure_recall(self, vectors: Float32Array, ids: Int64Array, seed: int) -> float:
         rng = np.random.default_rng(seed)
         rows = rng.choice(len(ids), size=min(RECALL_QUERIES, len(ids)), replace=False)
         k = min(10, len(ids))
         truth = ids[exact_top_k(vectors, vectors[rows], k)]
-        found = np.asarray(self._index.search(vectors[rows], k, params=self._params_for(None))[1])
+        params = self._params_for(None, fetch=k, k=k)
+        found = np.asarray(self._index.search(vectors[rows], k, params=params)[1])
         hits = sum(
             len(set(t) & set(f)) for t, f in zip(truth.tolist(), found.tolist(), strict=True)
         )
         return round(hits / (len(rows) * k), 4)
 
     def __len__(self) -> int:
-        return len(self._ids)
+        return int(self._index.ntotal) - len(self._tombstones)
 
     def __contains__(self, pin_id: object) -> bool:
-        return pin_id in self._ids
+        if not isinstance(pin_id, int | np.integer):
+            return False
+        return bool(self._live(np.asarray([pin_id], dtype=np.int64))[0])
 
     @property
     def dim(self) -> int:
@@ -259,12 +337,45 @@ class PinIndex:
 
     @property
     def kind(self) -> str:
-        return HNSW if self._is_hnsw else FLAT
+        """The FAISS factory string, e.g. 'IDMap2,Flat' or 'IVF1024,PQ16'."""
+        return self._kind
 
-    @staticmethod
-    def _hnsw(index: Any) -> bool:
-        # Known once per FAISS index: downcasting on every search cost ~3% of a `similar`.
-        return isinstance(faiss.downcast_index(index.index), faiss.IndexHNSWFlat)
+    @property
+    def index_kind(self) -> IndexKind:
+        return kind_of(self._index)
+
+    @property
+    def mapped(self) -> bool:
+        """Loaded with `mmap=True`: read-only, its codes paged in from the file."""
+        return self._mapped
+
+    @property
+    def breadth_param(self) -> str | None:
+        """The search setting that trades speed for recall: ef_search, nprobe, or None."""
+        return {"flat": None, "hnsw": "ef_search", "hnsw-pq": "ef_search", "ivf": "nprobe"}[
+            self._family
+        ]
+
+    def set_search_breadth(self, value: int) -> None:
+        """Set nprobe (IVF) or ef_search (HNSW kinds) for the searches that follow."""
+        name = self.breadth_param
+        if name is None:
+            raise PinlabServeError(f"a {self.kind} index is exact; it has no search breadth")
+        if value <= 0:
+            raise PinlabServeError(f"{name} must be positive, got {value}")
+        self._params[name] = int(value)
+        self._manifest = None
+
+    def manifest_params(self) -> dict[str, int | float]:
+        """Build and search parameters as the manifest records them (a copy)."""
+        return dict(self._params)
+
+    def annotate(
+        self, *, recall_at_10: float, latency: Latency | None, tuning: IndexTuning | None
+    ) -> None:
+        """Record what the tuner measured; `save` writes it into the manifest."""
+        self._recall, self._latency, self._tuning = recall_at_10, latency, tuning
+        self._manifest = None
 
     @property
     def manifest(self) -> IndexManifest:
@@ -276,25 +387,81 @@ class PinIndex:
     def ids(self) -> Int64Array:
         """Searchable pin ids, ascending."""
         if self._sorted is None:
-            ids = np.sort(np.fromiter(self._ids, dtype=np.int64, count=len(self._ids)))
-            ids.flags.writeable = False  # shared by every caller
-            self._sorted = ids
+            self._build_lookup()
+        assert self._sorted is not None
         return self._sorted
 
+    def _build_lookup(self) -> None:
+        """Sort the stored ids (less tombstones); PQ kinds also note where each one sits."""
+        where: Int64Array | None = None
+        if self._family == "ivf":
+            stored, where = _ivf_entries(_ivf(self._index))
+        else:
+            stored = np.asarray(faiss.vector_to_array(self._index.id_map), dtype=np.int64)
+            if self._family == "hnsw-pq":
+                where = np.arange(len(stored), dtype=np.int64)
+        if self._tombstones:
+            keep = ~np.isin(stored, np.fromiter(self._tombstones, np.int64))
+            stored = stored[keep]
+            where = None if where is None else where[keep]
+        order = np.argsort(stored, kind="stable")
+        ids = stored[order]
+        ids.flags.writeable = False  # shared by every caller
+        self._sorted = ids
+        self._where = None if where is None else where[order]
+
+    def _live(self, pin_ids: Int64Array) -> Any:
+        """Which of `pin_ids` are searchable (a boolean array)."""
+        live = self.ids()
+        if len(live) == 0:
+            return np.zeros(len(pin_ids), dtype=bool)
+        at = np.searchsorted(live, pin_ids).clip(max=len(live) - 1)
+        return live[at] == pin_ids
+
+    def _changed(self) -> None:
+        self._sorted = None
+        self._where = None
+        self._manifest = None
+
     def vectors(self, pin_ids: Int64Array) -> Float32Array:
-        """Stored vectors of `pin_ids`, shape (n, d); every id must be searchable."""
+        """Stored vectors of `pin_ids`, shape (n, d); every id must be searchable.
+
+        PQ kinds decode their codes: the vectors are approximations of the indexed ones.
+        """
         if len(pin_ids) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        missing = [p for p in np.asarray(pin_ids).tolist() if p not in self._ids]
-        if missing:
-            self.vector(missing[0])  # raises, naming it
         ids = np.asarray(pin_ids, dtype=np.int64)
-        return np.asarray(self._index.reconstruct_batch(ids), dtype=np.float32)
+        live = self._live(ids)
+        if not live.all():
+            self.vector(int(ids[np.flatnonzero(~live)[0]]))  # raises, naming it
+        return self._decode(ids)
 
-    def _serialize(self) -> bytes:
-        return bytes(faiss.serialize_index(self._index))
+    def _decode(self, ids: Int64Array) -> Float32Array:
+        """The stored vectors of searchable `ids` (PQ kinds: decoded from their codes)."""
+        if self._family in ("flat", "hnsw"):
+            return np.asarray(self._index.reconstruct_batch(ids), dtype=np.float32)
+        self.ids()
+        assert self._sorted is not None and self._where is not None
+        where = self._where[np.searchsorted(self._sorted, ids)]
+        if self._family == "hnsw-pq":
+            graph = faiss.downcast_index(self._index.index)
+            return np.asarray(graph.reconstruct_batch(where), dtype=np.float32)
+        ivf = _ivf(self._index)
+        out = np.empty((len(ids), self.dim), dtype=np.float32)
+        for row, at in enumerate(where.tolist()):
+            ivf.reconstruct_from_offset(at >> 32, at & 0xFFFFFFFF, faiss.swig_ptr(out[row]))
+        if isinstance(self._index, faiss.IndexPreTransform):
+            chain: Any = self._index.chain
+            for step in reversed(range(chain.size())):
+                rotation = faiss.downcast_VectorTransform(chain.at(step))
+                out = np.asarray(rotation.reverse_transform(out), dtype=np.float32)
+        return out
 
-    def _manifest_for(self, data: bytes) -> IndexManifest:
+    def _serialize(self) -> Any:
+        # The array, not bytes(...) of it: a 10M-pin index would be copied once more.
+        return faiss.serialize_index(self._index)
+
+    def _manifest_for(self, data: Any) -> IndexManifest:
         checksum = hashlib.sha256(data).hexdigest()
         return IndexManifest(
             model_id=self._model_id,
@@ -308,60 +475,82 @@ class PinIndex:
             params=self._params,
             recall_at_10=self._recall,
             tombstones=sorted(self._tombstones),
+            memory_bytes=self._memory,
+            latency=self._latency,
+            tuning=self._tuning,
         )
+
+    def _writable(self, what: str) -> None:
+        if self._mapped:
+            raise PinlabServeError(
+                f"the index is memory-mapped read-only, so pins cannot be {what}; load it "
+                "without mmap to change it"
+            )
 
     def add(self, embeddings: Float32Array, pin_ids: Int64Array) -> None:
         """Add pins without a rebuild; ids must be new (a removed id may come back)."""
+        self._writable("added")
         vectors = _unit_rows(embeddings, "embeddings", self.dim)
         ids = _check_ids(pin_ids, vectors.shape[0])
-        taken = [int(p) for p in ids if int(p) in self._ids]
-        if taken:
+        taken = ids[self._live(ids)]
+        if len(taken):
             raise PinlabServeError(
-                f"pins {taken[:5]} are already in the index; remove them first to replace them"
+                f"pins {taken[:5].tolist()} are already in the index; remove them first to "
+                "replace them"
             )
         if any(int(p) in self._tombstones for p in ids):
             # The graph still holds their old vectors under the same ids; drop them first so
             # one id never has two vectors.
             self.compact()
         self._index.add_with_ids(vectors, ids)
-        self._ids.update(int(p) for p in ids)
-        self._sorted = None
-        self._manifest = None
+        self._changed()
 
     def remove(self, pin_ids: Sequence[int]) -> None:
-        """Remove pins by id; unknown ids are an error and nothing is removed."""
-        ids = [int(p) for p in pin_ids]
-        unknown = [p for p in ids if p not in self._ids]
-        if unknown:
-            raise PinNotFoundError(f"pins {unknown[:5]} are not in the index; nothing removed")
-        if self._is_hnsw:
-            self._tombstones.update(ids)
+        """Remove pins by id; unknown ids are an error and nothing is removed.
+
+        HNSW-PQ refuses: its graph cannot drop nodes and it keeps no vectors to rebuild from.
+        """
+        self._writable("removed")
+        if self._family == "hnsw-pq":
+            raise PinlabServeError(
+                f"a {self.kind} index cannot remove pins (an HNSW graph over PQ codes can "
+                "neither drop nodes nor be rebuilt without the vectors); rebuild it with "
+                "`pinlab index build`, or build --kind ivf-pq, which can remove"
+            )
+        ids = np.asarray([int(p) for p in pin_ids], dtype=np.int64)
+        unknown = ids[~self._live(ids)]
+        if len(unknown):
+            raise PinNotFoundError(
+                f"pins {unknown[:5].tolist()} are not in the index; nothing removed"
+            )
+        if self._family == "hnsw":
+            self._tombstones.update(ids.tolist())
         else:
-            self._index.remove_ids(np.asarray(ids, dtype=np.int64))
-        self._ids.difference_update(ids)
-        self._sorted = None
-        self._manifest = None
+            self._index.remove_ids(ids)
+        self._changed()
 
     def vector(self, pin_id: int) -> Float32Array:
-        """The stored (normalised) embedding of `pin_id`, shape (d,)."""
-        if int(pin_id) not in self._ids:
+        """The stored (normalised) embedding of `pin_id`, shape (d,); PQ kinds decode it."""
+        if int(pin_id) not in self:
             raise PinNotFoundError(
                 f"pin {pin_id} is not in the index; it holds {len(self)} pins built by model "
                 f"{self._model_id}, so rebuild the index if the pin is new"
             )
-        return np.asarray(self._index.reconstruct(int(pin_id)), dtype=np.float32)
+        row: Float32Array = self._decode(np.asarray([int(pin_id)], dtype=np.int64))[0]
+        return row
 
     def _params_for(
-        self, allow: Int64Array | None, deny: Sequence[int] = (), fetch: int = 0
+        self, allow: Int64Array | None, deny: Sequence[int] = (), fetch: int = 0, k: int = 1
     ) -> Any:
-        """FAISS search parameters: the HNSW beam, and an id selector for filters.
+        """FAISS search parameters: the search breadth, and an id selector for filters.
 
-        The selectors run inside the search (IDMap2 translates them to row ids): exact search
-        then never misses an allowed pin; HNSW may, which `_fill_short_rows` makes up for.
-        The beam is ef_search, or `fetch` if wider (FAISS does not widen it to k by itself
-        when a selector is set).
+        The selectors run inside the search (IDMap2 translates them to row ids; IVF lists
+        hold the pin ids themselves): exact search then never misses an allowed pin; the
+        approximate kinds may, which `_fill_short_rows` makes up for. The HNSW beam is
+        ef_search, or `fetch` if wider (FAISS does not widen it to k by itself when a selector
+        is set); IVF probes `fetch / (k + 1)` times more lists, as a filter passing a share
+        1/x of the pins needs x times more entries scanned.
         """
-        ef = max(int(self._params["ef_search"]), fetch) if self._is_hnsw else None
         denied = self._tombstones | {int(d) for d in deny}
         owners: list[Any] = []
         selector: Any = None
@@ -373,13 +562,21 @@ class PinIndex:
             negated = faiss.IDSelectorNot(batch)
             owners += [batch, negated]
             selector = negated if selector is None else faiss.IDSelectorAnd(selector, negated)
-        if selector is None and ef is None:
+        params: Any
+        if self._family in ("hnsw", "hnsw-pq"):
+            ef = max(int(self._params["ef_search"]), fetch)
+            params = _faiss.SearchParametersHNSW(sel=selector, efSearch=ef)
+        elif self._family == "ivf":
+            widen = max(1, -(-fetch // (k + 1)))
+            nprobe = min(int(self._params["nprobe"]) * widen, int(self._params["nlist"]))
+            params = _faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)
+            if isinstance(self._index, faiss.IndexPreTransform):
+                owners.append(params)
+                params = _faiss.SearchParametersPreTransform(index_params=params)
+        elif selector is None:
             return None
-        params: Any = (
-            _faiss.SearchParametersHNSW(sel=selector, efSearch=ef)
-            if ef is not None
-            else _faiss.SearchParameters(sel=selector)
-        )
+        else:
+            params = _faiss.SearchParameters(sel=selector)
         params.owners = (owners, selector)  # SWIG holds raw pointers; keep their owners alive
         return params
 
@@ -407,16 +604,18 @@ class PinIndex:
             )
         own: list[int | None] = [None] * len(vectors) if exclude is None else list(exclude)
         total = int(self._index.ntotal)
+        approximate = self._family != "flat"
         # One extra candidate makes room for the excluded pin if it ranks in the top k.
         fetch = min(k + (exclude is not None), total)
-        if self._is_hnsw and allow is not None and len(allow) > 0:
-            # HNSW applies a selector while it walks the graph, so only a share len/total of
-            # the beam passes: widen the beam by that factor from the start.
+        if approximate and allow is not None and len(allow) > 0:
+            # An approximate search applies a selector while it walks the graph or scans the
+            # lists, so only a share len/total of what it visits passes: widen it by that
+            # factor from the start.
             fetch = min(-(-fetch * total // len(allow)), total)
             if fetch >= len(allow):  # the beam would be no smaller than the allowed set
                 return self._exact(vectors, self._passing(allow, deny), own, k)
         results = self._top(vectors, fetch, allow, deny, own, k)
-        if not self._is_hnsw:
+        if not approximate:
             return results  # exact search: a row is short only when the filters allow no more
         return self._fill_short_rows(vectors, results, fetch, own, k, allow, deny)
 
@@ -429,7 +628,7 @@ class PinIndex:
         own: list[int | None],
         k: int,
     ) -> list[list[Hit]]:
-        params = self._params_for(allow, deny, fetch)
+        params = self._params_for(allow, deny, fetch, k)
         scores, ids = self._index.search(vectors, fetch, params=params)
         return _hits(ids, scores, own, k)
 
@@ -443,12 +642,13 @@ class PinIndex:
         allow: Int64Array | None,
         deny: Sequence[int],
     ) -> list[list[Hit]]:
-        """Search short HNSW rows again, wider, until each has `k` hits or all its filters allow.
+        """Search short approximate rows again, wider, until each has `k` hits or all its
+        filters allow.
 
-        A beam can still come back short (tombstones, a filter whose pins lie away from the
-        query): each round asks for `_GROWTH` times more results with a beam as wide. Once
-        that reaches the number of pins the filters let through, exact search over just
-        those is cheaper than the beam and cannot miss one.
+        A search can still come back short (tombstones, a filter whose pins lie away from the
+        query): each round asks for `_GROWTH` times more results with a beam (or probe) as
+        wide. Once that reaches the number of pins the filters let through, exact search over
+        just those is cheaper and cannot miss one.
         """
         short = [row for row, hits in enumerate(results) if len(hits) < k]
         if not short:
@@ -487,7 +687,7 @@ class PinIndex:
         """Exact top-`k` of each query row among `pins`, best first (row i never `own[i]`)."""
         if len(pins) == 0:
             return [[] for _ in own]
-        scores = vectors @ np.asarray(self._index.reconstruct_batch(pins), np.float32).T
+        scores = vectors @ self._decode(pins).T
         top = min(k + 1, len(pins))  # one spare for the row's own pin
         order = np.argsort(-scores, axis=1, kind="stable")[:, :top]
         return _hits(pins[order], np.take_along_axis(scores, order, axis=1), own, k)
@@ -510,6 +710,7 @@ class PinIndex:
         data = self._serialize()
         manifest = self._manifest_for(data)
         _write_atomic(directory / manifest.file, data)
+        del data
         _write_atomic(
             directory / MANIFEST_FILE, (manifest.model_dump_json(indent=2) + "\n").encode()
         )
@@ -523,12 +724,17 @@ class PinIndex:
         return manifest
 
     @classmethod
-    def load(cls, directory: Path, expect_model_id: str | None = None) -> PinIndex:
+    def load(
+        cls, directory: Path, expect_model_id: str | None = None, *, mmap: bool = False
+    ) -> PinIndex:
         """Read an index written by `save`, refusing anything that does not check out.
 
         Raises PinlabServeError when the files are missing, the manifest is malformed, the
         index bytes do not match the manifest checksum, the index disagrees with the
-        manifest, or the index was built by a model other than `expect_model_id`.
+        manifest, or the index was built by a model other than `expect_model_id`. With
+        `mmap`, FAISS maps the file's codes, lists and graph instead of copying them: pages
+        are read as searches touch them and the kernel may drop them again, and the index
+        is read-only (add and remove refuse).
         """
         manifest_path = directory / MANIFEST_FILE
         if not manifest_path.is_file():
@@ -562,25 +768,35 @@ class PinIndex:
                 f"index at {directory} was built by model {manifest.model_id} but the serving "
                 f"model is {expect_model_id}; rebuild the index with the serving model"
             )
-        if manifest.kind not in (FLAT, HNSW) or manifest.metric != METRIC:
+        if manifest.metric != METRIC:
             raise PinlabServeError(
-                f"index at {directory} is {manifest.kind}/{manifest.metric}; only "
-                f"{FLAT} or {HNSW} with {METRIC} is supported, so {_REBUILD}"
+                f"index at {directory} is {manifest.kind}/{manifest.metric}; only {METRIC} "
+                f"is supported, so {_REBUILD}"
             )
-        data = index_path.read_bytes()
-        if hashlib.sha256(data).hexdigest() != manifest.checksum:
+        with index_path.open("rb") as f:  # streamed: a 10M-pin index is not read into memory
+            checksum = hashlib.file_digest(f, "sha256").hexdigest()
+        if checksum != manifest.checksum:
             raise PinlabServeError(
                 f"{index_path} does not match the checksum in {manifest_path}: the index is "
                 f"corrupt; {_REBUILD}"
             )
         try:
-            index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+            index = faiss.read_index(str(index_path), MMAP_FLAGS if mmap else 0)
         except RuntimeError as exc:
             raise PinlabServeError(
                 f"{index_path} is not a readable FAISS index; {_REBUILD}"
             ) from exc
-        if not isinstance(index, faiss.IndexIDMap2):
-            raise PinlabServeError(f"{index_path} holds a {type(index).__name__}; {_REBUILD}")
+        try:
+            described = factory_of(index)
+        except PinlabServeError as exc:
+            raise PinlabServeError(
+                f"{index_path} holds a {type(index).__name__}; {_REBUILD}"
+            ) from exc
+        if described != manifest.kind:
+            raise PinlabServeError(
+                f"{index_path} holds a {described} index but the manifest says "
+                f"{manifest.kind}; {_REBUILD}"
+            )
         if index.d != manifest.dim or index.ntotal != manifest.count + len(manifest.tombstones):
             raise PinlabServeError(
                 f"{index_path} holds {index.ntotal} vectors of dimension {index.d} but the "
@@ -594,9 +810,29 @@ class PinIndex:
             manifest.params,
             manifest.recall_at_10,
             manifest.tombstones,
+            memory_bytes=manifest.memory_bytes,
+            latency=manifest.latency,
+            tuning=manifest.tuning,
+            mapped=mmap,
         )
         loaded._manifest = manifest
         return loaded
+
+
+def _ivf_entries(ivf: Any) -> tuple[Int64Array, Int64Array]:
+    """Every id in an IVF's lists and where it sits, as `list << 32 | offset`."""
+    lists = ivf.invlists
+    ids: list[Int64Array] = []
+    where: list[Int64Array] = []
+    for number in range(ivf.nlist):
+        size = lists.list_size(number)
+        if size == 0:
+            continue
+        ids.append(np.array(faiss.rev_swig_ptr(lists.get_ids(number), size), dtype=np.int64))
+        where.append((number << 32) + np.arange(size, dtype=np.int64))
+    if not ids:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    return np.concatenate(ids), np.concatenate(where)
 
 
 def embed_image_file(path: Path, encoder: ImageEncoder) -> Float32Array:

@@ -21,6 +21,12 @@ Runtime = Literal["torch", "onnx", "onnx-int8"]
 """`pinlab_models.Runtime`, spelled here so the settings load without importing torch (a test
 checks that the two agree)."""
 
+IndexKind = Literal["flat", "hnsw", "ivf-pq", "opq-ivf-pq", "hnsw-pq"]
+"""Index kinds `pinlab index build --kind` knows: exact, HNSW over full vectors, and three over
+product-quantised codes (an inverted file, the same after an OPQ rotation, an HNSW graph)."""
+INDEX_KINDS: tuple[IndexKind, ...] = ("flat", "hnsw", "ivf-pq", "opq-ivf-pq", "hnsw-pq")
+PQ_KINDS: tuple[IndexKind, ...] = ("ivf-pq", "opq-ivf-pq", "hnsw-pq")
+
 
 class PinlabServeError(ValueError):
     """Bad input to the index or service: unknown id, corrupt index, wrong dimensions."""
@@ -146,6 +152,61 @@ class TextQuery(RankQuery):
     q: str = Field(min_length=1, max_length=500, description="What to find.")
 
 
+class Latency(BaseModel):
+    """Single-query search time, one FAISS thread, as a serving worker runs it."""
+
+    p50_ms: float
+    p99_ms: float
+    queries: int
+
+
+class IndexCandidate(BaseModel):
+    """One index the tuner measured: its settings and what they gave on the tuning queries."""
+
+    kind: IndexKind
+    factory: str = Field(description="FAISS factory string of the index.")
+    params: dict[str, int] = Field(
+        description="Build settings (nlist, m, M...) and the search breadth it settled on "
+        "(nprobe or ef_search)."
+    )
+    memory_bytes: int = Field(description="Estimated: codes + ids + centroids, tables, graph.")
+    stage: Literal["screen", "full"] = Field(
+        description="screen: built on a sample of the vectors to rule it out cheaply; "
+        "full: built on all of them."
+    )
+    recall_at_10: float = Field(description="On the tuning queries, at `params`' breadth.")
+    recall_low: float = Field(description="Lower end of recall_at_10's 95% interval.")
+    meets: bool
+    build_seconds: float
+    latency: Latency | None = None
+
+
+class IndexTuning(BaseModel):
+    """What `pinlab index build --target-recall/--max-memory` tried and why it chose its index.
+
+    Recall@10 is against exact search over the same vectors; a query is a pin of the index and
+    its own id is left out of both lists. The tuning queries choose everything; the fresh
+    queries, drawn apart from them, only check the choice.
+    """
+
+    target_recall: float
+    max_memory_bytes: int | None
+    prefer: Literal["memory", "latency"]
+    kinds: list[IndexKind]
+    seed: int
+    tuning_queries: int
+    fresh_queries: int
+    candidates: list[IndexCandidate]
+    chosen: int = Field(description="Position of the chosen candidate in `candidates`.")
+    fresh_recall_at_10: float = Field(description="The chosen index on the fresh queries.")
+    fresh_recall_low: float
+    rss_growth_bytes: int = Field(
+        description="How much the building process's resident memory grew while it built "
+        "the chosen index (training data and the index itself)."
+    )
+    seconds: float
+
+
 class IndexManifest(BaseModel):
     """`index.json`: describes the index file it names, enough to refuse a mismatched one.
 
@@ -157,14 +218,26 @@ class IndexManifest(BaseModel):
     dim: int
     count: int = Field(description="Searchable pins (stored vectors minus tombstones).")
     metric: str = "inner_product"
-    kind: str = Field(description="FAISS factory string: 'IDMap2,Flat' or 'IDMap2,HNSW32'.")
+    kind: str = Field(
+        description="FAISS factory string: 'IDMap2,Flat', 'IDMap2,HNSW32', 'IVF1024,PQ16', "
+        "'OPQ16,IVF1024,PQ16' or 'IDMap,HNSW32_PQ16' (PQ kinds keep only codes)."
+    )
     file: str = Field(default="index.faiss", description="Index file name in the same directory.")
     checksum: str = Field(description="SHA-256 of the index file.")
     created: str = Field(description="UTC creation time, ISO 8601.")
     params: dict[str, int | float] = Field(
         default_factory=dict,
         description="Build and search parameters (HNSW: M, ef_construction, ef_search; "
-        "the size threshold that chose the kind).",
+        "the size threshold that chose the kind; IVF: nlist, m, nbits, nprobe).",
+    )
+    memory_bytes: int | None = Field(
+        default=None, description="Estimated memory of the loaded index (PQ kinds)."
+    )
+    latency: Latency | None = Field(
+        default=None, description="Single-query latency measured at build time (PQ kinds)."
+    )
+    tuning: IndexTuning | None = Field(
+        default=None, description="The tuner's candidates and checks, when it chose the index."
     )
     recall_at_10: float | None = Field(
         default=None, description="Recall@10 against exact search, measured at build time."

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from pinlab_data import ClickModel, write_json_atomic, write_movielens_like
 from pinlab_eval import CiMethod, protocol_spec
+from pinlab_serve import PinlabServeError
 from pinlab_tasks._app import DeviceOpt, JsonFlag, SeedOpt, settings
 from pinlab_tasks._measure import run_measured
 from pinlab_tasks._output import busy, emit, stderr, stdout
@@ -496,6 +497,68 @@ def rerank(
         tracker.log_artifact(layout.root / RERANK_FILE)
     payload = {"run": str(layout.root), **result}
     emit(payload, as_json, lambda: render_rerank(payload))
+
+
+@app.command("index")
+def index(
+    vectors: Annotated[
+        int, typer.Option("--vectors", min=1000, help="Vectors to index (10000000 for 10M).")
+    ] = 100_000,
+    dim: Annotated[int, typer.Option("--dim", min=8, help="Dimension of the vectors.")] = 64,
+    queries: Annotated[
+        int, typer.Option("--queries", min=10, help="Fresh queries for recall and latency.")
+    ] = 1000,
+    kinds: Annotated[
+        str, typer.Option("--kinds", help="Comma-separated index kinds.")
+    ] = "flat,hnsw,ivf-pq,opq-ivf-pq,hnsw-pq",
+    m: Annotated[
+        int | None,
+        typer.Option("--m", min=1, help="Bytes per PQ code (default: the dimension)."),
+    ] = None,
+    tune_recall: Annotated[
+        float | None,
+        typer.Option("--tune-recall", help="Also run the tuner for this recall@10."),
+    ] = None,
+    tune_memory: Annotated[
+        str | None, typer.Option("--tune-memory", help="The tuner's memory cap, e.g. 1GB.")
+    ] = None,
+    work: Annotated[
+        Path | None,
+        typer.Option("--work", help="Keep the shards and indexes here (reused when rerun)."),
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    as_json: JsonFlag = False,
+) -> None:
+    """Build each index kind over generated clustered vectors (a seeded Gaussian mixture, one
+    cluster per 1,000) and measure build time, memory (in a fresh process that loads the
+    index, plain and memory-mapped), recall@10 against exact search on fresh queries, and
+    single-query latency p50/p99 on one FAISS thread at each search breadth.
+
+    Writes: nothing that stays unless --work DIR (shards/, index-KIND/, queries.npz).
+    """
+    from pinlab_serve import INDEX_KINDS
+    from pinlab_tasks.index_bench import bench_index, render_index
+    from pinlab_tasks.queries import parse_size
+
+    chosen = [k.strip() for k in kinds.split(",") if k.strip()]
+    unknown = [k for k in chosen if k not in INDEX_KINDS]
+    if unknown or not chosen:
+        raise PinlabServeError(
+            f"--kinds {kinds!r}: unknown {unknown}; choose from {', '.join(INDEX_KINDS)}"
+        )
+    payload = bench_index(
+        vectors,
+        dim,
+        queries,
+        [k for k in INDEX_KINDS if k in chosen],
+        m or dim,
+        seed,
+        work=work,
+        tune_target=tune_recall,
+        tune_memory=parse_size(tune_memory) if tune_memory else None,
+        say=step_say((lambda _: None) if as_json else stderr.print, "bench index"),
+    )
+    emit(payload, as_json, lambda: render_index(payload))
 
 
 @app.command("serve")
