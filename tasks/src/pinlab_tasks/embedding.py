@@ -128,6 +128,10 @@ def embed_run(
     if engine == "ray":
         if address not in (None, "auto"):
             check_reachable(address)  # at once, not after Ray's minutes of retries
+        if address is not None and _have_ray_token():
+            # Clusters use token authentication by default; Ray reads the mode when imported
+            # and, joining, does not pick up the token it has itself.
+            os.environ.setdefault("RAY_AUTH_MODE", "token")
         import_ray()  # before any work: without Ray, say how to install it
     data_dir = data if data is not None else run.data_dir()
     per_worker = max(1, threads // workers) if engine == "ray" else threads
@@ -375,6 +379,14 @@ def _write(
     return manifest
 
 
+def _have_ray_token() -> bool:
+    return bool(
+        os.environ.get("RAY_AUTH_TOKEN")
+        or os.environ.get("RAY_AUTH_TOKEN_PATH")
+        or (Path.home() / ".ray" / "auth_token").is_file()
+    )
+
+
 def import_ray() -> Any:
     """The `ray` module with Ray Data, or one line saying how to install it."""
     try:
@@ -424,7 +436,9 @@ def ray_cluster(address: str | None, cpus: int, say: Say = lambda _: None) -> It
         except ConnectionError as exc:
             raise PinlabDataError(
                 f"cannot join a Ray cluster at {address!r} ({exc}); pass a running cluster's "
-                "HOST:PORT as --address, or leave --address out to start a local cluster"
+                "HOST:PORT as --address (a cluster with token authentication also needs its "
+                "token: RAY_AUTH_MODE=token and RAY_AUTH_TOKEN, or ~/.ray/auth_token), or leave "
+                "--address out to start a local cluster"
             ) from None
     _quiet_ray_data(ray)
     try:
