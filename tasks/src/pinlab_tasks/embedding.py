@@ -101,11 +101,11 @@ class ShardEmbedder:
 
 @dataclass(frozen=True)
 class RayCluster:
-    """A connection to a Ray cluster (`ray`, the module) and how it was made."""
+    """A connection to a Ray cluster: the `ray` module, the address (or "local") and the
+    seconds it took to start or join."""
 
     ray: Any
     address: str
-    started_here: bool
     seconds: float
 
 
@@ -180,7 +180,7 @@ def embed_dataset(
     `address` or a new local cluster of `workers * threads` CPUs, and closed at the end.
     The directory is replaced whole, the manifest written last; an error or interrupt leaves
     the old one (or none) and no partial files. `seconds` counts from the engine's start
-    (a cluster started here: `cluster_start_s`, inside it) to the manifest.
+    (starting or joining a cluster here, `cluster_start_s`, inside it) to the manifest.
     """
     if workers < 1 or threads < 1 or shard_rows < 1:
         raise PinlabDataError(
@@ -442,7 +442,7 @@ def ray_cluster(address: str | None, cpus: int, say: Say = lambda _: None) -> It
             ) from None
     _quiet_ray_data(ray)
     try:
-        yield RayCluster(ray, address or "local", address is None, time.perf_counter() - start)
+        yield RayCluster(ray, address or "local", time.perf_counter() - start)
     finally:
         ray.shutdown()
 
