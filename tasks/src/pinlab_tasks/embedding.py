@@ -101,11 +101,11 @@ class ShardEmbedder:
 
 @dataclass(frozen=True)
 class RayCluster:
-    """A connection to a Ray cluster (`ray`, the module) and how it was made."""
+    """A connection to a Ray cluster: the `ray` module, the address (or "local") and the
+    seconds it took to start or join."""
 
     ray: Any
     address: str
-    started_here: bool
     seconds: float
 
 
@@ -128,6 +128,10 @@ def embed_run(
     if engine == "ray":
         if address not in (None, "auto"):
             check_reachable(address)  # at once, not after Ray's minutes of retries
+        if address is not None and _have_ray_token():
+            # Clusters use token authentication by default; Ray reads the mode when imported
+            # and, joining, does not pick up the token it has itself.
+            os.environ.setdefault("RAY_AUTH_MODE", "token")
         import_ray()  # before any work: without Ray, say how to install it
     data_dir = data if data is not None else run.data_dir()
     per_worker = max(1, threads // workers) if engine == "ray" else threads
@@ -176,7 +180,7 @@ def embed_dataset(
     `address` or a new local cluster of `workers * threads` CPUs, and closed at the end.
     The directory is replaced whole, the manifest written last; an error or interrupt leaves
     the old one (or none) and no partial files. `seconds` counts from the engine's start
-    (a cluster started here: `cluster_start_s`, inside it) to the manifest.
+    (starting or joining a cluster here, `cluster_start_s`, inside it) to the manifest.
     """
     if workers < 1 or threads < 1 or shard_rows < 1:
         raise PinlabDataError(
@@ -375,6 +379,14 @@ def _write(
     return manifest
 
 
+def _have_ray_token() -> bool:
+    return bool(
+        os.environ.get("RAY_AUTH_TOKEN")
+        or os.environ.get("RAY_AUTH_TOKEN_PATH")
+        or (Path.home() / ".ray" / "auth_token").is_file()
+    )
+
+
 def import_ray() -> Any:
     """The `ray` module with Ray Data, or one line saying how to install it."""
     try:
@@ -424,11 +436,13 @@ def ray_cluster(address: str | None, cpus: int, say: Say = lambda _: None) -> It
         except ConnectionError as exc:
             raise PinlabDataError(
                 f"cannot join a Ray cluster at {address!r} ({exc}); pass a running cluster's "
-                "HOST:PORT as --address, or leave --address out to start a local cluster"
+                "HOST:PORT as --address (a cluster with token authentication also needs its "
+                "token: RAY_AUTH_MODE=token and RAY_AUTH_TOKEN, or ~/.ray/auth_token), or leave "
+                "--address out to start a local cluster"
             ) from None
     _quiet_ray_data(ray)
     try:
-        yield RayCluster(ray, address or "local", address is None, time.perf_counter() - start)
+        yield RayCluster(ray, address or "local", time.perf_counter() - start)
     finally:
         ray.shutdown()
 
