@@ -32,7 +32,7 @@ from pinlab_tasks.settings import PinlabSettings
 T = TypeVar("T")
 
 # What differs between two runs of the same seeded demo: where, when, how long, how much memory.
-VOLATILE = {"run_dir", "seconds", "train_seconds", "peak_rss_mb", "created"}
+VOLATILE = {"run_dir", "out", "seconds", "train_seconds", "peak_rss_mb", "created"}
 
 
 def with_client(root: Path, use: Callable[[Client], Awaitable[T]]) -> T:
