@@ -160,3 +160,22 @@ def test_reinforce_trains_on_other_logs_and_runs(
     )  # fmt: skip
     assert code == 0, payload
     assert payload["policy"] == "reinforce" and payload["logged_rows"] == 1200
+
+
+def test_any_dataset_with_a_fitted_model_as_the_truth(
+    logged: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without truth.npz, a second fitted model (ease) is the truth; users and items are cut
+    to the most active and popular."""
+    data = tmp_path / "data"
+    shutil.copytree(next((logged / "world").iterdir()), data)
+    (data / "truth.npz").unlink()
+    code, payload = _cli(
+        ["sim", "run", "--policy", "linucb", "--data", str(data), "--users", "40", "--items",
+         "15", "--rounds", "200", "--no-log", "--run", str(tmp_path / "run")],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, payload
+    assert "ease" in payload["world"]["truth"]
+    assert (payload["world"]["users"], payload["world"]["items"]) == (40, 15)
+    assert payload["rounds"] == 200 and "logs" not in payload

@@ -98,7 +98,7 @@ def test_slate_probability_of_plackett_luce_sums_to_one() -> None:
 
 @pytest.mark.parametrize("name", [n for n in POLICIES if n not in STATIONARY])
 def test_learners_show_valid_slates_and_update(name: str) -> None:
-    settings = {"retrain_every": 20} if name == "neural-linear" else {}
+    settings = {"first_refit": 10} if name == "neural-linear" else {}
     policy = build_policy(name, PolicyInputs(items=ITEMS, slate_size=3), settings)
     rng = np.random.default_rng(5)
     for _ in range(5):

@@ -415,7 +415,8 @@ class NeuralLinear:
         self._items: list[np.ndarray] = []
         self._r: list[np.ndarray] = []
         self._rounds = 0
-        self._next_refit = config.retrain_every
+        self._gap = min(config.first_refit, config.retrain_every)
+        self._next_refit = self._gap
         self._reset_posterior()
 
     def _reset_posterior(self) -> None:
@@ -462,7 +463,8 @@ class NeuralLinear:
         self._rounds += len(x)
         if self._rounds >= self._next_refit:
             self._refit()
-            self._next_refit += self.config.retrain_every
+            self._gap = min(2 * self._gap, self.config.retrain_every)
+            self._next_refit = self._rounds + self._gap
         else:
             self._solve()
 

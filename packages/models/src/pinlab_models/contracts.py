@@ -800,14 +800,18 @@ class LinearBanditConfig(BaseModel):
 class NeuralLinearConfig(BaseModel):
     """Neural-linear Thompson sampling (Riquelme, Tucker & Snoek 2018): an MLP over the context,
     the item's embedding and their product learns a representation from the clicks; a Bayesian
-    linear regression on its last hidden layer draws the scores. The network is refitted every
-    `retrain_every` rounds on everything seen, then the regression is recomputed on it."""
+    linear regression on its last hidden layer draws the scores. The network is refitted on
+    everything seen after `first_refit` rounds, then after gaps that double up to
+    `retrain_every`; the regression is then recomputed on the new representation."""
 
     model_config = ConfigDict(extra="forbid")
 
     hidden: PositiveInt = 32
-    retrain_every: PositiveInt = Field(default=10_000, description="Rounds between refits.")
-    epochs: PositiveInt = Field(default=3, description="Passes over the data per refit.")
+    first_refit: PositiveInt = Field(
+        default=1_000, description="Rounds before the first refit; the gap then doubles."
+    )
+    retrain_every: PositiveInt = Field(default=10_000, description="The largest gap, in rounds.")
+    epochs: PositiveInt = Field(default=5, description="Passes over the data per refit.")
     batch_size: PositiveInt = 1024
     lr: PositiveFloat = 3e-3
     l2: PositiveFloat = 1.0
