@@ -426,7 +426,9 @@ def ray_cluster(address: str | None, cpus: int, say: Say = lambda _: None) -> It
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
             logging.ERROR
         )
-        ray.init(num_cpus=cpus, _node_ip_address="127.0.0.1", **options)
+        # address="local": always a new cluster; without it Ray joins whatever cluster
+        # /tmp/ray/ray_current_cluster names, even a dead one a killed run left behind.
+        ray.init(address="local", num_cpus=cpus, _node_ip_address="127.0.0.1", **options)
     else:
         if address != "auto":
             check_reachable(address)
