@@ -179,3 +179,12 @@ def test_any_dataset_with_a_fitted_model_as_the_truth(
     assert "ease" in payload["world"]["truth"]
     assert (payload["world"]["users"], payload["world"]["items"]) == (40, 15)
     assert payload["rounds"] == 200 and "logs" not in payload
+
+
+def test_a_policy_without_propensities_cannot_log(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, payload = _cli(
+        ["sim", "run", "--policy", "neural-linear", *TINY, "--run", str(tmp_path)], capsys
+    )
+    assert code == 2 and "--no-log" in payload["error"]

@@ -341,8 +341,8 @@ def _record(
     if choice.pscore is None:
         raise PinlabModelError(
             f"policy {policy.name!r} does not know the probabilities of its slates, so its "
-            "logs would be useless to off-policy estimators; log another policy (thompson "
-            "estimates them with propensity_samples > 0)"
+            "logs would be useless to off-policy estimators; pass --no-log, or log a policy "
+            "that knows them (thompson estimates them with --set propensity_samples=100)"
         )
     b, k = choice.slates.shape
     record.users.append(users)

@@ -60,10 +60,10 @@ class SimConfig(BaseModel):
     ] = 1.0
     fatigue: Annotated[
         float, Field(ge=0, description="Attraction is multiplied by exp(-this * exposure).")
-    ] = 0.3
+    ] = 0.1
     recovery: Annotated[
         float, Field(ge=0, lt=1, description="Exposure kept from one served round to the next.")
-    ] = 0.9
+    ] = 0.8
     drift: Annotated[
         float,
         Field(ge=0, le=1, description="Share of the way to the end preference moved per round."),
