@@ -192,6 +192,7 @@ def build_pq(
         for number, (ids, vectors) in enumerate(shards):
             say(f"adding shard {number + 1}/{shards.parts} to {spec.label}")
             part = faiss.clone_index(index)  # trained and empty: this shard's own index
+            _fast_encoding(part)
             _add(part, ids, vectors)
             built = part if built is None else _merge(built, part)
     params: dict[str, int | float] = dict(spec.params())
@@ -211,6 +212,17 @@ def build_pq(
 def _train(index: Any, train: Float32Array) -> None:
     # k-means with FAISS's seeded clustering: the same sample gives the same index.
     index.train(train)
+    _fast_encoding(index)
+
+
+def _fast_encoding(index: Any) -> None:
+    """Encode against transposed codebooks: for 1-2 dimensional sub-vectors FAISS otherwise
+    calls a distance kernel per sub-vector and vector (64-byte codes: 18 times slower)."""
+    if isinstance(index, faiss.IndexIDMap):
+        graph: Any = faiss.downcast_index(index.index)
+        _faiss.downcast_index(graph.storage).pq.sync_transposed_centroids()
+    else:
+        _ivf(index).pq.sync_transposed_centroids()
 
 
 def _add(index: Any, ids: Int64Array, vectors: Float32Array) -> None:
