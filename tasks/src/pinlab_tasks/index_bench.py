@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from pinlab_data import atomic_writer
 from pinlab_serve import (
     ClusteredVectors,
     EmbeddingShards,
@@ -98,7 +99,8 @@ def write_shards(out: Path, rows: int, dim: int, seed: int, say: Say) -> list[Pa
     for number, chunk in enumerate(mixture.chunks(rows, seed, SHARD_ROWS)):
         say(f"writing shard {number + 1} ({len(chunk):,} vectors)")
         path = out / f"vectors-{number:05d}.npy"
-        np.save(path, chunk)
+        with atomic_writer(path) as f:  # a stopped bench never leaves a short shard to reuse
+            np.save(f, chunk)
         paths.append(path)
     return paths
 

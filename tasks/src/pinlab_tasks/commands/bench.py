@@ -536,10 +536,13 @@ def index(
 
     Writes: nothing that stays unless --work DIR (shards/, index-KIND/, queries.npz).
     """
+    import faiss
+
     from pinlab_serve import INDEX_KINDS
     from pinlab_tasks.index_bench import bench_index, render_index
     from pinlab_tasks.queries import parse_size
 
+    faiss.omp_set_num_threads(settings().threads)  # builds; latency is measured on one
     chosen = [k.strip() for k in kinds.split(",") if k.strip()]
     unknown = [k for k in chosen if k not in INDEX_KINDS]
     if unknown or not chosen:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
+import faiss
 import typer
 from rich.table import Table
 
@@ -77,6 +78,7 @@ def build(
     """
     layout = RunLayout(run) if run is not None else None
     seed_value = settings().seed if seed is None else seed
+    faiss.omp_set_num_threads(settings().threads)  # --threads caps FAISS's training and adds
     config: dict[str, Any] = {
         "kind": kind,
         "target_recall": target_recall,
