@@ -24,6 +24,7 @@ from pinlab_tasks.commands import (
     data,
     demo,
     evaluate,
+    generate,
     index,
     meta,
     new,
@@ -49,6 +50,7 @@ app.add_typer(new.app, name="new")
 demo.register(app)
 serve.register(app)
 query.register(app)
+generate.register(app)
 meta.register(app)
 card.register(app)
 register_report(app)

@@ -5,6 +5,7 @@ from pinlab_data._dedupe import (
     PairSimilarity,
     candidate_pairs,
     cluster_pairs,
+    color_thumbnails,
     dedupe_dataset,
     perceptual_hashes,
 )
@@ -19,7 +20,7 @@ from pinlab_data._download import (
 )
 from pinlab_data._filters import filter_interactions
 from pinlab_data._image_loader import DEFAULT_MAX_PIXELS, SKIPPED_FILE, load_images
-from pinlab_data._images import decode_image, load_image
+from pinlab_data._images import decode_image, encode_png, load_image, png_text
 from pinlab_data._loaders import (
     BAD_LINES_FILE,
     load_interactions,
@@ -140,10 +141,12 @@ __all__ = [
     "candidate_pairs",
     "caption_attributes",
     "cluster_pairs",
+    "color_thumbnails",
     "decode_image",
     "dedupe_dataset",
     "describe_dataset",
     "download_movielens",
+    "encode_png",
     "fetch_movielens",
     "filter_interactions",
     "holdout_mask",
@@ -157,6 +160,7 @@ __all__ = [
     "load_sequences",
     "load_truth",
     "perceptual_hashes",
+    "png_text",
     "save_dataset",
     "seen_csr",
     "session_history",

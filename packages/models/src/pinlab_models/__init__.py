@@ -12,9 +12,18 @@ from pinlab_models._architectures import (
     check_arch,
     register_encoder_arch,
 )
+from pinlab_models._classifier import ImageClassifier, load_classifier, train_classifier
 from pinlab_models._cnn_encoder import CNNEncoder, augment, supcon_loss, train_encoder
 from pinlab_models._cold_start import HybridRecommender
 from pinlab_models._ensemble import Ensemble
+from pinlab_models._generator import (
+    Conditioning,
+    TextToImage,
+    check_request,
+    load_generator,
+    train_generator,
+    validation_loss,
+)
 from pinlab_models._ials import ImplicitALS
 from pinlab_models._linear import ItemItem, interaction_matrix
 from pinlab_models._mult_vae import MultVae
@@ -47,6 +56,7 @@ from pinlab_models.contracts import (
     BERT4RecConfig,
     BPRConfig,
     Choice,
+    ClassifierConfig,
     Device,
     DLAEConfig,
     EASEConfig,
@@ -55,6 +65,8 @@ from pinlab_models.contracts import (
     EpochRecord,
     FitReport,
     FloatRange,
+    GenerateLimits,
+    GeneratorConfig,
     GSASRecConfig,
     HistoryScorer,
     HSTUConfig,
@@ -98,6 +110,8 @@ __all__ = [
     "BPRConfig",
     "CNNEncoder",
     "Choice",
+    "ClassifierConfig",
+    "Conditioning",
     "DLAEConfig",
     "Device",
     "EASEConfig",
@@ -108,11 +122,14 @@ __all__ = [
     "FitReport",
     "FloatRange",
     "GSASRecConfig",
+    "GenerateLimits",
+    "GeneratorConfig",
     "HSTUConfig",
     "HistoryScorer",
     "HybridConfig",
     "HybridRecommender",
     "IALSConfig",
+    "ImageClassifier",
     "ImageEncoder",
     "ImageTextModel",
     "ImplicitALS",
@@ -140,6 +157,7 @@ __all__ = [
     "SearchParam",
     "Simplex",
     "TextEncoder",
+    "TextToImage",
     "TrainContext",
     "TrainProgress",
     "TwoTower",
@@ -152,10 +170,13 @@ __all__ = [
     "calibrated",
     "category_diversity",
     "check_arch",
+    "check_request",
     "dpp",
     "exposure_boost",
     "exposure_constrained",
     "interaction_matrix",
+    "load_classifier",
+    "load_generator",
     "load_image_text_model",
     "load_recommender",
     "miscalibration",
@@ -173,7 +194,10 @@ __all__ = [
     "split_settings",
     "supcon_loss",
     "train_alignment",
+    "train_classifier",
     "train_encoder",
+    "train_generator",
     "train_with_recipe",
+    "validation_loss",
     "zero_shot_labels",
 ]

@@ -8,6 +8,7 @@ from functools import cache
 from typing import TYPE_CHECKING
 
 import numpy as np
+import numpy.typing as npt
 
 from pinlab_data.contracts import Float32Array
 from pinlab_models._runtime import resolve_device
@@ -35,14 +36,7 @@ class TextEncoder:
         self._model = _load_minilm(self.device)
 
     def encode(self, texts: Sequence[str], batch_size: int = 256) -> Float32Array:
-        if isinstance(texts, str):
-            raise PinlabModelError("encode takes a list of texts, not one string")
-        empty = [i for i, text in enumerate(texts) if not text.strip()]
-        if empty:
-            raise PinlabModelError(
-                f"{len(empty)} text(s) are empty (first at position {empty[0]}); "
-                "an empty text embeds to nothing: drop it or give it words"
-            )
+        _check_texts(texts)
         if not texts:
             return np.zeros((0, MINILM_DIM), dtype=np.float32)
         vectors = self._model.encode(
@@ -53,6 +47,43 @@ class TextEncoder:
             show_progress_bar=False,
         )
         return np.ascontiguousarray(vectors, dtype=np.float32)
+
+    def encode_tokens(
+        self, texts: Sequence[str], max_tokens: int, batch_size: int = 256
+    ) -> tuple[Float32Array, npt.NDArray[np.bool_]]:
+        """MiniLM's contextual token embeddings, (n, max_tokens, 384), and which are real.
+
+        Each text keeps its first `max_tokens` word pieces ([CLS] included); shorter texts are
+        padded with zeros that the mask marks False. Empty texts raise as in `encode`.
+        """
+        _check_texts(texts)
+        tokens = np.zeros((len(texts), max_tokens, MINILM_DIM), dtype=np.float32)
+        mask = np.zeros((len(texts), max_tokens), dtype=bool)
+        if not texts:
+            return tokens, mask
+        rows = self._model.encode(
+            list(texts),
+            batch_size=batch_size,
+            output_value="token_embeddings",
+            convert_to_numpy=False,
+            show_progress_bar=False,
+        )
+        for i, row in enumerate(rows):
+            kept = row[:max_tokens].detach().float().cpu().numpy()
+            tokens[i, : len(kept)] = kept
+            mask[i, : len(kept)] = True
+        return tokens, mask
+
+
+def _check_texts(texts: Sequence[str]) -> None:
+    if isinstance(texts, str):
+        raise PinlabModelError("encode takes a list of texts, not one string")
+    empty = [i for i, text in enumerate(texts) if not text.strip()]
+    if empty:
+        raise PinlabModelError(
+            f"{len(empty)} text(s) are empty (first at position {empty[0]}); "
+            "an empty text embeds to nothing: drop it or give it words"
+        )
 
 
 @cache

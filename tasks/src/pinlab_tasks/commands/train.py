@@ -14,12 +14,13 @@ from pinlab_eval import protocol_spec
 from pinlab_models import (
     AlignConfig,
     EncoderConfig,
+    GeneratorConfig,
     PinlabModelError,
     Recipe,
     RecipeConfig,
     recommender_names,
 )
-from pinlab_tasks import recsys
+from pinlab_tasks import generative, recsys
 from pinlab_tasks import visual as visual_workflows
 from pinlab_tasks._app import DeviceOpt, JsonFlag, SeedOpt, settings
 from pinlab_tasks._output import emit, stdout
@@ -201,6 +202,45 @@ def align(
             train_progress(not as_json, "train align"),
         )
         _log_training(tracker, result, layout.visual / "align")
+    result["run_dir"] = str(layout.root)
+    emit(result, as_json, lambda: _render(result))
+
+
+@app.command("generator")
+def generator(
+    data: DataOpt,
+    run: RunOpt = None,
+    epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="GeneratorConfig field as KEY=VALUE (JSON), repeatable."),
+    ] = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Train the text-to-image diffusion generator (diffusers UNet, MiniLM captions).
+
+    Trains on the captioned training pins of the visual split (the pins `train visual` trains
+    on); early-stops on the validation pins' denoising loss; keeps EMA weights.
+    Writes: RUN/generator/{generator.pt, metrics.jsonl, train.json}.
+    """
+    s = settings()
+    fields = parse_settings(set_ or []) | ({} if epochs is None else {"epochs": epochs})
+    config = _validated(GeneratorConfig, fields)
+    layout = _run(run)
+    seed = s.seed if seed is None else seed
+    params = {"data": str(data), "seed": seed, "generator": config.model_dump()}
+    with tracked("train generator", params, run_dir=layout.root) as tracker:
+        result = generative.train_generator_run(
+            layout,
+            data,
+            config,
+            seed,
+            device or s.device,
+            train_progress(not as_json, "train generator"),
+        )
+        _log_training(tracker, result, layout.generator_dir)
     result["run_dir"] = str(layout.root)
     emit(result, as_json, lambda: _render(result))
 
