@@ -10,8 +10,10 @@ its image-text model (agreement) and a classifier trained on real training pins.
 from __future__ import annotations
 
 import json
+import operator
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +58,9 @@ from pinlab_models import (
     validation_loss,
 )
 from pinlab_serve import PinIndex
+from pinlab_tasks.presets import PRESETS
 from pinlab_tasks.runs import RunLayout
-from pinlab_tasks.visual import pin_images, visual_split
+from pinlab_tasks.visual import pin_images, train_align, train_visual, visual_split
 
 EVAL_FILE = "eval.json"
 SAMPLES_FILE = "samples.png"
@@ -94,13 +97,16 @@ def train_generator_run(
     device: str,
     progress: TrainProgress = True,
     split_seed: int | None = None,
+    directory: Path | None = None,
 ) -> dict[str, Any]:
     """Train the text-to-image generator on the captioned training pins of `visual_split`.
 
     Early-stops on the denoising loss of the validation pins (fixed draws, EMA weights).
     `split_seed` (default `seed`) picks the held-out pins; the bench keeps it fixed while the
-    training seed varies. Writes RUN/generator/{generator.pt, metrics.jsonl, train.json}.
+    training seed varies. Writes DIR/{generator.pt, metrics.jsonl, train.json} (DIR:
+    RUN/generator by default).
     """
+    directory = run.generator_dir if directory is None else directory
     ds = load_dataset(data_dir)
     images, captions = pin_images(ds), _captions(ds)
     if images.shape[1] != config.image_size:  # the dataset decides the image size
@@ -133,7 +139,7 @@ def train_generator_run(
         return -validation_loss(model, valid_images, encoded[0], seed=split_seed)
 
     ctx = TrainContext(
-        run_dir=run.generator_dir, seed=seed, device=device, progress=progress,
+        run_dir=directory, seed=seed, device=device, progress=progress,
         metric="-valid denoising loss",
     )  # fmt: skip
     model, report = train_generator(
@@ -145,7 +151,7 @@ def train_generator_run(
         ctx,
         validate if len(valid_rows) else None,
     )
-    model_id = model.save(run.generator)
+    model_id = model.save(directory / "generator.pt")
     result = {
         "model_id": model_id,
         "seed": seed,
@@ -155,7 +161,7 @@ def train_generator_run(
         "config": config.model_dump(),
         **report.model_dump(),
     }
-    write_json_atomic(run.generator_dir / "train.json", result)
+    write_json_atomic(directory / "train.json", result)
     return result
 
 
@@ -507,3 +513,124 @@ def _sample_grid(
             for i, p in enumerate(prompts)
         ]
     )
+
+
+BENCH_FILE = "generative.json"
+TARGETS = {
+    "conditional.generated.category_accuracy": (">=", 0.90),
+    "conditional.generated.palette_accuracy": (">=", 0.80),
+    "fidelity.generated.fd_over_baseline": ("<=", 0.25),
+    "fidelity.generated.precision": (">=", 0.7),
+    "memorisation.generated.near_duplicate_share": ("<", 0.02),
+    "seconds_8_images_25_steps": ("<", 5.0),
+}
+"""The issue's targets on the default synthetic world, checked on the mean over seeds."""
+COMPARE: dict[str, Callable[[float, float], bool]] = {
+    ">=": operator.ge,
+    "<=": operator.le,
+    "<": operator.lt,
+}
+
+
+def bench_generative(
+    run: RunLayout,
+    data_dir: Path,
+    *,
+    seeds: int,
+    seed: int,
+    config: GeneratorConfig,
+    device: str,
+    progress: TrainProgress = True,
+    say: Callable[[str], None] = lambda _: None,
+) -> dict[str, Any]:
+    """Train and evaluate the generator `seeds` times (training seeds seed, seed + 1, ...).
+
+    The measuring instruments are trained once, at `seed`, when the run lacks them: the
+    encoder (`train visual`), the image-text alignment (`train align`) and the classifier;
+    every generator trains on the same split (`seed`), so seeds vary the generator alone.
+    Writes RUN/{generative.json, generative/seed-S/{generator.pt, train.json, eval.json,
+    samples.png}}, and the instruments under RUN/visual/.
+    """
+    start = time.perf_counter()
+    device = resolve_device(device)
+    run.log_step(
+        "bench generative",
+        {"seeds": seeds, "seed": seed, "generator": config.model_dump()},
+        data_dir,
+    )
+    instruments: dict[str, Any] = {}
+    if not run.encoder.is_file():
+        say("training the image encoder (the feature space of the metrics)")
+        trained = train_visual(run, data_dir, PRESETS["default"].encoder, seed, device, progress)
+        instruments["encoder_seconds"] = round(trained["seconds"], 1)
+    if not run.image_text.is_file():
+        say("aligning images to text (the agreement metric)")
+        trained = train_align(run, data_dir, PRESETS["default"].align, seed, device, progress)
+        instruments["align_seconds"] = round(trained["seconds"], 1)
+    per_seed: list[dict[str, Any]] = []
+    for r in range(seeds):
+        directory = run.root / "generative" / f"seed-{seed + r}"
+        say(f"seed {seed + r}: training the generator")
+        trained = train_generator_run(
+            run, data_dir, config, seed + r, device, progress, split_seed=seed, directory=directory
+        )
+        say(f"seed {seed + r}: evaluating")
+        evaluation = eval_generator(
+            run, directory=directory, seed=seed + r, device=device, progress=progress
+        )
+        flat = _flatten(evaluation)
+        flat["train_seconds"] = round(trained["seconds"], 1)
+        flat["epochs"] = trained["epochs"]
+        flat["seconds_8_images_25_steps"] = _time_eight(directory, device)
+        per_seed.append(flat)
+    keys = [k for k in per_seed[0] if all(isinstance(p.get(k), int | float) for p in per_seed)]
+    summary = {
+        k: {
+            "mean": round(float(np.mean([p[k] for p in per_seed])), 5),
+            "std": round(float(np.std([p[k] for p in per_seed])), 5),
+        }
+        for k in keys
+    }
+    targets = {
+        key: {
+            "target": f"{op} {bound}",
+            "mean": summary[key]["mean"] if key in summary else None,
+            "met": key in summary and COMPARE[op](summary[key]["mean"], bound),
+        }
+        for key, (op, bound) in TARGETS.items()
+    }
+    result = {
+        "data": str(data_dir),
+        "seeds": [seed + r for r in range(seeds)],
+        "split_seed": seed,
+        "device": device,
+        "config": config.model_dump(),
+        "instruments": instruments,
+        "summary": summary,
+        "targets": targets,
+        "per_seed": per_seed,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    write_json_atomic(run.root / BENCH_FILE, result)
+    return result
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{name}."))
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            out[name] = value
+    return out
+
+
+def _time_eight(directory: Path, device: str) -> float:
+    """Seconds to generate 8 images at 25 steps (guidance 3), after one warm-up call."""
+    model = load_generator(directory / "generator.pt", device)
+    prompts = ["a striped warm star"] * 8
+    model.generate(prompts[:1], steps=2)
+    clock = time.perf_counter()
+    model.generate(prompts, steps=25, guidance=3.0, seed=0)
+    return round(time.perf_counter() - clock, 3)

@@ -124,8 +124,8 @@ def encoder(
         **({} if epochs is None else {"epochs": epochs}),
         **overrides,
     }
-    config = _validated(EncoderConfig, encoder_fields)
-    recipe_config = _validated(RecipeConfig, {"recipe": recipe, **recipe_fields})
+    config = validated(EncoderConfig, encoder_fields)
+    recipe_config = validated(RecipeConfig, {"recipe": recipe, **recipe_fields})
     layout = _run(run)
     seed = s.seed if seed is None else seed
     params = {
@@ -151,7 +151,7 @@ def encoder(
     emit(result, as_json, lambda: _render(result))
 
 
-def _validated(model: type[ConfigT], values: dict[str, Any]) -> ConfigT:
+def validated(model: type[ConfigT], values: dict[str, Any]) -> ConfigT:
     try:
         return model.model_validate(values)
     except ValidationError as exc:
@@ -227,7 +227,7 @@ def generator(
     """
     s = settings()
     fields = parse_settings(set_ or []) | ({} if epochs is None else {"epochs": epochs})
-    config = _validated(GeneratorConfig, fields)
+    config = validated(GeneratorConfig, fields)
     layout = _run(run)
     seed = s.seed if seed is None else seed
     params = {"data": str(data), "seed": seed, "generator": config.model_dump()}
