@@ -177,25 +177,6 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "prompt"
 
 
-def png_metadata(
-    model: TextToImage, prompt: str, seed: int, index: int, steps: int, guidance: float,
-    category: str | None,
-) -> dict[str, str]:  # fmt: skip
-    """What every generated PNG says about itself: that it was generated, by what, from what."""
-    return {
-        "Software": "pinlab",
-        "pinlab:generated": "true",
-        "pinlab:model_id": model.model_id,
-        "pinlab:text_model": model.text_encoder.model_id,
-        "pinlab:prompt": prompt,
-        "pinlab:category": category or "",
-        "pinlab:seed": str(seed),
-        "pinlab:index": str(index),
-        "pinlab:steps": str(steps),
-        "pinlab:guidance": str(guidance),
-    }
-
-
 def generate(
     run: RunLayout,
     text: str,
@@ -227,7 +208,9 @@ def generate(
     files = []
     for i, image in enumerate(images):
         path = out / f"{_slug(text)}-s{seed}-{i:02d}.png"
-        meta = png_metadata(model, text, seed, i, steps, guidance, category)
+        meta = model.png_text(
+            text, seed=seed, index=i, steps=steps, guidance=guidance, category=category
+        )
         write_bytes_atomic(path, encode_png(image, meta))
         files.append(str(path))
     return {

@@ -296,6 +296,24 @@ class TextToImage:
             x = scheduler.step(v, t, x).prev_sample
         return x
 
+    def png_text(
+        self, prompt: str, *, seed: int, index: int, steps: int, guidance: float,
+        category: str | None = None,
+    ) -> dict[str, str]:  # fmt: skip
+        """What a generated PNG says about itself: generated, by which model, from what."""
+        return {
+            "Software": "pinlab",
+            "pinlab:generated": "true",
+            "pinlab:model_id": self.model_id,
+            "pinlab:text_model": MINILM_ID,
+            "pinlab:prompt": prompt,
+            "pinlab:category": category or "",
+            "pinlab:seed": str(seed),
+            "pinlab:index": str(index),
+            "pinlab:steps": str(steps),
+            "pinlab:guidance": str(guidance),
+        }
+
     def save(self, path: Path) -> str:
         """Write the checkpoint atomically; returns the model id (`gen-` + its digest)."""
         state = {k: v.cpu() for k, v in self.net.state_dict().items()}

@@ -33,6 +33,10 @@ class RunFiles:
         return self.root / "index"
 
     @property
+    def generator(self) -> Path:
+        return self.root / "generator" / "generator.pt"
+
+    @property
     def recommenders(self) -> Path:
         return self.root / "recommender"
 
