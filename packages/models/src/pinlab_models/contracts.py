@@ -397,8 +397,8 @@ class GeneratorConfig(BaseModel):
         default=5.0, description="Min-SNR loss weighting's gamma; None weighs steps equally."
     )
     epochs: PositiveInt = 40
-    batch_size: PositiveInt = 64
-    lr: PositiveFloat = 1e-3
+    batch_size: PositiveInt = 32
+    lr: PositiveFloat = 2e-3
     weight_decay: float = Field(default=0.0, ge=0)
     ema_decay: float = Field(
         default=0.999, gt=0, lt=1, description="EMA decay, warmed up as (1 + n) / (10 + n)."
@@ -427,11 +427,11 @@ class ClassifierConfig(BaseModel):
 
     image_size: PositiveInt = 32
     widths: tuple[PositiveInt, ...] = (32, 64, 128)
-    epochs: PositiveInt = 12
-    batch_size: PositiveInt = 128
-    lr: PositiveFloat = 3e-3
+    epochs: PositiveInt = 30
+    batch_size: PositiveInt = 64
+    lr: PositiveFloat = 2e-3
     weight_decay: float = Field(default=5e-4, ge=0)
-    patience: PositiveInt = 3
+    patience: PositiveInt = 5
 
 
 class GenerateLimits(BaseModel):
