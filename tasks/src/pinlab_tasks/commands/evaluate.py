@@ -195,5 +195,9 @@ def render_generator(result: dict[str, Any]) -> None:
         f"generator on {result['prompts']} held-out captions (real: held-out pins, the floor; "
         f"FD real-vs-real {result['real_vs_real_floor']})"
     )
-    stdout.print(metrics_table(title, rows))
+    by_metric: dict[str, dict[str, float]] = {}
+    for name, row in rows.items():
+        for metric, value in row.items():
+            by_metric.setdefault(metric, {})[name] = value
+    stdout.print(metrics_table(title, by_metric))
     stdout.print(f"samples: {result['samples']}")
