@@ -29,6 +29,9 @@ def test_baseline_is_the_prompted_categorys_mean_plus_its_own_noise() -> None:
     b = mean_image_baseline(noisy, labels, np.array([0, 0]), seed=1)
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a[0], a[1])
+    # No categories: every prompt gets the whole training set's mean.
+    whole = mean_image_baseline(images, None, np.zeros(4, np.int64), seed=0)
+    assert whole.shape == (4, 4, 4, 3) and len(np.unique(whole)) > 1
 
 
 def _eval(fd: float) -> dict[str, Any]:

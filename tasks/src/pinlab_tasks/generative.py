@@ -278,19 +278,18 @@ def _classifier(
 
 
 def mean_image_baseline(
-    images: np.ndarray, labels: np.ndarray | None, prompted: np.ndarray | None, seed: int
+    images: np.ndarray, labels: np.ndarray | None, prompted: np.ndarray, seed: int
 ) -> np.ndarray:
     """The no-learning baseline: per prompt, the mean training image of the prompted category
-    plus Gaussian noise of that category's per-pixel standard deviation (the whole training set
-    when there are no categories)."""
+    (`prompted[i]`, a label of `labels`) plus Gaussian noise of that category's per-pixel
+    standard deviation. Without labels every prompt gets the whole training set's."""
     rng = np.random.default_rng(seed)
-    n = len(prompted) if prompted is not None else 0
-    out = np.empty((n, *images.shape[1:]), dtype=np.uint8)
     groups = np.zeros(len(images), dtype=np.int64) if labels is None else labels
-    wanted = np.zeros(n, dtype=np.int64) if prompted is None else prompted
+    wanted = np.zeros(len(prompted), dtype=np.int64) if labels is None else prompted
+    out = np.empty((len(wanted), *images.shape[1:]), dtype=np.uint8)
     for g in np.unique(wanted):
         members = images[groups == g].astype(np.float64)
-        if not len(members):
+        if not len(members):  # a category no training pin has
             members = images.astype(np.float64)
         at = np.flatnonzero(wanted == g)
         noise = rng.normal(size=(len(at), *images.shape[1:])) * members.std(axis=0)
@@ -365,7 +364,7 @@ def eval_generator(
     baseline = mean_image_baseline(
         images[train_rows],
         None if labels is None else labels[train_rows],
-        None if labels is None else labels[rows_a],
+        np.zeros(len(rows_a), np.int64) if labels is None else labels[rows_a],
         seed,
     )
     sets = {"generated": generated, "baseline": baseline, "real": images[rows_a]}
