@@ -44,11 +44,14 @@ class _Heads(nn.Module):
     def __init__(self, widths: tuple[int, ...], sizes: Mapping[str, int]) -> None:
         super().__init__()
         self.features = ConvNet(widths, embedding_dim=1).features
-        self.heads = nn.ModuleDict({name: nn.Linear(widths[-1], n) for name, n in sizes.items()})
+        # Prefixed: a head named like a Module attribute ("half", "train") must not clash.
+        self.heads = nn.ModuleDict(
+            {f"head_{name}": nn.Linear(widths[-1], n) for name, n in sizes.items()}
+        )
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         pooled = self.features(x).mean(dim=(2, 3))
-        return {name: head(pooled) for name, head in self.heads.items()}
+        return {key.removeprefix("head_"): head(pooled) for key, head in self.heads.items()}
 
 
 class ImageClassifier:
