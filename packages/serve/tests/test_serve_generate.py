@@ -103,3 +103,67 @@ def test_a_run_without_a_generator_answers_404(serve_run: Path) -> None:
         wait_ready(client)
         response = client.post("/v1/generate", json={"text": "a star"})
     assert response.status_code == 404 and "train generator" in response.json()["error"]
+
+
+@pytest.mark.slow
+def test_page_generates_and_searches_with_a_generated_image(
+    chromium: str, generator_run: Path
+) -> None:
+    """In headless Chromium: the Generate form shows the images; clicking one searches."""
+    import socket
+    import threading
+
+    import httpx
+    import uvicorn
+    from playwright import sync_api
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(generator_run, ServeSettings()), host="127.0.0.1", port=port,
+            log_level="warning",
+        )
+    )  # fmt: skip
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert time.monotonic() < deadline, "the server never became ready"
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        with sync_api.sync_playwright() as playwright:
+            browser = playwright.chromium.launch(
+                executable_path=chromium, headless=True, args=["--no-sandbox"]
+            )
+            try:
+                page = browser.new_page()
+                errors: list[str] = []
+                page.on("pageerror", lambda exc: errors.append(str(exc)))
+                page.goto(f"{url}/")
+                page.fill("#prompt", "a striped warm star")
+                page.fill("#n", "2")
+                page.fill("#steps", "2")
+                page.click("#generate-form button")
+                page.wait_for_function(
+                    "document.querySelectorAll('#results .tile.generated img').length == 2"
+                )
+                page.locator("#results .tile.generated").first.click()
+                page.wait_for_function(
+                    "document.querySelector('#status').textContent"
+                    ".includes('results for generated image 1')"
+                )
+                assert page.locator("#results .tile").count() == 12
+                assert errors == []
+            finally:
+                browser.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
