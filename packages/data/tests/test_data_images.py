@@ -1,14 +1,15 @@
-"""Reading single image files: good, corrupt and missing."""
+"""Reading single image files (good, corrupt and missing) and writing PNGs with text."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from pinlab_data import PinlabDataError, decode_image, load_image
+from pinlab_data import PinlabDataError, decode_image, encode_png, load_image, png_text
 
 
 def test_load_image_crops_and_resizes_a_png(tmp_path: Path) -> None:
@@ -40,3 +41,12 @@ def test_corrupt_file(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(PinlabDataError, match="does not exist"):
         load_image(tmp_path / "nope.png", 8)
+
+
+def test_encode_png_keeps_pixels_and_text() -> None:
+    image = np.random.default_rng(0).integers(0, 256, (6, 5, 3), dtype=np.uint8)
+    data = encode_png(image, {"pinlab:prompt": "a red star", "pinlab:seed": "3"})
+    assert png_text(data) == {"pinlab:prompt": "a red star", "pinlab:seed": "3"}
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data))), image)
+    with pytest.raises(PinlabDataError, match=r"\(H, W, 3\) uint8"):
+        encode_png(image[..., 0], {})

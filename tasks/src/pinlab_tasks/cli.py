@@ -27,6 +27,7 @@ from pinlab_tasks.commands import (
     embed,
     evaluate,
     export,
+    generate,
     index,
     meta,
     new,
@@ -56,6 +57,7 @@ demo.register(app)
 embed.register(app)
 serve.register(app)
 query.register(app)
+generate.register(app)
 meta.register(app)
 card.register(app)
 register_report(app)

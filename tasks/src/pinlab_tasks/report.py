@@ -33,7 +33,13 @@ from pinlab_tasks.rerank_bench import RERANK_FILE
 from pinlab_tasks.runs import utc_now
 
 ReportKind = Literal[
-    "bench recsys", "bench visual", "bench rerank", "bench ope", "bench bandits", "run"
+    "bench recsys",
+    "bench visual",
+    "bench rerank",
+    "bench ope",
+    "bench bandits",
+    "bench generative",
+    "run",
 ]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -398,6 +404,8 @@ def detect_kind(root: Path) -> ReportKind:
         return "bench ope"
     if (root / BANDITS_FILE).is_file():
         return "bench bandits"
+    if (root / GENERATIVE_FILE).is_file():
+        return "bench generative"
     if (root / "run.json").is_file() and any((root / p).is_file() for p in RUN_RESULTS):
         return "run"
     raise PinlabDataError(
@@ -405,12 +413,15 @@ def detect_kind(root: Path) -> ReportKind:
         " bench_visual.json (`pinlab bench visual --run DIR`), rerank.json (`pinlab bench "
         "rerank --run DIR`), ope.json (`pinlab bench ope`), bandits.json (`pinlab bench "
         "bandits`), or run.json with evaluation "
+        "rerank --run DIR`), generative.json (`pinlab bench generative --run DIR`), or "
+        "run.json with evaluation "
         "results (`pinlab demo --out DIR`)"
     )
 
 
 RUN_RESULTS = (
     "visual/eval.json",
+    "generator/eval.json",
     "visual/align/eval.json",
     "recommender/eval.json",
     "cold_start/eval.json",
@@ -454,6 +465,11 @@ def build_report(root: Path) -> Report:
         title = "pinlab bench bandits: policies in the simulator"
         header = _sim_header(root, result, record)
         _bandits_sections(root, result, page)
+    elif kind == "bench generative":
+        result = _json_or_empty(root / GENERATIVE_FILE)
+        title = f"pinlab bench generative: {result.get('data')}"
+        header = _run_header(root, record)
+        _generative_bench_sections(root, result, page)
     else:
         title = f"pinlab run: {root.name}"
         header = _run_header(root, record)
@@ -1519,7 +1535,92 @@ def _run_sections(root: Path, page: _Page) -> None:
     )
     _embedding_section(root, page, [])
     _cold_start_section(root, page)
+    _generator_section(root / "generator", page)
     _cards_section(root, page)
+
+
+GENERATOR_SETS = ("generated", "baseline", "real")
+GENERATIVE_FILE = "generative.json"
+
+
+def _generative_bench_sections(root: Path, result: Mapping[str, Any], page: _Page) -> None:
+    """The targets, every figure's mean and std over seeds, then each seed's evaluation."""
+    targets = {
+        key: {"wanted": t["target"], "mean": t["mean"], "met": "yes" if t["met"] else "no"}
+        for key, t in result.get("targets", {}).items()
+    }
+    spread = {
+        key: {"mean": v["mean"], "std": v["std"]} for key, v in result.get("summary", {}).items()
+    }
+    page.add(
+        "targets",
+        "Targets (means over seeds)",
+        f'<p class="note">Seeds {esc(result.get("seeds"))} (the generator\'s training seed; '
+        f"split seed {esc(result.get('split_seed'))}), device {esc(result.get('device'))}, "
+        f"{esc(result.get('seconds'))} s in all.</p>",
+        _plain_table(targets),
+    )
+    page.add("summary", "Every figure, mean and std over seeds", _plain_table(spread))
+    for seed in result.get("seeds", []):
+        _generator_section(root / "generative" / f"seed-{seed}", page, f"Seed {seed}")
+
+
+def _generator_rows(result: Mapping[str, Any]) -> dict[str, dict[str, object]]:
+    """One row per image set of `pinlab eval generator`: every figure it reports."""
+    rows: dict[str, dict[str, object]] = {}
+    for name in GENERATOR_SETS:
+        row: dict[str, object] = dict(result["fidelity"][name])
+        row |= result["conditional"][name]
+        if result.get("text_image_agreement"):
+            row["text agreement"] = result["text_image_agreement"][name]
+        if result.get("retrieval"):
+            k = result["retrieval"]["k"]
+            row[f"search precision@{k}"] = result["retrieval"][f"{name}_precision@{k}"]
+        memo = result["memorisation"][name]
+        row["near-duplicate share"] = memo["near_duplicate_share"]
+        row |= {f"NN pixel RMS {q}": v for q, v in memo["nn_pixel_rms"].items()}
+        rows[name] = row
+    return rows
+
+
+def _plain_table(rows: Mapping[str, Mapping[str, object]]) -> str:
+    columns = list(dict.fromkeys(k for row in rows.values() for k in row))
+    head = "".join(f"<th>{esc(c)}</th>" for c in ["", *columns])
+    body = "".join(
+        f"<tr><th>{esc(name)}</th>"
+        + "".join(f"<td>{esc(_short(row.get(c, '-')))}</td>" for c in columns)
+        + "</tr>"
+        for name, row in rows.items()
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _generator_section(directory: Path, page: _Page, title: str = "Generated pins") -> None:
+    """`pinlab eval generator`'s figures and its grid of samples, when the run has them."""
+    result = _json_or_empty(directory / "eval.json")
+    if not result:
+        page.missing("generated pins", "no generator/eval.json (`pinlab eval generator --run`)")
+        return
+    agreement = result.get("text_image_agreement") or {}
+    parts = [
+        f'<p class="note">{esc(result["prompts"])} prompts: {esc(result["prompts_are"])}; '
+        f"{esc(result['steps'])} DDIM steps, guidance {esc(result['guidance'])}, seed "
+        f"{esc(result['seed'])}. <b>real</b>: held-out pins of the same captions (FD against the "
+        "other half of the held-out pins: the real-vs-real floor); <b>baseline</b>: the "
+        "prompted category's mean training image plus per-pixel noise (no learning). "
+        f"Text agreement of shuffled real pairs: {esc(agreement.get('real_shuffled', '-'))}."
+        "</p>",
+        _plain_table(_generator_rows(result)),
+    ]
+    samples = directory / "samples.png"
+    if samples.is_file():
+        parts.append(
+            page.figure(
+                samples.read_bytes(), f"samples {directory.name}", "generated samples per prompt",
+                "Each row a held-out prompt: real pins of that caption (green), then generated.",
+            )
+        )  # fmt: skip
+    page.add(f"generator-{_slug(directory.name)}", title, *parts)
 
 
 def _cards(root: Path) -> list[Path]:

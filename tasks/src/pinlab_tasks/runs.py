@@ -53,6 +53,20 @@ class RunLayout:
         return self.visual / "image_text.pt"
 
     @property
+    def generator_dir(self) -> Path:
+        """The text-to-image generator (`pinlab train generator`) and its evaluation."""
+        return self.root / "generator"
+
+    @property
+    def generator(self) -> Path:
+        return self.generator_dir / "generator.pt"
+
+    @property
+    def classifier(self) -> Path:
+        """The classifier of real pins that judges generated ones (`pinlab eval generator`)."""
+        return self.visual / "classifier" / "classifier.pt"
+
+    @property
     def recommenders(self) -> Path:
         return self.root / "recommender"
 

@@ -5,6 +5,7 @@ from pinlab_data._dedupe import (
     PairSimilarity,
     candidate_pairs,
     cluster_pairs,
+    color_thumbnails,
     dedupe_dataset,
     perceptual_hashes,
 )
@@ -35,7 +36,7 @@ from pinlab_data._feedback import (
 )
 from pinlab_data._filters import filter_interactions
 from pinlab_data._image_loader import DEFAULT_MAX_PIXELS, SKIPPED_FILE, load_images
-from pinlab_data._images import decode_image, load_image
+from pinlab_data._images import decode_image, encode_png, load_image, png_text
 from pinlab_data._loaders import (
     BAD_LINES_FILE,
     load_interactions,
@@ -199,12 +200,14 @@ __all__ = [
     "candidate_pairs",
     "caption_attributes",
     "cluster_pairs",
+    "color_thumbnails",
     "decode_image",
     "dedupe_dataset",
     "describe_dataset",
     "download_movielens",
     "embedding_schema",
     "embedding_table",
+    "encode_png",
     "fetch_movielens",
     "filter_interactions",
     "holdout_mask",
@@ -221,6 +224,7 @@ __all__ = [
     "load_sequences",
     "load_truth",
     "perceptual_hashes",
+    "png_text",
     "read_embeddings",
     "save_dataset",
     "save_feedback",

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from pinlab_data.contracts import ImageArray, PinlabDataError
 
@@ -52,3 +53,21 @@ def load_image(path: Path, size: int) -> ImageArray:
     if not path.is_file():
         raise PinlabDataError(f"image file {path} does not exist; check the path")
     return decode_image(path.read_bytes(), size, source=str(path))
+
+
+def encode_png(image: ImageArray, text: Mapping[str, str]) -> bytes:
+    """An (H, W, 3) uint8 image as PNG bytes carrying `text` as tEXt chunks (key: value)."""
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise PinlabDataError(f"a PNG needs an (H, W, 3) uint8 image, got {image.shape}")
+    info = PngImagePlugin.PngInfo()
+    for key, value in text.items():
+        info.add_text(key, value)
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG", pnginfo=info)
+    return buf.getvalue()
+
+
+def png_text(data: bytes) -> dict[str, str]:
+    """The tEXt chunks of PNG bytes (what `encode_png` wrote)."""
+    with Image.open(io.BytesIO(data)) as img:
+        return {str(k): str(v) for k, v in getattr(img, "text", {}).items()}

@@ -11,6 +11,14 @@ from pinlab_eval._beyond_accuracy import (
 from pinlab_eval._cold_start import ContentKNN, FeaturePopularity, random_ranking_metrics
 from pinlab_eval._cross_modal import evaluate_text_to_image
 from pinlab_eval._fairness import exposure_by_group, quality_by_group
+from pinlab_eval._generative import (
+    distance_quantiles,
+    frechet_distance,
+    gaussian_frechet_distance,
+    improved_precision_recall,
+    near_duplicates,
+    nearest_distances,
+)
 from pinlab_eval._ope import (
     ESTIMATORS,
     IPS_FAMILY,
@@ -28,6 +36,7 @@ from pinlab_eval._plots import (
     distributions_png,
     embedding_map,
     project_2d,
+    sample_grid_png,
     spread_png,
 )
 from pinlab_eval._protocols import apply_protocol, protocol_spec, sample_negatives
@@ -71,6 +80,7 @@ from pinlab_eval.contracts import (
     HoldoutCounts,
     Metrics,
     ModelResult,
+    NearDuplicates,
     NegativeSampling,
     OpeEstimate,
     OpeEstimatorName,
@@ -114,6 +124,7 @@ __all__ = [
     "HoldoutCounts",
     "Metrics",
     "ModelResult",
+    "NearDuplicates",
     "NegativeSampling",
     "OpeEstimate",
     "OpeEstimatorName",
@@ -136,6 +147,7 @@ __all__ = [
     "category_diversity_at_k",
     "curves_png",
     "difference_matrix_png",
+    "distance_quantiles",
     "distributional_coverage",
     "distributions_png",
     "embedding_diversity_at_k",
@@ -147,9 +159,12 @@ __all__ = [
     "evaluate_retrieval",
     "evaluate_text_to_image",
     "exposure_by_group",
+    "frechet_distance",
+    "gaussian_frechet_distance",
     "gini_at_k",
     "hit_rate_at_k",
     "holm",
+    "improved_precision_recall",
     "item_popularity",
     "linear_probe",
     "map_all_at_k",
@@ -157,6 +172,8 @@ __all__ = [
     "miscalibration_at_k",
     "mrr_at_k",
     "ndcg_at_k",
+    "near_duplicates",
+    "nearest_distances",
     "novelty_at_k",
     "paired_bootstrap_test",
     "precision_at_k",
@@ -169,6 +186,7 @@ __all__ = [
     "retrieval_by_group",
     "retrieval_per_query",
     "round_rewards",
+    "sample_grid_png",
     "sample_negatives",
     "sampled_user_metrics",
     "serendipity_at_k",

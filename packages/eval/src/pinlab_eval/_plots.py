@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from pinlab_data import write_bytes_atomic
-from pinlab_data.contracts import Float32Array, PinlabDataError
+from pinlab_data.contracts import Float32Array, ImageArray, PinlabDataError
 from pinlab_eval.contracts import Curve, Float64Array
 
 mpl.use("Agg")  # files only, never a window
@@ -306,3 +306,32 @@ def difference_matrix_png(
         return _png(fig)
     finally:
         plt.close(fig)
+
+
+def sample_grid_png(rows: Sequence[tuple[str, ImageArray, ImageArray]]) -> bytes:
+    """One row per prompt: its real pins (left, framed green), then the generated images.
+
+    Each entry is (prompt, real images, generated images); images are (n, S, S, 3) uint8.
+    """
+    if not rows:
+        raise PinlabDataError("a sample grid needs at least one prompt")
+    width = max(len(real) + len(generated) for _, real, generated in rows)
+    fig, axes = plt.subplots(
+        len(rows), width, figsize=(0.9 * width, 1.05 * len(rows)), dpi=DPI, squeeze=False
+    )
+    for r, (prompt, real, generated) in enumerate(rows):
+        for c, ax in enumerate(axes[r]):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            images = [*real, *generated]
+            if c >= len(images):
+                ax.set_visible(False)
+                continue
+            ax.imshow(images[c], interpolation="nearest")
+            colour = "tab:green" if c < len(real) else "0.8"
+            for spine in ax.spines.values():
+                spine.set_edgecolor(colour)
+                spine.set_linewidth(2 if c < len(real) else 0.5)
+        axes[r][0].set_title(f"{prompt}  (real: green)", loc="left", fontsize=7, pad=2)
+    fig.subplots_adjust(wspace=0.05, hspace=0.35)
+    return _png(fig)

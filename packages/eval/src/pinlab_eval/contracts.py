@@ -492,3 +492,21 @@ class OpeEstimate(BaseModel):
         default_factory=dict, description="Hyperparameters used (switch-dr's tau, dr-os's lambda)."
     )
     note: str | None = None
+
+
+class NearDuplicates(BaseModel):
+    """Generated images that are near-duplicates of a reference (training) image.
+
+    A pair links when its perceptual hashes, colour thumbnails and embeddings all agree within
+    the thresholds (the test of `pinlab data dedupe --run`).
+    """
+
+    total: int = Field(ge=0, description="Generated images checked.")
+    count: int = Field(ge=0, description="Of them, near-duplicates of at least one reference.")
+    share: float = Field(ge=0, le=1)
+    pairs: list[tuple[int, int]] = Field(
+        default_factory=list, description="(generated row, reference row) of every linked pair."
+    )
+    max_distance: int = Field(ge=0, description="pHash Hamming distance (of 64 bits) to link.")
+    max_color_diff: float = Field(ge=0, description="Mean 0-255 thumbnail difference to link.")
+    min_cosine: float = Field(ge=-1, le=1, description="Embedding cosine a pair needs.")

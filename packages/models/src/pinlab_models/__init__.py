@@ -24,9 +24,18 @@ from pinlab_models._bandits import (
     plackett_luce_marginals,
     policy_names,
 )
+from pinlab_models._classifier import ImageClassifier, load_classifier, train_classifier
 from pinlab_models._cnn_encoder import CNNEncoder, augment, supcon_loss, train_encoder
 from pinlab_models._cold_start import HybridRecommender
 from pinlab_models._ensemble import Ensemble
+from pinlab_models._generator import (
+    Conditioning,
+    TextToImage,
+    check_request,
+    load_generator,
+    train_generator,
+    validation_loss,
+)
 from pinlab_models._ials import ImplicitALS
 from pinlab_models._linear import ItemItem, interaction_matrix
 from pinlab_models._mult_vae import MultVae
@@ -78,6 +87,7 @@ from pinlab_models.contracts import (
     BERT4RecConfig,
     BPRConfig,
     Choice,
+    ClassifierConfig,
     Device,
     DLAEConfig,
     EASEConfig,
@@ -88,6 +98,8 @@ from pinlab_models.contracts import (
     Feedback,
     FitReport,
     FloatRange,
+    GenerateLimits,
+    GeneratorConfig,
     GSASRecConfig,
     HistoryScorer,
     HSTUConfig,
@@ -149,6 +161,8 @@ __all__ = [
     "BPRConfig",
     "CNNEncoder",
     "Choice",
+    "ClassifierConfig",
+    "Conditioning",
     "DLAEConfig",
     "Device",
     "EASEConfig",
@@ -162,11 +176,14 @@ __all__ = [
     "FittedPolicy",
     "FloatRange",
     "GSASRecConfig",
+    "GenerateLimits",
+    "GeneratorConfig",
     "HSTUConfig",
     "HistoryScorer",
     "HybridConfig",
     "HybridRecommender",
     "IALSConfig",
+    "ImageClassifier",
     "ImageEncoder",
     "ImageTextModel",
     "ImplicitALS",
@@ -216,6 +233,7 @@ __all__ = [
     "StationaryPolicy",
     "Steps",
     "TextEncoder",
+    "TextToImage",
     "TrainContext",
     "TrainProgress",
     "TwoTower",
@@ -231,6 +249,7 @@ __all__ = [
     "category_diversity",
     "check_arch",
     "check_data_parallel",
+    "check_request",
     "data_parallel",
     "dpp",
     "export_image_checkpoint",
@@ -240,6 +259,8 @@ __all__ = [
     "fit_reward_model",
     "gathered",
     "interaction_matrix",
+    "load_classifier",
+    "load_generator",
     "load_image_encoder",
     "load_image_text",
     "load_image_text_model",
@@ -267,9 +288,12 @@ __all__ = [
     "split_settings",
     "supcon_loss",
     "train_alignment",
+    "train_classifier",
     "train_encoder",
+    "train_generator",
     "train_reinforce",
     "train_with_recipe",
+    "validation_loss",
     "world",
     "zero_shot_labels",
 ]

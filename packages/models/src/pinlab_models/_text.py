@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import numpy.typing as npt
 
 from pinlab_data.contracts import Float32Array
 from pinlab_models._runtime import resolve_device
@@ -47,6 +48,32 @@ class TextEncoder:
             show_progress_bar=False,
         )
         return np.ascontiguousarray(vectors, dtype=np.float32)
+
+    def encode_tokens(
+        self, texts: Sequence[str], max_tokens: int, batch_size: int = 256
+    ) -> tuple[Float32Array, npt.NDArray[np.bool_]]:
+        """MiniLM's contextual token embeddings, (n, max_tokens, 384), and which are real.
+
+        Each text keeps its first `max_tokens` word pieces ([CLS] included); shorter texts are
+        padded with zeros that the mask marks False. Empty texts raise as in `encode`.
+        """
+        check_texts(texts)
+        tokens = np.zeros((len(texts), max_tokens, MINILM_DIM), dtype=np.float32)
+        mask = np.zeros((len(texts), max_tokens), dtype=bool)
+        if not texts:
+            return tokens, mask
+        rows = self._model.encode(
+            list(texts),
+            batch_size=batch_size,
+            output_value="token_embeddings",
+            convert_to_numpy=False,
+            show_progress_bar=False,
+        )
+        for i, row in enumerate(rows):
+            kept = row[:max_tokens].detach().float().cpu().numpy()
+            tokens[i, : len(kept)] = kept
+            mask[i, : len(kept)] = True
+        return tokens, mask
 
 
 def check_texts(texts: Sequence[str]) -> None:

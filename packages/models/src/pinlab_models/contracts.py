@@ -432,6 +432,88 @@ class AlignConfig(BaseModel):
     patience: PositiveInt = 5
 
 
+class GeneratorConfig(BaseModel):
+    """Text-to-image diffusion: a small diffusers UNet conditioned on MiniLM captions.
+
+    The UNet works on (S / patch)^2 cells of 3 * patch^2 channels (pixel unshuffle), which cuts
+    its compute by patch^2 without dropping a pixel. Captions condition it twice: their MiniLM
+    token embeddings through cross-attention at the deepest `attention_levels` levels and the
+    mid block, and their sentence embedding (with the category, when known) added to the
+    timestep embedding, which scales and shifts every ResNet block (FiLM).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    image_size: PositiveInt = 32
+    patch: Literal[1, 2, 4] = Field(default=2, description="Pixel (un)shuffle factor.")
+    widths: tuple[PositiveInt, ...] = Field(
+        default=(32, 64, 64), min_length=2, description="UNet channels per resolution level."
+    )
+    attention_levels: int = Field(
+        default=1, ge=0, description="Deepest levels with caption cross-attention."
+    )
+    heads: PositiveInt = Field(default=4, description="Attention heads per block.")
+    text_tokens: PositiveInt = Field(default=16, description="MiniLM tokens kept per caption.")
+    category_dim: PositiveInt = Field(default=32, description="Width of the category embedding.")
+    text_dropout: float = Field(
+        default=0.1, ge=0, lt=1, description="Chance a caption is dropped (classifier-free)."
+    )
+    category_dropout: float = Field(
+        default=0.5, ge=0, le=1, description="Chance the category is dropped (captions alone)."
+    )
+    train_timesteps: PositiveInt = 1000
+    snr_gamma: PositiveFloat | None = Field(
+        default=5.0, description="Min-SNR loss weighting's gamma; None weighs steps equally."
+    )
+    epochs: PositiveInt = 40
+    batch_size: PositiveInt = 32
+    lr: PositiveFloat = 2e-3
+    weight_decay: float = Field(default=0.0, ge=0)
+    ema_decay: float = Field(
+        default=0.999, gt=0, lt=1, description="EMA decay, warmed up as (1 + n) / (10 + n)."
+    )
+    patience: PositiveInt = Field(default=6, description="Epochs without validation gain.")
+
+    @model_validator(mode="after")
+    def _fits(self) -> GeneratorConfig:
+        cells = self.image_size // self.patch
+        if self.image_size % self.patch or cells % 2 ** (len(self.widths) - 1):
+            raise ValueError(
+                f"image_size {self.image_size} over patch {self.patch} must halve "
+                f"{len(self.widths) - 1} times evenly; change widths or patch"
+            )
+        if self.attention_levels > len(self.widths):
+            raise ValueError(f"attention_levels is at most len(widths) = {len(self.widths)}")
+        if any(w % 8 or w % self.heads for w in self.widths):
+            raise ValueError(f"widths must be multiples of 8 and of heads ({self.heads})")
+        return self
+
+
+class ClassifierConfig(BaseModel):
+    """A multi-head CNN classifier of real pins (category, palette): what judges generated ones."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image_size: PositiveInt = 32
+    widths: tuple[PositiveInt, ...] = (32, 64, 128)
+    epochs: PositiveInt = 30
+    batch_size: PositiveInt = 64
+    lr: PositiveFloat = 2e-3
+    weight_decay: float = Field(default=5e-4, ge=0)
+    patience: PositiveInt = 5
+
+
+class GenerateLimits(BaseModel):
+    """What one generation request may ask for; past these it is refused before it starts."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_images: PositiveInt = 64
+    max_steps: PositiveInt = 200
+    max_guidance: PositiveFloat = 20.0
+    max_prompt_chars: PositiveInt = 200
+
+
 class EASEConfig(BaseModel):
     """EASE (Steck, 2019): a closed-form item-item model with a zero diagonal."""
 

@@ -43,7 +43,10 @@ from pinlab_serve._service import PinService
 from pinlab_serve.contracts import (
     ErrorBody,
     ForbiddenError,
+    GenerateRequest,
+    GenerateResponse,
     HealthResponse,
+    ModelNotFoundError,
     PayloadTooLargeError,
     PinlabServeError,
     PinNotFoundError,
@@ -119,6 +122,7 @@ _STATUS = {
     UnauthorizedError: 401,
     ForbiddenError: 403,
     PinNotFoundError: 404,
+    ModelNotFoundError: 404,
     PayloadTooLargeError: 413,
     UnsupportedMediaError: 415,
     UnprocessableError: 422,
@@ -513,6 +517,17 @@ def create_app(run_dir: Path, settings: ServeSettings | None = None) -> FastAPI:
             svc.session_response(history, scores, body.k, body.category, body.exclude, div),
             metrics,
         )
+
+    @app.post("/v1/generate", response_model=GenerateResponse, responses=ERRORS)
+    async def generate(body: GenerateRequest) -> Response:
+        """Images of `text` from the run's text-to-image generator, as PNG data URLs.
+
+        `n` and `steps` are bounded by the service's settings; a request the warm-up's timing
+        says would exceed the time budget is refused (422) before it starts. One generation
+        runs at a time."""
+        svc = ready()
+        svc.check_generation(body)  # on the loop: a refusal never waits behind a generation
+        return _json(await asyncio.to_thread(svc.generate, body), metrics)
 
     @app.get("/v1/users", response_model=UsersResponse)
     async def users(

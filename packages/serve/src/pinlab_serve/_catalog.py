@@ -38,6 +38,10 @@ class RunFiles:
         return self.root / "onnx"
 
     @property
+    def generator(self) -> Path:
+        return self.root / "generator" / "generator.pt"
+
+    @property
     def recommenders(self) -> Path:
         return self.root / "recommender"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import logging
 import threading
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from pinlab_data import decode_image
+from pinlab_data import decode_image, encode_png
 from pinlab_data.contracts import Float32Array, ImageArray, Int64Array, SessionHistory
 from pinlab_serve._brute import NumpySearcher
 from pinlab_serve._catalog import Catalog, RunFiles
@@ -25,8 +26,11 @@ from pinlab_serve._index import PinIndex
 from pinlab_serve.contracts import (
     TRADEOFF_GRID,
     Diversify,
+    GenerateRequest,
+    GenerateResponse,
     Hit,
     IndexManifest,
+    ModelNotFoundError,
     PayloadTooLargeError,
     PinlabServeError,
     RecommendationResponse,
@@ -39,7 +43,7 @@ from pinlab_serve.contracts import (
 )
 
 if TYPE_CHECKING:
-    from pinlab_models import HistoryScorer
+    from pinlab_models import GenerateLimits, HistoryScorer, TextToImage
 
 log = logging.getLogger("pinlab.serve")
 
@@ -112,6 +116,9 @@ class PinService:
         self.recommend_inline = False
         self.session_name: str | None = None
         self._session: HistoryScorer | None = None
+        self._generator: TextToImage | None = None
+        self.seconds_per_image_step = 0.0
+        self._generate_lock = threading.Lock()
 
     @property
     def ready(self) -> bool:
@@ -157,6 +164,7 @@ class PinService:
                 self.session_name, self._session = name, model
                 break
         self._warm()
+        self._load_generator()
         self._ready.set()
         log.info(
             "ready in %.1f s: %d pins, index %s, text %s, recommender %s, runtime %s",
@@ -226,6 +234,85 @@ class PinService:
         if self._session is not None:
             history = np.arange(min(50, len(self.catalog.log.item_ids)), dtype=np.int64)
             self._session.score_histories([history, history[:3]])
+
+    def _load_generator(self) -> None:
+        """The run's generator, if it has one, warmed; its time per image-step (guided) is
+        what the budget check of `generate` multiplies."""
+        if not self.files.generator.is_file():
+            return
+        from pinlab_models import load_generator
+
+        model = load_generator(self.files.generator)
+        model.generate(["warm up"], steps=2)  # MiniLM, kernels: lazy the first time
+        start = time.perf_counter()
+        model.generate(["warm up"] * 2, steps=2)
+        self.seconds_per_image_step = (time.perf_counter() - start) / 4
+        self._generator = model
+
+    def check_generation(self, request: GenerateRequest) -> float:
+        """Refuse a generation this service will not run, before it starts; return the
+        estimated seconds. Bounds come from the settings, the estimate from the warm-up."""
+        from pinlab_models import PinlabModelError, check_request
+
+        if self._generator is None:
+            raise ModelNotFoundError(
+                f"run {self.files.root} has no generator; train one with `pinlab train "
+                f"generator --data DIR --run {self.files.root}` and restart the server"
+            )
+        try:
+            check_request(request.text, request.n, request.steps, request.guidance, self._limits())
+        except PinlabModelError as exc:
+            raise UnprocessableError(str(exc)) from None
+        per_image = request.steps * self.seconds_per_image_step
+        estimate = request.n * per_image
+        budget = self.settings.generate_budget_s
+        if estimate > budget:
+            most = int(budget // per_image)
+            fewer = (
+                f"ask for at most {most} images at {request.steps} steps"
+                if most >= 1
+                else f"ask for at most {max(1, int(budget // self.seconds_per_image_step))} "
+                "steps for one image"
+            )
+            raise UnprocessableError(
+                f"{request.n} images at {request.steps} steps would take about {estimate:.1f} s "
+                f"here, over this service's budget of {budget:g} s: {fewer}"
+            )
+        return estimate
+
+    def _limits(self) -> GenerateLimits:
+        from pinlab_models import GenerateLimits
+
+        return GenerateLimits(
+            max_images=self.settings.generate_max_images,
+            max_steps=self.settings.generate_max_steps,
+        )
+
+    def generate(self, request: GenerateRequest) -> GenerateResponse:
+        """Run a checked generation (one at a time) and encode each image as a PNG."""
+        estimate = self.check_generation(request)
+        assert self._generator is not None
+        with self._generate_lock, self.stage("generate"):
+            start = time.perf_counter()
+            images = self._generator.generate(
+                [request.text] * request.n, steps=request.steps, guidance=request.guidance,
+                seed=request.seed, limits=self._limits(),
+            )  # fmt: skip
+            seconds = time.perf_counter() - start
+        urls = []
+        for i, image in enumerate(images):
+            text = self._generator.png_text(
+                request.text, seed=request.seed, index=i, steps=request.steps,
+                guidance=request.guidance,
+            )  # fmt: skip
+            urls.append(
+                "data:image/png;base64," + base64.b64encode(encode_png(image, text)).decode()
+            )
+        return GenerateResponse(
+            model_id=self._generator.model_id, text=request.text, n=request.n,
+            steps=request.steps, guidance=request.guidance, seed=request.seed,
+            seconds=round(seconds, 3), estimate_s=round(estimate, 3), images=urls,
+        )  # fmt: skip
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:

@@ -52,6 +52,10 @@ class ForbiddenError(PinlabServeError):
     """An admin request while no admin token is configured (HTTP 403)."""
 
 
+class ModelNotFoundError(PinlabServeError):
+    """A request for a model the served run does not have, e.g. no generator (HTTP 404)."""
+
+
 class UnprocessableError(PinlabServeError):
     """Parameters that parse but cannot be served together, e.g. an unreachable target (422)."""
 
@@ -324,6 +328,18 @@ class ServeSettings(BaseSettings):
         default=None,
         description="Bearer token POST /v1/admin/reload requires; unset: the endpoint is off.",
     )
+    generate_max_images: int = Field(
+        default=8, ge=1, le=64, description="Most images one POST /v1/generate may ask for."
+    )
+    generate_max_steps: int = Field(
+        default=50, ge=1, le=200, description="Most sampling steps one generation may ask for."
+    )
+    generate_budget_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="A generation estimated (from the warm-up's time per image-step) to take "
+        "longer is refused before it starts.",
+    )
     watch_interval_s: float = Field(
         default=0.0,
         ge=0,
@@ -472,3 +488,30 @@ class ReloadResponse(BaseModel):
     previous: IndexManifest
     current: IndexManifest
     swapped: bool
+
+
+class GenerateRequest(BaseModel):
+    """POST /v1/generate: images of a prompt from the run's text-to-image generator."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(min_length=1, max_length=200, description="What to draw.")
+    n: int = Field(default=4, ge=1, le=64, description="Images (the service may allow fewer).")
+    steps: int = Field(default=25, ge=1, le=200, description="DDIM steps (idem).")
+    guidance: float = Field(default=3.0, ge=0, le=20, description="Classifier-free guidance.")
+    seed: int = Field(default=0, ge=0, le=2**31 - 1, description="The same seed, the same images.")
+
+
+class GenerateResponse(BaseModel):
+    """Generated images as PNG data URLs; each PNG's text chunks say it was generated, by which
+    model, from which prompt and seed."""
+
+    model_id: str
+    text: str
+    n: int
+    steps: int
+    guidance: float
+    seed: int
+    seconds: float
+    estimate_s: float = Field(description="What the budget check expected it to take.")
+    images: list[str] = Field(description="data:image/png;base64,... one per image.")

@@ -11,12 +11,15 @@ from rich.table import Table
 
 from pinlab_data import ClickModel, write_json_atomic, write_movielens_like
 from pinlab_eval import CiMethod, protocol_spec
+from pinlab_models import GeneratorConfig
 from pinlab_serve import PinlabServeError
+from pinlab_tasks import generative
 from pinlab_tasks._app import DeviceOpt, JsonFlag, SeedOpt, settings
 from pinlab_tasks._measure import run_measured
 from pinlab_tasks._output import busy, emit, stderr, stdout
 from pinlab_tasks._progress import step_say, train_progress
 from pinlab_tasks.benchmarks import bench_recsys, item_text_features, render_recsys
+from pinlab_tasks.commands.train import parse_settings, validated
 from pinlab_tasks.embedding import DEFAULT_SHARD_ROWS
 from pinlab_tasks.runs import RunLayout, new_run_dir
 from pinlab_tasks.tracking import tracked
@@ -862,3 +865,76 @@ def visual(
 
 def _short(value: object) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+@app.command("generative")
+def generative_(
+    data: Annotated[Path, typer.Option("--data", help="Dataset with captioned images.")],
+    seeds: Annotated[
+        int, typer.Option("--seeds", min=1, help="Train and evaluate the generator N times.")
+    ] = 1,
+    run: Annotated[
+        Path | None,
+        typer.Option(
+            "--run",
+            help="Run directory; one with `train visual`/`train align` reuses them. "
+            "Default: RUNS_DIR/bench-generative-TIME.",
+        ),
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="The generator's maximum epochs.")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="GeneratorConfig field as KEY=VALUE (JSON), repeatable."),
+    ] = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Train and evaluate the text-to-image generator over seeds, against the mean-image
+    baseline and the real-vs-real floor, and check the issue's targets.
+
+    The encoder, alignment and classifier (the measuring instruments) are trained once when
+    the run lacks them; the generator's training seed varies, its split does not.
+
+    Writes: RUN/{run.json, generative.json, generative/seed-S/{generator.pt, metrics.jsonl,
+    train.json, eval.json, samples.png}, visual/}.
+    """
+    s = settings()
+    seed = s.seed if seed is None else seed
+    fields = parse_settings(set_ or []) | ({} if epochs is None else {"epochs": epochs})
+    config = validated(GeneratorConfig, fields)
+    layout = RunLayout(run or new_run_dir(s.runs_dir, "bench-generative"))
+    params = {"data": str(data), "seeds": seeds, "seed": seed, "generator": config.model_dump()}
+    with tracked("bench generative", params, run_dir=layout.root) as tracker:
+        payload = generative.bench_generative(
+            layout,
+            data,
+            seeds=seeds,
+            seed=seed,
+            config=config,
+            device=device or s.device,
+            progress=train_progress(not as_json, "bench generative"),
+            say=step_say(lambda _: None, "bench generative"),
+        )
+        tracker.log_metrics({k: v["mean"] for k, v in payload["summary"].items()})
+        tracker.log_artifact(layout.root / generative.BENCH_FILE)
+    payload["run_dir"] = str(layout.root)
+
+    def render() -> None:
+        table = Table(
+            title=f"bench generative: {payload['data']}, mean ± std over seeds "
+            f"{payload['seeds']}, {payload['device']}, {payload['seconds']:.0f} s",
+            title_justify="left",
+        )
+        for column in ("target", "wanted", "mean", "std", "met"):
+            table.add_column(column)
+        for key, target in payload["targets"].items():
+            spread = payload["summary"].get(key, {}).get("std")
+            table.add_row(
+                key, target["target"], str(target["mean"]), str(spread),
+                "yes" if target["met"] else "no",
+            )  # fmt: skip
+        stdout.print(table)
+        stdout.print(f"every figure: {layout.root / generative.BENCH_FILE}")
+
+    emit(payload, as_json, render)

@@ -14,6 +14,7 @@ from pinlab_eval import protocol_spec
 from pinlab_models import (
     AlignConfig,
     EncoderConfig,
+    GeneratorConfig,
     PinlabModelError,
     Recipe,
     RecipeConfig,
@@ -21,7 +22,7 @@ from pinlab_models import (
     check_data_parallel,
     recommender_names,
 )
-from pinlab_tasks import distributed, recsys
+from pinlab_tasks import distributed, generative, recsys
 from pinlab_tasks import visual as visual_workflows
 from pinlab_tasks._app import DeviceOpt, JsonFlag, SeedOpt, invocation, settings
 from pinlab_tasks._output import emit, stdout
@@ -170,8 +171,8 @@ def encoder(
         **({} if epochs is None else {"epochs": epochs}),
         **overrides,
     }
-    config = _validated(EncoderConfig, encoder_fields)
-    recipe_config = _validated(RecipeConfig, {"recipe": recipe, **recipe_fields})
+    config = validated(EncoderConfig, encoder_fields)
+    recipe_config = validated(RecipeConfig, {"recipe": recipe, **recipe_fields})
     layout = _run(run, resume)
     plan = distributed.Launch(
         nproc_per_node, nnodes, node_rank, rdzv_backend, rdzv_endpoint, rdzv_id, rdzv_timeout
@@ -211,7 +212,7 @@ def encoder(
         emit(result, as_json, lambda: _render(result))
 
 
-def _validated(model: type[ConfigT], values: dict[str, Any]) -> ConfigT:
+def validated(model: type[ConfigT], values: dict[str, Any]) -> ConfigT:
     try:
         return model.model_validate(values)
     except ValidationError as exc:
@@ -262,6 +263,45 @@ def align(
             train_progress(not as_json, "train align"),
         )
         _log_training(tracker, result, layout.visual / "align")
+    result["run_dir"] = str(layout.root)
+    emit(result, as_json, lambda: _render(result))
+
+
+@app.command("generator")
+def generator(
+    data: DataOpt,
+    run: RunOpt = None,
+    epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="GeneratorConfig field as KEY=VALUE (JSON), repeatable."),
+    ] = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Train the text-to-image diffusion generator (diffusers UNet, MiniLM captions).
+
+    Trains on the captioned training pins of the visual split (the pins `train visual` trains
+    on); early-stops on the validation pins' denoising loss; keeps EMA weights.
+    Writes: RUN/generator/{generator.pt, metrics.jsonl, train.json}.
+    """
+    s = settings()
+    fields = parse_settings(set_ or []) | ({} if epochs is None else {"epochs": epochs})
+    config = validated(GeneratorConfig, fields)
+    layout = _run(run)
+    seed = s.seed if seed is None else seed
+    params = {"data": str(data), "seed": seed, "generator": config.model_dump()}
+    with tracked("train generator", params, run_dir=layout.root) as tracker:
+        result = generative.train_generator_run(
+            layout,
+            data,
+            config,
+            seed,
+            device or s.device,
+            train_progress(not as_json, "train generator"),
+        )
+        _log_training(tracker, result, layout.generator_dir)
     result["run_dir"] = str(layout.root)
     emit(result, as_json, lambda: _render(result))
 

@@ -1,0 +1,524 @@
+"""Text-to-image generation: a small diffusers UNet that denoises pins, conditioned on captions.
+
+Training is DDPM (Ho et al. 2020) with v-prediction (Salimans & Ho 2022) on a cosine schedule,
+through diffusers' `DDPMScheduler`; sampling is DDIM (Song et al. 2021) through `DDIMScheduler`.
+Captions (MiniLM, frozen) and categories are dropped at random in training, so one network is
+conditional and unconditional at once: classifier-free guidance (Ho & Salimans 2022) mixes the
+two at sampling. The weights kept are an exponential moving average (diffusers' `EMAModel`).
+
+diffusers takes seconds to import, so it is imported where a network or scheduler is built:
+commands that never generate never pay for it.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812 - the PyTorch convention
+from torch import nn
+
+from pinlab_data.contracts import ImageArray, Int64Array
+from pinlab_models._cnn_encoder import to_input
+from pinlab_models._runtime import (
+    EarlyStopping,
+    EpochLog,
+    Stopwatch,
+    epoch_progress,
+    file_digest,
+    load_checkpoint,
+    save_checkpoint,
+    seed_everything,
+)
+from pinlab_models._text import MINILM_DIM, MINILM_ID, TextEncoder
+from pinlab_models.contracts import (
+    EpochRecord,
+    FitReport,
+    GenerateLimits,
+    GeneratorConfig,
+    PinlabModelError,
+    TrainContext,
+)
+
+if TYPE_CHECKING:
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+CHECKPOINT_KIND = "pinlab-generator"
+BETA_SCHEDULE = "squaredcos_cap_v2"
+PREDICTION = "v_prediction"
+GeneratorValidator = Callable[["TextToImage"], float]
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """What a batch of images is generated from; `has_text` False rows are unconditional."""
+
+    tokens: torch.Tensor  # (B, L, 384) MiniLM token embeddings, zero-padded
+    mask: torch.Tensor  # (B, L) bool, True where a token is real
+    sentence: torch.Tensor  # (B, 384) MiniLM sentence embeddings
+    category: torch.Tensor  # (B,) int64; num_categories means "no category"
+    has_text: torch.Tensor  # (B,) bool
+
+    def take(self, rows: torch.Tensor) -> Conditioning:
+        return Conditioning(
+            self.tokens[rows], self.mask[rows], self.sentence[rows], self.category[rows],
+            self.has_text[rows],
+        )  # fmt: skip
+
+    def to(self, device: str) -> Conditioning:
+        return Conditioning(
+            self.tokens.to(device), self.mask.to(device), self.sentence.to(device),
+            self.category.to(device), self.has_text.to(device),
+        )  # fmt: skip
+
+    def dropped(self, text: torch.Tensor, category: torch.Tensor, none: int) -> Conditioning:
+        """The same rows with the caption dropped where `text`, the category where `category`."""
+        return Conditioning(
+            self.tokens, self.mask, self.sentence,
+            torch.where(category, torch.full_like(self.category, none), self.category),
+            self.has_text & ~text,
+        )  # fmt: skip
+
+
+class GeneratorNet(nn.Module):
+    """The denoiser: a diffusers `UNet2DConditionModel` over pixel-unshuffled images, plus the
+    learned stand-ins for a dropped caption and the category embedding."""
+
+    def __init__(self, config: GeneratorConfig, num_categories: int) -> None:
+        super().__init__()
+        from diffusers import UNet2DConditionModel
+
+        levels = len(config.widths)
+        attends = [level >= levels - config.attention_levels for level in range(levels)]
+        channels = 3 * config.patch**2
+        self.patch = config.patch
+        self.num_categories = num_categories
+        self.unet = UNet2DConditionModel(
+            sample_size=config.image_size // config.patch,
+            in_channels=channels,
+            out_channels=channels,
+            block_out_channels=config.widths,
+            down_block_types=tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attends),
+            up_block_types=tuple(
+                "CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attends)
+            ),
+            layers_per_block=1,
+            norm_num_groups=8,
+            cross_attention_dim=MINILM_DIM,
+            attention_head_dim=config.heads,  # diffusers reads this as the number of heads
+            class_embed_type="projection",
+            projection_class_embeddings_input_dim=MINILM_DIM + config.category_dim,
+            resnet_time_scale_shift="scale_shift",  # the condition scales and shifts (FiLM)
+        )
+        # MiniLM's token vectors have norms near 10; the UNet expects unit-scale context.
+        self.text_norm = nn.LayerNorm(MINILM_DIM)
+        self.null_token = nn.Parameter(torch.zeros(MINILM_DIM))
+        self.null_sentence = nn.Parameter(torch.zeros(MINILM_DIM))
+        self.category = nn.Embedding(num_categories + 1, config.category_dim)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        """The v-prediction for pixel-unshuffled noisy images `x` at timesteps `t`."""
+        drop = ~cond.has_text
+        first = torch.arange(cond.tokens.shape[1], device=x.device) == 0
+        tokens = torch.where(
+            drop[:, None, None], self.null_token * first[None, :, None], self.text_norm(cond.tokens)
+        )
+        mask = torch.where(drop[:, None], first[None, :], cond.mask)
+        sentence = torch.where(drop[:, None], self.null_sentence, cond.sentence)
+        labels = torch.cat([sentence, self.category(cond.category)], dim=1)
+        out: torch.Tensor = self.unet(
+            x, t, encoder_hidden_states=tokens, encoder_attention_mask=mask.float(),
+            class_labels=labels,
+        ).sample  # fmt: skip
+        return out
+
+    def pack(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 3, S, S) in [-1, 1] to the UNet's (N, 3 p^2, S/p, S/p)."""
+        return F.pixel_unshuffle(images, self.patch) if self.patch > 1 else images
+
+    def unpack(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pixel_shuffle(x, self.patch) if self.patch > 1 else x
+
+
+def training_scheduler(config: GeneratorConfig) -> DDPMScheduler:
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(
+        num_train_timesteps=config.train_timesteps,
+        beta_schedule=BETA_SCHEDULE,
+        prediction_type=PREDICTION,
+    )
+
+
+def sampling_scheduler(config: GeneratorConfig) -> DDIMScheduler:
+    from diffusers import DDIMScheduler
+
+    # "trailing" starts sampling at the last training step, as few-step samplers should
+    # (Lin et al. 2024); clipping keeps each x0 estimate inside the pixel range.
+    return DDIMScheduler(
+        num_train_timesteps=config.train_timesteps,
+        beta_schedule=BETA_SCHEDULE,
+        prediction_type=PREDICTION,
+        timestep_spacing="trailing",
+        clip_sample=True,
+    )
+
+
+def check_request(prompt: str, n: int, steps: int, guidance: float, limits: GenerateLimits) -> None:
+    """Refuse a generation request outside `limits` before any work, saying the allowed range."""
+    if not 1 <= n <= limits.max_images:
+        raise PinlabModelError(f"n = {n} images is out of range; ask for 1..{limits.max_images}")
+    if not prompt.strip():
+        raise PinlabModelError("the prompt is empty; describe the pin, e.g. 'a red star'")
+    if len(prompt) > limits.max_prompt_chars:
+        raise PinlabModelError(
+            f"the prompt has {len(prompt)} characters; the limit is "
+            f"{limits.max_prompt_chars}: shorten it"
+        )
+    if not 1 <= steps <= limits.max_steps:
+        raise PinlabModelError(f"steps = {steps} is out of range; use 1..{limits.max_steps}")
+    if math.isnan(guidance) or not 0 <= guidance <= limits.max_guidance:
+        raise PinlabModelError(
+            f"guidance = {guidance} is out of range; use 0..{limits.max_guidance} "
+            "(1 is plain conditional sampling, 0 ignores the prompt)"
+        )
+
+
+class TextToImage:
+    """A trained generator: captions (and optionally a category) in, uint8 images out."""
+
+    def __init__(
+        self,
+        net: GeneratorNet,
+        config: GeneratorConfig,
+        categories: Sequence[str],
+        device: str = "cpu",
+        text_encoder: TextEncoder | None = None,
+    ) -> None:
+        self.net = net.to(device)
+        self.config = config
+        self.categories = list(categories)
+        self.device = device
+        self._text = text_encoder
+        self.model_id = "unsaved"
+
+    @property
+    def text_encoder(self) -> TextEncoder:
+        if self._text is None:
+            self._text = TextEncoder(self.device)
+        return self._text
+
+    @property
+    def image_size(self) -> int:
+        return self.config.image_size
+
+    def category_index(self, category: str | None) -> int:
+        """The embedding row of a category name; None is "no category"."""
+        if category is None:
+            return len(self.categories)
+        if category not in self.categories:
+            raise PinlabModelError(
+                f"unknown category {category!r}; this generator knows "
+                f"{', '.join(self.categories) or 'no categories'}"
+            )
+        return self.categories.index(category)
+
+    def conditioning(self, prompts: Sequence[str], categories: Sequence[int]) -> Conditioning:
+        """Encode prompts once per distinct text; `categories` are embedding rows."""
+        return encode_conditioning(
+            self.text_encoder, prompts, np.asarray(categories, dtype=np.int64), self.config
+        ).to(self.device)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: Sequence[str],
+        *,
+        steps: int = 25,
+        guidance: float = 3.0,
+        seed: int = 0,
+        category: str | None = None,
+        limits: GenerateLimits | None = None,
+    ) -> ImageArray:
+        """One (S, S, 3) uint8 image per prompt; the same seed gives the same images.
+
+        Image i's starting noise is the i-th draw of the seed, so the first images of a batch
+        do not change when more are asked for.
+        """
+        for prompt in dict.fromkeys(prompts) or [""]:  # no prompt at all is refused too
+            check_request(prompt, len(prompts), steps, guidance, limits or GenerateLimits())
+        cond = self.conditioning(prompts, [self.category_index(category)] * len(prompts))
+        return self.sample(cond, steps=steps, guidance=guidance, seed=seed)
+
+    @torch.no_grad()
+    def sample(
+        self, cond: Conditioning, *, steps: int, guidance: float, seed: int, batch_size: int = 64
+    ) -> ImageArray:
+        """Images for an already-encoded conditioning, `batch_size` at a time."""
+        self.net.eval()
+        n = len(cond.has_text)
+        cells, channels = self.image_size // self.config.patch, 3 * self.config.patch**2
+        gen = torch.Generator().manual_seed(seed)
+        noise = torch.randn((n, channels, cells, cells), generator=gen)
+        out = np.empty((n, self.image_size, self.image_size, 3), dtype=np.uint8)
+        for start in range(0, n, batch_size):
+            rows = torch.arange(start, min(start + batch_size, n))
+            x = self._denoise(
+                noise[rows].to(self.device), cond.take(rows.to(self.device)), steps, guidance
+            )
+            pixels = self.net.unpack(x).clamp(-1, 1).add(1).mul(127.5).round()
+            out[start : start + len(rows)] = pixels.byte().permute(0, 2, 3, 1).cpu().numpy()
+        return out
+
+    def _denoise(
+        self, x: torch.Tensor, cond: Conditioning, steps: int, guidance: float
+    ) -> torch.Tensor:
+        scheduler = sampling_scheduler(self.config)
+        scheduler.set_timesteps(steps)
+        none = len(self.categories)
+        unconditional = cond.dropped(
+            torch.ones_like(cond.has_text), torch.ones_like(cond.has_text), none
+        )
+        both = _concat(cond, unconditional)
+        for t in scheduler.timesteps:
+            ts = torch.full((len(x),), int(t), device=self.device, dtype=torch.int64)
+            if guidance == 1.0:
+                v = self.net(x, ts, cond)
+            else:
+                conditional, free = self.net(torch.cat([x, x]), torch.cat([ts, ts]), both).chunk(2)
+                v = free + guidance * (conditional - free)
+            x = scheduler.step(v, t, x).prev_sample
+        return x
+
+    def png_text(
+        self, prompt: str, *, seed: int, index: int, steps: int, guidance: float,
+        category: str | None = None,
+    ) -> dict[str, str]:  # fmt: skip
+        """What a generated PNG says about itself: generated, by which model, from what."""
+        return {
+            "Software": "pinlab",
+            "pinlab:generated": "true",
+            "pinlab:model_id": self.model_id,
+            "pinlab:text_model": MINILM_ID,
+            "pinlab:prompt": prompt,
+            "pinlab:category": category or "",
+            "pinlab:seed": str(seed),
+            "pinlab:index": str(index),
+            "pinlab:steps": str(steps),
+            "pinlab:guidance": str(guidance),
+        }
+
+    def save(self, path: Path) -> str:
+        """Write the checkpoint atomically; returns the model id (`gen-` + its digest)."""
+        state = {k: v.cpu() for k, v in self.net.state_dict().items()}
+        payload = {
+            "kind": CHECKPOINT_KIND,
+            "config": self.config.model_dump(),
+            "categories": self.categories,
+            "text_model": MINILM_ID,
+            "state": state,
+        }
+        self.model_id = f"gen-{save_checkpoint(path, payload)}"
+        return self.model_id
+
+
+def load_generator(path: Path, device: str = "cpu") -> TextToImage:
+    """Load a generator written by `TextToImage.save` (weights only, never code)."""
+    payload = load_checkpoint(path, CHECKPOINT_KIND)
+    if payload.get("text_model") != MINILM_ID:
+        raise PinlabModelError(
+            f"{path} was conditioned on {payload.get('text_model')!r}, but the text encoder "
+            f"here is {MINILM_ID!r}; retrain it with `pinlab train generator`"
+        )
+    config = GeneratorConfig.model_validate(payload["config"])
+    categories = [str(c) for c in payload["categories"]]
+    net = GeneratorNet(config, len(categories))
+    net.load_state_dict(payload["state"])
+    net.eval()
+    model = TextToImage(net, config, categories, device)
+    model.model_id = f"gen-{file_digest(path)}"
+    return model
+
+
+def encode_conditioning(
+    text: TextEncoder, captions: Sequence[str], categories: Int64Array, config: GeneratorConfig
+) -> Conditioning:
+    """MiniLM tokens and sentence vectors of each caption, computed once per distinct caption."""
+    distinct, row = np.unique(np.asarray(list(captions), dtype=object), return_inverse=True)
+    texts = [str(c) for c in distinct]
+    tokens, mask = text.encode_tokens(texts, config.text_tokens)
+    sentence = text.encode(texts)
+    rows = torch.from_numpy(row.astype(np.int64))
+    return Conditioning(
+        tokens=torch.from_numpy(tokens)[rows],
+        mask=torch.from_numpy(mask)[rows],
+        sentence=torch.from_numpy(sentence)[rows],
+        category=torch.from_numpy(np.asarray(categories, dtype=np.int64)),
+        has_text=torch.ones(len(captions), dtype=torch.bool),
+    )
+
+
+def _concat(a: Conditioning, b: Conditioning) -> Conditioning:
+    return Conditioning(
+        torch.cat([a.tokens, b.tokens]), torch.cat([a.mask, b.mask]),
+        torch.cat([a.sentence, b.sentence]), torch.cat([a.category, b.category]),
+        torch.cat([a.has_text, b.has_text]),
+    )  # fmt: skip
+
+
+def denoising_loss(
+    net: GeneratorNet,
+    scheduler: DDPMScheduler,
+    images: torch.Tensor,
+    cond: Conditioning,
+    gen: torch.Generator,
+    snr_gamma: float | None = None,
+) -> torch.Tensor:
+    """Squared error of the v-prediction at uniformly drawn timesteps.
+
+    With `snr_gamma`, each image's error is weighted by min(SNR, gamma) / (SNR + 1), the
+    Min-SNR weighting (Hang et al. 2023) for v-prediction, which stops the easy low-noise
+    steps from dominating and converges several times faster.
+    """
+    from diffusers.training_utils import compute_snr
+
+    x0 = net.pack(images)
+    noise = torch.randn(x0.shape, generator=gen).to(x0.device)
+    steps = int(scheduler.config["num_train_timesteps"])
+    t = torch.randint(0, steps, (len(x0),), generator=gen).to(x0.device)
+    noisy = scheduler.add_noise(x0, noise, t)
+    target = scheduler.get_velocity(x0, noise, t)
+    error: torch.Tensor = (net(noisy, t, cond) - target).pow(2).mean(dim=(1, 2, 3))
+    if snr_gamma is None:
+        return error.mean()
+    snr = compute_snr(scheduler, t)
+    weight: torch.Tensor = snr.clamp(max=snr_gamma) / (snr + 1)
+    return (error * weight).mean()
+
+
+def train_generator(
+    images: ImageArray,
+    captions: Sequence[str],
+    categories: Int64Array | None,
+    category_names: Sequence[str],
+    config: GeneratorConfig,
+    ctx: TrainContext,
+    validate: GeneratorValidator | None = None,
+    text_encoder: TextEncoder | None = None,
+) -> tuple[TextToImage, FitReport]:
+    """Train a generator on captioned images; keeps the EMA weights of the best validated epoch.
+
+    `categories` index `category_names` (None: the data has none, only captions condition).
+    """
+    if len(images) != len(captions) or len(images) < 2:
+        raise PinlabModelError(
+            f"need at least 2 images with one caption each, got {len(images)} images and "
+            f"{len(captions)} captions"
+        )
+    size = config.image_size
+    if images.ndim != 4 or images.shape[1:] != (size, size, 3):
+        raise PinlabModelError(
+            f"the generator expects images of shape (N, {size}, {size}, 3), got "
+            f"{images.shape}; set image_size to the dataset's"
+        )
+    num_categories = len(category_names)
+    labels = (
+        np.full(len(images), num_categories, dtype=np.int64)
+        if categories is None
+        else np.asarray(categories, dtype=np.int64)
+    )
+    if len(labels) != len(images) or (
+        len(labels) and (labels.min() < 0 or labels.max() > num_categories)
+    ):
+        raise PinlabModelError(f"categories must be one index in 0..{num_categories - 1} per image")
+    text = text_encoder or TextEncoder(ctx.device)
+    all_cond = encode_conditioning(text, captions, labels, config).to(ctx.device)
+
+    gen = seed_everything(ctx.seed)
+    net = GeneratorNet(config, num_categories).to(ctx.device)
+    ema_net = copy.deepcopy(net)
+    model = TextToImage(ema_net, config, category_names, ctx.device, text)
+    from diffusers.training_utils import EMAModel
+
+    ema = EMAModel(net.parameters(), decay=config.ema_decay)
+    scheduler = training_scheduler(config)
+    batch_size = min(config.batch_size, len(images))
+    steps_per_epoch = max(1, len(images) // batch_size)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config.lr, total_steps=steps_per_epoch * config.epochs, pct_start=0.1
+    )
+    log = EpochLog(ctx.run_dir)
+    stopper = EarlyStopping(config.patience)
+    clock = Stopwatch()
+    with epoch_progress("train generator", config.epochs, ctx) as progress:
+        for epoch in range(1, config.epochs + 1):
+            epoch_clock = Stopwatch()
+            net.train()
+            order = torch.randperm(len(images), generator=gen)
+            total = 0.0
+            for step in range(steps_per_epoch):
+                idx = order[step * batch_size : (step + 1) * batch_size]
+                batch = torch.from_numpy(np.ascontiguousarray(images[idx.numpy()]))
+                cond = all_cond.take(idx.to(ctx.device)).dropped(
+                    (torch.rand(len(idx), generator=gen) < config.text_dropout).to(ctx.device),
+                    (torch.rand(len(idx), generator=gen) < config.category_dropout).to(ctx.device),
+                    num_categories,
+                )
+                x = to_input(batch.to(ctx.device))
+                loss = denoising_loss(net, scheduler, x, cond, gen, config.snr_gamma)
+                optimizer.zero_grad(set_to_none=True)
+                torch.autograd.backward(loss)
+                optimizer.step()
+                schedule.step()
+                ema.step(net.parameters())
+                total += float(loss.detach())
+            ema.copy_to(ema_net.parameters())
+            valid = validate(model) if validate else None
+            record = EpochRecord(
+                epoch=epoch, train_loss=total / steps_per_epoch, valid=valid, seconds=epoch_clock()
+            )
+            log.write(record)
+            progress.update(epoch, record.train_loss, valid)
+            if stopper.update(epoch, valid, ema_net):
+                break
+    stopper.restore(ema_net)
+    ema_net.eval()
+    report = FitReport(
+        model="generator",
+        epochs=len(log.records),
+        best_epoch=stopper.best_epoch,
+        best_valid=stopper.best,
+        seconds=clock(),
+        history=log.records,
+    )
+    return model, report
+
+
+def validation_loss(
+    model: TextToImage, images: ImageArray, cond: Conditioning, seed: int = 0
+) -> float:
+    """The denoising loss of `model` on held-out images under `cond` (theirs), at timesteps and
+    noise fixed by `seed`, so epochs compare on the same draws."""
+    net = model.net
+    was_training = net.training
+    net.eval()
+    gen = torch.Generator().manual_seed(seed)
+    scheduler = training_scheduler(model.config)
+    total = 0.0
+    with torch.no_grad():
+        for start in range(0, len(images), 256):
+            chunk = torch.from_numpy(np.ascontiguousarray(images[start : start + 256]))
+            rows = torch.arange(start, start + len(chunk), device=model.device)
+            loss = denoising_loss(
+                net, scheduler, to_input(chunk.to(model.device)), cond.take(rows), gen
+            )
+            total += float(loss) * len(chunk)
+    net.train(was_training)
+    return total / max(len(images), 1)

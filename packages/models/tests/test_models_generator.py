@@ -1,0 +1,149 @@
+"""The text-to-image generator: training, seed-determinism, checkpoints, refused requests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pinlab_data import SynthConfig, synthesize
+from pinlab_models import (
+    GenerateLimits,
+    GeneratorConfig,
+    PinlabModelError,
+    TextToImage,
+    TrainContext,
+    load_generator,
+    train_generator,
+    validation_loss,
+)
+
+TINY = GeneratorConfig(
+    image_size=16, patch=2, widths=(16, 32), heads=2, text_tokens=8, epochs=3, batch_size=16
+)
+
+
+@pytest.fixture(scope="module")
+def world() -> tuple[np.ndarray, list[str], np.ndarray, list[str]]:
+    config = SynthConfig(
+        num_pins=48, num_users=5, num_categories=3, num_creators=5, image_size=16, seed=3
+    )
+    _, pins, _, _, images, _ = synthesize(config)
+    names = sorted(set(pins.column("category").to_pylist()))
+    labels = np.array([names.index(c) for c in pins.column("category").to_pylist()])
+    return images, pins.column("caption").to_pylist(), labels, names
+
+
+@pytest.fixture(scope="module")
+def trained(
+    world: tuple[np.ndarray, list[str], np.ndarray, list[str]],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[TextToImage, list[float]]:
+    images, captions, labels, names = world
+    ctx = TrainContext(run_dir=tmp_path_factory.mktemp("generator"), seed=1, progress=False)
+    losses: list[float] = []
+
+    def validate(model: TextToImage) -> float:
+        cond = model.conditioning(captions[:16], [len(names)] * 16)
+        losses.append(validation_loss(model, images[:16], cond, seed=0))
+        return -losses[-1]
+
+    model, report = train_generator(images, captions, labels, names, TINY, ctx, validate)
+    assert report.model == "generator" and report.epochs == len(losses) == 3
+    assert (ctx.run_dir / "metrics.jsonl").read_text().count("\n") == 3
+    return model, losses
+
+
+def test_training_lowers_the_validation_loss(trained: tuple[TextToImage, list[float]]) -> None:
+    _, losses = trained
+    assert all(np.isfinite(losses))
+    assert losses[-1] < losses[0]
+
+
+def test_generation_is_seed_deterministic(trained: tuple[TextToImage, list[float]]) -> None:
+    model, _ = trained
+    first = model.generate(["a striped warm circle"] * 2, steps=3, seed=7)
+    again = model.generate(["a striped warm circle"] * 2, steps=3, seed=7)
+    other = model.generate(["a striped warm circle"] * 2, steps=3, seed=8)
+    assert first.shape == (2, 16, 16, 3) and first.dtype == np.uint8
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)
+    # Image i starts from the seed's i-th draw: asking for more keeps the first ones.
+    more = model.generate(["a striped warm circle"] * 3, steps=3, seed=7)
+    np.testing.assert_allclose(more[:2].astype(int), first.astype(int), atol=1)
+
+
+def test_the_prompt_and_the_category_change_the_images(
+    trained: tuple[TextToImage, list[float]],
+) -> None:
+    model, _ = trained
+    circle = model.generate(["a striped warm circle"], steps=3, seed=1)
+    square = model.generate(["a plain icy square"], steps=3, seed=1)
+    named = model.generate(["a striped warm circle"], steps=3, seed=1, category=model.categories[0])
+    assert not np.array_equal(circle, square)
+    assert not np.array_equal(circle, named)
+
+
+def test_checkpoint_round_trip(trained: tuple[TextToImage, list[float]], tmp_path: Path) -> None:
+    model, _ = trained
+    model_id = model.save(tmp_path / "generator.pt")
+    loaded = load_generator(tmp_path / "generator.pt")
+    assert loaded.model_id == model_id and model_id.startswith("gen-")
+    assert loaded.categories == model.categories and loaded.config == model.config
+    np.testing.assert_array_equal(
+        loaded.generate(["a dotted cool ring"], steps=2, seed=4),
+        model.generate(["a dotted cool ring"], steps=2, seed=4),
+    )
+
+
+@pytest.mark.parametrize(
+    ("prompts", "steps", "guidance", "says"),
+    [
+        ([" "], 5, 3.0, "prompt is empty"),
+        (["x" * 201], 5, 3.0, "limit is 200"),
+        ([], 5, 3.0, "1..64"),
+        (["a star"] * 65, 5, 3.0, "1..64"),
+        (["a star"], 0, 3.0, "1..200"),
+        (["a star"], 201, 3.0, "1..200"),
+        (["a star"], 5, -1.0, "0..20"),
+        (["a star"], 5, float("nan"), "0..20"),
+    ],
+)
+def test_requests_out_of_range_are_refused_with_the_range(
+    trained: tuple[TextToImage, list[float]],
+    prompts: list[str],
+    steps: int,
+    guidance: float,
+    says: str,
+) -> None:
+    model, _ = trained
+    with pytest.raises(PinlabModelError, match=says.replace(".", r"\.")):
+        model.generate(prompts, steps=steps, guidance=guidance)
+
+
+def test_limits_are_the_callers_to_set(trained: tuple[TextToImage, list[float]]) -> None:
+    model, _ = trained
+    with pytest.raises(PinlabModelError, match=r"1\.\.2"):
+        model.generate(["a star"] * 3, steps=2, limits=GenerateLimits(max_images=2))
+
+
+def test_unknown_category_and_bad_training_input(
+    trained: tuple[TextToImage, list[float]], tmp_path: Path
+) -> None:
+    model, _ = trained
+    with pytest.raises(PinlabModelError, match="unknown category"):
+        model.generate(["a star"], steps=2, category="no-such-shape")
+    ctx = TrainContext(run_dir=tmp_path, progress=False)
+    images = np.zeros((4, 32, 32, 3), dtype=np.uint8)
+    with pytest.raises(PinlabModelError, match=r"shape \(N, 16, 16, 3\)"):
+        train_generator(images, ["a"] * 4, None, [], TINY, ctx)
+    with pytest.raises(PinlabModelError, match="one caption each"):
+        train_generator(images[:, :16, :16], ["a"] * 3, None, [], TINY, ctx)
+
+
+def test_config_refuses_a_unet_that_does_not_fit() -> None:
+    with pytest.raises(ValueError, match="halve"):
+        GeneratorConfig(image_size=20, patch=2, widths=(16, 32, 64))
+    with pytest.raises(ValueError, match="multiples of 8"):
+        GeneratorConfig(widths=(12, 24))

@@ -1,0 +1,169 @@
+"""POST /v1/generate: images from the run's generator, bounded, budgeted, searchable."""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from pinlab_data import png_text
+from pinlab_models import GeneratorConfig, TextToImage, seed_everything
+from pinlab_models._generator import GeneratorNet
+from pinlab_serve import ServeSettings
+from pinlab_serve._app import create_app
+
+
+def wait_ready(client: TestClient, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if client.get("/readyz").status_code == 200:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"not ready: {client.get('/readyz').json()}")
+
+
+@pytest.fixture(scope="module")
+def generator_run(serve_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The served run plus an untrained (randomly initialised) generator: serving is what is
+    tested here, not what the weights draw."""
+    run = tmp_path_factory.mktemp("gen") / "run"
+    shutil.copytree(serve_run, run)
+    config = GeneratorConfig(widths=(16, 32), heads=2, text_tokens=8)
+    seed_everything(0)
+    TextToImage(GeneratorNet(config, 4), config, ["a", "b", "c", "d"]).save(
+        run / "generator" / "generator.pt"
+    )
+    return run
+
+
+@pytest.fixture(scope="module")
+def client(generator_run: Path) -> Iterator[TestClient]:
+    settings = ServeSettings(generate_max_images=4, generate_max_steps=10)
+    with TestClient(create_app(generator_run, settings)) as client:
+        wait_ready(client)
+        yield client
+
+
+def test_generate_returns_pngs_that_say_what_made_them(client: TestClient) -> None:
+    body = {"text": "a striped warm star", "n": 2, "steps": 2, "seed": 3}
+    response = client.post("/v1/generate", json=body)
+    assert response.status_code == 200, response.text
+    out = response.json()
+    assert out["n"] == 2 and len(out["images"]) == 2 and out["model_id"].startswith("gen-")
+    first = base64.b64decode(out["images"][0].removeprefix("data:image/png;base64,"))
+    meta = png_text(first)
+    assert meta["pinlab:generated"] == "true" and meta["pinlab:prompt"] == body["text"]
+    assert meta["pinlab:model_id"] == out["model_id"] and meta["pinlab:seed"] == "3"
+    assert client.post("/v1/generate", json=body).json()["images"] == out["images"]
+    # A generated image goes straight to visual search.
+    found = client.post("/v1/search/image", files={"image": ("g.png", first, "image/png")})
+    assert found.status_code == 200 and len(found.json()["hits"]) > 0
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        ({"text": "", "n": 1}, "body.text"),
+        ({"text": "x" * 201, "n": 1}, "body.text"),
+        ({"text": "a star", "n": 0}, "body.n"),
+        ({"text": "a star", "n": 5}, "1..4"),  # over this service's limit
+        ({"text": "a star", "steps": 11}, "1..10"),
+        ({"text": "   ", "n": 1}, "prompt is empty"),
+        ({"text": "a star", "guidance": 30}, "body.guidance"),
+    ],
+)
+def test_out_of_range_requests_are_422_with_the_range(
+    client: TestClient, body: dict[str, object], says: str
+) -> None:
+    response = client.post("/v1/generate", json=body)
+    assert response.status_code == 422, response.text
+    assert says in response.json()["error"]
+
+
+@pytest.mark.slow  # a second app, its models loaded again
+def test_a_request_over_the_time_budget_is_refused_before_it_starts(
+    generator_run: Path,
+) -> None:
+    settings = ServeSettings(generate_budget_s=1e-6)
+    with TestClient(create_app(generator_run, settings)) as client:
+        wait_ready(client)
+        response = client.post("/v1/generate", json={"text": "a star", "n": 2, "steps": 5})
+    assert response.status_code == 422
+    assert "over this service's budget" in response.json()["error"]
+
+
+@pytest.mark.slow  # a third app
+def test_a_run_without_a_generator_answers_404(serve_run: Path) -> None:
+    with TestClient(create_app(serve_run, ServeSettings())) as client:
+        wait_ready(client)
+        response = client.post("/v1/generate", json={"text": "a star"})
+    assert response.status_code == 404 and "train generator" in response.json()["error"]
+
+
+@pytest.mark.slow
+def test_page_generates_and_searches_with_a_generated_image(
+    chromium: str, generator_run: Path
+) -> None:
+    """In headless Chromium: the Generate form shows the images; clicking one searches."""
+    import socket
+    import threading
+
+    import httpx
+    import uvicorn
+    from playwright import sync_api
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(generator_run, ServeSettings()), host="127.0.0.1", port=port,
+            log_level="warning",
+        )
+    )  # fmt: skip
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert time.monotonic() < deadline, "the server never became ready"
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        with sync_api.sync_playwright() as playwright:
+            browser = playwright.chromium.launch(
+                executable_path=chromium, headless=True, args=["--no-sandbox"]
+            )
+            try:
+                page = browser.new_page()
+                errors: list[str] = []
+                page.on("pageerror", lambda exc: errors.append(str(exc)))
+                page.goto(f"{url}/")
+                page.fill("#prompt", "a striped warm star")
+                page.fill("#n", "2")
+                page.fill("#steps", "2")
+                page.click("#generate-form button")
+                page.wait_for_function(
+                    "document.querySelectorAll('#results .tile.generated img').length == 2"
+                )
+                page.locator("#results .tile.generated").first.click()
+                page.wait_for_function(
+                    "document.querySelector('#status').textContent"
+                    ".includes('results for generated image 1')"
+                )
+                assert page.locator("#results .tile").count() == 12
+                assert errors == []
+            finally:
+                browser.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

@@ -1,0 +1,66 @@
+"""`pinlab generate`: pin images from a text prompt, with the run's trained generator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pinlab_tasks import generative
+from pinlab_tasks._app import DeviceOpt, JsonFlag, SeedOpt, settings
+from pinlab_tasks._output import emit, stdout
+from pinlab_tasks.runs import RunLayout
+
+
+def register(app: typer.Typer) -> None:
+    app.command("generate")(generate)
+
+
+def generate(
+    run: Annotated[
+        Path, typer.Option("--run", help="Run directory with a generator (`train generator`).")
+    ],
+    text: Annotated[str, typer.Option("--text", help="What to draw (1..200 characters).")],
+    out: Annotated[Path, typer.Option("--out", help="Directory for the PNG files (created).")],
+    n: Annotated[int, typer.Option("-n", "--n", help="How many images (1..64).")] = 8,
+    steps: Annotated[int, typer.Option("--steps", help="DDIM sampling steps (1..200).")] = 25,
+    guidance: Annotated[
+        float,
+        typer.Option("--guidance", help="Classifier-free guidance scale (0..20; 1 is none)."),
+    ] = 3.0,
+    category: Annotated[
+        str | None,
+        typer.Option("--category", help="Also condition on this category of the dataset."),
+    ] = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Generate pin images for a prompt; each PNG's metadata says it was generated, by which
+    model, from which prompt and seed. The same seed gives the same images.
+
+    Writes: OUT/PROMPT-sSEED-II.png.
+    """
+    s = settings()
+    result = generative.generate(
+        RunLayout(run),
+        text,
+        n=n,
+        steps=steps,
+        guidance=guidance,
+        seed=s.seed if seed is None else seed,
+        out=out,
+        category=category,
+        device=device or s.device,
+    )
+
+    def render() -> None:
+        stdout.print(
+            f"generated {result['n']} images in {result['seconds']:.2f} s "
+            f"({result['images_per_s']} images/s) with {result['model_id']}:"
+        )
+        for path in result["files"]:
+            stdout.print(f"  {path}")
+
+    emit(result, as_json, render)

@@ -1,0 +1,114 @@
+"""`pinlab train generator`, `pinlab generate`, `pinlab eval generator`: the CLI and bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pinlab_data import png_text
+from pinlab_tasks.cli import run
+
+TINY_UNET = ["--set", "widths=[16,32]", "--set", "heads=2", "--set", "text_tokens=8"]
+
+
+def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, Any]:
+    code = run([*args, "--json"])
+    out = capsys.readouterr().out
+    return code, json.loads(out) if out.strip() else None
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--text", " "], "prompt is empty"),
+        (["--text", "x" * 201], "the limit is 200"),
+        (["--text", "a star", "-n", "0"], "ask for 1..64"),
+        (["--text", "a star", "-n", "65"], "ask for 1..64"),
+        (["--text", "a star", "--steps", "0"], "use 1..200"),
+        (["--text", "a star", "--steps", "500"], "use 1..200"),
+        (["--text", "a star", "--guidance", "25"], "use 0..20"),
+    ],
+)
+def test_generate_refuses_bad_requests_with_the_range(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, args: list[str], says: str
+) -> None:
+    code, out = cli(capsys, "generate", "--run", str(tmp_path), "--out", str(tmp_path / "o"), *args)
+    assert code == 2 and says in out["error"]
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_run_without_a_generator_is_bad_input(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    out_dir = tmp_path / "o"
+    code, out = cli(
+        capsys, "generate", "--run", str(tmp_path), "--text", "a star", "--out", str(out_dir)
+    )
+    assert code == 2 and "has no generator" in out["error"] and "train generator" in out["error"]
+    code, out = cli(capsys, "eval", "generator", "--run", str(tmp_path))
+    assert code == 2 and "has no generator" in out["error"]
+
+
+def test_train_generator_refuses_a_config_that_cannot_fit(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, out = cli(
+        capsys, "train", "generator", "--data", str(tmp_path), "--run", str(tmp_path / "r"),
+        "--set", "widths=[12,24]",
+    )  # fmt: skip
+    assert code == 2 and "multiples of 8" in out["error"]
+    code, out = cli(
+        capsys, "train", "generator", "--data", str(tmp_path), "--set", "no_such_field=1"
+    )
+    assert code == 2 and "no_such_field" in out["error"]
+
+
+@pytest.mark.slow
+def test_train_generate_and_evaluate_through_the_cli(
+    tiny_demo: dict[str, Any], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_demo["run_dir"], run_dir)
+    code, out = cli(
+        capsys, "train", "generator", "--data", str(run_dir / "data"), "--run", str(run_dir),
+        "--epochs", "2", "--seed", "1", *TINY_UNET,
+    )  # fmt: skip
+    assert code == 0, out
+    assert out["model"] == "generator" and out["model_id"].startswith("gen-")
+    assert (run_dir / "generator" / "generator.pt").is_file()
+    assert (run_dir / "generator" / "metrics.jsonl").read_text().count("\n") == out["epochs"]
+    steps = json.loads((run_dir / "run.json").read_text())["steps"]
+    assert steps[-1]["command"] == "train generator" and steps[-1]["config"]["seed"] == 1
+
+    made = []
+    for name in ("a", "b"):
+        code, out = cli(
+            capsys, "generate", "--run", str(run_dir), "--text", "a striped warm star", "-n", "2",
+            "--steps", "3", "--seed", "4", "--out", str(tmp_path / name),
+        )  # fmt: skip
+        assert code == 0, out
+        assert len(out["files"]) == 2
+        made.append([Path(f).read_bytes() for f in out["files"]])
+    assert made[0] == made[1]  # the same seed, the same PNGs
+    meta = png_text(made[0][0])
+    assert meta["pinlab:generated"] == "true"
+    assert meta["pinlab:prompt"] == "a striped warm star"
+    assert meta["pinlab:model_id"] == out["model_id"] and meta["pinlab:seed"] == "4"
+
+    code, out = cli(capsys, "eval", "generator", "--run", str(run_dir), "--steps", "3")
+    assert code == 0, out
+    assert out["prompts"] >= 4 and out["text_image_agreement"] is None  # no `train align`
+    for name in ("generated", "baseline", "real"):
+        fidelity = out["fidelity"][name]
+        assert fidelity["frechet_distance"] >= 0 and 0 <= fidelity["precision"] <= 1
+        assert 0 <= out["conditional"][name]["category_accuracy"] <= 1
+        assert 0 <= out["conditional"][name]["palette_accuracy"] <= 1
+        assert 0 <= out["memorisation"][name]["near_duplicate_share"] <= 1
+    assert out["real_vs_real_floor"] == out["fidelity"]["real"]["frechet_distance"]
+    assert out["retrieval"]["k"] == 10
+    assert (run_dir / "generator" / "samples.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((run_dir / "generator" / "eval.json").read_text()) == out
