@@ -51,3 +51,12 @@ def test_every_kept_index_maps_back_to_a_given_id(ids: list[int], window: int) -
     history = session_history(catalogue, ids, window)
     assert catalogue[history.items].tolist() == known[-window:]
     assert history.unknown == [i for i in ids if i % 3]
+
+
+def test_a_precomputed_order_gives_the_same_history() -> None:
+    catalogue = np.array([70, 10, 40, 12, 7], dtype=np.int64)
+    order = np.argsort(catalogue, kind="stable")
+    alone = session_history(catalogue, [12, 99, 7, 40], window=2)
+    given = session_history(catalogue, [12, 99, 7, 40], window=2, order=order)
+    assert given.items.tolist() == alone.items.tolist() == [4, 2]
+    assert given.unknown == alone.unknown == [99]

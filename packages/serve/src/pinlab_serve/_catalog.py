@@ -119,6 +119,7 @@ class Catalog:
             c: self.pin_ids[names == c] for c in self.category_names
         }
         self.log = interaction_log(ds)
+        self.item_order: Int64Array = np.argsort(self.log.item_ids, kind="stable")
         self.seen_indptr, self.seen_items = seen_csr(self.log)
         self.user_position: dict[int, int] = {
             int(u): i for i, u in enumerate(self.log.user_ids.tolist())

@@ -582,7 +582,10 @@ class PinService:
             )
         try:
             return session_history(
-                self.catalog.log.item_ids, history_ids, self._session.history_window
+                self.catalog.log.item_ids,
+                history_ids,
+                self._session.history_window,
+                self.catalog.item_order,
             )
         except PinlabDataError as exc:
             raise UnprocessableError(str(exc)) from None
