@@ -30,6 +30,7 @@ from pinlab_models._cold_start import HybridRecommender
 from pinlab_models._ensemble import Ensemble
 from pinlab_models._generator import (
     Conditioning,
+    GeneratorNet,
     TextToImage,
     check_request,
     load_generator,
@@ -178,6 +179,7 @@ __all__ = [
     "GSASRecConfig",
     "GenerateLimits",
     "GeneratorConfig",
+    "GeneratorNet",
     "HSTUConfig",
     "HistoryScorer",
     "HybridConfig",

@@ -703,6 +703,41 @@ def embed(
     emit(payload, as_json, lambda: render_embed(payload))
 
 
+@app.command("device")
+def device_(
+    scale: Annotated[
+        float,
+        typer.Option("--scale", min=0.01, max=1.0, help="Shrink the work (1: the GPU's sizes)."),
+    ] = 1.0,
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", help="SASRec's dataset (default: the synthetic world's log)."),
+    ] = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Throughput of pinlab's own steps on one device: encoder training (float32, and bf16
+    autocast on CUDA), embedding, the generator's guided sampling and SASRec epochs, so a GPU
+    and the CPU are compared on the same code.
+
+    Writes: nothing that stays (a temporary folder).
+    """
+    from pinlab_tasks.device_bench import bench_device, render_device
+
+    s = settings()
+    with tempfile.TemporaryDirectory(prefix="pinlab-bench-device-") as work:
+        payload = bench_device(
+            device or s.device,
+            scale,
+            s.seed if seed is None else seed,
+            Path(work),
+            data,
+            say=step_say((lambda _: None) if as_json else stderr.print, "bench device"),
+        )
+    emit(payload, as_json, lambda: render_device(payload))
+
+
 @app.command("visual")
 def visual(
     data: Annotated[Path, typer.Option("--data", help="Dataset with labelled images.")],
