@@ -19,8 +19,7 @@ def session_history(
 
     Ids the catalogue lacks are left out and named; a history longer than `window` keeps its
     most recent `window` known items. An empty history, or one with no known id, is an error.
-    `order` is `item_ids`'s argsort: a server computes it once, since sorting 20,000 ids cost
-    about as much as the rest of a session request.
+    `order` is `item_ids`'s argsort, which a server computes once instead of per request.
     """
     if len(pin_ids) == 0:
         raise PinlabDataError(
