@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from pinlab_models import (
     ClassifierConfig,
@@ -61,3 +62,19 @@ def test_bad_targets_and_images_are_refused(tmp_path: Path) -> None:
     )  # fmt: skip
     with pytest.raises(PinlabModelError, match="shape"):
         model.predict(np.zeros((2, 16, 16, 3), dtype=np.uint8))
+
+
+def test_a_checkpoint_of_another_layout_is_refused_in_one_line(tmp_path: Path) -> None:
+    images, targets = _world(16)
+    labels = {"half": ["top", "bottom"], "colour": ["red", "blue"]}
+    ctx = TrainContext(run_dir=tmp_path, seed=0, progress=False)
+    model, _ = train_classifier(
+        images, targets, labels, SMALL.model_copy(update={"epochs": 1}), ctx
+    )
+    path = tmp_path / "classifier.pt"
+    model.save(path)
+    payload = torch.load(path, weights_only=False)
+    payload["state"] = {k.replace("head_", ""): v for k, v in payload["state"].items()}
+    torch.save(payload, path)  # head names as an older pinlab wrote them
+    with pytest.raises(PinlabModelError, match="another layout"):
+        load_classifier(path)

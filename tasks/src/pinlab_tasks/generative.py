@@ -46,6 +46,7 @@ from pinlab_models import (
     GeneratorConfig,
     ImageClassifier,
     ImageTextModel,
+    PinlabModelError,
     TextToImage,
     TrainContext,
     TrainProgress,
@@ -253,7 +254,10 @@ def _classifier(
     if run.classifier.is_file() and record.is_file():
         trained = json.loads(record.read_text())
         if trained.get("split_seed") == split_seed and trained.get("heads") == heads:
-            return load_classifier(run.classifier, device), truth
+            try:
+                return load_classifier(run.classifier, device), truth
+            except PinlabModelError:
+                pass  # written by another version: a cache, so train it again below
     split = visual_split(ds, split_seed)
     config = ClassifierConfig(image_size=int(images.shape[1]))
 

@@ -99,7 +99,13 @@ def load_classifier(path: Path, device: str = "cpu") -> ImageClassifier:
     model = ImageClassifier(
         payload["labels"], ClassifierConfig.model_validate(payload["config"]), device
     )
-    model.net.load_state_dict(payload["state"])
+    try:
+        model.net.load_state_dict(payload["state"])
+    except RuntimeError:  # weights of another layout (an older pinlab's head names)
+        raise PinlabModelError(
+            f"{path} holds a classifier of another layout than this pinlab's; delete it "
+            "and retrain (`pinlab eval generator` retrains it when it cannot load it)"
+        ) from None
     model.net.eval()
     model.model_id = f"clf-{file_digest(path)}"
     return model
