@@ -19,18 +19,14 @@ from pinlab_data.contracts import ImageArray, Int64Array
 from pinlab_models._align import _geometric_view
 from pinlab_models._cnn_encoder import ConvNet, to_input
 from pinlab_models._runtime import (
-    EarlyStopping,
-    EpochLog,
-    Stopwatch,
-    epoch_progress,
     file_digest,
     load_checkpoint,
+    run_epochs,
     save_checkpoint,
     seed_everything,
 )
 from pinlab_models.contracts import (
     ClassifierConfig,
-    EpochRecord,
     FitReport,
     PinlabModelError,
     TrainContext,
@@ -139,44 +135,29 @@ def train_classifier(
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=config.lr, total_steps=steps_per_epoch * config.epochs, pct_start=0.15
     )
-    log = EpochLog(ctx.run_dir)
-    stopper = EarlyStopping(config.patience)
-    clock = Stopwatch()
-    with epoch_progress("train classifier", config.epochs, ctx) as progress:
-        for epoch in range(1, config.epochs + 1):
-            epoch_clock = Stopwatch()
-            net.train()
-            order = torch.randperm(len(images), generator=gen)
-            total = 0.0
-            for step in range(steps_per_epoch):
-                idx = order[step * batch_size : (step + 1) * batch_size]
-                batch = torch.from_numpy(np.ascontiguousarray(images[idx.numpy()]))
-                logits = net(_geometric_view(to_input(batch.to(ctx.device)), gen))
-                loss = sum(
-                    (F.cross_entropy(logits[k], y[k][idx].to(ctx.device)) for k in logits),
-                    start=torch.zeros((), device=ctx.device),
-                )
-                optimizer.zero_grad(set_to_none=True)
-                torch.autograd.backward(loss)
-                optimizer.step()
-                schedule.step()
-                total += float(loss.detach())
-            valid = validate(model) if validate else None
-            record = EpochRecord(
-                epoch=epoch, train_loss=total / steps_per_epoch, valid=valid, seconds=epoch_clock()
+
+    def train_epoch() -> float:
+        net.train()
+        order = torch.randperm(len(images), generator=gen)
+        total = 0.0
+        for step in range(steps_per_epoch):
+            idx = order[step * batch_size : (step + 1) * batch_size]
+            batch = torch.from_numpy(np.ascontiguousarray(images[idx.numpy()]))
+            logits = net(_geometric_view(to_input(batch.to(ctx.device)), gen))
+            loss = sum(
+                (F.cross_entropy(logits[k], y[k][idx].to(ctx.device)) for k in logits),
+                start=torch.zeros((), device=ctx.device),
             )
-            log.write(record)
-            progress.update(epoch, record.train_loss, valid)
-            if stopper.update(epoch, valid, net):
-                break
-    stopper.restore(net)
+            optimizer.zero_grad(set_to_none=True)
+            torch.autograd.backward(loss)
+            optimizer.step()
+            schedule.step()
+            total += float(loss.detach())
+        return total / steps_per_epoch
+
+    report = run_epochs(
+        model, net, train_epoch, epochs=config.epochs, patience=config.patience, ctx=ctx,
+        validate=validate, gen=gen, name="classifier",
+    )  # fmt: skip
     net.eval()
-    report = FitReport(
-        model="classifier",
-        epochs=len(log.records),
-        best_epoch=stopper.best_epoch,
-        best_valid=stopper.best,
-        seconds=clock(),
-        history=log.records,
-    )
     return model, report

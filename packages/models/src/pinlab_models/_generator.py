@@ -27,18 +27,14 @@ from torch import nn
 from pinlab_data.contracts import ImageArray, Int64Array
 from pinlab_models._cnn_encoder import to_input
 from pinlab_models._runtime import (
-    EarlyStopping,
-    EpochLog,
-    Stopwatch,
-    epoch_progress,
     file_digest,
     load_checkpoint,
+    run_epochs,
     save_checkpoint,
     seed_everything,
 )
 from pinlab_models._text import MINILM_DIM, MINILM_ID, TextEncoder
 from pinlab_models.contracts import (
-    EpochRecord,
     FitReport,
     GenerateLimits,
     GeneratorConfig,
@@ -454,50 +450,35 @@ def train_generator(
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=config.lr, total_steps=steps_per_epoch * config.epochs, pct_start=0.1
     )
-    log = EpochLog(ctx.run_dir)
-    stopper = EarlyStopping(config.patience)
-    clock = Stopwatch()
-    with epoch_progress("train generator", config.epochs, ctx) as progress:
-        for epoch in range(1, config.epochs + 1):
-            epoch_clock = Stopwatch()
-            net.train()
-            order = torch.randperm(len(images), generator=gen)
-            total = 0.0
-            for step in range(steps_per_epoch):
-                idx = order[step * batch_size : (step + 1) * batch_size]
-                batch = torch.from_numpy(np.ascontiguousarray(images[idx.numpy()]))
-                cond = all_cond.take(idx.to(ctx.device)).dropped(
-                    (torch.rand(len(idx), generator=gen) < config.text_dropout).to(ctx.device),
-                    (torch.rand(len(idx), generator=gen) < config.category_dropout).to(ctx.device),
-                    num_categories,
-                )
-                x = to_input(batch.to(ctx.device))
-                loss = denoising_loss(net, scheduler, x, cond, gen, config.snr_gamma)
-                optimizer.zero_grad(set_to_none=True)
-                torch.autograd.backward(loss)
-                optimizer.step()
-                schedule.step()
-                ema.step(net.parameters())
-                total += float(loss.detach())
-            ema.copy_to(ema_net.parameters())
-            valid = validate(model) if validate else None
-            record = EpochRecord(
-                epoch=epoch, train_loss=total / steps_per_epoch, valid=valid, seconds=epoch_clock()
+
+    def train_epoch() -> float:
+        net.train()
+        order = torch.randperm(len(images), generator=gen)
+        total = 0.0
+        for step in range(steps_per_epoch):
+            idx = order[step * batch_size : (step + 1) * batch_size]
+            batch = torch.from_numpy(np.ascontiguousarray(images[idx.numpy()]))
+            cond = all_cond.take(idx.to(ctx.device)).dropped(
+                (torch.rand(len(idx), generator=gen) < config.text_dropout).to(ctx.device),
+                (torch.rand(len(idx), generator=gen) < config.category_dropout).to(ctx.device),
+                num_categories,
             )
-            log.write(record)
-            progress.update(epoch, record.train_loss, valid)
-            if stopper.update(epoch, valid, ema_net):
-                break
-    stopper.restore(ema_net)
+            x = to_input(batch.to(ctx.device))
+            loss = denoising_loss(net, scheduler, x, cond, gen, config.snr_gamma)
+            optimizer.zero_grad(set_to_none=True)
+            torch.autograd.backward(loss)
+            optimizer.step()
+            schedule.step()
+            ema.step(net.parameters())
+            total += float(loss.detach())
+        ema.copy_to(ema_net.parameters())  # what validation sees and early stopping keeps
+        return total / steps_per_epoch
+
+    report = run_epochs(
+        model, ema_net, train_epoch, epochs=config.epochs, patience=config.patience, ctx=ctx,
+        validate=validate, gen=gen, name="generator",
+    )  # fmt: skip
     ema_net.eval()
-    report = FitReport(
-        model="generator",
-        epochs=len(log.records),
-        best_epoch=stopper.best_epoch,
-        best_valid=stopper.best,
-        seconds=clock(),
-        history=log.records,
-    )
     return model, report
 
 
