@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -107,3 +109,50 @@ def chromium() -> str:
             return path
     pytest.skip("no Chromium installed, so no page is opened in a browser here "
                 "(`apt-get install chromium`; .ci/run installs it)")  # fmt: skip
+
+
+LiveServer = Callable[[Path, float], contextlib.AbstractContextManager[str]]
+
+
+@pytest.fixture(scope="session")
+def live_server() -> LiveServer:
+    """`with live_server(run, ready_within) as url`: the run served by uvicorn on a free
+    loopback port, yielded once /readyz answers 200, stopped on exit."""
+    return _live_server
+
+
+@contextlib.contextmanager
+def _live_server(run_dir: Path, ready_within: float) -> Iterator[str]:
+    import socket
+    import threading
+    import time
+
+    import httpx
+    import uvicorn
+
+    from pinlab_serve import ServeSettings, create_app
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        create_app(run_dir, ServeSettings()), host="127.0.0.1", port=port, log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + ready_within
+        while True:
+            assert time.monotonic() < deadline, "the server never became ready"
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from conftest import LiveServer
 from pinlab_data import png_text
 from pinlab_models import GeneratorConfig, TextToImage, seed_everything
 from pinlab_models._generator import GeneratorNet
@@ -107,63 +108,33 @@ def test_a_run_without_a_generator_answers_404(serve_run: Path) -> None:
 
 @pytest.mark.slow
 def test_page_generates_and_searches_with_a_generated_image(
-    chromium: str, generator_run: Path
+    chromium: str, generator_run: Path, live_server: LiveServer
 ) -> None:
     """In headless Chromium: the Generate form shows the images; clicking one searches."""
-    import socket
-    import threading
-
-    import httpx
-    import uvicorn
     from playwright import sync_api
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(generator_run, ServeSettings()), host="127.0.0.1", port=port,
-            log_level="warning",
+    with live_server(generator_run, 120) as url, sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=chromium, headless=True, args=["--no-sandbox"]
         )
-    )  # fmt: skip
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert time.monotonic() < deadline, "the server never became ready"
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        with sync_api.sync_playwright() as playwright:
-            browser = playwright.chromium.launch(
-                executable_path=chromium, headless=True, args=["--no-sandbox"]
+        try:
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(f"{url}/")
+            page.fill("#prompt", "a striped warm star")
+            page.fill("#n", "2")
+            page.fill("#steps", "2")
+            page.click("#generate-form button")
+            page.wait_for_function(
+                "document.querySelectorAll('#results .tile.generated img').length == 2"
             )
-            try:
-                page = browser.new_page()
-                errors: list[str] = []
-                page.on("pageerror", lambda exc: errors.append(str(exc)))
-                page.goto(f"{url}/")
-                page.fill("#prompt", "a striped warm star")
-                page.fill("#n", "2")
-                page.fill("#steps", "2")
-                page.click("#generate-form button")
-                page.wait_for_function(
-                    "document.querySelectorAll('#results .tile.generated img').length == 2"
-                )
-                page.locator("#results .tile.generated").first.click()
-                page.wait_for_function(
-                    "document.querySelector('#status').textContent"
-                    ".includes('results for generated image 1')"
-                )
-                assert page.locator("#results .tile").count() == 12
-                assert errors == []
-            finally:
-                browser.close()
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+            page.locator("#results .tile.generated").first.click()
+            page.wait_for_function(
+                "document.querySelector('#status').textContent"
+                ".includes('results for generated image 1')"
+            )
+            assert page.locator("#results .tile").count() == 12
+            assert errors == []
+        finally:
+            browser.close()

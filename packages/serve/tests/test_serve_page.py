@@ -3,48 +3,21 @@
 from __future__ import annotations
 
 import io
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
-import uvicorn
 from PIL import Image
 
+from conftest import LiveServer
 from pinlab_data import load_dataset
-from pinlab_serve import ServeSettings, create_app
 
 
 @pytest.fixture
-def server_url(serve_run: Path) -> Iterator[str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        create_app(serve_run, ServeSettings()), host="127.0.0.1", port=port, log_level="warning"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert time.monotonic() < deadline, "the server never became ready"
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
+def server_url(serve_run: Path, live_server: LiveServer) -> Iterator[str]:
+    with live_server(serve_run, 60) as url:
         yield url
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 @pytest.mark.slow
