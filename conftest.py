@@ -156,3 +156,15 @@ def _live_server(run_dir: Path, ready_within: float) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+def wait_ready(client: Any, timeout: float = 60) -> None:
+    """Poll a FastAPI TestClient's /readyz until it answers 200 (the index loads in a thread)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if client.get("/readyz").status_code == 200:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"not ready: {client.get('/readyz').json()}")

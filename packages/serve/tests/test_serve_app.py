@@ -21,21 +21,13 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
+from conftest import wait_ready
 from pinlab_data import load_dataset
 from pinlab_serve import Diversify, PinIndex, ServeSettings
 from pinlab_serve._app import STAGES, create_app
 from pinlab_serve._service import PinService
 
 TOKEN = "s3cret-admin-token-for-tests"
-
-
-def wait_ready(client: TestClient, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if client.get("/readyz").status_code == 200:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"not ready: {client.get('/readyz').json()}")
 
 
 @pytest.fixture(scope="module")

@@ -4,28 +4,18 @@ from __future__ import annotations
 
 import base64
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
-from conftest import LiveServer
+from conftest import LiveServer, wait_ready
 from pinlab_data import png_text
 from pinlab_models import GeneratorConfig, TextToImage, seed_everything
 from pinlab_models._generator import GeneratorNet
 from pinlab_serve import ServeSettings
 from pinlab_serve._app import create_app
-
-
-def wait_ready(client: TestClient, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if client.get("/readyz").status_code == 200:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"not ready: {client.get('/readyz').json()}")
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +36,7 @@ def generator_run(serve_run: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 def client(generator_run: Path) -> Iterator[TestClient]:
     settings = ServeSettings(generate_max_images=4, generate_max_steps=10)
     with TestClient(create_app(generator_run, settings)) as client:
-        wait_ready(client)
+        wait_ready(client, 120)
         yield client
 
 
@@ -92,7 +82,7 @@ def test_a_request_over_the_time_budget_is_refused_before_it_starts(
 ) -> None:
     settings = ServeSettings(generate_budget_s=1e-6)
     with TestClient(create_app(generator_run, settings)) as client:
-        wait_ready(client)
+        wait_ready(client, 120)
         response = client.post("/v1/generate", json={"text": "a star", "n": 2, "steps": 5})
     assert response.status_code == 422
     assert "over this service's budget" in response.json()["error"]
@@ -101,7 +91,7 @@ def test_a_request_over_the_time_budget_is_refused_before_it_starts(
 @pytest.mark.slow  # a third app
 def test_a_run_without_a_generator_answers_404(serve_run: Path) -> None:
     with TestClient(create_app(serve_run, ServeSettings())) as client:
-        wait_ready(client)
+        wait_ready(client, 120)
         response = client.post("/v1/generate", json={"text": "a star"})
     assert response.status_code == 404 and "train generator" in response.json()["error"]
 
