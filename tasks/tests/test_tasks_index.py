@@ -119,8 +119,10 @@ def test_bench_index(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None
     assert set(rows) == {"flat", "ivf-pq", "hnsw-pq"}
     assert rows["flat"]["points"][0]["recall_at_10"] == 1.0
     for row in rows.values():
-        assert row["memory_mb"] > 0 and row["build_s"] > 0
+        assert row["memory_mb"] > 0 and row["build_s"] >= 0
         assert all(p["p99_ms"] >= p["p50_ms"] > 0 for p in row["points"])
+    # Trained indexes take measurable time; a flat build of 3,000 vectors may round to 0.
+    assert rows["ivf-pq"]["build_s"] > 0 and rows["hnsw-pq"]["build_s"] > 0
     widest = rows["ivf-pq"]["points"][-1]
     assert widest["recall_at_10"] >= rows["ivf-pq"]["points"][0]["recall_at_10"]
     tuned = result["tuner"]

@@ -219,7 +219,7 @@ def _measure_kind(
         "kind": kind,
         "factory": manifest.kind,
         "params": manifest.params,
-        "build_s": round(build_s, 1),
+        "build_s": round(build_s, 3),
         "build_added_mb": round(build_mb, 1),
         "file_mb": round((directory / manifest.file).stat().st_size / 2**20, 1),
         "estimate_mb": round(estimate / 2**20, 1) if estimate else None,

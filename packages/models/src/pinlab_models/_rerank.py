@@ -93,6 +93,7 @@ def dpp(
     if diversity == 0 or n <= 1:
         return _by_relevance(relevance, k)
     unit = _unit_rows(vectors)
+    sims = unit @ unit.T  # one matrix product, not one per step (this runs inside requests)
     alpha = (1 - diversity) / (2 * diversity)
     boost = 2 * alpha * _scaled(relevance)
     steps = min(k, n)
@@ -101,14 +102,14 @@ def dpp(
     free = np.ones(n, dtype=bool)
     chosen: list[int] = []
     for step in range(steps):
-        open_ = free & (d2 > _EXHAUSTED)
-        if not open_.any():
-            break
-        gain = np.where(open_, boost + np.log(np.where(open_, d2, 1.0)), -np.inf)
+        gain = boost + np.log(np.maximum(d2, _EXHAUSTED))
+        gain[~free | (d2 <= _EXHAUSTED)] = -np.inf
         pick = int(np.argmax(gain))
+        if gain[pick] == -np.inf:
+            break
         chosen.append(pick)
         free[pick] = False
-        e = (unit @ unit[pick] - rows[:step, pick] @ rows[:step]) / math.sqrt(d2[pick])
+        e = (sims[pick] - rows[:step, pick] @ rows[:step]) / math.sqrt(d2[pick])
         rows[step] = e
         d2 = d2 - e**2
     rest = [i for i in _by_relevance(relevance, n) if free[i]]

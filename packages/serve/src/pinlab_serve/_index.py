@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import faiss
 import numpy as np
+import numpy.typing as npt
 from pydantic import ValidationError
 
 from pinlab_data import atomic_writer
@@ -325,7 +326,7 @@ class PinIndex:
     def __contains__(self, pin_id: object) -> bool:
         if not isinstance(pin_id, int | np.integer):
             return False
-        return bool(self._live(np.asarray([pin_id], dtype=np.int64))[0])
+        return bool(self.contains(np.asarray([pin_id], dtype=np.int64))[0])
 
     @property
     def dim(self) -> int:
@@ -410,8 +411,8 @@ class PinIndex:
         self._sorted = ids
         self._where = None if where is None else where[order]
 
-    def _live(self, pin_ids: Int64Array) -> Any:
-        """Which of `pin_ids` are searchable (a boolean array)."""
+    def contains(self, pin_ids: Int64Array) -> npt.NDArray[np.bool_]:
+        """Which of `pin_ids` are searchable (a boolean array): `in`, for many ids at once."""
         live = self.ids()
         if len(live) == 0:
             return np.zeros(len(pin_ids), dtype=bool)
@@ -431,7 +432,7 @@ class PinIndex:
         if len(pin_ids) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         ids = np.asarray(pin_ids, dtype=np.int64)
-        live = self._live(ids)
+        live = self.contains(ids)
         if not live.all():
             self.vector(int(ids[np.flatnonzero(~live)[0]]))  # raises, naming it
         return self._decode(ids)
@@ -492,7 +493,7 @@ class PinIndex:
         self._writable("added")
         vectors = _unit_rows(embeddings, "embeddings", self.dim)
         ids = _check_ids(pin_ids, vectors.shape[0])
-        taken = ids[self._live(ids)]
+        taken = ids[self.contains(ids)]
         if len(taken):
             raise PinlabServeError(
                 f"pins {taken[:5].tolist()} are already in the index; remove them first to "
@@ -518,7 +519,7 @@ class PinIndex:
                 "`pinlab index build`, or build --kind ivf-pq, which can remove"
             )
         ids = np.asarray([int(p) for p in pin_ids], dtype=np.int64)
-        unknown = ids[~self._live(ids)]
+        unknown = ids[~self.contains(ids)]
         if len(unknown):
             raise PinNotFoundError(
                 f"pins {unknown[:5].tolist()} are not in the index; nothing removed"

@@ -657,12 +657,11 @@ class PinService:
         fetch = min(k if div.method is None else max(k, self.settings.candidates), len(scores))
         top = _top(scores, fetch)
         top = top[np.isfinite(scores[top])]
-        index = self.state.index
+        if div.method is not None:  # the re-rank needs vectors: it skips pins the index lacks
+            top = top[self.state.index.contains(item_ids[top])]
         return [
             Hit(pin_id, score)
             for pin_id, score in zip(item_ids[top].tolist(), scores[top].tolist(), strict=True)
-            # The re-rank needs each pin's vector, so it skips pins the index lacks.
-            if div.method is None or pin_id in index
         ]
 
     def _categories(self, items: Int64Array, div: Diversify) -> list[str]:
