@@ -417,7 +417,7 @@ class PinIndex:
         if len(live) == 0:
             return np.zeros(len(pin_ids), dtype=bool)
         at = np.searchsorted(live, pin_ids).clip(max=len(live) - 1)
-        return live[at] == pin_ids
+        return np.asarray(live[at] == pin_ids, dtype=bool)
 
     def _changed(self) -> None:
         self._sorted = None
