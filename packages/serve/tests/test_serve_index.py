@@ -344,6 +344,8 @@ def test_add_and_remove_without_rebuild(
     index.remove([target, int(ids[3])])
     assert len(index) == 198
     assert target not in index
+    asked = np.array([target, int(ids[4]), 10_001, int(ids[3]), int(ids[199])], dtype=np.int64)
+    assert index.contains(asked).tolist() == [False, True, False, False, True]
     hits = index.search(emb[170:171], k=198)[0]
     assert target not in {h.pin_id for h in hits} and len(hits) == 198
     with pytest.raises(PinNotFoundError):
