@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
 import torch
 
 from pinlab_models._sequential import _Transformer, crop, length_batches
@@ -35,6 +36,16 @@ def test_cropped_rows_give_the_same_hidden_states_as_full_ones() -> None:
     with torch.no_grad():
         full, cut = net(rows)[:, -1], net(crop(rows))[:, -1]
     torch.testing.assert_close(full, cut)
+
+
+@pytest.mark.parametrize(("causal", "layers"), list(itertools.product([True, False], [1, 2, 3])))
+def test_last_hidden_is_the_full_forward_at_the_last_position(causal: bool, layers: int) -> None:
+    torch.manual_seed(layers)
+    cfg = SASRecConfig(dim=8, layers=layers, heads=2, max_len=6, dropout=0.0)
+    net = _Transformer(20, cfg, causal=causal).eval()
+    rows = torch.tensor([[0, 0, 0, 3, 7, 1], [0, 0, 0, 0, 0, 9], [4, 5, 6, 7, 8, 2]])
+    with torch.no_grad():
+        torch.testing.assert_close(net.last_hidden(rows), net(rows)[:, -1])
 
 
 def _sampled(loss: str, t: float = 0.75) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

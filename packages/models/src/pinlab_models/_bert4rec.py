@@ -95,8 +95,9 @@ class BERT4Rec:
             self.net.eval()
         mask = torch.full((len(recent), 1), self.net.num_items + 1, dtype=torch.int64)
         rows = torch.cat([recent, mask], dim=1)
+        net = self.net
         chunks = [
-            self.net.logits(self.net(crop(rows[i : i + 512]).to(self.device))[:, -1]).float().cpu()
+            net.logits(net.last_hidden(crop(rows[i : i + 512]).to(self.device))).float().cpu()
             for i in range(0, len(rows), 512)
         ]
         if not chunks:
