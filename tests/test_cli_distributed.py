@@ -25,7 +25,8 @@ from pinlab_tasks.cli import run
 from pinlab_tasks.distributed import worker_args
 
 LOSS_TOLERANCE = 0.10
-SASREC = ["--model", "sasrec", "--set", "epochs=40", "--set", "eval_every=1",
+EPOCHS = 20
+SASREC = ["--model", "sasrec", "--set", f"epochs={EPOCHS}", "--set", "eval_every=1",
           "--set", "patience=100"]  # fmt: skip
 TRIAL = Path("recommender/sasrec/validation/trial-0")
 
@@ -152,7 +153,7 @@ def test_two_processes_train_like_one_through_the_cli(
         losses(one["run"] / TRIAL / "metrics.jsonl"),
         losses(two["run"] / TRIAL / "metrics.jsonl"),
     )
-    assert len(alone) == len(parallel) == 40
+    assert len(alone) == len(parallel) == EPOCHS
     worst = float(np.max(np.abs(parallel - alone) / alone))
     assert worst <= LOSS_TOLERANCE, (alone, parallel)
     evaluated = pinlab("eval", "recommender", "--run", str(two["run"]), "--json")
