@@ -210,6 +210,14 @@ def test_top_k_breaks_ties_by_lower_item_index() -> None:
     np.testing.assert_array_equal(top_k(scorer, np.array([0]), 4, None), [[1, 2, 4, 0]])
     flat = FixedScorer(np.zeros((1, 6), dtype=np.float32))
     np.testing.assert_array_equal(top_k(flat, np.array([0]), 3, None), [[0, 1, 2]])
+    # In one batch: a row whose tie overflows the cut, one whose tie fits, one with no tie.
+    mixed = np.array([[1, 2, 2, 0, 2], [3, 2, 2, 0, 1], [5, 4, 3, 2, 1]], dtype=np.float32)
+    np.testing.assert_array_equal(
+        top_k(FixedScorer(mixed), np.arange(3), 2, None), [[1, 2], [0, 1], [0, 1]]
+    )
+    np.testing.assert_array_equal(
+        top_k(FixedScorer(mixed), np.arange(3), 3, None), [[1, 2, 4], [0, 1, 2], [0, 1, 2]]
+    )
 
 
 def test_excluding_seen_items_changes_the_ranking() -> None:
