@@ -11,7 +11,7 @@ counted from the right, so a cropped sequence sees the same position embeddings 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -300,7 +300,8 @@ class SASRec:
         assert self.net is not None and self.sequences is not None
         check_users(users, len(self.sequences))
         net = self.net
-        chunks = [net.logits(hidden).float().cpu() for _, hidden in self._last_hidden(users)]
+        hidden = self._last_hidden(users)
+        chunks = [net.logits(hidden[i : i + 512]).float().cpu() for i in range(0, len(hidden), 512)]
         if not chunks:
             return np.zeros((0, net.items.num_embeddings - 1), dtype=np.float32)
         return torch.cat(chunks).numpy()
@@ -312,9 +313,10 @@ class SASRec:
         check_users(users, len(self.sequences))
         check_candidates(users, items, self.net.items.num_embeddings - 1)
         real_items = self.net.items.weight[1:]
+        hidden = self._last_hidden(users)
         chunks = [
-            gathered_dot(hidden, real_items, items[rows]).float().cpu()
-            for rows, hidden in self._last_hidden(users)
+            gathered_dot(hidden[i : i + 512], real_items, items[i : i + 512]).float().cpu()
+            for i in range(0, len(hidden), 512)
         ]
         if not chunks:
             return np.zeros(items.shape, dtype=np.float32)
@@ -338,15 +340,20 @@ class SASRec:
         rows = crop(padded_histories(histories, self.config.max_len)).to(self.device)
         return self.net.logits(self.net.last_hidden(rows)).float().cpu().numpy()
 
-    def _last_hidden(self, users: Int64Array) -> Iterator[tuple[slice, torch.Tensor]]:
-        """Each chunk of `users` with the hidden state after its last item."""
+    def _last_hidden(self, users: Int64Array) -> torch.Tensor:
+        """The hidden state after each user's last item, (len(users), dim). Users go through
+        the transformer in chunks of similar length, so a short history is not padded to the
+        longest one in its chunk (most are short: Beauty's median is 6 items)."""
         assert self.net is not None and self.sequences is not None
         if self.net.training:  # eval() walks every module: not on each request
             self.net.eval()
+        sequences = self.sequences[torch.from_numpy(np.asarray(users, dtype=np.int64))]
+        order = torch.argsort((sequences > 0).sum(dim=1), stable=True)
+        out = torch.empty(len(users), self.net.items.embedding_dim, device=self.device)
         for start in range(0, len(users), 512):
-            rows = slice(start, start + 512)
-            part = torch.from_numpy(np.asarray(users[rows], dtype=np.int64))
-            yield rows, self.net.last_hidden(crop(self.sequences[part]).to(self.device))
+            rows = order[start : start + 512]
+            out[rows.to(self.device)] = self.net.last_hidden(crop(sequences[rows]).to(self.device))
+        return out
 
     def save(self, path: Path) -> None:
         require_fitted(self.net is not None, self.name)
