@@ -23,6 +23,7 @@ from pinlab_models import (
     recommender_names,
     recommender_spec,
 )
+from pinlab_models._linear import ItemItem
 from pinlab_models._runtime import epoch_line
 from pinlab_models.testing import tribe_features, two_tribes
 
@@ -258,6 +259,9 @@ def test_ease_matches_its_closed_form(tmp_path: Path) -> None:
     p = np.linalg.inv(x.T @ x + 3.0 * np.eye(log.num_items))
     b = np.eye(log.num_items) - p / np.diag(p)  # Steck (2019), eq. 8
     np.testing.assert_allclose(model.score(np.arange(4)), x[:4] @ b, rtol=1e-4, atol=1e-5)
+    # Row-major, or every sparse product copies the whole item-item matrix first.
+    assert isinstance(model, ItemItem) and model.weights is not None
+    assert model.weights.flags.c_contiguous
 
 
 def test_dlae_without_normalisation_is_denoising_ridge(tmp_path: Path) -> None:
