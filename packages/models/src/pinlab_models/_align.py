@@ -29,6 +29,7 @@ from pinlab_models._runtime import (
     Stopwatch,
     epoch_progress,
     file_digest,
+    image_batches,
     load_checkpoint,
     save_checkpoint,
     seed_everything,
@@ -286,11 +287,8 @@ def train_alignment(
         for epoch in range(1, config.epochs + 1):
             epoch_clock = Stopwatch()
             tower.train()
-            order = torch.randperm(len(images), generator=gen)
             total = 0.0
-            for step in range(steps_per_epoch):
-                idx = order[step * batch_size : (step + 1) * batch_size]
-                batch = torch.from_numpy(np.ascontiguousarray(images[idx.numpy()]))
+            for idx, batch in image_batches(images, batch_size, gen):
                 x = _geometric_view(to_input(batch.to(ctx.device)), gen)
                 rows, text_of_image = torch.unique(caption_rows[idx], return_inverse=True)
                 scale = tower.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)

@@ -20,6 +20,7 @@ from pinlab_models._align import _geometric_view
 from pinlab_models._cnn_encoder import ConvNet, to_input
 from pinlab_models._runtime import (
     file_digest,
+    image_batches,
     load_checkpoint,
     run_epochs,
     save_checkpoint,
@@ -138,11 +139,8 @@ def train_classifier(
 
     def train_epoch() -> float:
         net.train()
-        order = torch.randperm(len(images), generator=gen)
         total = 0.0
-        for step in range(steps_per_epoch):
-            idx = order[step * batch_size : (step + 1) * batch_size]
-            batch = torch.from_numpy(np.ascontiguousarray(images[idx.numpy()]))
+        for idx, batch in image_batches(images, batch_size, gen):
             logits = net(_geometric_view(to_input(batch.to(ctx.device)), gen))
             loss = sum(
                 (F.cross_entropy(logits[k], y[k][idx].to(ctx.device)) for k in logits),

@@ -28,6 +28,7 @@ from pinlab_data.contracts import ImageArray, Int64Array
 from pinlab_models._cnn_encoder import to_input
 from pinlab_models._runtime import (
     file_digest,
+    image_batches,
     load_checkpoint,
     run_epochs,
     save_checkpoint,
@@ -453,11 +454,8 @@ def train_generator(
 
     def train_epoch() -> float:
         net.train()
-        order = torch.randperm(len(images), generator=gen)
         total = 0.0
-        for step in range(steps_per_epoch):
-            idx = order[step * batch_size : (step + 1) * batch_size]
-            batch = torch.from_numpy(np.ascontiguousarray(images[idx.numpy()]))
+        for idx, batch in image_batches(images, batch_size, gen):
             cond = all_cond.take(idx.to(ctx.device)).dropped(
                 (torch.rand(len(idx), generator=gen) < config.text_dropout).to(ctx.device),
                 (torch.rand(len(idx), generator=gen) < config.category_dropout).to(ctx.device),

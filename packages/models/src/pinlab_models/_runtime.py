@@ -494,6 +494,17 @@ def check_histories(histories: Sequence[Int64Array], num_items: int) -> None:
             raise PinlabModelError(f"history {row}: item index out of range 0..{num_items - 1}")
 
 
+def image_batches(
+    images: np.ndarray, batch_size: int, gen: torch.Generator
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch of (row indexes, uint8 images) in a seeded shuffle, `len // batch_size` full
+    batches (at least one): the rows left over wait for another epoch's shuffle."""
+    order = torch.randperm(len(images), generator=gen)
+    for step in range(max(1, len(images) // batch_size)):
+        idx = order[step * batch_size : (step + 1) * batch_size]
+        yield idx, torch.from_numpy(np.ascontiguousarray(images[idx.numpy()]))
+
+
 def padded_histories(histories: Sequence[Int64Array], length: int) -> torch.Tensor:
     """(len(histories), length) item indexes + 1, each history's most recent items, left-padded
     with 0 (`user_sequences`'s layout)."""
