@@ -111,6 +111,34 @@ def chromium() -> str:
                 "(`apt-get install chromium`; .ci/run installs it)")  # fmt: skip
 
 
+BrowserPage = Callable[[str], contextlib.AbstractContextManager[tuple[Any, list[str]]]]
+
+
+@pytest.fixture(scope="session")
+def browser_page(chromium: str) -> BrowserPage:
+    """`with browser_page(url) as (page, errors)`: a headless Chromium page (Playwright) opened
+    on `url`, the page's uncaught script errors collected in `errors`."""
+
+    @contextlib.contextmanager
+    def open_page(url: str) -> Iterator[tuple[Any, list[str]]]:
+        from playwright import sync_api
+
+        with sync_api.sync_playwright() as playwright:
+            browser = playwright.chromium.launch(
+                executable_path=chromium, headless=True, args=["--no-sandbox"]
+            )
+            try:
+                page = browser.new_page()
+                errors: list[str] = []
+                page.on("pageerror", lambda exc: errors.append(str(exc)))
+                page.goto(url)
+                yield page, errors
+            finally:
+                browser.close()
+
+    return open_page
+
+
 LiveServer = Callable[[Path, float], contextlib.AbstractContextManager[str]]
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from conftest import LiveServer, wait_ready
+from conftest import BrowserPage, LiveServer, wait_ready
 from pinlab_data import png_text
 from pinlab_models import GeneratorConfig, TextToImage, seed_everything
 from pinlab_models._generator import GeneratorNet
@@ -98,33 +98,21 @@ def test_a_run_without_a_generator_answers_404(serve_run: Path) -> None:
 
 @pytest.mark.slow
 def test_page_generates_and_searches_with_a_generated_image(
-    chromium: str, generator_run: Path, live_server: LiveServer
+    browser_page: BrowserPage, generator_run: Path, live_server: LiveServer
 ) -> None:
     """In headless Chromium: the Generate form shows the images; clicking one searches."""
-    from playwright import sync_api
-
-    with live_server(generator_run, 120) as url, sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=chromium, headless=True, args=["--no-sandbox"]
+    with live_server(generator_run, 120) as url, browser_page(f"{url}/") as (page, errors):
+        page.fill("#prompt", "a striped warm star")
+        page.fill("#n", "2")
+        page.fill("#steps", "2")
+        page.click("#generate-form button")
+        page.wait_for_function(
+            "document.querySelectorAll('#results .tile.generated img').length == 2"
         )
-        try:
-            page = browser.new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto(f"{url}/")
-            page.fill("#prompt", "a striped warm star")
-            page.fill("#n", "2")
-            page.fill("#steps", "2")
-            page.click("#generate-form button")
-            page.wait_for_function(
-                "document.querySelectorAll('#results .tile.generated img').length == 2"
-            )
-            page.locator("#results .tile.generated").first.click()
-            page.wait_for_function(
-                "document.querySelector('#status').textContent"
-                ".includes('results for generated image 1')"
-            )
-            assert page.locator("#results .tile").count() == 12
-            assert errors == []
-        finally:
-            browser.close()
+        page.locator("#results .tile.generated").first.click()
+        page.wait_for_function(
+            "document.querySelector('#status').textContent"
+            ".includes('results for generated image 1')"
+        )
+        assert page.locator("#results .tile").count() == 12
+        assert errors == []
