@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from conftest import BrowserPage
 from pinlab_data import PinlabDataError
 from pinlab_eval import embedding_map
 from pinlab_tasks.cli import run
@@ -389,38 +390,30 @@ def test_out_must_not_be_a_directory(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_reports_render_in_headless_chromium(
-    chromium: str,
+    browser_page: BrowserPage,
     tiny_demo: dict[str, Any],
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """`pinlab report RUN --out r.html` for a bench and for the demo run: every plot drawn."""
-    from playwright import sync_api
-
     pages = {}
     for name, root in (("bench", write_bench(tmp_path / "bench")), ("demo", tiny_demo["run_dir"])):
         out = tmp_path / f"{name}.html"
         assert run(["report", str(root), "--out", str(out), "--json"]) == 0
         pages[out] = json.loads(capsys.readouterr().out)["plots"]
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=chromium, headless=True, args=["--no-sandbox"]
-        )
-        try:
-            page = browser.new_page()
-            requests: list[str] = []
-            page.on("request", lambda request: requests.append(request.url))
-            for out, plots in pages.items():
-                page.goto(out.as_uri())
-                page.wait_for_load_state("load")
-                drawn = page.evaluate(
-                    "[...document.images].map(img => [img.id, img.alt,"
-                    " img.complete && img.naturalWidth > 0 && img.naturalHeight > 0])"
-                )
-                assert len(drawn) == plots > 0, out.name
-                assert all(ok and plot_id and alt for plot_id, alt, ok in drawn), drawn
-                assert page.locator("section h2").count() >= 3
-        finally:
-            browser.close()
+    with browser_page("about:blank") as (page, errors):
+        requests: list[str] = []
+        page.on("request", lambda request: requests.append(request.url))
+        for out, plots in pages.items():
+            page.goto(out.as_uri())
+            page.wait_for_load_state("load")
+            drawn = page.evaluate(
+                "[...document.images].map(img => [img.id, img.alt,"
+                " img.complete && img.naturalWidth > 0 && img.naturalHeight > 0])"
+            )
+            assert len(drawn) == plots > 0, out.name
+            assert all(ok and plot_id and alt for plot_id, alt, ok in drawn), drawn
+            assert page.locator("section h2").count() >= 3
+        assert errors == []
     # The page and its data URIs, nothing over the network.
     assert all(url.startswith(("file:", "data:")) for url in requests), requests
