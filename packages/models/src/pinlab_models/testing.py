@@ -155,6 +155,9 @@ def _rank(
         result = task(*args)
         if rank == 0:
             (out / "result.pkl").write_bytes(pickle.dumps(result))
+        # Both ranks leave together: a rank tearing gloo down while its peer still talks to it
+        # can abort the peer ("terminate called without an active exception", seen once in CI).
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
