@@ -10,7 +10,7 @@ no test target before its final refit and validate it only on the validation spl
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -187,3 +187,49 @@ def test_a_blend_fits_its_members_once_for_its_weight_search_and_never_on_test(
     hidden = _pairs(split.test.target) - _pairs(split.test.train)
     assert all(not fit.pairs & hidden for fit in tuning)
     assert all(fit.pairs == _pairs(split.valid.train) for fit in tuning)
+
+
+UPDATES: list[tuple[int, set[tuple[int, int]]]] = []
+"""(id of the spy, pairs) for every `update_histories` call."""
+
+
+class HistorySpy(Spy):
+    """A spy whose per-user state could be swapped: `bench recsys --no-refit` keeps it."""
+
+    def update_histories(self, train: InteractionLog) -> None:
+        UPDATES.append((id(self), _pairs(train)))
+
+
+def test_no_refit_measures_the_validation_fit_given_the_test_histories(
+    spy: None, dataset: Path, tmp_path: Path
+) -> None:
+    spec = model_registry._REGISTRY["spy"]
+    protocol = protocol_spec("leave-last-out")
+    split = apply_protocol(interaction_log(load_dataset(dataset)), protocol)
+    TEST_TARGETS[0] = _targets(split.test.target)
+    built: list[Spy] = []
+
+    def build(config: SpyConfig) -> Spy:
+        built.append(HistorySpy(config))
+        return built[-1]
+
+    UPDATES.clear()
+    with pytest.MonkeyPatch.context() as patch:
+        history_spy = replace(spec, name="history-spy", build=build)
+        patch.setitem(model_registry._REGISTRY, "history-spy", history_spy)
+        result = bench_recsys(
+            dataset, protocol, ["history-spy", "spy"], tmp_path / "run", trials=3,
+            progress=False, refit=False,
+        )  # fmt: skip
+    rows = {row["model"]: row for row in result["results"]}
+    assert result["refit"] is False
+    assert rows["history-spy"]["refitted"] is False and rows["spy"]["refitted"] is True
+    history_fits, spy_fits = FITS[:3], FITS[3:]
+    # Three trials, no refit: every fit saw the validation's training part only.
+    assert all(fit.pairs == _pairs(split.valid.train) for fit in history_fits)
+    # Equal validation values: the first trial is the one kept, and it got the test's histories.
+    trials = [spy for spy in built if spy.counts is not None]
+    assert len(trials) == 3
+    assert [(id(trials[0]), _pairs(split.test.train))] == UPDATES
+    # A model that cannot take new histories is refitted, as without --no-refit.
+    assert len(spy_fits) == 4 and spy_fits[-1].pairs == _pairs(split.test.train)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from pinlab_data.contracts import InteractionLog
 from pinlab_models import (
     EnsembleConfig,
     HistoryScorer,
+    HistoryUpdatable,
     MFConfig,
     PinlabModelError,
     Recommender,
@@ -165,6 +167,53 @@ def test_history_scorers_score_visitors(name: str, tmp_path: Path) -> None:
         scorer.score_histories([histories[0], np.array([], dtype=np.int64)])
     with pytest.raises(PinlabModelError, match="out of range"):
         scorer.score_histories([np.array([log.num_items], dtype=np.int64)])
+
+
+# Models whose only per-user state is the history, so a bench can score test users without a
+# refit (`bench recsys --no-refit`); two-tower also has user vectors, learnt ones.
+HISTORY_UPDATABLE = {
+    "sasrec", "gsasrec", "bert4rec", "hstu", "ease", "dlae", "itemknn", "rp3beta", "mult-vae",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", recommender_names())
+def test_updated_histories_change_the_scores_and_nothing_else(name: str, tmp_path: Path) -> None:
+    model = build_recommender(name, FAST.get(name))
+    assert isinstance(model, HistoryUpdatable) or name not in HISTORY_UPDATABLE
+    if not isinstance(model, HistoryUpdatable):
+        return
+    log = two_tribes()
+    with pytest.raises(PinlabModelError, match="not been fitted"):
+        model.update_histories(log)
+    model.fit(log, ctx(tmp_path))
+    users = np.arange(log.num_users, dtype=np.int64)
+    before = model.score(users)
+    # Users 0-2 each take one item of the other tribe, as their most recent action.
+    grown = np.array([0, 1, 2], dtype=np.int64)
+    later = replace(
+        log,
+        users=np.concatenate([log.users, grown]),
+        items=np.concatenate([log.items, np.where(grown % 2 == 0, 15, 5)]),
+        timestamps=np.concatenate([log.timestamps, log.timestamps.max() + 1 + grown]),
+        weights=np.ones(len(log) + len(grown), dtype=np.float32),
+    )
+    model.update_histories(later)
+    after = model.score(users)
+    for u in grown:
+        assert not np.allclose(after[u], before[u]), f"user {u}'s new item changed nothing"
+    # Equal up to float noise: transformers batch users by history length.
+    np.testing.assert_allclose(after[3:], before[3:], rtol=1e-5, atol=1e-6)
+    if name not in READS_MORE and isinstance(model, HistoryScorer):
+        order = np.lexsort((np.arange(len(later)), later.timestamps, later.users))
+        history = later.items[order][later.users[order] == 0]
+        np.testing.assert_allclose(
+            model.score_histories([history])[0], after[0], rtol=1e-4, atol=1e-5
+        )
+    model.update_histories(log)
+    # The weights never moved.
+    np.testing.assert_allclose(model.score(users), before, rtol=1e-5, atol=1e-6)
+    with pytest.raises(PinlabModelError, match="fitted on 20 items"):
+        model.update_histories(two_tribes(num_items=30))
 
 
 def _saved(model: Recommender, tmp_path: Path) -> Path:

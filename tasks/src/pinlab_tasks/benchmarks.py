@@ -64,6 +64,7 @@ def bench_recsys(
     progress: TrainProgress = True,
     item_features: Callable[[], np.ndarray] | None = None,
     peers: Sequence[str] = (),
+    refit: bool = True,
     say: Say = lambda _: None,
 ) -> dict[str, Any]:
     """Search, refit and measure each model on `seeds` repetitions of the protocol.
@@ -73,6 +74,8 @@ def bench_recsys(
     validation maximises. `peers=("implicit",)` also fits the `implicit` library's ALS with
     the settings validation chose for our iALS (added to the models if missing);
     `("cornac",)` fits Cornac's BPR as Microsoft Recommenders' benchmark runs it, beside our bpr.
+    `refit=False` measures the model validation chose as it is, given the test's histories,
+    wherever the model can take them (`tune_and_refit`).
     """
     unknown_peers = sorted(set(peers) - {"implicit", "cornac"})
     if unknown_peers:
@@ -135,7 +138,7 @@ def bench_recsys(
                             progress=progress,
                             item_features=features,
                         ),
-                        chosen[r], trials, budget_seconds, metric, run_dir, say,
+                        chosen[r], trials, budget_seconds, metric, run_dir, say, refit,
                     )  # fmt: skip
                     results[name].append(evaluate_holdout(model, split.test, ks=ks))
                     extras[name].append(info)
@@ -147,10 +150,14 @@ def bench_recsys(
                 left = elapsed / done * (seeds * len(names) - done)
                 search = info["search"]
                 valid = "-" if search["valid_value"] is None else f"{search['valid_value']:.4f}"
+                fitted = (
+                    f"refit {info['fit_seconds']:.1f} s"
+                    if info["refit"]
+                    else "validation fit kept, test histories given"
+                )
                 say(
                     f"{name} seed {seed + r}: {len(search['trials'])} trial(s), valid {valid}, "
-                    f"refit {info['fit_seconds']:.1f} s; {elapsed / 60:.1f} min in, about "
-                    f"{left / 60:.1f} min left"
+                    f"{fitted}; {elapsed / 60:.1f} min in, about {left / 60:.1f} min left"
                 )
             per_seed = [run.means() for run in results[name]]
             model_run.log_metrics(
@@ -180,6 +187,7 @@ def bench_recsys(
         "validation_metric": metric,
         "trials": trials,
         "budget_seconds": budget_seconds,
+        "refit": refit,
         "counts": counts,
         "results": rows,
         "comparisons": [c.model_dump() for c in summary.comparisons],
@@ -220,6 +228,7 @@ def _tune_refit_tracked(
     metric: str,
     run_dir: Path,
     say: Say,
+    refit: bool,
 ) -> tuple[Any, dict[str, Any]]:
     """`tune_and_refit`, each trial logged as a tracked run under the active (seed) run."""
     line = _trial_line(f"{name} seed {ctx.seed}", trials, say)
@@ -243,6 +252,7 @@ def _tune_refit_tracked(
         metric=metric,
         storage=run_dir / "optuna.db",
         on_trial=on_trial,
+        refit=refit,
     )
 
 
@@ -276,6 +286,7 @@ def _costs(infos: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "fit_seconds": round(float(np.mean([i["fit_seconds"] for i in infos])), 3),
         "fit_peak_mb": round(max(i["fit_peak_mb"] for i in infos), 1),
+        "refitted": all(i["refit"] for i in infos),
         "search": [i["search"] for i in infos],
         "settings": [i["settings"] for i in infos],
         "boundary": sorted({b for i in infos for b in i["search"].get("boundary", [])}),
@@ -334,11 +345,13 @@ def render_recsys(payload: Mapping[str, Any]) -> None:
         cells = [f"{metrics[c]:.4f}" if c in metrics else "-" for c in columns]
         cells.insert(1, f"{row['std'][main]:.4f}")
         cost = [f"{row['fit_seconds']:.2f}", f"{row['fit_peak_mb']:.1f}"]
-        table.add_row(row["model"] + ("*" if row["boundary"] else ""), *cells, *cost)
+        mark = ("*" if row["boundary"] else "") + ("" if row.get("refitted", True) else "°")
+        table.add_row(row["model"] + mark, *cells, *cost)
     stdout.print(table)
     stdout.print(
         "† MAP dividing by all relevant items (Microsoft Recommenders' MAP); fit MB: memory "
-        "the refit added at its peak; * a chosen setting on the edge of its search range",
+        "the refit added at its peak; * a chosen setting on the edge of its search range; "
+        "° not refitted (--no-refit): the validation fit, its seconds, given the test's histories",
         highlight=False,
     )
     for row in payload["results"]:

@@ -37,6 +37,7 @@ from pinlab_eval import (
 )
 from pinlab_models import (
     TRAINING_STATE,
+    HistoryUpdatable,
     Recommender,
     TrainContext,
     TrainProgress,
@@ -83,20 +84,27 @@ def tune_and_refit(
     metric: str = "ndcg@10",
     storage: Path | None = None,
     on_trial: OnTrial | None = None,
+    refit: bool = True,
 ) -> tuple[Recommender, dict[str, Any]]:
     """Settings chosen on validation, then the model refitted on the test's training part.
 
     `overrides` are fixed settings; `trials` > 0 searches the model's declared space on
     validation (`pinlab_tasks.tuning`), 0 keeps the defaults and only early-stops the epochs.
     A blend's members are tuned first (once per `chosen`, which collects every model's
-    validated settings). Returns the fitted model and a record: the search, fit seconds and
-    the memory the refit added.
+    validated settings). `refit=False` keeps the model validation chose, fitted on the
+    validation's training part, and only hands it the test's histories
+    (`HistoryUpdatable`), as ICLRec, S3-Rec and RecBole evaluate; a model that cannot take
+    new histories is refitted all the same. Returns the fitted model and a record: the
+    search, whether it was refitted, fit seconds and the memory the refit added.
     """
     chosen = {} if chosen is None else chosen
     base = dict(overrides or {})
 
     def search(
-        model: str, fixed: dict[str, Any], report: OnTrial | None
+        model: str,
+        fixed: dict[str, Any],
+        report: OnTrial | None,
+        keep: Callable[[Recommender], None] | None = None,
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         return search_on_validation(
             model,
@@ -108,6 +116,7 @@ def tune_and_refit(
             budget_seconds=budget_seconds,
             storage=storage,
             on_trial=report,
+            keep=keep,
         )
 
     spec = recommender_spec(name)
@@ -117,8 +126,28 @@ def tune_and_refit(
             if member not in chosen:
                 chosen[member], _ = search(member, {}, None)
         base["member_settings"] = {m: chosen[m] for m in members}
-    settings, search_record = search(name, base, on_trial)
+    kept: list[Recommender] = []
+
+    def keep(model: Recommender) -> None:
+        kept[:] = [model]  # only the best so far stays in memory
+
+    updates = not refit and isinstance(build_recommender(name, base), HistoryUpdatable)
+    settings, search_record = search(name, base, on_trial, keep if updates else None)
     chosen[name] = settings
+    if kept and isinstance(kept[0], HistoryUpdatable):
+        kept[0].update_histories(split.test.train)
+        best = max(
+            (t for t in search_record["trials"] if t["value"] is not None),
+            key=lambda t: float(t["value"]),
+        )
+        return kept[0], {
+            "settings": settings,
+            "search": search_record,
+            "refit": False,
+            "fit_seconds": best["seconds"],  # its validation fit, epochs validated included
+            "fit_peak_mb": 0.0,
+            "refit_history": [],
+        }
     model = build_recommender(name, settings)
     with added_peak_rss() as added:
         start = time.perf_counter()
@@ -128,6 +157,7 @@ def tune_and_refit(
     return model, {
         "settings": settings,
         "search": search_record,
+        "refit": True,
         "fit_seconds": round(seconds, 3),
         "fit_peak_mb": round(peak, 1),
         "refit_history": [r.model_dump() for r in report.history],

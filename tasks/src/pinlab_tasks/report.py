@@ -857,7 +857,7 @@ def _search_section(bench: RecsysBench, page: _Page) -> None:
         "search",
         "Search on validation",
         '<p class="note">Settings are chosen on the validation split only; the test split '
-        "is read once, by the refit.</p>",
+        "is read once, by the chosen model (refitted, or given the test's histories).</p>",
         f'<table class="search">{"".join(lines)}</table>',
         note,
     )

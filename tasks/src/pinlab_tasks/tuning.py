@@ -83,6 +83,7 @@ def search_on_validation(
     budget_seconds: float | None = None,
     storage: Path | None = None,
     on_trial: OnTrial | None = None,
+    keep: Callable[[Recommender], None] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The settings validation chooses for `name`, and a record of the search.
 
@@ -92,7 +93,9 @@ def search_on_validation(
     once, early-stopping the epochs. The record holds the space, every
     trial (params, value, state, validation curve), the chosen point, its value, and which
     chosen values sit on the edge of their range. The study is saved in `storage` (SQLite),
-    one study per model and seed, so `optuna.load_study` reads it back.
+    one study per model and seed, so `optuna.load_study` reads it back. `keep` gets each
+    trial's fitted model that beats every trial before it, so its last call is the chosen
+    model, fitted on the validation split's training part (a blend's trials fit nothing).
     """
     spec = recommender_spec(name)
     base = dict(base or {})
@@ -113,6 +116,7 @@ def search_on_validation(
     k = int(metric.split("@")[1])
     probe_ctx = replace(ctx, run_dir=ctx.run_dir / "validation", label="validation", metric=metric)
     fitted = _fit_members(config, members, split, probe_ctx) if spec.of_fitted else None
+    kept_value = -float("inf")
 
     def objective(trial: optuna.Trial, deadline: float | None) -> float:
         point = base | {n: suggest(trial, n, p, members) for n, p in space.items()}
@@ -145,6 +149,10 @@ def search_on_validation(
         value = report.best_valid if report.best_valid is not None else validate(model)
         if spec.epoch_field:
             trial.set_user_attr("epochs", report.best_epoch)
+        nonlocal kept_value
+        if keep is not None and value > kept_value:  # strictly: ties go to the earlier trial
+            kept_value = value
+            keep(model)
         return value
 
     study, seconds = run_study(

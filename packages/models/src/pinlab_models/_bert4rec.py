@@ -19,6 +19,7 @@ import torch.nn.functional as F  # noqa: N812 - the PyTorch convention
 from pinlab_data.contracts import Float32Array, Int64Array, InteractionLog
 from pinlab_models._parallel import Steps
 from pinlab_models._runtime import (
+    check_catalogue,
     check_histories,
     check_users,
     padded_histories,
@@ -109,6 +110,12 @@ class BERT4Rec:
         assert self.sequences is not None
         check_users(users, len(self.sequences))
         return self._next(self.sequences[torch.from_numpy(np.asarray(users, dtype=np.int64))])
+
+    def update_histories(self, train: InteractionLog) -> None:
+        require_fitted(self.net is not None, self.name)
+        assert self.net is not None
+        check_catalogue(train, self.net.num_items, self.name)
+        self.sequences = user_sequences(train, self.history_window)
 
     def score_histories(self, histories: Sequence[Int64Array]) -> Float32Array:
         require_fitted(self.net is not None, self.name)

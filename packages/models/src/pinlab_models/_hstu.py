@@ -21,6 +21,7 @@ from torch import nn
 from pinlab_data.contracts import Float32Array, Int64Array, InteractionLog
 from pinlab_models._parallel import Steps
 from pinlab_models._runtime import (
+    check_catalogue,
     check_histories,
     check_users,
     padded_histories,
@@ -217,6 +218,12 @@ class HSTU:
         check_users(users, len(self.sequences))
         rows = torch.from_numpy(np.asarray(users, dtype=np.int64))
         return self._scores(self.sequences[rows], self.times[rows])
+
+    def update_histories(self, train: InteractionLog) -> None:
+        require_fitted(self.net is not None, self.name)
+        assert self.net is not None
+        check_catalogue(train, self.net.num_items, self.name)
+        self.sequences, self.times = user_windows(train, self.config.max_len)
 
     def score_histories(self, histories: Sequence[Int64Array]) -> Float32Array:
         """A session has no times: its actions count as one moment (the zero-gap bucket)."""

@@ -20,6 +20,7 @@ from pinlab_data.contracts import Float32Array, Int64Array, InteractionLog
 from pinlab_models._registries import add_unique
 from pinlab_models._runtime import (
     Stopwatch,
+    check_catalogue,
     check_histories,
     check_users,
     one_pass_report,
@@ -161,6 +162,12 @@ class ItemItem:
         check_users(users, self.history.shape[0])
         scores: Float32Array = np.asarray(self.history[users] @ self.weights, dtype=np.float32)
         return scores
+
+    def update_histories(self, train: InteractionLog) -> None:
+        require_fitted(self.weights is not None, self.name)
+        assert self.weights is not None
+        check_catalogue(train, len(self.weights), self.name)
+        self.history = interaction_matrix(train).astype(np.float32)
 
     history_window = None  # a history is a set of items here: all of it counts
 

@@ -32,6 +32,7 @@ from pinlab_models._linear import interaction_matrix
 from pinlab_models._parallel import Steps
 from pinlab_models._runtime import (
     check_candidates,
+    check_catalogue,
     check_histories,
     check_users,
     gathered_dot,
@@ -208,6 +209,11 @@ class MultVae:
         index = torch.from_numpy(np.asarray(items, dtype=np.int64)).to(self.device)
         scores = gathered_dot(vectors, net.to_items.weight, items) + net.to_items.bias[index]
         return scores.float().cpu().numpy()
+
+    def update_histories(self, train: InteractionLog) -> None:
+        _, history = self._fitted()
+        check_catalogue(train, history.shape[1], self.name)
+        self.history = interaction_matrix(train).astype(np.float32)
 
     def score_histories(self, histories: Sequence[Int64Array]) -> Float32Array:
         """A visitor's binary row (their history's items) encoded and decoded like a user's."""

@@ -25,7 +25,7 @@ from rich.progress import (
 )
 
 from pinlab_data import atomic_writer, write_bytes_atomic
-from pinlab_data.contracts import Int64Array
+from pinlab_data.contracts import Int64Array, InteractionLog
 from pinlab_models._parallel import (
     Steps,
     at_rank_zero,
@@ -483,6 +483,15 @@ def check_candidates(users: Int64Array, items: Int64Array, num_items: int) -> No
         )
     if items.size and (items.min() < 0 or items.max() >= num_items):
         raise PinlabModelError(f"item index out of range 0..{num_items - 1}")
+
+
+def check_catalogue(train: InteractionLog, num_items: int, name: str) -> None:
+    """`update_histories`' input: a log over the catalogue the model was fitted on."""
+    if train.num_items != num_items:
+        raise PinlabModelError(
+            f"{name} was fitted on {num_items} items but the new histories' log has "
+            f"{train.num_items}; update it with a log of the same dataset"
+        )
 
 
 def check_histories(histories: Sequence[Int64Array], num_items: int) -> None:

@@ -24,6 +24,7 @@ from pinlab_data.contracts import Float32Array, Int64Array, InteractionLog
 from pinlab_models._parallel import Steps
 from pinlab_models._runtime import (
     check_candidates,
+    check_catalogue,
     check_histories,
     check_users,
     gathered_dot,
@@ -321,6 +322,12 @@ class SASRec:
         if not chunks:
             return np.zeros(items.shape, dtype=np.float32)
         return torch.cat(chunks).numpy()
+
+    def update_histories(self, train: InteractionLog) -> None:
+        require_fitted(self.net is not None, self.name)
+        assert self.net is not None
+        check_catalogue(train, self.net.num_items, self.name)
+        self.sequences = user_sequences(train, self.config.max_len)
 
     @property
     def history_window(self) -> int:

@@ -241,6 +241,18 @@ class HistoryScorer(Protocol):
 
 
 @runtime_checkable
+class HistoryUpdatable(Protocol):
+    """A recommender whose per-user state is only each user's history, so the histories can
+    be swapped without retraining: fitted on a protocol's validation part, it then scores the
+    test's users from their test-time histories, the protocol ICLRec, S3-Rec and RecBole
+    report (`bench recsys --no-refit`)."""
+
+    def update_histories(self, train: InteractionLog) -> None:
+        """Take every user's history from `train` (the same catalogue), weights untouched."""
+        ...
+
+
+@runtime_checkable
 class ImageEncoder(Protocol):
     """Maps packed uint8 RGB images to L2-normalised float32 embeddings."""
 

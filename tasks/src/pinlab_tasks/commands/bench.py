@@ -359,6 +359,15 @@ def recsys(
     metric: Annotated[
         str, typer.Option("--metric", help="What validation maximises, NAME@K.")
     ] = "ndcg@10",
+    refit: Annotated[
+        bool,
+        typer.Option(
+            "--refit/--no-refit",
+            help="--no-refit: measure the model validation chose as fitted, given the test's "
+            "histories (ICLRec's and RecBole's protocol); models with learnt user vectors "
+            "are refitted anyway.",
+        ),
+    ] = True,
     run: Annotated[
         Path | None, typer.Option("--run", help="Run directory. Default: a new one.")
     ] = None,
@@ -400,6 +409,7 @@ def recsys(
         "trials": trials,
         "budget_seconds": budget or None,
         "metric": metric,
+        "refit": refit,
         "device": device or resolved.device,
     }
     with tracked("bench recsys", config, run_dir=layout.root) as tracker:
@@ -417,6 +427,7 @@ def recsys(
             progress=train_progress(True, "bench recsys"),  # on stderr: stdout stays one document
             item_features=lambda: item_text_features(data),
             peers=[p.strip() for p in (peers or "").split(",") if p.strip()],
+            refit=refit,
             say=step_say(stderr.print, "bench recsys"),
         )
         layout.log_step("bench recsys", config, data_dir=data)  # only once it succeeded
