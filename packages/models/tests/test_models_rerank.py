@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 
@@ -15,6 +16,7 @@ from pinlab_models import (
     dpp,
     exposure_boost,
     exposure_constrained,
+    in_relevance_order,
     mmr,
     self_adjusting,
 )
@@ -150,6 +152,19 @@ def test_calibrated_genre_lists_split_weight() -> None:
     # An item in two genres counts half to each: [ab] alone already matches a 50/50 history.
     order = calibrated([1.0, 0.9, 0.8], [["a", "b"], "a", "b"], ["a", "b"], 1, 1.0)
     assert order == [0]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_in_relevance_order_keeps_the_set_best_first(seed: int) -> None:
+    assert in_relevance_order([3, 0, 2], [0.9, 0.5, 0.7, 0.1]) == [0, 2, 3]
+    assert in_relevance_order([2, 1], [0.5, 0.5, 0.5]) == [1, 2]  # ties by position
+    rng = np.random.default_rng(seed)
+    relevance = list(rng.random(20))
+    vectors = rng.standard_normal((20, 4))
+    chosen = dpp(relevance, vectors, 8, 0.8)
+    ordered = in_relevance_order(chosen, relevance)
+    assert sorted(ordered) == sorted(chosen)
+    assert all(relevance[a] >= relevance[b] for a, b in itertools.pairwise(ordered))
 
 
 # ---------------------------------------------------------------- exposure-constrained

@@ -45,6 +45,7 @@ from pinlab_models import (
     dpp,
     exposure_boost,
     exposure_constrained,
+    in_relevance_order,
     mmr,
 )
 from pinlab_tasks.recsys import split_for
@@ -207,12 +208,15 @@ def rerank_all(
         if method == "mmr":
             cats = [names[i] for i in cands]
             groups = [items.group_names[items.group[i]] for i in cands]
-            order = mmr(rel, items.vectors[cands], cats, groups, K, tradeoff)
+            order = in_relevance_order(
+                mmr(rel, items.vectors[cands], cats, groups, K, tradeoff), rel
+            )
         elif method == "dpp":
-            order = dpp(rel, kernel[cands], K, tradeoff)
+            order = in_relevance_order(dpp(rel, kernel[cands], K, tradeoff), rel)
         elif method == "calibrated":
             past = [names[i] for i in hist[hist_ptr[row] : hist_ptr[row + 1]]]
             order = calibrated(rel, [names[i] for i in cands], past, K, tradeoff)
+            order = in_relevance_order(order, rel)
         elif method == "exposure_boost":
             order = exposure_boost(rel, (items.group[cands] == protected).tolist(), K, tradeoff)
         else:

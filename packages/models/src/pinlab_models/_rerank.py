@@ -158,6 +158,18 @@ def calibrated(
     return chosen
 
 
+def in_relevance_order(chosen: Sequence[int], relevance: Sequence[float]) -> list[int]:
+    """The candidates `chosen` by a set re-ranker, most relevant first.
+
+    MMR, the DPP and calibration pick a set greedily, and what they are judged on is the set's
+    (its pairwise diversity, its determinant, its category mix with every slot counted the
+    same): the order of the picks is an artifact of the greedy pass. Put back in relevance
+    order, the same set keeps its most relevant items at the top, where NDCG counts most.
+    """
+    rel = np.asarray(relevance, dtype=np.float64)
+    return sorted(chosen, key=lambda i: (-rel[i], i))
+
+
 def exposure_constrained(
     relevance: Sequence[float],
     protected: Sequence[bool],

@@ -429,6 +429,7 @@ class PinService:
             calibrated,
             category_diversity,
             dpp,
+            in_relevance_order,
             miscalibration,
             mmr,
             self_adjusting,
@@ -447,11 +448,14 @@ class PinService:
 
         def rerank(tradeoff: float) -> list[int]:
             if div.method == "calibrated":
-                return calibrated(relevance, categories, history, k, tradeoff)
-            assert vectors is not None
-            if div.method == "dpp":
-                return dpp(relevance, vectors, k, tradeoff)
-            return mmr(relevance, vectors, categories, groups, k, tradeoff)
+                chosen = calibrated(relevance, categories, history, k, tradeoff)
+            elif div.method == "dpp":
+                assert vectors is not None
+                chosen = dpp(relevance, vectors, k, tradeoff)
+            else:
+                assert vectors is not None
+                chosen = mmr(relevance, vectors, categories, groups, k, tradeoff)
+            return in_relevance_order(chosen, relevance)
 
         def met(order: list[int]) -> float:
             chosen = [categories[i] for i in order]
