@@ -413,6 +413,7 @@ def summarize(
             "ndcg_budget": BUDGETS[method],
             "relative_ndcg_loss": _mean_std(loss),
             f"relative_{goal}_change": _mean_std(change),
+            "per_seed": {"relative_ndcg_loss": loss, f"relative_{goal}_change": change},
             "at_choice": {name: _mean_std([a[name] for a in at]) for name in at[0]},
         }
     return {
