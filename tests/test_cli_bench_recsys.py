@@ -111,6 +111,37 @@ def test_bench_recsys_leave_last_out_with_sampled_negatives(
     assert all(0 <= row["metrics"]["hr@10"] <= 1 for row in result["results"])
 
 
+def test_bench_recsys_no_refit_measures_the_validation_fit(
+    capsys: pytest.CaptureFixture[str], ratings: Path, tmp_path: Path
+) -> None:
+    from pinlab_data import interaction_log, load_dataset
+    from pinlab_eval import evaluate_holdout, protocol_spec
+    from pinlab_models import HistoryUpdatable, TrainContext, build_recommender
+    from pinlab_tasks.recsys import split_for
+
+    code, result, err = cli(
+        capsys, "bench", "recsys", "--data", str(ratings), "--models", "popularity,ease",
+        "--protocol", "leave-last-out", "--trials", "0", "--no-refit",
+        "--run", str(tmp_path / "run"),
+    )  # fmt: skip
+    assert code == 0, err
+    assert result["refit"] is False
+    rows = {row["model"]: row for row in result["results"]}
+    # Popularity has no per-user histories to swap: it is refitted all the same.
+    assert rows["ease"]["refitted"] is False and rows["popularity"]["refitted"] is True
+    # EASE fitted on the validation's training part, given the test's histories, by hand.
+    split = split_for(interaction_log(load_dataset(ratings)), protocol_spec("leave-last-out"))
+    ease = build_recommender("ease")
+    ease.fit(split.valid.train, TrainContext(run_dir=tmp_path / "hand", seed=0, progress=False))
+    assert isinstance(ease, HistoryUpdatable)
+    ease.update_histories(split.test.train)
+    by_hand = evaluate_holdout(ease, split.test).means()["ndcg@10"]
+    assert rows["ease"]["metrics"]["ndcg@10"] == pytest.approx(by_hand, rel=1e-6)
+    refitted = build_recommender("ease")
+    refitted.fit(split.test.train, TrainContext(run_dir=tmp_path / "re", seed=0, progress=False))
+    assert evaluate_holdout(refitted, split.test).means()["ndcg@10"] != pytest.approx(by_hand)
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
