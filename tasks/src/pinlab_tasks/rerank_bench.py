@@ -65,6 +65,8 @@ BOOSTS = tuple(round(0.0125 * i, 4) for i in range(81))
 with the top one): on the synthetic world's first sweep (the shared trade-off grid) one step,
 0.15 to 0.2, moved the emerging creators' share from 17% under their merit to 6% over it."""
 EMBEDDING_DIM = 32
+SET_RERANKERS = ("mmr", "dpp", "calibrated")
+"""Re-rankers judged on the set they pick: their picks go back in relevance order."""
 BUDGETS = {
     "mmr": 0.01, "dpp": 0.01, "calibrated": 0.02, "exposure": 0.02, "exposure_dithered": 0.02,
     "exposure_boost": 0.02,
@@ -208,21 +210,20 @@ def rerank_all(
         if method == "mmr":
             cats = [names[i] for i in cands]
             groups = [items.group_names[items.group[i]] for i in cands]
-            order = in_relevance_order(
-                mmr(rel, items.vectors[cands], cats, groups, K, tradeoff), rel
-            )
+            order = mmr(rel, items.vectors[cands], cats, groups, K, tradeoff)
         elif method == "dpp":
-            order = in_relevance_order(dpp(rel, kernel[cands], K, tradeoff), rel)
+            order = dpp(rel, kernel[cands], K, tradeoff)
         elif method == "calibrated":
             past = [names[i] for i in hist[hist_ptr[row] : hist_ptr[row + 1]]]
             order = calibrated(rel, [names[i] for i in cands], past, K, tradeoff)
-            order = in_relevance_order(order, rel)
         elif method == "exposure_boost":
             order = exposure_boost(rel, (items.group[cands] == protected).tolist(), K, tradeoff)
         else:
             order = exposure_constrained(
                 rel, (items.group[cands] == protected).tolist(), K, tradeoff, offsets[row]
             )
+        if method in SET_RERANKERS:
+            order = in_relevance_order(order, rel)
         out[row] = cands[order]
     return out
 
