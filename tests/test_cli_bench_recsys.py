@@ -142,9 +142,36 @@ def test_bench_recsys_no_refit_measures_the_validation_fit(
     assert evaluate_holdout(refitted, split.test).means()["ndcg@10"] != pytest.approx(by_hand)
 
 
+def test_bench_recsys_holds_a_set_setting_fixed_while_it_searches_the_rest(
+    capsys: pytest.CaptureFixture[str], ratings: Path, tmp_path: Path
+) -> None:
+    code, result, err = cli(
+        capsys, "bench", "recsys", "--data", str(ratings), "--models", "rp3beta,ease",
+        "--trials", "3", "--set", "rp3beta.alpha=0.3", "--set", "ease.l2=50",
+        "--run", str(tmp_path / "run"),
+    )  # fmt: skip
+    assert code == 0, err
+    assert result["fixed"] == {"rp3beta": {"alpha": 0.3}, "ease": {"l2": 50}}
+    rows = {row["model"]: row for row in result["results"]}
+    (search,) = rows["rp3beta"]["search"]
+    # alpha is out of the searched space; beta is still searched, alpha kept in every trial.
+    assert "alpha" not in search["space"] and "beta" in search["space"]
+    assert len({t["params"]["beta"] for t in search["trials"]}) == 3
+    assert rows["rp3beta"]["settings"][0]["alpha"] == 0.3
+    # EASE's only searched setting is fixed: one fit of the given value, nothing searched.
+    (ease,) = rows["ease"]["search"]
+    assert ease["space"] == {} and len(ease["trials"]) == 1
+    assert rows["ease"]["settings"] == [{"l2": 50}]
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["steps"][-1]["config"]["fixed"] == result["fixed"]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
+        (["--set", "dropout=0.5"], "--set expects MODEL.KEY=VALUE, got 'dropout'"),
+        (["--models", "ease", "--set", "hstu.dropout=0.5"], "settings are given for 'hstu'"),
+        (["--models", "ease", "--set", "ease.l2=-1"], "bad ease setting 'l2'"),
         (
             ["--models", "ease,sasrec-ultra"],
             "unknown model 'sasrec-ultra'; registered: bert4rec, bpr",

@@ -33,6 +33,7 @@ from pinlab_models import (
     TextEncoder,
     TrainContext,
     TrainProgress,
+    build_recommender,
     interaction_matrix,
     recommender_names,
     recommender_spec,
@@ -65,6 +66,7 @@ def bench_recsys(
     item_features: Callable[[], np.ndarray] | None = None,
     peers: Sequence[str] = (),
     refit: bool = True,
+    fixed: Mapping[str, Mapping[str, Any]] | None = None,
     say: Say = lambda _: None,
 ) -> dict[str, Any]:
     """Search, refit and measure each model on `seeds` repetitions of the protocol.
@@ -75,7 +77,8 @@ def bench_recsys(
     the settings validation chose for our iALS (added to the models if missing);
     `("cornac",)` fits Cornac's BPR as Microsoft Recommenders' benchmark runs it, beside our bpr.
     `refit=False` measures the model validation chose as it is, given the test's histories,
-    wherever the model can take them (`tune_and_refit`).
+    wherever the model can take them (`tune_and_refit`). `fixed` holds settings per model
+    that stay as given: the search and the refit use them, and the search leaves them out.
     """
     unknown_peers = sorted(set(peers) - {"implicit", "cornac"})
     if unknown_peers:
@@ -96,6 +99,14 @@ def bench_recsys(
         raise PinlabDataError(
             f"unknown model {unknown[0]!r}; registered: {', '.join(recommender_names())}"
         )
+    held = {name: dict(values) for name, values in (fixed or {}).items()}
+    for name, values in held.items():
+        if name not in names:
+            raise PinlabDataError(
+                f"settings are given for {name!r}, which this bench does not run; "
+                f"its models: {', '.join(names)}"
+            )
+        build_recommender(name, values)  # a bad setting fails before any work
     if seeds < 1:
         raise PinlabDataError(f"--seeds must be at least 1, got {seeds}")
     _check_metric(metric, ks)
@@ -139,6 +150,7 @@ def bench_recsys(
                             item_features=features,
                         ),
                         chosen[r], trials, budget_seconds, metric, run_dir, say, refit,
+                        held.get(name),
                     )  # fmt: skip
                     results[name].append(evaluate_holdout(model, split.test, ks=ks))
                     extras[name].append(info)
@@ -188,6 +200,7 @@ def bench_recsys(
         "trials": trials,
         "budget_seconds": budget_seconds,
         "refit": refit,
+        "fixed": held,
         "counts": counts,
         "results": rows,
         "comparisons": [c.model_dump() for c in summary.comparisons],
@@ -229,6 +242,7 @@ def _tune_refit_tracked(
     run_dir: Path,
     say: Say,
     refit: bool,
+    fixed: dict[str, Any] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """`tune_and_refit`, each trial logged as a tracked run under the active (seed) run."""
     line = _trial_line(f"{name} seed {ctx.seed}", trials, say)
@@ -246,6 +260,7 @@ def _tune_refit_tracked(
         name,
         split,
         ctx,
+        overrides=fixed,
         chosen=chosen,
         trials=trials,
         budget_seconds=budget_seconds,

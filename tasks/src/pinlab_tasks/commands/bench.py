@@ -19,7 +19,7 @@ from pinlab_tasks._measure import run_measured
 from pinlab_tasks._output import busy, emit, stderr, stdout
 from pinlab_tasks._progress import step_say, train_progress
 from pinlab_tasks.benchmarks import bench_recsys, item_text_features, render_recsys
-from pinlab_tasks.commands.train import parse_settings, validated
+from pinlab_tasks.commands.train import parse_model_settings, parse_settings, validated
 from pinlab_tasks.embedding import DEFAULT_SHARD_ROWS
 from pinlab_tasks.runs import RunLayout, new_run_dir
 from pinlab_tasks.tracking import tracked
@@ -368,6 +368,14 @@ def recsys(
             "are refitted anyway.",
         ),
     ] = True,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="A model setting held fixed, MODEL.KEY=VALUE (JSON value), repeatable: "
+            "hstu.dropout=0.5. The search leaves it out.",
+        ),
+    ] = None,
     run: Annotated[
         Path | None, typer.Option("--run", help="Run directory. Default: a new one.")
     ] = None,
@@ -388,6 +396,7 @@ def recsys(
     study), RUN/user_metrics.npz (per-user values), RUN/MODEL/seed-S/ (logs).
     """
     names = [n.strip() for n in models.split(",") if n.strip()] if models else None
+    fixed = parse_model_settings(set_ or [])
     spec = protocol_spec(
         protocol,
         {
@@ -410,6 +419,7 @@ def recsys(
         "budget_seconds": budget or None,
         "metric": metric,
         "refit": refit,
+        "fixed": fixed,
         "device": device or resolved.device,
     }
     with tracked("bench recsys", config, run_dir=layout.root) as tracker:
@@ -428,6 +438,7 @@ def recsys(
             item_features=lambda: item_text_features(data),
             peers=[p.strip() for p in (peers or "").split(",") if p.strip()],
             refit=refit,
+            fixed=fixed,
             say=step_say(stderr.print, "bench recsys"),
         )
         layout.log_step("bench recsys", config, data_dir=data)  # only once it succeeded

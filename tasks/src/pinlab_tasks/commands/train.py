@@ -418,6 +418,19 @@ def parse_settings(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
+def parse_model_settings(pairs: list[str]) -> dict[str, dict[str, Any]]:
+    """MODEL.KEY=VALUE pairs, grouped by model; values read as in `parse_settings`."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in parse_settings(pairs).items():
+        model, dot, field = key.partition(".")
+        if not dot or not model or not field:
+            raise PinlabDataError(
+                f"--set expects MODEL.KEY=VALUE, got {key!r}; e.g. --set hstu.dropout=0.5"
+            )
+        out.setdefault(model, {})[field] = value
+    return out
+
+
 def _render(result: dict[str, Any]) -> None:
     if "protocol" in result:  # a recommender
         epochs = "" if result["epochs"] is None else f", {result['epochs']} epochs"
