@@ -88,7 +88,7 @@ def search_on_validation(
     """The settings validation chooses for `name`, and a record of the search.
 
     `base` holds fixed settings (an ensemble's members, a user's choice), left out of the
-    searched space; `trials` caps the study and
+    searched space unless None; `trials` caps the study and
     `budget_seconds` stops it once spent (epoch training stops at the next validation past
     it; a closed-form fit under way finishes). `trials=0` or an empty space fits the defaults
     once, early-stopping the epochs. The record holds the space, every
@@ -100,8 +100,10 @@ def search_on_validation(
     """
     spec = recommender_spec(name)
     base = dict(base or {})
-    # A setting given in `base` is fixed: the search does not move it.
-    space = {n: p for n, p in spec.search_space.items() if n not in base} if trials > 0 else {}
+    # A setting given a value in `base` is fixed; one given as None is still searched.
+    space = (
+        {n: p for n, p in spec.search_space.items() if base.get(n) is None} if trials > 0 else {}
+    )
     record: dict[str, Any] = {
         "space": space_json(space),
         "metric": metric,
