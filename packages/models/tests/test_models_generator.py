@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from pinlab_data import SynthConfig, synthesize
 from pinlab_models import (
@@ -18,6 +19,7 @@ from pinlab_models import (
     train_generator,
     validation_loss,
 )
+from pinlab_models._generator import denoising_loss
 
 TINY = GeneratorConfig(
     image_size=16, patch=2, widths=(16, 32), heads=2, text_tokens=8, epochs=3, batch_size=16
@@ -147,3 +149,58 @@ def test_config_refuses_a_unet_that_does_not_fit() -> None:
         GeneratorConfig(image_size=20, patch=2, widths=(16, 32, 64))
     with pytest.raises(ValueError, match="multiples of 8"):
         GeneratorConfig(widths=(12, 24))
+
+
+def test_ddpm_v_still_trains_and_samples(
+    world: tuple[np.ndarray, list[str], np.ndarray, list[str]], tmp_path: Path
+) -> None:
+    images, captions, labels, names = world
+    config = TINY.model_copy(update={"objective": "ddpm-v"})
+    ctx = TrainContext(run_dir=tmp_path, seed=1, progress=False)
+    losses: list[float] = []
+
+    def validate(model: TextToImage) -> float:
+        cond = model.conditioning(captions[:16], [len(names)] * 16)
+        losses.append(validation_loss(model, images[:16], cond, seed=0))
+        return -losses[-1]
+
+    model, _ = train_generator(images, captions, labels, names, config, ctx, validate)
+    assert losses[-1] < losses[0]
+    first = model.generate(["a striped warm circle"] * 2, steps=3, seed=7)
+    np.testing.assert_array_equal(
+        first, model.generate(["a striped warm circle"] * 2, steps=3, seed=7)
+    )
+
+
+def test_a_checkpoint_from_before_flow_matching_loads_as_ddpm(
+    trained: tuple[TextToImage, list[float]], tmp_path: Path
+) -> None:
+    model, _ = trained
+    model.save(tmp_path / "generator.pt")
+    payload = torch.load(tmp_path / "generator.pt", weights_only=True)
+    del payload["config"]["objective"]  # what generators saved before the field existed wrote
+    torch.save(payload, tmp_path / "old.pt")
+    old = load_generator(tmp_path / "old.pt")
+    assert old.config.objective == "ddpm-v" and model.config.objective == "flow"
+
+
+def test_flow_loss_is_the_velocity_error_at_logit_normal_times(
+    trained: tuple[TextToImage, list[float]],
+) -> None:
+    """The network sees float times in (0, 1000), and predicting zero velocity costs
+    E|noise - x|^2 = 1 + E|x|^2 for unit noise independent of the images."""
+    model, _ = trained
+    images = torch.rand(64, 3, 16, 16) * 2 - 1
+
+    class Zero(torch.nn.Module):
+        def pack(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+        def forward(self, x: torch.Tensor, t: torch.Tensor, cond: object) -> torch.Tensor:
+            assert t.dtype.is_floating_point and float(t.min()) > 0 and float(t.max()) < 1000
+            return torch.zeros_like(x)
+
+    cond = model.conditioning(["a plain warm circle"] * 64, [0] * 64)
+    loss = denoising_loss(Zero(), model.config, images, cond, torch.Generator().manual_seed(0))  # type: ignore[arg-type]
+    expected = 1 + float(images.pow(2).mean())
+    assert abs(float(loss) - expected) < 0.05

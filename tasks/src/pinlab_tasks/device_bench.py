@@ -2,7 +2,7 @@
 device, so a GPU's figures and the CPU's come from the same code (README, "On a lent GPU").
 
 Each figure times a real code path: the encoder recipe trainer in float32 and with bfloat16
-autocast (CUDA only), `CNNEncoder.embed` in both precisions, the generator's guided DDIM
+autocast (CUDA only), `CNNEncoder.embed` in both precisions, the generator's guided
 sampling (untrained weights: the cost does not depend on them), and SASRec epochs (full
 softmax) on a leave-last-out training part.
 """
@@ -97,7 +97,7 @@ def bench_device(
             best = min(best, time.perf_counter() - start)
         out[f"embed_images_per_s_{'bf16' if mixed else 'fp32'}"] = round(n / best, 1)
 
-    say("generator sampling, 25 guided DDIM steps")
+    say("generator sampling, 25 guided steps")
     generator = GeneratorConfig()
     model = TextToImage(
         GeneratorNet(generator, GENERATOR_CATEGORIES), generator,

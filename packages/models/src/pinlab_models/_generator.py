@@ -1,7 +1,12 @@
 """Text-to-image generation: a small diffusers UNet that denoises pins, conditioned on captions.
 
-Training is DDPM (Ho et al. 2020) with v-prediction (Salimans & Ho 2022) on a cosine schedule,
-through diffusers' `DDPMScheduler`; sampling is DDIM (Song et al. 2021) through `DDIMScheduler`.
+The default objective is rectified flow matching (Liu et al. 2023; Lipman et al. 2023): the
+network predicts the velocity noise - image along the straight path between them, at times
+drawn logit-normal (Esser et al. 2024, diffusers' `compute_density_for_timestep_sampling`),
+and samples with Euler steps through `FlowMatchEulerDiscreteScheduler`. On the synthetic world
+it learnt shape about twice as fast per training image as DDPM did. `ddpm-v` keeps DDPM (Ho et
+al. 2020) with v-prediction (Salimans & Ho 2022) on a cosine schedule (`DDPMScheduler`) and
+DDIM sampling (Song et al. 2021, `DDIMScheduler`), which earlier checkpoints were trained with.
 Captions (MiniLM, frozen) and categories are dropped at random in training, so one network is
 conditional and unconditional at once: classifier-free guidance (Ho & Salimans 2022) mixes the
 two at sampling. The weights kept are an exponential moving average (diffusers' `EMAModel`).
@@ -44,7 +49,7 @@ from pinlab_models.contracts import (
 )
 
 if TYPE_CHECKING:
-    from diffusers import DDIMScheduler, DDPMScheduler
+    from diffusers import DDIMScheduler, DDPMScheduler, FlowMatchEulerDiscreteScheduler
 
 CHECKPOINT_KIND = "pinlab-generator"
 BETA_SCHEDULE = "squaredcos_cap_v2"
@@ -143,7 +148,10 @@ class GeneratorNet(nn.Module):
         return F.pixel_shuffle(x, self.patch) if self.patch > 1 else x
 
 
-def training_scheduler(config: GeneratorConfig) -> DDPMScheduler:
+def training_scheduler(config: GeneratorConfig) -> DDPMScheduler | None:
+    """DDPM's noise schedule for `ddpm-v`; flow matching needs none to train."""
+    if config.objective == "flow":
+        return None
     from diffusers import DDPMScheduler
 
     return DDPMScheduler(
@@ -153,7 +161,11 @@ def training_scheduler(config: GeneratorConfig) -> DDPMScheduler:
     )
 
 
-def sampling_scheduler(config: GeneratorConfig) -> DDIMScheduler:
+def sampling_scheduler(config: GeneratorConfig) -> DDIMScheduler | FlowMatchEulerDiscreteScheduler:
+    if config.objective == "flow":
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=config.train_timesteps)
     from diffusers import DDIMScheduler
 
     # "trailing" starts sampling at the last training step, as few-step samplers should
@@ -284,7 +296,10 @@ class TextToImage:
         )
         both = _concat(cond, unconditional)
         for t in scheduler.timesteps:
-            ts = torch.full((len(x),), int(t), device=self.device, dtype=torch.int64)
+            # DDPM's steps are integers; flow matching's are times in [0, 1] scaled to them.
+            ts = torch.full((len(x),), float(t), device=self.device)
+            if self.config.objective == "ddpm-v":
+                ts = ts.long()
             if guidance == 1.0:
                 v = self.net(x, ts, cond)
             else:
@@ -328,6 +343,8 @@ class TextToImage:
 def load_generator(path: Path, device: str = "cpu") -> TextToImage:
     """Load a generator written by `TextToImage.save` (weights only, never code)."""
     payload = load_checkpoint(path, CHECKPOINT_KIND)
+    # Checkpoints written before flow matching was added are DDPM with v-prediction.
+    payload["config"].setdefault("objective", "ddpm-v")
     if payload.get("text_model") != MINILM_ID:
         raise PinlabModelError(
             f"{path} was conditioned on {payload.get('text_model')!r}, but the text encoder "
@@ -371,31 +388,43 @@ def _concat(a: Conditioning, b: Conditioning) -> Conditioning:
 
 def denoising_loss(
     net: GeneratorNet,
-    scheduler: DDPMScheduler,
+    config: GeneratorConfig,
     images: torch.Tensor,
     cond: Conditioning,
     gen: torch.Generator,
-    snr_gamma: float | None = None,
+    weighted: bool = True,
 ) -> torch.Tensor:
-    """Squared error of the v-prediction at uniformly drawn timesteps.
+    """The training loss at random times: squared error of the predicted velocity.
 
-    With `snr_gamma`, each image's error is weighted by min(SNR, gamma) / (SNR + 1), the
-    Min-SNR weighting (Hang et al. 2023) for v-prediction, which stops the easy low-noise
-    steps from dominating and converges several times faster.
+    Flow matching: times t logit-normal, x_t = (1 - t) x + t noise, target noise - x. DDPM:
+    the v-prediction at uniform timesteps; with `config.snr_gamma` and `weighted`, each image's
+    error is weighted by min(SNR, gamma) / (SNR + 1), the Min-SNR weighting (Hang et al. 2023).
     """
-    from diffusers.training_utils import compute_snr
-
     x0 = net.pack(images)
     noise = torch.randn(x0.shape, generator=gen).to(x0.device)
-    steps = int(scheduler.config["num_train_timesteps"])
-    t = torch.randint(0, steps, (len(x0),), generator=gen).to(x0.device)
-    noisy = scheduler.add_noise(x0, noise, t)
-    target = scheduler.get_velocity(x0, noise, t)
-    error: torch.Tensor = (net(noisy, t, cond) - target).pow(2).mean(dim=(1, 2, 3))
-    if snr_gamma is None:
+    steps = config.train_timesteps
+    if config.objective == "flow":
+        from diffusers.training_utils import compute_density_for_timestep_sampling
+
+        t = compute_density_for_timestep_sampling(
+            "logit_normal", len(x0), config.logit_mean, config.logit_std, generator=gen
+        ).to(x0.device)
+        s = t[:, None, None, None]
+        predicted = net((1 - s) * x0 + s * noise, t * steps, cond)
+        flow_error: torch.Tensor = (predicted - (noise - x0)).pow(2).mean()
+        return flow_error
+    from diffusers.training_utils import compute_snr
+
+    scheduler = training_scheduler(config)
+    assert scheduler is not None  # ddpm-v has one
+    timestep = torch.randint(0, steps, (len(x0),), generator=gen).to(x0.device)
+    noisy = scheduler.add_noise(x0, noise, timestep)
+    target = scheduler.get_velocity(x0, noise, timestep)
+    error: torch.Tensor = (net(noisy, timestep, cond) - target).pow(2).mean(dim=(1, 2, 3))
+    if config.snr_gamma is None or not weighted:
         return error.mean()
-    snr = compute_snr(scheduler, t)
-    weight: torch.Tensor = snr.clamp(max=snr_gamma) / (snr + 1)
+    snr = compute_snr(scheduler, timestep)
+    weight: torch.Tensor = snr.clamp(max=config.snr_gamma) / (snr + 1)
     return (error * weight).mean()
 
 
@@ -444,7 +473,6 @@ def train_generator(
     from diffusers.training_utils import EMAModel
 
     ema = EMAModel(net.parameters(), decay=config.ema_decay)
-    scheduler = training_scheduler(config)
     batch_size = min(config.batch_size, len(images))
     steps_per_epoch = max(1, len(images) // batch_size)
     optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -462,7 +490,7 @@ def train_generator(
                 num_categories,
             )
             x = to_input(batch.to(ctx.device))
-            loss = denoising_loss(net, scheduler, x, cond, gen, config.snr_gamma)
+            loss = denoising_loss(net, config, x, cond, gen)
             optimizer.zero_grad(set_to_none=True)
             torch.autograd.backward(loss)
             optimizer.step()
@@ -489,15 +517,15 @@ def validation_loss(
     was_training = net.training
     net.eval()
     gen = torch.Generator().manual_seed(seed)
-    scheduler = training_scheduler(model.config)
     total = 0.0
     with torch.no_grad():
         for start in range(0, len(images), 256):
             chunk = torch.from_numpy(np.ascontiguousarray(images[start : start + 256]))
             rows = torch.arange(start, start + len(chunk), device=model.device)
             loss = denoising_loss(
-                net, scheduler, to_input(chunk.to(model.device)), cond.take(rows), gen
-            )
+                net, model.config, to_input(chunk.to(model.device)), cond.take(rows), gen,
+                weighted=False,
+            )  # fmt: skip
             total += float(loss) * len(chunk)
     net.train(was_training)
     return total / max(len(images), 1)

@@ -445,24 +445,35 @@ class AlignConfig(BaseModel):
 
 
 class GeneratorConfig(BaseModel):
-    """Text-to-image diffusion: a small diffusers UNet conditioned on MiniLM captions.
+    """Text-to-image generation: a small diffusers UNet conditioned on MiniLM captions.
 
     The UNet works on (S / patch)^2 cells of 3 * patch^2 channels (pixel unshuffle), which cuts
     its compute by patch^2 without dropping a pixel. Captions condition it twice: their MiniLM
-    token embeddings through cross-attention at the deepest `attention_levels` levels and the
-    mid block, and their sentence embedding (with the category, when known) added to the
-    timestep embedding, which scales and shifts every ResNet block (FiLM).
+    token embeddings through cross-attention in the mid block (and at the deepest
+    `attention_levels` levels), and their sentence embedding (with the category, when known)
+    added to the timestep embedding, which scales and shifts every ResNet block (FiLM).
+
+    `objective` "flow" is rectified flow matching (Liu et al. 2023; Lipman et al. 2023) with
+    logit-normal times (Esser et al. 2024) and Euler sampling; "ddpm-v" is DDPM with
+    v-prediction and DDIM sampling, what generators trained before flow became the default use.
     """
 
     model_config = ConfigDict(extra="forbid")
 
     image_size: PositiveInt = 32
-    patch: Literal[1, 2, 4] = Field(default=2, description="Pixel (un)shuffle factor.")
+    objective: Literal["flow", "ddpm-v"] = Field(
+        default="flow", description="Rectified flow matching, or DDPM with v-prediction."
+    )
+    logit_mean: float = Field(
+        default=0.0, description="Flow: mean of the logit-normal training times (> 0: noisier)."
+    )
+    logit_std: PositiveFloat = Field(default=1.0, description="Flow: their standard deviation.")
+    patch: Literal[1, 2, 4] = Field(default=4, description="Pixel (un)shuffle factor.")
     widths: tuple[PositiveInt, ...] = Field(
-        default=(32, 64, 64), min_length=2, description="UNet channels per resolution level."
+        default=(64, 128), min_length=2, description="UNet channels per resolution level."
     )
     attention_levels: int = Field(
-        default=1, ge=0, description="Deepest levels with caption cross-attention."
+        default=0, ge=0, description="Deepest levels with caption cross-attention (mid: always)."
     )
     heads: PositiveInt = Field(default=4, description="Attention heads per block.")
     text_tokens: PositiveInt = Field(default=16, description="MiniLM tokens kept per caption.")
@@ -475,14 +486,14 @@ class GeneratorConfig(BaseModel):
     )
     train_timesteps: PositiveInt = 1000
     snr_gamma: PositiveFloat | None = Field(
-        default=5.0, description="Min-SNR loss weighting's gamma; None weighs steps equally."
+        default=5.0, description="DDPM: Min-SNR loss weighting's gamma; None weighs steps equally."
     )
-    epochs: PositiveInt = 40
-    batch_size: PositiveInt = 32
+    epochs: PositiveInt = 100
+    batch_size: PositiveInt = 128
     lr: PositiveFloat = 2e-3
     weight_decay: float = Field(default=0.0, ge=0)
     ema_decay: float = Field(
-        default=0.999, gt=0, lt=1, description="EMA decay, warmed up as (1 + n) / (10 + n)."
+        default=0.99, gt=0, lt=1, description="EMA decay, warmed up as (1 + n) / (10 + n)."
     )
     patience: PositiveInt = Field(default=6, description="Epochs without validation gain.")
 

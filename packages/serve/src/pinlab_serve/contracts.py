@@ -497,7 +497,7 @@ class GenerateRequest(BaseModel):
 
     text: str = Field(min_length=1, max_length=200, description="What to draw.")
     n: int = Field(default=4, ge=1, le=64, description="Images (the service may allow fewer).")
-    steps: int = Field(default=25, ge=1, le=200, description="DDIM steps (idem).")
+    steps: int = Field(default=25, ge=1, le=200, description="Sampling steps (idem).")
     guidance: float = Field(default=3.0, ge=0, le=20, description="Classifier-free guidance.")
     seed: int = Field(default=0, ge=0, le=2**31 - 1, description="The same seed, the same images.")
 

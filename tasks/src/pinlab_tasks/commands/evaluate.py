@@ -235,7 +235,7 @@ def _covers(flag: bool | None) -> str:
 @app.command("generator")
 def generator(
     run: RunArg,
-    steps: Annotated[int, typer.Option("--steps", help="DDIM sampling steps (1..200).")] = 25,
+    steps: Annotated[int, typer.Option("--steps", help="Sampling steps (1..200).")] = 25,
     guidance: Annotated[
         float, typer.Option("--guidance", help="Classifier-free guidance scale (0..20).")
     ] = 3.0,

@@ -24,7 +24,7 @@ def generate(
     text: Annotated[str, typer.Option("--text", help="What to draw (1..200 characters).")],
     out: Annotated[Path, typer.Option("--out", help="Directory for the PNG files (created).")],
     n: Annotated[int, typer.Option("-n", "--n", help="How many images (1..64).")] = 8,
-    steps: Annotated[int, typer.Option("--steps", help="DDIM sampling steps (1..200).")] = 25,
+    steps: Annotated[int, typer.Option("--steps", help="Sampling steps (1..200).")] = 25,
     guidance: Annotated[
         float,
         typer.Option("--guidance", help="Classifier-free guidance scale (0..20; 1 is none)."),
