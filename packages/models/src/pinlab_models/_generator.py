@@ -493,6 +493,8 @@ def train_generator(
             loss = denoising_loss(net, config, x, cond, gen)
             optimizer.zero_grad(set_to_none=True)
             torch.autograd.backward(loss)
+            if config.grad_clip is not None:  # a spike at the peak rate once undid 8 epochs
+                torch.nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
             optimizer.step()
             schedule.step()
             ema.step(net.parameters())

@@ -492,6 +492,9 @@ class GeneratorConfig(BaseModel):
     batch_size: PositiveInt = 128
     lr: PositiveFloat = 2e-3
     weight_decay: float = Field(default=0.0, ge=0)
+    grad_clip: PositiveFloat | None = Field(
+        default=1.0, description="Largest gradient norm per step (None: no clipping)."
+    )
     ema_decay: float = Field(
         default=0.99, gt=0, lt=1, description="EMA decay, warmed up as (1 + n) / (10 + n)."
     )
