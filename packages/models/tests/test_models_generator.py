@@ -37,13 +37,14 @@ def world() -> tuple[np.ndarray, list[str], np.ndarray, list[str]]:
     return images, pins.column("caption").to_pylist(), labels, names
 
 
-@pytest.fixture(scope="module")
-def trained(
+def train_tiny(
     world: tuple[np.ndarray, list[str], np.ndarray, list[str]],
-    tmp_path_factory: pytest.TempPathFactory,
+    config: GeneratorConfig,
+    run_dir: Path,
 ) -> tuple[TextToImage, list[float]]:
+    """Train on the tiny world, validating on its first 16 pins: the model, each epoch's loss."""
     images, captions, labels, names = world
-    ctx = TrainContext(run_dir=tmp_path_factory.mktemp("generator"), seed=1, progress=False)
+    ctx = TrainContext(run_dir=run_dir, seed=1, progress=False)
     losses: list[float] = []
 
     def validate(model: TextToImage) -> float:
@@ -51,10 +52,18 @@ def trained(
         losses.append(validation_loss(model, images[:16], cond, seed=0))
         return -losses[-1]
 
-    model, report = train_generator(images, captions, labels, names, TINY, ctx, validate)
+    model, report = train_generator(images, captions, labels, names, config, ctx, validate)
     assert report.model == "generator" and report.epochs == len(losses) == 3
-    assert (ctx.run_dir / "metrics.jsonl").read_text().count("\n") == 3
+    assert (run_dir / "metrics.jsonl").read_text().count("\n") == 3
     return model, losses
+
+
+@pytest.fixture(scope="module")
+def trained(
+    world: tuple[np.ndarray, list[str], np.ndarray, list[str]],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[TextToImage, list[float]]:
+    return train_tiny(world, TINY, tmp_path_factory.mktemp("generator"))
 
 
 def test_training_lowers_the_validation_loss(trained: tuple[TextToImage, list[float]]) -> None:
@@ -154,17 +163,7 @@ def test_config_refuses_a_unet_that_does_not_fit() -> None:
 def test_ddpm_v_still_trains_and_samples(
     world: tuple[np.ndarray, list[str], np.ndarray, list[str]], tmp_path: Path
 ) -> None:
-    images, captions, labels, names = world
-    config = TINY.model_copy(update={"objective": "ddpm-v"})
-    ctx = TrainContext(run_dir=tmp_path, seed=1, progress=False)
-    losses: list[float] = []
-
-    def validate(model: TextToImage) -> float:
-        cond = model.conditioning(captions[:16], [len(names)] * 16)
-        losses.append(validation_loss(model, images[:16], cond, seed=0))
-        return -losses[-1]
-
-    model, _ = train_generator(images, captions, labels, names, config, ctx, validate)
+    model, losses = train_tiny(world, TINY.model_copy(update={"objective": "ddpm-v"}), tmp_path)
     assert losses[-1] < losses[0]
     first = model.generate(["a striped warm circle"] * 2, steps=3, seed=7)
     np.testing.assert_array_equal(
