@@ -18,6 +18,7 @@ commands that never generate never pay for it.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -148,14 +149,14 @@ class GeneratorNet(nn.Module):
         return F.pixel_shuffle(x, self.patch) if self.patch > 1 else x
 
 
-def training_scheduler(config: GeneratorConfig) -> DDPMScheduler | None:
-    """DDPM's noise schedule for `ddpm-v`; flow matching needs none to train."""
-    if config.objective == "flow":
-        return None
+@functools.cache
+def ddpm_scheduler(train_timesteps: int) -> DDPMScheduler:
+    """DDPM's noise schedule, which `ddpm-v` trains on (flow matching needs none); built once
+    per length, since the training loss asks for it every step and only reads it."""
     from diffusers import DDPMScheduler
 
     return DDPMScheduler(
-        num_train_timesteps=config.train_timesteps,
+        num_train_timesteps=train_timesteps,
         beta_schedule=BETA_SCHEDULE,
         prediction_type=PREDICTION,
     )
@@ -415,8 +416,7 @@ def denoising_loss(
         return flow_error
     from diffusers.training_utils import compute_snr
 
-    scheduler = training_scheduler(config)
-    assert scheduler is not None  # ddpm-v has one
+    scheduler = ddpm_scheduler(steps)
     timestep = torch.randint(0, steps, (len(x0),), generator=gen).to(x0.device)
     noisy = scheduler.add_noise(x0, noise, timestep)
     target = scheduler.get_velocity(x0, noise, timestep)
