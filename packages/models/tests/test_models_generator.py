@@ -19,7 +19,7 @@ from pinlab_models import (
     train_generator,
     validation_loss,
 )
-from pinlab_models._generator import denoising_loss
+from pinlab_models._generator import denoising_loss, training_autocast
 
 TINY = GeneratorConfig(
     image_size=16, patch=2, widths=(16, 32), heads=2, text_tokens=8, epochs=3, batch_size=16
@@ -203,3 +203,24 @@ def test_flow_loss_is_the_velocity_error_at_logit_normal_times(
     loss = denoising_loss(Zero(), model.config, images, cond, torch.Generator().manual_seed(0))  # type: ignore[arg-type]
     expected = 1 + float(images.pow(2).mean())
     assert abs(float(loss) - expected) < 0.05
+
+
+def test_mixed_precision_autocasts_only_where_bfloat16_is_fast() -> None:
+    config = GeneratorConfig()
+    with training_autocast(config.model_copy(update={"mixed_precision": False}), "cpu"):
+        assert not torch.is_autocast_enabled("cpu")
+    fast = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    with training_autocast(config, "cpu"):
+        assert torch.is_autocast_enabled("cpu") == fast
+        if fast:
+            assert torch.get_autocast_dtype("cpu") == torch.bfloat16
+            assert (torch.ones(2, 3) @ torch.ones(3, 2)).dtype == torch.bfloat16
+    assert not torch.is_autocast_enabled("cpu")
+
+
+def test_float32_training_still_learns(
+    world: tuple[np.ndarray, list[str], np.ndarray, list[str]], tmp_path: Path
+) -> None:
+    model, losses = train_tiny(world, TINY.model_copy(update={"mixed_precision": False}), tmp_path)
+    assert losses[-1] < losses[0]
+    assert all(p.dtype == torch.float32 for p in model.net.parameters())

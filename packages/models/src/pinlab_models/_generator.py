@@ -17,13 +17,14 @@ commands that never generate never pay for it.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -411,7 +412,7 @@ def denoising_loss(
             "logit_normal", len(x0), config.logit_mean, config.logit_std, generator=gen
         ).to(x0.device)
         s = t[:, None, None, None]
-        predicted = net((1 - s) * x0 + s * noise, t * steps, cond)
+        predicted = net((1 - s) * x0 + s * noise, t * steps, cond).float()
         flow_error: torch.Tensor = (predicted - (noise - x0)).pow(2).mean()
         return flow_error
     from diffusers.training_utils import compute_snr
@@ -420,12 +421,26 @@ def denoising_loss(
     timestep = torch.randint(0, steps, (len(x0),), generator=gen).to(x0.device)
     noisy = scheduler.add_noise(x0, noise, timestep)
     target = scheduler.get_velocity(x0, noise, timestep)
-    error: torch.Tensor = (net(noisy, timestep, cond) - target).pow(2).mean(dim=(1, 2, 3))
+    error: torch.Tensor = (net(noisy, timestep, cond).float() - target).pow(2).mean(dim=(1, 2, 3))
     if config.snr_gamma is None or not weighted:
         return error.mean()
     snr = compute_snr(scheduler, timestep)
     weight: torch.Tensor = snr.clamp(max=config.snr_gamma) / (snr + 1)
     return (error * weight).mean()
+
+
+def training_autocast(
+    config: GeneratorConfig, device: str
+) -> contextlib.AbstractContextManager[Any]:
+    """bfloat16 autocast for training steps where it is fast (1.4x images/s on this project's
+    2-core AVX512-BF16 machine, measured with a one-off timing), else nothing."""
+    if not config.mixed_precision:
+        return contextlib.nullcontext()
+    if device.startswith("cuda"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if device == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def train_generator(
@@ -490,7 +505,8 @@ def train_generator(
                 num_categories,
             )
             x = to_input(batch.to(ctx.device))
-            loss = denoising_loss(net, config, x, cond, gen)
+            with training_autocast(config, ctx.device):
+                loss = denoising_loss(net, config, x, cond, gen)
             optimizer.zero_grad(set_to_none=True)
             torch.autograd.backward(loss)
             if config.grad_clip is not None:  # a spike at the peak rate once undid 8 epochs

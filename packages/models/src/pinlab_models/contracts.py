@@ -499,6 +499,11 @@ class GeneratorConfig(BaseModel):
         default=0.99, gt=0, lt=1, description="EMA decay, warmed up as (1 + n) / (10 + n)."
     )
     patience: PositiveInt = Field(default=6, description="Epochs without validation gain.")
+    mixed_precision: bool = Field(
+        default=True,
+        description="Train under bfloat16 autocast where the device has fast bfloat16 (CUDA, or "
+        "a CPU with AVX512-BF16 or AMX); float32 elsewhere. Sampling stays float32.",
+    )
 
     @model_validator(mode="after")
     def _fits(self) -> GeneratorConfig:
