@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from pinlab_data import png_text
+from pinlab_models import ClassifierConfig
 from pinlab_tasks.cli import run
 
 TINY_UNET = ["--set", "widths=[16,32]", "--set", "heads=2", "--set", "text_tokens=8"]
@@ -112,3 +113,15 @@ def test_train_generate_and_evaluate_through_the_cli(
     assert out["retrieval"]["k"] == 10
     assert (run_dir / "generator" / "samples.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((run_dir / "generator" / "eval.json").read_text()) == out
+
+    # The classifier is kept for the next evaluation, unless it was trained with another config.
+    record_file = run_dir / "visual" / "classifier" / "train.json"
+    record = json.loads(record_file.read_text())
+    assert record["model_id"] == out["classifier_id"]
+    assert record["config"] == ClassifierConfig(image_size=32).model_dump(mode="json")
+    code, again = cli(capsys, "eval", "generator", "--run", str(run_dir), "--steps", "3")
+    assert code == 0 and again["classifier_id"] == out["classifier_id"]
+    record_file.write_text(json.dumps({**record, "config": {**record["config"], "epochs": 1}}))
+    code, again = cli(capsys, "eval", "generator", "--run", str(run_dir), "--steps", "3")
+    assert code == 0 and json.loads(record_file.read_text())["config"] == record["config"]
+    assert json.loads(record_file.read_text())["seconds"] != record["seconds"]  # trained again

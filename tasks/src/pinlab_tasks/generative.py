@@ -233,8 +233,9 @@ def _classifier(
     run: RunLayout, ds: Dataset, images: np.ndarray, split_seed: int, device: str,
     progress: TrainProgress,
 ) -> tuple[ImageClassifier, dict[str, np.ndarray]]:  # fmt: skip
-    """The run's classifier of real pins (trained here when absent or on another split) and
-    every pin's true label per head: category, and on synthetic worlds the caption's palette."""
+    """The run's classifier of real pins (trained here when absent, or trained on another split
+    or config) and every pin's true label per head: category, and on synthetic worlds the
+    caption's palette."""
     names, labels = _category_names(ds)
     heads: dict[str, list[str]] = {}
     truth: dict[str, np.ndarray] = {}
@@ -250,16 +251,17 @@ def _classifier(
             f"{ds.root}: pins have no category (and no synthetic palette) to check generated "
             "images against"
         )
+    config = ClassifierConfig(image_size=int(images.shape[1]))
+    key = {"split_seed": split_seed, "heads": heads, "config": config.model_dump(mode="json")}
     record = run.classifier.parent / "train.json"
     if run.classifier.is_file() and record.is_file():
         trained = json.loads(record.read_text())
-        if trained.get("split_seed") == split_seed and trained.get("heads") == heads:
+        if all(trained.get(name) == value for name, value in key.items()):
             try:
                 return load_classifier(run.classifier, device), truth
             except PinlabModelError:
                 pass  # written by another version: a cache, so train it again below
     split = visual_split(ds, split_seed)
-    config = ClassifierConfig(image_size=int(images.shape[1]))
 
     def validate(model: ImageClassifier) -> float:
         predicted = model.predict(images[split.valid])
@@ -274,10 +276,7 @@ def _classifier(
         validate if len(split.valid) else None,
     )  # fmt: skip
     model_id = model.save(run.classifier)
-    write_json_atomic(
-        record,
-        {"model_id": model_id, "split_seed": split_seed, "heads": heads, **report.model_dump()},
-    )
+    write_json_atomic(record, {"model_id": model_id, **key, **report.model_dump()})
     return model, truth
 
 
@@ -546,7 +545,8 @@ def bench_generative(
     """Train and evaluate the generator `seeds` times (training seeds seed, seed + 1, ...).
 
     The measuring instruments are trained once, at `seed`, when the run lacks them: the
-    encoder (`train visual`), the image-text alignment (`train align`) and the classifier;
+    encoder (`train visual`), the image-text alignment (`train align`) and the classifier
+    (their seconds are in `instruments`);
     every generator trains on the same split (`seed`), so seeds vary the generator alone.
     Writes RUN/{generative.json, generative/seed-S/{generator.pt, train.json, eval.json,
     samples.png}}, and the instruments under RUN/visual/.
@@ -567,6 +567,13 @@ def bench_generative(
         say("aligning images to text (the agreement metric)")
         trained = train_align(run, data_dir, PRESETS["default"].align, seed, device, progress)
         instruments["align_seconds"] = round(trained["seconds"], 1)
+    record = run.classifier.parent / "train.json"
+    before = record.read_bytes() if record.is_file() else None
+    say("the classifier of real pins (the conditional accuracy), trained unless the run has it")
+    ds = load_dataset(data_dir)
+    _classifier(run, ds, pin_images(ds), seed, device, progress)
+    if record.read_bytes() != before:
+        instruments["classifier_seconds"] = round(json.loads(record.read_text())["seconds"], 1)
     per_seed: list[dict[str, Any]] = []
     for r in range(seeds):
         directory = run.root / "generative" / f"seed-{seed + r}"
