@@ -34,6 +34,7 @@ from torch import nn
 from pinlab_data.contracts import ImageArray, Int64Array
 from pinlab_models._cnn_encoder import to_input
 from pinlab_models._runtime import (
+    bfloat16_autocast,
     file_digest,
     image_batches,
     load_checkpoint,
@@ -436,11 +437,7 @@ def training_autocast(
     2-core AVX512-BF16 machine, measured with a one-off timing), else nothing."""
     if not config.mixed_precision:
         return contextlib.nullcontext()
-    if device.startswith("cuda"):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    if device == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    return bfloat16_autocast(device, cpu=True)
 
 
 def train_generator(

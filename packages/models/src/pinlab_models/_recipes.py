@@ -20,7 +20,7 @@ from torch import nn
 from pinlab_data.contracts import ImageArray, Int64Array
 from pinlab_models._cnn_encoder import CNNEncoder, EncoderValidator, supcon_loss, to_input
 from pinlab_models._parallel import Steps, gathered, world
-from pinlab_models._runtime import run_epochs
+from pinlab_models._runtime import bfloat16_autocast, run_epochs
 from pinlab_models._runtime import seed_everything as _seed
 from pinlab_models.contracts import (
     Choice,
@@ -243,11 +243,7 @@ def train_with_recipe(
     channels_last = cuda and recipe.channels_last
     if channels_last:
         net.to(memory_format=torch.channels_last)
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if cuda and recipe.mixed_precision
-        else nullcontext()
-    )
+    autocast = bfloat16_autocast(ctx.device) if recipe.mixed_precision else nullcontext()
     source = _on_device(images, ctx.device)
     batch_size = min(config.batch_size, len(images))
     steps_per_epoch = max(1, len(images) // batch_size)

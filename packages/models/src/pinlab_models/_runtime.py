@@ -7,7 +7,7 @@ import json
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -58,6 +58,16 @@ def resolve_device(device: str) -> str:
     if device not in ("cpu", "cuda"):
         raise PinlabModelError(f"unknown device {device!r}; use auto, cpu or cuda")
     return device
+
+
+def bfloat16_autocast(device: str, *, cpu: bool = False) -> AbstractContextManager[Any]:
+    """bfloat16 autocast on CUDA; with `cpu`, also on a CPU with fast bfloat16 (AVX512-BF16
+    or AMX); nothing elsewhere."""
+    if device.startswith("cuda"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if cpu and device == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return nullcontext()
 
 
 def seed_everything(seed: int) -> torch.Generator:
