@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -224,3 +225,23 @@ def test_float32_training_still_learns(
     model, losses = train_tiny(world, TINY.model_copy(update={"mixed_precision": False}), tmp_path)
     assert losses[-1] < losses[0]
     assert all(p.dtype == torch.float32 for p in model.net.parameters())
+
+
+def test_cpu_training_attends_by_plain_matmul_to_the_same_result(
+    trained: tuple[TextToImage, list[float]],
+) -> None:
+    """CPU training swaps in diffusers' plain `AttnProcessor` (PyTorch's CPU flash-attention
+    backward is slow on short sequences); it computes what the default SDPA processor does."""
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    model, _ = trained
+    processors = model.net.unet.attn_processors.values()
+    assert processors and all(type(p) is AttnProcessor for p in processors)
+    x = torch.randn(4, 12, 8, 8, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([10.0, 300.0, 600.0, 990.0])
+    cond = model.conditioning(["a plain warm circle", "striped star", "x", "a ring"], [0, 1, 2, 3])
+    with torch.no_grad():
+        plain = model.net(x, t, cond)
+        sdpa = copy.deepcopy(model.net)
+        sdpa.unet.set_attn_processor(AttnProcessor2_0())
+        assert torch.allclose(plain, sdpa(x, t, cond), atol=1e-5)
