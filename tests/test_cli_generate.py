@@ -1,4 +1,4 @@
-"""`pinlab train generator`, `pinlab generate`, `pinlab eval generator`: the CLI and bad input."""
+"""`pinlab train generator`, `generate`, `eval generator`, `bench generative`: CLI, bad input."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from pinlab_data import png_text
 from pinlab_models import ClassifierConfig
+from pinlab_tasks import generative
 from pinlab_tasks.cli import run
 
 TINY_UNET = ["--set", "widths=[16,32]", "--set", "heads=2", "--set", "text_tokens=8"]
@@ -125,3 +127,36 @@ def test_train_generate_and_evaluate_through_the_cli(
     code, again = cli(capsys, "eval", "generator", "--run", str(run_dir), "--steps", "3")
     assert code == 0 and json.loads(record_file.read_text())["config"] == record["config"]
     assert json.loads(record_file.read_text())["seconds"] != record["seconds"]  # trained again
+
+
+@pytest.mark.slow
+def test_bench_generative_trains_its_instruments_and_checks_the_targets(
+    tiny_demo: dict[str, Any], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    data, run_dir = Path(tiny_demo["run_dir"]) / "data", tmp_path / "bench"
+    bench = ["bench", "generative", "--data", str(data), "--run", str(run_dir), "--seed", "3"]
+    code, out = cli(capsys, *bench, "--seeds", "2", "--epochs", "1", *TINY_UNET)
+    assert code == 0, out
+    assert out["seeds"] == [3, 4] and out["split_seed"] == 3
+    # A fresh run trains every instrument, so the whole bench was timed against the budget.
+    assert set(out["instruments"]) == set(generative.INSTRUMENTS)
+    assert set(out["targets"]) == {*generative.TARGETS, "seconds"}
+    timed = out["targets"]["seconds"]
+    assert timed["mean"] == out["seconds"] and timed["met"] == (out["seconds"] < 25 * 60)
+    fd = "fidelity.generated.frechet_distance"
+    per_seed = [p[fd] for p in out["per_seed"]]
+    assert per_seed[0] != per_seed[1]  # the training seed varies the generator
+    assert out["summary"][fd]["mean"] == pytest.approx(np.mean(per_seed), abs=1e-5)
+    assert out["summary"][fd]["std"] == pytest.approx(np.std(per_seed), abs=1e-5)
+    for key, target in out["targets"].items():
+        if key != "seconds":
+            assert target["mean"] == out["summary"][key]["mean"]
+    for s in (3, 4):
+        assert (run_dir / "generative" / f"seed-{s}" / "eval.json").is_file()
+    saved = json.loads((run_dir / "generative.json").read_text())
+    assert saved == {k: v for k, v in out.items() if k != "run_dir"}
+
+    # Instruments reused: the time is not the whole bench's, so no budget is checked.
+    code, again = cli(capsys, *bench, "--seeds", "1", "--epochs", "1", *TINY_UNET)
+    assert code == 0, again
+    assert again["instruments"] == {} and "seconds" not in again["targets"]
