@@ -78,3 +78,19 @@ def test_a_checkpoint_of_another_layout_is_refused_in_one_line(tmp_path: Path) -
     torch.save(payload, path)  # head names as an older pinlab wrote them
     with pytest.raises(PinlabModelError, match="another layout"):
         load_classifier(path)
+
+
+def test_mixed_precision_reaches_training_only_where_bfloat16_is_fast(tmp_path: Path) -> None:
+    images, targets = _world()
+    labels = {"half": ["top", "bottom"], "colour": ["red", "blue"]}
+
+    def fit(mixed: bool) -> dict[str, torch.Tensor]:
+        config = SMALL.model_copy(update={"mixed_precision": mixed})
+        ctx = TrainContext(run_dir=tmp_path / str(mixed), seed=0, progress=False)
+        model, _ = train_classifier(images, targets, labels, config, ctx)
+        assert (model.predict(images)["colour"] == targets["colour"]).all()  # both learn
+        return model.net.state_dict()
+
+    bfloat16, float32 = fit(True), fit(False)
+    same = all(torch.equal(bfloat16[k], float32[k]) for k in float32)
+    assert same != torch.ops.mkldnn._is_mkldnn_bf16_supported()

@@ -34,3 +34,19 @@ def test_empty_text_is_rejected_with_its_position(encoder: TextEncoder) -> None:
     with pytest.raises(PinlabModelError, match="list of texts"):
         encoder.encode("one string")
     assert encoder.encode([]).shape == (0, TextEncoder.embedding_dim)
+
+
+def test_one_pass_gives_the_sentence_vectors_and_the_token_embeddings(
+    encoder: TextEncoder,
+) -> None:
+    texts = ["x", "a striped warm star on a pale ground, three dots beside it", "a red circle"]
+    sentence, tokens, mask = encoder.encode_with_tokens(texts, 6)
+    np.testing.assert_allclose(sentence, encoder.encode(texts), atol=1e-5)
+    assert tokens.shape == (3, 6, TextEncoder.embedding_dim) and mask.shape == (3, 6)
+    words = encoder._model.tokenizer(texts)["input_ids"]
+    assert mask.sum(axis=1).tolist() == [min(len(w), 6) for w in words]  # [CLS] x [SEP]: 3
+    assert not tokens[~mask].any()
+    # What sentence-transformers gives as token embeddings, and padding in a batch changes none.
+    alone = encoder._model.encode(texts[:1], output_value="token_embeddings")[0]
+    np.testing.assert_allclose(tokens[0, :3], alone.numpy(), atol=1e-4)
+    assert encoder.encode_with_tokens([], 4)[1].shape == (0, 4, TextEncoder.embedding_dim)

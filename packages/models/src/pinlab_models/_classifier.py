@@ -25,6 +25,7 @@ from pinlab_models._runtime import (
     run_epochs,
     save_checkpoint,
     seed_everything,
+    training_precision,
 )
 from pinlab_models.contracts import (
     ClassifierConfig,
@@ -141,9 +142,10 @@ def train_classifier(
         net.train()
         total = 0.0
         for idx, batch in image_batches(images, batch_size, gen):
-            logits = net(_geometric_view(to_input(batch.to(ctx.device)), gen))
+            with training_precision(config.mixed_precision, ctx.device):
+                logits = net(_geometric_view(to_input(batch.to(ctx.device)), gen))
             loss = sum(
-                (F.cross_entropy(logits[k], y[k][idx].to(ctx.device)) for k in logits),
+                (F.cross_entropy(logits[k].float(), y[k][idx].to(ctx.device)) for k in logits),
                 start=torch.zeros((), device=ctx.device),
             )
             optimizer.zero_grad(set_to_none=True)

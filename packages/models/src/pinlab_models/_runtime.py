@@ -70,6 +70,12 @@ def bfloat16_autocast(device: str, *, cpu: bool = False) -> AbstractContextManag
     return nullcontext()
 
 
+def training_precision(mixed_precision: bool, device: str) -> AbstractContextManager[Any]:
+    """What a trainer's `mixed_precision` setting asks for: bfloat16 autocast where it is fast
+    (`bfloat16_autocast` with `cpu`), float32 otherwise."""
+    return bfloat16_autocast(device, cpu=True) if mixed_precision else nullcontext()
+
+
 def seed_everything(seed: int) -> torch.Generator:
     random.seed(seed)
     np.random.seed(seed % 2**32)

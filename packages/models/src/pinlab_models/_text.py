@@ -6,10 +6,11 @@ import os
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import numpy.typing as npt
+import torch
 
 from pinlab_data.contracts import Float32Array
 from pinlab_models._runtime import resolve_device
@@ -49,31 +50,38 @@ class TextEncoder:
         )
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
-    def encode_tokens(
+    def encode_with_tokens(
         self, texts: Sequence[str], max_tokens: int, batch_size: int = 256
-    ) -> tuple[Float32Array, npt.NDArray[np.bool_]]:
-        """MiniLM's contextual token embeddings, (n, max_tokens, 384), and which are real.
+    ) -> tuple[Float32Array, Float32Array, npt.NDArray[np.bool_]]:
+        """`encode`'s sentence vectors and MiniLM's contextual token embeddings, from one pass.
 
-        Each text keeps its first `max_tokens` word pieces ([CLS] included); shorter texts are
-        padded with zeros that the mask marks False. Empty texts raise as in `encode`.
+        Tokens are (n, max_tokens, 384): each text's first `max_tokens` word pieces ([CLS]
+        included), shorter texts padded with zeros that the mask, (n, max_tokens), marks False.
+        Empty texts raise as in `encode`.
         """
         check_texts(texts)
+        sentence = np.zeros((len(texts), MINILM_DIM), dtype=np.float32)
         tokens = np.zeros((len(texts), max_tokens, MINILM_DIM), dtype=np.float32)
         mask = np.zeros((len(texts), max_tokens), dtype=bool)
         if not texts:
-            return tokens, mask
-        rows = self._model.encode(
-            list(texts),
-            batch_size=batch_size,
-            output_value="token_embeddings",
-            convert_to_numpy=False,
-            show_progress_bar=False,
+            return sentence, tokens, mask
+        outputs = cast(  # a list input: one dict per text (the stubs also allow one dict)
+            list[dict[str, torch.Tensor]],
+            self._model.encode(
+                list(texts),
+                batch_size=batch_size,
+                output_value=None,  # every output of one forward pass: sentence and tokens
+                show_progress_bar=False,
+            ),
         )
-        for i, row in enumerate(rows):
-            kept = row[:max_tokens].detach().float().cpu().numpy()
+        for i, out in enumerate(outputs):
+            real = out["attention_mask"].bool()
+            kept = out["token_embeddings"][real][:max_tokens].detach().float().cpu().numpy()
             tokens[i, : len(kept)] = kept
             mask[i, : len(kept)] = True
-        return tokens, mask
+            pooled = out["sentence_embedding"].detach().float()
+            sentence[i] = torch.nn.functional.normalize(pooled, dim=0).cpu().numpy()
+        return sentence, tokens, mask
 
 
 def check_texts(texts: Sequence[str]) -> None:

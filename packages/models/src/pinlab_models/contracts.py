@@ -532,10 +532,17 @@ class ClassifierConfig(BaseModel):
     # largest tried). Patience 5 stopped a 150-epoch run in the noisy epochs near the peak
     # rate, at 0.72, so patience spans the schedule.
     epochs: PositiveInt = 150
-    batch_size: PositiveInt = 64
-    lr: PositiveFloat = 2e-3
+    # Validation accuracy (category / palette, one run each, bfloat16, 150 epochs): batch 64 at
+    # 2e-3 0.954 / 0.997 (126 s on 2 cores); batch 128 at 2e-3 0.935 / 0.997, at 4e-3 0.957 /
+    # 1.000 (107 s), at 6e-3 0.960 / 0.997; batch 256 at 8e-3 0.954 / 1.000 (101 s).
+    batch_size: PositiveInt = 128
+    lr: PositiveFloat = 4e-3
     weight_decay: float = Field(default=5e-4, ge=0)
     patience: PositiveInt = 150
+    # bfloat16 autocast in training where it is fast (CUDA; a CPU with AVX512-BF16 or AMX): at
+    # batch 64, 126 against 159 s in float32 on 2 cores, validation accuracy the same (category
+    # 0.954, palette 0.997 both; one run each).
+    mixed_precision: bool = True
 
 
 class GenerateLimits(BaseModel):
