@@ -335,7 +335,7 @@ def test_stdio_subprocess_lists_tools_searches_recommends_and_refuses(
 ) -> None:
     """`pinlab mcp` as a subprocess over stdio, on the demo run the in-process server made."""
     root, demo, _ = mcp_demo
-    env = {"PINLAB_TRACKING": "off", "OMP_WAIT_POLICY": "PASSIVE"}
+    env = {"PINLAB_TRACKING": "off"}
     params = StdioServerParameters(
         command=sys.executable,
         args=["-m", "pinlab_tasks", "mcp", "--runs", str(root)],

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -52,3 +55,19 @@ def test_metrics_table_has_a_column_per_metric() -> None:
     table = metrics_table("t", {"a": {"ndcg@10": 0.5}, "b": {"ndcg@10": 0.25, "hr@10": 1.0}})
     assert [c.header for c in table.columns] == ["", "ndcg@10", "hr@10"]
     assert table.row_count == 2
+
+
+@pytest.mark.parametrize(
+    ("given", "spin"),
+    [({}, "1000"), ({"GOMP_SPINCOUNT": "5"}, "5"), ({"OMP_WAIT_POLICY": "PASSIVE"}, None)],
+)
+def test_openmp_threads_spin_briefly_unless_the_user_chose(
+    given: dict[str, str], spin: str | None
+) -> None:
+    """Set on import, before torch loads OpenMP; a user's own wait policy is left alone."""
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    code = "import os, pinlab_tasks, torch; print(os.environ.get('GOMP_SPINCOUNT'))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env | given, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == str(spin)

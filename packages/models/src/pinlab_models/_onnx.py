@@ -136,8 +136,8 @@ def session(model: Path | bytes, threads: int | None = None) -> ort.InferenceSes
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = 3
-    # Idle workers sleep, as PyTorch's OpenMP ones do here (OMP_WAIT_POLICY=PASSIVE): on shared
-    # cores a spinning pool takes the time other threads are waiting for.
+    # Idle workers sleep, as PyTorch's OpenMP ones do here after a short spin (pinlab_tasks):
+    # on shared cores a spinning pool takes the time other threads are waiting for.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     source = str(model) if isinstance(model, Path) else model
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
