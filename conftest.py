@@ -12,10 +12,9 @@ from typing import Any
 
 import pytest
 
+import pinlab_tasks  # noqa: F401 - its import sets OpenMP's spin before torch loads
+
 ROOT = Path(__file__).parent
-# As in pinlab_tasks (before torch loads): idle OpenMP threads spin briefly, then sleep.
-if "OMP_WAIT_POLICY" not in os.environ:
-    os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 # CLI tests must not write an MLflow store into the checkout; tracking tests switch it on.
 os.environ.setdefault("PINLAB_TRACKING", "off")
 

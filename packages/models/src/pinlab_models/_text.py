@@ -79,8 +79,8 @@ class TextEncoder:
             kept = out["token_embeddings"][real][:max_tokens].detach().float().cpu().numpy()
             tokens[i, : len(kept)] = kept
             mask[i, : len(kept)] = True
-            pooled = out["sentence_embedding"].detach().float()
-            sentence[i] = torch.nn.functional.normalize(pooled, dim=0).cpu().numpy()
+            sentence[i] = out["sentence_embedding"].detach().float().cpu().numpy()
+        sentence /= np.maximum(np.linalg.norm(sentence, axis=1, keepdims=True), 1e-12)
         return sentence, tokens, mask
 
 
