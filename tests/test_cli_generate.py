@@ -70,6 +70,18 @@ def test_train_generator_refuses_a_config_that_cannot_fit(
     assert code == 2 and "no_such_field" in out["error"]
 
 
+def test_train_generator_needs_the_runs_encoder_to_align_with(
+    tiny_demo: dict[str, Any], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    data = Path(tiny_demo["run_dir"]) / "data"
+    bare = tmp_path / "bare"
+    code, out = cli(
+        capsys, "train", "generator", "--data", str(data), "--run", str(bare), *TINY_UNET
+    )  # fmt: skip
+    assert code == 2 and "no image encoder" in out["error"] and "train visual" in out["error"]
+    assert "align_weight=0" in out["error"] and not (bare / "generator").exists()
+
+
 @pytest.mark.slow
 def test_train_generate_and_evaluate_through_the_cli(
     tiny_demo: dict[str, Any], capsys: pytest.CaptureFixture[str], tmp_path: Path
@@ -86,6 +98,8 @@ def test_train_generate_and_evaluate_through_the_cli(
     assert (run_dir / "generator" / "metrics.jsonl").read_text().count("\n") == out["epochs"]
     steps = json.loads((run_dir / "run.json").read_text())["steps"]
     assert steps[-1]["command"] == "train generator" and steps[-1]["config"]["seed"] == 1
+    encoder_id = json.loads((run_dir / "visual" / "train.json").read_text())["model_id"]
+    assert steps[-1]["config"]["aligned_to"] == encoder_id  # REPA's teacher, on the record
 
     made = []
     for name in ("a", "b"):

@@ -11,6 +11,9 @@ import torch
 
 from pinlab_data import SynthConfig, synthesize
 from pinlab_models import (
+    CNNEncoder,
+    Conditioning,
+    EncoderConfig,
     GenerateLimits,
     GeneratorConfig,
     PinlabModelError,
@@ -20,11 +23,24 @@ from pinlab_models import (
     train_generator,
     validation_loss,
 )
-from pinlab_models._generator import denoising_loss, training_autocast
+from pinlab_models._cnn_encoder import ConvNet
+from pinlab_models._generator import (
+    FeatureAlignment,
+    GeneratorNet,
+    denoising_loss,
+    training_autocast,
+)
 
 TINY = GeneratorConfig(
     image_size=16, patch=2, widths=(16, 32), heads=2, text_tokens=8, epochs=3, batch_size=16
 )
+
+
+def teacher() -> ConvNet:
+    """A frozen stand-in for the run's image encoder: a seeded, untrained CNN."""
+    torch.manual_seed(5)
+    net = ConvNet((8, 16), embedding_dim=8).eval()  # an 8x8 map of 16x16 images
+    return net.requires_grad_(False)
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +69,9 @@ def train_tiny(
         losses.append(validation_loss(model, images[:16], cond, seed=0))
         return -losses[-1]
 
-    model, report = train_generator(images, captions, labels, names, config, ctx, validate)
+    model, report = train_generator(
+        images, captions, labels, names, config, ctx, validate, teacher=teacher().feature_map
+    )
     assert report.model == "generator" and report.epochs == len(losses) == 3
     assert (run_dir / "metrics.jsonl").read_text().count("\n") == 3
     return model, losses
@@ -245,3 +263,64 @@ def test_cpu_training_attends_by_plain_matmul_to_the_same_result(
         sdpa = copy.deepcopy(model.net)
         sdpa.unet.set_attn_processor(AttnProcessor2_0())
         assert torch.allclose(plain, sdpa(x, t, cond), atol=1e-5)
+
+
+def test_alignment_needs_an_encoder_and_is_not_saved(
+    world: tuple[np.ndarray, list[str], np.ndarray, list[str]],
+    trained: tuple[TextToImage, list[float]],
+    tmp_path: Path,
+) -> None:
+    images, captions, labels, names = world
+    ctx = TrainContext(run_dir=tmp_path, progress=False)
+    assert TINY.align_weight > 0
+    with pytest.raises(PinlabModelError, match=r"align_weight 0\.5 .* no encoder was given"):
+        train_generator(images, captions, labels, names, TINY, ctx)
+    # Without alignment the same seed trains other weights, in a checkpoint of the same shape.
+    plain, _ = train_tiny(world, TINY.model_copy(update={"align_weight": 0.0}), tmp_path / "p")
+    aligned = trained[0].net.state_dict()
+    assert plain.net.state_dict().keys() == aligned.keys()
+    assert not all(torch.equal(v, aligned[k]) for k, v in plain.net.state_dict().items())
+    # Generators saved before the field existed were trained without it.
+    trained[0].save(tmp_path / "generator.pt")
+    payload = torch.load(tmp_path / "generator.pt", weights_only=True)
+    del payload["config"]["align_weight"]
+    torch.save(payload, tmp_path / "old.pt")
+    assert load_generator(tmp_path / "old.pt").config.align_weight == 0.0
+
+
+def test_alignment_pulls_the_first_level_towards_the_teacher() -> None:
+    """The hook keeps the first level's (N, C, 8, 8) features; the teacher gives its 8x8 stage
+    to them; training the net and head on -similarity raises the similarity."""
+    torch.manual_seed(0)
+    net = GeneratorNet(TINY, num_categories=3)
+    align = FeatureAlignment(net, teacher().feature_map, image_size=16)
+    images = torch.rand(8, 3, 16, 16) * 2 - 1
+    cond = Conditioning(
+        torch.randn(8, 8, 384), torch.ones(8, 8, dtype=torch.bool), torch.randn(8, 384),
+        torch.zeros(8, dtype=torch.long), torch.ones(8, dtype=torch.bool),
+    )  # fmt: skip
+    with pytest.raises(PinlabModelError, match="forward first"):
+        align.similarity(images)
+    optimizer = torch.optim.Adam([*net.parameters(), *align.parameters()], lr=1e-2)
+    similarities = []
+    for _ in range(30):
+        net(net.pack(images) + torch.randn(8, 12, 8, 8), torch.full((8,), 500.0), cond)
+        assert align.features is not None and align.features.shape == (8, 16, 8, 8)
+        similarity = align.similarity(images)
+        similarities.append(float(similarity.detach()))
+        optimizer.zero_grad()
+        torch.autograd.backward(-similarity)
+        optimizer.step()
+    assert similarities[-1] > similarities[0] + 0.3
+    assert not any(k.startswith("head") for k in net.state_dict())  # the head is not the net's
+
+
+def test_the_encoder_gives_its_deepest_map_at_least_so_wide() -> None:
+    images = torch.zeros(2, 3, 16, 16)
+    assert teacher().feature_map(images, 8).shape == (2, 16, 8, 8)
+    assert teacher().feature_map(images, 9).shape == (2, 8, 16, 16)
+    encoder = CNNEncoder(EncoderConfig(image_size=16, widths=(8, 16, 32)))
+    assert encoder.feature_map(images, 4).shape == (2, 32, 4, 4)
+    encoder.net = torch.nn.Linear(2, 2)  # a network with no spatial map
+    with pytest.raises(PinlabModelError, match=r"no spatial feature map .* align_weight=0"):
+        encoder.feature_map(images, 4)

@@ -92,8 +92,18 @@ class TimmNet(nn.Module):
         self.head = nn.Linear(int(width), embedding_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = ((x + 1.0) * 0.5 - self.mean) / self.std
-        return F.normalize(self.head(self.backbone(x)), dim=1)
+        return F.normalize(self.head(self.backbone(self._normalise(x))), dim=1)
+
+    def feature_map(self, x: torch.Tensor, cells: int) -> torch.Tensor:
+        """The backbone's last unpooled features, whatever `cells`: (N, C, h, w) for CNNs,
+        tokens for transformers."""
+        # timm's method; typed here as a Module attribute, hence the ignore.
+        method = self.backbone.forward_features
+        features: Callable[[torch.Tensor], torch.Tensor] = method  # type: ignore[assignment]
+        return features(self._normalise(x))
+
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+        return ((x + 1.0) * 0.5 - self.mean) / self.std
 
 
 def _create_timm(name: str, pretrained: bool) -> nn.Module:

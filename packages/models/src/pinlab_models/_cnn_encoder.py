@@ -58,6 +58,17 @@ class ConvNet(nn.Module):
         pooled = self.features(x).mean(dim=(2, 3))
         return F.normalize(self.head(pooled), dim=1)
 
+    def feature_map(self, x: torch.Tensor, cells: int) -> torch.Tensor:
+        """The (N, C, h, w) features of the deepest stage at least `cells` wide."""
+        kept = x
+        for layer in self.features:
+            x = layer(x)
+            if x.shape[-1] < cells:
+                break
+            if isinstance(layer, nn.ReLU):  # a stage ends at its ReLU
+                kept = x
+        return kept
+
 
 register_encoder_arch("cnn", lambda config: ConvNet(config.widths, config.embedding_dim))
 
@@ -141,6 +152,21 @@ class CNNEncoder:
             out[start : start + len(chunk)] = self.net(to_input(chunk.to(self.device))).cpu()
         self.net.train(was_training)
         return out
+
+    @torch.no_grad()
+    def feature_map(self, x: torch.Tensor, cells: int) -> torch.Tensor:
+        """Spatial features (N, C, h, w) of images already in the input form ((N, 3, S, S) in
+        [-1, 1], `to_input`): the built-in CNN's deepest stage at least `cells` wide, a timm
+        backbone's last map. What the generator aligns with (REPA). Call it on an encoder in
+        eval mode, as `load` leaves it."""
+        method = getattr(self.net, "feature_map", None)
+        maps = method(x, cells) if callable(method) else None
+        if not isinstance(maps, torch.Tensor) or maps.ndim != 4:
+            raise PinlabModelError(
+                f"the {self.config.arch!r} encoder has no spatial feature map to align a "
+                "generator with; use the built-in 'cnn' encoder or set align_weight=0"
+            )
+        return maps
 
     def save(self, path: Path) -> str:
         state = {k: v.cpu() for k, v in self.net.state_dict().items()}

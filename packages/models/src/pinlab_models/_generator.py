@@ -10,6 +10,9 @@ DDIM sampling (Song et al. 2021, `DDIMScheduler`), which earlier checkpoints wer
 Captions (MiniLM, frozen) and categories are dropped at random in training, so one network is
 conditional and unconditional at once: classifier-free guidance (Ho & Salimans 2022) mixes the
 two at sampling. The weights kept are an exponential moving average (diffusers' `EMAModel`).
+With `align_weight` > 0, training adds REPA (Yu et al. 2025): the first level's features of
+the noisy image, through a small head used only in training, are pulled towards a frozen image
+encoder's feature map of the clean image.
 
 diffusers takes seconds to import, so it is imported where a network or scheduler is built:
 commands that never generate never pay for it.
@@ -58,6 +61,9 @@ CHECKPOINT_KIND = "pinlab-generator"
 BETA_SCHEDULE = "squaredcos_cap_v2"
 PREDICTION = "v_prediction"
 GeneratorValidator = Callable[["TextToImage"], float]
+FeatureTeacher = Callable[[torch.Tensor, int], torch.Tensor]
+"""Images in the input form ((N, 3, S, S) in [-1, 1]) and a width in cells to a frozen encoder's
+(N, C, h, w) map, at least that wide where the encoder has one (`CNNEncoder.feature_map`)."""
 
 
 @dataclass(frozen=True)
@@ -348,6 +354,7 @@ def load_generator(path: Path, device: str = "cpu") -> TextToImage:
     payload = load_checkpoint(path, CHECKPOINT_KIND)
     # Checkpoints written before flow matching was added are DDPM with v-prediction.
     payload["config"].setdefault("objective", "ddpm-v")
+    payload["config"].setdefault("align_weight", 0.0)  # and before REPA, without it
     if payload.get("text_model") != MINILM_ID:
         raise PinlabModelError(
             f"{path} was conditioned on {payload.get('text_model')!r}, but the text encoder "
@@ -378,6 +385,43 @@ def encode_conditioning(
         category=torch.from_numpy(np.asarray(categories, dtype=np.int64)),
         has_text=torch.ones(len(captions), dtype=torch.bool),
     )
+
+
+class FeatureAlignment(nn.Module):
+    """REPA (Yu et al. 2025): the training net's features at its first level (its first
+    ResNet block, at full cell resolution), through a 1x1-conv MLP head, should match a
+    frozen encoder's feature map of the clean image, cell by cell (the map average-pooled to
+    those cells). The head trains with the net and is not saved; a forward hook keeps the
+    features of the net's last call. The first level beat the mid block on validation pins."""
+
+    def __init__(
+        self, net: GeneratorNet, teacher: FeatureTeacher, image_size: int, width: int = 256
+    ) -> None:
+        super().__init__()
+        self.teacher = teacher
+        self.cells = image_size // net.patch
+        with torch.no_grad():
+            channels = teacher(torch.zeros(1, 3, image_size, image_size), self.cells).shape[1]
+        first = net.unet.config.block_out_channels[0]
+        self.head = nn.Sequential(
+            nn.Conv2d(first, width, 1), nn.SiLU(), nn.Conv2d(width, channels, 1)
+        )
+        self.features: torch.Tensor | None = None
+        net.unet.down_blocks[0].resnets[0].register_forward_hook(self._keep)
+
+    def _keep(self, module: nn.Module, args: Any, output: torch.Tensor) -> None:
+        self.features = output
+
+    def similarity(self, images: torch.Tensor) -> torch.Tensor:
+        """Mean cosine between the projected features of the net's last forward (on noisy
+        versions of `images`) and the teacher's map of `images` themselves."""
+        if self.features is None:
+            raise PinlabModelError("FeatureAlignment.similarity needs the net's forward first")
+        predicted = self.head(self.features).float()
+        with torch.no_grad():
+            target = self.teacher(images, self.cells).float()
+            target = F.adaptive_avg_pool2d(target, predicted.shape[-2:])
+        return F.cosine_similarity(predicted, target, dim=1).mean()
 
 
 def _concat(a: Conditioning, b: Conditioning) -> Conditioning:
@@ -446,10 +490,12 @@ def train_generator(
     ctx: TrainContext,
     validate: GeneratorValidator | None = None,
     text_encoder: TextEncoder | None = None,
+    teacher: FeatureTeacher | None = None,
 ) -> tuple[TextToImage, FitReport]:
     """Train a generator on captioned images; keeps the EMA weights of the best validated epoch.
 
     `categories` index `category_names` (None: the data has none, only captions condition).
+    `teacher` is the frozen encoder map that `config.align_weight` > 0 aligns with.
     """
     if len(images) != len(captions) or len(images) < 2:
         raise PinlabModelError(
@@ -472,6 +518,12 @@ def train_generator(
         len(labels) and (labels.min() < 0 or labels.max() > num_categories)
     ):
         raise PinlabModelError(f"categories must be one index in 0..{num_categories - 1} per image")
+    if config.align_weight > 0 and teacher is None:
+        raise PinlabModelError(
+            f"align_weight {config.align_weight} aligns the generator with an image encoder's "
+            "features (REPA), but no encoder was given; pass teacher= (a trained encoder's "
+            "feature_map) or set align_weight=0"
+        )
     text = text_encoder or TextEncoder(ctx.device)
     all_cond = encode_conditioning(text, captions, labels, config).to(ctx.device)
 
@@ -485,6 +537,13 @@ def train_generator(
         net.unet.set_attn_processor(AttnProcessor())
     ema_net = copy.deepcopy(net)
     model = TextToImage(ema_net, config, category_names, ctx.device, text)
+    # Built after the copy, so only the trained net (not its average) keeps features.
+    align = (
+        FeatureAlignment(net, teacher, size).to(ctx.device)
+        if teacher is not None and config.align_weight > 0
+        else None
+    )
+    trained = [*net.parameters(), *(align.parameters() if align is not None else [])]
     from diffusers.training_utils import EMAModel
 
     ema = EMAModel(net.parameters(), decay=config.ema_decay, foreach=True)
@@ -492,7 +551,7 @@ def train_generator(
     steps_per_epoch = max(1, len(images) // batch_size)
     # The fused step is one kernel over every tensor: 1.6 against 6 ms a step on 2 cores.
     optimizer = torch.optim.AdamW(
-        net.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+        trained, lr=config.lr, weight_decay=config.weight_decay,
         fused=torch.device(ctx.device).type in ("cpu", "cuda"),
     )  # fmt: skip
     schedule = torch.optim.lr_scheduler.OneCycleLR(
@@ -511,10 +570,13 @@ def train_generator(
             x = to_input(batch.to(ctx.device))
             with training_autocast(config, ctx.device):
                 loss = denoising_loss(net, config, x, cond, gen)
+                objective = (
+                    loss if align is None else loss - config.align_weight * align.similarity(x)
+                )
             optimizer.zero_grad(set_to_none=True)
-            torch.autograd.backward(loss)
+            torch.autograd.backward(objective)
             if config.grad_clip is not None:  # a spike at the peak rate once undid 8 epochs
-                torch.nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
+                torch.nn.utils.clip_grad_norm_(trained, config.grad_clip)
             optimizer.step()
             schedule.step()
             ema.step(net.parameters())

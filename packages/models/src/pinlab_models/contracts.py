@@ -453,6 +453,10 @@ class GeneratorConfig(BaseModel):
     `attention_levels` levels), and their sentence embedding (with the category, when known)
     added to the timestep embedding, which scales and shifts every ResNet block (FiLM).
 
+    With `align_weight` > 0, training also aligns the UNet's first-level features with a frozen
+    image encoder's feature map of the clean image (REPA, Yu et al. 2025), which teaches the
+    network what the image shows from noisy inputs early on.
+
     `objective` "flow" is rectified flow matching (Liu et al. 2023; Lipman et al. 2023) with
     logit-normal times (Esser et al. 2024) and Euler sampling; "ddpm-v" is DDPM with
     v-prediction and DDIM sampling, what generators trained before flow became the default use.
@@ -478,6 +482,13 @@ class GeneratorConfig(BaseModel):
     heads: PositiveInt = Field(default=4, description="Attention heads per block.")
     text_tokens: PositiveInt = Field(default=16, description="MiniLM tokens kept per caption.")
     category_dim: PositiveInt = Field(default=32, description="Width of the category embedding.")
+    align_weight: float = Field(
+        default=0.5,
+        ge=0,
+        description="REPA: weight of aligning the first level's features of noisy images with "
+        "an image encoder's feature map of the clean ones (Yu et al. 2025); training then needs "
+        "the encoder (the run's, `train visual`). 0: no alignment, no encoder needed.",
+    )
     text_dropout: float = Field(
         default=0.1, ge=0, lt=1, description="Chance a caption is dropped (classifier-free)."
     )
