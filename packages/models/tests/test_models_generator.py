@@ -288,9 +288,10 @@ def test_alignment_needs_an_encoder_and_is_not_saved(
     assert load_generator(tmp_path / "old.pt").config.align_weight == 0.0
 
 
-def test_alignment_pulls_the_first_level_towards_the_teacher() -> None:
-    """The hook keeps the first level's (N, C, 8, 8) features; the teacher gives its 8x8 stage
-    to them; training the net and head on -similarity raises the similarity."""
+def test_alignment_pulls_the_mid_block_towards_the_teacher() -> None:
+    """The hook keeps the mid block's (N, C, 4, 4) features; the teacher gives its deepest
+    stage at least 4 wide, its 8x8 one, pooled to those cells; training the net and head on
+    -similarity raises the similarity."""
     torch.manual_seed(0)
     net = GeneratorNet(TINY, num_categories=3)
     align = FeatureAlignment(net, teacher().feature_map, image_size=16)
@@ -305,7 +306,7 @@ def test_alignment_pulls_the_first_level_towards_the_teacher() -> None:
     similarities = []
     for _ in range(30):
         net(net.pack(images) + torch.randn(8, 12, 8, 8), torch.full((8,), 500.0), cond)
-        assert align.features is not None and align.features.shape == (8, 16, 8, 8)
+        assert align.features is not None and align.features.shape == (8, 32, 4, 4)
         similarity = align.similarity(images)
         similarities.append(float(similarity.detach()))
         optimizer.zero_grad()

@@ -10,7 +10,7 @@ DDIM sampling (Song et al. 2021, `DDIMScheduler`), which earlier checkpoints wer
 Captions (MiniLM, frozen) and categories are dropped at random in training, so one network is
 conditional and unconditional at once: classifier-free guidance (Ho & Salimans 2022) mixes the
 two at sampling. The weights kept are an exponential moving average (diffusers' `EMAModel`).
-With `align_weight` > 0, training adds REPA (Yu et al. 2025): the first level's features of
+With `align_weight` > 0, training adds REPA (Yu et al. 2025): the mid block's features of
 the noisy image, through a small head used only in training, are pulled towards a frozen image
 encoder's feature map of the clean image.
 
@@ -388,26 +388,26 @@ def encode_conditioning(
 
 
 class FeatureAlignment(nn.Module):
-    """REPA (Yu et al. 2025): the training net's features at its first level (its first
-    ResNet block, at full cell resolution), through a 1x1-conv MLP head, should match a
-    frozen encoder's feature map of the clean image, cell by cell (the map average-pooled to
-    those cells). The head trains with the net and is not saved; a forward hook keeps the
-    features of the net's last call. The first level beat the mid block on validation pins."""
+    """REPA (Yu et al. 2025): the training net's mid-block features (its deepest level),
+    through a 1x1-conv MLP head, should match a frozen encoder's feature map of the clean
+    image, cell by cell (the map average-pooled to those cells). The head trains with the net
+    and is not saved; a forward hook keeps the features of the net's last call."""
 
     def __init__(
         self, net: GeneratorNet, teacher: FeatureTeacher, image_size: int, width: int = 256
     ) -> None:
         super().__init__()
         self.teacher = teacher
-        self.cells = image_size // net.patch
+        levels = len(net.unet.config.block_out_channels)
+        self.cells = image_size // net.patch // 2 ** (levels - 1)
         with torch.no_grad():
             channels = teacher(torch.zeros(1, 3, image_size, image_size), self.cells).shape[1]
-        first = net.unet.config.block_out_channels[0]
+        mid = net.unet.config.block_out_channels[-1]
         self.head = nn.Sequential(
-            nn.Conv2d(first, width, 1), nn.SiLU(), nn.Conv2d(width, channels, 1)
+            nn.Conv2d(mid, width, 1), nn.SiLU(), nn.Conv2d(width, channels, 1)
         )
         self.features: torch.Tensor | None = None
-        net.unet.down_blocks[0].resnets[0].register_forward_hook(self._keep)
+        net.unet.mid_block.register_forward_hook(self._keep)
 
     def _keep(self, module: nn.Module, args: Any, output: torch.Tensor) -> None:
         self.features = output

@@ -453,7 +453,7 @@ class GeneratorConfig(BaseModel):
     `attention_levels` levels), and their sentence embedding (with the category, when known)
     added to the timestep embedding, which scales and shifts every ResNet block (FiLM).
 
-    With `align_weight` > 0, training also aligns the UNet's first-level features with a frozen
+    With `align_weight` > 0, training also aligns the UNet's mid-block features with a frozen
     image encoder's feature map of the clean image (REPA, Yu et al. 2025), which teaches the
     network what the image shows from noisy inputs early on.
 
@@ -485,7 +485,7 @@ class GeneratorConfig(BaseModel):
     align_weight: float = Field(
         default=0.5,
         ge=0,
-        description="REPA: weight of aligning the first level's features of noisy images with "
+        description="REPA: weight of aligning the mid block's features of noisy images with "
         "an image encoder's feature map of the clean ones (Yu et al. 2025); training then needs "
         "the encoder (the run's, `train visual`). 0: no alignment, no encoder needed.",
     )
