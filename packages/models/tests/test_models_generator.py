@@ -322,6 +322,8 @@ def test_the_encoder_gives_its_deepest_map_at_least_so_wide() -> None:
     assert teacher().feature_map(images, 9).shape == (2, 8, 16, 16)
     encoder = CNNEncoder(EncoderConfig(image_size=16, widths=(8, 16, 32)))
     assert encoder.feature_map(images, 4).shape == (2, 32, 4, 4)
+    timm = CNNEncoder(EncoderConfig(arch="lcnet_050", image_size=16, embedding_dim=8))
+    assert timm.feature_map(images, 4).ndim == 4  # a timm CNN: its last map, whatever its width
     encoder.net = torch.nn.Linear(2, 2)  # a network with no spatial map
     with pytest.raises(PinlabModelError, match=r"no spatial feature map .* align_weight=0"):
         encoder.feature_map(images, 4)
