@@ -400,8 +400,9 @@ class FeatureAlignment(nn.Module):
         self.teacher = teacher
         levels = len(net.unet.config.block_out_channels)
         self.cells = image_size // net.patch // 2 ** (levels - 1)
-        with torch.no_grad():
-            channels = teacher(torch.zeros(1, 3, image_size, image_size), self.cells).shape[1]
+        blank = torch.zeros(1, 3, image_size, image_size, device=net.null_token.device)
+        with torch.no_grad():  # on the net's device, where the teacher lives too
+            channels = teacher(blank, self.cells).shape[1]
         mid = net.unet.config.block_out_channels[-1]
         self.head = nn.Sequential(
             nn.Conv2d(mid, width, 1), nn.SiLU(), nn.Conv2d(width, channels, 1)
