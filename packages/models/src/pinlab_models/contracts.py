@@ -499,8 +499,10 @@ class GeneratorConfig(BaseModel):
     snr_gamma: PositiveFloat | None = Field(
         default=5.0, description="DDPM: Min-SNR loss weighting's gamma; None weighs steps equally."
     )
-    epochs: PositiveInt = 100
-    batch_size: PositiveInt = 128
+    # Batch 64 for 85 epochs against 128 for 100, in about the same time: more shape accuracy
+    # on validation over two seeds (README, "Generating pins").
+    epochs: PositiveInt = 85
+    batch_size: PositiveInt = 64
     lr: PositiveFloat = 2e-3
     weight_decay: float = Field(default=0.0, ge=0)
     grad_clip: PositiveFloat | None = Field(
