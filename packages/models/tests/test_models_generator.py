@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F  # noqa: N812 - the PyTorch convention
 
 from pinlab_data import SynthConfig, synthesize
 from pinlab_models import (
@@ -23,7 +24,7 @@ from pinlab_models import (
     train_generator,
     validation_loss,
 )
-from pinlab_models._cnn_encoder import ConvNet
+from pinlab_models._cnn_encoder import ConvNet, to_input
 from pinlab_models._generator import (
     FeatureAlignment,
     GeneratorNet,
@@ -289,25 +290,29 @@ def test_alignment_needs_an_encoder_and_is_not_saved(
 
 
 def test_alignment_pulls_the_mid_block_towards_the_teacher() -> None:
-    """The hook keeps the mid block's (N, C, 4, 4) features; the teacher gives its deepest
-    stage at least 4 wide, its 8x8 one, pooled to those cells; training the net and head on
-    -similarity raises the similarity."""
+    """The hook keeps the mid block's (N, C, 4, 4) features; the targets are the teacher's
+    deepest stage at least 4 wide, its 8x8 one, pooled to those cells; training the net and
+    head on -similarity raises the similarity."""
     torch.manual_seed(0)
     net = GeneratorNet(TINY, num_categories=3)
     align = FeatureAlignment(net, teacher().feature_map, image_size=16)
-    images = torch.rand(8, 3, 16, 16) * 2 - 1
+    pixels = np.random.default_rng(0).integers(0, 256, (8, 16, 16, 3), dtype=np.uint8)
+    images = to_input(torch.from_numpy(pixels))
+    targets = align.targets(pixels, "cpu", batch_size=3)  # chunks of 3, 3 and 2
+    expected = F.avg_pool2d(align.teacher(images, 4), 2)
+    assert targets.shape == (8, 16, 4, 4) and torch.allclose(targets, expected, atol=1e-6)
     cond = Conditioning(
         torch.randn(8, 8, 384), torch.ones(8, 8, dtype=torch.bool), torch.randn(8, 384),
         torch.zeros(8, dtype=torch.long), torch.ones(8, dtype=torch.bool),
     )  # fmt: skip
     with pytest.raises(PinlabModelError, match="forward first"):
-        align.similarity(images)
+        align.similarity(targets)
     optimizer = torch.optim.Adam([*net.parameters(), *align.parameters()], lr=1e-2)
     similarities = []
     for _ in range(30):
         net(net.pack(images) + torch.randn(8, 12, 8, 8), torch.full((8,), 500.0), cond)
         assert align.features is not None and align.features.shape == (8, 32, 4, 4)
-        similarity = align.similarity(images)
+        similarity = align.similarity(targets)
         similarities.append(float(similarity.detach()))
         optimizer.zero_grad()
         torch.autograd.backward(-similarity)

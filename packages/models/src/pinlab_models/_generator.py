@@ -413,16 +413,24 @@ class FeatureAlignment(nn.Module):
     def _keep(self, module: nn.Module, args: Any, output: torch.Tensor) -> None:
         self.features = output
 
-    def similarity(self, images: torch.Tensor) -> torch.Tensor:
+    @torch.no_grad()
+    def targets(self, images: ImageArray, device: str, batch_size: int = 256) -> torch.Tensor:
+        """The teacher's (N, C, cells, cells) maps of clean uint8 `images` (N, S, S, 3). The
+        generator trains without augmentation, so its trainer computes these once."""
+        maps = []
+        for start in range(0, len(images), batch_size):
+            chunk = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
+            chunk_maps = self.teacher(to_input(chunk.to(device)), self.cells).float()
+            maps.append(F.adaptive_avg_pool2d(chunk_maps, self.cells))
+        return torch.cat(maps)
+
+    def similarity(self, targets: torch.Tensor) -> torch.Tensor:
         """Mean cosine between the projected features of the net's last forward (on noisy
-        versions of `images`) and the teacher's map of `images` themselves."""
+        images) and `targets`, the teacher's maps of the clean ones."""
         if self.features is None:
             raise PinlabModelError("FeatureAlignment.similarity needs the net's forward first")
         predicted = self.head(self.features).float()
-        with torch.no_grad():
-            target = self.teacher(images, self.cells).float()
-            target = F.adaptive_avg_pool2d(target, predicted.shape[-2:])
-        return F.cosine_similarity(predicted, target, dim=1).mean()
+        return F.cosine_similarity(predicted, targets, dim=1).mean()
 
 
 def _concat(a: Conditioning, b: Conditioning) -> Conditioning:
@@ -544,6 +552,10 @@ def train_generator(
         if teacher is not None and config.align_weight > 0
         else None
     )
+    targets = None
+    if align is not None:
+        with training_autocast(config, ctx.device):
+            targets = align.targets(images, ctx.device)
     trained = [*net.parameters(), *(align.parameters() if align is not None else [])]
     from diffusers.training_utils import EMAModel
 
@@ -572,7 +584,9 @@ def train_generator(
             with training_autocast(config, ctx.device):
                 loss = denoising_loss(net, config, x, cond, gen)
                 objective = (
-                    loss if align is None else loss - config.align_weight * align.similarity(x)
+                    loss
+                    if align is None or targets is None
+                    else loss - config.align_weight * align.similarity(targets[idx.to(ctx.device)])
                 )
             optimizer.zero_grad(set_to_none=True)
             torch.autograd.backward(objective)
