@@ -22,7 +22,7 @@ from torch import nn
 
 from pinlab_data.contracts import Float32Array, ImageArray, Int64Array
 from pinlab_models._architectures import build_network
-from pinlab_models._cnn_encoder import ConvNet, to_input
+from pinlab_models._cnn_encoder import ConvNet, input_chunks, to_input
 from pinlab_models._runtime import (
     EarlyStopping,
     EpochLog,
@@ -146,9 +146,8 @@ class ImageTextModel:
         was_training = self.tower.training
         self.tower.eval()
         out = np.empty((len(images), MINILM_DIM), dtype=np.float32)
-        for start in range(0, len(images), batch_size):
-            chunk = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
-            out[start : start + len(chunk)] = self.tower(to_input(chunk.to(self.device))).cpu()
+        for start, chunk in input_chunks(images, batch_size, self.device):
+            out[start : start + len(chunk)] = self.tower(chunk).cpu()
         self.tower.train(was_training)
         return out
 

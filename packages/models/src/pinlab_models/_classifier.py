@@ -17,7 +17,7 @@ from torch import nn
 
 from pinlab_data.contracts import ImageArray, Int64Array
 from pinlab_models._align import _geometric_view
-from pinlab_models._cnn_encoder import ConvNet, to_input
+from pinlab_models._cnn_encoder import ConvNet, input_chunks, to_input
 from pinlab_models._runtime import (
     file_digest,
     image_batches,
@@ -73,9 +73,8 @@ class ImageClassifier:
             )
         self.net.eval()
         out = {name: np.empty(len(images), dtype=np.int64) for name in self.labels}
-        for start in range(0, len(images), batch_size):
-            chunk = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
-            logits = self.net(to_input(chunk.to(self.device)))
+        for start, chunk in input_chunks(images, batch_size, self.device):
+            logits = self.net(chunk)
             for name, values in logits.items():
                 out[name][start : start + len(chunk)] = values.argmax(dim=1).cpu().numpy()
         return out

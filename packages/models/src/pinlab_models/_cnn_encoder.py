@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +78,15 @@ def to_input(batch: torch.Tensor) -> torch.Tensor:
     return batch.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
 
 
+def input_chunks(
+    images: np.ndarray, batch_size: int, device: str
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """(first row, input-form chunk on `device`) over uint8 (N, H, W, 3) `images`, in order."""
+    for start in range(0, len(images), batch_size):
+        chunk = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
+        yield start, to_input(chunk.to(device))
+
+
 def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """A random view of a batch: right-angle turns, flips, colour and noise changes.
 
@@ -147,9 +156,8 @@ class CNNEncoder:
         was_training = self.net.training
         self.net.eval()
         out = np.empty((len(images), self.embedding_dim), dtype=np.float32)
-        for start in range(0, len(images), batch_size):
-            chunk = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
-            out[start : start + len(chunk)] = self.net(to_input(chunk.to(self.device))).cpu()
+        for start, chunk in input_chunks(images, batch_size, self.device):
+            out[start : start + len(chunk)] = self.net(chunk).cpu()
         self.net.train(was_training)
         return out
 

@@ -35,7 +35,7 @@ import torch.nn.functional as F  # noqa: N812 - the PyTorch convention
 from torch import nn
 
 from pinlab_data.contracts import ImageArray, Int64Array
-from pinlab_models._cnn_encoder import to_input
+from pinlab_models._cnn_encoder import input_chunks, to_input
 from pinlab_models._runtime import (
     file_digest,
     image_batches,
@@ -417,11 +417,10 @@ class FeatureAlignment(nn.Module):
     def targets(self, images: ImageArray, device: str, batch_size: int = 256) -> torch.Tensor:
         """The teacher's (N, C, cells, cells) maps of clean uint8 `images` (N, S, S, 3). The
         generator trains without augmentation, so its trainer computes these once."""
-        maps = []
-        for start in range(0, len(images), batch_size):
-            chunk = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
-            chunk_maps = self.teacher(to_input(chunk.to(device)), self.cells).float()
-            maps.append(F.adaptive_avg_pool2d(chunk_maps, self.cells))
+        maps = [
+            F.adaptive_avg_pool2d(self.teacher(chunk, self.cells).float(), self.cells)
+            for _, chunk in input_chunks(images, batch_size, device)
+        ]
         return torch.cat(maps)
 
     def similarity(self, targets: torch.Tensor) -> torch.Tensor:
@@ -619,11 +618,10 @@ def validation_loss(
     gen = torch.Generator().manual_seed(seed)
     total = 0.0
     with torch.no_grad(), training_autocast(model.config, model.device):
-        for start in range(0, len(images), 256):
-            chunk = torch.from_numpy(np.ascontiguousarray(images[start : start + 256]))
+        for start, chunk in input_chunks(images, 256, model.device):
             rows = torch.arange(start, start + len(chunk), device=model.device)
             loss = denoising_loss(
-                net, model.config, to_input(chunk.to(model.device)), cond.take(rows), gen,
+                net, model.config, chunk, cond.take(rows), gen,
                 weighted=False,
             )  # fmt: skip
             total += float(loss) * len(chunk)
