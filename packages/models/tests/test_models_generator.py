@@ -332,3 +332,68 @@ def test_the_encoder_gives_its_deepest_map_at_least_so_wide() -> None:
     encoder.net = torch.nn.Linear(2, 2)  # a network with no spatial map
     with pytest.raises(PinlabModelError, match=r"no spatial feature map .* align_weight=0"):
         encoder.feature_map(images, 4)
+
+
+@pytest.fixture(scope="module")
+def guided(
+    world: tuple[np.ndarray, list[str], np.ndarray, list[str]],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> TextToImage:
+    """Trained like `trained`, but keeping the average after epoch 1 as the guide."""
+    model, _ = train_tiny(
+        world, TINY.model_copy(update={"guide_epoch": 1}), tmp_path_factory.mktemp("guided")
+    )
+    return model
+
+
+def test_the_guide_is_the_early_average_and_is_saved(
+    guided: TextToImage, trained: tuple[TextToImage, list[float]], tmp_path: Path
+) -> None:
+    assert guided.guide is not None and guided.autoguidance() == 1.5
+    net, guide = guided.net.state_dict(), guided.guide.state_dict()
+    assert net.keys() == guide.keys() and not all(torch.equal(v, guide[k]) for k, v in net.items())
+    # Same seed and data: the kept network is the one trained without a guide.
+    assert all(torch.equal(v, trained[0].net.state_dict()[k]) for k, v in net.items())
+    # A run that never reached guide_epoch (TINY's 10 of 3 epochs) keeps none: no guidance.
+    assert trained[0].guide is None and trained[0].autoguidance(3.0) == 1.0
+    guided.save(tmp_path / "generator.pt")
+    loaded = load_generator(tmp_path / "generator.pt")
+    assert loaded.guide is not None
+    assert all(torch.equal(v, loaded.guide.state_dict()[k]) for k, v in guide.items())
+    np.testing.assert_array_equal(
+        loaded.generate(["a dotted cool ring"], steps=2, seed=4),
+        guided.generate(["a dotted cool ring"], steps=2, seed=4),
+    )
+    # Generators saved before autoguidance load with no guide.
+    payload = torch.load(tmp_path / "generator.pt", weights_only=True)
+    del payload["config"]["guide_epoch"], payload["guide"]
+    torch.save(payload, tmp_path / "old.pt")
+    old = load_generator(tmp_path / "old.pt")
+    assert old.config.guide_epoch is None and old.guide is None
+
+
+def test_autoguidance_steps_away_from_what_the_guide_predicts(guided: TextToImage) -> None:
+    prompts = ["a striped warm circle"] * 2
+    unguided = guided.generate(prompts, steps=3, seed=7, autoguidance=1.0)
+    assert not np.array_equal(guided.generate(prompts, steps=3, seed=7), unguided)
+    # The guide enters only through its difference from the net: a guide equal to the net
+    # changes nothing, at any weight and with or without classifier-free guidance.
+    same = TextToImage(
+        guided.net, guided.config, guided.categories, text_encoder=guided.text_encoder,
+        guide=copy.deepcopy(guided.net),
+    )  # fmt: skip
+    # (atol 1: the guide runs on half the batch the net does, so float round-off may differ)
+    np.testing.assert_allclose(
+        same.generate(prompts, steps=3, seed=7, autoguidance=4.0).astype(int),
+        unguided.astype(int),
+        atol=1,
+    )
+    np.testing.assert_array_equal(
+        same.generate(prompts, steps=3, seed=7, guidance=1.0, autoguidance=4.0),
+        guided.generate(prompts, steps=3, seed=7, guidance=1.0, autoguidance=1.0),
+    )
+    meta = guided.png_text("a star", seed=1, index=0, steps=3, guidance=3.0)
+    assert meta["pinlab:autoguidance"] == "1.5"
+    for bad in (-0.5, 21.0, float("nan")):
+        with pytest.raises(PinlabModelError, match=r"autoguidance = .* use 0\.\.20"):
+            guided.generate(prompts, steps=3, autoguidance=bad)

@@ -50,6 +50,8 @@ def test_generate_returns_pngs_that_say_what_made_them(client: TestClient) -> No
     meta = png_text(first)
     assert meta["pinlab:generated"] == "true" and meta["pinlab:prompt"] == body["text"]
     assert meta["pinlab:model_id"] == out["model_id"] and meta["pinlab:seed"] == "3"
+    # This generator kept no autoguidance guide: none is used, and both say so.
+    assert out["autoguidance"] == 1.0 and meta["pinlab:autoguidance"] == "1.0"
     assert client.post("/v1/generate", json=body).json()["images"] == out["images"]
     # A generated image goes straight to visual search.
     found = client.post("/v1/search/image", files={"image": ("g.png", first, "image/png")})
@@ -66,6 +68,7 @@ def test_generate_returns_pngs_that_say_what_made_them(client: TestClient) -> No
         ({"text": "a star", "steps": 11}, "1..10"),
         ({"text": "   ", "n": 1}, "prompt is empty"),
         ({"text": "a star", "guidance": 30}, "body.guidance"),
+        ({"text": "a star", "autoguidance": -1}, "body.autoguidance"),
     ],
 )
 def test_out_of_range_requests_are_422_with_the_range(

@@ -174,6 +174,7 @@ def train_generator_run(
         "split_seed": split_seed,
         "train_pins": len(train_rows),
         "aligned_to": aligned_to,
+        "guide_epoch": None if model.guide is None else config.guide_epoch,
         "categories": names,
         "config": config.model_dump(),
         **report.model_dump(),
@@ -204,12 +205,14 @@ def generate(
     out: Path,
     category: str | None = None,
     device: str = "cpu",
+    autoguidance: float | None = None,
 ) -> dict[str, Any]:
     """Generate `n` images for `text` with the run's generator; one PNG each under `out`.
 
     Arguments are checked before the model loads. Writes OUT/SLUG-sSEED-II.png.
+    `autoguidance` None takes the generator's own setting.
     """
-    check_request(text, n, steps, guidance, GenerateLimits())
+    check_request(text, n, steps, guidance, GenerateLimits(), autoguidance)
     require_generator(run)
     if out.exists() and not out.is_dir():
         raise PinlabDataError(f"{out} is a file; pass a directory to --out")
@@ -218,16 +221,18 @@ def generate(
     model.text_encoder  # noqa: B018 - load MiniLM before the clock starts
     start = time.perf_counter()
     images = model.generate(
-        [text] * n, steps=steps, guidance=guidance, seed=seed, category=category
-    )
+        [text] * n, steps=steps, guidance=guidance, seed=seed, category=category,
+        autoguidance=autoguidance,
+    )  # fmt: skip
     seconds = time.perf_counter() - start
     out.mkdir(parents=True, exist_ok=True)
     files = []
     for i, image in enumerate(images):
         path = out / f"{_slug(text)}-s{seed}-{i:02d}.png"
         meta = model.png_text(
-            text, seed=seed, index=i, steps=steps, guidance=guidance, category=category
-        )
+            text, seed=seed, index=i, steps=steps, guidance=guidance, category=category,
+            autoguidance=autoguidance,
+        )  # fmt: skip
         write_bytes_atomic(path, encode_png(image, meta))
         files.append(str(path))
     return {
@@ -237,6 +242,7 @@ def generate(
         "n": n,
         "steps": steps,
         "guidance": guidance,
+        "autoguidance": model.autoguidance(autoguidance),
         "seed": seed,
         "files": files,
         "seconds": round(seconds, 3),
@@ -330,6 +336,7 @@ def eval_generator(
     device: str = "cpu",
     progress: TrainProgress = True,
     max_prompts: int = MAX_EVAL_PROMPTS,
+    autoguidance: float | None = None,
 ) -> dict[str, Any]:
     """Measure the run's generator on held-out captions; see the module docstring.
 
@@ -353,7 +360,7 @@ def eval_generator(
             f"run {run.root} has no image encoder, the feature space of the Fréchet distance; "
             f"train one with `pinlab train visual --data DIR --run {run.root}`"
         )
-    check_request("held-out captions", 1, steps, guidance, GenerateLimits())
+    check_request("held-out captions", 1, steps, guidance, GenerateLimits(), autoguidance)
     device = resolve_device(device)
     start = time.perf_counter()
     ds = load_dataset(run.data_dir())
@@ -376,7 +383,10 @@ def eval_generator(
     classifier, truth = _classifier(run, ds, images, split_seed, device, progress)
     cond = model.conditioning(prompts, [len(model.categories)] * len(prompts))
     clock = time.perf_counter()
-    generated = model.sample(cond, steps=steps, guidance=guidance, seed=seed)
+    autoguidance = model.autoguidance(autoguidance)
+    generated = model.sample(
+        cond, steps=steps, guidance=guidance, seed=seed, autoguidance=autoguidance
+    )
     generation_seconds = time.perf_counter() - clock
     labels = _category_names(ds)[1]
     baseline = mean_image_baseline(
@@ -468,7 +478,7 @@ def eval_generator(
         "nn_distance": "RMS pixel difference (0-1 scale) to the nearest training image",
     }  # fmt: skip
 
-    grid = _sample_grid(model, ds, captions, rows_a, steps, guidance, seed)
+    grid = _sample_grid(model, ds, captions, rows_a, steps, guidance, autoguidance, seed)
     write_bytes_atomic(directory / SAMPLES_FILE, grid)
     result: dict[str, Any] = {
         "model_id": model.model_id,
@@ -478,6 +488,7 @@ def eval_generator(
         "seed": seed,
         "steps": steps,
         "guidance": guidance,
+        "autoguidance": autoguidance,
         "prompts": len(prompts),
         "prompts_are": "captions of held-out pins that no training pin has",
         "fidelity": fidelity,
@@ -508,7 +519,7 @@ def _pixels(images: np.ndarray) -> np.ndarray:
 
 def _sample_grid(
     model: TextToImage, ds: Dataset, captions: list[str], rows: np.ndarray, steps: int,
-    guidance: float, seed: int,
+    guidance: float, autoguidance: float, seed: int,
 ) -> bytes:  # fmt: skip
     """A few held-out prompts: real pins of that caption, then generated samples of it."""
     picked = rows[:GRID_PROMPTS]
@@ -519,7 +530,7 @@ def _sample_grid(
     images = pin_images(ds)
     generated = model.generate(
         [p for p in prompts for _ in range(GRID_SAMPLES)], steps=steps, guidance=guidance,
-        seed=seed + 1,
+        seed=seed + 1, autoguidance=autoguidance,
     )  # fmt: skip
     return sample_grid_png(
         [
@@ -664,7 +675,8 @@ def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _time_eight(directory: Path, device: str) -> float:
-    """Seconds to generate 8 images at 25 steps (guidance 3), after one warm-up call."""
+    """Seconds to generate 8 images at 25 steps (guidance 3, the generator's autoguidance),
+    after one warm-up call."""
     model = load_generator(directory / "generator.pt", device)
     prompts = ["a striped warm star"] * 8
     model.generate(prompts[:1], steps=2)

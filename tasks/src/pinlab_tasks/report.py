@@ -1604,7 +1604,8 @@ def _generator_section(directory: Path, page: _Page, title: str = "Generated pin
     agreement = result.get("text_image_agreement") or {}
     parts = [
         f'<p class="note">{esc(result["prompts"])} prompts: {esc(result["prompts_are"])}; '
-        f"{esc(result['steps'])} sampling steps, guidance {esc(result['guidance'])}, seed "
+        f"{esc(result['steps'])} sampling steps, guidance {esc(result['guidance'])}, "
+        f"autoguidance {esc(result.get('autoguidance', 1.0))}, seed "
         f"{esc(result['seed'])}. <b>real</b>: held-out pins of the same captions (FD against the "
         "other half of the held-out pins: the real-vs-real floor); <b>baseline</b>: the "
         "prompted category's mean training image plus per-pixel noise (no learning). "

@@ -9,7 +9,9 @@ al. 2020) with v-prediction (Salimans & Ho 2022) on a cosine schedule (`DDPMSche
 DDIM sampling (Song et al. 2021, `DDIMScheduler`), which earlier checkpoints were trained with.
 Captions (MiniLM, frozen) and categories are dropped at random in training, so one network is
 conditional and unconditional at once: classifier-free guidance (Ho & Salimans 2022) mixes the
-two at sampling. The weights kept are an exponential moving average (diffusers' `EMAModel`).
+two at sampling. The weights kept are an exponential moving average (diffusers' `EMAModel`);
+the average after an early epoch is kept too, as the guide of autoguidance (Karras et al.
+2024): sampling also steps away from what that weaker network predicts.
 With `align_weight` > 0, training adds REPA (Yu et al. 2025): the mid block's features of
 the noisy image, through a small head used only in training, are pulled towards a frozen image
 encoder's feature map of the clean image.
@@ -188,7 +190,10 @@ def sampling_scheduler(config: GeneratorConfig) -> DDIMScheduler | FlowMatchEule
     )
 
 
-def check_request(prompt: str, n: int, steps: int, guidance: float, limits: GenerateLimits) -> None:
+def check_request(
+    prompt: str, n: int, steps: int, guidance: float, limits: GenerateLimits,
+    autoguidance: float | None = None,
+) -> None:  # fmt: skip
     """Refuse a generation request outside `limits` before any work, saying the allowed range."""
     if not 1 <= n <= limits.max_images:
         raise PinlabModelError(f"n = {n} images is out of range; ask for 1..{limits.max_images}")
@@ -206,6 +211,13 @@ def check_request(prompt: str, n: int, steps: int, guidance: float, limits: Gene
             f"guidance = {guidance} is out of range; use 0..{limits.max_guidance} "
             "(1 is plain conditional sampling, 0 ignores the prompt)"
         )
+    if autoguidance is not None and (
+        math.isnan(autoguidance) or not 0 <= autoguidance <= limits.max_guidance
+    ):
+        raise PinlabModelError(
+            f"autoguidance = {autoguidance} is out of range; use 0..{limits.max_guidance} "
+            "(1 leaves the guide out)"
+        )
 
 
 class TextToImage:
@@ -218,8 +230,10 @@ class TextToImage:
         categories: Sequence[str],
         device: str = "cpu",
         text_encoder: TextEncoder | None = None,
+        guide: GeneratorNet | None = None,
     ) -> None:
         self.net = net.to(device)
+        self.guide = None if guide is None else guide.to(device).eval()
         self.config = config
         self.categories = list(categories)
         self.device = device
@@ -235,6 +249,13 @@ class TextToImage:
     @property
     def image_size(self) -> int:
         return self.config.image_size
+
+    def autoguidance(self, requested: float | None = None) -> float:
+        """The guide's weight sampling uses: `requested`, else the config's; 1 (none) when the
+        generator kept no guide."""
+        if self.guide is None:
+            return 1.0
+        return self.config.autoguidance if requested is None else requested
 
     def category_index(self, category: str | None) -> int:
         """The embedding row of a category name; None is "no category"."""
@@ -263,23 +284,30 @@ class TextToImage:
         seed: int = 0,
         category: str | None = None,
         limits: GenerateLimits | None = None,
+        autoguidance: float | None = None,
     ) -> ImageArray:
         """One (S, S, 3) uint8 image per prompt; the same seed gives the same images.
 
         Image i's starting noise is the i-th draw of the seed, so the first images of a batch
-        do not change when more are asked for.
+        do not change when more are asked for. `autoguidance` None takes the config's.
         """
         for prompt in dict.fromkeys(prompts) or [""]:  # no prompt at all is refused too
-            check_request(prompt, len(prompts), steps, guidance, limits or GenerateLimits())
+            check_request(
+                prompt, len(prompts), steps, guidance, limits or GenerateLimits(), autoguidance
+            )
         cond = self.conditioning(prompts, [self.category_index(category)] * len(prompts))
-        return self.sample(cond, steps=steps, guidance=guidance, seed=seed)
+        return self.sample(
+            cond, steps=steps, guidance=guidance, seed=seed, autoguidance=autoguidance
+        )
 
     @torch.no_grad()
     def sample(
-        self, cond: Conditioning, *, steps: int, guidance: float, seed: int, batch_size: int = 64
-    ) -> ImageArray:
+        self, cond: Conditioning, *, steps: int, guidance: float, seed: int,
+        batch_size: int = 64, autoguidance: float | None = None,
+    ) -> ImageArray:  # fmt: skip
         """Images for an already-encoded conditioning, `batch_size` at a time."""
         self.net.eval()
+        weight = self.autoguidance(autoguidance)
         n = len(cond.has_text)
         cells, channels = self.image_size // self.config.patch, 3 * self.config.patch**2
         gen = torch.Generator().manual_seed(seed)
@@ -288,15 +316,17 @@ class TextToImage:
         for start in range(0, n, batch_size):
             rows = torch.arange(start, min(start + batch_size, n))
             x = self._denoise(
-                noise[rows].to(self.device), cond.take(rows.to(self.device)), steps, guidance
-            )
+                noise[rows].to(self.device), cond.take(rows.to(self.device)), steps, guidance,
+                weight,
+            )  # fmt: skip
             pixels = self.net.unpack(x).clamp(-1, 1).add(1).mul(127.5).round()
             out[start : start + len(rows)] = pixels.byte().permute(0, 2, 3, 1).cpu().numpy()
         return out
 
     def _denoise(
-        self, x: torch.Tensor, cond: Conditioning, steps: int, guidance: float
-    ) -> torch.Tensor:
+        self, x: torch.Tensor, cond: Conditioning, steps: int, guidance: float,
+        autoguidance: float,
+    ) -> torch.Tensor:  # fmt: skip
         scheduler = sampling_scheduler(self.config)
         scheduler.set_timesteps(steps)
         none = len(self.categories)
@@ -310,16 +340,19 @@ class TextToImage:
             if self.config.objective == "ddpm-v":
                 ts = ts.long()
             if guidance == 1.0:
-                v = self.net(x, ts, cond)
+                conditional = v = self.net(x, ts, cond)
             else:
                 conditional, free = self.net(torch.cat([x, x]), torch.cat([ts, ts]), both).chunk(2)
                 v = free + guidance * (conditional - free)
+            if self.guide is not None and autoguidance != 1.0:
+                # Away from the weaker network's errors too, which the net has outgrown.
+                v = v + (autoguidance - 1) * (conditional - self.guide(x, ts, cond))
             x = scheduler.step(v, t, x).prev_sample
         return x
 
     def png_text(
         self, prompt: str, *, seed: int, index: int, steps: int, guidance: float,
-        category: str | None = None,
+        category: str | None = None, autoguidance: float | None = None,
     ) -> dict[str, str]:  # fmt: skip
         """What a generated PNG says about itself: generated, by which model, from what."""
         return {
@@ -333,6 +366,7 @@ class TextToImage:
             "pinlab:index": str(index),
             "pinlab:steps": str(steps),
             "pinlab:guidance": str(guidance),
+            "pinlab:autoguidance": str(self.autoguidance(autoguidance)),
         }
 
     def save(self, path: Path) -> str:
@@ -345,6 +379,8 @@ class TextToImage:
             "text_model": MINILM_ID,
             "state": state,
         }
+        if self.guide is not None:
+            payload["guide"] = {k: v.cpu() for k, v in self.guide.state_dict().items()}
         self.model_id = f"gen-{save_checkpoint(path, payload)}"
         return self.model_id
 
@@ -355,6 +391,7 @@ def load_generator(path: Path, device: str = "cpu") -> TextToImage:
     # Checkpoints written before flow matching was added are DDPM with v-prediction.
     payload["config"].setdefault("objective", "ddpm-v")
     payload["config"].setdefault("align_weight", 0.0)  # and before REPA, without it
+    payload["config"].setdefault("guide_epoch", None)  # and before autoguidance, with no guide
     if payload.get("text_model") != MINILM_ID:
         raise PinlabModelError(
             f"{path} was conditioned on {payload.get('text_model')!r}, but the text encoder "
@@ -365,7 +402,11 @@ def load_generator(path: Path, device: str = "cpu") -> TextToImage:
     net = GeneratorNet(config, len(categories))
     net.load_state_dict(payload["state"])
     net.eval()
-    model = TextToImage(net, config, categories, device)
+    guide = None
+    if "guide" in payload:
+        guide = GeneratorNet(config, len(categories))
+        guide.load_state_dict(payload["guide"])
+    model = TextToImage(net, config, categories, device, guide=guide)
     model.model_id = f"gen-{file_digest(path)}"
     return model
 
@@ -500,7 +541,8 @@ def train_generator(
     text_encoder: TextEncoder | None = None,
     teacher: FeatureTeacher | None = None,
 ) -> tuple[TextToImage, FitReport]:
-    """Train a generator on captioned images; keeps the EMA weights of the best validated epoch.
+    """Train a generator on captioned images; keeps the EMA weights of the best validated epoch,
+    and those after `config.guide_epoch` as its autoguidance guide when the best came later.
 
     `categories` index `category_names` (None: the data has none, only captions condition).
     `teacher` is the frozen encoder map that `config.align_weight` > 0 aligns with.
@@ -570,7 +612,11 @@ def train_generator(
         optimizer, max_lr=config.lr, total_steps=steps_per_epoch * config.epochs, pct_start=0.1
     )
 
+    guide_state: list[dict[str, torch.Tensor]] = []
+    epoch = 0
+
     def train_epoch() -> float:
+        nonlocal epoch
         net.train()
         total = 0.0
         for idx, batch in image_batches(images, batch_size, gen):
@@ -596,6 +642,9 @@ def train_generator(
             ema.step(net.parameters())
             total += float(loss.detach())
         ema.copy_to(ema_net.parameters())  # what validation sees and early stopping keeps
+        epoch += 1
+        if epoch == config.guide_epoch:
+            guide_state.append({k: v.detach().clone() for k, v in ema_net.state_dict().items()})
         return total / steps_per_epoch
 
     report = run_epochs(
@@ -603,6 +652,10 @@ def train_generator(
         validate=validate, gen=gen, name="generator",
     )  # fmt: skip
     ema_net.eval()
+    kept = report.best_epoch or report.epochs  # without validation, the last epoch is kept
+    if guide_state and config.guide_epoch is not None and kept > config.guide_epoch:
+        model.guide = copy.deepcopy(ema_net)
+        model.guide.load_state_dict(guide_state[0])
     return model, report
 
 

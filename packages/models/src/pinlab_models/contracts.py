@@ -512,6 +512,18 @@ class GeneratorConfig(BaseModel):
         default=0.99, gt=0, lt=1, description="EMA decay, warmed up as (1 + n) / (10 + n)."
     )
     patience: PositiveInt = Field(default=6, description="Epochs without validation gain.")
+    guide_epoch: PositiveInt | None = Field(
+        default=10,
+        description="Autoguidance (Karras et al. 2024): the EMA weights after this epoch are "
+        "kept as the guide, a weaker version of the same network (None: no guide).",
+    )
+    autoguidance: float = Field(
+        default=1.5,
+        ge=0,
+        le=20,
+        description="Sampling: the guide's weight w, v += (w - 1) (net - guide) on top of "
+        "classifier-free guidance (1: the guide is not used).",
+    )
     mixed_precision: bool = Field(
         default=True,
         description="Train under bfloat16 autocast where the device has fast bfloat16 (CUDA, or "

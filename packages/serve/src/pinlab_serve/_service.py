@@ -260,7 +260,10 @@ class PinService:
                 f"generator --data DIR --run {self.files.root}` and restart the server"
             )
         try:
-            check_request(request.text, request.n, request.steps, request.guidance, self._limits())
+            check_request(
+                request.text, request.n, request.steps, request.guidance, self._limits(),
+                request.autoguidance,
+            )  # fmt: skip
         except PinlabModelError as exc:
             raise UnprocessableError(str(exc)) from None
         per_image = request.steps * self.seconds_per_image_step
@@ -296,21 +299,22 @@ class PinService:
             start = time.perf_counter()
             images = self._generator.generate(
                 [request.text] * request.n, steps=request.steps, guidance=request.guidance,
-                seed=request.seed, limits=self._limits(),
+                seed=request.seed, limits=self._limits(), autoguidance=request.autoguidance,
             )  # fmt: skip
             seconds = time.perf_counter() - start
         urls = []
         for i, image in enumerate(images):
             text = self._generator.png_text(
                 request.text, seed=request.seed, index=i, steps=request.steps,
-                guidance=request.guidance,
+                guidance=request.guidance, autoguidance=request.autoguidance,
             )  # fmt: skip
             urls.append(
                 "data:image/png;base64," + base64.b64encode(encode_png(image, text)).decode()
             )
         return GenerateResponse(
             model_id=self._generator.model_id, text=request.text, n=request.n,
-            steps=request.steps, guidance=request.guidance, seed=request.seed,
+            steps=request.steps, guidance=request.guidance,
+            autoguidance=self._generator.autoguidance(request.autoguidance), seed=request.seed,
             seconds=round(seconds, 3), estimate_s=round(estimate, 3), images=urls,
         )  # fmt: skip
 

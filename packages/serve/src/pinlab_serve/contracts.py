@@ -499,6 +499,10 @@ class GenerateRequest(BaseModel):
     n: int = Field(default=4, ge=1, le=64, description="Images (the service may allow fewer).")
     steps: int = Field(default=25, ge=1, le=200, description="Sampling steps (idem).")
     guidance: float = Field(default=3.0, ge=0, le=20, description="Classifier-free guidance.")
+    autoguidance: float | None = Field(
+        default=None, ge=0, le=20,
+        description="The early-epoch guide's weight (1: none; default: the generator's own).",
+    )  # fmt: skip
     seed: int = Field(default=0, ge=0, le=2**31 - 1, description="The same seed, the same images.")
 
 
@@ -511,6 +515,7 @@ class GenerateResponse(BaseModel):
     n: int
     steps: int
     guidance: float
+    autoguidance: float = Field(description="The guide's weight used (1: the generator has none).")
     seed: int
     seconds: float
     estimate_s: float = Field(description="What the budget check expected it to take.")

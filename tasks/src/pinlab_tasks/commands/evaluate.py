@@ -239,6 +239,14 @@ def generator(
     guidance: Annotated[
         float, typer.Option("--guidance", help="Classifier-free guidance scale (0..20).")
     ] = 3.0,
+    autoguidance: Annotated[
+        float | None,
+        typer.Option(
+            "--autoguidance",
+            help="The early-epoch guide's weight (0..20; 1 leaves it out; default: the "
+            "generator's own).",
+        ),
+    ] = None,
     seed: SeedOpt = None,
     device: DeviceOpt = None,
     as_json: JsonFlag = False,
@@ -255,12 +263,16 @@ def generator(
     s = settings()
     seed = s.seed if seed is None else seed
     layout = RunLayout(run)
-    params = {"run": str(run), "steps": steps, "guidance": guidance, "seed": seed}
+    params = {
+        "run": str(run), "steps": steps, "guidance": guidance, "autoguidance": autoguidance,
+        "seed": seed,
+    }  # fmt: skip
     with tracked("eval generator", params, run_dir=run) as tracker:
         result = generative.eval_generator(
             layout,
             steps=steps,
             guidance=guidance,
+            autoguidance=autoguidance,
             seed=seed,
             device=device or s.device,
             progress=train_progress(not as_json, "eval generator"),

@@ -29,6 +29,14 @@ def generate(
         float,
         typer.Option("--guidance", help="Classifier-free guidance scale (0..20; 1 is none)."),
     ] = 3.0,
+    autoguidance: Annotated[
+        float | None,
+        typer.Option(
+            "--autoguidance",
+            help="The early-epoch guide's weight (0..20; 1 leaves it out; default: the "
+            "generator's own).",
+        ),
+    ] = None,
     category: Annotated[
         str | None,
         typer.Option("--category", help="Also condition on this category of the dataset."),
@@ -53,6 +61,7 @@ def generate(
         out=out,
         category=category,
         device=device or s.device,
+        autoguidance=autoguidance,
     )
 
     def render() -> None:
