@@ -628,7 +628,10 @@ def bench_generative(
     summary = {
         k: {
             "mean": round(float(np.mean([p[k] for p in per_seed])), 5),
-            "std": round(float(np.std([p[k] for p in per_seed])), 5),
+            # the sample std (ddof 1), as the other benches report it; 0 for one seed
+            "std": round(float(np.std([p[k] for p in per_seed], ddof=1)), 5)
+            if len(per_seed) > 1
+            else 0.0,
         }
         for k in keys
     }
