@@ -26,6 +26,14 @@ DeviceOpt = Annotated[
     str | None, typer.Option("--device", help="auto, cpu or cuda [env PINLAB_DEVICE].")
 ]
 KOpt = Annotated[int, typer.Option("-k", "--k", help="How many results.")]
+AutoguidanceOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--autoguidance",
+        help="The generator's early-epoch guide's weight (0..20; 1 leaves it out; default: "
+        "the generator's own).",
+    ),
+]
 RuntimeOpt = Annotated[
     Runtime,
     typer.Option(

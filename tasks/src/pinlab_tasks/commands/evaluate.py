@@ -12,7 +12,7 @@ from pinlab_data import write_json_atomic
 from pinlab_eval import CiMethod
 from pinlab_tasks import cold_start, generative, recsys
 from pinlab_tasks import visual as visual_workflows
-from pinlab_tasks._app import DeviceOpt, JsonFlag, SeedOpt, settings
+from pinlab_tasks._app import AutoguidanceOpt, DeviceOpt, JsonFlag, SeedOpt, settings
 from pinlab_tasks._output import emit, metrics_table, stdout
 from pinlab_tasks._progress import train_progress
 from pinlab_tasks.runs import RunLayout
@@ -239,14 +239,7 @@ def generator(
     guidance: Annotated[
         float, typer.Option("--guidance", help="Classifier-free guidance scale (0..20).")
     ] = 3.0,
-    autoguidance: Annotated[
-        float | None,
-        typer.Option(
-            "--autoguidance",
-            help="The early-epoch guide's weight (0..20; 1 leaves it out; default: the "
-            "generator's own).",
-        ),
-    ] = None,
+    autoguidance: AutoguidanceOpt = None,
     seed: SeedOpt = None,
     device: DeviceOpt = None,
     as_json: JsonFlag = False,

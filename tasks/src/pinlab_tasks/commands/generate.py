@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from pinlab_tasks import generative
-from pinlab_tasks._app import DeviceOpt, JsonFlag, SeedOpt, settings
+from pinlab_tasks._app import AutoguidanceOpt, DeviceOpt, JsonFlag, SeedOpt, settings
 from pinlab_tasks._output import emit, stdout
 from pinlab_tasks.runs import RunLayout
 
@@ -29,14 +29,7 @@ def generate(
         float,
         typer.Option("--guidance", help="Classifier-free guidance scale (0..20; 1 is none)."),
     ] = 3.0,
-    autoguidance: Annotated[
-        float | None,
-        typer.Option(
-            "--autoguidance",
-            help="The early-epoch guide's weight (0..20; 1 leaves it out; default: the "
-            "generator's own).",
-        ),
-    ] = None,
+    autoguidance: AutoguidanceOpt = None,
     category: Annotated[
         str | None,
         typer.Option("--category", help="Also condition on this category of the dataset."),
