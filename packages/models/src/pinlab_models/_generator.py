@@ -612,11 +612,11 @@ def train_generator(
         optimizer, max_lr=config.lr, total_steps=steps_per_epoch * config.epochs, pct_start=0.1
     )
 
-    guide_state: list[dict[str, torch.Tensor]] = []
+    guide_state: dict[str, torch.Tensor] | None = None
     epoch = 0
 
     def train_epoch() -> float:
-        nonlocal epoch
+        nonlocal epoch, guide_state
         net.train()
         total = 0.0
         for idx, batch in image_batches(images, batch_size, gen):
@@ -644,7 +644,7 @@ def train_generator(
         ema.copy_to(ema_net.parameters())  # what validation sees and early stopping keeps
         epoch += 1
         if epoch == config.guide_epoch:
-            guide_state.append({k: v.detach().clone() for k, v in ema_net.state_dict().items()})
+            guide_state = {k: v.detach().clone() for k, v in ema_net.state_dict().items()}
         return total / steps_per_epoch
 
     report = run_epochs(
@@ -653,9 +653,9 @@ def train_generator(
     )  # fmt: skip
     ema_net.eval()
     kept = report.best_epoch or report.epochs  # without validation, the last epoch is kept
-    if guide_state and config.guide_epoch is not None and kept > config.guide_epoch:
+    if guide_state is not None and config.guide_epoch is not None and kept > config.guide_epoch:
         model.guide = copy.deepcopy(ema_net)
-        model.guide.load_state_dict(guide_state[0])
+        model.guide.load_state_dict(guide_state)
     return model, report
 
 
