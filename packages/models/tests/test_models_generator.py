@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812 - the PyTorch convention
 
+import pinlab_models._generator as generator_module
 from pinlab_data import SynthConfig, synthesize
 from pinlab_models import (
     CNNEncoder,
@@ -397,3 +398,50 @@ def test_autoguidance_steps_away_from_what_the_guide_predicts(guided: TextToImag
     for bad in (-0.5, 21.0, float("nan")):
         with pytest.raises(PinlabModelError, match=r"autoguidance = .* use 0\.\.20"):
             guided.generate(prompts, steps=3, autoguidance=bad)
+
+
+def test_mirroring_shows_the_net_mirrored_images_with_their_own_targets(
+    world: tuple[np.ndarray, list[str], np.ndarray, list[str]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With `hflip`, about half the training images arrive mirrored, and the REPA target of
+    each is the teacher's map of the image the net was shown, not of its unmirrored source."""
+    images, captions, labels, names = world
+    seen: list[torch.Tensor] = []
+    pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+    loss, similarity = generator_module.denoising_loss, FeatureAlignment.similarity
+
+    def recording_loss(
+        net: GeneratorNet, config: GeneratorConfig, x: torch.Tensor, *a: object
+    ) -> torch.Tensor:
+        seen.append(x.detach().clone())
+        return loss(net, config, x, *a)  # type: ignore[arg-type]
+
+    def recording_similarity(self: FeatureAlignment, targets: torch.Tensor) -> torch.Tensor:
+        pairs.append((seen[-1], targets.detach().clone()))
+        return similarity(self, targets)
+
+    monkeypatch.setattr(generator_module, "denoising_loss", recording_loss)
+    monkeypatch.setattr(FeatureAlignment, "similarity", recording_similarity)
+    config = TINY.model_copy(update={"hflip": True, "epochs": 2, "mixed_precision": False})
+    ctx = TrainContext(run_dir=tmp_path, seed=1, progress=False)
+    model, _ = train_generator(
+        images, captions, labels, names, config, ctx, teacher=teacher().feature_map
+    )
+    originals = to_input(torch.from_numpy(images))
+    shown = torch.cat(seen)
+    plain = (shown[:, None] == originals[None]).flatten(2).all(-1).any(1)
+    mirrored = (shown[:, None] == originals.flip(-1)[None]).flatten(2).all(-1).any(1)
+    assert bool((plain | mirrored).all())  # every image is a training image, or its mirror
+    assert 0.3 < float((mirrored & ~plain).float().mean()) < 0.7
+    for x, goal in pairs:
+        expected = F.adaptive_avg_pool2d(teacher().feature_map(x, 4), 4)
+        assert torch.allclose(goal, expected, atol=1e-5)
+    # Generators saved before mirroring trained without it.
+    model.save(tmp_path / "generator.pt")
+    payload = torch.load(tmp_path / "generator.pt", weights_only=True)
+    assert payload["config"]["hflip"] is True
+    del payload["config"]["hflip"]
+    torch.save(payload, tmp_path / "old.pt")
+    assert load_generator(tmp_path / "old.pt").config.hflip is False

@@ -392,6 +392,7 @@ def load_generator(path: Path, device: str = "cpu") -> TextToImage:
     payload["config"].setdefault("objective", "ddpm-v")
     payload["config"].setdefault("align_weight", 0.0)  # and before REPA, without it
     payload["config"].setdefault("guide_epoch", None)  # and before autoguidance, with no guide
+    payload["config"].setdefault("hflip", False)  # and before mirroring, unmirrored
     if payload.get("text_model") != MINILM_ID:
         raise PinlabModelError(
             f"{path} was conditioned on {payload.get('text_model')!r}, but the text encoder "
@@ -593,10 +594,13 @@ def train_generator(
         if teacher is not None and config.align_weight > 0
         else None
     )
-    targets = None
+    targets = mirrored_targets = None
     if align is not None:
         with training_autocast(config, ctx.device):
             targets = align.targets(images, ctx.device)
+            if config.hflip:
+                mirrored = np.ascontiguousarray(images[:, :, ::-1])
+                mirrored_targets = align.targets(mirrored, ctx.device)
     trained = [*net.parameters(), *(align.parameters() if align is not None else [])]
     from diffusers.training_utils import EMAModel
 
@@ -625,13 +629,22 @@ def train_generator(
                 (torch.rand(len(idx), generator=gen) < config.category_dropout).to(ctx.device),
                 num_categories,
             )
+            rows = idx.to(ctx.device)
             x = to_input(batch.to(ctx.device))
+            goal = None if targets is None else targets[rows]
+            if config.hflip:
+                mirror = (torch.rand(len(idx), generator=gen) < 0.5).to(ctx.device)[
+                    :, None, None, None
+                ]
+                x = torch.where(mirror, x.flip(-1), x)
+                if goal is not None and mirrored_targets is not None:
+                    goal = torch.where(mirror, mirrored_targets[rows], goal)
             with training_autocast(config, ctx.device):
                 loss = denoising_loss(net, config, x, cond, gen)
                 objective = (
                     loss
-                    if align is None or targets is None
-                    else loss - config.align_weight * align.similarity(targets[idx.to(ctx.device)])
+                    if align is None or goal is None
+                    else loss - config.align_weight * align.similarity(goal)
                 )
             optimizer.zero_grad(set_to_none=True)
             torch.autograd.backward(objective)
