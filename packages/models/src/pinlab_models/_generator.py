@@ -633,9 +633,8 @@ def train_generator(
             x = to_input(batch.to(ctx.device))
             goal = None if targets is None else targets[rows]
             if config.hflip:
-                mirror = (torch.rand(len(idx), generator=gen) < 0.5).to(ctx.device)[
-                    :, None, None, None
-                ]
+                flipped = torch.rand(len(idx), generator=gen) < 0.5
+                mirror = flipped.to(ctx.device).view(-1, 1, 1, 1)
                 x = torch.where(mirror, x.flip(-1), x)
                 if goal is not None and mirrored_targets is not None:
                     goal = torch.where(mirror, mirrored_targets[rows], goal)
