@@ -14,6 +14,7 @@ from pinlab_eval import (
     bootstrap_ci,
     holm,
     paired_bootstrap_test,
+    seed_std,
     summarize_models,
 )
 
@@ -190,3 +191,10 @@ def test_summary_says_which_metric_is_missing() -> None:
     b = user_metrics_of(5, **{"ndcg@20": ndcg_like(17, 5)})
     with pytest.raises(ValueError, match="no per-user 'ndcg@10'"):
         summarize_models({"a": [a], "b": [b]})
+
+
+def test_seed_std_is_the_sample_std_and_zero_for_one_run() -> None:
+    # (1, 2, 3, 6): mean 3, squared deviations 4 + 1 + 0 + 9 = 14, over n - 1 = 3
+    assert seed_std([1.0, 2.0, 3.0, 6.0]) == pytest.approx((14 / 3) ** 0.5)
+    assert seed_std(np.array([0.5, 0.5])) == 0.0
+    assert seed_std([0.7]) == 0.0

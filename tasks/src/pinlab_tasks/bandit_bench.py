@@ -24,7 +24,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from pinlab_data import ClickModel, SimConfig, write_bytes_atomic
-from pinlab_eval import curves_png
+from pinlab_eval import curves_png, seed_std
 from pinlab_eval.contracts import Curve
 from pinlab_models import POLICIES, ReinforceConfig, build_policy, train_reinforce
 from pinlab_tasks.simulate import Trace, World, run_policy
@@ -141,7 +141,7 @@ def _stat(values: list[float]) -> dict[str, Any]:
     a = np.asarray(values, dtype=np.float64)
     return {
         "mean": float(a.mean()),
-        "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0,
+        "std": seed_std(a),
         "per_seed": a.tolist(),
     }
 

@@ -37,6 +37,7 @@ from pinlab_eval import (
     near_duplicates,
     nearest_distances,
     sample_grid_png,
+    seed_std,
 )
 from pinlab_models import (
     ClassifierConfig,
@@ -628,10 +629,7 @@ def bench_generative(
     summary = {
         k: {
             "mean": round(float(np.mean([p[k] for p in per_seed])), 5),
-            # the sample std (ddof 1), as the other benches report it; 0 for one seed
-            "std": round(float(np.std([p[k] for p in per_seed], ddof=1)), 5)
-            if len(per_seed) > 1
-            else 0.0,
+            "std": round(seed_std([p[k] for p in per_seed]), 5),
         }
         for k in keys
     }

@@ -35,6 +35,7 @@ from pinlab_eval import (
     ndcg_at_k,
     protocol_spec,
     relevant_csr,
+    seed_std,
     top_k,
 )
 from pinlab_eval.contracts import Csr, Holdout
@@ -369,7 +370,7 @@ def _mean_std(values: Sequence[float | None]) -> dict[str, float | None]:
         return {"mean": None, "std": None}
     return {
         "mean": float(np.mean(real)),
-        "std": float(np.std(real, ddof=1)) if len(real) > 1 else 0.0,
+        "std": seed_std(real),
     }
 
 

@@ -52,6 +52,7 @@ from pinlab_eval import (
     embedding_map,
     evaluate_retrieval,
     linear_probe,
+    seed_std,
     validation_classes,
     visual_protocol,
 )
@@ -480,10 +481,7 @@ def _summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "recipe": first["recipe"],
         "baseline": first["baseline"],
         "metrics": {m: round(float(np.mean(v)), 4) for m, v in per_seed.items()},
-        "std": {
-            m: round(float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, 4)
-            for m, v in per_seed.items()
-        },
+        "std": {m: round(seed_std(v), 4) for m, v in per_seed.items()},
         "per_seed": per_seed,
     }
     for key in ("train_images_per_s", "embed_images_per_s", "peak_rss_mb"):
@@ -519,7 +517,7 @@ def _paired(results: list[dict[str, Any]], best: str) -> list[dict[str, Any]]:
             diff = np.subtract(per_seed[best][metric], per_seed[row["recipe"]][metric])
             entry[metric] = {
                 "mean_diff": round(float(diff.mean()), 4),
-                "std_diff": round(float(diff.std(ddof=1)) if len(diff) > 1 else 0.0, 4),
+                "std_diff": round(seed_std(diff), 4),
                 "wins": int((diff > 0).sum()),
             }
         out.append(entry)

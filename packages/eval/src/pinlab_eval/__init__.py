@@ -61,7 +61,13 @@ from pinlab_eval._ranking import (
     user_metrics,
 )
 from pinlab_eval._retrieval import evaluate_retrieval, retrieval_by_group, retrieval_per_query
-from pinlab_eval._stats import bootstrap_ci, holm, paired_bootstrap_test, summarize_models
+from pinlab_eval._stats import (
+    bootstrap_ci,
+    holm,
+    paired_bootstrap_test,
+    seed_std,
+    summarize_models,
+)
 from pinlab_eval._visual_protocols import linear_probe, validation_classes, visual_protocol
 from pinlab_eval.contracts import (
     Anchor,
@@ -189,6 +195,7 @@ __all__ = [
     "sample_grid_png",
     "sample_negatives",
     "sampled_user_metrics",
+    "seed_std",
     "serendipity_at_k",
     "spread_png",
     "summarize_models",

@@ -155,15 +155,18 @@ def summarize_models(
     return BenchSummary(rows=rows, comparisons=comparisons, seeds=len(results[names[0]]))
 
 
+def seed_std(values: Sequence[float] | np.ndarray) -> float:
+    """The sample standard deviation (ddof 1) of a metric over repeated runs; 0 for one run.
+    What every bench reports as a figure's spread over seeds."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
 def _row(name: str, runs: list[UserMetrics], resamples: int, seed: int) -> ModelResult:
     per_run = [run.means() for run in runs]
     keys = list(per_run[0])
     per_seed = {key: [float(m[key]) for m in per_run] for key in keys}
     pooled = {key: np.concatenate([run.per_user[key] for run in runs]) for key in runs[0].per_user}
-    spread = {
-        key: float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-        for key, values in per_seed.items()
-    }
+    spread = {key: seed_std(values) for key, values in per_seed.items()}
     return ModelResult(
         model=name,
         num_users=sum(len(run.users) for run in runs),
