@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from pinlab_data import png_text
 from pinlab_models import ClassifierConfig
@@ -19,6 +20,7 @@ TINY_UNET = ["--set", "widths=[16,32]", "--set", "heads=2", "--set", "text_token
 
 
 def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, Any]:
+    """`pinlab ARGS --json`: root options (--threads) may come first."""
     code = run([*args, "--json"])
     out = capsys.readouterr().out
     return code, json.loads(out) if out.strip() else None
@@ -150,9 +152,16 @@ def test_bench_generative_trains_its_instruments_and_checks_the_targets(
 ) -> None:
     data, run_dir = Path(tiny_demo["run_dir"]) / "data", tmp_path / "bench"
     bench = ["bench", "generative", "--data", str(data), "--run", str(run_dir), "--seed", "3"]
-    code, out = cli(capsys, *bench, "--seeds", "2", "--epochs", "1", *TINY_UNET)
+    threads = torch.get_num_threads()
+    # Two worker processes, one thread each: the instruments, then a seed each.
+    code, out = cli(capsys, "--threads", "2", *bench, "--seeds", "2", "--workers", "2",
+                         "--epochs", "1", *TINY_UNET)  # fmt: skip
     assert code == 0, out
     assert out["seeds"] == [3, 4] and out["split_seed"] == 3
+    assert (out["workers"], out["threads_per_worker"]) == (2, 1)
+    steps = [step["command"] for step in json.loads((run_dir / "run.json").read_text())["steps"]]
+    for command, times in [("train visual", 1), ("train align", 1), ("train generator", 2)]:
+        assert steps.count(command) == times, steps  # the workers' records interleave, none lost
     # A fresh run trains every instrument, so the whole bench was timed against the budget.
     assert set(out["instruments"]) == set(generative.INSTRUMENTS)
     assert set(out["targets"]) == {*generative.TARGETS, "seconds"}
@@ -173,6 +182,12 @@ def test_bench_generative_trains_its_instruments_and_checks_the_targets(
     assert saved == {k: v for k, v in out.items() if k != "run_dir"}
 
     # Instruments reused: the time is not the whole bench's, so no budget is checked.
-    code, again = cli(capsys, *bench, "--seeds", "1", "--epochs", "1", *TINY_UNET)
+    code, again = cli(capsys, "--threads", "1", *bench, "--seeds", "1", "--epochs", "1",
+                           *TINY_UNET)  # fmt: skip
+    torch.set_num_threads(threads)
     assert code == 0, again
     assert again["instruments"] == {} and "seconds" not in again["targets"]
+    # In this process on one thread, seed 3 trains and measures as it did in its worker.
+    timed = ("seconds", "images_per_s")
+    figures = {k: v for k, v in again["per_seed"][0].items() if not any(t in k for t in timed)}
+    assert figures == {k: out["per_seed"][0][k] for k in figures}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import sys
 from dataclasses import dataclass
@@ -126,6 +127,13 @@ class RunLayout:
         and the fingerprint of the dataset a step read.
         """
         self.root.mkdir(parents=True, exist_ok=True)
+        # Processes that share the run (`bench generative --workers`) take turns, so no step
+        # read before another's write is lost.
+        with (self.root / "run.json.lock").open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self._append_step(command, config, data_dir)
+
+    def _append_step(self, command: str, config: dict[str, Any], data_dir: Path | None) -> None:
         record = self.read_record() if self.record.is_file() else _new_record()
         step: dict[str, Any] = {"command": command, "at": utc_now(), "config": config}
         if data_dir is not None:

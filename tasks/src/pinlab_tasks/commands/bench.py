@@ -11,7 +11,7 @@ from rich.table import Table
 
 from pinlab_data import ClickModel, write_json_atomic, write_movielens_like
 from pinlab_eval import CiMethod, protocol_spec
-from pinlab_models import GeneratorConfig
+from pinlab_models import GeneratorConfig, resolve_device
 from pinlab_serve import PinlabServeError
 from pinlab_tasks import generative
 from pinlab_tasks._app import DeviceOpt, JsonFlag, SeedOpt, settings
@@ -943,6 +943,15 @@ def generative_(
         list[str] | None,
         typer.Option("--set", help="GeneratorConfig field as KEY=VALUE (JSON), repeatable."),
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            min=1,
+            help="Processes sharing the --threads budget, one job each. Default: one per "
+            "thread up to --seeds on CPU, 1 on a GPU.",
+        ),
+    ] = None,
     seed: SeedOpt = None,
     device: DeviceOpt = None,
     as_json: JsonFlag = False,
@@ -960,8 +969,14 @@ def generative_(
     seed = s.seed if seed is None else seed
     fields = parse_settings(set_ or []) | ({} if epochs is None else {"epochs": epochs})
     config = validated(GeneratorConfig, fields)
+    device = resolve_device(device or s.device)
+    if workers is None:  # a core each beats two cores each for these small networks
+        workers = 1 if device != "cpu" else max(1, min(seeds, s.threads))
     layout = RunLayout(run or new_run_dir(s.runs_dir, "bench-generative"))
-    params = {"data": str(data), "seeds": seeds, "seed": seed, "generator": config.model_dump()}
+    params = {
+        "data": str(data), "seeds": seeds, "seed": seed, "workers": workers,
+        "generator": config.model_dump(),
+    }  # fmt: skip
     with tracked("bench generative", params, run_dir=layout.root) as tracker:
         payload = generative.bench_generative(
             layout,
@@ -969,7 +984,9 @@ def generative_(
             seeds=seeds,
             seed=seed,
             config=config,
-            device=device or s.device,
+            device=device,
+            workers=workers,
+            threads=s.threads,
             progress=train_progress(not as_json, "bench generative"),
             say=step_say(lambda _: None, "bench generative"),
         )
