@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from pinlab_data import (
     Dataset,
@@ -582,7 +583,6 @@ class _Job:
     split_seed: int
     config: GeneratorConfig
     device: str
-    threads: int
     progress: TrainProgress
 
     @property
@@ -590,9 +590,14 @@ class _Job:
         return self.run / "generative" / f"seed-{self.seed}"
 
 
+def _start_worker(threads: int) -> None:
+    """A worker keeps to its share of the cores: torch, NumPy's BLAS and FAISS's OpenMP."""
+    torch.set_num_threads(threads)
+    threadpool_limits(threads)
+
+
 def _work(job: _Job) -> dict[str, Any]:
-    """Run `job` on its share of the cores; the seconds it trained (None: nothing trained)."""
-    torch.set_num_threads(job.threads)
+    """Run `job`; what its workflow returns (the classifier: the seconds it trained, or None)."""
     run = RunLayout(job.run)
     if job.kind == "encoder":
         preset = PRESETS["default"].encoder
@@ -628,13 +633,10 @@ class _InProcess:
 
     def submit(self, fn: Callable[[_Job], dict[str, Any]], job: _Job) -> Future[dict[str, Any]]:
         done: Future[dict[str, Any]] = Future()
-        threads = torch.get_num_threads()
         try:
             done.set_result(fn(job))
         except BaseException as error:  # re-raised by result(), as a process pool does
             done.set_exception(error)
-        finally:
-            torch.set_num_threads(threads)
         return done
 
 
@@ -677,12 +679,18 @@ def bench_generative(
     )
     job = _Job(
         "encoder", run.root, data_dir, seed, seed, config, device,
-        max(1, threads // workers), progress if workers == 1 else False,
+        progress if workers == 1 else False,
     )  # fmt: skip
+    share = max(1, threads // workers)
     pool: _InProcess | ProcessPoolExecutor = (
         _InProcess()
         if workers == 1
-        else ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        else ProcessPoolExecutor(
+            workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start_worker,
+            initargs=(share,),
+        )
     )
     with pool:
         instrument_files: dict[JobKind, Path] = {"encoder": run.encoder, "align": run.image_text}
@@ -747,7 +755,7 @@ def bench_generative(
         "split_seed": seed,
         "device": device,
         "workers": workers,
-        "threads_per_worker": job.threads,
+        "threads_per_worker": share if workers > 1 else threads,
         "config": config.model_dump(),
         "instruments": instruments,
         "summary": summary,

@@ -948,8 +948,8 @@ def generative_(
         typer.Option(
             "--workers",
             min=1,
-            help="Processes sharing the --threads budget, one job each. Default: one per "
-            "thread up to --seeds on CPU, 1 on a GPU.",
+            help="Processes sharing the --threads budget, one job each. Default on CPU: one "
+            "per seed, at most two per thread; on a GPU, 1.",
         ),
     ] = None,
     seed: SeedOpt = None,
@@ -970,8 +970,10 @@ def generative_(
     fields = parse_settings(set_ or []) | ({} if epochs is None else {"epochs": epochs})
     config = validated(GeneratorConfig, fields)
     device = resolve_device(device or s.device)
-    if workers is None:  # a core each beats two cores each for these small networks
-        workers = 1 if device != "cpu" else max(1, min(seeds, s.threads))
+    if workers is None:
+        # A thread each beats two each for these small networks, and a worker per seed keeps
+        # every core busy to the end (README, "Generating pins").
+        workers = 1 if device != "cpu" else min(seeds, 2 * s.threads)
     layout = RunLayout(run or new_run_dir(s.runs_dir, "bench-generative"))
     params = {
         "data": str(data), "seeds": seeds, "seed": seed, "workers": workers,
