@@ -598,13 +598,11 @@ def _start_worker(threads: int) -> None:
 
 def _work(job: _Job) -> dict[str, Any]:
     """Run `job`; what its workflow returns (the classifier: the seconds it trained, or None)."""
-    run = RunLayout(job.run)
+    run, preset = RunLayout(job.run), PRESETS["default"]
     if job.kind == "encoder":
-        preset = PRESETS["default"].encoder
-        return train_visual(run, job.data_dir, preset, job.seed, job.device, job.progress)
+        return train_visual(run, job.data_dir, preset.encoder, job.seed, job.device, job.progress)
     if job.kind == "align":
-        preset_align = PRESETS["default"].align
-        return train_align(run, job.data_dir, preset_align, job.seed, job.device, job.progress)
+        return train_align(run, job.data_dir, preset.align, job.seed, job.device, job.progress)
     if job.kind == "classifier":
         record = run.classifier.parent / "train.json"
         before = record.read_bytes() if record.is_file() else None
@@ -631,6 +629,9 @@ class _InProcess:
     def __exit__(self, *_: object) -> None:
         return None
 
+    def shutdown(self, cancel_futures: bool) -> None:
+        return None
+
     def submit(self, fn: Callable[[_Job], dict[str, Any]], job: _Job) -> Future[dict[str, Any]]:
         done: Future[dict[str, Any]] = Future()
         try:
@@ -638,6 +639,48 @@ class _InProcess:
         except BaseException as error:  # re-raised by result(), as a process pool does
             done.set_exception(error)
         return done
+
+
+def _bench_jobs(
+    pool: _InProcess | ProcessPoolExecutor, job: _Job, seeds: int, say: Callable[[str], None]
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """The instruments' training seconds, and each seed's figures, flat, by seed.
+
+    Each job is submitted once what it needs exists: the instruments at once, the generators
+    once the encoder is trained (REPA aligns with it), an evaluation once its generator is.
+    """
+    run, seed = RunLayout(job.run), job.seed
+    instrument_files: dict[JobKind, Path] = {"encoder": run.encoder, "align": run.image_text}
+    wanted = [kind for kind, path in instrument_files.items() if not path.is_file()]
+    say(f"instruments: {', '.join([*wanted, 'classifier (unless the run has it)'])}")
+    jobs = {kind: pool.submit(_work, replace(job, kind=kind)) for kind in wanted}
+    jobs["classifier"] = pool.submit(_work, replace(job, kind="classifier"))
+    if "encoder" in jobs:
+        jobs["encoder"].result()  # the generator aligns with it (REPA)
+    say(f"training the generator at seeds {seed}..{seed + seeds - 1}")
+    trainings = {
+        pool.submit(_work, replace(job, kind="generator", seed=seed + r)): seed + r
+        for r in range(seeds)
+    }
+    instruments = {
+        f"{kind}_seconds": round(float(f.result()["seconds"]), 1)
+        for kind, f in jobs.items()
+        if f.result()["seconds"] is not None
+    }
+    trained: dict[int, dict[str, Any]] = {}
+    evaluations: dict[int, Future[dict[str, Any]]] = {}
+    for done in as_completed(trainings):
+        s = trainings[done]
+        trained[s] = done.result()
+        say(f"seed {s}: trained, evaluating")
+        evaluations[s] = pool.submit(_work, replace(job, kind="eval", seed=s))
+    per_seed: list[dict[str, Any]] = []
+    for s in sorted(evaluations):
+        flat = _flatten(evaluations[s].result())
+        flat["train_seconds"] = round(trained[s]["seconds"], 1)
+        flat["epochs"] = trained[s]["epochs"]
+        per_seed.append(flat)
+    return instruments, per_seed
 
 
 def bench_generative(
@@ -693,36 +736,11 @@ def bench_generative(
         )
     )
     with pool:
-        instrument_files: dict[JobKind, Path] = {"encoder": run.encoder, "align": run.image_text}
-        wanted = [kind for kind, path in instrument_files.items() if not path.is_file()]
-        say(f"instruments: {', '.join([*wanted, 'classifier (unless the run has it)'])}")
-        jobs = {kind: pool.submit(_work, replace(job, kind=kind)) for kind in wanted}
-        jobs["classifier"] = pool.submit(_work, replace(job, kind="classifier"))
-        if "encoder" in jobs:
-            jobs["encoder"].result()  # the generator aligns with it (REPA)
-        say(f"training the generator at seeds {seed}..{seed + seeds - 1}")
-        trainings = {
-            pool.submit(_work, replace(job, kind="generator", seed=seed + r)): seed + r
-            for r in range(seeds)
-        }
-        instruments = {
-            f"{kind}_seconds": round(float(f.result()["seconds"]), 1)
-            for kind, f in jobs.items()
-            if f.result()["seconds"] is not None
-        }
-        trained: dict[int, dict[str, Any]] = {}
-        evaluations: dict[int, Future[dict[str, Any]]] = {}
-        for done in as_completed(trainings):
-            s = trainings[done]
-            trained[s] = done.result()
-            say(f"seed {s}: trained, evaluating")
-            evaluations[s] = pool.submit(_work, replace(job, kind="eval", seed=s))
-        per_seed: list[dict[str, Any]] = []
-        for s in sorted(evaluations):
-            flat = _flatten(evaluations[s].result())
-            flat["train_seconds"] = round(trained[s]["seconds"], 1)
-            flat["epochs"] = trained[s]["epochs"]
-            per_seed.append(flat)
+        try:
+            instruments, per_seed = _bench_jobs(pool, job, seeds, say)
+        except BaseException:
+            pool.shutdown(cancel_futures=True)  # the queued jobs; running ones end on their own
+            raise
     for flat in per_seed:  # alone, on every thread: the latency a user would see
         directory = replace(job, seed=flat["seed"]).directory
         flat["seconds_8_images_25_steps"] = _time_eight(directory, device)
