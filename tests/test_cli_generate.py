@@ -153,9 +153,8 @@ def test_bench_generative_trains_its_instruments_and_checks_the_targets(
     data, run_dir = Path(tiny_demo["run_dir"]) / "data", tmp_path / "bench"
     bench = ["bench", "generative", "--data", str(data), "--run", str(run_dir), "--seed", "3"]
     threads = torch.get_num_threads()
-    # Two worker processes, one thread each: the instruments, then a seed each.
-    code, out = cli(capsys, "--threads", "2", *bench, "--seeds", "2", "--workers", "2",
-                         "--epochs", "1", *TINY_UNET)  # fmt: skip
+    # By default on 2 threads, a worker per seed on one thread each.
+    code, out = cli(capsys, "--threads", "2", *bench, "--seeds", "2", "--epochs", "1", *TINY_UNET)
     assert code == 0, out
     assert out["seeds"] == [3, 4] and out["split_seed"] == 3
     assert (out["workers"], out["threads_per_worker"]) == (2, 1)
@@ -182,8 +181,8 @@ def test_bench_generative_trains_its_instruments_and_checks_the_targets(
     assert saved == {k: v for k, v in out.items() if k != "run_dir"}
 
     # Instruments reused: the time is not the whole bench's, so no budget is checked.
-    code, again = cli(capsys, "--threads", "1", *bench, "--seeds", "1", "--epochs", "1",
-                           *TINY_UNET)  # fmt: skip
+    one = ["--seeds", "1", "--workers", "1", "--epochs", "1"]
+    code, again = cli(capsys, "--threads", "1", *bench, *one, *TINY_UNET)
     torch.set_num_threads(threads)
     assert code == 0, again
     assert again["instruments"] == {} and "seconds" not in again["targets"]
