@@ -15,10 +15,10 @@ import operator
 import re
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, ParamSpec, TypeVar
 
 import numpy as np
 import torch
@@ -570,6 +570,8 @@ COMPARE: dict[str, Callable[[float, float], bool]] = {
 
 
 JobKind = Literal["encoder", "align", "classifier", "generator", "eval"]
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -620,29 +622,20 @@ def _work(job: _Job) -> dict[str, Any]:
     )
 
 
-class _InProcess:
+class _InProcess(Executor):
     """The bench's jobs one after another in this process, on all of its threads."""
 
-    def __enter__(self) -> _InProcess:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        return None
-
-    def shutdown(self, cancel_futures: bool) -> None:
-        return None
-
-    def submit(self, fn: Callable[[_Job], dict[str, Any]], job: _Job) -> Future[dict[str, Any]]:
-        done: Future[dict[str, Any]] = Future()
+    def submit(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> Future[_T]:
+        done: Future[_T] = Future()
         try:
-            done.set_result(fn(job))
+            done.set_result(fn(*args, **kwargs))
         except BaseException as error:  # re-raised by result(), as a process pool does
             done.set_exception(error)
         return done
 
 
 def _bench_jobs(
-    pool: _InProcess | ProcessPoolExecutor, job: _Job, seeds: int, say: Callable[[str], None]
+    pool: Executor, job: _Job, seeds: int, say: Callable[[str], None]
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """The instruments' training seconds, and each seed's figures, flat, by seed.
 
@@ -662,11 +655,8 @@ def _bench_jobs(
         pool.submit(_work, replace(job, kind="generator", seed=seed + r)): seed + r
         for r in range(seeds)
     }
-    instruments = {
-        f"{kind}_seconds": round(float(f.result()["seconds"]), 1)
-        for kind, f in jobs.items()
-        if f.result()["seconds"] is not None
-    }
+    seconds = {kind: f.result()["seconds"] for kind, f in jobs.items()}
+    instruments = {f"{k}_seconds": round(float(v), 1) for k, v in seconds.items() if v is not None}
     trained: dict[int, dict[str, Any]] = {}
     evaluations: dict[int, Future[dict[str, Any]]] = {}
     for done in as_completed(trainings):
@@ -725,7 +715,7 @@ def bench_generative(
         progress if workers == 1 else False,
     )  # fmt: skip
     share = max(1, threads // workers)
-    pool: _InProcess | ProcessPoolExecutor = (
+    pool: Executor = (
         _InProcess()
         if workers == 1
         else ProcessPoolExecutor(
