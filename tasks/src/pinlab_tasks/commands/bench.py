@@ -948,9 +948,8 @@ def generative_(
         typer.Option(
             "--workers",
             min=1,
-            help="Processes sharing the --threads budget, one job each. Default on CPU with "
-            "several seeds: one per seed and one more for the instruments, at most two per "
-            "thread; otherwise 1.",
+            help="Processes sharing the --threads budget, one job each. Default on CPU: one "
+            "per seed, at most two per thread; on a GPU, 1.",
         ),
     ] = None,
     seed: SeedOpt = None,
@@ -972,10 +971,9 @@ def generative_(
     config = validated(GeneratorConfig, fields)
     device = resolve_device(device or s.device)
     if workers is None:
-        # A thread each beats two each for these small networks; a worker per seed keeps
-        # every core busy to the end, and one more lets every seed start once the encoder is
-        # trained, not the classifier (README, "Generating pins").
-        workers = 1 if device != "cpu" or seeds == 1 else min(seeds + 1, 2 * s.threads)
+        # A thread each beats two each for these small networks, and a worker per seed keeps
+        # every core busy to the end (README, "Generating pins").
+        workers = 1 if device != "cpu" else min(seeds, 2 * s.threads)
     layout = RunLayout(run or new_run_dir(s.runs_dir, "bench-generative"))
     params = {
         "data": str(data), "seeds": seeds, "seed": seed, "workers": workers,
