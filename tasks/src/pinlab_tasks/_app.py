@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -22,6 +23,7 @@ JsonFlag = Annotated[
     bool, typer.Option("--json", help="Print one JSON document on stdout; logs go to stderr.")
 ]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed [env PINLAB_SEED].")]
+NewRunOpt = Annotated[Path | None, typer.Option("--run", help="Run directory. Default: a new one.")]
 DeviceOpt = Annotated[
     str | None, typer.Option("--device", help="auto, cpu or cuda [env PINLAB_DEVICE].")
 ]

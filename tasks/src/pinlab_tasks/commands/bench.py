@@ -14,7 +14,7 @@ from pinlab_eval import CiMethod, protocol_spec
 from pinlab_models import GeneratorConfig, resolve_device
 from pinlab_serve import PinlabServeError
 from pinlab_tasks import generative
-from pinlab_tasks._app import DeviceOpt, JsonFlag, SeedOpt, settings
+from pinlab_tasks._app import DeviceOpt, JsonFlag, NewRunOpt, SeedOpt, settings
 from pinlab_tasks._measure import run_measured
 from pinlab_tasks._output import busy, emit, stderr, stdout
 from pinlab_tasks._progress import step_say, train_progress
@@ -31,6 +31,19 @@ from pinlab_tasks.visual_bench import (
 )
 
 app = typer.Typer(help="Measure pinlab's steps: time and peak memory.", no_args_is_help=True)
+
+# The simulated world of `bench ope` and `bench bandits`.
+WorldDataOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--data",
+        help="A dataset directory (its truth.npz, else a fitted ease, is the truth). "
+        "Default: a synthetic world of --users x --items under RUN/world.",
+    ),
+]
+UsersOpt = Annotated[int, typer.Option("--users", min=2)]
+ItemsOpt = Annotated[int, typer.Option("--items", min=4)]
+SlateOpt = Annotated[int, typer.Option("--slate", min=1, max=3, help="Items per slate.")]
 
 ML20M_ROWS = 20_000_263
 _CONVERT = """
@@ -89,23 +102,14 @@ def ope(
     rounds: Annotated[int, typer.Option("--rounds", min=10, help="Logged rounds per seed.")] = (
         10_000
     ),
-    data: Annotated[
-        Path | None,
-        typer.Option(
-            "--data",
-            help="A dataset directory (its truth.npz, else a fitted ease, is the truth). "
-            "Default: a synthetic world of --users x --items under RUN/world.",
-        ),
-    ] = None,
-    users: Annotated[int, typer.Option("--users", min=2)] = 1000,
-    items: Annotated[int, typer.Option("--items", min=4)] = 100,
-    slate: Annotated[int, typer.Option("--slate", min=1, max=3, help="Items per slate.")] = 3,
+    data: WorldDataOpt = None,
+    users: UsersOpt = 1000,
+    items: ItemsOpt = 100,
+    slate: SlateOpt = 3,
     no_peers: Annotated[
         bool, typer.Option("--no-peers", help="Skip obp and the Open Bandit Dataset check.")
     ] = False,
-    run: Annotated[
-        Path | None, typer.Option("--run", help="Run directory. Default: a new one.")
-    ] = None,
+    run: NewRunOpt = None,
     seed: SeedOpt = None,
     as_json: JsonFlag = False,
 ) -> None:
@@ -160,17 +164,10 @@ def bandits(
         100_000
     ),
     seeds: Annotated[int, typer.Option("--seeds", min=1, help="Repeats (users, clicks).")] = 2,
-    data: Annotated[
-        Path | None,
-        typer.Option(
-            "--data",
-            help="A dataset directory (its truth.npz, else a fitted ease, is the truth). "
-            "Default: a synthetic world of --users x --items under RUN/world.",
-        ),
-    ] = None,
-    users: Annotated[int, typer.Option("--users", min=2)] = 1000,
-    items: Annotated[int, typer.Option("--items", min=4)] = 100,
-    slate: Annotated[int, typer.Option("--slate", min=1, max=3, help="Items per slate.")] = 3,
+    data: WorldDataOpt = None,
+    users: UsersOpt = 1000,
+    items: ItemsOpt = 100,
+    slate: SlateOpt = 3,
     click_model: Annotated[
         ClickModel, typer.Option("--click-model", help="cascade or pbm.")
     ] = "cascade",
@@ -181,9 +178,7 @@ def bandits(
         int,
         typer.Option("--speed-impressions", min=3, help="Impressions the speed check serves."),
     ] = 1_000_000,
-    run: Annotated[
-        Path | None, typer.Option("--run", help="Run directory. Default: a new one.")
-    ] = None,
+    run: NewRunOpt = None,
     seed: SeedOpt = None,
     as_json: JsonFlag = False,
 ) -> None:
@@ -255,9 +250,7 @@ def ope_real(
     ci: Annotated[
         CiMethod, typer.Option("--ci", help="Interval: normal (delta method) or bootstrap.")
     ] = "normal",
-    run: Annotated[
-        Path | None, typer.Option("--run", help="Run directory. Default: a new one.")
-    ] = None,
+    run: NewRunOpt = None,
     seed: SeedOpt = None,
     as_json: JsonFlag = False,
 ) -> None:
@@ -376,9 +369,7 @@ def recsys(
             "hstu.dropout=0.5. The search leaves it out.",
         ),
     ] = None,
-    run: Annotated[
-        Path | None, typer.Option("--run", help="Run directory. Default: a new one.")
-    ] = None,
+    run: NewRunOpt = None,
     seed: SeedOpt = None,
     device: DeviceOpt = None,
     as_json: JsonFlag = False,
@@ -467,9 +458,7 @@ def rerank(
         int, typer.Option("--candidates", min=10, help="Candidates per user re-ranked to 10.")
     ] = 100,
     seeds: Annotated[int, typer.Option("--seeds", min=1, help="Splits and fits repeated.")] = 1,
-    run: Annotated[
-        Path | None, typer.Option("--run", help="Run directory. Default: a new one.")
-    ] = None,
+    run: NewRunOpt = None,
     seed: SeedOpt = None,
     as_json: JsonFlag = False,
 ) -> None:

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from pinlab_data import ClickModel, SimConfig, write_json_atomic
-from pinlab_tasks._app import JsonFlag, SeedOpt, settings
+from pinlab_tasks._app import JsonFlag, NewRunOpt, SeedOpt, settings
 from pinlab_tasks._output import busy, emit, stdout
 from pinlab_tasks.runs import RunLayout, new_run_dir
 from pinlab_tasks.tracking import tracked
@@ -75,9 +75,7 @@ def run_(
     no_log: Annotated[
         bool, typer.Option("--no-log", help="Do not write the logged feedback.")
     ] = False,
-    run: Annotated[
-        Path | None, typer.Option("--run", help="Run directory. Default: a new one.")
-    ] = None,
+    run: NewRunOpt = None,
     seed: SeedOpt = None,
     as_json: JsonFlag = False,
 ) -> None:
