@@ -17,18 +17,16 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - the PyTorch convention
 
 from pinlab_data.contracts import Float32Array, Int64Array, InteractionLog
-from pinlab_models._parallel import Steps
 from pinlab_models._runtime import (
     check_catalogue,
     check_histories,
     check_users,
     padded_histories,
     require_fitted,
-    run_epochs,
     save_recommender,
     seed_everything,
 )
-from pinlab_models._sequential import _Transformer, crop, length_batches, user_sequences
+from pinlab_models._sequential import _Transformer, crop, fit_sequences, user_sequences
 from pinlab_models.contracts import (
     BERT4RecConfig,
     FitReport,
@@ -76,17 +74,7 @@ class BERT4Rec:
             hidden = net(inputs)[masked.to(ctx.device)]
             return F.cross_entropy(net.logits(hidden), batch[masked].to(ctx.device) - 1)
 
-        step = Steps(net, optimizer, gen, loss)
-
-        def train_epoch() -> float:
-            net.train()
-            losses = [step(rows) for rows in length_batches(lengths, cfg.batch_size, gen)]
-            return sum(losses) / len(losses)
-
-        return run_epochs(
-            self, net, train_epoch, epochs=cfg.epochs, patience=cfg.patience, ctx=ctx,
-            validate=validate, eval_every=cfg.eval_every, steps=step,
-        )  # fmt: skip
+        return fit_sequences(self, net, optimizer, loss, lengths, cfg, ctx, validate, gen)
 
     @torch.no_grad()
     def _next(self, recent: torch.Tensor) -> Float32Array:

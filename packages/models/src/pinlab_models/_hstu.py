@@ -19,20 +19,18 @@ import torch.nn.functional as F  # noqa: N812 - the PyTorch convention
 from torch import nn
 
 from pinlab_data.contracts import Float32Array, Int64Array, InteractionLog
-from pinlab_models._parallel import Steps
 from pinlab_models._runtime import (
     check_catalogue,
     check_histories,
     check_users,
     padded_histories,
     require_fitted,
-    run_epochs,
     save_recommender,
     seed_everything,
 )
 from pinlab_models._sequential import (
     crop,
-    length_batches,
+    fit_sequences,
     recent_per_user,
     sampled_scores,
     sampled_softmax,
@@ -165,17 +163,7 @@ class HSTU:
             real = (inputs > 0) & (targets > 0)
             return self._loss(hidden, targets, real, num_items, draws)
 
-        step = Steps(net, optimizer, gen, loss)
-
-        def train_epoch() -> float:
-            net.train()
-            losses = [step(rows) for rows in length_batches(lengths, cfg.batch_size, gen)]
-            return sum(losses) / len(losses)
-
-        return run_epochs(
-            self, net, train_epoch, epochs=cfg.epochs, patience=cfg.patience, ctx=ctx,
-            validate=validate, eval_every=cfg.eval_every, steps=step,
-        )  # fmt: skip
+        return fit_sequences(self, net, optimizer, loss, lengths, cfg, ctx, validate, gen)
 
     def _loss(
         self,

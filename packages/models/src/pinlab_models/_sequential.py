@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ import torch.nn.functional as F  # noqa: N812 - the PyTorch convention
 from torch import nn
 
 from pinlab_data.contracts import Float32Array, Int64Array, InteractionLog
-from pinlab_models._parallel import Steps
+from pinlab_models._parallel import LossFn, Steps
 from pinlab_models._runtime import (
     check_candidates,
     check_catalogue,
@@ -40,6 +40,7 @@ from pinlab_models.contracts import (
     GSASRecConfig,
     PinlabModelError,
     SASRecConfig,
+    Scorer,
     TrainContext,
     Validator,
 )
@@ -80,6 +81,45 @@ def length_batches(
     by_length = shuffled[torch.sort(lengths[shuffled], stable=True).indices]
     batches = list(torch.split(by_length, batch_size))
     return [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
+
+
+class EpochSchedule(Protocol):
+    """What `fit_sequences` reads of a sequential recommender's config."""
+
+    @property
+    def batch_size(self) -> int: ...
+    @property
+    def epochs(self) -> int: ...
+    @property
+    def patience(self) -> int: ...
+    @property
+    def eval_every(self) -> int: ...
+
+
+def fit_sequences(
+    model: Scorer,
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss: LossFn,
+    lengths: torch.Tensor,
+    cfg: EpochSchedule,
+    ctx: TrainContext,
+    validate: Validator | None,
+    gen: torch.Generator,
+) -> FitReport:
+    """Train `net` one optimiser step per `length_batches` batch of users' rows (`loss` of
+    those rows), through `run_epochs`: the loop SASRec, BERT4Rec and HSTU share."""
+    step = Steps(net, optimizer, gen, loss)
+
+    def train_epoch() -> float:
+        net.train()
+        losses = [step(rows) for rows in length_batches(lengths, cfg.batch_size, gen)]
+        return sum(losses) / len(losses)
+
+    return run_epochs(
+        model, net, train_epoch, epochs=cfg.epochs, patience=cfg.patience, ctx=ctx,
+        validate=validate, eval_every=cfg.eval_every, steps=step,
+    )  # fmt: skip
 
 
 def crop(sequences: torch.Tensor) -> torch.Tensor:
@@ -228,17 +268,7 @@ class SASRec:
             batch = crop(windows[rows]).to(ctx.device)
             return self._loss(batch[:, :-1], batch[:, 1:], train.num_items, draws)
 
-        step = Steps(net, optimizer, gen, loss)
-
-        def train_epoch() -> float:
-            net.train()
-            losses = [step(rows) for rows in length_batches(lengths, cfg.batch_size, gen)]
-            return sum(losses) / len(losses)
-
-        return run_epochs(
-            self, net, train_epoch, epochs=cfg.epochs, patience=cfg.patience, ctx=ctx,
-            validate=validate, eval_every=cfg.eval_every, steps=step,
-        )  # fmt: skip
+        return fit_sequences(self, net, optimizer, loss, lengths, cfg, ctx, validate, gen)
 
     def _loss(
         self, inputs: torch.Tensor, targets: torch.Tensor, num_items: int, gen: torch.Generator
