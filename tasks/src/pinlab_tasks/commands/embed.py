@@ -66,7 +66,8 @@ def embed(
     replaced whole when the run completes: an error or Ctrl-C leaves the old one untouched.
 
     Writes: OUT/{manifest.json, image-NNNNN.parquet, text-NNNNN.parquet} (OUT defaults to
-    RUN/embeddings; shards of pin_id int64 and vector fixed_size_list<float32>[dim]), RUN/run.json.
+    RUN/embeddings; shards of pin_id int64 and vector `fixed_size_list<float32>[dim]`),
+    RUN/run.json.
     """
     layout = RunLayout(run)
     params = {"run": str(run), "data": str(data) if data else None, "engine": engine,

@@ -74,7 +74,7 @@ def build(
     tuner chooses the kind and its settings and records the measured recall, memory and
     latency in the manifest. A build stopped part-way leaves the previous index in place.
 
-    Writes: RUN/index/ or OUT/ (index.json, index-<sha>.faiss).
+    Writes: RUN/index/ or OUT/ (index.json, `index-<sha>.faiss`).
     """
     layout = RunLayout(run) if run is not None else None
     seed_value = settings().seed if seed is None else seed

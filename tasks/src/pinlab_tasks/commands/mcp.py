@@ -42,7 +42,7 @@ def mcp_command(
     before `mcp` included). With a progress token, a call reports every stage and epoch as
     progress notifications; cancelled, it is stopped (SIGTERM, so temporary files go) and every
     directory it had changed gets an INCOMPLETE.json naming the command and the files.
-    Resources: RUN/run.json, RUN/report.html and RUN/cards/*.md as pinlab://run/<path>.
+    Resources: RUN/run.json, RUN/report.html and `RUN/cards/*.md` as `pinlab://run/<path>`.
     No --json here: under stdio, stdout carries the protocol.
 
     Writes: nothing itself; each tool call writes what its command writes.

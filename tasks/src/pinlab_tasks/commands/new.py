@@ -51,7 +51,7 @@ def recommender(
 
     Writes: ROOT/packages/models/src/pinlab_models/_NAME.py,
     ROOT/packages/models/tests/test_models_NAME.py; edits pinlab_models' contracts.py (config),
-    registry.py (spec, search space), __init__.py, the contract suite's CANDIDATE_SCORERS,
+    registry.py (spec, search space), `__init__.py`, the contract suite's CANDIDATE_SCORERS,
     README.md and AGENTS.md.
     """
     _finish(scaffold.plan_recommender(_root(root), name, kind), dry_run, as_json)
@@ -68,7 +68,7 @@ def loader(
 
     Writes: ROOT/packages/data/src/pinlab_data/_KIND_loader.py,
     ROOT/packages/data/tests/test_data_KIND_loader.py; edits pinlab_data's contracts.py
-    (LoaderKind) and __init__.py, ROOT/tasks/src/pinlab_tasks/commands/data.py, README.md and
+    (LoaderKind) and `__init__.py`, ROOT/tasks/src/pinlab_tasks/commands/data.py, README.md and
     AGENTS.md.
     """
     _finish(scaffold.plan_loader(_root(root), kind), dry_run, as_json)
@@ -84,7 +84,7 @@ def metric(
     """A per-user top-k metric NAME_at_k(ranked, relevant) in pinlab_eval, with its tests.
 
     Writes: ROOT/packages/eval/src/pinlab_eval/_NAME.py,
-    ROOT/packages/eval/tests/test_eval_NAME.py; edits pinlab_eval/__init__.py, README.md and
+    ROOT/packages/eval/tests/test_eval_NAME.py; edits `pinlab_eval/__init__.py`, README.md and
     packages/eval/AGENTS.md.
     """
     _finish(scaffold.plan_metric(_root(root), name), dry_run, as_json)
