@@ -15,6 +15,7 @@ import multiprocessing
 import os
 import pickle
 import socket
+import sys
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -155,11 +156,16 @@ def _rank(
         result = task(*args)
         if rank == 0:
             (out / "result.pkl").write_bytes(pickle.dumps(result))
-        # Both ranks leave together: a rank tearing gloo down while its peer still talks to it
-        # can abort the peer ("terminate called without an active exception", seen once in CI).
         dist.barrier()
-    finally:
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    # Past the barrier every rank's work is done and rank 0's is written. Gloo's teardown can
+    # still abort a rank ("terminate called without an active exception": twice in local CI
+    # runs, once with both ranks past this barrier), so the process leaves without it.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def tribe_fit(
