@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import typer
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -21,6 +18,7 @@ from pinlab_data import load_dataset
 from pinlab_models import recommender_names
 from pinlab_tasks._app import app
 from pinlab_tasks.cli import run
+from pinlab_tasks.commands.meta import walk_commands
 
 
 def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, Any, str]:
@@ -253,28 +251,22 @@ def test_every_help_shows_its_text_whole() -> None:
     # option's help is read as markup and dropped (rich markup once ate "[env PINLAB_SEED]").
     runner = CliRunner()
 
-    def leaves(group: Any, path: list[str]) -> Iterator[tuple[list[str], Any]]:
-        for name, command in group.commands.items():  # typer's own click: duck-typed
-            if hasattr(command, "commands"):
-                yield from leaves(command, [*path, name])
-            else:
-                yield [*path, name], command
-
     def words(text: str) -> list[str]:
         return text.replace("`", "").split()  # code spans show without their backticks
 
-    commands = list(leaves(typer.main.get_command(app), []))
+    commands = list(walk_commands(app, []))
     assert len(commands) > 40
-    for path, command in commands:
+    for command in commands:
+        path = command["command"].split()[1:]
         result = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "100", "NO_COLOR": "1"})
         assert result.exit_code == 0, (path, result.output)
         shown = " ".join(words(result.output))
-        paragraphs = inspect.cleandoc(command.help or "").split("\n\n")
+        paragraphs = command["help"].split("\n\n")
         for text in paragraphs[:1] + [p for p in paragraphs[1:] if "\n- " not in p]:
             assert " ".join(words(text)) in shown, (path, text)
-        for param in command.params:
-            if param.param_type_name == "option" and param.help:
-                assert all(w in shown for w in words(param.help)), (path, param.help)
+        for param in command["inputs"]:
+            if param["kind"] == "option" and param["help"]:
+                assert all(w in shown for w in words(param["help"])), (path, param["help"])
 
 
 def test_doctor_reports_versions_and_device(capsys: pytest.CaptureFixture[str]) -> None:
