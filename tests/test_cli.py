@@ -206,6 +206,44 @@ def test_corrupt_image_and_bad_dataset(
     assert code == 2
 
 
+@pytest.mark.parametrize(
+    ("args", "message", "work"),
+    [
+        (["bench", "generative", "--data", "{missing}", "--run", "{run}"], "does not exist",
+         "pinlab_tasks.generative._bench_jobs"),
+        (["bench", "device", "--data", "{missing}", "--scale", "0.01"], "does not exist",
+         "pinlab_tasks.device_bench.synthesize"),
+        (["bench", "serve", "--run", "{missing}"], "not a pinlab run",
+         "pinlab_tasks.serve_bench.sample_queries"),
+        (["bench", "embed", "--run", "{bare}"], "no checkpoint",
+         "pinlab_tasks.embed_bench.ray_cluster"),
+    ],
+)  # fmt: skip
+def test_benches_refuse_a_missing_input_before_any_work(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    args: list[str],
+    message: str,
+    work: str,
+) -> None:
+    # Each of these once trained, started a cluster or recorded a step before it read its
+    # input; `work` is the first costly step, which must not start.
+    def started(*_: object, **__: object) -> None:
+        raise AssertionError(f"{work} ran before the input was read")
+
+    monkeypatch.setattr(work, started)
+    bare = tmp_path / "bare"  # a run that names a dataset but has no encoder
+    bare.mkdir()
+    (bare / "run.json").write_text(json.dumps({"data_dir": str(tmp_path / "missing")}))
+    paths = {"missing": tmp_path / "missing", "run": tmp_path / "run", "bare": bare}
+    code, out, err = cli(capsys, *(a.format(**paths) for a in args))
+    assert code == 2 and message in out["error"], out
+    assert "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bare"]  # no run directory made
+    assert [p.name for p in bare.iterdir()] == ["run.json"]
+
+
 def test_unknown_model_lists_the_registered_ones(
     tiny_demo: dict[str, Any], capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from pinlab_data import SynthConfig, interaction_log, load_dataset, save_dataset, synthesize
-from pinlab_eval import protocol_spec
+from pinlab_eval import ProtocolSplit, protocol_spec
 from pinlab_models import (
     Conditioning,
     EncoderConfig,
@@ -37,6 +37,10 @@ from pinlab_tasks.recsys import split_for
 
 Say = Callable[[str], None]
 GENERATOR_CATEGORIES = 12
+
+
+def _last_out(data_dir: Path) -> ProtocolSplit:
+    return split_for(interaction_log(load_dataset(data_dir)), protocol_spec("leave-last-out"))
 
 
 def bench_device(
@@ -64,6 +68,8 @@ def bench_device(
         "threads": torch.get_num_threads(),
         "scale": scale,
     }
+    # A given dataset is read and split first, so a bad one fails before minutes of work.
+    sasrec_split = None if data_dir is None else _last_out(data_dir)
     manifest, pins, users, interactions, images, _ = synthesize(SynthConfig(seed=seed))
     labels = np.asarray(pins.column("category").to_pylist())
     epochs = max(2, round(3 * scale))
@@ -117,7 +123,7 @@ def bench_device(
         data_dir = save_dataset(work / "world", manifest, pins, users, interactions, images)
     sasrec_epochs = max(2, round(4 * scale))
     say(f"SASRec, {sasrec_epochs} epochs")
-    split = split_for(interaction_log(load_dataset(data_dir)), protocol_spec("leave-last-out"))
+    split = sasrec_split or _last_out(data_dir)
     sasrec = build_recommender("sasrec", {"epochs": sasrec_epochs})
     ctx = TrainContext(run_dir=work / "sasrec", seed=seed, device=device, progress=False)
     report = sasrec.fit(split.valid.train, ctx, None)

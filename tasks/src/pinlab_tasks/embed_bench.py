@@ -64,6 +64,9 @@ def bench_embed(
         else:
             run = RunLayout(run_dir)
             data = data_dir if data_dir is not None else run.data_dir()
+        # Read before the cluster starts, so a run without an encoder fails in a second.
+        encoder = CNNEncoder.load(run.encoder)
+        n = int(load_dataset(data).pins.num_rows)
         times: dict[str, list[dict[str, Any]]] = {"local": [], "ray": []}
         load_before = os.getloadavg()
         with ray_cluster(None, workers * per_worker, say) as cluster:
@@ -88,8 +91,6 @@ def bench_embed(
             cluster_start = cluster.seconds
         load_after = os.getloadavg()
         vectors = _compare(Path(tmp), repeats)
-        encoder = CNNEncoder.load(run.encoder)
-        n = int(load_dataset(data).pins.num_rows)
     summary = {engine: _summary(rows) for engine, rows in times.items()}
     ratio = summary["ray"]["images_per_s"] / summary["local"]["images_per_s"]
     after = [summary[e]["after_first_shard_images_per_s"] for e in ("ray", "local")]

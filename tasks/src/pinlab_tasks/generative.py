@@ -705,6 +705,7 @@ def bench_generative(
     start = time.perf_counter()
     device = resolve_device(device)
     threads = torch.get_num_threads() if threads is None else threads
+    load_dataset(data_dir)  # a bad dataset fails here, before the run records the bench
     run.log_step(
         "bench generative",
         {"seeds": seeds, "seed": seed, "generator": config.model_dump(), "workers": workers},

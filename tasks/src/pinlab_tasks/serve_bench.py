@@ -38,7 +38,7 @@ from rich.table import Table
 
 from pinlab_data import PinlabDataError, SynthConfig, load_dataset
 from pinlab_models import CNNEncoder, EncoderConfig
-from pinlab_serve import ServeSettings
+from pinlab_serve import RunFiles, ServeSettings
 from pinlab_tasks import queries, recsys, visual, workflows
 from pinlab_tasks._output import stdout
 from pinlab_tasks.runs import RunLayout
@@ -520,6 +520,7 @@ def bench_serve(
             run = build_world(Path(tmp) / "run", pins, seed)
             build_seconds: float | None = round(time.perf_counter() - started, 1)
         else:
+            RunFiles(run_dir).check()  # what `pinlab serve` refuses, refused before any work
             run, build_seconds = RunLayout(run_dir), None
         index = json_load(run.index / "index.json")
         queries = sample_queries(run, seed)
