@@ -217,7 +217,13 @@ def test_session_recommendations_for_a_visitor(client: TestClient, pins: dict[st
 def test_bad_session_histories_are_422s(client: TestClient) -> None:
     path = "/v1/recommendations/session"
     assert_error(client.post(path, json={"history": []}), 422, "history")
-    assert_error(client.post(path, json={"history": [-5, 987654321]}), 422, "none of the 2 pin")
+    assert_error(
+        client.post(path, json={"history": [123456789, 987654321]}), 422, "none of the 2 pin"
+    )
+    # Ids are non-negative int64s: past that range is malformed, not unknown (2**63 once
+    # overflowed NumPy into a 500).
+    assert_error(client.post(path, json={"history": [-5]}), 422, "body.history.0")
+    assert_error(client.post(path, json={"history": [1, 2**63]}), 422, "body.history.1")
     assert_error(client.post(path, json={"k": 3}), 422, "history")
     assert_error(client.post(path, json={"history": [1], "k": 0}), 422, "k")
     assert_error(client.post(path, json={"history": [1], "colour": "red"}), 422, "colour")
@@ -267,6 +273,8 @@ def test_pin_metadata_image_and_users(client: TestClient, pins: dict[str, Any]) 
         ("/v1/pins/{pin}/similar?k=ten", 422, "valid integer"),
         ("/v1/pins/{pin}/similar?diversity=1.5", 422, "query.diversity"),
         ("/v1/pins/{pin}/similar?exclude=abc", 422, "query.exclude"),
+        ("/v1/pins/{pin}/similar?exclude=9223372036854775808", 422, "query.exclude.0"),
+        ("/v1/search/text?q=star&exclude=1&exclude=-1", 422, "query.exclude.1"),
         ("/v1/pins/{pin}/similar?category=hexagon", 400, "unknown category 'hexagon'"),
         ("/v1/pins/123456789/similar", 404, "pin 123456789 is not in the catalogue"),
         ("/v1/pins/-3/similar", 422, "path.pin_id"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, NamedTuple, Protocol
+from typing import Annotated, Literal, NamedTuple, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -21,6 +21,9 @@ Runtime = Literal["torch", "onnx", "onnx-int8"]
 """`pinlab_models.Runtime`, spelled here so the settings load without importing torch (a test
 checks that the two agree)."""
 
+Id = Annotated[int, Field(ge=0, le=2**63 - 1)]
+"""A pin or user id in a request: the data's ids are non-negative int64, so a larger one is a
+422 (it once overflowed NumPy into a 500)."""
 IndexKind = Literal["flat", "hnsw", "ivf-pq", "opq-ivf-pq", "hnsw-pq"]
 """Index kinds `pinlab index build --kind` knows: exact, HNSW over full vectors, and three over
 product-quantised codes (an inverted file, the same after an OPQ rotation, an HNSW graph)."""
@@ -94,7 +97,7 @@ class RankQuery(BaseModel):
     category: str | None = Field(
         default=None, min_length=1, max_length=100, description="Only pins of this category."
     )
-    exclude: list[int] = Field(
+    exclude: list[Id] = Field(
         default_factory=list,
         max_length=1000,
         description="Pin ids never to return (repeat the key).",
@@ -444,7 +447,7 @@ class SessionRequest(RankQuery):
 
     model_config = ConfigDict(extra="forbid")
 
-    history: list[int] = Field(
+    history: list[Id] = Field(
         min_length=1,
         max_length=10_000,
         description="Pin ids the visitor engaged with, oldest first. Unknown ids are ignored "
