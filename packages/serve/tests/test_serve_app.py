@@ -305,7 +305,10 @@ def test_bad_queries(
 
 
 def test_wrong_method(client: TestClient) -> None:
-    assert_error(client.get("/v1/search/image"), 405, "Method Not Allowed")
+    response = client.get("/v1/search/image")
+    assert_error(response, 405, "Method Not Allowed")
+    assert response.headers["allow"] == "POST"  # RFC 9110: a 405 names what is allowed
+    assert client.request("TRACE", "/healthz").headers["allow"] == "GET"
 
 
 @pytest.mark.parametrize(
