@@ -146,6 +146,22 @@ def test_missing_columns_are_named_with_the_flag_that_maps_them(tmp_path: Path) 
     assert not (tmp_path / "ds").exists()
 
 
+@pytest.mark.parametrize(
+    ("name", "text", "hint"),
+    [
+        ("log.csv", "user_id\titem_id\n1\t2\n", "it looks like tsv: pass --format tsv"),
+        ("log.tsv", "user_id,item_id\n1,2\n", "it looks like csv: pass --format csv"),
+    ],
+)
+def test_a_file_read_with_the_wrong_separator_says_which_format_it_looks_like(
+    tmp_path: Path, name: str, text: str, hint: str
+) -> None:
+    source = write(tmp_path / name, text)
+    with pytest.raises(PinlabDataError, match=f"; {hint}$"):
+        load_interactions(source, tmp_path / "ds")
+    assert not (tmp_path / "ds").exists()
+
+
 BAD_LOG = (
     "user_id,item_id,timestamp,rating\n"  # line 1
     "a,x,100,4\n"

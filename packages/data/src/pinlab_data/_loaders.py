@@ -539,9 +539,16 @@ def _resolve_columns(mapping: ColumnMapping, names: list[str], source: Path) -> 
     if missing:
         which = ", ".join(f"{column!r} ({_FLAGS[role]})" for role, column in missing)
         fix = " ".join(f"{_FLAGS[role]} NAME" for role, _ in missing)
+        # One column whose name holds the other separator: the file was read as the wrong one.
+        other = {"\t": "tsv", ",": "csv"}
+        hint = next(
+            (f"; it looks like {kind}: pass --format {kind}" for sep, kind in other.items()
+             if len(names) == 1 and sep in names[0]),
+            "",
+        )  # fmt: skip
         raise PinlabDataError(
             f"{source} has no column {which}; its columns are {', '.join(names) or '(none)'}; "
-            f"pass {fix}"
+            f"pass {fix}{hint}"
         )
     return roles
 
