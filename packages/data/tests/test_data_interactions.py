@@ -273,4 +273,7 @@ def test_an_empty_log_writes_nothing(tmp_path: Path) -> None:
     source = write(tmp_path / "log.csv", "user_id,item_id\n")
     with pytest.raises(PinlabDataError, match="holds no interactions"):
         load_interactions(source, tmp_path / "ds")
+    empty = write(tmp_path / "empty.csv", "")  # not even a header: nothing to skip or fix
+    with pytest.raises(PinlabDataError, match=r"empty.csv is empty; pass a file with data$"):
+        load_interactions(empty, tmp_path / "ds")
     assert not (tmp_path / "ds").exists()

@@ -361,6 +361,14 @@ def test_sequences_get_dense_ids_and_times_from_their_order(tmp_path: Path) -> N
     check_valid(tmp_path / "ds")
 
 
+def test_an_empty_sequence_file_is_named_empty(tmp_path: Path) -> None:
+    source = tmp_path / "seq.txt"
+    source.write_text("")
+    with pytest.raises(PinlabDataError, match=r"seq.txt is empty; pass a file with data$"):
+        load_sequences(source, tmp_path / "ds")
+    assert not (tmp_path / "ds").exists()
+
+
 def test_sequence_bad_lines_error_skip_and_report(tmp_path: Path) -> None:
     source = tmp_path / "seq.txt"
     source.write_text("1 5\n1 6\n1 6 7\n2 5\n2\n")

@@ -435,4 +435,6 @@ def _arrow_errors(file: str, hint: str) -> Iterator[None]:
         yield
     except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        if first == "Empty CSV file":  # no line to fix or skip: the hint would mislead
+            raise PinlabDataError(f"{file} is empty; pass a file with data") from exc
         raise PinlabDataError(f"{file} could not be read ({first}); {hint}") from exc
