@@ -81,6 +81,23 @@ def serve_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def generator_run(serve_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`serve_run` plus an untrained (randomly initialised) generator: serving is what is
+    tested with it, not what the weights draw."""
+    from pinlab_models import GeneratorConfig, TextToImage, seed_everything
+    from pinlab_models._generator import GeneratorNet
+
+    run = tmp_path_factory.mktemp("gen") / "run"
+    shutil.copytree(serve_run, run)
+    config = GeneratorConfig(widths=(16, 32), heads=2, text_tokens=8)
+    seed_everything(0)
+    TextToImage(GeneratorNet(config, 4), config, ["a", "b", "c", "d"]).save(
+        run / "generator" / "generator.pt"
+    )
+    return run
+
+
+@pytest.fixture(scope="session")
 def onnx_run(serve_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`serve_run` copied and exported to ONNX, float32 and int8, through the real CLI
     (`pinlab export onnx --int8`): about a minute, so only slow tests use it."""

@@ -35,8 +35,9 @@ CHECKS = [
 
 
 @pytest.fixture(scope="module")
-def api(serve_run: Path) -> Iterator[OpenApiSchema]:
-    app = create_app(serve_run, ServeSettings())
+def api(generator_run: Path) -> Iterator[OpenApiSchema]:
+    # Small generation bounds: the generate route's valid requests run a real (tiny) UNet.
+    app = create_app(generator_run, ServeSettings(generate_max_images=4, generate_max_steps=10))
     with TestClient(app) as client:  # runs the lifespan: the service loads once
         wait_ready(client)
         yield schemathesis.openapi.from_asgi("/openapi.json", app)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,24 +11,8 @@ from fastapi.testclient import TestClient
 
 from conftest import BrowserPage, LiveServer, wait_ready
 from pinlab_data import png_text
-from pinlab_models import GeneratorConfig, TextToImage, seed_everything
-from pinlab_models._generator import GeneratorNet
 from pinlab_serve import ServeSettings
 from pinlab_serve._app import create_app
-
-
-@pytest.fixture(scope="module")
-def generator_run(serve_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The served run plus an untrained (randomly initialised) generator: serving is what is
-    tested here, not what the weights draw."""
-    run = tmp_path_factory.mktemp("gen") / "run"
-    shutil.copytree(serve_run, run)
-    config = GeneratorConfig(widths=(16, 32), heads=2, text_tokens=8)
-    seed_everything(0)
-    TextToImage(GeneratorNet(config, 4), config, ["a", "b", "c", "d"]).save(
-        run / "generator" / "generator.pt"
-    )
-    return run
 
 
 @pytest.fixture(scope="module")
