@@ -62,6 +62,16 @@ def test_out_of_range_requests_are_422_with_the_range(
     assert says in response.json()["error"]
 
 
+def test_the_schema_states_this_services_bounds(client: TestClient) -> None:
+    asked = client.get("/openapi.json").json()["components"]["schemas"]["GenerateRequest"]
+    # The client fixture's settings (4, 10), not the contract's widest (64, 200).
+    assert (asked["properties"]["n"]["maximum"], asked["properties"]["steps"]["maximum"]) == (
+        4,
+        10,
+    )
+    assert client.post("/v1/generate", json={"text": "a star", "n": 5}).status_code == 422
+
+
 @pytest.mark.slow  # a second app, its models loaded again
 def test_a_request_over_the_time_budget_is_refused_before_it_starts(
     generator_run: Path,

@@ -573,6 +573,20 @@ def create_app(run_dir: Path, settings: ServeSettings | None = None) -> FastAPI:
         ready()
         return await reload_now()
 
+    default_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        # The schema states this service's bounds, not the contract's widest: a client (or a
+        # generated one) then knows what a request may ask for before a 422 tells it.
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = default_openapi()  # which FastAPI keeps as app.openapi_schema
+        asked = schema["components"]["schemas"]["GenerateRequest"]["properties"]
+        asked["n"]["maximum"] = settings.generate_max_images
+        asked["steps"]["maximum"] = settings.generate_max_steps
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented hook
     return app
 
 
