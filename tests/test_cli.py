@@ -217,6 +217,8 @@ def test_corrupt_image_and_bad_dataset(
          "pinlab_tasks.serve_bench.sample_queries"),
         (["bench", "embed", "--run", "{bare}"], "no checkpoint",
          "pinlab_tasks.embed_bench.ray_cluster"),
+        (["bench", "rerank", "--data", "{missing}", "--model", "nope", "--run", "{run}"],
+         "unknown recommender 'nope'", "pinlab_tasks.rerank_bench.load_dataset"),
     ],
 )  # fmt: skip
 def test_benches_refuse_a_missing_input_before_any_work(
@@ -227,8 +229,8 @@ def test_benches_refuse_a_missing_input_before_any_work(
     message: str,
     work: str,
 ) -> None:
-    # Each of these once trained, started a cluster or recorded a step before it read its
-    # input; `work` is the first costly step, which must not start.
+    # Each of these once read data, trained, started a cluster or recorded a step before it
+    # checked its input; `work` is the first costly step, which must not start.
     def started(*_: object, **__: object) -> None:
         raise AssertionError(f"{work} ran before the input was read")
 

@@ -314,6 +314,7 @@ def bench_rerank(
     say: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
     started = time.perf_counter()
+    build_recommender(model, {})  # an unknown model fails before the data is read
     ds = load_dataset(data_dir)
     log = interaction_log(ds)
     by = by or ("creator_group" if (data_dir / TRUTH_FILE).is_file() else "category")
