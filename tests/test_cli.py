@@ -109,6 +109,8 @@ def test_recommend_for_a_session_history(
     assert len(items) == 6 and not set(items) & set(pins[-8:])
     for args, message in (
         (["--history", "x,2"], "'x' is not one"),
+        (["--history", "1,-5"], "'-5' is not one"),  # ids are non-negative int64s
+        (["--history", "1,9223372036854775808"], "'9223372036854775808' is not one"),
         (["--history", ","], "the history is empty"),
         (["--history", "987654321"], "none of the 1 pin ids"),
         (["--user", "3", "--history", "1"], "exactly one of --user"),
@@ -116,6 +118,9 @@ def test_recommend_for_a_session_history(
     ):
         code, out, _ = cli(capsys, "recommend", "--run", str(run_dir), *args)
         assert code == 2 and message in out["error"], (args, out)
+    # Past int64 once overflowed into exit 1; now a usage error (Typer's range check).
+    code, _, err = cli(capsys, "search", "--run", str(run_dir), "--pin", str(2**63))
+    assert code == 2 and "--pin" in err and "Traceback" not in err
 
 
 def test_each_step_runs_on_its_own(

@@ -158,6 +158,24 @@ def test_dangling_ids(tmp_path: Path) -> None:
     assert "values 9" in user.message
 
 
+def test_negative_ids(tmp_path: Path) -> None:
+    # Ids are non-negative int64s everywhere (serving refuses a negative one as malformed).
+    report = validate_dataset(
+        dataset(
+            tmp_path,
+            pins={"pin_id": [10, -11, 12, 13]},
+            users={"user_id": [1, 2, -3]},
+            interactions={"user_id": [1, 1, 2, 2, -3, -3], "pin_id": [10, -11, 12, 13, 10, 12]},
+        )
+    )
+    pin = only(report, "negative-pin-id")
+    assert (pin.severity, pin.where) == ("error", "pins.parquet row 1")
+    user = only(report, "negative-user-id")
+    assert (user.severity, user.where) == ("error", "users.parquet row 2")
+    assert "values -3" in user.message and "renumber" in user.message
+    assert not codes(report) & {"dangling-pin-id", "dangling-user-id"}
+
+
 def test_messages_show_the_first_five_rows_and_the_total(tmp_path: Path) -> None:
     report = validate_dataset(dataset(tmp_path, interactions={"pin_id": [90, 91, 92, 93, 94, 95]}))
     problem = only(report, "dangling-pin-id")

@@ -19,6 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, NonNegativeInt, 
 SCHEMA_VERSION = 1
 
 Int64Array = npt.NDArray[np.int64]
+MAX_ID = 2**63 - 1
+"""The largest pin or user id: ids are non-negative int64s (`PIN_SCHEMA`, `USER_SCHEMA`)."""
 Float32Array = npt.NDArray[np.float32]
 Float64Array = npt.NDArray[np.float64]
 ImageArray = npt.NDArray[np.uint8]

@@ -35,7 +35,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pinlab_data import PinlabDataError
+from pinlab_data import MAX_ID, PinlabDataError
 from pinlab_data.contracts import Float32Array, ImageArray, Int64Array
 from pinlab_serve._batcher import MicroBatcher
 from pinlab_serve._catalog import RunFiles
@@ -111,8 +111,8 @@ _LIST_FIELDS: dict[type[BaseModel], list[str]] = {
 }
 RANKED = {"parameters": _query_parameters(RankQuery)}
 TEXT_RANKED = {"parameters": _query_parameters(TextQuery)}
-PinId = Annotated[int, PathParam(ge=0, le=2**63 - 1)]
-UserId = Annotated[int, PathParam(ge=0, le=2**63 - 1)]
+PinId = Annotated[int, PathParam(ge=0, le=MAX_ID)]
+UserId = Annotated[int, PathParam(ge=0, le=MAX_ID)]
 MULTIPART_SLACK = 64 * 1024
 """Bytes a multipart body may carry beyond the file itself (boundaries, headers)."""
 ERRORS: dict[int | str, dict[str, Any]] = {

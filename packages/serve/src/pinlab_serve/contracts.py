@@ -9,7 +9,7 @@ from typing import Annotated, Literal, NamedTuple, Protocol
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from pinlab_data.contracts import Float32Array, Int64Array
+from pinlab_data.contracts import MAX_ID, Float32Array, Int64Array
 
 MANIFEST_FILE = "index.json"
 INDEX_FILE_PREFIX = "index-"
@@ -21,7 +21,7 @@ Runtime = Literal["torch", "onnx", "onnx-int8"]
 """`pinlab_models.Runtime`, spelled here so the settings load without importing torch (a test
 checks that the two agree)."""
 
-Id = Annotated[int, Field(ge=0, le=2**63 - 1)]
+Id = Annotated[int, Field(ge=0, le=MAX_ID)]
 """A pin or user id in a request: the data's ids are non-negative int64, so a larger one is a
 422 (it once overflowed NumPy into a 500)."""
 IndexKind = Literal["flat", "hnsw", "ivf-pq", "opq-ivf-pq", "hnsw-pq"]

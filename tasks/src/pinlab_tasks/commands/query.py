@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from pinlab_data import PinlabDataError
+from pinlab_data import MAX_ID, PinlabDataError
 from pinlab_tasks import queries
 from pinlab_tasks._app import JsonFlag, KOpt, RuntimeOpt
 from pinlab_tasks._output import emit, log, stdout
@@ -24,7 +24,10 @@ def register(app: typer.Typer) -> None:
 
 def search(
     run: RunOpt,
-    pin: Annotated[int | None, typer.Option("--pin", help="Find pins like this pin id.")] = None,
+    pin: Annotated[
+        int | None,
+        typer.Option("--pin", min=0, max=MAX_ID, help="Find pins like this pin id."),
+    ] = None,
     image: Annotated[
         Path | None, typer.Option("--image", help="Find pins like this image file.")
     ] = None,
@@ -45,7 +48,8 @@ def search(
 def recommend(
     run: RunOpt,
     user: Annotated[
-        int | None, typer.Option("--user", help="User id (one of --user or --history).")
+        int | None,
+        typer.Option("--user", min=0, max=MAX_ID, help="User id (one of --user or --history)."),
     ] = None,
     history: Annotated[
         str | None,
@@ -90,9 +94,11 @@ def recommend(
 
 def _ids(text: str) -> list[int]:
     parts = [p.strip() for p in text.split(",") if p.strip()]
-    bad = [p for p in parts if not p.lstrip("-").isdigit()]
+    bad = [p for p in parts if not p.isdigit() or int(p) > MAX_ID]
     if bad:
-        raise PinlabDataError(f"--history takes pin ids separated by commas; {bad[0]!r} is not one")
+        raise PinlabDataError(
+            f"--history takes pin ids (0 to {MAX_ID}) separated by commas; {bad[0]!r} is not one"
+        )
     return [int(p) for p in parts]
 
 
