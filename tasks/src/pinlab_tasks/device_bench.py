@@ -123,7 +123,7 @@ def bench_device(
         data_dir = save_dataset(work / "world", manifest, pins, users, interactions, images)
     sasrec_epochs = max(2, round(4 * scale))
     say(f"SASRec, {sasrec_epochs} epochs")
-    split = sasrec_split or _last_out(data_dir)
+    split = _last_out(data_dir) if sasrec_split is None else sasrec_split
     sasrec = build_recommender("sasrec", {"epochs": sasrec_epochs})
     ctx = TrainContext(run_dir=work / "sasrec", seed=seed, device=device, progress=False)
     report = sasrec.fit(split.valid.train, ctx, None)
