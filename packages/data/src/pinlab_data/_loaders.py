@@ -540,12 +540,9 @@ def _resolve_columns(mapping: ColumnMapping, names: list[str], source: Path) -> 
         which = ", ".join(f"{column!r} ({_FLAGS[role]})" for role, column in missing)
         fix = " ".join(f"{_FLAGS[role]} NAME" for role, _ in missing)
         # One column whose name holds the other separator: the file was read as the wrong one.
-        other = {"\t": "tsv", ",": "csv"}
-        hint = next(
-            (f"; it looks like {kind}: pass --format {kind}" for sep, kind in other.items()
-             if len(names) == 1 and sep in names[0]),
-            "",
-        )  # fmt: skip
+        header = names[0] if len(names) == 1 else ""
+        kind = "tsv" if "\t" in header else "csv" if "," in header else None
+        hint = f"; it looks like {kind}: pass --format {kind}" if kind else ""
         raise PinlabDataError(
             f"{source} has no column {which}; its columns are {', '.join(names) or '(none)'}; "
             f"pass {fix}{hint}"
