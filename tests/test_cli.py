@@ -327,7 +327,18 @@ def test_the_installed_entry_point_uses_exit_codes(tmp_path: Path) -> None:
     usage = subprocess.run(
         [*base, "demo", "--preset", "huge"], capture_output=True, text=True, check=False
     )
-    assert usage.returncode == 2 and "huge" in usage.stderr
+    assert usage.returncode == 2 and "huge" in usage.stderr and not usage.stdout
+    # Under --json a usage error is a JSON document too, for agents; the box stays on stderr.
+    agent = subprocess.run(
+        [*base, "search", "--pin", str(2**63), "--run", str(tmp_path), "--json"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert agent.returncode == 2 and "Invalid value for '--pin'" in agent.stderr
+    assert json.loads(agent.stdout) == {
+        "error": "Invalid value for '--pin': Input should be less than or equal to "
+        f"{2**63 - 1} (see `pinlab search --help`)",
+        "exit_code": 2,
+    }
     missing = subprocess.run(
         [*base, "data", "describe", str(tmp_path / "nope"), "--json"],
         capture_output=True,

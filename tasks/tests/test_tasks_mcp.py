@@ -323,11 +323,15 @@ def test_a_failing_command_is_a_tool_error_with_the_cli_message(
     # Typer's bounds are in the schema, so the protocol refuses them before any run.
     message = refused_call(tmp_path, "runs_list", {"limit": 0})
     assert "limit: 0 is less than the minimum of 1" in message
-    # A usage error Typer reports itself (no JSON, a box on stderr) comes back as its one line.
-    box = "╭─ Error ─╮\n│ Invalid value for '--limit': 0 is not in the range x>=1. │\n╰─────────╯"
-    result = tool_result(2, "", box)
-    assert result.is_error
-    assert result.content[0].text == "Invalid value for '--limit': 0 is not in the range x>=1."  # type: ignore[union-attr]
+    # A usage error past the schema is JSON on stdout too, so it comes back as its message.
+    code = run(["runs", "list", "--limit", "0", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 2 and "╭─ Error" in err  # Typer's box is for people, on stderr
+    result = tool_result(code, out, err)
+    assert result.is_error and result.content[0].text == json.loads(out)["error"]  # type: ignore[union-attr]
+    assert "'--limit': Input should be greater than or equal to 1" in result.content[0].text  # type: ignore[union-attr]
+    # A command that dies without a document: its last stderr line is the message.
+    assert tool_result(1, "", "loading\nKilled\n").content[0].text == "Killed"  # type: ignore[union-attr]
 
 
 def test_stdio_subprocess_lists_tools_searches_recommends_and_refuses(

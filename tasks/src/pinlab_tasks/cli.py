@@ -12,6 +12,8 @@ import torch
 import typer
 from pydantic import ValidationError
 from rich.markup import escape
+from typer._click.exceptions import ClickException  # Typer vendors Click; pinned in uv.lock
+from typer.rich_utils import rich_format_error
 
 from pinlab_data import PinlabDataError
 from pinlab_models import PinlabModelError
@@ -130,14 +132,25 @@ def _fail(message: str, code: int, as_json: bool) -> int:
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code: 0 success, 1 failure, 2 bad usage or input.
 
-    Typer reports usage errors itself (exit 2); pinlab's own errors arrive here.
+    Usage errors (a missing argument, a value out of its range) and pinlab's own errors both
+    arrive here, so under --json each prints one JSON document with the message on stdout.
     """
     args = sys.argv[1:] if argv is None else argv
     use_invocation(args)
     debug = "--debug" in args or os.environ.get("PINLAB_DEBUG") == "1"
     as_json = "--json" in args
     try:
-        app(args=argv, prog_name="pinlab")
+        # Not standalone: Typer would print usage errors itself and exit, without JSON.
+        code = app(args=argv, prog_name="pinlab", standalone_mode=False)
+        return code if isinstance(code, int) else 0  # an int only from typer.Exit(code)
+    except ClickException as exc:
+        if as_json:
+            print(json.dumps({"error": _usage_message(exc), "exit_code": exc.exit_code}))
+        rich_format_error(exc)  # Typer's usage line and boxed message, for people
+        return exc.exit_code
+    except typer.Abort:
+        stderr.print("Aborted!")
+        return 1
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except KeyboardInterrupt:
@@ -160,7 +173,11 @@ def run(argv: list[str] | None = None) -> int:
         return _fail(
             f"{type(exc).__name__}: {exc} (rerun with --debug for the traceback)", 1, as_json
         )
-    return 0
+
+
+def _usage_message(exc: ClickException) -> str:
+    path = getattr(getattr(exc, "ctx", None), "command_path", None)
+    return exc.format_message() + (f" (see `{path} --help`)" if path else "")
 
 
 def main() -> None:

@@ -426,12 +426,7 @@ def _tool_error(message: str) -> types.CallToolResult:
 def _error_message(document: Any, stderr: str, code: int) -> str:
     if isinstance(document, dict) and isinstance(document.get("error"), str):
         return str(document["error"])
-    # Typer's usage errors print no JSON, only a box on stderr: its inner lines are the message.
-    lines = stderr.splitlines()
-    boxed = [line.strip("│ ") for line in lines if line.startswith("│")]
-    if boxed:
-        return " ".join(boxed)
-    last = [line.strip() for line in lines if line.strip()]
+    last = [line.strip() for line in stderr.splitlines() if line.strip()]
     return last[-1] if last else f"pinlab exited with code {code} and printed no message"
 
 
