@@ -8,11 +8,14 @@ import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pytest
 
 import pinlab_tasks  # noqa: F401 - its import sets OpenMP's spin before torch loads
+
+if TYPE_CHECKING:
+    from pinlab_serve import ServeSettings
 
 ROOT = Path(__file__).parent
 # CLI tests must not write an MLflow store into the checkout; tracking tests switch it on.
@@ -156,18 +159,23 @@ def browser_page(chromium: str) -> BrowserPage:
     return open_page
 
 
-LiveServer = Callable[[Path, float], contextlib.AbstractContextManager[str]]
+class LiveServer(Protocol):
+    def __call__(
+        self, run_dir: Path, ready_within: float, settings: ServeSettings | None = None
+    ) -> contextlib.AbstractContextManager[str]: ...
 
 
 @pytest.fixture(scope="session")
 def live_server() -> LiveServer:
-    """`with live_server(run, ready_within) as url`: the run served by uvicorn on a free
-    loopback port, yielded once /readyz answers 200, stopped on exit."""
+    """`with live_server(run, ready_within[, settings]) as url`: the run served by uvicorn on a
+    free loopback port, yielded once /readyz answers 200, stopped on exit."""
     return _live_server
 
 
 @contextlib.contextmanager
-def _live_server(run_dir: Path, ready_within: float) -> Iterator[str]:
+def _live_server(
+    run_dir: Path, ready_within: float, settings: ServeSettings | None = None
+) -> Iterator[str]:
     import socket
     import threading
     import time
@@ -177,11 +185,12 @@ def _live_server(run_dir: Path, ready_within: float) -> Iterator[str]:
 
     from pinlab_serve import ServeSettings, create_app
 
+    settings = settings or ServeSettings()
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     config = uvicorn.Config(
-        create_app(run_dir, ServeSettings()), host="127.0.0.1", port=port, log_level="warning"
+        create_app(run_dir, settings), host="127.0.0.1", port=port, log_level="warning"
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)

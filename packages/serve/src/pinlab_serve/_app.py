@@ -115,6 +115,8 @@ PinId = Annotated[int, PathParam(ge=0, le=MAX_ID)]
 UserId = Annotated[int, PathParam(ge=0, le=MAX_ID)]
 MULTIPART_SLACK = 64 * 1024
 """Bytes a multipart body may carry beyond the file itself (boundaries, headers)."""
+UPLOAD_TYPES = "image/jpeg, image/png, image/webp, image/bmp, image/gif"
+"""The upload formats the schema names; any image/* part is tried by Pillow."""
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody} for code in (400, 404, 413, 415, 422, 503)
 }
@@ -454,7 +456,8 @@ def create_app(run_dir: Path, settings: ServeSettings | None = None) -> FastAPI:
                         "type": "object",
                         "properties": {"image": {"type": "string", "format": "binary"}},
                         "required": ["image"],
-                    }
+                    },
+                    "encoding": {"image": {"contentType": UPLOAD_TYPES}},
                 }
             },
         }
