@@ -165,6 +165,14 @@ def test_data_synth_writes_a_valid_world(
     code, result, _ = cli(capsys, *args)  # again, without --overwrite
     assert code == 2 and "overwrite" in result["error"]
     assert (out / "pins.parquet").read_bytes() == before  # nothing damaged
+    # An output under a file: exit 2 naming the file, not FileExistsError's exit 1.
+    blocked = ["--out", str(out / "pins.parquet" / "world")]
+    code, result, _ = cli(capsys, *args[:2], *blocked, *args[4:])
+    assert code == 2 and result["error"] == (
+        f"cannot create the directory {out / 'pins.parquet'}: {out / 'pins.parquet'} is a "
+        "file, not a directory; choose another location"
+    )
+    assert (out / "pins.parquet").read_bytes() == before
 
 
 @pytest.mark.parametrize(

@@ -41,6 +41,8 @@ def test_corrupt_file(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(PinlabDataError, match="does not exist"):
         load_image(tmp_path / "nope.png", 8)
+    with pytest.raises(PinlabDataError, match="is a directory, not an image file"):
+        load_image(tmp_path, 8)
 
 
 def test_encode_png_keeps_pixels_and_text() -> None:

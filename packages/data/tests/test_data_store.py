@@ -351,3 +351,32 @@ def test_atomic_writer_keeps_the_old_file_on_error_and_uses_normal_permissions(
         f.write(b"new")
     assert (tmp_path / "new.bin").read_bytes() == b"new"
     assert (tmp_path / "new.bin").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_an_output_that_cannot_be_a_directory_is_refused_naming_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pinlab_data import atomic_directory, make_directory
+
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("a file, where a directory was asked for")
+    for target in (blocker / "out", blocker / "deeper" / "out"):
+        with pytest.raises(PinlabDataError, match=f"{blocker} is a file, not a directory"):
+            make_directory(target)
+        with pytest.raises(PinlabDataError, match=f"{blocker} is a file, not a directory"):
+            save_dataset(target, **world())
+    assert blocker.read_text().startswith("a file")
+    assert make_directory(tmp_path / "a" / "b").is_dir()  # where it can be, it is made
+
+    # A parent that takes no new entries (a read-only or virtual file system): the message
+    # names the output and that parent, not the hidden temporary directory beside it.
+    def refuse(self: Path, *args: Any, **kwargs: Any) -> None:
+        if not self.is_dir():  # as on Linux: an existing directory is EEXIST, then accepted
+            raise OSError(30, "Read-only file system", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    with pytest.raises(PinlabDataError) as caught, atomic_directory(tmp_path / "run"):
+        pass
+    message = str(caught.value)
+    assert message.startswith(f"cannot write {tmp_path / 'run'}: {tmp_path} takes no new")
+    assert "Read-only file system" in message and ".tmp" not in message

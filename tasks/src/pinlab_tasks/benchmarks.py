@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from rich.table import Table
 
-from pinlab_data import PinlabDataError, interaction_log, load_dataset
+from pinlab_data import PinlabDataError, interaction_log, load_dataset, make_directory
 from pinlab_eval import (
     ProtocolSpec,
     ProtocolSplit,
@@ -123,7 +123,7 @@ def bench_recsys(
             else ""
         )
     )
-    run_dir.mkdir(parents=True, exist_ok=True)
+    make_directory(run_dir)
     clock = time.perf_counter()
     results: dict[str, list[UserMetrics]] = {n: [] for n in names}
     extras: dict[str, list[dict[str, Any]]] = {n: [] for n in names}

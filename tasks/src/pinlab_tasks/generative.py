@@ -31,6 +31,7 @@ from pinlab_data import (
     encode_png,
     holdout_mask,
     load_dataset,
+    make_directory,
     write_bytes_atomic,
     write_json_atomic,
 )
@@ -231,7 +232,7 @@ def generate(
         autoguidance=autoguidance,
     )  # fmt: skip
     seconds = time.perf_counter() - start
-    out.mkdir(parents=True, exist_ok=True)
+    make_directory(out)
     files = []
     for i, image in enumerate(images):
         path = out / f"{_slug(text)}-s{seed}-{i:02d}.png"

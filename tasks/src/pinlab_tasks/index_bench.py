@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from pinlab_data import atomic_writer
+from pinlab_data import atomic_writer, make_directory
 from pinlab_serve import (
     ClusteredVectors,
     EmbeddingShards,
@@ -94,7 +94,7 @@ print(json.dumps({"load_mb": rss1 - rss0, "resident_mb": rss2 - rss0,
 def write_shards(out: Path, rows: int, dim: int, seed: int, say: Say) -> list[Path]:
     """`rows` clustered vectors as `.npy` shards of `SHARD_ROWS` in `out`."""
     mixture = ClusteredVectors(dim, max(16, rows // VECTORS_PER_CLUSTER), seed=seed)
-    out.mkdir(parents=True, exist_ok=True)
+    make_directory(out)
     paths = []
     for number, chunk in enumerate(mixture.chunks(rows, seed, SHARD_ROWS)):
         say(f"writing shard {number + 1} ({len(chunk):,} vectors)")

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pinlab_data import PinlabDataError, write_json_atomic
+from pinlab_data import PinlabDataError, make_directory, write_json_atomic
 from pinlab_tasks._output import log
 from pinlab_tasks.provenance import dataset_fingerprint, provenance
 
@@ -126,7 +126,7 @@ class RunLayout:
         The record keeps the provenance of the process that created it, every step's seed,
         and the fingerprint of the dataset a step read.
         """
-        self.root.mkdir(parents=True, exist_ok=True)
+        make_directory(self.root)
         # Processes that share the run (`bench generative --workers`) take turns, so no step
         # read before another's write is lost.
         with (self.root / "run.json.lock").open("a") as lock:

@@ -19,7 +19,7 @@ from typing import Literal
 from urllib.parse import urlparse
 
 from pinlab_data._loaders import load_movielens
-from pinlab_data._store import check_writable
+from pinlab_data._store import check_writable, make_directory
 from pinlab_data.contracts import InteractionFilters, LoadReport, PinlabDataError
 
 GROUPLENS = "https://files.grouplens.org/datasets/movielens"
@@ -115,7 +115,7 @@ def download_movielens(
         )
     archive = MOVIELENS_ARCHIVES[name]
     url = f"{base_url.rstrip('/')}/{archive.file}"
-    folder.mkdir(parents=True, exist_ok=True)
+    make_directory(folder)
     target = folder / archive.file
     part = folder / f"{archive.file}.part"
     try:

@@ -20,7 +20,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, NonNegativeInt, PositiveInt, ValidationError
 
-from pinlab_data._store import _ARROW_ERRORS, _one_line, _sibling, _swap_into_place, check_writable
+from pinlab_data._store import (
+    _ARROW_ERRORS,
+    _one_line,
+    _swap_into_place,
+    check_writable,
+    make_sibling_directory,
+)
 from pinlab_data.contracts import FEEDBACK_COLUMNS, BanditFeedback, PinlabDataError
 
 FEEDBACK_FILE = "feedback.parquet"
@@ -69,9 +75,7 @@ def save_feedback(
         context_dim=fb.context_dim,
         source=source,
     )
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _sibling(root, "tmp")
-    tmp.mkdir()
+    tmp = make_sibling_directory(root)
     try:
         pq.write_table(_table(fb), tmp / FEEDBACK_FILE)
         if fb.logger_dist is not None:

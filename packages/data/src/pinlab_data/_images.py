@@ -51,7 +51,8 @@ def decode_image(
 def load_image(path: Path, size: int) -> ImageArray:
     """Read an image file to (size, size, 3) uint8 RGB; bad files raise PinlabDataError."""
     if not path.is_file():
-        raise PinlabDataError(f"image file {path} does not exist; check the path")
+        what = "is a directory, not an image file" if path.is_dir() else "does not exist"
+        raise PinlabDataError(f"image file {path} {what}; check the path")
     return decode_image(path.read_bytes(), size, source=str(path))
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pcsv
 
+from pinlab_data._store import make_directory
 from pinlab_data.contracts import PinlabDataError
 
 ML20M_ROWS, ML20M_USERS, ML20M_MOVIES = 20_000_263, 138_493, 27_278
@@ -30,7 +31,7 @@ def write_movielens_like(folder: Path, rows: int, seed: int = 0) -> Path:
     """
     if rows < 1:
         raise PinlabDataError(f"rows must be at least 1, got {rows}")
-    folder.mkdir(parents=True, exist_ok=True)
+    make_directory(folder)
     num_users = max(1, round(rows * ML20M_USERS / ML20M_ROWS))
     num_movies = max(1, min(ML20M_MOVIES, rows // 10))
     rng = np.random.default_rng(seed)

@@ -48,7 +48,7 @@ def atomic_writer(path: Path) -> Iterator[BinaryIO]:
     a crash leaves no half-written `path`. Created like any file (mode 0o666 less the umask),
     not owner-only as `tempfile.mkstemp` would make it.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_directory(path.parent)
     tmp = _sibling(path, "tmp")
     try:
         with tmp.open("xb") as f:
@@ -127,9 +127,7 @@ def atomic_directory(root: Path) -> Iterator[Path]:
     without error (its files fsynced first); on any error or interrupt it is removed, so
     `root` only ever holds the old contents or the complete new ones."""
     root = Path(root).resolve()
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _sibling(root, "tmp")
-    tmp.mkdir()
+    tmp = make_sibling_directory(root)
     try:
         yield tmp
         for path in tmp.rglob("*"):
@@ -140,6 +138,38 @@ def atomic_directory(root: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def make_directory(path: Path) -> Path:
+    """`path`, created with its parents where missing. Where it cannot be (a file in the way,
+    no permission, a read-only file system), a PinlabDataError says where and why."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PinlabDataError(
+            f"cannot create the directory {path}: {_reason(path, exc)}; choose another location"
+        ) from exc
+    return path
+
+
+def make_sibling_directory(root: Path) -> Path:
+    """A fresh hidden directory beside `root` (its parent created where missing), to be
+    renamed over `root`."""
+    make_directory(root.parent)
+    tmp = _sibling(root, "tmp")
+    try:
+        tmp.mkdir()
+    except OSError as exc:  # a file system that takes no new entries here (/proc, read-only)
+        raise PinlabDataError(
+            f"cannot write {root}: {root.parent} takes no new directory ({_reason(tmp, exc)}); "
+            "choose another location"
+        ) from exc
+    return tmp
+
+
+def _reason(path: Path, exc: OSError) -> str:
+    file = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    return f"{file} is a file, not a directory" if file else exc.strerror or str(exc)
 
 
 def check_writable(root: Path, overwrite: bool) -> None:

@@ -24,7 +24,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from pinlab_data import atomic_writer, write_bytes_atomic
+from pinlab_data import atomic_writer, make_directory, write_bytes_atomic
 from pinlab_data.contracts import Int64Array, InteractionLog
 from pinlab_models._parallel import (
     Steps,
@@ -119,7 +119,7 @@ class EpochLog:
         self.writes = write
         self.records: list[EpochRecord] = []
         if write:
-            run_dir.mkdir(parents=True, exist_ok=True)
+            make_directory(run_dir)
             self.path.write_text("")
 
     def write(self, record: EpochRecord) -> None:

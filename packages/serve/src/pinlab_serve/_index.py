@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import ValidationError
 
-from pinlab_data import atomic_writer
+from pinlab_data import atomic_writer, make_directory
 from pinlab_data._images import load_image
 from pinlab_data.contracts import Float32Array, Int64Array
 from pinlab_serve.contracts import (
@@ -707,7 +707,7 @@ class PinIndex:
         An HNSW graph with tombstones is compacted first, so removed pins never reach disk.
         """
         self.compact()
-        directory.mkdir(parents=True, exist_ok=True)
+        make_directory(directory)
         data = self._serialize()
         manifest = self._manifest_for(data)
         _write_atomic(directory / manifest.file, data)
