@@ -23,6 +23,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from pinlab_serve import listen
 from pinlab_tasks.cli import run
 from pinlab_tasks.serve_bench import ENDPOINTS
 
@@ -99,6 +100,30 @@ def test_serve_refuses_a_bad_run(tmp_path: Path) -> None:
         code = run(["serve", "--run", str(tmp_path), "--json"])
     assert code == 2
     assert "not a pinlab run" in json.loads(out.getvalue())["error"]
+
+
+def test_serve_refuses_a_busy_port_before_loading_anything(
+    serve_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pinlab_serve._app
+
+    def loaded(*_: object, **__: object) -> None:
+        raise AssertionError("the run was loaded before the port was checked")
+
+    monkeypatch.setattr(pinlab_serve._app, "create_app", loaded)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            code = run(["serve", "--run", str(serve_run), "--port", str(port), "--json"])
+    assert code == 2
+    assert json.loads(out.getvalue())["error"].startswith(
+        f"cannot listen on 127.0.0.1 port {port}: "
+    )
+    with contextlib.closing(listen("127.0.0.1", 0)) as sock:  # 0: the port it got is known
+        assert sock.getsockname()[1] > 0
 
 
 @pytest.mark.slow

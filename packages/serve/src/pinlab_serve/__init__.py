@@ -1,6 +1,6 @@
 """pinlab_serve: the FAISS pin index and the HTTP service over a run directory."""
 
-from pinlab_serve._app import check_run, create_app, run_server
+from pinlab_serve._app import check_run, create_app, listen, run_server
 from pinlab_serve._catalog import RunFiles
 from pinlab_serve._clustered import ClusteredVectors
 from pinlab_serve._index import FLAT, HNSW, PinIndex, embed_image_file
@@ -63,6 +63,7 @@ __all__ = [
     "create_app",
     "embed_image_file",
     "format_bytes",
+    "listen",
     "open_shards",
     "recall_per_query",
     "run_server",

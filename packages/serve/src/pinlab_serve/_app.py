@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import io
 import json
 import logging
 import os
+import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -616,18 +618,43 @@ def check_run(run_dir: Path, runtime: Runtime = "torch") -> None:
             load_text_encoder(runtime, files.onnx, threads=1)
 
 
-def run_server(run_dir: Path, settings: ServeSettings, log_level: str = "info") -> None:
-    """Check the run, then serve it with uvicorn until interrupted (blocking)."""
+def listen(host: str, port: int) -> socket.socket:
+    """The server's listening socket, bound before anything loads: a port in use or an address
+    this machine does not have is refused at once, and port 0 gets the number it was given."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise PinlabServeError(
+            f"cannot listen on {host} port {port}: {exc.strerror or exc}; choose another "
+            "--port (0: any free one), or a --host this machine has"
+        ) from exc
+    sock.set_inheritable(True)  # worker processes serve it too
+    return sock
+
+
+def run_server(
+    run_dir: Path,
+    settings: ServeSettings,
+    log_level: str = "info",
+    sock: socket.socket | None = None,
+) -> None:
+    """Check the run, then serve it with uvicorn on `sock` (default: `listen` on the settings'
+    host and port) until interrupted (blocking)."""
     import uvicorn
+    from uvicorn.supervisors import Multiprocess
 
     check_run(run_dir)
+    sock = sock or listen(settings.host, settings.port)
     if settings.workers == 1:
-        uvicorn.run(
-            create_app(run_dir, settings),
-            host=settings.host,
-            port=settings.port,
-            log_level=log_level,
-        )
+        server = uvicorn.Server(uvicorn.Config(create_app(run_dir, settings), log_level=log_level))
+        with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises Ctrl-C once stopped
+            server.run(sockets=[sock])
+        if not server.started:
+            raise RuntimeError("the server did not start; its log above says why")
         return
     # Several workers import the app by name; they read their settings from the environment.
     env = settings.model_copy(update={"run_dir": run_dir.resolve()}).model_dump(
@@ -639,11 +666,11 @@ def run_server(run_dir: Path, settings: ServeSettings, log_level: str = "info") 
         os.environ[f"PINLAB_SERVE_{key.upper()}"] = (
             value if isinstance(value, str) else json.dumps(value)
         )
-    uvicorn.run(
+    config = uvicorn.Config(
         "pinlab_serve._app:create_app_from_env",
         factory=True,
-        host=settings.host,
-        port=settings.port,
         workers=settings.workers,
         log_level=log_level,
     )
+    with contextlib.suppress(KeyboardInterrupt):
+        Multiprocess(config, sockets=[sock]).run()

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 import typer
 
-from pinlab_serve import ServeSettings, check_run, run_server
+from pinlab_serve import ServeSettings, check_run, listen, run_server
 from pinlab_tasks._app import JsonFlag, RuntimeOpt, settings
 from pinlab_tasks._output import stderr
 
@@ -54,10 +54,12 @@ def serve(
         runtime=runtime,
     )
     check_run(run, runtime)
-    url = f"http://{host}:{port}/"
+    sock = listen(host, port)  # before the models load: a busy port is refused at once
+    bound = f"[{host}]" if ":" in host else host
+    url = f"http://{bound}:{sock.getsockname()[1]}/"
     if as_json:
         print(json.dumps({"url": url, "run": str(run), **resolved.model_dump(mode="json")}))
     else:
         admin = "on (bearer token)" if resolved.admin_token is not None else "off"
         stderr.print(f"serving {run} at {url} (docs at {url}docs, admin {admin}); Ctrl-C stops")
-    run_server(run, resolved, log_level=settings().log_level.lower())
+    run_server(run, resolved, log_level=settings().log_level.lower(), sock=sock)
