@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -332,6 +333,16 @@ def test_a_failing_command_is_a_tool_error_with_the_cli_message(
     assert "'--limit': Input should be greater than or equal to 1" in result.content[0].text  # type: ignore[union-attr]
     # A command that dies without a document: its last stderr line is the message.
     assert tool_result(1, "", "loading\nKilled\n").content[0].text == "Killed"  # type: ignore[union-attr]
+
+
+def test_http_refuses_a_busy_port(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = run(["mcp", "--runs", str(tmp_path), "--http", f"127.0.0.1:{port}"])
+    assert code == 2
+    assert f"cannot listen on 127.0.0.1 port {port}: " in capsys.readouterr().err
 
 
 def test_stdio_subprocess_lists_tools_searches_recommends_and_refuses(

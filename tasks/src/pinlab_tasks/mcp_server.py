@@ -585,7 +585,9 @@ def serve_stdio(server: Server[Any]) -> None:
 
 
 def serve_http(server: Server[Any], host: str, port: int) -> None:
-    """Serve streamable HTTP at http://HOST:PORT/mcp until interrupted."""
-    import uvicorn
+    """Serve streamable HTTP at http://HOST:PORT/mcp until interrupted; a port in use or an
+    unknown host is refused (PinlabServeError) before the server starts."""
+    from pinlab_serve import listen, serve_app
 
-    uvicorn.run(server.streamable_http_app(host=host), host=host, port=port, log_level="warning")
+    sock = listen(host, port)
+    serve_app(server.streamable_http_app(host=host), sock, log_level="warning")

@@ -630,10 +630,21 @@ def listen(host: str, port: int) -> socket.socket:
         sock.close()
         raise PinlabServeError(
             f"cannot listen on {host} port {port}: {exc.strerror or exc}; choose another "
-            "--port (0: any free one), or a --host this machine has"
+            "port (0: any free one), or a host this machine has"
         ) from exc
     sock.set_inheritable(True)  # worker processes serve it too
     return sock
+
+
+def serve_app(app: ASGIApp, sock: socket.socket, log_level: str = "info") -> None:
+    """Serve `app` with uvicorn on a bound socket (`listen`) until interrupted (blocking)."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level))
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises Ctrl-C once stopped
+        server.run(sockets=[sock])
+    if not server.started:
+        raise RuntimeError("the server did not start; its log above says why")
 
 
 def run_server(
@@ -650,11 +661,7 @@ def run_server(
     check_run(run_dir)
     sock = sock or listen(settings.host, settings.port)
     if settings.workers == 1:
-        server = uvicorn.Server(uvicorn.Config(create_app(run_dir, settings), log_level=log_level))
-        with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises Ctrl-C once stopped
-            server.run(sockets=[sock])
-        if not server.started:
-            raise RuntimeError("the server did not start; its log above says why")
+        serve_app(create_app(run_dir, settings), sock, log_level)
         return
     # Several workers import the app by name; they read their settings from the environment.
     env = settings.model_copy(update={"run_dir": run_dir.resolve()}).model_dump(
