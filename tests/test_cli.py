@@ -329,6 +329,22 @@ def test_doctor_reports_versions_and_device(capsys: pytest.CaptureFixture[str]) 
     assert out["threads"]["torch"] >= 1
 
 
+def test_bad_settings_from_options_or_the_environment_exit_2_naming_both(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # --threads 0 once reached torch.set_num_threads unchecked: a RuntimeError, exit 1.
+    for threads, why in (("0", "greater than or equal to 1"), ("9999", "less than or equal")):
+        code, out, _ = cli(capsys, "--threads", threads, "doctor")
+        assert code == 2, out
+        assert out["error"].startswith("bad value for threads (PINLAB_THREADS, or its option): ")
+        assert why in out["error"]
+    monkeypatch.setenv("PINLAB_THREADS", "many")
+    code, out, _ = cli(capsys, "doctor")
+    assert code == 2 and "PINLAB_THREADS" in out["error"] and "valid integer" in out["error"]
+    code, out, _ = cli(capsys, "--threads", "1", "doctor")  # the option overrides the variable
+    assert code == 0 and out["threads"]["torch"] == 1
+
+
 def test_the_installed_entry_point_uses_exit_codes(tmp_path: Path) -> None:
     """Through a real process: usage errors exit 2, JSON goes to stdout alone."""
     base = [sys.executable, "-m", "pinlab_tasks"]

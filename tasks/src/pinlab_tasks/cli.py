@@ -6,7 +6,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import torch
 import typer
@@ -17,7 +17,7 @@ from typer.rich_utils import rich_format_error
 
 from pinlab_data import PinlabDataError
 from pinlab_models import PinlabModelError
-from pinlab_serve import PinlabServeError
+from pinlab_serve import PinlabServeError, ServeSettings
 from pinlab_tasks import distributed
 from pinlab_tasks._app import app, use_invocation, use_settings
 from pinlab_tasks._output import configure_logging, stderr
@@ -44,6 +44,10 @@ from pinlab_tasks.commands.report import register as register_report
 from pinlab_tasks.scaffold import ScaffoldError
 from pinlab_tasks.settings import LogLevel, PinlabSettings, ProgressMode
 
+_ENV_PREFIXES = {
+    settings.__name__: str(settings.model_config.get("env_prefix", ""))
+    for settings in (PinlabSettings, ServeSettings)
+}
 BAD_INPUT = (PinlabDataError, PinlabModelError, PinlabServeError, ScaffoldError, FileNotFoundError)
 
 app.add_typer(data.app, name="data")
@@ -106,12 +110,14 @@ def root(
         "tracking_uri": tracking_uri,
         "progress": progress,
     }
-    # From the environment each time: flags of an earlier invocation in this process must not stick.
-    resolved = PinlabSettings().model_copy(
-        update={k: v for k, v in overrides.items() if v is not None}
+    # From the environment each time: flags of an earlier invocation in this process must not
+    # stick. Options override the environment and are validated like it (--threads 0 is bad).
+    given: dict[str, Any] = (
+        {k: v for k, v in overrides.items() if v is not None}
         | ({"debug": True} if debug else {})
         | ({"tracking": False} if no_tracking else {})
     )
+    resolved = PinlabSettings(**given)
     use_settings(resolved)
     configure_logging(resolved.log_level)
     torch.set_num_threads(resolved.threads)
@@ -166,7 +172,9 @@ def run(argv: list[str] | None = None) -> int:
             raise
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        return _fail(f"bad value for {where}: {first['msg']}", 2, as_json)
+        prefix = _ENV_PREFIXES.get(exc.title)  # settings come from options or the environment
+        source = f" ({prefix}{where.upper()}, or its option)" if prefix else ""
+        return _fail(f"bad value for {where}{source}: {first['msg']}", 2, as_json)
     except Exception as exc:
         if debug:
             raise
