@@ -232,6 +232,8 @@ def test_corrupt_image_and_bad_dataset(
          "pinlab_tasks.embed_bench.ray_cluster"),
         (["bench", "rerank", "--data", "{missing}", "--model", "nope", "--run", "{run}"],
          "unknown recommender 'nope'", "pinlab_tasks.rerank_bench.load_dataset"),
+        (["bench", "index", "--tune-recall", "-1"], "--tune-recall must be in (0, 1]",
+         "pinlab_tasks.index_bench.bench_index"),
     ],
 )  # fmt: skip
 def test_benches_refuse_a_missing_input_before_any_work(
@@ -257,6 +259,27 @@ def test_benches_refuse_a_missing_input_before_any_work(
     assert "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bare"]  # no run directory made
     assert [p.name for p in bare.iterdir()] == ["run.json"]
+
+
+@pytest.mark.parametrize(
+    ("args", "option", "why"),
+    [
+        (["data", "synth", "--out", "{out}", "--seed", "-1"], "--seed", "greater than or equal"),
+        (["demo", "--out", "{out}", "--seed", str(2**31)], "--seed", "less than or equal to"),
+        (["bench", "recsys", "--data", "{out}", "--protocol-seed", "-1"], "--protocol-seed", "0"),
+        (["bench", "index", "--seed", "-1"], "--seed", "greater than or equal to 0"),
+        (["train", "align", "--run", "{out}", "--epochs", "0"], "--epochs", "greater than or"),
+    ],
+)  # fmt: skip
+def test_seeds_and_epochs_out_of_range_are_usage_errors(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, args: list[str], option: str, why: str
+) -> None:
+    # A negative seed once reached NumPy (ValueError, exit 1), or was recorded as is; so did a
+    # negative epoch count in `train align`.
+    code, out, _ = cli(capsys, *(a.format(out=tmp_path / "out") for a in args))
+    assert code == 2 and out["error"].startswith(f"Invalid value for '{option}': "), out
+    assert why in out["error"]
+    assert not (tmp_path / "out").exists()
 
 
 def test_unknown_model_lists_the_registered_ones(

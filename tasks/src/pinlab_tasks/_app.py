@@ -23,7 +23,17 @@ app = typer.Typer(
 JsonFlag = Annotated[
     bool, typer.Option("--json", help="Print one JSON document on stdout; logs go to stderr.")
 ]
-SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed [env PINLAB_SEED].")]
+# NumPy's legacy seeding (scikit-learn, implicit) takes at most 2**32 - 1; half of that leaves
+# room for the offsets runs add to a seed (seed + r, seed + 1,000,003).
+MAX_SEED = 2**31 - 1
+SeedOpt = Annotated[
+    int | None,
+    typer.Option("--seed", min=0, max=MAX_SEED, help="Random seed [env PINLAB_SEED]."),
+]
+ProtocolSeedOpt = Annotated[
+    int | None,
+    typer.Option("--protocol-seed", min=0, max=MAX_SEED, help="Seed of the split (default 42)."),
+]
 NewRunOpt = Annotated[Path | None, typer.Option("--run", help="Run directory. Default: a new one.")]
 DeviceOpt = Annotated[
     str | None, typer.Option("--device", help="auto, cpu or cuda [env PINLAB_DEVICE].")

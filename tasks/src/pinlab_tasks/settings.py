@@ -17,7 +17,9 @@ class PinlabSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PINLAB_", extra="ignore")
 
     runs_dir: Path = Field(default=Path("runs"), description="Where new run directories go.")
-    seed: int = Field(default=0, ge=0, description="Seed for every random choice of a run.")
+    seed: int = Field(
+        default=0, ge=0, le=2**31 - 1, description="Seed for every random choice of a run."
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=512)
     log_level: LogLevel = "INFO"

@@ -14,7 +14,15 @@ from pinlab_eval import CiMethod, protocol_spec
 from pinlab_models import GeneratorConfig, resolve_device
 from pinlab_serve import PinlabServeError
 from pinlab_tasks import generative
-from pinlab_tasks._app import DeviceOpt, JsonFlag, NewRunOpt, SeedOpt, settings
+from pinlab_tasks._app import (
+    MAX_SEED,
+    DeviceOpt,
+    JsonFlag,
+    NewRunOpt,
+    ProtocolSeedOpt,
+    SeedOpt,
+    settings,
+)
 from pinlab_tasks._measure import run_measured
 from pinlab_tasks._output import busy, emit, stderr, stdout
 from pinlab_tasks._progress import step_say, train_progress
@@ -316,9 +324,7 @@ def recsys(
     stratify_by: Annotated[
         str | None, typer.Option("--stratify-by", help="stratified: item (default) or user.")
     ] = None,
-    protocol_seed: Annotated[
-        int | None, typer.Option("--protocol-seed", help="Seed of the split (default 42).")
-    ] = None,
+    protocol_seed: ProtocolSeedOpt = None,
     peers: Annotated[
         str | None,
         typer.Option("--peers", help="implicit (ALS beside ials), cornac (BPR beside bpr)."),
@@ -540,7 +546,7 @@ def index(
         Path | None,
         typer.Option("--work", help="Keep the shards and indexes here (reused when rerun)."),
     ] = None,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, max=MAX_SEED)] = 0,
     as_json: JsonFlag = False,
 ) -> None:
     """Build each index kind over generated clustered vectors (a seeded Gaussian mixture, one
@@ -557,6 +563,8 @@ def index(
     from pinlab_tasks.queries import parse_size
 
     faiss.omp_set_num_threads(settings().threads)  # builds; latency is measured on one
+    if tune_recall is not None and not 0 < tune_recall <= 1:  # before the builds, not after
+        raise PinlabServeError(f"--tune-recall must be in (0, 1], got {tune_recall}")
     chosen = [k.strip() for k in kinds.split(",") if k.strip()]
     unknown = [k for k in chosen if k not in INDEX_KINDS]
     if unknown or not chosen:
@@ -593,7 +601,7 @@ def serve(
     run: Annotated[
         Path | None, typer.Option("--run", help="Serve this run instead of building a world.")
     ] = None,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, max=MAX_SEED)] = 0,
     as_json: JsonFlag = False,
 ) -> None:
     """Load-test `pinlab serve` on loopback (one worker): QPS, p50/p95/p99 and errors per
@@ -632,7 +640,9 @@ def infer(
     rounds: Annotated[
         int, typer.Option("--rounds", min=1, max=50, help="Alternated timed passes per runtime.")
     ] = 5,
-    seed: Annotated[int, typer.Option("--seed", help="World, split and sample seed.")] = 0,
+    seed: Annotated[
+        int, typer.Option("--seed", min=0, max=MAX_SEED, help="World, split and sample seed.")
+    ] = 0,
     as_json: JsonFlag = False,
 ) -> None:
     """Eager PyTorch against ONNX Runtime (float32 and int8) for the image encoder and the text

@@ -24,7 +24,14 @@ from pinlab_models import (
 )
 from pinlab_tasks import distributed, generative, recsys
 from pinlab_tasks import visual as visual_workflows
-from pinlab_tasks._app import DeviceOpt, JsonFlag, SeedOpt, invocation, settings
+from pinlab_tasks._app import (
+    DeviceOpt,
+    JsonFlag,
+    ProtocolSeedOpt,
+    SeedOpt,
+    invocation,
+    settings,
+)
 from pinlab_tasks._output import emit, stdout
 from pinlab_tasks._progress import train_progress
 from pinlab_tasks.recsys import DEFAULT_PROTOCOL
@@ -84,7 +91,7 @@ def _run(path: Path | None, resume: bool = False) -> RunLayout:
 def visual(
     data: DataOpt,
     run: RunOpt = None,
-    epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Maximum epochs.")] = None,
     seed: SeedOpt = None,
     device: DeviceOpt = None,
     as_json: JsonFlag = False,
@@ -129,7 +136,7 @@ def encoder(
             help="timm weights from the cache or the Hub (default: on for timm, off for cnn).",
         ),
     ] = None,
-    epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Maximum epochs.")] = None,
     protocol: Annotated[
         visual_workflows.EncoderProtocol,
         typer.Option(
@@ -231,7 +238,7 @@ def align(
     data: Annotated[
         Path | None, typer.Option("--data", help="Dataset directory with captioned pins.")
     ] = None,
-    epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Maximum epochs.")] = None,
     arch: Annotated[
         str, typer.Option("--arch", help="Image tower: 'cnn' or any timm model name.")
     ] = "cnn",
@@ -271,7 +278,7 @@ def align(
 def generator(
     data: DataOpt,
     run: RunOpt = None,
-    epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Maximum epochs.")] = None,
     set_: Annotated[
         list[str] | None,
         typer.Option("--set", help="GeneratorConfig field as KEY=VALUE (JSON), repeatable."),
@@ -318,9 +325,7 @@ def recommender(
     protocol: Annotated[
         str, typer.Option("--protocol", help="leave-last-out, stratified, temporal or cold-start.")
     ] = DEFAULT_PROTOCOL,
-    protocol_seed: Annotated[
-        int | None, typer.Option("--protocol-seed", help="Seed of the split (default 42).")
-    ] = None,
+    protocol_seed: ProtocolSeedOpt = None,
     trials: Annotated[
         int,
         typer.Option(
