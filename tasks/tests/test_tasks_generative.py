@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from pinlab_eval import sample_grid_png
 from pinlab_tasks.generative import mean_image_baseline
@@ -98,3 +99,18 @@ def test_a_bench_generative_page_has_targets_and_every_seed(tmp_path: Path) -> N
     report = build_report(tmp_path)
     assert {"targets", "summary", "generator-seed-0", "generator-seed-1"} <= set(report.sections)
     assert "&gt;= 0.7" in report.html and "1.5" in report.html
+
+
+def test_an_autoguidance_the_generator_cannot_apply_is_reported(
+    generator_run: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from pinlab_tasks.generative import generate
+    from pinlab_tasks.runs import RunLayout
+
+    run = RunLayout(generator_run)  # its untrained generator kept no guide
+    out = generate(run, "a red circle", 1, 2, 3.0, 0, tmp_path / "a", autoguidance=0.0)
+    assert out["autoguidance"] == 1.0  # what sampling used, as the PNG says too
+    assert "--autoguidance 0.0 has no effect" in caplog.text
+    caplog.clear()
+    generate(run, "a red circle", 1, 2, 3.0, 0, tmp_path / "b")  # nothing asked, nothing said
+    assert "autoguidance" not in caplog.text

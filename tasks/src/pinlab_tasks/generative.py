@@ -67,6 +67,7 @@ from pinlab_models import (
     validation_loss,
 )
 from pinlab_serve import PinIndex
+from pinlab_tasks._output import log
 from pinlab_tasks.presets import PRESETS
 from pinlab_tasks.runs import RunLayout
 from pinlab_tasks.visual import pin_images, train_align, train_visual, visual_split
@@ -225,6 +226,11 @@ def generate(
         raise PinlabDataError(f"{out} is a file; pass a directory to --out")
     model = load_generator(run.generator, resolve_device(device))
     model.category_index(category)  # an unknown category fails before any work
+    if autoguidance not in (None, 1.0) and model.guide is None:
+        log.warning(
+            "this generator has no autoguidance guide, so --autoguidance %s has no effect "
+            "(sampling uses 1)", autoguidance,
+        )  # fmt: skip
     model.text_encoder  # noqa: B018 - load MiniLM before the clock starts
     start = time.perf_counter()
     images = model.generate(
