@@ -937,7 +937,9 @@ def generative_(
             "Default: RUNS_DIR/bench-generative-TIME.",
         ),
     ] = None,
-    epochs: Annotated[int | None, typer.Option(help="The generator's maximum epochs.")] = None,
+    epochs: Annotated[
+        int | None, typer.Option(min=1, help="The generator's maximum epochs.")
+    ] = None,
     set_: Annotated[
         list[str] | None,
         typer.Option("--set", help="GeneratorConfig field as KEY=VALUE (JSON), repeatable."),
