@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from pinlab_models import Runtime
-from pinlab_tasks.settings import PinlabSettings
+from pinlab_tasks.settings import MAX_SEED, PinlabSettings
 
 app = typer.Typer(
     name="pinlab",
@@ -23,9 +23,6 @@ app = typer.Typer(
 JsonFlag = Annotated[
     bool, typer.Option("--json", help="Print one JSON document on stdout; logs go to stderr.")
 ]
-# NumPy's legacy seeding (scikit-learn, implicit) takes at most 2**32 - 1; half of that leaves
-# room for the offsets runs add to a seed (seed + r, seed + 1,000,003).
-MAX_SEED = 2**31 - 1
 SeedOpt = Annotated[
     int | None,
     typer.Option("--seed", min=0, max=MAX_SEED, help="Random seed [env PINLAB_SEED]."),

@@ -9,6 +9,10 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# NumPy's legacy seeding (scikit-learn, implicit) takes at most 2**32 - 1; half of that leaves
+# room for the offsets runs add to a seed (seed + r, seed + 1,000,003).
+MAX_SEED = 2**31 - 1
+
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 ProgressMode = Literal["auto", "rich", "json", "off"]
 
@@ -18,7 +22,7 @@ class PinlabSettings(BaseSettings):
 
     runs_dir: Path = Field(default=Path("runs"), description="Where new run directories go.")
     seed: int = Field(
-        default=0, ge=0, le=2**31 - 1, description="Seed for every random choice of a run."
+        default=0, ge=0, le=MAX_SEED, description="Seed for every random choice of a run."
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=512)

@@ -9,6 +9,7 @@ from pinlab_serve._shards import ArrayVectors, EmbeddingShards, VectorSource, op
 from pinlab_serve._tuner import (
     DEFAULT_TARGET_RECALL,
     Queries,
+    check_target_recall,
     format_bytes,
     recall_per_query,
     sample_queries,
@@ -60,6 +61,7 @@ __all__ = [
     "VectorSource",
     "build_pq",
     "check_run",
+    "check_target_recall",
     "create_app",
     "embed_image_file",
     "format_bytes",

@@ -223,6 +223,12 @@ class _Best:
     p99_ms: float
 
 
+def check_target_recall(value: float, option: str = "--target-recall") -> None:
+    """Refuse a recall target outside (0, 1], naming the option that gave it."""
+    if not 0 < value <= 1:
+        raise PinlabServeError(f"{option} must be in (0, 1], got {value}")
+
+
 def tune(
     source: VectorSource,
     model_id: str,
@@ -243,8 +249,7 @@ def tune(
     that fits reaches the target.
     """
     start = time.perf_counter()
-    if not 0 < target_recall <= 1:
-        raise PinlabServeError(f"--target-recall must be in (0, 1], got {target_recall}")
+    check_target_recall(target_recall)
     if not kinds:
         raise PinlabServeError(f"give at least one index kind of {', '.join(INDEX_KINDS)}")
     rows, dim = source.rows, source.dim

@@ -15,7 +15,6 @@ from pinlab_models import GeneratorConfig, resolve_device
 from pinlab_serve import PinlabServeError
 from pinlab_tasks import generative
 from pinlab_tasks._app import (
-    MAX_SEED,
     DeviceOpt,
     JsonFlag,
     NewRunOpt,
@@ -30,6 +29,7 @@ from pinlab_tasks.benchmarks import bench_recsys, item_text_features, render_rec
 from pinlab_tasks.commands.train import parse_model_settings, parse_settings, validated
 from pinlab_tasks.embedding import DEFAULT_SHARD_ROWS
 from pinlab_tasks.runs import RunLayout, new_run_dir
+from pinlab_tasks.settings import MAX_SEED
 from pinlab_tasks.tracking import tracked
 from pinlab_tasks.visual_bench import (
     DEFAULT_BUDGET_SECONDS,
@@ -558,13 +558,13 @@ def index(
     """
     import faiss
 
-    from pinlab_serve import INDEX_KINDS
+    from pinlab_serve import INDEX_KINDS, check_target_recall
     from pinlab_tasks.index_bench import bench_index, render_index
     from pinlab_tasks.queries import parse_size
 
     faiss.omp_set_num_threads(settings().threads)  # builds; latency is measured on one
-    if tune_recall is not None and not 0 < tune_recall <= 1:  # before the builds, not after
-        raise PinlabServeError(f"--tune-recall must be in (0, 1], got {tune_recall}")
+    if tune_recall is not None:  # before the builds, not after them
+        check_target_recall(tune_recall, "--tune-recall")
     chosen = [k.strip() for k in kinds.split(",") if k.strip()]
     unknown = [k for k in chosen if k not in INDEX_KINDS]
     if unknown or not chosen:
