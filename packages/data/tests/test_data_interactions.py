@@ -151,6 +151,11 @@ def test_missing_columns_are_named_with_the_flag_that_maps_them(tmp_path: Path) 
     [
         ("log.csv", "user_id\titem_id\n1\t2\n", "it looks like tsv: pass --format tsv"),
         ("log.tsv", "user_id,item_id\n1,2\n", "it looks like csv: pass --format csv"),
+        (
+            "log.csv",
+            "user_id;item_id\n1;2\n",
+            "it looks separated by ';', which pinlab does not read: save it as CSV or TSV",
+        ),
     ],
 )
 def test_a_file_read_with_the_wrong_separator_says_which_format_it_looks_like(
@@ -159,6 +164,24 @@ def test_a_file_read_with_the_wrong_separator_says_which_format_it_looks_like(
     source = write(tmp_path / name, text)
     with pytest.raises(PinlabDataError, match=f"; {hint}$"):
         load_interactions(source, tmp_path / "ds")
+    assert not (tmp_path / "ds").exists()
+
+
+@pytest.mark.parametrize("layout", ["csv", "parquet"])
+def test_a_column_named_twice_is_refused_not_read_as_its_first(tmp_path: Path, layout: str) -> None:
+    if layout == "csv":
+        source = write(tmp_path / "log.csv", "user_id,item_id,user_id\n1,2,3\n")
+    else:
+        source = tmp_path / "log.parquet"
+        table = pa.table([pa.array(["1"]), pa.array(["2"]), pa.array(["3"])],
+                         names=["user_id", "item_id", "user_id"])  # fmt: skip
+        pq.write_table(table, source)
+    with pytest.raises(PinlabDataError) as info:
+        load_interactions(source, tmp_path / "ds")
+    assert str(info.value) == (
+        f"{source} has 2 columns named 'user_id' (columns 1, 3), so --user-col user_id is "
+        "ambiguous; rename all but one in its header"
+    )
     assert not (tmp_path / "ds").exists()
 
 

@@ -543,10 +543,21 @@ def _resolve_columns(mapping: ColumnMapping, names: list[str], source: Path) -> 
         header = names[0] if len(names) == 1 else ""
         kind = "tsv" if "\t" in header else "csv" if "," in header else None
         hint = f"; it looks like {kind}: pass --format {kind}" if kind else ""
+        if not kind and ";" in header:
+            hint = "; it looks separated by ';', which pinlab does not read: save it as CSV or TSV"
         raise PinlabDataError(
             f"{source} has no column {which}; its columns are {', '.join(names) or '(none)'}; "
             f"pass {fix}{hint}"
         )
+    for role, column in roles.items():
+        # Arrow reads the first of two same-named columns and says nothing of the second.
+        places = [str(i + 1) for i, name in enumerate(names) if name == column]
+        if len(places) > 1:
+            raise PinlabDataError(
+                f"{source} has {len(places)} columns named {column!r} (columns "
+                f"{', '.join(places)}), so {_FLAGS[role]} {column} is ambiguous; rename all "
+                "but one in its header"
+            )
     return roles
 
 
