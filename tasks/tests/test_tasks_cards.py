@@ -116,7 +116,9 @@ def test_missing_pieces_are_named_not_fatal(
         (lambda d: None, "does not exist"),
         (lambda d: d.mkdir(), "not a pinlab run (no run.json)"),
         (lambda d: d.write_text("x"), "not a directory"),
-        (lambda d: (d.mkdir(), (d / "run.json").write_text("[1]")), "not a run record"),
+        (lambda d: (d.mkdir(), (d / "run.json").write_text("[1]")), "a JSON list, not an object"),
+        (lambda d: (d.mkdir(), (d / "run.json").write_text('{"steps": [')), "not valid JSON"),
+        (lambda d: (d.mkdir(), (d / "run.json").write_bytes(b"\xff\xfe")), "not valid JSON"),
     ],
 )
 def test_not_a_run_exits_2(

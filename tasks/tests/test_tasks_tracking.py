@@ -155,6 +155,19 @@ def test_failed_work_marks_the_run_failed(runs_dir: Path) -> None:
     assert client(runs_dir).get_run(str(tracker.run_id)).info.status == "FAILED"
 
 
+def test_a_torn_run_record_is_reported_by_the_command_not_by_the_tracker(
+    runs_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The tracker uploads run.json as the command ends, also when the command failed."""
+    torn = tmp_path / "run"
+    torn.mkdir()
+    (torn / "run.json").write_text('{"steps": [')
+    for args in (["card", str(torn)], ["eval", "visual", "--run", str(torn)]):
+        code, result, _ = cli_json(args, capsys)
+        assert code == 2, result
+        assert result["error"].startswith(f"{torn / 'run.json'} is not valid JSON")
+
+
 def test_tracking_off_writes_no_store(
     data: Path, runs_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -19,6 +19,7 @@ from pinlab_data import (
     ImageArray,
     PinlabDataError,
     load_dataset,
+    read_json_object,
     save_dataset,
     write_bytes_atomic,
     write_json_atomic,
@@ -380,3 +381,29 @@ def test_an_output_that_cannot_be_a_directory_is_refused_naming_why(
     message = str(caught.value)
     assert message.startswith(f"cannot write {tmp_path / 'run'}: {tmp_path} takes no new")
     assert "Read-only file system" in message and ".tmp" not in message
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "does not exist; rerun it"),
+        (b'{"seed": ', "is not valid JSON (Expecting value: line 1 column 10 (char 9)); rerun it"),
+        (b"\xff\xfe{}", "is not valid JSON ('utf-8' codec can't decode byte 0xff"),
+        (b"[1, 2]", "holds a JSON list, not an object; rerun it"),
+        (b"", "is not valid JSON (Expecting value: line 1 column 1 (char 0)); rerun it"),
+    ],
+)
+def test_a_json_record_that_is_not_an_object_is_bad_input_naming_the_file(
+    tmp_path: Path, content: bytes | None, message: str
+) -> None:
+    path = tmp_path / "train.json"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(PinlabDataError) as info:
+        read_json_object(path, "rerun it")
+    assert str(info.value).startswith(f"{path} {message}")
+
+
+def test_a_json_record_reads_back_what_was_written(tmp_path: Path) -> None:
+    write_json_atomic(tmp_path / "r.json", {"seed": 3, "caption": "été"})
+    assert read_json_object(tmp_path / "r.json") == {"seed": 3, "caption": "été"}

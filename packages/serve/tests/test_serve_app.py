@@ -782,3 +782,20 @@ def test_diversify_bad_input_is_422(
     assert_error(response, 422, match)
     if "out of reach" in match:
         assert "allowed target: 0 to 0." in response.json()["error"]
+
+
+@pytest.mark.parametrize("content", [b'{"best": "mf", ', b"\xff\xfe", b"[1]"])
+def test_a_run_whose_records_are_torn_is_refused_naming_the_file(
+    tmp_path: Path, content: bytes
+) -> None:
+    from pinlab_serve import PinlabServeError, RunFiles
+
+    (tmp_path / "recommender" / "mf").mkdir(parents=True)
+    (tmp_path / "recommender" / "mf" / "model.pt").write_bytes(b"")
+    (tmp_path / "recommender" / "eval.json").write_bytes(content)
+    (tmp_path / "run.json").write_bytes(content)
+    files = RunFiles(tmp_path)
+    with pytest.raises(PinlabServeError, match="eval.json is not a JSON object; rerun `pinlab"):
+        files.ranked_recommenders()
+    with pytest.raises(PinlabServeError, match="run.json is not a valid run record"):
+        files.data_dir()

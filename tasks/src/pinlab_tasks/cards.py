@@ -26,6 +26,7 @@ from pinlab_data import (
     interaction_log,
     load_dataset,
     load_truth,
+    read_json_object,
     seen_csr,
     write_bytes_atomic,
 )
@@ -136,15 +137,7 @@ def _dataset(run: RunLayout, record: Mapping[str, Any]) -> Dataset | None:
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        value = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise PinlabDataError(
-            f"{path} is not valid JSON ({exc}); rerun the step that wrote it"
-        ) from exc
-    return value if isinstance(value, dict) else None
+    return read_json_object(path) if path.is_file() else None
 
 
 def _run_facts(run: RunLayout, record: Mapping[str, Any]) -> dict[str, Any]:

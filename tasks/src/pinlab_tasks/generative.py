@@ -9,7 +9,6 @@ its image-text model (agreement) and a classifier trained on real training pins.
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import operator
 import re
@@ -32,6 +31,7 @@ from pinlab_data import (
     holdout_mask,
     load_dataset,
     make_directory,
+    read_json_object,
     write_bytes_atomic,
     write_json_atomic,
 )
@@ -69,7 +69,7 @@ from pinlab_models import (
 from pinlab_serve import PinIndex
 from pinlab_tasks._output import log
 from pinlab_tasks.presets import PRESETS
-from pinlab_tasks.runs import RunLayout
+from pinlab_tasks.runs import RunLayout, trained_seed
 from pinlab_tasks.visual import pin_images, train_align, train_visual, visual_split
 
 EVAL_FILE = "eval.json"
@@ -289,7 +289,7 @@ def _classifier(
     key = {"split_seed": split_seed, "heads": heads, "config": config.model_dump(mode="json")}
     record = run.classifier.parent / "train.json"
     if run.classifier.is_file() and record.is_file():
-        trained = json.loads(record.read_text())
+        trained = read_json_object(record, "delete it, and the classifier is trained again")
         if all(trained.get(name) == value for name, value in key.items()):
             try:
                 return load_classifier(run.classifier, device), truth
@@ -366,8 +366,7 @@ def eval_generator(
     trained_file = directory / "train.json"
     if not trained_file.is_file():
         raise PinlabDataError(f"{directory} has no train.json; rerun `pinlab train generator`")
-    trained = json.loads(trained_file.read_text())
-    split_seed = int(trained.get("split_seed", trained["seed"]))
+    split_seed = trained_seed(trained_file, "pinlab train generator")
     if not run.encoder.is_file():
         raise PinlabDataError(
             f"run {run.root} has no image encoder, the feature space of the Fréchet distance; "
@@ -618,7 +617,7 @@ def _work(job: _Job) -> dict[str, Any]:
         ds = load_dataset(job.data_dir)
         _classifier(run, ds, pin_images(ds), job.seed, job.device, job.progress)
         trained = record.read_bytes() != before
-        return {"seconds": json.loads(record.read_text())["seconds"] if trained else None}
+        return {"seconds": read_json_object(record).get("seconds") if trained else None}
     if job.kind == "generator":
         return train_generator_run(
             run, job.data_dir, job.config, job.seed, job.device, job.progress,

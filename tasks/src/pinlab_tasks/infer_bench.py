@@ -12,7 +12,6 @@ each runtime's embeddings are from eager's (max |diff|, cosine).
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import tempfile
@@ -38,7 +37,7 @@ from pinlab_models import (
 )
 from pinlab_tasks import exports, visual, workflows
 from pinlab_tasks._output import stdout
-from pinlab_tasks.runs import RunLayout
+from pinlab_tasks.runs import RunLayout, trained_seed
 from pinlab_tasks.visual import (
     VISUAL_KS,
     captioned,
@@ -147,7 +146,7 @@ def _text_quality(
     run: RunLayout, ds: Dataset, images: np.ndarray, texts: list[str], runtimes: Sequence[Runtime]
 ) -> dict[str, Any]:
     """Text-to-image recall@k on the alignment's held-out pins, per runtime (both towers)."""
-    seed = int(json.loads((run.visual / "align" / "train.json").read_text())["seed"])
+    seed = trained_seed(run.visual / "align" / "train.json", "pinlab train align")
     test = captioned(ds, visual_split(ds, seed).test)
     keys, relevance = text_relevance(ds, test)
     captions = [texts[r] for r in test]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -15,6 +14,7 @@ from pinlab_data import (
     PinlabDataError,
     interaction_log,
     load_dataset,
+    read_json_object,
     seen_csr,
     session_history,
 )
@@ -312,7 +312,9 @@ def recommend_session(
 
 
 def _best_model(path: Path) -> str:
-    best: str = json.loads(path.read_text())["best"]
+    best = read_json_object(path, "rerun `pinlab eval recommender`").get("best")
+    if not isinstance(best, str):
+        raise PinlabDataError(f"{path} names no best model; rerun `pinlab eval recommender`")
     return best
 
 

@@ -8,7 +8,6 @@ give the same model and the same numbers by every path.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, MutableMapping
 from dataclasses import replace
@@ -23,6 +22,7 @@ from pinlab_data import (
     interaction_log,
     load_dataset,
     load_truth,
+    read_json_object,
     seen_csr,
     write_json_atomic,
 )
@@ -282,8 +282,8 @@ def eval_recommenders(run: RunLayout, ks: tuple[int, ...] = RANKING_KS) -> dict[
 def _trained_protocol(run: RunLayout, name: str) -> dict[str, Any]:
     path = run.recommender(name).parent / "train.json"
     try:
-        return dict(json.loads(path.read_text())["protocol"])
-    except (OSError, KeyError, json.JSONDecodeError):
+        return dict(read_json_object(path)["protocol"])
+    except (KeyError, TypeError, ValueError):  # PinlabDataError is a ValueError
         raise PinlabDataError(
             f"{path} does not say which protocol {name} was trained under; retrain it with "
             "`pinlab train recommender`"

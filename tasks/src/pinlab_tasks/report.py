@@ -22,7 +22,7 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
-from pinlab_data import PinlabDataError, write_bytes_atomic
+from pinlab_data import PinlabDataError, read_json_object, write_bytes_atomic
 from pinlab_eval import Curve, curves_png, difference_matrix_png, distributions_png
 from pinlab_tasks.bandit_bench import BANDITS_FILE
 from pinlab_tasks.bandit_bench import PLOT_FILE as BANDITS_PLOT
@@ -168,11 +168,8 @@ M = TypeVar("M", bound=BaseModel)
 
 
 def _read(path: Path, model: type[M], what: str) -> M:
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise PinlabDataError(f"{path} is not valid JSON ({exc}); rerun {what}") from exc
-    if model is RecsysBench and isinstance(raw, dict):
+    raw = read_json_object(path, f"rerun {what}")
+    if model is RecsysBench:
         raw = _upgrade_single_seed_bench(raw)
     try:
         return model.model_validate(raw)
@@ -605,13 +602,7 @@ def _run_header(root: Path, record: Mapping[str, Any]) -> str:
 
 def _json_or_empty(path: Path) -> dict[str, Any]:
     """An optional JSON object (run.json, summary.json): {} when absent, an error when torn."""
-    if not path.is_file():
-        return {}
-    try:
-        loaded = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise PinlabDataError(f"{path} is not valid JSON ({exc})") from exc
-    return loaded if isinstance(loaded, dict) else {}
+    return read_json_object(path) if path.is_file() else {}
 
 
 # --- metric tables ------------------------------------------------------------------------------

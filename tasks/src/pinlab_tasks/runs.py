@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pinlab_data import PinlabDataError, make_directory, write_json_atomic
+from pinlab_data import PinlabDataError, make_directory, read_json_object, write_json_atomic
 from pinlab_tasks._output import log
 from pinlab_tasks.provenance import dataset_fingerprint, provenance
 
@@ -106,13 +106,7 @@ class RunLayout:
                 f"{self.root} is not a pinlab run (no run.json); make one with `pinlab demo` "
                 "or `pinlab train ... --run DIR`"
             )
-        try:
-            record = json.loads(self.record.read_text())
-        except json.JSONDecodeError as exc:
-            raise PinlabDataError(f"{self.record} is not valid JSON ({exc}); remove it") from exc
-        if not isinstance(record, dict):
-            raise PinlabDataError(f"{self.record} is not a run record (a JSON object); remove it")
-        return record
+        return read_json_object(self.record, "remove it")
 
     def data_dir(self) -> Path:
         data = self.read_record().get("data_dir")
@@ -150,6 +144,15 @@ class RunLayout:
         marker = incomplete(self.root)
         if marker is not None and marker.get("command") == command:
             (self.root / INCOMPLETE).unlink()  # the stopped command has now run to its end
+
+
+def trained_seed(record: Path, retrain: str) -> int:
+    """The split seed a model's train.json records (`split_seed`, else `seed`)."""
+    trained = read_json_object(record, f"rerun `{retrain}`")
+    seed = trained.get("split_seed", trained.get("seed"))
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise PinlabDataError(f"{record} records no seed; rerun `{retrain}`")
+    return seed
 
 
 def incomplete(root: Path) -> dict[str, Any] | None:

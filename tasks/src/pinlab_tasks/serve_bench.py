@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import dataclasses
 import io
-import json
 import logging
 import os
 import signal
@@ -36,7 +35,7 @@ import numpy as np
 from PIL import Image
 from rich.table import Table
 
-from pinlab_data import PinlabDataError, SynthConfig, load_dataset
+from pinlab_data import PinlabDataError, SynthConfig, load_dataset, read_json_object
 from pinlab_models import CNNEncoder, EncoderConfig
 from pinlab_serve import RunFiles, ServeSettings
 from pinlab_tasks import queries, recsys, visual, workflows
@@ -522,7 +521,7 @@ def bench_serve(
         else:
             RunFiles(run_dir).check()  # what `pinlab serve` refuses, refused before any work
             run, build_seconds = RunLayout(run_dir), None
-        index = json_load(run.index / "index.json")
+        index = read_json_object(run.index / "index.json", "rebuild it with `pinlab index build`")
         queries = sample_queries(run, seed)
         photo = photo_jpeg(seed)
         log = Path(tmp) / "serve.log"
@@ -587,11 +586,6 @@ def ratios(results: list[dict[str, Any]], baseline: list[dict[str, Any]]) -> lis
             }
         )
     return out
-
-
-def json_load(path: Path) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(path.read_text())
-    return data
 
 
 def parse_levels(text: str) -> tuple[int, ...]:

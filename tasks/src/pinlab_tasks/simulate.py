@@ -34,6 +34,7 @@ from pinlab_data import (
     load_dataset,
     load_feedback,
     load_truth,
+    read_json_object,
     save_feedback,
     synth_preferences,
     write_synth,
@@ -433,10 +434,7 @@ def read_logs(root: Path) -> tuple[BanditFeedback, World, dict[str, Any]]:
             f"{root} has no {SIM_FILE}: eval ope values a policy over the simulated world the "
             "logs came from; write logs with `pinlab sim run`"
         )
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise PinlabDataError(f"{meta_path} is not valid JSON ({exc})") from exc
+    meta = read_json_object(meta_path, "write the logs again with `pinlab sim run`")
     world = World.from_file(root / WORLD_FILE)
     if (feedback.n_actions, feedback.context_dim) != (world.num_items, world.contexts.shape[1]):
         raise PinlabDataError(

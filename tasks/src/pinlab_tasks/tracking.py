@@ -224,8 +224,11 @@ def _log_record(tracker: Tracker, run_dir: Path) -> None:
     if not record.is_file() or tracker.run_id is None:
         return
     tracker.log_artifact(record)
-    facts = json.loads(record.read_text())
-    if facts.get("dataset_fingerprint"):
+    try:
+        facts = json.loads(record.read_text())
+    except ValueError:  # the command reads run.json itself and says what is wrong with it
+        return
+    if isinstance(facts, dict) and facts.get("dataset_fingerprint"):
         tracker.set_tags({"pinlab.dataset_fingerprint": facts["dataset_fingerprint"]})
 
 

@@ -6,7 +6,6 @@ returns a JSON-able dict.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +20,7 @@ from pinlab_data import (
     dedupe_dataset,
     holdout_mask,
     load_dataset,
+    read_json_object,
     write_json_atomic,
 )
 from pinlab_eval import (
@@ -50,7 +50,7 @@ from pinlab_models import (
     world,
     zero_shot_labels,
 )
-from pinlab_tasks.runs import RunLayout
+from pinlab_tasks.runs import RunLayout, trained_seed
 
 DEDUPE_FILE = "duplicates.json"
 EncoderProtocol = Literal["held-out-pins", "unseen-classes"]
@@ -177,8 +177,8 @@ def _trained_protocol(run: RunLayout) -> str:
     path = run.visual / "train.json"
     if not path.is_file():
         return "held-out-pins"
-    protocol: str = json.loads(path.read_text()).get("protocol", "held-out-pins")
-    return protocol
+    protocol = read_json_object(path, "rerun `pinlab train visual`").get("protocol")
+    return protocol if isinstance(protocol, str) else "held-out-pins"
 
 
 def captioned(ds: Dataset, rows: np.ndarray) -> np.ndarray:
@@ -299,7 +299,7 @@ def eval_align(run: RunLayout) -> dict[str, Any]:
     trained = run.visual / "align" / "train.json"
     if not trained.is_file():
         raise PinlabDataError(f"run {run.root} has no {trained.name}; `pinlab train align` first")
-    seed = int(json.loads(trained.read_text())["seed"])
+    seed = trained_seed(trained, "pinlab train align")
     ds = load_dataset(run.data_dir())
     images = pin_images(ds)
     test = captioned(ds, visual_split(ds, seed).test)

@@ -14,7 +14,7 @@ import secrets
 import shutil
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -73,6 +73,20 @@ def write_json_atomic(path: Path, obj: object) -> None:
     if isinstance(obj, BaseModel):
         obj = obj.model_dump(mode="json")
     write_bytes_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def read_json_object(path: Path, fix: str = "rerun the step that wrote it") -> dict[str, Any]:
+    """The JSON object a pinlab step wrote to `path`. A missing, torn or binary file, or one
+    that holds another JSON value, is bad input: the error names the file and says `fix`."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise PinlabDataError(f"{path} does not exist; {fix}") from exc
+    except (OSError, ValueError) as exc:  # ValueError: JSON's and UTF-8's decoding errors
+        raise PinlabDataError(f"{path} is not valid JSON ({_one_line(exc)}); {fix}") from exc
+    if not isinstance(raw, dict):
+        raise PinlabDataError(f"{path} holds a JSON {type(raw).__name__}, not an object; {fix}")
+    return raw
 
 
 def save_dataset(

@@ -53,7 +53,7 @@ class RunFiles:
             )
         try:
             data = json.loads(record.read_text()).get("data_dir")
-        except (json.JSONDecodeError, AttributeError) as exc:
+        except (ValueError, AttributeError) as exc:  # not JSON, not text, not an object
             raise PinlabServeError(f"{record} is not a valid run record; remake the run") from exc
         if not data:
             raise PinlabServeError(f"run {self.root} records no dataset; train into it first")
@@ -69,7 +69,16 @@ class RunFiles:
         it has them, then by name from the last."""
         names = sorted(p.parent.name for p in self.recommenders.glob("*/model.pt"))
         evaluation = self.recommenders / "eval.json"
-        record = json.loads(evaluation.read_text()) if evaluation.is_file() else {}
+        record: Any = {}
+        if evaluation.is_file():
+            try:
+                record = json.loads(evaluation.read_text())
+            except ValueError:  # not JSON, or not text
+                record = None
+        if not isinstance(record, dict):
+            raise PinlabServeError(
+                f"{evaluation} is not a JSON object; rerun `pinlab eval recommender` or delete it"
+            )
         models = record.get("models", {})
         ndcg = {
             str(name): float(metrics.get("ndcg@10", -1.0))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -10,6 +9,7 @@ import typer
 from rich.panel import Panel
 from rich.table import Table
 
+from pinlab_data import read_json_object
 from pinlab_tasks import workflows
 from pinlab_tasks._app import DeviceOpt, JsonFlag, SeedOpt, settings
 from pinlab_tasks._output import emit, metrics_table, stdout
@@ -73,7 +73,7 @@ def _log_demo(run: RunLayout, result: dict[str, Any]) -> None:
         for name, metrics in result["recommender"].items()
     }
     for name, (directory, metrics) in fits.items():
-        trained = json.loads((directory / "train.json").read_text())
+        trained = read_json_object(directory / "train.json")
         with tracked(name, {"config": trained.get("config", {})}) as child:
             log_fit(child, trained)
             child.log_metrics(metrics)
