@@ -126,6 +126,33 @@ def test_serve_refuses_a_busy_port_before_loading_anything(
         assert sock.getsockname()[1] > 0
 
 
+def test_serve_stops_with_exit_2_when_the_run_fails_to_load(
+    serve_run: Path, tmp_path: Path
+) -> None:
+    """A server that can never be ready does not stay up: the reason, then exit 2."""
+    import shutil
+
+    broken = tmp_path / "run"
+    shutil.copytree(serve_run, broken)
+    (broken / "visual" / "encoder.pt").write_bytes(b"")  # torn, as a full disk leaves it
+    out = io.StringIO()
+    # A server that stays up would block the test: Ctrl-C it after a minute (exit 0, failing).
+    watchdog = threading.Timer(60, os.kill, (os.getpid(), signal.SIGINT))
+    watchdog.start()
+    try:
+        with contextlib.redirect_stdout(out):
+            code = run(["serve", "--run", str(broken), "--port", "0", "--json"])
+    finally:
+        watchdog.cancel()
+    assert code == 2
+    started, failed = (json.loads(line) for line in out.getvalue().splitlines())
+    assert started["url"].startswith("http://127.0.0.1:")
+    assert failed["error"] == (
+        f"cannot serve {broken}: PinlabModelError: {broken / 'visual' / 'encoder.pt'} is not a "
+        "readable pinlab checkpoint (EOFError); retrain it"
+    )
+
+
 @pytest.mark.slow
 def test_serve_with_two_workers(serve_run: Path) -> None:
     """Workers read their settings from the environment: the admin token must arrive whole

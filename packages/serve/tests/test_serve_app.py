@@ -795,7 +795,7 @@ def test_a_run_whose_records_are_torn_is_refused_naming_the_file(
     (tmp_path / "recommender" / "eval.json").write_bytes(content)
     (tmp_path / "run.json").write_bytes(content)
     files = RunFiles(tmp_path)
-    with pytest.raises(PinlabServeError, match="eval.json is not a JSON object; rerun `pinlab"):
+    with pytest.raises(PinlabServeError, match=r"eval\.json is not a JSON object; rerun `pinlab"):
         files.ranked_recommenders()
-    with pytest.raises(PinlabServeError, match="run.json is not a valid run record"):
+    with pytest.raises(PinlabServeError, match=r"run\.json is not a valid run record"):
         files.data_dir()

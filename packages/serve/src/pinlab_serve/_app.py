@@ -370,6 +370,11 @@ def create_app(run_dir: Path, settings: ServeSettings | None = None) -> FastAPI:
         except Exception as exc:
             service.error = f"{type(exc).__name__}: {exc}"
             log.exception("loading %s failed", run_dir)
+            # A run that failed to load stays failed: a server that `serve_app` runs stops
+            # (its caller reports why); other hosts keep answering /readyz with the reason.
+            stop = getattr(app.state, "stop_server", None)
+            if stop is not None:
+                stop()
 
     async def watch(interval: float) -> None:
         manifest = service.files.index / "index.json"
@@ -637,10 +642,14 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def serve_app(app: ASGIApp, sock: socket.socket, log_level: str = "info") -> None:
-    """Serve `app` with uvicorn on a bound socket (`listen`) until interrupted (blocking)."""
+    """Serve `app` with uvicorn on a bound socket (`listen`) until interrupted (blocking).
+    An app with a `state` gets `state.stop_server`, which shuts the server down."""
     import uvicorn
 
     server = uvicorn.Server(uvicorn.Config(app, log_level=log_level))
+    state = getattr(app, "state", None)
+    if state is not None:
+        state.stop_server = lambda: setattr(server, "should_exit", True)
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises Ctrl-C once stopped
         server.run(sockets=[sock])
     if not server.started:
@@ -661,7 +670,10 @@ def run_server(
     check_run(run_dir)
     sock = sock or listen(settings.host, settings.port)
     if settings.workers == 1:
-        serve_app(create_app(run_dir, settings), sock, log_level)
+        app = create_app(run_dir, settings)
+        serve_app(app, sock, log_level)
+        if app.state.service.error is not None:
+            raise PinlabServeError(f"cannot serve {run_dir}: {app.state.service.error}")
         return
     # Several workers import the app by name; they read their settings from the environment.
     env = settings.model_copy(update={"run_dir": run_dir.resolve()}).model_dump(
