@@ -144,6 +144,9 @@ def test_train_generate_and_evaluate_through_the_cli(
     code, again = cli(capsys, "eval", "generator", "--run", str(run_dir), "--steps", "3")
     assert code == 0 and json.loads(record_file.read_text())["config"] == record["config"]
     assert json.loads(record_file.read_text())["seconds"] != record["seconds"]  # trained again
+    record_file.write_text('{"model_id": ')  # a torn record is a cache miss too, not an error
+    code, again = cli(capsys, "eval", "generator", "--run", str(run_dir), "--steps", "3")
+    assert code == 0 and json.loads(record_file.read_text())["config"] == record["config"]
 
 
 @pytest.mark.slow

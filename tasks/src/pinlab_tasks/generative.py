@@ -289,7 +289,10 @@ def _classifier(
     key = {"split_seed": split_seed, "heads": heads, "config": config.model_dump(mode="json")}
     record = run.classifier.parent / "train.json"
     if run.classifier.is_file() and record.is_file():
-        trained = read_json_object(record, "delete it, and the classifier is trained again")
+        try:
+            trained = read_json_object(record)
+        except PinlabDataError:
+            trained = {}  # a torn record: like one of another version, trained again below
         if all(trained.get(name) == value for name, value in key.items()):
             try:
                 return load_classifier(run.classifier, device), truth
