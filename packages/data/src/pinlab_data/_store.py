@@ -238,17 +238,7 @@ def _read_manifest(root: Path) -> DatasetManifest:
             f"{root} is not a pinlab dataset (no {DATASET_FILE}); create one with "
             f"`pinlab data synth --out {root}`"
         )
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PinlabDataError(
-            f"{path} is not valid JSON ({_one_line(exc)}); restore it or regenerate the dataset"
-        ) from exc
-    if not isinstance(raw, dict):
-        raise PinlabDataError(
-            f"{path} holds a JSON {type(raw).__name__}, not an object; restore it or regenerate "
-            "the dataset"
-        )
+    raw = read_json_object(path, "restore it or regenerate the dataset")
     version = raw.get("schema_version")
     if isinstance(version, int) and version > SCHEMA_VERSION:
         raise PinlabDataError(
