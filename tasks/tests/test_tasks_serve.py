@@ -146,7 +146,7 @@ def test_serve_stops_with_exit_2_when_the_run_fails_to_load(
         watchdog.cancel()
     assert code == 2
     started, failed = (json.loads(line) for line in out.getvalue().splitlines())
-    assert started["url"].startswith("http://127.0.0.1:")
+    assert started["port"] > 0 and started["url"] == f"http://127.0.0.1:{started['port']}/"
     assert failed["error"] == (
         f"cannot serve {broken}: PinlabModelError: {broken / 'visual' / 'encoder.pt'} is not a "
         "readable pinlab checkpoint (EOFError); retrain it"

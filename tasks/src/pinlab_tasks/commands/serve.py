@@ -55,8 +55,9 @@ def serve(
     )
     check_run(run, runtime)
     sock = listen(host, port)  # before the models load: a busy port is refused at once
+    resolved = resolved.model_copy(update={"port": sock.getsockname()[1]})  # 0: the one got
     bound = f"[{host}]" if ":" in host else host
-    url = f"http://{bound}:{sock.getsockname()[1]}/"
+    url = f"http://{bound}:{resolved.port}/"
     if as_json:
         print(json.dumps({"url": url, "run": str(run), **resolved.model_dump(mode="json")}))
     else:
