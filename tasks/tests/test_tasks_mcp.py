@@ -345,6 +345,46 @@ def test_http_refuses_a_busy_port(capsys: pytest.CaptureFixture[str], tmp_path: 
     assert f"cannot listen on 127.0.0.1 port {port}: " in capsys.readouterr().err
 
 
+def test_http_serves_the_tools_at_the_address_it_announces(tmp_path: Path) -> None:
+    """`pinlab mcp --http 127.0.0.1:0` as a subprocess: the port it got, then streamable HTTP."""
+    import re
+    import signal
+    import subprocess
+    import threading
+
+    from mcp.client.streamable_http import streamable_http_client
+
+    command = [sys.executable, "-m", "pinlab_tasks", "mcp", "--runs", str(tmp_path)]
+    with subprocess.Popen(
+        [*command, "--http", "127.0.0.1:0"], stderr=subprocess.PIPE, text=True,
+        env=os.environ | {"PINLAB_TRACKING": "off"},
+    ) as proc:  # fmt: skip
+        assert proc.stderr is not None
+        watchdog = threading.Timer(60, proc.kill)  # a server that never says where: stderr ends
+        watchdog.start()
+        try:
+            said = ""
+            while not (found := re.search(r"serving MCP at (http://127\.0\.0\.1:\d+/mcp)", said)):
+                line = proc.stderr.readline()
+                assert line, f"the server ended without saying where: {said}"
+                said += line
+
+            async def tools() -> list[str]:
+                async with (
+                    streamable_http_client(found.group(1)) as (read, write, *_),
+                    ClientSession(read, write) as client,
+                ):
+                    await client.initialize()
+                    return [t.name for t in (await client.list_tools()).tools]
+
+            names = anyio.run(tools)
+        finally:
+            watchdog.cancel()
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=30)
+    assert "describe" in names and "search" in names and "serve" not in names
+
+
 def test_stdio_subprocess_lists_tools_searches_recommends_and_refuses(
     mcp_demo: tuple[Path, dict[str, Any], Progress], tmp_path: Path
 ) -> None:

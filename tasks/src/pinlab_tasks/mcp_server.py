@@ -590,4 +590,8 @@ def serve_http(server: Server[Any], host: str, port: int) -> None:
     from pinlab_serve import listen, serve_app
 
     sock = listen(host, port)
+    bound = f"[{host}]" if ":" in host else host
+    # uvicorn logs only warnings here, so this line is how port 0's number is known.
+    print(f"serving MCP at http://{bound}:{sock.getsockname()[1]}/mcp; Ctrl-C stops",
+          file=sys.stderr, flush=True)  # fmt: skip
     serve_app(server.streamable_http_app(host=host), sock, log_level="warning")
