@@ -587,11 +587,9 @@ def serve_stdio(server: Server[Any]) -> None:
 def serve_http(server: Server[Any], host: str, port: int) -> None:
     """Serve streamable HTTP at http://HOST:PORT/mcp until interrupted; a port in use or an
     unknown host is refused (PinlabServeError) before the server starts."""
-    from pinlab_serve import listen, serve_app
+    from pinlab_serve import http_url, listen, serve_app
 
     sock = listen(host, port)
-    bound = f"[{host}]" if ":" in host else host
     # uvicorn logs only warnings here, so this line is how port 0's number is known.
-    print(f"serving MCP at http://{bound}:{sock.getsockname()[1]}/mcp; Ctrl-C stops",
-          file=sys.stderr, flush=True)  # fmt: skip
+    print(f"serving MCP at {http_url(host, sock, '/mcp')}; Ctrl-C stops", file=sys.stderr)
     serve_app(server.streamable_http_app(host=host), sock, log_level="warning")

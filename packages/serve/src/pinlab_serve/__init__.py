@@ -1,6 +1,6 @@
 """pinlab_serve: the FAISS pin index and the HTTP service over a run directory."""
 
-from pinlab_serve._app import check_run, create_app, listen, run_server, serve_app
+from pinlab_serve._app import check_run, create_app, http_url, listen, run_server, serve_app
 from pinlab_serve._catalog import RunFiles
 from pinlab_serve._clustered import ClusteredVectors
 from pinlab_serve._index import FLAT, HNSW, PinIndex, embed_image_file
@@ -65,6 +65,7 @@ __all__ = [
     "create_app",
     "embed_image_file",
     "format_bytes",
+    "http_url",
     "listen",
     "open_shards",
     "recall_per_query",

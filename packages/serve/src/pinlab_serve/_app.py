@@ -641,6 +641,13 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def http_url(host: str, sock: socket.socket, path: str = "/") -> str:
+    """The URL a server on `sock` (from `listen(host, ...)`) answers at: its real port, so
+    port 0's number too; an IPv6 host in brackets."""
+    bound = f"[{host}]" if ":" in host else host
+    return f"http://{bound}:{sock.getsockname()[1]}{path}"
+
+
 def serve_app(app: ASGIApp, sock: socket.socket, log_level: str = "info") -> None:
     """Serve `app` with uvicorn on a bound socket (`listen`) until interrupted (blocking).
     An app with a `state` gets `state.stop_server`, which shuts the server down."""

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 import typer
 
-from pinlab_serve import ServeSettings, check_run, listen, run_server
+from pinlab_serve import ServeSettings, check_run, http_url, listen, run_server
 from pinlab_tasks._app import JsonFlag, RuntimeOpt, settings
 from pinlab_tasks._output import stderr
 
@@ -56,8 +56,7 @@ def serve(
     check_run(run, runtime)
     sock = listen(host, port)  # before the models load: a busy port is refused at once
     resolved = resolved.model_copy(update={"port": sock.getsockname()[1]})  # 0: the one got
-    bound = f"[{host}]" if ":" in host else host
-    url = f"http://{bound}:{resolved.port}/"
+    url = http_url(host, sock)
     if as_json:
         print(json.dumps({"url": url, "run": str(run), **resolved.model_dump(mode="json")}))
     else:
