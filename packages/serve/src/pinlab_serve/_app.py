@@ -637,6 +637,9 @@ def listen(host: str, port: int) -> socket.socket:
             f"cannot listen on {host} port {port}: {exc.strerror or exc}; choose another "
             "port (0: any free one), or a host this machine has"
         ) from exc
+    # Listening now, so a client that connects on the announced address before uvicorn starts
+    # waits in the backlog (uvicorn's 2048) instead of being refused.
+    sock.listen(2048)
     sock.set_inheritable(True)  # worker processes serve it too
     return sock
 
