@@ -296,8 +296,32 @@ def test_ratings_of_movies_missing_from_the_catalogue_get_placeholder_pins(tmp_p
             LAYOUTS["csv"] | {"movies.csv": b"id,name\n1,x\n"},
             "has columns id, name, not movieId, title, genres",
         ),
+        # Arrow read these as rows of garbage; random bytes also printed an ignored traceback.
+        (
+            LAYOUTS["100k"] | {"u.data": b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"},
+            r"u.data holds binary data \(a NUL byte at offset 8\), not text; the download looks "
+            "damaged",
+        ),
+        (
+            LAYOUTS["100k"] | {"u.data": LAYOUTS["100k"]["u.data"].decode().encode("utf-16")},
+            "u.data is UTF-16 text, not UTF-8; the download looks damaged",
+        ),
+        (
+            LAYOUTS["csv"] | {"ratings.csv": b"userId,movieId,rating,timestamp\n\xff1,1,4.0,1\n"},
+            r"ratings.csv is not UTF-8 text \(byte 0xff at offset 32 is no UTF-8 character\); "
+            "the download looks damaged",
+        ),
     ],
-    ids=["not-movielens", "half-a-layout", "short-line", "bad-id", "wrong-header"],
+    ids=[
+        "not-movielens",
+        "half-a-layout",
+        "short-line",
+        "bad-id",
+        "wrong-header",
+        "binary",
+        "utf-16",
+        "not-utf-8",
+    ],
 )
 def test_damaged_movielens_is_one_line_naming_the_file_and_line(
     tmp_path: Path, files: dict[str, bytes], message: str

@@ -60,6 +60,8 @@ UNKNOWN = "unknown"
 NO_GENRES = frozenset({"unknown", "(no genres listed)"})
 """What MovieLens writes for a movie without genres (100K, and 20M onwards)."""
 MOVIELENS_HINT = "the download looks damaged; fetch it again from GroupLens"
+LOG_TEXT_HINT = "save it as UTF-8 CSV or TSV"
+SEQUENCES_TEXT_HINT = "save it as UTF-8 text, one user's items per line"
 BAD_LINES_HINT = (
     "fix it, or pass --on-bad-lines skip (drop bad lines) or report (drop them and list them "
     f"in {BAD_LINES_FILE})"
@@ -158,7 +160,7 @@ def load_interactions(
         names = parquet_columns(source)
     else:
         fmt = TextFormat("," if file_format == "csv" else "\t")
-        names = text_columns(lambda: str(source), fmt, str(source))
+        names = text_columns(lambda: str(source), fmt, str(source), LOG_TEXT_HINT)
     roles = _resolve_columns(mapping, names, source)
     wanted = list(dict.fromkeys(roles.values()))
     unit = "row" if file_format == "parquet" else "line"
@@ -166,7 +168,7 @@ def load_interactions(
     chunks: Iterator[Chunk] = (
         read_parquet(source, wanted, bad)
         if file_format == "parquet"
-        else read_text(lambda: str(source), fmt, wanted, bad)
+        else read_text(lambda: str(source), fmt, wanted, bad, LOG_TEXT_HINT)
     )
     reader = _LogReader(roles)
     for chunk in chunks:
@@ -225,7 +227,7 @@ def load_sequences(
     columns = _Columns(with_ratings=False)
     seen = np.zeros(0, dtype=np.int64)  # items per user so far
     resolved: SequenceLayout = layout
-    for chunk in read_text(lambda: str(source), fmt, ["line"], bad):
+    for chunk in read_text(lambda: str(source), fmt, ["line"], bad, SEQUENCES_TEXT_HINT):
         fields = pc.utf8_split_whitespace(chunk.columns["line"])
         count = np.asarray(pc.list_value_length(fields), dtype=np.int64)
         if resolved == "auto":
@@ -766,7 +768,7 @@ def _read_ratings(
     user, item, rating, stamp = columns
     times = TimeParser()
     gathered = _Columns(with_ratings=True)
-    for chunk in read_text(open_, fmt, list(columns), bad):
+    for chunk in read_text(open_, fmt, list(columns), bad, MOVIELENS_HINT):
         values = chunk.columns
         parsed = {
             user: parse_ids(values[user]),
@@ -808,7 +810,7 @@ def _read_all(
 ) -> tuple[Chunk, BadLines]:
     """A small MovieLens file whole (its lines all good, or an error), and its line counter."""
     bad = BadLines(files.label(member), "error", MOVIELENS_HINT)
-    chunks = list(read_text(files.opener(member), fmt, columns, bad))
+    chunks = list(read_text(files.opener(member), fmt, columns, bad, MOVIELENS_HINT))
     rows = np.concatenate([c.rows for c in chunks]) if chunks else np.zeros(0, np.int64)
     joined = {
         name: pa.concat_arrays([c.columns[name] for c in chunks])
@@ -880,7 +882,7 @@ def _items_csv(files: _MovieLensFiles, folder: str) -> pa.Table:
 
 
 def _require_columns(files: _MovieLensFiles, member: str, expected: list[str]) -> None:
-    names = text_columns(files.opener(member), TextFormat(","), files.label(member))
+    names = text_columns(files.opener(member), TextFormat(","), files.label(member), MOVIELENS_HINT)
     if not set(expected) <= set(names):
         raise PinlabDataError(
             f"{files.label(member)} has columns {', '.join(names)}, not {', '.join(expected)}; "

@@ -7,6 +7,7 @@ the wrong number of fields, and both carry the line number they have in the file
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import io
 import math
@@ -36,6 +37,8 @@ BLOCK_BYTES = 16 << 20
 """Text read per batch: large enough that per-batch Python work is noise, small enough to bound
 memory whatever the file's size."""
 PARQUET_ROWS = 1 << 20
+SNIFF_BYTES = 1 << 16
+"""The start of a text file checked for being UTF-8 text at all, before Arrow parses it."""
 MAX_TEXT = 200
 """Characters of a bad line kept in messages and reports."""
 MS_THRESHOLD = 10**11
@@ -153,11 +156,15 @@ class BadLines:
         return PinlabDataError(f"{self.file} {self.unit} {line}: {reason}: {shown!r}; {self.hint}")
 
 
-def text_columns(open_: Opener, fmt: TextFormat, file: str) -> list[str]:
-    """The column names of a text file: from its header line, or `fmt.names`."""
+def text_columns(open_: Opener, fmt: TextFormat, file: str, fix: str) -> list[str]:
+    """The column names of a text file: from its header line, or `fmt.names`.
+
+    `fix` ends the error for a file that cannot be read as text.
+    """
     if fmt.names is not None:
         return list(fmt.names)
-    with _arrow_errors(file, "read its header"), _opened(open_) as source:
+    require_text(open_, fmt, file, fix)
+    with _arrow_errors(file, fix), _opened(open_) as source:
         reader = pcsv.open_csv(
             source,
             read_options=pcsv.ReadOptions(block_size=1 << 20, encoding=fmt.encoding),
@@ -168,11 +175,15 @@ def text_columns(open_: Opener, fmt: TextFormat, file: str) -> list[str]:
     return names
 
 
-def read_text(open_: Opener, fmt: TextFormat, columns: list[str], bad: BadLines) -> Iterator[Chunk]:
+def read_text(
+    open_: Opener, fmt: TextFormat, columns: list[str], bad: BadLines, fix: str
+) -> Iterator[Chunk]:
     """The wanted columns of a delimited text file as strings, a block at a time.
 
     Blank lines are skipped silently; lines with the wrong number of fields go to `bad`.
+    `fix` ends the error for a file that cannot be read as text at all.
     """
+    require_text(open_, fmt, file=bad.file, fix=fix)
     bad.first_line = 1 if fmt.names is not None else 2
     read_options = pcsv.ReadOptions(
         block_size=BLOCK_BYTES,
@@ -186,7 +197,7 @@ def read_text(open_: Opener, fmt: TextFormat, columns: list[str], bad: BadLines)
         strings_can_be_null=False,
     )
     start = 0
-    with _arrow_errors(bad.file, bad.hint), _opened(open_) as source:
+    with _arrow_errors(bad.file, bad.hint, text_fix=fix), _opened(open_) as source:
         reader = pcsv.open_csv(
             source,
             read_options=read_options,
@@ -206,6 +217,37 @@ def read_text(open_: Opener, fmt: TextFormat, columns: list[str], bad: BadLines)
             )
             bad.check(start - 1)
     bad.finish()
+
+
+def require_text(open_: Opener, fmt: TextFormat, file: str, fix: str) -> None:
+    """Refuse a UTF-8 text format's file whose start is binary data or another encoding.
+
+    Arrow would read such bytes as rows of garbage (or print a decoding traceback on the way),
+    so the start, decompressed as Arrow reads it, is checked first to say what the file is.
+    Bytes that are not UTF-8 further on fail Arrow's conversion; `_arrow_errors` names that.
+    """
+    if codecs.lookup(fmt.encoding).name != "utf-8":
+        return
+    with _arrow_errors(file, fix), _opened(open_) as source:
+        if isinstance(source, str):
+            with pa.input_stream(source, compression="detect") as stream:
+                head = stream.read(SNIFF_BYTES)
+        else:
+            head = source.read(SNIFF_BYTES)
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise PinlabDataError(f"{file} is UTF-16 text, not UTF-8; {fix}")
+    if b"\0" in head:
+        at = head.index(b"\0")
+        raise PinlabDataError(
+            f"{file} holds binary data (a NUL byte at offset {at}), not text; {fix}"
+        )
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=len(head) < SNIFF_BYTES)
+    except UnicodeDecodeError as exc:
+        raise PinlabDataError(
+            f"{file} is not UTF-8 text (byte 0x{head[exc.start]:02x} at offset {exc.start} "
+            f"is no UTF-8 character); {fix}"
+        ) from None
 
 
 def parquet_columns(path: Path) -> list[str]:
@@ -429,12 +471,18 @@ def _opened(open_: Opener) -> Iterator[str | IO[bytes]]:
 
 
 @contextlib.contextmanager
-def _arrow_errors(file: str, hint: str) -> Iterator[None]:
-    """Turn Arrow's read errors into one PinlabDataError line naming the file."""
+def _arrow_errors(file: str, hint: str, text_fix: str | None = None) -> Iterator[None]:
+    """Turn Arrow's read errors into one PinlabDataError line naming the file.
+
+    `text_fix` replaces `hint` when the bytes are not UTF-8 (a bad-lines hint cannot help:
+    Arrow refuses the whole batch).
+    """
     try:
         yield
     except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         if first == "Empty CSV file":  # no line to fix or skip: the hint would mislead
             raise PinlabDataError(f"{file} is empty; pass a file with data") from exc
+        if text_fix is not None and "invalid UTF8" in first:
+            hint = f"it is not all UTF-8 text; {text_fix}"
         raise PinlabDataError(f"{file} could not be read ({first}); {hint}") from exc
