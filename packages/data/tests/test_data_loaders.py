@@ -296,6 +296,10 @@ def test_ratings_of_movies_missing_from_the_catalogue_get_placeholder_pins(tmp_p
             LAYOUTS["csv"] | {"movies.csv": b"id,name\n1,x\n"},
             "has columns id, name, not movieId, title, genres",
         ),
+        (
+            LAYOUTS["100k"] | {"u.data": b"196\t242\t3\t881250949\n186\t302\t30\t891717742\n"},
+            r"u.data line 2: rating '30' is not a number of stars from 0.5 to 5",
+        ),
         # Arrow read these as rows of garbage; random bytes also printed an ignored traceback.
         (
             LAYOUTS["100k"] | {"u.data": b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"},
@@ -318,6 +322,7 @@ def test_ratings_of_movies_missing_from_the_catalogue_get_placeholder_pins(tmp_p
         "short-line",
         "bad-id",
         "wrong-header",
+        "rating-out-of-scale",
         "binary",
         "utf-16",
         "not-utf-8",

@@ -773,13 +773,20 @@ def _read_ratings(
         parsed = {
             user: parse_ids(values[user]),
             item: parse_ids(values[item]),
-            rating: parse_numbers(values[rating]),
+            rating: _stars(values[rating]),
             stamp: times(values[stamp]),
         }
         good = record_bad_values(chunk, parsed, bad, sep=fmt.delimiter)
         picked = [parsed[c].values if good.all() else parsed[c].values[good] for c in columns]
         gathered.add(picked[0], picked[1], picked[3], picked[2])
     return gathered.log()
+
+
+def _stars(values: Any) -> Parsed:
+    """MovieLens ratings: whole stars from 1 to 5 (100K, 1M), half stars from 0.5 since 10M."""
+    numbers = parse_numbers(values)
+    outside = (numbers.values < 0.5) | (numbers.values > 5)
+    return Parsed(numbers.values, numbers.bad | outside, "not a number of stars from 0.5 to 5")
 
 
 def _bad_shapes(chunk: Chunk, count: Int64Array, expected: int, shape: str, bad: BadLines) -> None:
