@@ -337,6 +337,31 @@ def test_damaged_movielens_is_one_line_naming_the_file_and_line(
     assert not (tmp_path / "ds").exists()
 
 
+@pytest.mark.parametrize("compression", [zipfile.ZIP_DEFLATED, zipfile.ZIP_STORED])
+def test_a_damaged_zip_is_named_not_a_crash(tmp_path: Path, compression: int) -> None:
+    """A member whose bytes changed (zlib's error, or the CRC's) used to exit 1; a zip cut
+    short (no central directory) was 'neither a folder nor a .zip'."""
+    source = tmp_path / "ml-100k.zip"
+    rows = "".join(f"{u}\t242\t{1 + u % 5}\t{881250949 + u}\n" for u in range(1, 2000))
+    with zipfile.ZipFile(source, "w", compression) as archive:
+        for name, data in (LAYOUTS["100k"] | {"u.data": rows.encode()}).items():
+            archive.writestr(f"ml-100k/{name}", data)
+        member = archive.getinfo("ml-100k/u.data")
+    middle = member.header_offset + 30 + len(member.filename) + member.compress_size // 2
+    damaged = bytearray(source.read_bytes())
+    damaged[middle : middle + 64] = bytes(64)
+    source.write_bytes(damaged)
+    with pytest.raises(
+        PinlabDataError,
+        match=r"ml-100k.zip:ml-100k/u.data could not be read \(.+\); the download looks damaged",
+    ):
+        load_movielens(source, tmp_path / "ds")
+    source.write_bytes(damaged[: len(damaged) // 2])
+    with pytest.raises(PinlabDataError, match=r"is a .zip cut short \(its central directory is"):
+        load_movielens(source, tmp_path / "ds")
+    assert not (tmp_path / "ds").exists()
+
+
 def test_a_folder_with_two_datasets_asks_for_one(tmp_path: Path) -> None:
     write_folder(tmp_path / "all" / "ml-1m", LAYOUTS["1m"])
     write_folder(tmp_path / "all" / "ml-latest-small", LAYOUTS["csv"])

@@ -656,6 +656,11 @@ _MOVIELENS_RATINGS: dict[str, tuple[str, TextFormat, tuple[str, str, str, str]]]
 }
 
 
+def _starts_as_zip(path: Path) -> bool:
+    with path.open("rb") as file:
+        return file.read(4) == b"PK\x03\x04"  # a zip's first local file header
+
+
 class _MovieLensFiles:
     """The files of a MovieLens download, from a folder or straight from its .zip."""
 
@@ -667,6 +672,10 @@ class _MovieLensFiles:
         elif source.is_file() and zipfile.is_zipfile(source):
             self._zip = zipfile.ZipFile(source)
             self.names = [info.filename for info in self._zip.infolist() if not info.is_dir()]
+        elif source.is_file() and _starts_as_zip(source):
+            raise PinlabDataError(
+                f"{source} is a .zip cut short (its central directory is missing); {MOVIELENS_HINT}"
+            )
         elif source.exists():
             raise PinlabDataError(
                 f"{source} is neither a folder nor a .zip; pass a MovieLens folder or the .zip "

@@ -12,6 +12,8 @@ import contextlib
 import io
 import math
 import re
+import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -479,7 +481,8 @@ def _arrow_errors(file: str, hint: str, text_fix: str | None = None) -> Iterator
     """
     try:
         yield
-    except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
+    # zlib and zipfile errors come from a damaged member of a zip archive, read through Arrow.
+    except (pa.ArrowException, OSError, UnicodeDecodeError, zlib.error, zipfile.BadZipFile) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         if first == "Empty CSV file":  # no line to fix or skip: the hint would mislead
             raise PinlabDataError(f"{file} is empty; pass a file with data") from exc
