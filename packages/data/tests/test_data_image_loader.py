@@ -208,3 +208,25 @@ def test_manifest_errors_are_one_line(tmp_path: Path) -> None:
     with pytest.raises(PinlabDataError, match="neither a folder"):
         load_images(tmp_path / "list.txt", tmp_path / "ds")
     assert not (tmp_path / "ds").exists()
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        # Was exit 1: Arrow's KeyError for a field that exists twice.
+        (
+            b"path,pin_id,path\nimgs/p.png,1,imgs/q.png\n",
+            r"has 2 columns named 'path' \(columns 1, 3\), so --path-col path is ambiguous",
+        ),
+        ("path\nimgs/p.png\n".encode("utf-16"), "is UTF-16 text, not UTF-8; save it as UTF-8 CSV$"),
+        (bytes(range(256)), r"holds binary data \(a NUL byte at offset 0\), not text"),
+    ],
+    ids=["column-twice", "utf-16", "binary"],
+)
+def test_a_damaged_csv_manifest_says_what_is_wrong(
+    tmp_path: Path, data: bytes, message: str
+) -> None:
+    (tmp_path / "list.csv").write_bytes(data)
+    with pytest.raises(PinlabDataError, match=message):
+        load_images(tmp_path / "list.csv", tmp_path / "ds")
+    assert not (tmp_path / "ds").exists()

@@ -27,6 +27,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from pinlab_data._reader import TextFormat, require_text
 from pinlab_data._store import check_writable, save_dataset
 from pinlab_data.contracts import (
     INTERACTION_SCHEMA,
@@ -187,7 +188,14 @@ def _manifest_entries(path: Path, layout: ImageLayout, columns: ImageColumns) ->
             raise PinlabDataError(
                 f"{path} has no column {given!r} ({flag}); its columns are: {', '.join(names)}"
             )
-        return given or next((d for d in defaults if d in names), None)
+        column = given or next((d for d in defaults if d in names), None)
+        places = [str(i + 1) for i, name in enumerate(names) if name == column]
+        if len(places) > 1:
+            raise PinlabDataError(
+                f"{path} has {len(places)} columns named {column!r} (columns "
+                f"{', '.join(places)}), so {flag} {column} is ambiguous; rename all but one"
+            )
+        return column
 
     path_col = pick(columns.path, "--path-col", ())
     assert path_col is not None
@@ -237,6 +245,7 @@ def _read_manifest(path: Path, layout: ImageLayout) -> pa.Table:
     try:
         if layout == "parquet":
             return pq.read_table(path)
+        require_text(lambda: str(path), TextFormat(","), str(path), "save it as UTF-8 CSV")
         # Every column as text: ids like 007 and labels like 12 keep their spelling.
         return pa_csv.read_csv(
             path, convert_options=pa_csv.ConvertOptions(column_types=_all_strings(path))
