@@ -293,8 +293,10 @@ def test_nulls_in_required_columns_refuse_to_load(tmp_path: Path) -> None:
 
 def test_bad_images(tmp_path: Path) -> None:
     root = saved(tmp_path)
-    (root / "images.npy").write_bytes(b"garbage")
-    assert "images.npy is not a readable .npy array" in error_of(root)
+    (root / "images.npy").write_bytes(b"garbage")  # NumPy called it a pickle to load unsafely
+    assert "images.npy is not a readable .npy array (it does not start with NumPy's header)" in (
+        error_of(root)
+    )
     np.save(root / "images.npy", np.zeros((3, 4, 4, 3), dtype=np.float32))
     assert "float32 array of shape (3, 4, 4, 3)" in error_of(root)
     np.save(root / "images.npy", np.zeros((3, 4, 4), dtype=np.uint8))

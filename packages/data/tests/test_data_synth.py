@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +11,7 @@ import pytest
 
 from pinlab_data import (
     SHAPES,
+    PinlabDataError,
     SynthConfig,
     load_dataset,
     load_truth,
@@ -93,6 +96,34 @@ def test_written_world_is_valid_and_keeps_its_truth(tmp_path: Path) -> None:
     assert ds.manifest.source == "synth" and ds.manifest.seed == 3
     truth = load_truth(tmp_path / "world")
     assert truth.categories == ds.manifest.categories
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (lambda data: b"", "not an .npz archive"),
+        (lambda data: b"random bytes", "not an .npz archive"),  # NumPy: "pickled data"
+        (lambda data: data[: len(data) // 2], "BadZipFile: File is not a zip file"),
+    ],
+    ids=["empty", "garbage", "torn"],
+)
+def test_a_damaged_truth_file_is_named_by_load_and_by_validate(
+    tmp_path: Path, damage: Callable[[bytes], bytes], reason: str
+) -> None:
+    """Was exit 1 (BadZipFile, EOFError, NumPy's pickle ValueError) in every bench that reads it."""
+    write_synth(tmp_path / "world", TINY)
+    truth = tmp_path / "world" / "truth.npz"
+    truth.write_bytes(damage(truth.read_bytes()))
+    message = (
+        f"{truth} is not a readable truth file ({reason}); make it again with `pinlab data synth`"
+    )
+    with pytest.raises(PinlabDataError, match=re.escape(message)):
+        load_truth(tmp_path / "world")
+    report = validate_dataset(tmp_path / "world")
+    assert not report.ok
+    assert [(p.code, p.message.startswith(message)) for p in report.problems] == [
+        ("unreadable-truth", True)
+    ]
 
 
 def test_bad_sizes_are_refused() -> None:

@@ -340,6 +340,11 @@ def _read_images(path: Path) -> ImageArray | None:
     if not path.exists():
         return None
     try:
+        with path.open("rb") as file:
+            magic = file.read(6)
+        # Neither NumPy's header nor a zip (.npz, refused below): NumPy takes it for a pickle.
+        if not magic.startswith((b"\x93NUMPY", b"PK\x03\x04")):
+            raise ValueError("it does not start with NumPy's header")
         loaded: object = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
         raise PinlabDataError(

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pinlab_data._store import DATASET_FILE, IMAGES_FILE, TABLE_FILES, load_with_schemas
+from pinlab_data._synth import TRUTH_FILE, load_truth
 from pinlab_data.contracts import (
     TABLE_SCHEMAS,
     Dataset,
@@ -50,6 +51,7 @@ def validate_dataset(root: Path) -> ValidationReport:
         *_interaction_problems(dataset),
         *_image_problems(dataset),
         *_manifest_problems(dataset),
+        *_truth_problems(root),
     ]
     problems.sort(key=lambda p: p.severity != "error")
     counts = {
@@ -277,6 +279,19 @@ def _image_problems(dataset: Dataset) -> list[Problem]:
             pins.column("pin_id"),
         ),
     ]
+
+
+def _truth_problems(root: Path) -> list[Problem]:
+    """A synthetic world's truth.npz, if it has one, must load: its metrics read it."""
+    if not (root / TRUTH_FILE).is_file():
+        return []
+    try:
+        load_truth(root)
+    except PinlabDataError as exc:
+        return [
+            Problem(severity="error", code="unreadable-truth", where=TRUTH_FILE, message=str(exc))
+        ]
+    return []
 
 
 def _manifest_problems(dataset: Dataset) -> list[Problem]:
