@@ -205,6 +205,42 @@ def test_bytes_that_are_not_utf8_past_the_checked_start_are_named_too(tmp_path: 
         load_interactions(source, tmp_path / "ds")
 
 
+@pytest.mark.parametrize(
+    ("users", "message"),
+    [
+        # These two were Arrow's cast errors, exit 1.
+        (
+            pa.array([[1], [2]]),
+            r"column 'user_id' \(--user-col\) holds list<element: int64>, not one value per row",
+        ),
+        (
+            pa.array([b"ann", b"\xff"], pa.binary()),
+            r"holds values that are not UTF-8 text \(Invalid UTF8 payload\)",
+        ),
+        # NaN was read as the user "nan".
+        (pa.array([1.0, float("nan")]), r"row 2: user_id nan is not an id \(empty or missing\)"),
+    ],
+    ids=["list", "binary-not-utf8", "nan"],
+)
+def test_parquet_ids_that_are_no_plain_value_are_refused(
+    tmp_path: Path, users: pa.Array, message: str
+) -> None:
+    source = tmp_path / "log.parquet"
+    pq.write_table(pa.table({"user_id": users, "item_id": [1, 2]}), source)
+    with pytest.raises(PinlabDataError, match=message):
+        load_interactions(source, tmp_path / "ds")
+    assert not (tmp_path / "ds").exists()
+
+
+def test_parquet_ids_stored_as_utf8_bytes_load(tmp_path: Path) -> None:
+    """Hive and older Spark write text as binary columns."""
+    source = tmp_path / "log.parquet"
+    pq.write_table(
+        pa.table({"user_id": pa.array([b"ann", b"bob"], pa.binary()), "item_id": [1, 2]}), source
+    )
+    assert load_interactions(source, tmp_path / "ds").num_users == 2
+
+
 @pytest.mark.parametrize("layout", ["csv", "parquet"])
 def test_a_column_named_twice_is_refused_not_read_as_its_first(tmp_path: Path, layout: str) -> None:
     if layout == "csv":

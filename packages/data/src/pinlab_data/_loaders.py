@@ -29,7 +29,7 @@ from pinlab_data._reader import (
     Parsed,
     TextFormat,
     TimeParser,
-    parquet_columns,
+    parquet_schema,
     parse_ids,
     parse_keys,
     parse_numbers,
@@ -157,11 +157,14 @@ def load_interactions(
         raise PinlabDataError(f"{source} is not a file; pass a CSV, TSV or Parquet log")
     file_format = file_format or _format_of(source)
     if file_format == "parquet":
-        names = parquet_columns(source)
+        schema = parquet_schema(source)
+        names = schema.names
     else:
         fmt = TextFormat("," if file_format == "csv" else "\t")
         names = text_columns(lambda: str(source), fmt, str(source), LOG_TEXT_HINT)
     roles = _resolve_columns(mapping, names, source)
+    if file_format == "parquet":
+        _require_plain_values(schema, roles, source)
     wanted = list(dict.fromkeys(roles.values()))
     unit = "row" if file_format == "parquet" else "line"
     bad = BadLines(str(source), on_bad_lines, BAD_LINES_HINT, unit=unit)
@@ -171,8 +174,16 @@ def load_interactions(
         else read_text(lambda: str(source), fmt, wanted, bad, LOG_TEXT_HINT)
     )
     reader = _LogReader(roles)
-    for chunk in chunks:
-        reader.add(chunk, bad, sep="," if file_format != "tsv" else "\t")
+    try:
+        for chunk in chunks:
+            reader.add(chunk, bad, sep="," if file_format != "tsv" else "\t")
+    except pa.ArrowInvalid as exc:
+        if "UTF8" not in str(exc):  # only Parquet's binary columns can hold bytes not text
+            raise
+        raise PinlabDataError(
+            f"{source} holds values that are not UTF-8 text ({str(exc).strip()}); store its "
+            "id and text columns as UTF-8 strings or integers"
+        ) from exc
     return _write(
         out,
         kind="interactions",
@@ -561,6 +572,17 @@ def _resolve_columns(mapping: ColumnMapping, names: list[str], source: Path) -> 
                 "but one in its header"
             )
     return roles
+
+
+def _require_plain_values(schema: pa.Schema, roles: dict[str, str], source: Path) -> None:
+    """A used Parquet column holds one value per row: not a list, struct, map or union."""
+    for role, column in roles.items():
+        kind = schema.field(column).type
+        if pa.types.is_nested(kind):
+            raise PinlabDataError(
+                f"{source} column {column!r} ({_FLAGS[role]}) holds {kind}, not one value per "
+                "row; flatten it, or name another column"
+            )
 
 
 @dataclass

@@ -252,9 +252,9 @@ def require_text(open_: Opener, fmt: TextFormat, file: str, fix: str) -> None:
         ) from None
 
 
-def parquet_columns(path: Path) -> list[str]:
+def parquet_schema(path: Path) -> pa.Schema:
     with _arrow_errors(str(path), "pass a Parquet file"):
-        return list(pq.read_schema(path).names)
+        return pq.read_schema(path)
 
 
 def read_parquet(path: Path, columns: list[str], bad: BadLines) -> Iterator[Chunk]:
@@ -314,6 +314,8 @@ def parse_ids(values: Any) -> Parsed:
 
 def parse_keys(values: Any) -> tuple[Any, BoolArray]:
     """Ids of any type as trimmed strings (to be mapped to dense ids); null or empty is bad."""
+    if pa.types.is_floating(values.type):  # NaN is a missing id, not the id "nan"
+        values = pc.if_else(pc.is_nan(values), pa.scalar(None, values.type), values)
     keys = pc.utf8_trim_whitespace(_as_strings(values))
     bad = np.asarray(pc.fill_null(pc.equal(keys, ""), True), dtype=np.bool_)
     return keys, bad
