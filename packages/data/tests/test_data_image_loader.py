@@ -230,3 +230,23 @@ def test_a_damaged_csv_manifest_says_what_is_wrong(
     with pytest.raises(PinlabDataError, match=message):
         load_images(tmp_path / "list.csv", tmp_path / "ds")
     assert not (tmp_path / "ds").exists()
+
+
+@pytest.mark.parametrize(
+    ("column", "values", "message"),
+    [
+        # The first two were Arrow's cast errors, exit 1; NaN was the pin id "nan".
+        ("pin_id", pa.array([[1], [2]]), r"column 'pin_id' holds list<element: int64>, not one"),
+        ("caption", pa.array([b"red", b"\xff"], pa.binary()), "column 'caption' holds bytes that"),
+        ("pin_id", pa.array([1.0, float("nan")]), "column 'pin_id' has an empty pin id"),
+    ],
+    ids=["list", "binary-not-utf8", "nan"],
+)
+def test_a_parquet_manifest_column_of_no_plain_text_is_refused(
+    tmp_path: Path, column: str, values: pa.Array, message: str
+) -> None:
+    manifest = write_manifest(tmp_path, "parquet", path=["imgs/p.png", "imgs/q.png"])
+    pq.write_table(pq.read_table(manifest).append_column(column, values), manifest)
+    with pytest.raises(PinlabDataError, match=message):
+        load_images(manifest, tmp_path / "ds")
+    assert not (tmp_path / "ds").exists()

@@ -206,8 +206,22 @@ def _manifest_entries(path: Path, layout: ImageLayout, columns: ImageColumns) ->
     def strings(column: str | None, default: str) -> list[str]:
         if column is None:
             return [default] * table.num_rows
-        values = pc.cast(table.column(column), pa.string())
-        return [default if v is None else v for v in values.to_pylist()]
+        values = table.column(column)
+        if pa.types.is_nested(values.type):
+            raise PinlabDataError(
+                f"{path} column {column!r} holds {values.type}, not one value per row; flatten "
+                "it, or name another column"
+            )
+        if pa.types.is_floating(values.type):  # NaN is a missing value, not the text "nan"
+            values = pc.if_else(pc.is_nan(values), pa.scalar(None, values.type), values)
+        try:
+            text = pc.cast(values, pa.string())
+        except pa.ArrowInvalid as exc:  # binary that is not UTF-8
+            raise PinlabDataError(
+                f"{path} column {column!r} holds bytes that are not UTF-8 text ({exc}); store "
+                "it as UTF-8 strings"
+            ) from exc
+        return [default if v is None else v for v in text.to_pylist()]
 
     paths = strings(path_col, "")
     blank = [i for i, p in enumerate(paths) if not p.strip()]
