@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 import shutil
 import struct
 import threading
@@ -634,6 +635,18 @@ def test_settings_contract(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (env.port, env.cors_origins) == (9123, ["http://a.example"])
     with pytest.raises(ValueError, match="wildcard"):
         ServeSettings(cors_origins=["*"])
+    # Comma-separated too; a value that was no JSON list was pydantic-settings' SettingsError.
+    monkeypatch.setenv("PINLAB_SERVE_CORS_ORIGINS", "http://a.example, https://b.example:8443")
+    assert ServeSettings().cors_origins == ["http://a.example", "https://b.example:8443"]
+    for value, problem in [
+        ("http://a.example/", "'http://a.example/' is not an origin: write scheme://host"),
+        ("a.example", "'a.example' is not an origin"),
+        ('["http://a.example"', "is no JSON list"),
+    ]:
+        monkeypatch.setenv("PINLAB_SERVE_CORS_ORIGINS", value)
+        with pytest.raises(ValueError, match=re.escape(problem)):
+            ServeSettings()
+    monkeypatch.delenv("PINLAB_SERVE_CORS_ORIGINS")
     with pytest.raises(ValueError, match="port"):
         ServeSettings(port=70000)
     assert settings.admin_token is None

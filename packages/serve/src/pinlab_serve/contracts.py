@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Literal, NamedTuple, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from pinlab_data.contracts import MAX_ID, Float32Array, Int64Array
 
@@ -289,8 +291,11 @@ class ServeSettings(BaseSettings):
     max_pixels: int = Field(
         default=40_000_000, ge=64, le=40_000_000, description="Largest image, width x height."
     )
-    cors_origins: list[str] = Field(
-        default_factory=list, description="Origins allowed by CORS; empty turns CORS off."
+    # NoDecode: the environment's value is split below, not parsed as JSON only.
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Origins allowed by CORS, as scheme://host[:port] (in the environment, "
+        "comma-separated or a JSON list); empty turns CORS off.",
     )
     search_backend: Literal["faiss", "numpy"] = Field(
         default="faiss", description="'numpy' is the brute-force baseline for benchmarks."
@@ -359,11 +364,34 @@ class ServeSettings(BaseSettings):
             )
         return value
 
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):  # from the environment
+            text = value.strip()
+            if text.startswith("["):
+                try:
+                    return json.loads(text)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(
+                        f"{text!r} is no JSON list ({exc.msg}); write the origins "
+                        "comma-separated, or as a JSON list of strings"
+                    ) from None
+            return [origin.strip() for origin in text.split(",") if origin.strip()]
+        return value
+
     @field_validator("cors_origins")
     @classmethod
-    def _no_wildcard(cls, value: list[str]) -> list[str]:
+    def _origins(cls, value: list[str]) -> list[str]:
         if "*" in value:
             raise ValueError("a wildcard CORS origin is unsafe; list the origins you trust")
+        for origin in value:
+            # A browser's Origin header has no path, so 'http://a.example/' would never match.
+            if not re.fullmatch(r"[a-z][a-z0-9+.-]*://[^/?#\s]+", origin):
+                raise ValueError(
+                    f"{origin!r} is not an origin: write scheme://host[:port], with no path or "
+                    "trailing slash, e.g. https://app.example"
+                )
         return value
 
 
