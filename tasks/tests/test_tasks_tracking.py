@@ -232,6 +232,21 @@ def test_unknown_run_id_exits_2(
     assert "no run '0123456789abcdef'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", [["runs", "list"], ["runs", "show", "0123456789abcdef"]])
+def test_a_store_that_is_no_database_is_named_by_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    """`runs list` used to exit 1 with SQLAlchemy's error, `runs show` to say 'no run'."""
+    store = tmp_path / "mlflow.db"
+    store.write_bytes(b"not a database, " * 100)
+    code, result, _ = cli_json(["--tracking-uri", f"sqlite:///{store}", *command], capsys)
+    assert code == 2
+    assert result["error"] == (
+        f"cannot read the MLflow store sqlite:///{store} (DatabaseError: (sqlite3.DatabaseError) "
+        "file is not a database); check PINLAB_TRACKING_URI or --tracking-uri"
+    )
+
+
 def test_keys_and_params_are_mlflow_safe() -> None:
     assert metric_key("ndcg@10") == "ndcg_at_10"
     assert metric_key("a:b") == "a_b"

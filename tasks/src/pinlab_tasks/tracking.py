@@ -290,13 +290,21 @@ def _reader() -> tuple[MlflowClient, str] | None:
     uri = s.resolved_tracking_uri()
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         return None
+    from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import SQLAlchemyError
+
     try:
-        return _client(uri), uri
-    except httpx.HTTPError as exc:
+        client = _client(uri)
+        # One cheap read, so a store that is no store (a damaged database, a retired
+        # file store) is named here, not taken for a missing run or left to crash.
+        client.search_experiments(max_results=1)
+    except (httpx.HTTPError, MlflowException, SQLAlchemyError, OSError) as exc:
+        first = (str(exc).strip().splitlines() or [""])[0]
         raise PinlabDataError(
-            f"cannot read the MLflow store {uri} ({exc}); check PINLAB_TRACKING_URI or "
-            "--tracking-uri"
+            f"cannot read the MLflow store {uri} ({type(exc).__name__}: {first}); check "
+            "PINLAB_TRACKING_URI or --tracking-uri"
         ) from exc
+    return client, uri
 
 
 def list_runs(experiment: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
