@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 from pinlab_data import (
     FEEDBACK_FILE,
     FEEDBACK_MANIFEST,
+    LOGGER_DIST_FILE,
     BanditFeedback,
     BanditFeedbackError,
     PinlabDataError,
@@ -161,6 +163,26 @@ def test_load_names_bad_rows(tmp_path: Path) -> None:
     table = table.set_column(table.column_names.index("pscore"), "pscore", [pscore])
     pq.write_table(table, out / FEEDBACK_FILE)
     with pytest.raises(BanditFeedbackError, match="rows 4;"):
+        load_feedback(out)
+
+
+@pytest.mark.parametrize(
+    ("damage", "said"),
+    [
+        # NumPy's own errors were exit 1: "pickled data ... load it unsafely", "not fully written".
+        (lambda data: b"random bytes", r"is not a .npy array \(it does not start with NumPy's"),
+        (lambda data: data[: len(data) // 2], r"is not a readable .npy array \(Failed to read all"),
+    ],
+    ids=["garbage", "torn"],
+)
+def test_a_damaged_logger_dist_is_named(
+    tmp_path: Path, damage: Callable[[bytes], bytes], said: str
+) -> None:
+    dist = np.full((6, 4, 2), 0.25)
+    out = save_feedback(BanditFeedback(**fields(logger_dist=dist)), tmp_path / "logs")
+    path = out / LOGGER_DIST_FILE
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(PinlabDataError, match=f"{said}.*; write the logs again$"):
         load_feedback(out)
 
 

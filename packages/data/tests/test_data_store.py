@@ -294,7 +294,7 @@ def test_nulls_in_required_columns_refuse_to_load(tmp_path: Path) -> None:
 def test_bad_images(tmp_path: Path) -> None:
     root = saved(tmp_path)
     (root / "images.npy").write_bytes(b"garbage")  # NumPy called it a pickle to load unsafely
-    assert "images.npy is not a readable .npy array (it does not start with NumPy's header)" in (
+    assert "images.npy is not a .npy array (it does not start with NumPy's header)" in (
         error_of(root)
     )
     np.save(root / "images.npy", np.zeros((3, 4, 4, 3), dtype=np.float32))

@@ -26,6 +26,7 @@ from pinlab_data._store import (
     _swap_into_place,
     check_writable,
     make_sibling_directory,
+    read_npy,
 )
 from pinlab_data.contracts import FEEDBACK_COLUMNS, BanditFeedback, PinlabDataError
 
@@ -131,7 +132,9 @@ def load_feedback(root: Path) -> BanditFeedback:
         pscore_slate=_column(table, "pscore_slate")
         if "pscore_slate" in table.column_names
         else None,
-        logger_dist=np.load(logger_path, allow_pickle=False) if logger_path.is_file() else None,
+        logger_dist=read_npy(logger_path, "write the logs again")
+        if logger_path.is_file()
+        else None,
     )
 
 

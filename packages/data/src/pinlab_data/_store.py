@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ValidationError
@@ -339,24 +340,29 @@ def _is_attribute_type(kind: pa.DataType) -> bool:
 def _read_images(path: Path) -> ImageArray | None:
     if not path.exists():
         return None
+    images = read_npy(path, "regenerate it", mmap=True)
+    _check_images(images, str(path), None)
+    return images
+
+
+def read_npy(path: Path, fix: str, *, mmap: bool = False) -> npt.NDArray[Any]:
+    """The one array of an .npy file, or a PinlabDataError naming the file, what it is and `fix`."""
+    with path.open("rb") as file:
+        magic = file.read(6)
+    if magic != b"\x93NUMPY":  # NumPy takes any other bytes for a pickle it refuses to load
+        what = (
+            "an .npz archive, not one .npy array"
+            if magic.startswith(b"PK\x03\x04")
+            else "not a .npy array (it does not start with NumPy's header)"
+        )
+        raise PinlabDataError(f"{path} is {what}; {fix}")
     try:
-        with path.open("rb") as file:
-            magic = file.read(6)
-        # Neither NumPy's header nor a zip (.npz, refused below): NumPy takes it for a pickle.
-        if not magic.startswith((b"\x93NUMPY", b"PK\x03\x04")):
-            raise ValueError("it does not start with NumPy's header")
-        loaded: object = np.load(path, mmap_mode="r", allow_pickle=False)
+        array: npt.NDArray[Any] = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
         raise PinlabDataError(
-            f"{path} is not a readable .npy array ({_one_line(exc)}); regenerate it"
+            f"{path} is not a readable .npy array ({_one_line(exc)}); {fix}"
         ) from exc
-    if not isinstance(loaded, np.ndarray):
-        close = getattr(loaded, "close", None)
-        if callable(close):  # an .npz archive holds its file open
-            close()
-        raise PinlabDataError(f"{path} is not a single .npy array; save it with np.save")
-    _check_images(loaded, str(path), None)
-    return loaded
+    return array
 
 
 def _check_images(images: np.ndarray, source: str, size: int | None) -> None:
