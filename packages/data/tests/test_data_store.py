@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from pinlab_data import (
     ImageArray,
     PinlabDataError,
     load_dataset,
+    open_npz,
     read_json_object,
     save_dataset,
     write_bytes_atomic,
@@ -404,6 +406,37 @@ def test_a_json_record_that_is_not_an_object_is_bad_input_naming_the_file(
     with pytest.raises(PinlabDataError) as info:
         read_json_object(path, "rerun it")
     assert str(info.value).startswith(f"{path} {message}")
+
+
+def npz_bytes(**arrays: Any) -> bytes:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "is not a readable .npz archive (FileNotFoundError: "),
+        (b"", "is not an .npz archive; rerun it"),
+        (b"\x80\x04 not a pickle either", "is not an .npz archive; rerun it"),  # NumPy: "pickle"
+        (npz_bytes(a=np.arange(9))[:60], "is not a readable .npz archive (BadZipFile: "),
+        (npz_bytes(b=np.arange(9)), "is not a readable .npz archive (KeyError: "),
+    ],
+    ids=["missing", "empty", "foreign", "torn", "no-member"],
+)
+def test_an_npz_archive_that_cannot_be_read_is_bad_input_naming_the_file(
+    tmp_path: Path, content: bytes | None, message: str
+) -> None:
+    path = tmp_path / "world.npz"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(PinlabDataError) as info, open_npz(path, "rerun it") as archive:
+        archive["a"]
+    assert str(info.value).startswith(f"{path} {message}")
+    path.write_bytes(npz_bytes(a=np.arange(3)))
+    with open_npz(path, "rerun it") as archive:
+        assert archive["a"].tolist() == [0, 1, 2]
 
 
 def test_a_json_record_reads_back_what_was_written(tmp_path: Path) -> None:

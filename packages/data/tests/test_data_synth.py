@@ -101,9 +101,9 @@ def test_written_world_is_valid_and_keeps_its_truth(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("damage", "reason"),
     [
-        (lambda data: b"", "not an .npz archive"),
-        (lambda data: b"random bytes", "not an .npz archive"),  # NumPy: "pickled data"
-        (lambda data: data[: len(data) // 2], "BadZipFile: File is not a zip file"),
+        (lambda data: b"", "is not an .npz archive"),
+        (lambda data: b"random bytes", "is not an .npz archive"),  # NumPy: "pickled data"
+        (lambda data: data[: len(data) // 2], "is not a readable .npz archive (BadZipFile: "),
     ],
     ids=["empty", "garbage", "torn"],
 )
@@ -114,14 +114,12 @@ def test_a_damaged_truth_file_is_named_by_load_and_by_validate(
     write_synth(tmp_path / "world", TINY)
     truth = tmp_path / "world" / "truth.npz"
     truth.write_bytes(damage(truth.read_bytes()))
-    message = (
-        f"{truth} is not a readable truth file ({reason}); make it again with `pinlab data synth`"
-    )
-    with pytest.raises(PinlabDataError, match=re.escape(message)):
+    message = f"^{re.escape(f'{truth} {reason}')}.*; make it again with `pinlab data synth`"
+    with pytest.raises(PinlabDataError, match=message):
         load_truth(tmp_path / "world")
     report = validate_dataset(tmp_path / "world")
     assert not report.ok
-    assert [(p.code, p.message.startswith(message)) for p in report.problems] == [
+    assert [(p.code, bool(re.match(message, p.message))) for p in report.problems] == [
         ("unreadable-truth", True)
     ]
 

@@ -22,7 +22,7 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
-from pinlab_data import PinlabDataError, read_json_object, write_bytes_atomic
+from pinlab_data import PinlabDataError, open_npz, read_json_object, write_bytes_atomic
 from pinlab_eval import Curve, curves_png, difference_matrix_png, distributions_png
 from pinlab_tasks.bandit_bench import BANDITS_FILE
 from pinlab_tasks.bandit_bench import PLOT_FILE as BANDITS_PLOT
@@ -1023,15 +1023,12 @@ def _user_values(root: Path, bench: RecsysBench) -> dict[str, dict[str, np.ndarr
     if not path.is_file():
         return {}
     values: dict[str, dict[str, np.ndarray]] = {}
-    try:
-        with np.load(path, allow_pickle=False) as arrays:
-            wanted = set(_distribution_metrics(bench, {k.rpartition("/")[2] for k in arrays}))
-            for key in arrays.files:
-                model, _, metric = key.rpartition("/")
-                if model and metric in wanted:
-                    values.setdefault(model, {})[metric] = np.asarray(arrays[key], np.float64)
-    except (OSError, ValueError) as exc:
-        raise PinlabDataError(f"{path} is not a readable .npz ({exc}); rerun the bench") from exc
+    with open_npz(path, "rerun the bench") as arrays:
+        wanted = set(_distribution_metrics(bench, {k.rpartition("/")[2] for k in arrays}))
+        for key in arrays.files:
+            model, _, metric = key.rpartition("/")
+            if model and metric in wanted:
+                values.setdefault(model, {})[metric] = np.asarray(arrays[key], np.float64)
     return values
 
 

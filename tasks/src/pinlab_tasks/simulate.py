@@ -34,6 +34,7 @@ from pinlab_data import (
     load_dataset,
     load_feedback,
     load_truth,
+    open_npz,
     read_json_object,
     save_feedback,
     synth_preferences,
@@ -108,7 +109,7 @@ class World:
                 f"{path} does not exist: logs from `pinlab sim run` carry the world they came "
                 "from; pass the logs directory that run wrote (RUN/logs)"
             )
-        with np.load(path) as z:
+        with open_npz(path, "write the logs again with `pinlab sim run`") as z:
             end = z["end"]
             return cls(
                 start=MatrixPreference(np.clip(z["start"].astype(np.float64), 0, 1)),

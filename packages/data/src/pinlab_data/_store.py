@@ -12,6 +12,7 @@ import json
 import os
 import secrets
 import shutil
+import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -88,6 +89,29 @@ def read_json_object(path: Path, fix: str = "rerun the step that wrote it") -> d
     if not isinstance(raw, dict):
         raise PinlabDataError(f"{path} holds a JSON {type(raw).__name__}, not an object; {fix}")
     return raw
+
+
+@contextlib.contextmanager
+def open_npz(path: Path, fix: str) -> Iterator[Any]:
+    """An .npz archive pinlab wrote, open for reading its members inside the block.
+
+    A missing, foreign or torn archive, or a member that is torn or absent when the block
+    reads it, is a PinlabDataError naming the file and saying `fix`. (NumPy itself would
+    call foreign bytes a pickle, and leaves the file open when the zip is torn.)
+    """
+    try:
+        with path.open("rb") as file:
+            if file.read(4) != b"PK\x03\x04":
+                raise PinlabDataError(f"{path} is not an .npz archive; {fix}")
+            file.seek(0)
+            with np.load(file, allow_pickle=False) as archive:
+                yield archive
+    except PinlabDataError:
+        raise
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise PinlabDataError(
+            f"{path} is not a readable .npz archive ({type(exc).__name__}: {_one_line(exc)}); {fix}"
+        ) from exc
 
 
 def save_dataset(

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import json
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
@@ -21,7 +20,7 @@ import numpy.typing as npt
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
-from pinlab_data._store import _one_line, save_dataset
+from pinlab_data._store import open_npz, save_dataset
 from pinlab_data.contracts import (
     EVENT_WEIGHTS,
     INTERACTION_SCHEMA,
@@ -306,33 +305,19 @@ def load_truth(root: Path) -> SynthTruth:
         raise PinlabDataError(
             f"{root} has no {TRUTH_FILE}: true tastes exist only for `pinlab data synth` worlds"
         )
-    again = "make it again with `pinlab data synth` (the same seed and settings give it back)"
-    # The file is opened here, not by NumPy, which leaves it open when the zip is torn.
-    with path.open("rb") as file:
-        if file.read(4) != b"PK\x03\x04":  # NumPy would take it for a pickle
-            raise PinlabDataError(
-                f"{path} is not a readable truth file (not an .npz archive); {again}"
-            )
-        file.seek(0)
-        try:
-            with np.load(file, allow_pickle=False) as z:
-                names = json.loads(str(z["names"]))
-                return SynthTruth(
-                    categories=names["categories"],
-                    palettes=names["palettes"],
-                    taste_start=z["taste_start"],
-                    taste_end=z["taste_end"],
-                    palette_taste=z["palette_taste"],
-                    pin_category=z["pin_category"],
-                    pin_palette=z["pin_palette"],
-                    pin_appeal=z["pin_appeal"],
-                )
-        # A torn or foreign archive: zipfile, NumPy and json each fail in their own way.
-        except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
-            raise PinlabDataError(
-                f"{path} is not a readable truth file ({type(exc).__name__}: {_one_line(exc)}); "
-                f"{again}"
-            ) from exc
+    fix = "make it again with `pinlab data synth` (the same seed and settings give it back)"
+    with open_npz(path, fix) as z:
+        names = json.loads(str(z["names"]))
+        return SynthTruth(
+            categories=names["categories"],
+            palettes=names["palettes"],
+            taste_start=z["taste_start"],
+            taste_end=z["taste_end"],
+            palette_taste=z["palette_taste"],
+            pin_category=z["pin_category"],
+            pin_palette=z["pin_palette"],
+            pin_appeal=z["pin_appeal"],
+        )
 
 
 def _truth_bytes(truth: SynthTruth) -> bytes:
