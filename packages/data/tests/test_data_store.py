@@ -414,16 +414,24 @@ def npz_bytes(**arrays: Any) -> bytes:
     return buffer.getvalue()
 
 
+def damaged_member() -> bytes:
+    """An archive whose directory is whole but whose member's compressed bytes are not."""
+    data = bytearray(npz_bytes(a=np.random.default_rng(0).normal(size=2000)))
+    data[len(data) // 3 : len(data) // 3 + 64] = bytes(64)
+    return bytes(data)
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        (None, "is not a readable .npz archive (FileNotFoundError: "),
+        (None, "does not exist; rerun it"),
         (b"", "is not an .npz archive; rerun it"),
         (b"\x80\x04 not a pickle either", "is not an .npz archive; rerun it"),  # NumPy: "pickle"
         (npz_bytes(a=np.arange(9))[:60], "is not a readable .npz archive (BadZipFile: "),
-        (npz_bytes(b=np.arange(9)), "is not a readable .npz archive (KeyError: "),
+        (npz_bytes(b=np.arange(9)), "has no array 'a' (it holds b); rerun it"),
+        (damaged_member(), "is not a readable .npz archive ("),
     ],
-    ids=["missing", "empty", "foreign", "torn", "no-member"],
+    ids=["missing", "empty", "foreign", "torn", "no-member", "damaged-member"],
 )
 def test_an_npz_archive_that_cannot_be_read_is_bad_input_naming_the_file(
     tmp_path: Path, content: bytes | None, message: str

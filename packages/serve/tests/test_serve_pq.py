@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pinlab_data.contracts import Float32Array, Int64Array
+from pinlab_data.contracts import Float32Array, Int64Array, PinlabDataError
 from pinlab_serve import (
     ArrayVectors,
     ClusteredVectors,
@@ -220,6 +220,25 @@ def test_shards_reader(data: tuple[Int64Array, Float32Array], tmp_path: Path) ->
     np.savez(tmp_path / "dup.npz", pin_id=np.array([1, 1, 2]), vector=vectors[:3])
     with pytest.raises(PinlabServeError, match=r"unique.*\[1\]"):
         build_pq(open_shards([tmp_path / "dup.npz"]), spec("ivf-pq"), MODEL)
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".npz"])
+def test_a_damaged_shard_is_named_with_the_fix(
+    data: tuple[Int64Array, Float32Array], tmp_path: Path, suffix: str
+) -> None:
+    """NumPy called foreign bytes a pickle to load unsafely; a torn .npz was exit 1."""
+    good = tmp_path / f"good{suffix}"
+    if suffix == ".npy":
+        np.save(good, data[1][:50])
+    else:
+        np.savez(good, pin_id=data[0][:50], vector=data[1][:50])
+    foreign, torn = tmp_path / f"foreign{suffix}", tmp_path / f"torn{suffix}"
+    foreign.write_bytes(b"random bytes " * 20)
+    torn.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    what = "not a .npy array" if suffix == ".npy" else "not an .npz archive"
+    for shard, said in [(foreign, what), (torn, "not a readable")]:
+        with pytest.raises(PinlabDataError, match=f"{shard} is {said}.*; save it again: np.save"):
+            open_shards([shard])
 
 
 def test_tuner_meets_the_target(data: tuple[Int64Array, Float32Array]) -> None:

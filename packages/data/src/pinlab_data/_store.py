@@ -13,6 +13,7 @@ import os
 import secrets
 import shutil
 import zipfile
+import zlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -91,27 +92,62 @@ def read_json_object(path: Path, fix: str = "rerun the step that wrote it") -> d
     return raw
 
 
-@contextlib.contextmanager
-def open_npz(path: Path, fix: str) -> Iterator[Any]:
-    """An .npz archive pinlab wrote, open for reading its members inside the block.
+class NpzArchive:
+    """An open .npz archive whose members read with one-line errors (see `open_npz`)."""
 
-    A missing, foreign or torn archive, or a member that is torn or absent when the block
-    reads it, is a PinlabDataError naming the file and saying `fix`. (NumPy itself would
-    call foreign bytes a pickle, and leaves the file open when the zip is torn.)
+    def __init__(self, archive: Any, path: Path, fix: str) -> None:
+        self._archive, self._path, self._fix = archive, path, fix
+
+    @property
+    def files(self) -> list[str]:
+        return list(self._archive.files)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.files)
+
+    def __getitem__(self, name: str) -> npt.NDArray[Any]:
+        try:
+            member: npt.NDArray[Any] = self._archive[name]
+        except KeyError as exc:
+            raise PinlabDataError(
+                f"{self._path} has no array {name!r} (it holds {', '.join(self.files) or 'none'}); "
+                f"{self._fix}"
+            ) from exc
+        except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as exc:  # torn
+            raise _unreadable_npz(self._path, exc, self._fix) from exc
+        return member
+
+
+@contextlib.contextmanager
+def open_npz(path: Path, fix: str) -> Iterator[NpzArchive]:
+    """An .npz archive pinlab wrote, open for reading inside the block.
+
+    A missing, foreign or torn archive, or a member that is absent or torn when read, is a
+    PinlabDataError naming the file and saying `fix`. (NumPy itself calls foreign bytes a
+    pickle, and leaves the file open when the zip is torn.)
     """
     try:
-        with path.open("rb") as file:
-            if file.read(4) != b"PK\x03\x04":
-                raise PinlabDataError(f"{path} is not an .npz archive; {fix}")
-            file.seek(0)
-            with np.load(file, allow_pickle=False) as archive:
-                yield archive
-    except PinlabDataError:
-        raise
-    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as exc:
-        raise PinlabDataError(
-            f"{path} is not a readable .npz archive ({type(exc).__name__}: {_one_line(exc)}); {fix}"
-        ) from exc
+        file = path.open("rb")
+    except FileNotFoundError as exc:
+        raise PinlabDataError(f"{path} does not exist; {fix}") from exc
+    except OSError as exc:
+        raise _unreadable_npz(path, exc, fix) from exc
+    with file:
+        if file.read(4) != b"PK\x03\x04":
+            raise PinlabDataError(f"{path} is not an .npz archive; {fix}")
+        file.seek(0)
+        try:
+            archive = np.load(file, allow_pickle=False)
+        except (OSError, EOFError, ValueError, zipfile.BadZipFile) as exc:
+            raise _unreadable_npz(path, exc, fix) from exc
+        with archive:
+            yield NpzArchive(archive, path, fix)
+
+
+def _unreadable_npz(path: Path, exc: BaseException, fix: str) -> PinlabDataError:
+    return PinlabDataError(
+        f"{path} is not a readable .npz archive ({type(exc).__name__}: {_one_line(exc)}); {fix}"
+    )
 
 
 def save_dataset(

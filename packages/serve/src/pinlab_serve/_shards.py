@@ -20,11 +20,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pinlab_data.contracts import Float32Array, Int64Array
+from pinlab_data import open_npz, read_npy
+from pinlab_data.contracts import Float32Array, Int64Array, PinlabDataError
 from pinlab_serve.contracts import PinlabServeError
 
 SHARD_SUFFIXES = (".parquet", ".npz", ".npy")
 EMBEDDINGS_MANIFEST = "manifest.json"
+SHARD_FIX = "save it again: np.save of a (rows, dim) matrix, or np.savez of pin_id and vector"
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,7 @@ class Shard:
         if self.path.suffix == ".npy":
             return np.arange(self.first_row, self.first_row + self.rows, dtype=np.int64)
         if self.path.suffix == ".npz":
-            with np.load(self.path) as arrays:
+            with open_npz(self.path, SHARD_FIX) as arrays:
                 return np.asarray(arrays["pin_id"], dtype=np.int64)
         table = pq.read_table(self.path, columns=["pin_id"])
         return np.asarray(table.column("pin_id").to_numpy(), dtype=np.int64)
@@ -49,11 +51,11 @@ class Shard:
         """Its pin ids and (rows, dim) float32 vectors."""
         suffix = self.path.suffix
         if suffix == ".npy":
-            vectors = np.load(self.path, mmap_mode="r")
+            vectors = read_npy(self.path, SHARD_FIX, mmap=True)
             ids = np.arange(self.first_row, self.first_row + self.rows, dtype=np.int64)
             return ids, np.asarray(vectors, dtype=np.float32)
         if suffix == ".npz":
-            with np.load(self.path) as arrays:
+            with open_npz(self.path, SHARD_FIX) as arrays:
                 return (
                     np.asarray(arrays["pin_id"], dtype=np.int64),
                     np.asarray(arrays["vector"], dtype=np.float32),
@@ -221,9 +223,9 @@ def _header(path: Path) -> tuple[int, int]:
     """(rows, dim) of a shard, from its header; malformed shards raise, naming the fix."""
     try:
         if path.suffix == ".npy":
-            shape = np.load(path, mmap_mode="r").shape
+            shape = read_npy(path, SHARD_FIX, mmap=True).shape
         elif path.suffix == ".npz":
-            with np.load(path) as arrays:
+            with open_npz(path, SHARD_FIX) as arrays:
                 missing = {"pin_id", "vector"} - set(arrays.files)
                 if missing:
                     raise PinlabServeError(
@@ -238,6 +240,8 @@ def _header(path: Path) -> tuple[int, int]:
             schema = pq.read_schema(path)
             rows = pq.ParquetFile(path).metadata.num_rows
             return rows, _parquet_dim(path, schema)
+    except (PinlabDataError, PinlabServeError):
+        raise
     except (OSError, ValueError, pa.ArrowException) as exc:
         raise PinlabServeError(f"{path} is not a readable shard ({exc})") from exc
     if len(shape) != 2 or shape[1] == 0:
