@@ -407,17 +407,19 @@ def _read_images(path: Path) -> ImageArray | None:
 
 def read_npy(path: Path, fix: str, *, mmap: bool = False) -> npt.NDArray[Any]:
     """The one array of an .npy file, or a PinlabDataError naming the file, what it is and `fix`."""
-    with path.open("rb") as file:
-        magic = file.read(6)
-    if magic != b"\x93NUMPY":  # NumPy takes any other bytes for a pickle it refuses to load
-        what = (
-            "an .npz archive, not one .npy array"
-            if magic.startswith(b"PK\x03\x04")
-            else "not a .npy array (it does not start with NumPy's header)"
-        )
-        raise PinlabDataError(f"{path} is {what}; {fix}")
     try:
+        with path.open("rb") as file:
+            magic = file.read(6)
+        if magic != b"\x93NUMPY":  # NumPy takes any other bytes for a pickle it refuses to load
+            what = (
+                "an .npz archive, not one .npy array"
+                if magic.startswith(b"PK\x03\x04")
+                else "not a .npy array (it does not start with NumPy's header)"
+            )
+            raise PinlabDataError(f"{path} is {what}; {fix}")
         array: npt.NDArray[Any] = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except PinlabDataError:
+        raise
     except (ValueError, OSError, EOFError) as exc:
         raise PinlabDataError(
             f"{path} is not a readable .npy array ({_one_line(exc)}); {fix}"
