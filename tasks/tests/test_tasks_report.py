@@ -281,6 +281,29 @@ def test_per_user_values_from_the_npz(tmp_path: Path) -> None:
     assert "Box plots of per-user ndcg@10, recall@10 for ease" in report.html
 
 
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (b'{"epoch": 3, "train_lo', ":3 is not JSON (Unterminated string"),
+        (b"[3, 0.5]", ":3 holds a JSON list, not an object"),  # was AttributeError, exit 1
+        (b"\x94\xff\x00", ":3 is not UTF-8 text (invalid start byte)"),  # UnicodeDecodeError
+    ],
+    ids=["torn", "not-an-object", "binary"],
+)
+def test_a_damaged_training_log_is_named_with_its_line(
+    tmp_path: Path, damage: bytes, message: str
+) -> None:
+    root = minimal_bench(tmp_path / "bench")
+    log = root / "ease" / "metrics.jsonl"
+    log.parent.mkdir(exist_ok=True)
+    good = "".join(json.dumps({"epoch": e, "train_loss": 1 / e}) + "\n" for e in (1, 2))
+    log.write_bytes(good.encode() + damage + b"\n")
+    with pytest.raises(PinlabDataError) as info:
+        build_report(root)
+    assert str(info.value).startswith(f"{log}{message}")
+    assert str(info.value).endswith("; delete that line, or rerun the step that wrote the log")
+
+
 def test_bench_visual_page(tmp_path: Path) -> None:
     root = tmp_path / "visual"
     root.mkdir()

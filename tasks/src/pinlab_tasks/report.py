@@ -953,13 +953,23 @@ def _read_logs(root: Path) -> list[_Log]:
         probe = any(p in ("validation", "valid") or p.startswith("trial-") for p in parts)
         seed = next((p for p in parts if p.startswith("seed-")), None)
         train, valid = [], []
-        for number, line in enumerate(path.read_text().splitlines(), 1):
+        fix = "delete that line, or rerun the step that wrote the log"
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            at = _line_of(path, exc.start)
+            raise PinlabDataError(f"{path}:{at} is not UTF-8 text ({exc.reason}); {fix}") from exc
+        for number, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise PinlabDataError(f"{path}:{number} is not JSON ({exc})") from exc
+                raise PinlabDataError(f"{path}:{number} is not JSON ({exc}); {fix}") from exc
+            if not isinstance(record, dict):
+                raise PinlabDataError(
+                    f"{path}:{number} holds a JSON {type(record).__name__}, not an object; {fix}"
+                )
             epoch = record.get("epoch")
             if not isinstance(epoch, int | float):
                 continue
@@ -970,6 +980,12 @@ def _read_logs(root: Path) -> list[_Log]:
         label = None if probe else (seed.replace("-", " ") if seed else "fit")
         logs.append(_Log("/".join(kept) or ".", label, train, valid))
     return logs
+
+
+def _line_of(path: Path, offset: int) -> int:
+    """The 1-based line of a file that holds byte `offset`."""
+    with path.open("rb") as file:
+        return file.read(offset).count(b"\n") + 1
 
 
 def _log_figures(root: Path, page: _Page, validation: bool) -> list[str]:
