@@ -154,6 +154,19 @@ def test_each_step_runs_on_its_own(
     assert out["count"] == tiny_demo["data"]["num_pins"]
 
 
+def test_train_recommender_searches_settings_with_trials_into_a_new_run(
+    tiny_demo: dict[str, Any], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Exit 1 before: Optuna's SQLite store opened in a model folder not made yet."""
+    data = str(Path(tiny_demo["run_dir"]) / "data")
+    run_dir = tmp_path / "fresh"
+    code, out, err = cli(capsys, "train", "recommender", "--data", data, "--run", str(run_dir),
+                         "--model", "ease", "--trials", "3")  # fmt: skip
+    assert code == 0, err
+    assert len(out["search"]["trials"]) == 3 and "l2" in out["search"]["chosen"]
+    assert (run_dir / "recommender" / "ease" / "optuna.db").is_file()
+
+
 def test_data_synth_writes_a_valid_world(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

@@ -22,6 +22,7 @@ from pinlab_data import (
     interaction_log,
     load_dataset,
     load_truth,
+    make_directory,
     read_json_object,
     seen_csr,
     write_json_atomic,
@@ -207,6 +208,8 @@ def train_recommender(
         resume=resume,
     )
     start = time.perf_counter()
+    if trials:
+        make_directory(directory)  # the search's SQLite store opens before any fit writes here
     model, info = tune_and_refit(
         name,
         split,
