@@ -49,6 +49,12 @@ def test_set_values_parse_as_json_or_strings() -> None:
     }
     with pytest.raises(PinlabDataError, match="KEY=VALUE"):
         parse_settings(["dim"])
+    # Both were accepted: the last of two silently won; 'inf' became an infinite rate.
+    with pytest.raises(PinlabDataError, match=r"^--set lr is given twice; give it once$"):
+        parse_settings(["lr=0.1", "lr=0.2"])
+    for raw in ("inf", "-Infinity", "NaN", "nan"):
+        with pytest.raises(PinlabDataError, match=f"^--set lr={raw} is not a finite number"):
+            parse_settings([f"lr={raw}"])
 
 
 def test_metrics_table_has_a_column_per_metric() -> None:

@@ -466,20 +466,6 @@ def world_for(
     )
 
 
-def parse_settings(pairs: list[str] | None) -> dict[str, Any]:
-    """`KEY=VALUE` pairs as a dict, values read as JSON when they parse (numbers, booleans)."""
-    out: dict[str, Any] = {}
-    for pair in pairs or []:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise PinlabDataError(f"--set takes KEY=VALUE, got {pair!r} (e.g. --set epsilon=0.1)")
-        try:
-            out[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key] = raw
-    return out
-
-
 def target_policy(
     world: World,
     name: str,

@@ -183,7 +183,8 @@ def ope(
 
     Writes: --out FILE when given (nothing else).
     """
-    from pinlab_tasks.simulate import eval_ope, parse_settings
+    from pinlab_tasks.commands.train import parse_settings
+    from pinlab_tasks.simulate import eval_ope
 
     s = settings()
     seed = s.seed if seed is None else seed

@@ -92,7 +92,8 @@ def run_(
     logger_dist.npy when the policy's marginals are known and fit, world.npz, sim.json),
     RUN/world/ (the synthetic world, without --data).
     """
-    from pinlab_tasks.simulate import parse_settings, sim_run, target_policy, world_for
+    from pinlab_tasks.commands.train import parse_settings
+    from pinlab_tasks.simulate import sim_run, target_policy, world_for
 
     resolved = settings()
     seed_value = resolved.seed if seed is None else seed

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -409,17 +410,31 @@ def _log_training(tracker: Tracker, result: dict[str, Any], directory: Path) -> 
         tracker.log_artifact(directory / name)
 
 
-def parse_settings(pairs: list[str]) -> dict[str, Any]:
-    """KEY=VALUE pairs; values are JSON when they parse as JSON, strings otherwise."""
+_NOT_FINITE = {"nan", "inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"}
+
+
+def parse_settings(pairs: list[str] | None) -> dict[str, Any]:
+    """KEY=VALUE pairs; values are JSON when they parse as JSON, strings otherwise.
+
+    A key given twice, or a value that is no finite number but reads as one (pydantic would
+    take 'inf' for a float), is refused rather than one of them silently kept.
+    """
     out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
+    for pair in pairs or []:
+        key, sep, raw = pair.partition("=")
         if not sep or not key:
-            raise PinlabDataError(f"--set expects KEY=VALUE, got {pair!r}")
+            raise PinlabDataError(f"--set expects KEY=VALUE, got {pair!r} (e.g. --set lr=0.01)")
+        if key in out:
+            raise PinlabDataError(f"--set {key} is given twice; give it once")
         try:
-            out[key] = json.loads(value)
+            value = json.loads(raw)
         except json.JSONDecodeError:
-            out[key] = value
+            value = raw
+        if raw.strip().lower() in _NOT_FINITE or (
+            isinstance(value, float) and not math.isfinite(value)
+        ):
+            raise PinlabDataError(f"--set {key}={raw} is not a finite number; give one")
+        out[key] = value
     return out
 
 
