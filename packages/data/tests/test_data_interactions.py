@@ -241,6 +241,14 @@ def test_parquet_ids_stored_as_utf8_bytes_load(tmp_path: Path) -> None:
     assert load_interactions(source, tmp_path / "ds").num_users == 2
 
 
+def test_users_and_items_from_one_column_are_refused(tmp_path: Path) -> None:
+    """Accepted before: every 'user' was the item it rated."""
+    source = write(tmp_path / "log.csv", "user_id,item_id\n1,2\n")
+    with pytest.raises(PinlabDataError, match=r"^--user-col and --item-col both name 'item_id'"):
+        load_interactions(source, tmp_path / "ds", columns=ColumnMapping(user="item_id"))
+    assert not (tmp_path / "ds").exists()
+
+
 @pytest.mark.parametrize("layout", ["csv", "parquet"])
 def test_a_column_named_twice_is_refused_not_read_as_its_first(tmp_path: Path, layout: str) -> None:
     if layout == "csv":

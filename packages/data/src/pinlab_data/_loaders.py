@@ -562,6 +562,11 @@ def _resolve_columns(mapping: ColumnMapping, names: list[str], source: Path) -> 
             f"{source} has no column {which}; its columns are {', '.join(names) or '(none)'}; "
             f"pass {fix}{hint}"
         )
+    if roles["user"] == roles["item"]:
+        raise PinlabDataError(
+            f"--user-col and --item-col both name {roles['user']!r}; a log needs a column of "
+            "users and another of items"
+        )
     for role, column in roles.items():
         # Arrow reads the first of two same-named columns and says nothing of the second.
         places = [str(i + 1) for i, name in enumerate(names) if name == column]
