@@ -27,7 +27,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from pinlab_data._reader import TextFormat, require_text
+from pinlab_data._reader import TextFormat, require_named_once, require_text
 from pinlab_data._store import check_writable, save_dataset
 from pinlab_data.contracts import (
     INTERACTION_SCHEMA,
@@ -189,12 +189,8 @@ def _manifest_entries(path: Path, layout: ImageLayout, columns: ImageColumns) ->
                 f"{path} has no column {given!r} ({flag}); its columns are: {', '.join(names)}"
             )
         column = given or next((d for d in defaults if d in names), None)
-        places = [str(i + 1) for i, name in enumerate(names) if name == column]
-        if len(places) > 1:
-            raise PinlabDataError(
-                f"{path} has {len(places)} columns named {column!r} (columns "
-                f"{', '.join(places)}), so {flag} {column} is ambiguous; rename all but one"
-            )
+        if column is not None:
+            require_named_once(names, column, flag, path)
         return column
 
     path_col = pick(columns.path, "--path-col", ())

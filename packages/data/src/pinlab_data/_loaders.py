@@ -36,6 +36,7 @@ from pinlab_data._reader import (
     read_parquet,
     read_text,
     record_bad_values,
+    require_named_once,
     text_columns,
 )
 from pinlab_data._store import check_writable, save_dataset
@@ -568,14 +569,7 @@ def _resolve_columns(mapping: ColumnMapping, names: list[str], source: Path) -> 
             "users and another of items"
         )
     for role, column in roles.items():
-        # Arrow reads the first of two same-named columns and says nothing of the second.
-        places = [str(i + 1) for i, name in enumerate(names) if name == column]
-        if len(places) > 1:
-            raise PinlabDataError(
-                f"{source} has {len(places)} columns named {column!r} (columns "
-                f"{', '.join(places)}), so {_FLAGS[role]} {column} is ambiguous; rename all "
-                "but one in its header"
-            )
+        require_named_once(names, column, _FLAGS[role], source)
     return roles
 
 

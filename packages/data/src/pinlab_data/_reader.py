@@ -252,6 +252,16 @@ def require_text(open_: Opener, fmt: TextFormat, file: str, fix: str) -> None:
         ) from None
 
 
+def require_named_once(names: list[str], column: str, flag: str, file: object) -> None:
+    """Refuse a header that names a used column twice: Arrow reads the first, silently."""
+    places = [str(i + 1) for i, name in enumerate(names) if name == column]
+    if len(places) > 1:
+        raise PinlabDataError(
+            f"{file} has {len(places)} columns named {column!r} (columns {', '.join(places)}), "
+            f"so {flag} {column} is ambiguous; rename all but one in its header"
+        )
+
+
 def parquet_schema(path: Path) -> pa.Schema:
     with _arrow_errors(str(path), "pass a Parquet file"):
         return pq.read_schema(path)
