@@ -27,7 +27,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from pinlab_data._reader import TextFormat, require_named_once, require_text
+from pinlab_data._reader import TextFormat, nan_as_null, require_named_once, require_text
 from pinlab_data._store import check_writable, save_dataset
 from pinlab_data.contracts import (
     INTERACTION_SCHEMA,
@@ -208,10 +208,8 @@ def _manifest_entries(path: Path, layout: ImageLayout, columns: ImageColumns) ->
                 f"{path} column {column!r} holds {values.type}, not one value per row; flatten "
                 "it, or name another column"
             )
-        if pa.types.is_floating(values.type):  # NaN is a missing value, not the text "nan"
-            values = pc.if_else(pc.is_nan(values), pa.scalar(None, values.type), values)
         try:
-            text = pc.cast(values, pa.string())
+            text = pc.cast(nan_as_null(values), pa.string())
         except pa.ArrowInvalid as exc:  # binary that is not UTF-8
             raise PinlabDataError(
                 f"{path} column {column!r} holds bytes that are not UTF-8 text ({exc}); store "

@@ -39,7 +39,7 @@ from pinlab_data._reader import (
     require_named_once,
     text_columns,
 )
-from pinlab_data._store import check_writable, save_dataset
+from pinlab_data._store import ZIP_MAGIC, check_writable, save_dataset
 from pinlab_data.contracts import (
     ColumnMapping,
     DatasetManifest,
@@ -679,7 +679,7 @@ _MOVIELENS_RATINGS: dict[str, tuple[str, TextFormat, tuple[str, str, str, str]]]
 
 def _starts_as_zip(path: Path) -> bool:
     with path.open("rb") as file:
-        return file.read(4) == b"PK\x03\x04"  # a zip's first local file header
+        return file.read(4) == ZIP_MAGIC
 
 
 class _MovieLensFiles:

@@ -324,11 +324,16 @@ def parse_ids(values: Any) -> Parsed:
 
 def parse_keys(values: Any) -> tuple[Any, BoolArray]:
     """Ids of any type as trimmed strings (to be mapped to dense ids); null or empty is bad."""
-    if pa.types.is_floating(values.type):  # NaN is a missing id, not the id "nan"
-        values = pc.if_else(pc.is_nan(values), pa.scalar(None, values.type), values)
-    keys = pc.utf8_trim_whitespace(_as_strings(values))
+    keys = pc.utf8_trim_whitespace(_as_strings(nan_as_null(values)))
     bad = np.asarray(pc.fill_null(pc.equal(keys, ""), True), dtype=np.bool_)
     return keys, bad
+
+
+def nan_as_null(values: Any) -> Any:
+    """Floats with NaN as missing, so that text made of them is null, not "nan"."""
+    if pa.types.is_floating(values.type):
+        return pc.if_else(pc.is_nan(values), pa.scalar(None, values.type), values)
+    return values
 
 
 def parse_numbers(values: Any) -> Parsed:

@@ -92,6 +92,10 @@ def read_json_object(path: Path, fix: str = "rerun the step that wrote it") -> d
     return raw
 
 
+ZIP_MAGIC = b"PK\x03\x04"
+"""How a zip archive (an .npz, a MovieLens download) starts: its first local file header."""
+
+
 class NpzArchive:
     """An open .npz archive whose members read with one-line errors (see `open_npz`)."""
 
@@ -133,7 +137,7 @@ def open_npz(path: Path, fix: str) -> Iterator[NpzArchive]:
     except OSError as exc:
         raise _unreadable_npz(path, exc, fix) from exc
     with file:
-        if file.read(4) != b"PK\x03\x04":
+        if file.read(4) != ZIP_MAGIC:
             raise PinlabDataError(f"{path} is not an .npz archive; {fix}")
         file.seek(0)
         try:
@@ -413,7 +417,7 @@ def read_npy(path: Path, fix: str, *, mmap: bool = False) -> npt.NDArray[Any]:
         if magic != b"\x93NUMPY":  # NumPy takes any other bytes for a pickle it refuses to load
             what = (
                 "an .npz archive, not one .npy array"
-                if magic.startswith(b"PK\x03\x04")
+                if magic.startswith(ZIP_MAGIC)
                 else "not a .npy array (it does not start with NumPy's header)"
             )
             raise PinlabDataError(f"{path} is {what}; {fix}")
