@@ -426,7 +426,7 @@ def test_an_empty_sequence_file_is_named_empty(tmp_path: Path) -> None:
 def test_sequence_bad_lines_error_skip_and_report(tmp_path: Path) -> None:
     source = tmp_path / "seq.txt"
     source.write_text("1 5\n1 6\n1 6 7\n2 5\n2\n")
-    with pytest.raises(PinlabDataError, match=r"seq.txt line 3: 3 fields where 2 \(user item\)"):
+    with pytest.raises(PinlabDataError, match=r"seq.txt line 3: 3 fields where 2 \(user item,"):
         load_sequences(source, tmp_path / "ds")
     assert load_sequences(source, tmp_path / "ds", on_bad_lines="skip").bad_lines == 2
     report = load_sequences(source, tmp_path / "r", on_bad_lines="report")
@@ -457,12 +457,35 @@ def test_sequences_read_one_line_per_user(tmp_path: Path) -> None:
         load_sequences(source, tmp_path / "wrong", layout="user-item")
 
 
+@pytest.mark.parametrize(
+    ("first", "rest"),
+    [("user item", "1 10\n1 11\n2 10\n"), ("# user items", "\n1 10 11\n2 10\n")],
+)
+def test_a_sequence_file_header_is_a_bad_line(tmp_path: Path, first: str, rest: str) -> None:
+    """Sequence files have no header: a first line of words over numeric ids is not a user."""
+    source = tmp_path / "seq.txt"
+    source.write_text(f"{first}\n{rest}")
+    with pytest.raises(PinlabDataError, match=rf"seq.txt line 1: a header, not data .*'{first}'"):
+        load_sequences(source, tmp_path / "a")
+    report = load_sequences(source, tmp_path / "b", on_bad_lines="report")
+    assert (report.bad_lines, report.num_users, report.num_pins) == (1, 2, 2)
+    ds = load_dataset(tmp_path / "b")
+    assert ds.users.column("external_id").to_pylist() == ["1", "2"]
+    # Ids of any kind still load: a first line of words is a header only over numbers.
+    words = tmp_path / "words.txt"
+    words.write_text("ann pin_a pin_b\nbob pin_a\n")
+    assert load_sequences(words, tmp_path / "w").num_users == 2
+
+
 def test_sequence_layout_detection_and_bad_lines(tmp_path: Path) -> None:
     # A user on two lines is SASRec's layout, even with a long (bad) line among them.
     repeated = tmp_path / "repeated.txt"
     repeated.write_text("1 5 6\n1 6\n")
-    with pytest.raises(PinlabDataError, match=r"line 1: 3 fields where 2 \(user item\)"):
+    read_as = r"\(user item, as --layout auto read the first lines; --layout user-items reads"
+    with pytest.raises(PinlabDataError, match=rf"line 1: 3 fields where 2 {read_as}"):
         load_sequences(repeated, tmp_path / "a")
+    report = load_sequences(repeated, tmp_path / "lines", layout="user-items")
+    assert (report.layout, report.num_interactions) == ("user-items", 3)
     # One line per user: a user with no items is a bad line, reported by number.
     source = tmp_path / "users.txt"
     source.write_text("1 5 6\n2\n3 7 8 9\n")

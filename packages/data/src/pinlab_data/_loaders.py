@@ -223,7 +223,8 @@ def load_sequences(
     block of lines: a user on two lines, or no line past two fields, means `user-item`, else
     `user-items` (where every line has two fields and no user repeats, both read the same).
     Ids become dense, in first-seen order, with the file's ids kept as `external_id`; every
-    item is a "view" of weight 1. Bad lines are named by their line number.
+    item is a "view" of weight 1. Bad lines are named by their line number; a first line of
+    words over lines of numeric ids is a header, and so a bad line, not a user.
     """
     started = time.perf_counter()
     source, out = Path(source), Path(out)
@@ -239,13 +240,25 @@ def load_sequences(
     columns = _Columns(with_ratings=False)
     seen = np.zeros(0, dtype=np.int64)  # items per user so far
     resolved: SequenceLayout = layout
+    shape = "user item"
+    if layout == "auto":
+        shape += ", as --layout auto read the first lines; --layout user-items reads lines of items"
+    first_block = True
     for chunk in read_text(lambda: str(source), fmt, ["line"], bad, SEQUENCES_TEXT_HINT):
         fields = pc.utf8_split_whitespace(chunk.columns["line"])
         count = np.asarray(pc.list_value_length(fields), dtype=np.int64)
+        if first_block:
+            first_block = False
+            header = _header_row(fields, count)
+            if header is not None:
+                reason = "a header, not data (the lines after it hold numeric ids)"
+                text = chunk.columns["line"][header].as_py()
+                bad.add(chunk.rows[header : header + 1], [reason], [text])
+                count[header] = 0  # read on as a blank line
         if resolved == "auto":
             resolved = _sequence_layout(fields, count)
         if resolved == "user-item":
-            _bad_shapes(chunk, count, 2, "user item", bad)
+            _bad_shapes(chunk, count, 2, shape, bad)
             good = count == 2
         else:
             wrong = count == 1
@@ -291,6 +304,20 @@ def load_sequences(
         },
         started=started,
     )
+
+
+def _header_row(fields: Any, count: Int64Array) -> int | None:
+    """The block's first non-blank line, where it is a header: no numeric id in it, while
+    every field of the lines after it is one (SASRec's and ICLRec's files have no header)."""
+    filled = np.flatnonzero(count > 0)
+    if len(filled) < 2:
+        return None
+    numeric = pc.match_substring_regex(pc.list_flatten(fields), r"^-?\d+$")
+    starts = np.r_[0, np.cumsum(count)]
+    first, rest = starts[filled[0]], starts[filled[0] + 1]
+    head = np.asarray(numeric[first:rest], dtype=bool)
+    after = np.asarray(numeric[rest:], dtype=bool)
+    return int(filled[0]) if not head.any() and after.all() else None
 
 
 def _sequence_layout(fields: Any, count: Int64Array) -> SequenceLayout:
