@@ -133,6 +133,31 @@ def test_an_interrupted_run_leaves_the_old_embeddings_whole(
     assert [p.name for p in tmp_path.iterdir()] == ["emb"]
 
 
+def test_out_replaces_only_embeddings_never_a_folder_embed_did_not_write(
+    world: RunLayout, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    own = tmp_path / "emb"
+    embedding.embed_dataset(world, world.data_dir(), out=own, shard_rows=64)
+    (own / "stale.txt").write_text("x")
+    code, _, _ = cli(capsys, "embed", "--run", str(world.root), "--out", str(own))
+    assert code == 0 and not (own / "stale.txt").exists()  # re-embedding replaces its own
+    foreign = tmp_path / "notes"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("mine")
+    (tmp_path / "file.txt").write_text("mine too")
+    data_before = sorted(p.name for p in world.data_dir().iterdir())
+    for out, why in [
+        (foreign, "holds no manifest.json, so pinlab did not write it and will not replace it"),
+        (world.data_dir(), "holds no manifest.json"),
+        (tmp_path / "file.txt", "exists and is not a directory"),
+    ]:
+        code, result, _ = cli(capsys, "embed", "--run", str(world.root), "--out", str(out))
+        assert code == 2 and why in result["error"], result
+    assert (foreign / "keep.txt").read_text() == "mine"
+    assert (tmp_path / "file.txt").read_text() == "mine too"
+    assert sorted(p.name for p in world.data_dir().iterdir()) == data_before
+
+
 def test_without_ray_the_ray_engine_says_how_to_install_it(
     world: RunLayout, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -189,6 +189,16 @@ def test_overwrite_replaces_the_whole_directory(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
 
 
+def test_overwrite_never_replaces_a_folder_that_is_not_a_dataset(tmp_path: Path) -> None:
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    (folder / "thesis.tex").write_text("years of work")
+    with pytest.raises(PinlabDataError, match=r"ds is not empty and holds no dataset.json, so"):
+        save_dataset(folder, **world(num_pins=5), overwrite=True)
+    assert [p.name for p in folder.iterdir()] == ["thesis.tex"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
+
+
 def test_a_failed_write_leaves_the_old_dataset_intact(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

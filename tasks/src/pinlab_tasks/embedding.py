@@ -34,6 +34,7 @@ from pinlab_data import (
     EmbeddingsManifest,
     PinlabDataError,
     atomic_directory,
+    check_writable,
     load_dataset,
     shard_name,
     write_embedding_shard,
@@ -178,9 +179,10 @@ def embed_dataset(
     `captions` is not False. `threads` is torch's per worker (`local`: the one process's).
     With `engine="ray"`, `cluster` reuses a connection (`ray_cluster`), else one is opened to
     `address` or a new local cluster of `workers * threads` CPUs, and closed at the end.
-    The directory is replaced whole, the manifest written last; an error or interrupt leaves
-    the old one (or none) and no partial files. `seconds` counts from the engine's start
-    (starting or joining a cluster here, `cluster_start_s`, inside it) to the manifest.
+    The directory (empty, or embeddings: other folders are refused) is replaced whole, the
+    manifest written last; an error or interrupt leaves the old one (or none) and no partial
+    files. `seconds` counts from the engine's start (starting or joining a cluster here,
+    `cluster_start_s`, inside it) to the manifest.
     """
     if workers < 1 or threads < 1 or shard_rows < 1:
         raise PinlabDataError(
@@ -188,6 +190,8 @@ def embed_dataset(
             f"{shard_rows})"
         )
     out = Path(out) if out is not None else run.embeddings
+    # Re-embedding replaces the last embeddings, never a folder embed did not write.
+    check_writable(out.resolve(), overwrite=True, marker=EMBEDDINGS_MANIFEST)
     plan = _plan(run, data_dir, captions, threads, shard_rows)
     # No more Ray workers than shards: an idle one would only cost its start-up.
     workers = min(workers, max(1, len(plan.shards))) if engine == "ray" else 1

@@ -58,6 +58,7 @@ from pinlab_data._splits import holdout_mask, interaction_log, leave_last_out, s
 from pinlab_data._store import (
     atomic_directory,
     atomic_writer,
+    check_writable,
     load_dataset,
     make_directory,
     open_npz,
@@ -205,6 +206,7 @@ __all__ = [
     "atomic_writer",
     "candidate_pairs",
     "caption_attributes",
+    "check_writable",
     "cluster_pairs",
     "color_thumbnails",
     "decode_image",

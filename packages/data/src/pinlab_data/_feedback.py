@@ -68,7 +68,7 @@ def save_feedback(
                 f"extra file name {name!r} is not allowed; use a plain file name other than "
                 f"{', '.join(sorted(reserved))}"
             )
-    check_writable(root, overwrite)
+    check_writable(root, overwrite, marker=FEEDBACK_MANIFEST)
     manifest = FeedbackManifest(
         n_actions=fb.n_actions,
         len_list=fb.len_list,

@@ -251,15 +251,27 @@ def _reason(path: Path, exc: OSError) -> str:
     return f"{file} is a file, not a directory" if file else exc.strerror or str(exc)
 
 
-def check_writable(root: Path, overwrite: bool) -> None:
-    """Refuse a `root` that save_dataset would refuse; loaders call it before any work."""
+def check_writable(root: Path, overwrite: bool, marker: str = DATASET_FILE) -> None:
+    """Refuse a `root` that save_dataset would refuse; loaders call it before any work.
+
+    Overwriting replaces only pinlab's own output: a non-empty directory without `marker`
+    (the file pinlab writes last there, a dataset's dataset.json by default) was not written
+    by it, and is never replaced.
+    """
     if root.exists():
         if not root.is_dir():
             raise PinlabDataError(f"{root} exists and is not a directory; choose another --out")
-        if not overwrite and any(root.iterdir()):
+        if not any(root.iterdir()):
+            return
+        if not overwrite:
             raise PinlabDataError(
                 f"{root} already exists and is not empty; pass overwrite (--overwrite) to "
                 "replace it or choose another directory"
+            )
+        if not (root / marker).is_file():
+            raise PinlabDataError(
+                f"{root} is not empty and holds no {marker}, so pinlab did not write it and "
+                "will not replace it; choose another --out, or empty it yourself"
             )
 
 

@@ -64,6 +64,7 @@ def embed(
     tower where the run has an image-text model (`pinlab train align`; otherwise images only,
     and the output says so). Both engines give identical vectors. The output directory is
     replaced whole when the run completes: an error or Ctrl-C leaves the old one untouched.
+    Only embeddings (a manifest.json) or an empty folder are replaced; any other is refused.
 
     Writes: OUT/{manifest.json, image-NNNNN.parquet, text-NNNNN.parquet} (OUT defaults to
     RUN/embeddings; shards of pin_id int64 and vector `fixed_size_list<float32>[dim]`),
