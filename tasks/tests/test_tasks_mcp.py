@@ -221,6 +221,21 @@ def test_run_files_are_resources(mcp_demo: tuple[Path, dict[str, Any], Progress]
     assert message.startswith("no resource")
 
 
+def test_a_damaged_run_file_is_named_not_served(tmp_path: Path) -> None:
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "run.json").write_bytes(b"\xff\xfe\x00{")
+
+    async def error(client: Client) -> MCPError:
+        with pytest.raises(MCPError) as caught:
+            await client.read_resource("pinlab://run/r/run.json")
+        return caught.value
+
+    raised = with_client(tmp_path, error)
+    assert raised.code == types.INTERNAL_ERROR
+    assert "cannot read pinlab://run/r/run.json" in raised.message
+    assert raised.message.endswith("it is not UTF-8 text; rewrite or remove it")
+
+
 def test_the_demo_reports_its_stages_and_epochs_as_progress(
     mcp_demo: tuple[Path, dict[str, Any], Progress],
 ) -> None:

@@ -517,7 +517,14 @@ def read_resource(root: Path, uri: str) -> types.ReadResourceResult:
             f"no resource {uri}; resources/list names the run files under {root}",
         )
     path, mime = found
-    contents = types.TextResourceContents(uri=uri, mime_type=mime, text=path.read_text("utf-8"))
+    try:
+        text = path.read_text("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:  # gone since listed, or damaged
+        why = "it is not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else exc.strerror
+        raise MCPError(
+            types.INTERNAL_ERROR, f"cannot read {uri} ({path}): {why}; rewrite or remove it"
+        ) from exc
+    contents = types.TextResourceContents(uri=uri, mime_type=mime, text=text)
     return types.ReadResourceResult(contents=[contents])
 
 
