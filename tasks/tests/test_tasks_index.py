@@ -13,6 +13,7 @@ import pinlab_serve._pq as pq_impl
 from pinlab_serve import MANIFEST_FILE, ClusteredVectors, PinIndex, PinlabServeError
 from pinlab_tasks import queries
 from pinlab_tasks.cli import run
+from pinlab_tasks.index_bench import drawn_shards, write_shards
 
 DIM = 16
 
@@ -105,6 +106,26 @@ def test_interrupted_build_keeps_the_previous_index(
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing half-written
     loaded = PinIndex.load(out, expect_model_id="old")
     assert loaded.manifest.checksum == old["checksum"] and len(loaded) == 1800
+
+
+def test_bench_index_reuses_work_shards_only_when_drawn_the_same_way(tmp_path: Path) -> None:
+    folder = tmp_path / "shards"
+    first = drawn_shards(folder, 1000, 8, 0, lambda _: None)
+    made = first[0].stat().st_mtime_ns
+    assert drawn_shards(folder, 1000, 8, 0, lambda _: None) == first  # the same: reused
+    assert first[0].stat().st_mtime_ns == made
+    # Another dimension used to be reused and failed an assertion (exit 1); another seed was
+    # reused silently, so the bench reported a seed its vectors were not drawn with.
+    for rows, dim, seed in [(1000, 16, 0), (1000, 16, 3), (1500, 16, 3)]:
+        (path,) = drawn_shards(folder, rows, dim, seed, lambda _: None)
+        again = np.load(path)
+        assert again.shape == (rows, dim)
+        expected = write_shards(tmp_path / f"fresh-{dim}-{seed}", rows, dim, seed, lambda _: None)
+        np.testing.assert_array_equal(again, np.load(expected[0]))
+    assert sorted(p.name for p in folder.iterdir()) == ["shards.json", "vectors-00000.npy"]
+    (folder / "shards.json").write_text("{torn")  # damaged: drawn again, not trusted
+    (path,) = drawn_shards(folder, 1500, 16, 3, lambda _: None)
+    assert np.load(path).shape == (1500, 16)
 
 
 @pytest.mark.slow

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -23,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from pinlab_data import atomic_writer, make_directory
+from pinlab_data import atomic_writer, make_directory, write_json_atomic
 from pinlab_serve import (
     ClusteredVectors,
     EmbeddingShards,
@@ -40,6 +39,7 @@ from pinlab_serve._tuner import Queries, exact_neighbours, recall_per_query, sum
 from pinlab_tasks._measure import added_peak_rss, run_measured
 
 SHARD_ROWS = 1_000_000
+SHARDS_SPEC = "shards.json"
 VECTORS_PER_CLUSTER = 1_000
 MODEL_ID = "bench-clustered"
 RECALL_TARGET = 0.9
@@ -105,6 +105,33 @@ def write_shards(out: Path, rows: int, dim: int, seed: int, say: Say) -> list[Pa
     return paths
 
 
+def drawn_shards(folder: Path, rows: int, dim: int, seed: int, say: Say) -> list[Path]:
+    """`write_shards` into `folder`, unless it holds shards drawn with the same rows, dim and
+    seed (a rerun with the same --work), which are reused."""
+    spec = {"vectors": rows, "dim": dim, "seed": seed, "shard_rows": SHARD_ROWS}
+    paths = _reusable_shards(folder, spec)
+    if paths is None:
+        # The spec goes first, so shards cut short by a stop are never taken for it.
+        for stale in [folder / SHARDS_SPEC, *folder.glob("vectors-*")]:
+            stale.unlink(missing_ok=True)
+        paths = write_shards(folder, rows, dim, seed, say)
+        write_json_atomic(folder / SHARDS_SPEC, spec | {"files": [p.name for p in paths]})
+    return paths
+
+
+def _reusable_shards(folder: Path, spec: dict[str, int]) -> list[Path] | None:
+    """The shards an earlier run with this --work wrote, where it drew them as `spec` says
+    (the same count, dimension and seed); otherwise None, and they are drawn again."""
+    try:
+        written = json.loads((folder / SHARDS_SPEC).read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # none yet, or damaged
+        return None
+    if not isinstance(written, dict) or not isinstance(written.get("files"), list):
+        return None
+    paths = [folder / str(name) for name in written.pop("files")]
+    return paths if written == spec and paths and all(p.is_file() for p in paths) else None
+
+
 def fresh_queries(shards: EmbeddingShards, count: int, dim: int, seed: int) -> Queries:
     """`count` new draws from the mixture (never indexed), with their exact neighbours."""
     mixture = ClusteredVectors(dim, max(16, shards.rows // VECTORS_PER_CLUSTER), seed=seed)
@@ -150,10 +177,7 @@ def bench_index(
     start = time.perf_counter()
     with _workdir(work) as root:
         began = time.perf_counter()
-        paths = sorted((root / "shards").glob("vectors-*.npy"))
-        if sum(np.load(p, mmap_mode="r").shape[0] for p in paths) != vectors or not paths:
-            shutil.rmtree(root / "shards", ignore_errors=True)
-            paths = write_shards(root / "shards", vectors, dim, seed, say)
+        paths = drawn_shards(root / "shards", vectors, dim, seed, say)
         generate_s = time.perf_counter() - began
         shards = open_shards(paths)
         say(f"exact neighbours of {queries} fresh queries")

@@ -544,7 +544,11 @@ def index(
     ] = None,
     work: Annotated[
         Path | None,
-        typer.Option("--work", help="Keep the shards and indexes here (reused when rerun)."),
+        typer.Option(
+            "--work",
+            help="Keep the shards and indexes here (shards are reused by a rerun with the "
+            "same --vectors, --dim and --seed).",
+        ),
     ] = None,
     seed: Annotated[int, typer.Option("--seed", min=0, max=MAX_SEED)] = 0,
     as_json: JsonFlag = False,
