@@ -167,6 +167,37 @@ def test_train_recommender_searches_settings_with_trials_into_a_new_run(
     assert (run_dir / "recommender" / "ease" / "optuna.db").is_file()
 
 
+def test_a_run_holds_one_dataset(
+    tiny_demo: dict[str, Any], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Training on another dataset into a run used to repoint the run's dataset, so `eval
+    visual` then measured the encoder on pins of a world it was never split on."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_demo["run_dir"], run_dir)
+    other = tmp_path / "other"
+    code, _, _ = cli(capsys, "data", "synth", "--out", str(other), "--preset", "tiny",
+                     "--seed", "5")  # fmt: skip
+    assert code == 0
+    before = (run_dir / "run.json").read_bytes()
+    for args in (["train", "recommender", "--model", "popularity"], ["bench", "rerank"]):
+        code, result, _ = cli(capsys, *args, "--data", str(other), "--run", str(run_dir))
+        assert code == 2, result
+        assert "a run holds one dataset, so pass a new --run for this one" in result["error"]
+    assert (run_dir / "run.json").read_bytes() == before
+    # The same data, copied elsewhere, is the same dataset.
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir / "data", copy)
+    args = ("train", "recommender", "--model", "popularity", "--data", str(copy))
+    code, result, _ = cli(capsys, *args, "--run", str(run_dir))
+    assert code == 0, result
+    # A dataset folder changed since the run read it is another dataset too.
+    code, _, _ = cli(capsys, "data", "synth", "--out", str(copy), "--preset", "tiny",
+                     "--seed", "5", "--overwrite")  # fmt: skip
+    assert code == 0
+    code, result, _ = cli(capsys, *args, "--run", str(run_dir))
+    assert code == 2 and "as it was before it changed" in result["error"], result
+
+
 def test_data_synth_writes_a_valid_world(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

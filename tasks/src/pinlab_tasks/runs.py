@@ -114,11 +114,33 @@ class RunLayout:
             raise PinlabDataError(f"run {self.root} records no dataset; train into it with --data")
         return Path(data)
 
+    def check_dataset(self, data_dir: Path) -> None:
+        """Refuse `data_dir` where the run's steps read another dataset, or this folder before
+        it changed: a run holds one dataset, so every model in it is evaluated, searched and
+        served on the data it was trained on (`data_dir()` names one dataset only)."""
+        if not self.record.is_file() or not data_dir.is_dir():
+            return
+        record = self.read_record()
+        before, where = record.get("dataset_fingerprint"), record.get("data_dir")
+        if not before or not where:
+            return
+        now = dataset_fingerprint(data_dir)
+        if now == before:
+            return
+        same = Path(where) == data_dir.resolve()
+        what = f"{where} as it was before it changed" if same else where
+        raise PinlabDataError(
+            f"{self.root} holds steps that read {what} (dataset fingerprint {before[:12]}), "
+            f"not {data_dir} ({now[:12]}); a run holds one dataset, so pass a new --run for "
+            "this one"
+        )
+
     def log_step(self, command: str, config: dict[str, Any], data_dir: Path | None = None) -> None:
         """Append a step with its resolved config to run.json (created on first use).
 
         The record keeps the provenance of the process that created it, every step's seed,
-        and the fingerprint of the dataset a step read.
+        and the fingerprint of the dataset a step read; a step on another dataset is refused
+        (`check_dataset`).
         """
         make_directory(self.root)
         # Processes that share the run (`bench generative --workers`) take turns, so no step
@@ -128,6 +150,8 @@ class RunLayout:
             self._append_step(command, config, data_dir)
 
     def _append_step(self, command: str, config: dict[str, Any], data_dir: Path | None) -> None:
+        if data_dir is not None:
+            self.check_dataset(data_dir)
         record = self.read_record() if self.record.is_file() else _new_record()
         step: dict[str, Any] = {"command": command, "at": utc_now(), "config": config}
         if data_dir is not None:
