@@ -190,12 +190,20 @@ def test_a_run_holds_one_dataset(
     args = ("train", "recommender", "--model", "popularity", "--data", str(copy))
     code, result, _ = cli(capsys, *args, "--run", str(run_dir))
     assert code == 0, result
+    # `data dedupe` writes its report beside the data; that does not change the dataset.
+    assert cli(capsys, "data", "dedupe", str(copy))[0] == 0
+    assert (copy / "duplicates.json").is_file()
+    assert cli(capsys, *args, "--run", str(run_dir))[0] == 0
     # A dataset folder changed since the run read it is another dataset too.
     code, _, _ = cli(capsys, "data", "synth", "--out", str(copy), "--preset", "tiny",
                      "--seed", "5", "--overwrite")  # fmt: skip
     assert code == 0
     code, result, _ = cli(capsys, *args, "--run", str(run_dir))
-    assert code == 2 and "as it was before it changed" in result["error"], result
+    assert code == 2 and "copy changed since the steps of" in result["error"], result
+    # Nor is a model measured on its run's dataset (now the copy) once that changed.
+    for args in (["eval", "visual"], ["eval", "recommender"]):
+        code, result, _ = cli(capsys, *args, "--run", str(run_dir))
+        assert code == 2 and "restore it, or train again into a new --run" in result["error"]
 
 
 def test_data_synth_writes_a_valid_world(

@@ -106,7 +106,7 @@ def eval_cold_start(
     part. The hybrid is reported as a ratio to the strongest baseline on each headline metric.
     """
     start = time.perf_counter()
-    data_dir = run.data_dir() if data_dir is None else data_dir
+    data_dir = run.trained_data_dir() if data_dir is None else data_dir
     ds = load_dataset(data_dir)
     log = interaction_log(ds)
     spec = protocol_spec("cold-start", {"seed": seed, "cold_fraction": cold_fraction})

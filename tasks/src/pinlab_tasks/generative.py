@@ -378,7 +378,7 @@ def eval_generator(
     check_request("held-out captions", 1, steps, guidance, GenerateLimits(), autoguidance)
     device = resolve_device(device)
     start = time.perf_counter()
-    ds = load_dataset(run.data_dir())
+    ds = load_dataset(run.trained_data_dir())
     images, captions = pin_images(ds), _captions(ds)
     split = visual_split(ds, split_seed)
     train_rows = _captioned(captions, split.train)

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from pinlab_data import DUPLICATES_FILE
+
 LIBRARIES = ("torch", "numpy", "faiss-cpu", "faiss-gpu", "mlflow")
 PINLAB_PACKAGES = (
     "pinlab-data",
@@ -92,14 +94,16 @@ def _cpu_model() -> str:
 
 
 def dataset_fingerprint(data_dir: Path) -> str:
-    """A BLAKE2b digest of every file of a dataset directory, names and contents.
+    """A BLAKE2b digest of every file of a dataset directory, names and contents, but the
+    report `data dedupe` writes there (about the data, not data).
 
     Two runs with the same fingerprint read byte-identical data. Digests are cached per file
     state (size, mtime), so a workflow that logs several steps on one dataset reads it once.
     """
     digest = hashlib.blake2b(digest_size=16)
     root = data_dir.resolve()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+    report = root / DUPLICATES_FILE
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p != report):
         stat = path.stat()
         digest.update(str(path.relative_to(root)).encode())
         digest.update(_file_digest(path, stat.st_size, stat.st_mtime_ns))

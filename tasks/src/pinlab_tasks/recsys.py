@@ -249,7 +249,7 @@ def eval_recommenders(run: RunLayout, ks: tuple[int, ...] = RANKING_KS) -> dict[
         raise PinlabDataError(
             f"run {run.root} has no trained recommender; `pinlab train recommender --run ...`"
         )
-    ds = load_dataset(run.data_dir())
+    ds = load_dataset(run.trained_data_dir())
     log = interaction_log(ds)
     truth = load_truth(ds.root) if ds.manifest.source == "synth" else None
     splits: dict[str, ProtocolSplit] = {}

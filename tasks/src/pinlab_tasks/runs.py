@@ -114,7 +114,16 @@ class RunLayout:
             raise PinlabDataError(f"run {self.root} records no dataset; train into it with --data")
         return Path(data)
 
-    def check_dataset(self, data_dir: Path) -> None:
+    def trained_data_dir(self) -> Path:
+        """`data_dir()`, refused where it changed since the run's steps read it: what measures
+        a model reads this, so no model is measured on data it was not split on."""
+        data = self.data_dir()
+        self.check_dataset(data, fix="restore it, or train again into a new --run")
+        return data
+
+    def check_dataset(
+        self, data_dir: Path, fix: str = "a run holds one dataset, so pass a new --run for this one"
+    ) -> None:
         """Refuse `data_dir` where the run's steps read another dataset, or this folder before
         it changed: a run holds one dataset, so every model in it is evaluated, searched and
         served on the data it was trained on (`data_dir()` names one dataset only)."""
@@ -127,12 +136,14 @@ class RunLayout:
         now = dataset_fingerprint(data_dir)
         if now == before:
             return
-        same = Path(where) == data_dir.resolve()
-        what = f"{where} as it was before it changed" if same else where
+        if Path(where) == data_dir.resolve():
+            raise PinlabDataError(
+                f"{data_dir} changed since the steps of {self.root} read it (dataset "
+                f"fingerprint {before[:12]}, now {now[:12]}); {fix}"
+            )
         raise PinlabDataError(
-            f"{self.root} holds steps that read {what} (dataset fingerprint {before[:12]}), "
-            f"not {data_dir} ({now[:12]}); a run holds one dataset, so pass a new --run for "
-            "this one"
+            f"{self.root} holds steps that read {where} (dataset fingerprint {before[:12]}), "
+            f"not {data_dir} ({now[:12]}); {fix}"
         )
 
     def log_step(self, command: str, config: dict[str, Any], data_dir: Path | None = None) -> None:

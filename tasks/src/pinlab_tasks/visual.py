@@ -137,7 +137,7 @@ def train_visual(
 
 def eval_visual(run: RunLayout, seed: int) -> dict[str, Any]:
     """Retrieval by category on held-out pins, for the trained and the untrained encoder."""
-    ds = load_dataset(run.data_dir())
+    ds = load_dataset(run.trained_data_dir())
     images, labels = pin_images(ds), pin_labels(ds)
     categories = np.asarray(ds.pins.column("category").to_pylist(), dtype=object)
     protocol, test = visual_test_rows(run, ds, seed)
@@ -300,7 +300,7 @@ def eval_align(run: RunLayout) -> dict[str, Any]:
     if not trained.is_file():
         raise PinlabDataError(f"run {run.root} has no {trained.name}; `pinlab train align` first")
     seed = trained_seed(trained, "pinlab train align")
-    ds = load_dataset(run.data_dir())
+    ds = load_dataset(run.trained_data_dir())
     images = pin_images(ds)
     test = captioned(ds, visual_split(ds, seed).test)
     if len(test) == 0:
