@@ -200,8 +200,9 @@ def test_a_run_holds_one_dataset(
     assert code == 0
     code, result, _ = cli(capsys, *args, "--run", str(run_dir))
     assert code == 2 and "copy changed since the steps of" in result["error"], result
-    # Nor is a model measured on its run's dataset (now the copy) once that changed.
-    for args in (["eval", "visual"], ["eval", "recommender"]):
+    # Nor is a model measured or queried on its run's dataset (now the copy) once that changed.
+    for args in (["eval", "visual"], ["eval", "recommender"], ["search", "--pin", "1"],
+                 ["recommend", "--user", "1"]):  # fmt: skip
         code, result, _ = cli(capsys, *args, "--run", str(run_dir))
         assert code == 2 and "restore it, or train again into a new --run" in result["error"]
 

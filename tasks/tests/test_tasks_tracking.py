@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from mlflow import MlflowClient
 
-from pinlab_data import SynthConfig, write_synth
+from pinlab_data import SynthConfig, dataset_fingerprint, write_synth
 from pinlab_tasks._app import use_settings
 from pinlab_tasks.cli import run
-from pinlab_tasks.provenance import dataset_fingerprint, provenance
+from pinlab_tasks.provenance import provenance
 from pinlab_tasks.settings import PinlabSettings
 from pinlab_tasks.tracking import flatten_params, metric_key, numbers, tracked
 

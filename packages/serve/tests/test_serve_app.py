@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import re
 import shutil
 import struct
@@ -795,6 +796,24 @@ def test_diversify_bad_input_is_422(
     assert_error(response, 422, match)
     if "out of reach" in match:
         assert "allowed target: 0 to 0." in response.json()["error"]
+
+
+def test_a_run_whose_dataset_changed_since_training_is_not_served(tmp_path: Path) -> None:
+    from pinlab_data import dataset_fingerprint
+    from pinlab_serve import PinlabServeError, RunFiles
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "pins.parquet").write_bytes(b"the data it was trained on")
+    record = {"data_dir": str(data), "dataset_fingerprint": dataset_fingerprint(data)}
+    (tmp_path / "run.json").write_text(json.dumps(record))
+    files = RunFiles(tmp_path)
+    assert files.data_dir() == data
+    (data / "duplicates.json").write_text("{}")  # `data dedupe`'s report is not data
+    assert files.data_dir() == data
+    (data / "pins.parquet").write_bytes(b"other pins, other ids")
+    with pytest.raises(PinlabServeError, match=r"data changed since the steps of .* read it"):
+        files.data_dir()
 
 
 @pytest.mark.parametrize("content", [b'{"best": "mf", ', b"\xff\xfe", b"[1]"])

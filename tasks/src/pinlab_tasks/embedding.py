@@ -35,13 +35,13 @@ from pinlab_data import (
     PinlabDataError,
     atomic_directory,
     check_writable,
+    dataset_fingerprint,
     load_dataset,
     shard_name,
     write_embedding_shard,
     write_json_atomic,
 )
 from pinlab_models import CNNEncoder, TextEncoder, load_image_text_model
-from pinlab_tasks.provenance import dataset_fingerprint
 from pinlab_tasks.runs import RunLayout, utc_now
 
 Engine = Literal["local", "ray"]

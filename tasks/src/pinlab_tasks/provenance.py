@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import platform
 import subprocess
@@ -15,7 +14,7 @@ from typing import Any
 
 import torch
 
-from pinlab_data import DUPLICATES_FILE
+from pinlab_data import dataset_fingerprint
 
 LIBRARIES = ("torch", "numpy", "faiss-cpu", "faiss-gpu", "mlflow")
 PINLAB_PACKAGES = (
@@ -91,30 +90,3 @@ def _cpu_model() -> str:
             if line.startswith("model name"):
                 return line.partition(":")[2].strip()
     return platform.processor() or platform.machine()
-
-
-def dataset_fingerprint(data_dir: Path) -> str:
-    """A BLAKE2b digest of every file of a dataset directory, names and contents, but the
-    report `data dedupe` writes there (about the data, not data).
-
-    Two runs with the same fingerprint read byte-identical data. Digests are cached per file
-    state (size, mtime), so a workflow that logs several steps on one dataset reads it once.
-    """
-    digest = hashlib.blake2b(digest_size=16)
-    root = data_dir.resolve()
-    report = root / DUPLICATES_FILE
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and p != report):
-        stat = path.stat()
-        digest.update(str(path.relative_to(root)).encode())
-        digest.update(_file_digest(path, stat.st_size, stat.st_mtime_ns))
-    return digest.hexdigest()
-
-
-@cache
-def _file_digest(path: Path, size: int, mtime_ns: int) -> bytes:
-    del size, mtime_ns  # part of the cache key only
-    digest = hashlib.blake2b(digest_size=16)
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.digest()

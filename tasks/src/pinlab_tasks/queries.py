@@ -159,7 +159,7 @@ def _index_source(
         raise PinlabServeError(
             "give --vectors FILE_OR_DIR to index, or --run RUN to embed its pins"
         )
-    ds = load_dataset(run.data_dir())
+    ds = load_dataset(run.trained_data_dir())
     encoder = CNNEncoder.load(run.encoder)
     say(f"embedding {len(ds.pin_ids()):,} pins")
     embedded = np.asarray(encoder.embed(pin_images(ds)), dtype=np.float32)
@@ -195,7 +195,7 @@ def search(
         return _search_text(run, text, k, runtime)
     encoder = load_image_encoder(run.encoder, runtime, run.onnx)
     index = PinIndex.load(run.index, expect_model_id=encoder.model_id)
-    ds = load_dataset(run.data_dir())
+    ds = load_dataset(run.trained_data_dir())
     if pin is not None:
         hits = index.similar(pin, k)
         query: dict[str, Any] = {"pin": _pin_rows(ds, [pin])[0]}
@@ -219,7 +219,7 @@ def _search_text(run: RunLayout, text: str, k: int, runtime: Runtime) -> dict[st
             f"`pinlab train align --run {run.root}`"
         )
     model = load_image_text(run.image_text, runtime, run.onnx)
-    ds = load_dataset(run.data_dir())
+    ds = load_dataset(run.trained_data_dir())
     scores = model.embed_images(pin_images(ds)) @ model.embed_texts([text])[0]
     top = np.argsort(-scores, kind="stable")[:k]
     rows = _pin_rows(ds, [int(p) for p in ds.pin_ids()[top]])
@@ -244,7 +244,7 @@ def recommend(run: RunLayout, user: int, k: int, model_name: str | None = None) 
         raise PinlabDataError(
             f"no trained {model_name!r} in {run.root}; trained: {', '.join(names)}"
         )
-    ds = load_dataset(run.data_dir())
+    ds = load_dataset(run.trained_data_dir())
     log = interaction_log(ds)
     position = np.flatnonzero(log.user_ids == user)
     if len(position) == 0:
@@ -293,7 +293,7 @@ def recommend_session(
             f"{which}; train one that does (sasrec, two-tower, ease, dlae, itemknn, rp3beta) "
             "with `pinlab train recommender --model NAME`"
         )
-    ds = load_dataset(run.data_dir())
+    ds = load_dataset(run.trained_data_dir())
     log = interaction_log(ds)
     session = session_history(log.item_ids, history, model.history_window)
     scores = model.score_histories([session.items])[0]

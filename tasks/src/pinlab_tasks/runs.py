@@ -10,9 +10,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pinlab_data import PinlabDataError, make_directory, read_json_object, write_json_atomic
+from pinlab_data import (
+    PinlabDataError,
+    dataset_fingerprint,
+    make_directory,
+    read_json_object,
+    write_json_atomic,
+)
 from pinlab_tasks._output import log
-from pinlab_tasks.provenance import dataset_fingerprint, provenance
+from pinlab_tasks.provenance import provenance
 
 INCOMPLETE = "INCOMPLETE.json"
 """Marks a directory that a stopped command had begun to change: what, when, which files."""

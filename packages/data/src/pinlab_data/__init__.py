@@ -1,7 +1,6 @@
 """pinlab_data: typed records, dataset directories, validation, splits and the synthetic world."""
 
 from pinlab_data._dedupe import (
-    DUPLICATES_FILE,
     PairSimilarity,
     candidate_pairs,
     cluster_pairs,
@@ -56,9 +55,11 @@ from pinlab_data._simulator import (
 )
 from pinlab_data._splits import holdout_mask, interaction_log, leave_last_out, seen_csr
 from pinlab_data._store import (
+    DUPLICATES_FILE,
     atomic_directory,
     atomic_writer,
     check_writable,
+    dataset_fingerprint,
     load_dataset,
     make_directory,
     open_npz,
@@ -209,6 +210,7 @@ __all__ = [
     "check_writable",
     "cluster_pairs",
     "color_thumbnails",
+    "dataset_fingerprint",
     "decode_image",
     "dedupe_dataset",
     "describe_dataset",

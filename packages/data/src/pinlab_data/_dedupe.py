@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from pinlab_data._store import load_dataset, write_json_atomic
+from pinlab_data._store import DUPLICATES_FILE, load_dataset, write_json_atomic
 from pinlab_data.contracts import (
     DedupeReport,
     DuplicateCluster,
@@ -27,7 +27,6 @@ from pinlab_data.contracts import (
     PinlabDataError,
 )
 
-DUPLICATES_FILE = "duplicates.json"
 HASH_BITS = 64
 MAX_DISTANCE = 16
 """Beyond this, bands get so narrow that bucketing compares nearly every pair."""

@@ -8,6 +8,8 @@ synthetic world's `truth.npz`.
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import json
 import os
 import secrets
@@ -35,6 +37,8 @@ from pinlab_data.contracts import (
 )
 
 DATASET_FILE = "dataset.json"
+DUPLICATES_FILE = "duplicates.json"
+"""What `data dedupe` writes beside a dataset's files: about the data, not data."""
 IMAGES_FILE = "images.npy"
 TABLE_FILES = {name: f"{name}.parquet" for name in TABLE_SCHEMAS}
 RESERVED_FILES = frozenset({DATASET_FILE, IMAGES_FILE, *TABLE_FILES.values()})
@@ -504,3 +508,30 @@ def _fsync_dir(path: Path) -> None:
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def dataset_fingerprint(data_dir: Path) -> str:
+    """A BLAKE2b digest of every file of a dataset directory, names and contents, but the
+    report `data dedupe` writes there (about the data, not data).
+
+    Two runs with the same fingerprint read byte-identical data. Digests are cached per file
+    state (size, mtime), so a workflow that logs several steps on one dataset reads it once.
+    """
+    digest = hashlib.blake2b(digest_size=16)
+    root = data_dir.resolve()
+    report = root / DUPLICATES_FILE
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p != report):
+        stat = path.stat()
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(_file_digest(path, stat.st_size, stat.st_mtime_ns))
+    return digest.hexdigest()
+
+
+@functools.cache
+def _file_digest(path: Path, size: int, mtime_ns: int) -> bytes:
+    del size, mtime_ns  # part of the cache key only
+    digest = hashlib.blake2b(digest_size=16)
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.digest()

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from pinlab_data import interaction_log, load_dataset, seen_csr
+from pinlab_data import dataset_fingerprint, interaction_log, load_dataset, seen_csr
 from pinlab_data.contracts import ImageArray, Int64Array
 from pinlab_serve.contracts import PinlabServeError, PinNotFoundError, PinOut
 
@@ -52,11 +52,18 @@ class RunFiles:
                 f"{self.root} is not a pinlab run (no run.json); make one with `pinlab demo`"
             )
         try:
-            data = json.loads(record.read_text()).get("data_dir")
+            facts = json.loads(record.read_text())
+            data, trained_on = facts.get("data_dir"), facts.get("dataset_fingerprint")
         except (ValueError, AttributeError) as exc:  # not JSON, not text, not an object
             raise PinlabServeError(f"{record} is not a valid run record; remake the run") from exc
         if not data:
             raise PinlabServeError(f"run {self.root} records no dataset; train into it first")
+        # Models answer in the ids of the data they were trained on: never serve them on other.
+        if trained_on and Path(data).is_dir() and dataset_fingerprint(Path(data)) != trained_on:
+            raise PinlabServeError(
+                f"{data} changed since the steps of {self.root} read it (dataset fingerprint "
+                f"{trained_on[:12]}); restore it, or train again into a new run"
+            )
         return Path(data)
 
     def best_recommender(self) -> str | None:
