@@ -179,8 +179,8 @@ def test_a_run_holds_one_dataset(
                      "--seed", "5")  # fmt: skip
     assert code == 0
     before = (run_dir / "run.json").read_bytes()
-    for args in (["train", "recommender", "--model", "popularity"], ["bench", "rerank"]):
-        code, result, _ = cli(capsys, *args, "--data", str(other), "--run", str(run_dir))
+    for step in (["train", "recommender", "--model", "popularity"], ["bench", "rerank"]):
+        code, result, _ = cli(capsys, *step, "--data", str(other), "--run", str(run_dir))
         assert code == 2, result
         assert "a run holds one dataset, so pass a new --run for this one" in result["error"]
     assert (run_dir / "run.json").read_bytes() == before
@@ -201,9 +201,9 @@ def test_a_run_holds_one_dataset(
     code, result, _ = cli(capsys, *args, "--run", str(run_dir))
     assert code == 2 and "copy changed since the steps of" in result["error"], result
     # Nor is a model measured or queried on its run's dataset (now the copy) once that changed.
-    for args in (["eval", "visual"], ["eval", "recommender"], ["search", "--pin", "1"],
-                 ["recommend", "--user", "1"]):  # fmt: skip
-        code, result, _ = cli(capsys, *args, "--run", str(run_dir))
+    for query in (["eval", "visual"], ["eval", "recommender"], ["search", "--pin", "1"],
+                  ["recommend", "--user", "1"]):  # fmt: skip
+        code, result, _ = cli(capsys, *query, "--run", str(run_dir))
         assert code == 2 and "restore it, or train again into a new --run" in result["error"]
 
 
