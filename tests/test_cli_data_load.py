@@ -87,6 +87,25 @@ def test_load_sequences(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> N
     assert code == 0 and (report["num_users"], report["num_pins"]) == (2, 3)
 
 
+def test_recommend_names_the_source_ids_of_loaded_data(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Loaded ids become dense pinlab ids; results carry the source's ids to join them back."""
+    source = tmp_path / "log.txt"
+    source.write_text("ann p7 p9 p4\nbob p9 p5\ncid p7 p9\n")
+    assert (
+        cli(capsys, "data", "load", "sequences", str(source), "--out", str(tmp_path / "ds"))[0] == 0
+    )
+    run = ["--run", str(tmp_path / "run")]
+    args = ("train", "recommender", "--data", str(tmp_path / "ds"), "--model", "popularity")
+    assert cli(capsys, *args, *run)[0] == 0
+    code, result, _ = cli(capsys, "recommend", "--user", "1", "-k", "1", *run)
+    assert code == 0, result
+    assert result["user_external_id"] == "bob"
+    assert [(p["pin_id"], p["external_id"]) for p in result["recent"]] == [(1, "p9"), (3, "p5")]
+    assert [p["external_id"] for p in result["items"]] == ["p7"]  # popular, and unseen by bob
+
+
 def test_download_offline_says_how_to_load_a_local_copy(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, get_args
 
 import numpy as np
+import pyarrow.compute as pc
 
 from pinlab_data import (
     Dataset,
@@ -173,7 +174,9 @@ def _pin_rows(ds: Dataset, pin_ids: list[int]) -> list[dict[str, Any]]:
     missing = [p for p, found in zip(pin_ids, ids[rows], strict=True) if p != found]
     if missing:
         raise PinlabDataError(f"pin {missing[0]} is not in the dataset {ds.root}")
-    table = ds.pins.take(rows).select(["pin_id", "caption", "category", "creator_group"])
+    # external_id: the id the source data gave the pin (null where pinlab's id is the source's).
+    columns = ["pin_id", "external_id", "caption", "category", "creator_group"]
+    table = ds.pins.take(rows).select(columns)
     records: list[dict[str, Any]] = table.to_pylist()
     return records
 
@@ -255,8 +258,10 @@ def recommend(run: RunLayout, user: int, k: int, model_name: str | None = None) 
     ranked = top_k(model, position.astype(np.int64), k, seen_csr(log))[0]
     pin_ids = [int(p) for p in log.item_ids[ranked]]
     history = log.item_ids[log.items[log.users == position[0]]][-5:]
+    users = ds.users.filter(pc.equal(ds.users.column("user_id"), user))
     return {
         "user": user,
+        "user_external_id": users.column("external_id")[0].as_py() if users.num_rows else None,
         "model": model_name,
         "recent": _pin_rows(ds, [int(p) for p in history]),
         "items": _pin_rows(ds, pin_ids),
