@@ -29,6 +29,10 @@ def test_run_record_accumulates_steps(tmp_path: Path) -> None:
 def test_a_directory_without_a_record_is_not_a_run(tmp_path: Path) -> None:
     with pytest.raises(PinlabDataError, match="not a pinlab run"):
         RunLayout(tmp_path).data_dir()
+    (tmp_path / "dataset.json").write_text("{}")  # a dataset passed where a run goes
+    with pytest.raises(PinlabDataError, match=r"is a pinlab dataset, not a run; train on it"):
+        RunLayout(tmp_path).data_dir()
+    (tmp_path / "dataset.json").unlink()
     (tmp_path / "run.json").write_text("{broken")
     with pytest.raises(PinlabDataError, match="not valid JSON"):
         RunLayout(tmp_path).read_record()

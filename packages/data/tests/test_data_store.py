@@ -239,6 +239,10 @@ def test_a_failed_swap_puts_the_old_dataset_back(
 
 def test_missing_or_non_directory_root(tmp_path: Path) -> None:
     assert "does not exist" in error_of(tmp_path / "nope")
+    run = tmp_path / "run"  # a run passed where its dataset goes
+    save_dataset(run / "data", **world())
+    (run / "run.json").write_text("{}")
+    assert error_of(run) == f"{run} is a pinlab run, not a dataset; its dataset is {run / 'data'}"
     (tmp_path / "file").write_text("x")
     assert "is not a directory" in error_of(tmp_path / "file")
 

@@ -108,6 +108,11 @@ class RunLayout:
                 self.root, marker.get("command"), marker.get("stopped_at"), INCOMPLETE,
             )  # fmt: skip
         if not self.record.is_file():
+            if (self.root / "dataset.json").is_file():
+                raise PinlabDataError(
+                    f"{self.root} is a pinlab dataset, not a run; train on it into a run with "
+                    f"`pinlab train ... --data {self.root} --run RUN` (or `pinlab demo`)"
+                )
             raise PinlabDataError(
                 f"{self.root} is not a pinlab run (no run.json); make one with `pinlab demo` "
                 "or `pinlab train ... --run DIR`"

@@ -315,6 +315,10 @@ def load_with_schemas(root: Path, *, allow_nulls: bool) -> tuple[Dataset, dict[s
 def _read_manifest(root: Path) -> DatasetManifest:
     path = root / DATASET_FILE
     if not path.is_file():
+        if (root / "run.json").is_file() and (root / "data" / DATASET_FILE).is_file():
+            raise PinlabDataError(
+                f"{root} is a pinlab run, not a dataset; its dataset is {root / 'data'}"
+            )
         raise PinlabDataError(
             f"{root} is not a pinlab dataset (no {DATASET_FILE}); create one with "
             f"`pinlab data synth --out {root}`"

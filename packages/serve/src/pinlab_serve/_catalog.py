@@ -48,6 +48,11 @@ class RunFiles:
     def data_dir(self) -> Path:
         record = self.root / "run.json"
         if not record.is_file():
+            if (self.root / "dataset.json").is_file():
+                raise PinlabServeError(
+                    f"{self.root} is a pinlab dataset, not a run; train on it into a run "
+                    f"(`pinlab train ... --data {self.root} --run RUN`) and serve that"
+                )
             raise PinlabServeError(
                 f"{self.root} is not a pinlab run (no run.json); make one with `pinlab demo`"
             )
