@@ -45,3 +45,32 @@ def test_hybrid_beats_random_3x_and_every_baseline_on_cold_pins(tmp_path: Path) 
     assert saved["models"]["hybrid"] == models["hybrid"]
     assert (run.root / "cold_start" / "hybrid.pt").is_file()
     assert json.loads(run.record.read_text())["steps"][-1]["command"] == "eval cold-start"
+
+
+def test_text_features_are_zeros_for_pins_without_a_caption(tmp_path: Path) -> None:
+    """An empty caption used to refuse the whole dataset ("an empty text embeds to nothing")."""
+    import numpy as np
+
+    from pinlab_data import (
+        ColumnMapping,
+        PinlabDataError,
+        interaction_log,
+        load_dataset,
+        load_interactions,
+    )
+    from pinlab_tasks.cold_start import item_features
+
+    columns = ColumnMapping(user="user", item="item", text="text")
+
+    log = tmp_path / "log.csv"
+    log.write_text("user,item,text\na,x,red star\na,y,\nb,y,\nb,z,blue square\n")
+    load_interactions(log, tmp_path / "ds", columns=columns)
+    ds = load_dataset(tmp_path / "ds")
+    features = item_features(ds, interaction_log(ds), "text", RunLayout(tmp_path / "run"))
+    norms = np.linalg.norm(features, axis=1)
+    assert np.allclose(norms[[0, 2]], 1.0, atol=1e-4) and norms[1] == 0.0  # x, y, z
+    log.write_text("user,item,text\na,x,\nb,y,\n")
+    load_interactions(log, tmp_path / "bare", columns=columns)
+    bare = load_dataset(tmp_path / "bare")
+    with pytest.raises(PinlabDataError, match=r"bare has no pin captions, and text item features"):
+        item_features(bare, interaction_log(bare), "text", RunLayout(tmp_path / "run"))

@@ -76,6 +76,21 @@ def ctx(tmp_path: Path) -> TrainContext:
     )
 
 
+@pytest.mark.parametrize("name", ["sasrec", "gsasrec", "hstu"])
+def test_next_item_models_refuse_a_split_with_no_item_and_next(name: str, tmp_path: Path) -> None:
+    """Every user with one training item: exit 1 with PyTorch's reshape error before."""
+    log = InteractionLog(
+        users=np.arange(3, dtype=np.int64),
+        items=np.array([0, 1, 2], dtype=np.int64),
+        timestamps=np.ones(3, dtype=np.int64),
+        weights=np.ones(3, dtype=np.float32),
+        user_ids=np.arange(3, dtype=np.int64),
+        item_ids=np.arange(3, dtype=np.int64),
+    )
+    with pytest.raises(PinlabModelError, match=rf"^{name} learns from users with at least 2"):
+        build_recommender(name, {"epochs": 1}).fit(log, ctx(tmp_path))
+
+
 @pytest.mark.parametrize("name", recommender_names())
 def test_every_recommender_meets_the_contract(name: str, tmp_path: Path) -> None:
     log = two_tribes()

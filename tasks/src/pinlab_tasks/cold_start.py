@@ -45,6 +45,7 @@ from pinlab_models import (
     load_image_text_model,
     resolve_device,
 )
+from pinlab_tasks._output import log as logger
 from pinlab_tasks.runs import RunLayout
 
 FeatureKind = Literal["text", "visual", "aligned"]
@@ -59,13 +60,26 @@ def item_features(
 ) -> Float32Array:
     """One feature row per item of `log`, in its index order.
 
-    `text`: MiniLM embeddings of the captions; `visual`: the run's trained CNN encoder on the
-    images; `aligned`: the run's image tower aligned to text (`pinlab train align`).
+    `text`: MiniLM embeddings of the captions (zeros for a pin without one: no text, no
+    signal); `visual`: the run's trained CNN encoder on the images; `aligned`: the run's image
+    tower aligned to text (`pinlab train align`).
     """
     rows = _pin_rows(ds, log)
     if kind == "text":
         captions = ds.pins.column("caption").to_pylist()
-        return TextEncoder().encode([captions[r] for r in rows])
+        texts = [captions[r] or "" for r in rows]
+        worded = np.array([bool(t.strip()) for t in texts], dtype=bool)
+        if not worded.any():
+            raise PinlabDataError(
+                f"{ds.root} has no pin captions, and text item features are made of them; load "
+                "captions with the data (e.g. --text-col), or train a model that reads ids alone"
+            )
+        if not worded.all():
+            logger.warning("%d of %d pins have no caption: their text features are zeros",
+                           int((~worded).sum()), len(texts))  # fmt: skip
+        vectors = np.zeros((len(texts), TextEncoder.embedding_dim), dtype=np.float32)
+        vectors[worded] = TextEncoder().encode([t for t, w in zip(texts, worded, strict=True) if w])
+        return vectors
     if ds.images is None:
         raise PinlabDataError(f"{ds.root} has no packed images for {kind} item features")
     images = np.asarray(ds.images[ds.pins.column("image_row").to_numpy()[rows]])

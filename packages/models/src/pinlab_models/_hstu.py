@@ -32,6 +32,7 @@ from pinlab_models._sequential import (
     crop,
     fit_sequences,
     recent_per_user,
+    require_pairs,
     sampled_scores,
     sampled_softmax,
     user_sequences,
@@ -149,6 +150,7 @@ class HSTU:
         lengths = (windows > 0).sum(dim=1)
         keep = lengths >= 2
         windows, stamps, lengths = windows[keep], stamps[keep], lengths[keep]
+        require_pairs(lengths, self.name)
         self.sequences, self.times = user_windows(train, cfg.max_len)
         self.net = net = _HSTU(train.num_items, cfg).to(ctx.device)
         optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

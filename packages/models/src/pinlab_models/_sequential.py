@@ -69,6 +69,16 @@ def recent_per_user(train: InteractionLog, max_len: int, values: Int64Array) -> 
     return torch.from_numpy(rows)
 
 
+def require_pairs(lengths: torch.Tensor, name: str) -> None:
+    """Refuse training where no user's window holds an item and the next one to predict."""
+    if len(lengths) == 0:
+        raise PinlabModelError(
+            f"{name} learns from users with at least 2 training interactions (an item and the "
+            "next); this split leaves none: load more of each user's history, or train a model "
+            "that reads no order (popularity, ease, mf)"
+        )
+
+
 def length_batches(
     lengths: torch.Tensor, batch_size: int, gen: torch.Generator
 ) -> list[torch.Tensor]:
@@ -260,6 +270,7 @@ class SASRec:
         windows = user_sequences(train, cfg.max_len + 1)
         lengths = (windows > 0).sum(dim=1)
         windows, lengths = windows[lengths >= 2], lengths[lengths >= 2]
+        require_pairs(lengths, self.name)
         self.sequences = user_sequences(train, cfg.max_len)
         self.net = net = _Transformer(train.num_items, cfg).to(ctx.device)
         optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
