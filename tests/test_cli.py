@@ -287,6 +287,11 @@ def test_corrupt_image_and_bad_dataset(
          "unknown recommender 'nope'", "pinlab_tasks.rerank_bench.load_dataset"),
         (["bench", "index", "--tune-recall", "-1"], "--tune-recall must be in (0, 1]",
          "pinlab_tasks.index_bench.bench_index"),
+        (["bench", "index", "--kinds", ","], "--kinds ',': names no kind",
+         "pinlab_tasks.index_bench.bench_index"),
+        # An empty list used to run every model.
+        (["bench", "recsys", "--data", "{missing}", "--models", ",", "--run", "{run}"],
+         "--models ',' names no model", "pinlab_tasks.benchmarks.bench_recsys"),
     ],
 )  # fmt: skip
 def test_benches_refuse_a_missing_input_before_any_work(
@@ -312,6 +317,26 @@ def test_benches_refuse_a_missing_input_before_any_work(
     assert "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bare"]  # no run directory made
     assert [p.name for p in bare.iterdir()] == ["run.json"]
+
+
+def test_bench_recsys_refuses_a_cut_off_it_does_not_measure_before_training(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """--metric ndcg@7 used to train the first model, then fail on its missing ndcg@7."""
+
+    def trained(*_: object, **__: object) -> None:
+        raise AssertionError("a model trained before the metric was checked")
+
+    monkeypatch.setattr("pinlab_tasks.benchmarks._tune_refit_tracked", trained)
+    data = tmp_path / "data"
+    assert cli(capsys, "data", "synth", "--out", str(data), "--preset", "tiny")[0] == 0
+    code, out, _ = cli(capsys, "bench", "recsys", "--data", str(data), "--models", "popularity",
+                       "--metric", "ndcg@7", "--run", str(tmp_path / "run"))  # fmt: skip
+    assert code == 2
+    assert out["error"] == (
+        "validation metric 'ndcg@7': the bench measures at K = 10, 20; use one of those "
+        "(e.g. ndcg@10)"
+    )
 
 
 @pytest.mark.parametrize(

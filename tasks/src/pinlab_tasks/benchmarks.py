@@ -309,11 +309,17 @@ def _costs(infos: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _check_metric(metric: str, ks: Sequence[int]) -> None:
+    """Before any work: a metric the bench computes, at one of its cut-offs `ks`."""
     name, _, k = metric.partition("@")
     if not k.isdigit() or name not in {"ndcg", "hr", "recall", "precision", "map", "mrr"}:
         raise PinlabDataError(
             f"bad validation metric {metric!r}; use NAME@K with NAME one of ndcg, hr, recall, "
             "precision, map, mrr (e.g. ndcg@10)"
+        )
+    if int(k) not in ks:
+        raise PinlabDataError(
+            f"validation metric {metric!r}: the bench measures at K = "
+            f"{', '.join(map(str, ks))}; use one of those (e.g. {name}@{ks[0]})"
         )
 
 

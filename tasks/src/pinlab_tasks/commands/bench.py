@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from pinlab_data import ClickModel, write_json_atomic, write_movielens_like
+from pinlab_data import ClickModel, PinlabDataError, write_json_atomic, write_movielens_like
 from pinlab_eval import CiMethod, protocol_spec
 from pinlab_models import GeneratorConfig, resolve_device
 from pinlab_serve import PinlabServeError
@@ -396,7 +396,9 @@ def recsys(
     Writes: RUN/run.json (resolved config), RUN/bench.json (the result), RUN/optuna.db (every
     study), RUN/user_metrics.npz (per-user values), RUN/MODEL/seed-S/ (logs).
     """
-    names = [n.strip() for n in models.split(",") if n.strip()] if models else None
+    names = [n.strip() for n in models.split(",") if n.strip()] if models is not None else None
+    if names == []:
+        raise PinlabDataError(f"--models {models!r} names no model; leave it out to run them all")
     fixed = parse_model_settings(set_ or [])
     spec = protocol_spec(
         protocol,
@@ -578,9 +580,8 @@ def index(
     chosen = [k.strip() for k in kinds.split(",") if k.strip()]
     unknown = [k for k in chosen if k not in INDEX_KINDS]
     if unknown or not chosen:
-        raise PinlabServeError(
-            f"--kinds {kinds!r}: unknown {unknown}; choose from {', '.join(INDEX_KINDS)}"
-        )
+        what = f"unknown {', '.join(unknown)}" if unknown else "names no kind"
+        raise PinlabServeError(f"--kinds {kinds!r}: {what}; choose from {', '.join(INDEX_KINDS)}")
     payload = bench_index(
         vectors,
         dim,
