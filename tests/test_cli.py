@@ -319,6 +319,23 @@ def test_benches_refuse_a_missing_input_before_any_work(
     assert [p.name for p in bare.iterdir()] == ["run.json"]
 
 
+@pytest.mark.parametrize(
+    "args",
+    [["embed", "--run="], ["train", "visual", "--data", "D", "--run", ""], ["--runs-dir=", "demo"]],
+)
+def test_an_empty_path_option_is_refused_not_read_as_this_folder(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    args: list[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = cli(capsys, *args)
+    flag = next(a.partition("=")[0] for a in args if a.startswith("--r"))
+    assert (code, out["error"]) == (2, f"{flag} is empty; pass a path ('.' for this folder)")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_bench_recsys_refuses_a_cut_off_it_does_not_measure_before_training(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

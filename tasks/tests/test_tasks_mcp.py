@@ -322,6 +322,10 @@ def test_bad_arguments_and_unknown_tools_are_protocol_errors(tmp_path: Path) -> 
     assert "unknown argument sede" in message and "seed" in message
     assert "missing required argument run" in refused_call(tmp_path, "card", {})
     assert "user_group[0]" in refused_call(tmp_path, "card", {"run": "r", "user_group": [1]})
+    # An empty path would be the server's working directory.
+    assert (
+        refused_call(tmp_path, "card", {"run": ""}) == "card: argument run: '' should be non-empty"
+    )
     message = refused_call(tmp_path, "serve", {"run": str(tmp_path)})
     assert "unknown tool 'serve'" in message
     assert "did you mean demo" in refused_call(tmp_path, "dmeo", {})

@@ -145,6 +145,9 @@ def run(argv: list[str] | None = None) -> int:
     use_invocation(args)
     debug = "--debug" in args or os.environ.get("PINLAB_DEBUG") == "1"
     as_json = "--json" in args
+    empty = _empty_path_option(args)
+    if empty is not None:
+        return _fail(f"{empty} is empty; pass a path ('.' for this folder)", 2, as_json)
     try:
         # Not standalone: Typer would print usage errors itself and exit, without JSON.
         code = app(args=argv, prog_name="pinlab", standalone_mode=False)
@@ -181,6 +184,29 @@ def run(argv: list[str] | None = None) -> int:
         return _fail(
             f"{type(exc).__name__}: {exc} (rerun with --debug for the traceback)", 1, as_json
         )
+
+
+def _empty_path_option(args: list[str]) -> str | None:
+    """The first path option given as "" (`--run ""`, `--out=`, an unset shell variable),
+    which Typer would read as "." and so write into the working directory."""
+    if not any(arg == "" or arg.endswith("=") for arg in args):
+        return None
+    from pinlab_tasks.commands.meta import walk_commands
+
+    flags = {"--runs-dir"} | {
+        flag
+        for command in walk_commands(app, [])
+        for param in command["inputs"]
+        if param["type"] == "path"
+        for flag in param["flags"]
+        if flag.startswith("--")
+    }
+    for at, arg in enumerate(args):
+        flag, equals, value = arg.partition("=")
+        given = value if equals else (args[at + 1] if at + 1 < len(args) else None)
+        if flag in flags and given == "":
+            return flag
+    return None
 
 
 def _usage_message(exc: ClickException) -> str:

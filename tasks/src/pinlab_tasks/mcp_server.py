@@ -136,6 +136,8 @@ def _scalar(kind: str, param: Mapping[str, Any]) -> dict[str, Any]:
     if kind in ("int", "float"):
         bounds = {"minimum": param.get("min"), "maximum": param.get("max")}
         return {"type": _JSON_TYPES[kind]} | {k: v for k, v in bounds.items() if v is not None}
+    if kind == "path":  # "" would be read as ".", the server's working directory
+        return {"type": "string", "minLength": 1}
     if kind not in _JSON_TYPES:
         raise TypeError(
             f"no JSON Schema type for {kind!r} (parameter {param['name']}); "
