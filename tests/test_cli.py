@@ -202,8 +202,9 @@ def test_a_run_holds_one_dataset(
     assert code == 2 and "copy changed since the steps of" in result["error"], result
     # Nor is a model measured or queried on its run's dataset (now the copy) once that changed.
     for query in (["eval", "visual"], ["eval", "recommender"], ["search", "--pin", "1"],
-                  ["recommend", "--user", "1"]):  # fmt: skip
-        code, result, _ = cli(capsys, *query, "--run", str(run_dir))
+                  ["recommend", "--user", "1"], ["card"]):  # fmt: skip
+        where = [str(run_dir)] if query == ["card"] else ["--run", str(run_dir)]
+        code, result, _ = cli(capsys, *query, *where)
         assert code == 2 and "restore it, or train again into a new --run" in result["error"]
 
 

@@ -132,6 +132,7 @@ def _dataset(run: RunLayout, record: Mapping[str, Any]) -> Dataset | None:
     # A moved run still finds its own data/ beside run.json.
     for path in ([Path(recorded)] if isinstance(recorded, str) else []) + [run.data]:
         if (path / "dataset.json").is_file():
+            run.check_dataset(path, fix="restore it, or train again into a new --run")
             return load_dataset(path)
     return None
 

@@ -47,7 +47,7 @@ def export_onnx(
             f"run {run.root} has no trained encoder ({run.encoder}) to export; train one with "
             f"`pinlab train visual --run {run.root}`"
         )
-    ds = load_dataset(run.data_dir())
+    ds = load_dataset(run.trained_data_dir())
     images = pin_images(ds)
     rng = np.random.default_rng(seed)
     check = np.sort(rng.choice(len(images), min(CHECK_IMAGES, len(images)), replace=False))
