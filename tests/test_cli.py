@@ -208,6 +208,27 @@ def test_a_run_holds_one_dataset(
         assert code == 2 and "restore it, or train again into a new --run" in result["error"]
 
 
+def test_a_moved_run_finds_its_own_data(
+    tiny_demo: dict[str, Any], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A run moved with its data/ used to look for the old path, and advise `data synth`."""
+    from pinlab_serve import RunFiles
+
+    shutil.copytree(tiny_demo["run_dir"], tmp_path / "before")
+    record = json.loads((tmp_path / "before" / "run.json").read_text())
+    record["data_dir"] = str(tmp_path / "before" / "data")
+    (tmp_path / "before" / "run.json").write_text(json.dumps(record))
+    moved = tmp_path / "after"
+    (tmp_path / "before").rename(moved)
+    code, out, _ = cli(capsys, "search", "--run", str(moved), "--pin", "1", "-k", "2")
+    assert code == 0 and len(out["hits"]) == 2, out
+    assert RunFiles(moved).data_dir() == moved / "data"
+    # Still the data the run read: changed, it is refused like any other.
+    (moved / "data" / "truth.npz").write_bytes(b"other")
+    code, out, _ = cli(capsys, "search", "--run", str(moved), "--pin", "1")
+    assert code == 2 and "restore it, or train again into a new --run" in out["error"]
+
+
 def test_data_synth_writes_a_valid_world(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

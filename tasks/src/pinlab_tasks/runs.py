@@ -120,10 +120,11 @@ class RunLayout:
         return read_json_object(self.record, "remove it")
 
     def data_dir(self) -> Path:
+        """The dataset the run's steps read; for a run moved with its data/ inside, that."""
         data = self.read_record().get("data_dir")
         if not data:
             raise PinlabDataError(f"run {self.root} records no dataset; train into it with --data")
-        return Path(data)
+        return moved_data(Path(data), self.root)
 
     def trained_data_dir(self) -> Path:
         """`data_dir()`, refused where it changed since the run's steps read it: what measures
@@ -190,6 +191,14 @@ class RunLayout:
         marker = incomplete(self.root)
         if marker is not None and marker.get("command") == command:
             (self.root / INCOMPLETE).unlink()  # the stopped command has now run to its end
+
+
+def moved_data(recorded: Path, root: Path) -> Path:
+    """`recorded`, or the run's own data/ where the run (and its data) moved since; the
+    fingerprint checks (`check_dataset`) still say whether that is the data it read."""
+    if not recorded.exists() and (root / "data" / "dataset.json").is_file():
+        return root / "data"
+    return recorded
 
 
 def trained_seed(record: Path, retrain: str) -> int:

@@ -63,6 +63,8 @@ class RunFiles:
             raise PinlabServeError(f"{record} is not a valid run record; remake the run") from exc
         if not data:
             raise PinlabServeError(f"run {self.root} records no dataset; train into it first")
+        if not Path(data).exists() and (self.root / "data" / "dataset.json").is_file():
+            data = str(self.root / "data")  # the run moved, its data/ with it
         # Models answer in the ids of the data they were trained on: never serve them on other.
         if trained_on and Path(data).is_dir() and dataset_fingerprint(Path(data)) != trained_on:
             raise PinlabServeError(
