@@ -253,6 +253,7 @@ def test_pin_metadata_image_and_users(client: TestClient, pins: dict[str, Any]) 
     row = pins["rows"][pin]
     assert body == {
         "pin_id": pin,
+        "external_id": row["external_id"],  # None on the synthetic world: pin_id is the id
         "caption": row["caption"],
         "category": row["category"],
         "creator_id": row["creator_id"],
@@ -796,6 +797,18 @@ def test_diversify_bad_input_is_422(
     assert_error(response, 422, match)
     if "out of reach" in match:
         assert "allowed target: 0 to 0." in response.json()["error"]
+
+
+def test_pins_carry_the_id_their_source_gave_them(tmp_path: Path) -> None:
+    from pinlab_data import load_sequences
+    from pinlab_serve._catalog import Catalog
+
+    source = tmp_path / "log.txt"
+    source.write_text("ann p7 p9\nbob p9 p5\n")
+    load_sequences(source, tmp_path / "ds")
+    catalog = Catalog(tmp_path / "ds")
+    assert [catalog.pin(p).external_id for p in catalog.pin_ids.tolist()] == ["p7", "p9", "p5"]
+    assert catalog.hit(1, 0.5)["external_id"] == "p9"
 
 
 def test_a_run_whose_dataset_changed_since_training_is_not_served(tmp_path: Path) -> None:

@@ -128,6 +128,7 @@ class Catalog:
         ds = load_dataset(data_dir)
         pins = ds.pins
         self.pin_ids: Int64Array = ds.pin_ids()
+        self.external_ids: list[str | None] = pins.column("external_id").to_pylist()
         self.captions: list[str] = pins.column("caption").to_pylist()
         self.categories: list[str] = pins.column("category").to_pylist()
         self.creator_ids: list[int] = pins.column("creator_id").to_pylist()
@@ -172,6 +173,7 @@ class Catalog:
         row = self.row(pin_id)
         return {
             "pin_id": int(pin_id),
+            "external_id": self.external_ids[row],
             "caption": self.captions[row],
             "category": self.categories[row],
             "creator_id": self.creator_ids[row],

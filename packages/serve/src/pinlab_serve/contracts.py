@@ -425,6 +425,9 @@ class PinOut(BaseModel):
     """A pin's metadata as the service shows it."""
 
     pin_id: int
+    external_id: str | None = Field(
+        default=None, description="The id the loaded source gave the pin; None: pin_id is it."
+    )
     caption: str
     category: str
     creator_id: int
