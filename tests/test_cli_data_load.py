@@ -104,6 +104,16 @@ def test_recommend_names_the_source_ids_of_loaded_data(
     assert result["user_external_id"] == "bob"
     assert [(p["pin_id"], p["external_id"]) for p in result["recent"]] == [(1, "p9"), (3, "p5")]
     assert [p["external_id"] for p in result["items"]] == ["p7"]  # popular, and unseen by bob
+    numeric = tmp_path / "numeric.txt"  # the source's user 7 is pinlab's user 0
+    numeric.write_text("7 1 2 3\n8 2 3 4\n")
+    assert (
+        cli(capsys, "data", "load", "sequences", str(numeric), "--out", str(tmp_path / "n"))[0] == 0
+    )
+    args = ("train", "recommender", "--data", str(tmp_path / "n"), "--model", "popularity")
+    assert cli(capsys, *args, "--run", str(tmp_path / "nrun"))[0] == 0
+    code, result, _ = cli(capsys, "recommend", "--user", "7", "--run", str(tmp_path / "nrun"))
+    assert code == 2
+    assert result["error"].endswith("; the source's user '7' is pinlab user 0")
 
 
 def test_download_offline_says_how_to_load_a_local_copy(

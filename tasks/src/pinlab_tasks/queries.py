@@ -251,8 +251,15 @@ def recommend(run: RunLayout, user: int, k: int, model_name: str | None = None) 
     log = interaction_log(ds)
     position = np.flatnonzero(log.user_ids == user)
     if len(position) == 0:
+        # A source's id given for pinlab's: name the pinlab id it has.
+        named = ds.users.filter(pc.equal(ds.users.column("external_id"), str(user)))
+        hint = (
+            f"; the source's user '{user}' is pinlab user {named.column('user_id')[0]}"
+            if named.num_rows
+            else ""
+        )
         raise PinlabDataError(
-            f"user {user} is not in the dataset; user ids run over the users table"
+            f"user {user} is not in the dataset; user ids run over the users table{hint}"
         )
     model: Recommender = load_recommender(run.recommender(model_name))
     ranked = top_k(model, position.astype(np.int64), k, seen_csr(log))[0]
