@@ -43,7 +43,7 @@ from pinlab_eval import (
 )
 from pinlab_models import CNNEncoder, load_recommender
 from pinlab_tasks.recsys import RANKING_KS, split_for, stored_protocol
-from pinlab_tasks.runs import RunLayout, utc_now
+from pinlab_tasks.runs import DATA_CHANGED_FIX, RunLayout, utc_now
 from pinlab_tasks.visual import VISUAL_KS, pin_images, pin_labels, visual_test_rows
 
 CARDS_DIR = "cards"
@@ -132,7 +132,7 @@ def _dataset(run: RunLayout, record: Mapping[str, Any]) -> Dataset | None:
     # A moved run still finds its own data/ beside run.json.
     for path in ([Path(recorded)] if isinstance(recorded, str) else []) + [run.data]:
         if (path / "dataset.json").is_file():
-            run.check_dataset(path, fix="restore it, or train again into a new --run")
+            run.check_dataset(path, fix=DATA_CHANGED_FIX)
             return load_dataset(path)
     return None
 

@@ -191,11 +191,9 @@ def _empty_path_option(args: list[str]) -> str | None:
     which Typer would read as "." and so write into the working directory."""
     if not any(arg == "" or arg.endswith("=") for arg in args):
         return None
-    from pinlab_tasks.commands.meta import walk_commands
-
     flags = {"--runs-dir"} | {
         flag
-        for command in walk_commands(app, [])
+        for command in meta.walk_commands(app, [])
         for param in command["inputs"]
         if param["type"] == "path"
         for flag in param["flags"]

@@ -20,6 +20,9 @@ from pinlab_data import (
 from pinlab_tasks._output import log
 from pinlab_tasks.provenance import provenance
 
+DATA_CHANGED_FIX = "restore it, or train again into a new --run"
+"""What to do when a run's dataset changed since its steps read it."""
+
 INCOMPLETE = "INCOMPLETE.json"
 """Marks a directory that a stopped command had begun to change: what, when, which files."""
 
@@ -130,16 +133,19 @@ class RunLayout:
         """`data_dir()`, refused where it changed since the run's steps read it: what measures
         a model reads this, so no model is measured on data it was not split on."""
         data = self.data_dir()
-        self.check_dataset(data, fix="restore it, or train again into a new --run")
+        self.check_dataset(data, fix=DATA_CHANGED_FIX)
         return data
 
     def check_dataset(
-        self, data_dir: Path, fix: str = "a run holds one dataset, so pass a new --run for this one"
+        self,
+        data_dir: Path | None,
+        fix: str = "a run holds one dataset, so pass a new --run for this one",
     ) -> None:
         """Refuse `data_dir` where the run's steps read another dataset, or this folder before
         it changed: a run holds one dataset, so every model in it is evaluated, searched and
-        served on the data it was trained on (`data_dir()` names one dataset only)."""
-        if not self.record.is_file() or not data_dir.is_dir():
+        served on the data it was trained on (`data_dir()` names one dataset only). None (a
+        step given no dataset) passes."""
+        if data_dir is None or not self.record.is_file() or not data_dir.is_dir():
             return
         record = self.read_record()
         before, where = record.get("dataset_fingerprint"), record.get("data_dir")
@@ -173,8 +179,7 @@ class RunLayout:
             self._append_step(command, config, data_dir)
 
     def _append_step(self, command: str, config: dict[str, Any], data_dir: Path | None) -> None:
-        if data_dir is not None:
-            self.check_dataset(data_dir)
+        self.check_dataset(data_dir)
         record = self.read_record() if self.record.is_file() else _new_record()
         step: dict[str, Any] = {"command": command, "at": utc_now(), "config": config}
         if data_dir is not None:

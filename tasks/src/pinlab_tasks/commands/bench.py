@@ -142,8 +142,7 @@ def ope(
 
     resolved = settings()
     layout = RunLayout(run or new_run_dir(resolved.runs_dir, "bench-ope"))
-    if data is not None:
-        layout.check_dataset(data)  # before the work, not after it
+    layout.check_dataset(data)  # before the work, not after it
     seed_value = resolved.seed if seed is None else seed
     config = {"seeds": seeds, "rounds": rounds, "data": str(data) if data else None,
               "users": users, "items": items, "slate": slate, "peers": not no_peers,
@@ -214,8 +213,7 @@ def bandits(
 
     resolved = settings()
     layout = RunLayout(run or new_run_dir(resolved.runs_dir, "bench-bandits"))
-    if data is not None:
-        layout.check_dataset(data)  # before the work, not after it
+    layout.check_dataset(data)  # before the work, not after it
     seed_value = resolved.seed if seed is None else seed
     config = {"rounds": rounds, "seeds": seeds, "data": str(data) if data else None,
               "users": users, "items": items, "slate": slate, "click_model": click_model,

@@ -99,8 +99,7 @@ def run_(
     seed_value = resolved.seed if seed is None else seed
     policy_settings = parse_settings(set_)
     layout = RunLayout(run or new_run_dir(resolved.runs_dir, "sim"))
-    if data is not None:
-        layout.check_dataset(data)  # before the work, not after it
+    layout.check_dataset(data)  # before the work, not after it
     config = SimConfig(slate_size=slate, click_model=click_model, seed=seed_value)
     if stationary:
         config = config.stationary()
