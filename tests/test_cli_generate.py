@@ -103,6 +103,8 @@ def test_train_generate_and_evaluate_through_the_cli(
     assert steps[-1]["command"] == "train generator" and steps[-1]["config"]["seed"] == 1
     encoder_id = json.loads((run_dir / "visual" / "train.json").read_text())["model_id"]
     assert steps[-1]["config"]["aligned_to"] == encoder_id  # REPA's teacher, on the record
+    trained = json.loads((run_dir / "generator" / "train.json").read_text())
+    assert out["precision"] == trained["precision"] in {"bfloat16", "float32"}  # the probe's
 
     made = []
     for name in ("a", "b"):
@@ -138,6 +140,7 @@ def test_train_generate_and_evaluate_through_the_cli(
     record = json.loads(record_file.read_text())
     assert record["model_id"] == out["classifier_id"]
     assert record["config"] == ClassifierConfig(image_size=32).model_dump(mode="json")
+    assert record["precision"] in {"bfloat16", "float32"}
     code, again = cli(capsys, "eval", "generator", "--run", str(run_dir), "--steps", "3")
     assert code == 0 and again["classifier_id"] == out["classifier_id"]
     record_file.write_text(json.dumps({**record, "config": {**record["config"], "epochs": 1}}))
@@ -155,6 +158,8 @@ def test_bench_generative_trains_its_instruments_and_checks_the_targets(
 ) -> None:
     data, run_dir = Path(tiny_demo["run_dir"]) / "data", tmp_path / "bench"
     bench = ["bench", "generative", "--data", str(data), "--run", str(run_dir), "--seed", "3"]
+    # float32: where bfloat16 times about as fast, the probe may choose either, run to run.
+    bench += ["--set", "mixed_precision=false"]
     threads = torch.get_num_threads()
     # By default on 2 threads, a worker per seed on one thread each.
     code, out = cli(capsys, "--threads", "2", *bench, "--seeds", "2", "--epochs", "1", *TINY_UNET)

@@ -12,6 +12,7 @@ from pinlab_models import (
     ClassifierConfig,
     PinlabModelError,
     TrainContext,
+    _classifier,
     load_classifier,
     train_classifier,
 )
@@ -80,17 +81,24 @@ def test_a_checkpoint_of_another_layout_is_refused_in_one_line(tmp_path: Path) -
         load_classifier(path)
 
 
-def test_mixed_precision_reaches_training_only_where_bfloat16_is_fast(tmp_path: Path) -> None:
+def test_mixed_precision_trains_in_bfloat16_only_where_the_probe_says_it_pays(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     images, targets = _world()
     labels = {"half": ["top", "bottom"], "colour": ["red", "blue"]}
 
-    def fit(mixed: bool) -> dict[str, torch.Tensor]:
+    def fit(mixed: bool, pays: bool) -> dict[str, torch.Tensor]:
+        monkeypatch.setattr(_classifier, "bfloat16_pays", lambda net, loss, device: pays)
         config = SMALL.model_copy(update={"mixed_precision": mixed})
-        ctx = TrainContext(run_dir=tmp_path / str(mixed), seed=0, progress=False)
+        ctx = TrainContext(run_dir=tmp_path / f"{mixed}-{pays}", seed=0, progress=False)
         model, _ = train_classifier(images, targets, labels, config, ctx)
+        assert model.train_bfloat16 == (mixed and pays)
         assert (model.predict(images)["colour"] == targets["colour"]).all()  # both learn
         return model.net.state_dict()
 
-    bfloat16, float32 = fit(True), fit(False)
+    float32 = fit(False, True)
+    # Where bfloat16 does not pay, mixed precision trains the float32 net to the last bit.
+    assert all(torch.equal(v, float32[k]) for k, v in fit(True, False).items())
+    bfloat16 = fit(True, True)
     same = all(torch.equal(bfloat16[k], float32[k]) for k in float32)
     assert same != torch.ops.mkldnn._is_mkldnn_bf16_supported()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -26,12 +27,7 @@ from pinlab_models import (
     validation_loss,
 )
 from pinlab_models._cnn_encoder import ConvNet, to_input
-from pinlab_models._generator import (
-    FeatureAlignment,
-    GeneratorNet,
-    denoising_loss,
-    training_autocast,
-)
+from pinlab_models._generator import FeatureAlignment, GeneratorNet, denoising_loss
 
 TINY = GeneratorConfig(
     image_size=16, patch=2, widths=(16, 32), heads=2, text_tokens=8, epochs=3, batch_size=16
@@ -226,17 +222,29 @@ def test_flow_loss_is_the_velocity_error_at_logit_normal_times(
     assert abs(float(loss) - expected) < 0.05
 
 
-def test_mixed_precision_autocasts_only_where_bfloat16_is_fast() -> None:
-    config = GeneratorConfig()
-    with training_autocast(config.model_copy(update={"mixed_precision": False}), "cpu"):
-        assert not torch.is_autocast_enabled("cpu")
-    fast = torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    with training_autocast(config, "cpu"):
-        assert torch.is_autocast_enabled("cpu") == fast
-        if fast:
-            assert torch.get_autocast_dtype("cpu") == torch.bfloat16
-            assert (torch.ones(2, 3) @ torch.ones(3, 2)).dtype == torch.bfloat16
-    assert not torch.is_autocast_enabled("cpu")
+@pytest.mark.parametrize("pays", [True, False])
+def test_training_and_validation_run_in_the_precision_the_probe_chose(
+    world: tuple[np.ndarray, list[str], np.ndarray, list[str]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    pays: bool,
+) -> None:
+    monkeypatch.setattr(generator_module, "bfloat16_pays", lambda net, loss, device: pays)
+    autocast: set[bool] = set()
+    forward = GeneratorNet.forward
+
+    def watched(self: GeneratorNet, *args: Any) -> torch.Tensor:
+        autocast.add(torch.is_autocast_enabled("cpu"))
+        return forward(self, *args)
+
+    monkeypatch.setattr(GeneratorNet, "forward", watched)
+    model, _ = train_tiny(world, TINY, tmp_path)
+    assert model.train_bfloat16 == pays
+    bfloat16 = pays and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert autocast == {bfloat16}  # every training step and every validation
+    autocast.clear()
+    model.generate(["a plain warm circle"], steps=2, seed=0)
+    assert autocast == {False}  # sampling stays float32
 
 
 def test_float32_training_still_learns(

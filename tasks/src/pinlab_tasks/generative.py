@@ -183,12 +183,18 @@ def train_generator_run(
         "train_pins": len(train_rows),
         "aligned_to": aligned_to,
         "guide_epoch": None if model.guide is None else config.guide_epoch,
+        "precision": precision(model),
         "categories": names,
         "config": config.model_dump(),
         **report.model_dump(),
     }
     write_json_atomic(directory / "train.json", result)
     return result
+
+
+def precision(model: TextToImage | ImageClassifier) -> str:
+    """What a trainer chose to train in (`mixed_precision` asks for bfloat16 where it pays)."""
+    return "bfloat16" if model.train_bfloat16 else "float32"
 
 
 def require_generator(run: RunLayout) -> None:
@@ -313,7 +319,10 @@ def _classifier(
         validate if len(split.valid) else None,
     )  # fmt: skip
     model_id = model.save(run.classifier)
-    write_json_atomic(record, {"model_id": model_id, **key, **report.model_dump()})
+    write_json_atomic(
+        record,
+        {"model_id": model_id, **key, "precision": precision(model), **report.model_dump()},
+    )
     return model, truth
 
 

@@ -19,6 +19,7 @@ from pinlab_data.contracts import ImageArray, Int64Array
 from pinlab_models._align import _geometric_view
 from pinlab_models._cnn_encoder import ConvNet, input_chunks, to_input
 from pinlab_models._runtime import (
+    bfloat16_pays,
     file_digest,
     image_batches,
     load_checkpoint,
@@ -63,6 +64,7 @@ class ImageClassifier:
         self.device = device
         self.net = _Heads(config.widths, {k: len(v) for k, v in self.labels.items()}).to(device)
         self.model_id = "untrained"
+        self.train_bfloat16 = False  # what training ran in (`bfloat16_pays`)
 
     @torch.no_grad()
     def predict(self, images: ImageArray, batch_size: int = 512) -> dict[str, Int64Array]:
@@ -133,6 +135,13 @@ def train_classifier(
     batch_size = min(config.batch_size, len(images))
     steps_per_epoch = max(1, len(images) // batch_size)
     optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    first = to_input(torch.from_numpy(images[:batch_size]).to(ctx.device))
+
+    def first_batch_loss(probe: _Heads) -> torch.Tensor:
+        return torch.stack([v.float().mean() for v in probe(first).values()]).sum()
+
+    bfloat16 = config.mixed_precision and bfloat16_pays(net, first_batch_loss, ctx.device)
+    model.train_bfloat16 = bfloat16
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=config.lr, total_steps=steps_per_epoch * config.epochs, pct_start=0.15
     )
@@ -141,7 +150,7 @@ def train_classifier(
         net.train()
         total = 0.0
         for idx, batch in image_batches(images, batch_size, gen):
-            with training_precision(config.mixed_precision, ctx.device):
+            with training_precision(bfloat16, ctx.device):
                 logits = net(_geometric_view(to_input(batch.to(ctx.device)), gen))
             loss = sum(
                 (F.cross_entropy(logits[k].float(), y[k][idx].to(ctx.device)) for k in logits),

@@ -22,7 +22,6 @@ commands that never generate never pay for it.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import math
@@ -39,6 +38,7 @@ from torch import nn
 from pinlab_data.contracts import ImageArray, Int64Array
 from pinlab_models._cnn_encoder import input_chunks, to_input
 from pinlab_models._runtime import (
+    bfloat16_pays,
     file_digest,
     image_batches,
     load_checkpoint,
@@ -239,6 +239,8 @@ class TextToImage:
         self.device = device
         self._text = text_encoder
         self.model_id = "unsaved"
+        # What training ran in (`bfloat16_pays`); validation's loss is computed in it too.
+        self.train_bfloat16 = False
 
     @property
     def text_encoder(self) -> TextEncoder:
@@ -523,14 +525,6 @@ def denoising_loss(
     return (error * weight).mean()
 
 
-def training_autocast(
-    config: GeneratorConfig, device: str
-) -> contextlib.AbstractContextManager[Any]:
-    """bfloat16 autocast for training steps and validation where it is fast (1.4x images/s
-    on this project's 2-core AVX512-BF16 machine, a one-off timing), else nothing."""
-    return training_precision(config.mixed_precision, device)
-
-
 def train_generator(
     images: ImageArray,
     captions: Sequence[str],
@@ -586,8 +580,16 @@ def train_generator(
         # PyTorch's CPU flash-attention backward is slow on 16-token attention: plain matmul
         # attention trained 1.15x faster on this project's 2-core machine (a one-off timing).
         net.unet.set_attn_processor(AttnProcessor())
+    first = torch.arange(min(config.batch_size, len(images)), device=ctx.device)
+
+    def first_batch_loss(probe: GeneratorNet) -> torch.Tensor:
+        x = to_input(torch.from_numpy(images[: len(first)]).to(ctx.device))
+        return denoising_loss(probe, config, x, all_cond.take(first), torch.Generator())
+
+    bfloat16 = config.mixed_precision and bfloat16_pays(net, first_batch_loss, ctx.device)
     ema_net = copy.deepcopy(net)
     model = TextToImage(ema_net, config, category_names, ctx.device, text)
+    model.train_bfloat16 = bfloat16
     # Built after the copy, so only the trained net (not its average) keeps features.
     align = (
         FeatureAlignment(net, teacher, size).to(ctx.device)
@@ -596,7 +598,7 @@ def train_generator(
     )
     targets = mirrored_targets = None
     if align is not None:
-        with training_autocast(config, ctx.device):
+        with training_precision(bfloat16, ctx.device):
             targets = align.targets(images, ctx.device)
             if config.hflip:
                 mirrored = np.ascontiguousarray(images[:, :, ::-1])
@@ -638,7 +640,7 @@ def train_generator(
                 x = torch.where(mirror, x.flip(-1), x)
                 if goal is not None and mirrored_targets is not None:
                     goal = torch.where(mirror, mirrored_targets[rows], goal)
-            with training_autocast(config, ctx.device):
+            with training_precision(bfloat16, ctx.device):
                 loss = denoising_loss(net, config, x, cond, gen)
                 objective = (
                     loss
@@ -676,13 +678,13 @@ def validation_loss(
 ) -> float:
     """The denoising loss of `model` on held-out images under `cond` (theirs), at timesteps and
     noise fixed by `seed`, so epochs compare on the same draws; in the precision training
-    steps run in (`training_autocast`)."""
+    steps ran in (`model.train_bfloat16`)."""
     net = model.net
     was_training = net.training
     net.eval()
     gen = torch.Generator().manual_seed(seed)
     total = 0.0
-    with torch.no_grad(), training_autocast(model.config, model.device):
+    with torch.no_grad(), training_precision(model.train_bfloat16, model.device):
         for start, chunk in input_chunks(images, 256, model.device):
             rows = torch.arange(start, start + len(chunk), device=model.device)
             loss = denoising_loss(

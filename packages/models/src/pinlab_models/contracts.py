@@ -535,8 +535,9 @@ class GeneratorConfig(BaseModel):
     )
     mixed_precision: bool = Field(
         default=True,
-        description="Train under bfloat16 autocast where the device has fast bfloat16 (CUDA, or "
-        "a CPU with AVX512-BF16 or AMX); float32 elsewhere. Sampling stays float32.",
+        description="Train under bfloat16 autocast where it pays: on CUDA, or on a CPU with "
+        "bfloat16 kernels where a first training step times at least 1.1x faster in it; float32 "
+        "elsewhere (train.json's `precision` says which). Sampling stays float32.",
     )
 
     @model_validator(mode="after")
@@ -577,9 +578,9 @@ class ClassifierConfig(BaseModel):
     lr: PositiveFloat = 4e-3
     weight_decay: float = Field(default=5e-4, ge=0)
     patience: PositiveInt = 100
-    # bfloat16 autocast in training where it is fast (CUDA; a CPU with AVX512-BF16 or AMX): at
-    # batch 64, 126 against 159 s in float32 on 2 cores, validation accuracy the same (category
-    # 0.954, palette 0.997 both; one run each).
+    # bfloat16 autocast in training where it pays (CUDA; a CPU where a step times faster in it,
+    # `bfloat16_pays`): on an AMD EPYC with AVX512-BF16 at batch 64, 126 against 159 s in
+    # float32 on 2 cores, validation accuracy the same (category 0.954, palette 0.997 both).
     mixed_precision: bool = True
 
 
