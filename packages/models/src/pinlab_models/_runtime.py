@@ -88,7 +88,9 @@ def bfloat16_pays(net: Net, loss: Callable[[Net], torch.Tensor], device: str) ->
     copy of `net` and its backward, times at least `BFLOAT16_GAIN` x faster in it than in
     float32 at this thread count (best of three each, alternating). The CPU flags do not tell:
     the generator trained 1.4x faster in bfloat16 on an AMD EPYC with AVX512-BF16, and 1.5x
-    slower on an Intel Xeon with AVX512-BF16 whose AMX its hypervisor hides."""
+    slower on an Intel Xeon with AVX512-BF16 whose AMX its hypervisor hides. Steps are timed
+    in the process's CPU time, which other processes sharing the cores (the bench's workers)
+    do not inflate as they do the clock's."""
     if device.startswith("cuda"):
         return True
     if device != "cpu" or not torch.ops.mkldnn._is_mkldnn_bf16_supported():
@@ -96,11 +98,11 @@ def bfloat16_pays(net: Net, loss: Callable[[Net], torch.Tensor], device: str) ->
     probe = copy.deepcopy(net)  # its gradients and batch statistics are thrown away
 
     def seconds(bfloat16: bool) -> float:
-        start = time.perf_counter()
+        start = time.process_time()
         with training_precision(bfloat16, device):
             value = loss(probe)
         torch.autograd.backward(value)
-        return time.perf_counter() - start
+        return time.process_time() - start
 
     best = {False: math.inf, True: math.inf}
     for bfloat16 in (False, True) * 3:
