@@ -114,6 +114,7 @@ def test_recommend_for_a_session_history(
         (["--history", ","], "the history is empty"),
         (["--history", "987654321"], "none of the 1 pin ids"),
         (["--user", "3", "--history", "1"], "exactly one of --user"),
+        (["--external-user", "3"], "its users have no source ids (a synthetic world)"),
         (["--history", "1", "--model", "mf"], "does not read a history"),
     ):
         code, out, _ = cli(capsys, "recommend", "--run", str(run_dir), *args)

@@ -104,6 +104,14 @@ def test_recommend_names_the_source_ids_of_loaded_data(
     assert result["user_external_id"] == "bob"
     assert [(p["pin_id"], p["external_id"]) for p in result["recent"]] == [(1, "p9"), (3, "p5")]
     assert [p["external_id"] for p in result["items"]] == ["p7"]  # popular, and unseen by bob
+    code, named, _ = cli(capsys, "recommend", "--external-user", "bob", "-k", "1", *run)
+    assert code == 0 and named == result  # the source's id names the same user
+    for given, message in (
+        (["--external-user", "zed"], "no user has the source's id 'zed'; the source's ids are"),
+        (["--external-user", "bob", "--user", "1"], "exactly one of --user ID, --external-user"),
+    ):
+        code, out, _ = cli(capsys, "recommend", *given, *run)
+        assert code == 2 and message in out["error"], (given, out)
     numeric = tmp_path / "numeric.txt"  # the source's user 7 is pinlab's user 0
     numeric.write_text("7 1 2 3\n8 2 3 4\n")
     assert (
@@ -113,7 +121,13 @@ def test_recommend_names_the_source_ids_of_loaded_data(
     assert cli(capsys, *args, "--run", str(tmp_path / "nrun"))[0] == 0
     code, result, _ = cli(capsys, "recommend", "--user", "7", "--run", str(tmp_path / "nrun"))
     assert code == 2
-    assert result["error"].endswith("; the source's user '7' is pinlab user 0")
+    assert result["error"].endswith(
+        "; the source's user '7' is pinlab user 0 (or pass --external-user 7)"
+    )
+    code, result, _ = cli(
+        capsys, "recommend", "--external-user", "7", "--run", str(tmp_path / "nrun")
+    )
+    assert code == 0 and (result["user"], result["user_external_id"]) == (0, "7")
 
 
 def test_download_offline_says_how_to_load_a_local_copy(

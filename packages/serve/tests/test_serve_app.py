@@ -265,7 +265,9 @@ def test_pin_metadata_image_and_users(client: TestClient, pins: dict[str, Any]) 
     decoded = np.asarray(Image.open(io.BytesIO(image.content)))
     np.testing.assert_array_equal(decoded, pins["ds"].images[row["image_row"]])
     users = client.get("/v1/users", params={"limit": 5, "offset": 1}).json()
-    assert users == {"user_ids": pins["ds"].user_ids()[1:6].tolist(), "total": 40}
+    # external_ids: null on the synthetic world, whose user ids are pinlab's.
+    ids = pins["ds"].user_ids()[1:6].tolist()
+    assert users == {"user_ids": ids, "external_ids": [None] * 5, "total": 40}
 
 
 @pytest.mark.parametrize(
@@ -292,6 +294,8 @@ def test_pin_metadata_image_and_users(client: TestClient, pins: dict[str, Any]) 
         ("/v1/search/text?q=" + "a" * 501, 422, "query.q"),
         ("/v1/search/text?q=%ff%fe", 200, ""),
         ("/v1/users?limit=0", 422, "query.limit"),
+        ("/v1/users?external_id=", 422, "query.external_id"),
+        ("/v1/users?external_id=ann", 404, "no user has the source's id 'ann'"),
         ("/v1/nowhere", 404, "Not Found"),
         ("/v1/pins/..%2F..%2Frun.json/image", 404, "Not Found"),
         ("/static/../run.json", 404, "Not Found"),
@@ -809,6 +813,27 @@ def test_pins_carry_the_id_their_source_gave_them(tmp_path: Path) -> None:
     catalog = Catalog(tmp_path / "ds")
     assert [catalog.pin(p).external_id for p in catalog.pin_ids.tolist()] == ["p7", "p9", "p5"]
     assert catalog.hit(1, 0.5)["external_id"] == "p9"
+    assert catalog.log.user_ids.tolist() == [0, 1]
+    assert catalog.user_external_ids == ["ann", "bob"]
+    assert catalog.user_by_external == {"ann": 0, "bob": 1}
+
+
+def test_a_user_is_found_and_answered_by_the_source_id(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    catalog = client.app.state.service.catalog  # type: ignore[attr-defined]
+    user = int(catalog.log.user_ids[3])
+    # The synthetic world has no source ids: give user 3 one, as a loaded source would.
+    named = [*catalog.user_external_ids]
+    named[3] = "u-77"
+    monkeypatch.setattr(catalog, "user_external_ids", named)
+    monkeypatch.setattr(catalog, "user_by_external", {"u-77": user})
+    found = client.get("/v1/users", params={"external_id": "u-77"}).json()
+    assert found == {"user_ids": [user], "external_ids": ["u-77"], "total": 1}
+    body = client.get(f"/v1/users/{user}/recommendations", params={"k": 3}).json()
+    assert (body["user_id"], body["user_external_id"]) == (user, "u-77")
+    other = client.get(f"/v1/users/{int(catalog.log.user_ids[4])}/recommendations").json()
+    assert other["user_external_id"] is None
 
 
 def test_a_run_whose_dataset_changed_since_training_is_not_served(tmp_path: Path) -> None:

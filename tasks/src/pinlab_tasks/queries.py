@@ -234,9 +234,18 @@ def _search_text(run: RunLayout, text: str, k: int, runtime: Runtime) -> dict[st
     }
 
 
-def recommend(run: RunLayout, user: int, k: int, model_name: str | None = None) -> dict[str, Any]:
-    """Top-k pins for a user, excluding every pin they already engaged with."""
+def recommend(
+    run: RunLayout,
+    user: int | None,
+    k: int,
+    model_name: str | None = None,
+    external_user: str | None = None,
+) -> dict[str, Any]:
+    """Top-k pins for a user, excluding every pin they already engaged with; the user is
+    pinlab's `user` id or, with `external_user`, the loaded source's id of them."""
     _check_k(k)
+    if (user is None) == (external_user is None):
+        raise PinlabDataError("give exactly one of user (pinlab's id) or external_user")
     names = run.trained_recommenders()
     if not names:
         raise PinlabDataError(f"run {run.root} has no trained recommender")
@@ -248,13 +257,16 @@ def recommend(run: RunLayout, user: int, k: int, model_name: str | None = None) 
             f"no trained {model_name!r} in {run.root}; trained: {', '.join(names)}"
         )
     ds = load_dataset(run.trained_data_dir())
+    if external_user is not None:
+        user = _user_by_external_id(ds, external_user)
     log = interaction_log(ds)
     position = np.flatnonzero(log.user_ids == user)
     if len(position) == 0:
         # A source's id given for pinlab's: name the pinlab id it has.
         named = ds.users.filter(pc.equal(ds.users.column("external_id"), str(user)))
         hint = (
-            f"; the source's user '{user}' is pinlab user {named.column('user_id')[0]}"
+            f"; the source's user '{user}' is pinlab user {named.column('user_id')[0]} "
+            f"(or pass --external-user {user})"
             if named.num_rows
             else ""
         )
@@ -273,6 +285,19 @@ def recommend(run: RunLayout, user: int, k: int, model_name: str | None = None) 
         "recent": _pin_rows(ds, [int(p) for p in history]),
         "items": _pin_rows(ds, pin_ids),
     }
+
+
+def _user_by_external_id(ds: Dataset, external: str) -> int:
+    named = ds.users.filter(pc.equal(ds.users.column("external_id"), external))
+    if not named.num_rows:
+        loaded = pc.count(ds.users.column("external_id")).as_py()  # nulls are not counted
+        where = (
+            "its users have no source ids (a synthetic world): use --user with pinlab's id"
+            if not loaded
+            else f"the source's ids are the users table's external_id ({loaded} users)"
+        )
+        raise PinlabDataError(f"no user has the source's id {external!r}; {where}")
+    return int(named.column("user_id")[0].as_py())
 
 
 def recommend_session(

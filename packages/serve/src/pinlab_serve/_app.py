@@ -545,11 +545,27 @@ def create_app(run_dir: Path, settings: ServeSettings | None = None) -> FastAPI:
     async def users(
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         offset: Annotated[int, Query(ge=0)] = 0,
+        external_id: Annotated[
+            str | None,
+            Query(min_length=1, max_length=200, description="Only the user with this source id."),
+        ] = None,
     ) -> UsersResponse:
-        """User ids, for the web page's user picker."""
-        ids = ready().catalog.log.user_ids
+        """User ids and their loaded source's ids, for the web page's user picker; with
+        `external_id`, the pinlab id of the user the source calls that (404 if none)."""
+        catalog = ready().catalog
+        if external_id is not None:
+            user = catalog.user_by_external.get(external_id)
+            if user is None:
+                raise PinNotFoundError(
+                    f"no user has the source's id {external_id!r}; GET /v1/users lists each "
+                    "user's external_id"
+                )
+            return UsersResponse(user_ids=[user], external_ids=[external_id], total=1)
+        window = slice(offset, offset + limit)
         return UsersResponse(
-            user_ids=[int(u) for u in ids[offset : offset + limit]], total=len(ids)
+            user_ids=[int(u) for u in catalog.log.user_ids[window]],
+            external_ids=catalog.user_external_ids[window],
+            total=len(catalog.log.user_ids),
         )
 
     @app.get("/v1/pins/{pin_id}", response_model=PinOut)

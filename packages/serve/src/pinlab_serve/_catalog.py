@@ -148,6 +148,14 @@ class Catalog:
         self.user_position: dict[int, int] = {
             int(u): i for i, u in enumerate(self.log.user_ids.tolist())
         }
+        users = ds.users.select(["user_id", "external_id"]).to_pydict()
+        external = dict(zip(users["user_id"], users["external_id"], strict=True))
+        # In the log's user order, as GET /v1/users lists them.
+        user_ids = [int(u) for u in self.log.user_ids.tolist()]
+        self.user_external_ids: list[str | None] = [external.get(u) for u in user_ids]
+        self.user_by_external: dict[str, int] = {
+            e: u for u, e in zip(user_ids, self.user_external_ids, strict=True) if e is not None
+        }
 
     def __len__(self) -> int:
         return len(self.pin_ids)

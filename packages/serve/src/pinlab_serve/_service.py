@@ -572,6 +572,7 @@ class PinService:
             hits = self._candidates(scores, seen, k, category, exclude, div)
         return RecommendationResponse(
             user_id=user_id,
+            user_external_id=catalog.user_external_ids[position],
             model=self.recommender_name,
             seen_excluded=len(seen),
             **self._ranked(self.state, hits, k, div, self._categories(seen, div)),

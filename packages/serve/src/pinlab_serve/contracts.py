@@ -462,6 +462,10 @@ class SearchResponse(BaseModel):
 
 class RecommendationResponse(BaseModel):
     user_id: int
+    user_external_id: str | None = Field(
+        default=None,
+        description="The user's id in the loaded source (null on the synthetic world).",
+    )
     model: str = Field(description="Recommender that scored (the run's best by ndcg@10).")
     diversity: float = Field(description="The re-ranking trade-off applied (0: none).")
     diversify: DiversifyMethod | None = Field(
@@ -502,6 +506,11 @@ class SessionResponse(BaseModel):
 
 class UsersResponse(BaseModel):
     user_ids: list[int]
+    external_ids: list[str | None] = Field(
+        default_factory=list,
+        description="Each user's id in the loaded source, in the order of user_ids (null on the "
+        "synthetic world).",
+    )
     total: int
 
 

@@ -49,7 +49,20 @@ def recommend(
     run: RunOpt,
     user: Annotated[
         int | None,
-        typer.Option("--user", min=0, max=MAX_ID, help="User id (one of --user or --history)."),
+        typer.Option(
+            "--user",
+            min=0,
+            max=MAX_ID,
+            help="pinlab's user id (one of --user, --external-user or --history).",
+        ),
+    ] = None,
+    external_user: Annotated[
+        str | None,
+        typer.Option(
+            "--external-user",
+            help="The user's id in the loaded source (the users table's external_id, e.g. "
+            "MovieLens's user id), instead of pinlab's.",
+        ),
     ] = None,
     history: Annotated[
         str | None,
@@ -74,8 +87,10 @@ def recommend(
     ease, dlae, itemknn, rp3beta) answers; a history longer than its window keeps its most
     recent pins, and the result says so.
     """
-    if (user is None) == (history is None):
-        raise PinlabDataError("give exactly one of --user ID or --history ID,ID,...")
+    if sum(given is not None for given in (user, external_user, history)) != 1:
+        raise PinlabDataError(
+            "give exactly one of --user ID, --external-user ID or --history ID,ID,..."
+        )
     if history is not None:
         result = queries.recommend_session(RunLayout(run), _ids(history), k, model)
         for warning in result["warnings"]:
@@ -83,12 +98,11 @@ def recommend(
         title = f"for a session of {result['history_used']} pins by {result['model']}"
         emit(result, as_json, lambda: _table(title, result["items"], []))
         return
-    assert user is not None
-    result = queries.recommend(RunLayout(run), user, k, model)
+    result = queries.recommend(RunLayout(run), user, k, model, external_user)
     emit(
         result,
         as_json,
-        lambda: _table(f"for user {user} by {result['model']}", result["items"], []),
+        lambda: _table(f"for user {result['user']} by {result['model']}", result["items"], []),
     )
 
 
