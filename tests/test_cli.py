@@ -343,20 +343,37 @@ def test_benches_refuse_a_missing_input_before_any_work(
 
 
 @pytest.mark.parametrize(
-    "args",
-    [["embed", "--run="], ["train", "visual", "--data", "D", "--run", ""], ["--runs-dir=", "demo"]],
+    ("args", "empty"),
+    [
+        (["embed", "--run="], "--run"),
+        (["train", "visual", "--data", "D", "--run", ""], "--run"),
+        (["--runs-dir=", "demo"], "--runs-dir"),
+        (["data", "validate", ""], "the PATH argument"),
+        (["--threads", "1", "data", "dedupe", "", "--max-distance", "3"], "the PATH argument"),
+        (["data", "load", "sequences", "", "--out", "D"], "the SOURCE argument"),
+        (["report", "", "--out", "r.html"], "the PATH argument"),
+        (["card", ""], "the RUN argument"),
+    ],
 )
-def test_an_empty_path_option_is_refused_not_read_as_this_folder(
+def test_an_empty_path_is_refused_not_read_as_this_folder(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
     args: list[str],
+    empty: str,
 ) -> None:
     monkeypatch.chdir(tmp_path)
     code, out, _ = cli(capsys, *args)
-    flag = next(a.partition("=")[0] for a in args if a.startswith("--r"))
-    assert (code, out["error"]) == (2, f"{flag} is empty; pass a path ('.' for this folder)")
+    assert (code, out["error"]) == (2, f"{empty} is empty; pass a path ('.' for this folder)")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_empty_text_is_not_taken_for_an_empty_path(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = cli(capsys, "search", "--run", "R", "--text", "")
+    assert code == 2 and "is empty; pass a path" not in out["error"], out
 
 
 def test_bench_recsys_refuses_a_cut_off_it_does_not_measure_before_training(

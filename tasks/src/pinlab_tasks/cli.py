@@ -145,7 +145,7 @@ def run(argv: list[str] | None = None) -> int:
     use_invocation(args)
     debug = "--debug" in args or os.environ.get("PINLAB_DEBUG") == "1"
     as_json = "--json" in args
-    empty = _empty_path_option(args)
+    empty = _empty_path(args)
     if empty is not None:
         return _fail(f"{empty} is empty; pass a path ('.' for this folder)", 2, as_json)
     try:
@@ -186,24 +186,37 @@ def run(argv: list[str] | None = None) -> int:
         )
 
 
-def _empty_path_option(args: list[str]) -> str | None:
-    """The first path option given as "" (`--run ""`, `--out=`, an unset shell variable),
-    which Typer would read as "." and so write into the working directory."""
+def _empty_path(args: list[str]) -> str | None:
+    """The first path given as "" (`--run ""`, `--out=`, `data validate ""`, an unset shell
+    variable), which Typer would read as "." and so read or write the working directory: its
+    flag, or the argument's name."""
     if not any(arg == "" or arg.endswith("=") for arg in args):
         return None
-    flags = {"--runs-dir"} | {
-        flag
-        for command in meta.walk_commands(app, [])
-        for param in command["inputs"]
-        if param["type"] == "path"
-        for flag in param["flags"]
-        if flag.startswith("--")
+    commands = list(meta.walk_commands(app, []))
+    inputs = [*meta.global_options(app), *(p for c in commands for p in c["inputs"])]
+    paths = {flag for p in inputs if "path" in p["type"] for flag in p["flags"]}
+    takes_value = {flag for p in inputs if p["type"] != "flag" for flag in p["flags"]}
+    path_argument = {  # a command's words (data validate) to its positional path's name
+        tuple(c["command"].split()[1:]): p["name"]
+        for c in commands
+        for p in c["inputs"]
+        if not p["flags"] and "path" in p["type"]
     }
+    words: list[str] = []  # the command's words and arguments so far
     for at, arg in enumerate(args):
         flag, equals, value = arg.partition("=")
-        given = value if equals else (args[at + 1] if at + 1 < len(args) else None)
-        if flag in flags and given == "":
+        if flag in paths and equals and not value:
             return flag
+        if at and args[at - 1] in takes_value:  # an option's value
+            if arg == "" and args[at - 1] in paths:
+                return args[at - 1]
+        elif arg == "":
+            # Commands are leaves, so at most one prefix of the words names one.
+            for n in range(len(words), 0, -1):
+                if (name := path_argument.get(tuple(words[:n]))) is not None:
+                    return f"the {name.upper()} argument"
+        elif not arg.startswith("-"):
+            words.append(arg)
     return None
 
 

@@ -29,12 +29,11 @@ def register(app: typer.Typer) -> None:
     def describe(as_json: JsonFlag = False) -> None:
         """Every command with its options, inputs and outputs, as JSON for agents."""
         commands = sorted(walk_commands(app, []), key=lambda c: c["command"])
-        root = app.registered_callback
         payload = {
             "tool": "pinlab",
             "json_flag": "--json prints exactly one JSON document on stdout; logs go to stderr",
             "exit_codes": EXIT_CODES,
-            "global_options": _params(root.callback) if root and root.callback else [],
+            "global_options": global_options(app),
             "progress": progress_description(),
             "commands": commands,
         }
@@ -51,6 +50,12 @@ def register(app: typer.Typer) -> None:
 
     app.command("describe")(describe)
     app.command("doctor")(doctor)
+
+
+def global_options(app: typer.Typer) -> list[dict[str, Any]]:
+    """The options that come before a command (`pinlab --threads 2 ...`)."""
+    root = app.registered_callback
+    return _params(root.callback) if root and root.callback else []
 
 
 def walk_commands(app: typer.Typer, path: list[str]) -> Iterator[dict[str, Any]]:
