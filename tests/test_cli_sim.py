@@ -188,3 +188,24 @@ def test_a_policy_without_propensities_cannot_log(
         ["sim", "run", "--policy", "neural-linear", *TINY, "--run", str(tmp_path)], capsys
     )
     assert code == 2 and "--no-log" in payload["error"]
+
+
+@pytest.mark.parametrize(
+    ("command", "size", "message"),
+    [
+        (["sim", "run", "--policy", "greedy"], ["--items", "10"], "--items 10 does not fit"),
+        (["sim", "run", "--policy", "greedy"], ["--users", "3"], "--users 3 does not fit"),
+        (["bench", "ope"], ["--users", "600000"], "--users 600000 does not fit"),
+    ],
+)
+def test_a_synthetic_world_out_of_range_is_named_by_its_option(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    command: list[str],
+    size: list[str],
+    message: str,
+) -> None:
+    """It used to name SynthConfig's field (num_pins) the user never typed."""
+    code, payload = _cli([*command, *size, "--rounds", "10", "--run", str(tmp_path)], capsys)
+    assert code == 2 and payload["error"].startswith(message), payload
+    assert payload["error"].endswith("; change it, or pass --data DIR")

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from pinlab_data import (
     BanditFeedback,
@@ -139,13 +140,21 @@ def _fitted_scores(name: str, log: InteractionLog, run_dir: Path, seed: int) -> 
 
 def synthetic_world_dir(root: Path, users: int, items: int, seed: int) -> Path:
     """A small synthetic world written once under `root` (reused when already there)."""
-    config = SynthConfig(
-        num_pins=items,
-        num_users=users,
-        num_creators=max(2, items // 4),
-        image_size=16,
-        seed=seed,
-    )
+    try:
+        config = SynthConfig(
+            num_pins=items,
+            num_users=users,
+            num_creators=max(2, items // 4),
+            image_size=16,
+            seed=seed,
+        )
+    except ValidationError as exc:  # in the options' words, not SynthConfig's
+        first = exc.errors()[0]
+        flag = {"num_pins": "--items", "num_users": "--users"}.get(str(first["loc"][0]), "")
+        raise PinlabDataError(
+            f"{flag} {first['input']} does not fit a synthetic world: {first['msg']}; change it, "
+            "or pass --data DIR"
+        ) from None
     path = root / f"synth-{users}u-{items}p-seed{seed}"
     if not (path / "dataset.json").is_file():
         write_synth(path, config)
