@@ -209,3 +209,23 @@ def test_a_synthetic_world_out_of_range_is_named_by_its_option(
     code, payload = _cli([*command, *size, "--rounds", "10", "--run", str(tmp_path)], capsys)
     assert code == 2 and payload["error"].startswith(message), payload
     assert payload["error"].endswith("; change it, or pass --data DIR")
+
+
+def test_eval_ope_out_replaces_an_earlier_result_and_no_other_file(
+    logged: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--out LOGS/feedback.json` once replaced the logs' manifest with the result."""
+    logs = tmp_path / "logs"
+    shutil.copytree(logged / "logs", logs)
+    ope = ["eval", "ope", "--logs", str(logs), "--policy", "greedy", "--out"]
+    for kept in (logs / "feedback.json", logged / "run.json"):
+        before = kept.read_bytes()
+        code, payload = _cli([*ope, str(kept)], capsys)
+        assert code == 2 and "is not an earlier eval ope result" in payload["error"], payload
+        assert kept.read_bytes() == before
+    code, payload = _cli([*ope, str(tmp_path)], capsys)
+    assert code == 2 and "is a directory" in payload["error"]  # was an exit 1 on the rename
+    result = tmp_path / "ope.json"
+    for _ in range(2):  # the second replaces the first
+        code, payload = _cli([*ope, str(result)], capsys)
+        assert code == 0 and json.loads(result.read_text()) == payload

@@ -411,6 +411,23 @@ def test_out_must_not_be_a_directory(tmp_path: Path) -> None:
     assert detect_kind(root) == "bench recsys"
 
 
+def test_out_replaces_an_earlier_report_and_no_other_file(tmp_path: Path) -> None:
+    """`--out RUN/run.json` once replaced the run's manifest with the page."""
+    root = minimal_bench(tmp_path / "bench")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    for kept in (root / "bench.json", notes):
+        before = kept.read_bytes()
+        with pytest.raises(PinlabDataError, match="is not an earlier pinlab report"):
+            write_report(root, kept)
+        assert kept.read_bytes() == before
+    page = tmp_path / "r.html"
+    write_report(root, page)
+    page.write_text(page.read_text().replace("</body>", "<p>old</p></body>"))
+    write_report(root, page)  # an earlier page is replaced
+    assert "<p>old</p>" not in page.read_text()
+
+
 @pytest.mark.slow
 def test_reports_render_in_headless_chromium(
     browser_page: BrowserPage,

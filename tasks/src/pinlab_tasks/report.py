@@ -30,7 +30,7 @@ from pinlab_tasks.cards import CARDS_DIR, DATA_CARD, MODEL_CARD, write_cards
 from pinlab_tasks.ope_bench import OPE_FILE
 from pinlab_tasks.ope_bench import PLOT_FILE as OPE_PLOT
 from pinlab_tasks.rerank_bench import RERANK_FILE
-from pinlab_tasks.runs import utc_now
+from pinlab_tasks.runs import check_output_file, utc_now
 
 ReportKind = Literal[
     "bench recsys",
@@ -480,14 +480,18 @@ def build_report(root: Path) -> Report:
     )
 
 
+def _is_report(path: Path) -> bool:
+    with path.open("rb") as f:
+        return b"<title>pinlab " in f.read(1024)  # every page's title names pinlab first
+
+
 def write_report(root: Path, out: Path | None = None) -> tuple[Path, Report]:
     """Build the page and write it atomically to `out` (default ROOT/report.html).
 
     A run without cards gets them first (`pinlab card`, RUN/cards), so the page shows them.
     """
     target = out if out is not None else root / "report.html"
-    if target.is_dir():
-        raise PinlabDataError(f"{target} is a directory; pass a file name to --out")
+    check_output_file(target, _is_report, "pinlab report")
     if detect_kind(root) == "run" and not _cards(root):
         write_cards(root)
     report = build_report(root)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -196,6 +197,20 @@ class RunLayout:
         marker = incomplete(self.root)
         if marker is not None and marker.get("command") == command:
             (self.root / INCOMPLETE).unlink()  # the stopped command has now run to its end
+
+
+def check_output_file(out: Path, earlier: Callable[[Path], bool], what: str) -> None:
+    """Refuse `--out FILE` where it is a folder, or an existing file that `earlier` does not
+    recognise as an earlier `what` (this command's own output): replacing any other file could
+    destroy what a run, logs or the user keep there, as `report RUN --out RUN/run.json` once
+    replaced the run's manifest with HTML."""
+    if out.is_dir():
+        raise PinlabDataError(f"{out} is a directory; pass a file name to --out")
+    if out.exists() and not earlier(out):
+        raise PinlabDataError(
+            f"--out {out} exists and is not an earlier {what}, so it is not replaced; pass a "
+            "new file name (or move that file away)"
+        )
 
 
 def moved_data(recorded: Path, root: Path) -> Path:

@@ -513,6 +513,17 @@ def target_policy(
     return policy
 
 
+def is_ope_result(path: Path) -> bool:
+    """Whether `path` holds what `eval_ope` returns (so `eval ope --out` may replace it)."""
+    if path.stat().st_size > 2**24:
+        return False
+    try:
+        result = json.loads(path.read_bytes())
+    except ValueError:  # not JSON, or not UTF-8
+        return False
+    return isinstance(result, dict) and {"logs", "target", "estimates"} <= result.keys()
+
+
 def eval_ope(
     logs: Path,
     policy_name: str,

@@ -15,7 +15,7 @@ from pinlab_tasks import visual as visual_workflows
 from pinlab_tasks._app import AutoguidanceOpt, DeviceOpt, JsonFlag, SeedOpt, settings
 from pinlab_tasks._output import emit, metrics_table, stdout
 from pinlab_tasks._progress import train_progress
-from pinlab_tasks.runs import RunLayout
+from pinlab_tasks.runs import RunLayout, check_output_file
 from pinlab_tasks.tracking import numbers, tracked
 
 app = typer.Typer(help="Evaluate a run's models.", no_args_is_help=True)
@@ -184,8 +184,10 @@ def ope(
     Writes: --out FILE when given (nothing else).
     """
     from pinlab_tasks.commands.train import parse_settings
-    from pinlab_tasks.simulate import eval_ope
+    from pinlab_tasks.simulate import eval_ope, is_ope_result
 
+    if out is not None:  # before the work
+        check_output_file(out, is_ope_result, "eval ope result")
     s = settings()
     seed = s.seed if seed is None else seed
     target_settings = parse_settings(set_)
