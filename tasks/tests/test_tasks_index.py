@@ -128,6 +128,29 @@ def test_bench_index_reuses_work_shards_only_when_drawn_the_same_way(tmp_path: P
     assert np.load(path).shape == (1500, 16)
 
 
+def test_bench_index_work_is_never_a_dataset_or_a_file(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """--work DATASET added shards/ and index-flat/ to it, so every run trained on it was
+    refused as on changed data; --work FILE was an exit 1."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "dataset.json").write_text("{}")
+    note = tmp_path / "note.txt"
+    note.write_text("mine")
+    bench = ["bench", "index", "--vectors", "1000", "--dim", "8", "--kinds", "flat", "--work"]
+    for work, message in ((data, "holds dataset.json, which bench index did not write"),
+                          (note, "is a file; pass a folder")):  # fmt: skip
+        code, result, _ = cli(capsys, *bench, str(work))
+        assert code == 2 and message in result["error"], result
+    assert [p.name for p in data.iterdir()] == ["dataset.json"]
+    work = tmp_path / "work"
+    for _ in range(2):  # an earlier --work is taken again
+        code, result, err = cli(capsys, *bench, str(work))
+        assert code == 0, err
+    assert sorted(p.name for p in work.iterdir()) == ["index-flat", "queries.npz", "shards"]
+
+
 @pytest.mark.slow
 def test_bench_index(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, result, err = cli(

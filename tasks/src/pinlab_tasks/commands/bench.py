@@ -552,8 +552,8 @@ def index(
         Path | None,
         typer.Option(
             "--work",
-            help="Keep the shards and indexes here (shards are reused by a rerun with the "
-            "same --vectors, --dim and --seed).",
+            help="Keep the shards and indexes here: a new or empty folder, or an earlier "
+            "--work (shards are reused by a rerun with the same --vectors, --dim and --seed).",
         ),
     ] = None,
     seed: Annotated[int, typer.Option("--seed", min=0, max=MAX_SEED)] = 0,
