@@ -229,3 +229,21 @@ def test_eval_ope_out_replaces_an_earlier_result_and_no_other_file(
     for _ in range(2):  # the second replaces the first
         code, payload = _cli([*ope, str(result)], capsys)
         assert code == 0 and json.loads(result.read_text()) == payload
+
+
+def test_reinforce_never_trains_on_the_logs_it_is_valued_on_or_replaces(
+    logged: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(logged / "logs", copy)
+    ope = ["eval", "ope", "--logs", str(logged / "logs"), "--policy", "reinforce"]
+    for train in (logged / "logs", copy):  # the folder itself, or a copy of it
+        code, payload = _cli([*ope, "--train-logs", str(train)], capsys)
+        assert code == 2 and "are the logs being evaluated" in payload["error"], payload
+    run_dir = tmp_path / "run"
+    shutil.copytree(logged, run_dir)
+    before = (run_dir / "logs" / "feedback.parquet").read_bytes()
+    sim = ["sim", "run", "--policy", "reinforce", *TINY, "--run", str(run_dir)]
+    code, payload = _cli([*sim, "--train-logs", str(run_dir / "logs")], capsys)
+    assert code == 2 and "which this run replaces with its own" in payload["error"], payload
+    assert (run_dir / "logs" / "feedback.parquet").read_bytes() == before

@@ -12,6 +12,7 @@ for a user is their dot product. Nothing a policy or a reward model reads comes 
 
 from __future__ import annotations
 
+import filecmp
 import io
 import json
 import time
@@ -24,6 +25,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from pinlab_data import (
+    FEEDBACK_FILE,
     BanditFeedback,
     MatrixPreference,
     PinlabDataError,
@@ -497,8 +499,8 @@ def target_policy(
         feedback, other, _ = read_logs(train_logs)
         if not np.array_equal(other.items, world.items):
             raise PinlabDataError(
-                f"{train_logs} comes from another world than the logs being evaluated; train "
-                "on logs of the same world"
+                f"{train_logs} comes from another world than the one reinforce is to act in; "
+                "train on logs of the same world"
             )
         return train_reinforce(
             feedback, world.items, ReinforceConfig.model_validate(settings), seed=seed,
@@ -511,6 +513,12 @@ def target_policy(
             "policy: random, greedy, softmax, epsilon-greedy or reinforce"
         )
     return policy
+
+
+def same_logs(a: Path, b: Path) -> bool:
+    """Whether two logs folders hold the same feedback (one folder, or a copy of it)."""
+    first, second = a / FEEDBACK_FILE, b / FEEDBACK_FILE
+    return first.is_file() and second.is_file() and filecmp.cmp(first, second, shallow=False)
 
 
 def is_ope_result(path: Path) -> bool:
@@ -538,6 +546,12 @@ def eval_ope(
     from pinlab_eval import estimate_all
     from pinlab_models import fit_reward_model
 
+    if train_logs is not None and same_logs(train_logs, logs):
+        raise PinlabDataError(
+            f"--train-logs {train_logs} are the logs being evaluated: a target trained on them "
+            "is valued on its own training data, which flatters it; train on other logs of the "
+            "same world (`pinlab sim run` with the same world options and another --policy)"
+        )
     feedback, world, meta = read_logs(logs)
     config = SimConfig.model_validate(meta.get("sim", {}))
     target = target_policy(

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from pinlab_data import ClickModel, SimConfig, write_json_atomic
+from pinlab_data import ClickModel, PinlabDataError, SimConfig, write_json_atomic
 from pinlab_tasks._app import JsonFlag, NewRunOpt, SeedOpt, settings
 from pinlab_tasks._output import busy, emit, stdout
 from pinlab_tasks.runs import RunLayout, new_run_dir
@@ -93,13 +93,19 @@ def run_(
     RUN/world/ (the synthetic world, without --data).
     """
     from pinlab_tasks.commands.train import parse_settings
-    from pinlab_tasks.simulate import sim_run, target_policy, world_for
+    from pinlab_tasks.simulate import LOGS_DIR, sim_run, target_policy, world_for
 
     resolved = settings()
     seed_value = resolved.seed if seed is None else seed
     policy_settings = parse_settings(set_)
     layout = RunLayout(run or new_run_dir(resolved.runs_dir, "sim"))
     layout.check_dataset(data)  # before the work, not after it
+    own_logs = (layout.root / LOGS_DIR).resolve()
+    if train_logs is not None and not no_log and train_logs.resolve() == own_logs:
+        raise PinlabDataError(
+            f"--train-logs {train_logs} are the logs of --run {layout.root}, which this run "
+            "replaces with its own; pass another --run (or --no-log)"
+        )
     config = SimConfig(slate_size=slate, click_model=click_model, seed=seed_value)
     if stationary:
         config = config.stationary()
