@@ -126,6 +126,44 @@ def test_serve_refuses_a_busy_port_before_loading_anything(
         assert sock.getsockname()[1] > 0
 
 
+def test_serve_reads_its_settings_from_the_environment_under_its_options(
+    serve_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PINLAB_SERVE_HOST, _PORT, _RUNTIME, ... were ignored: the options' defaults won."""
+    import pinlab_serve._app
+
+    def loaded(*_: object, **__: object) -> None:
+        raise AssertionError("the run was loaded before the port was checked")
+
+    monkeypatch.setattr(pinlab_serve._app, "create_app", loaded)
+
+    def serve(*args: str) -> tuple[int, str]:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            code = run(["serve", "--run", str(serve_run), *args, "--json"])
+        return code, json.loads(out.getvalue())["error"]
+
+    for name, value, message in [
+        ("PINLAB_SERVE_HOST", "", "bad value for host (PINLAB_SERVE_HOST"),  # all interfaces
+        ("PINLAB_SERVE_RUNTIME", "nope", "bad value for runtime (PINLAB_SERVE_RUNTIME"),
+        ("PINLAB_SERVE_PORT", "70000", "bad value for port (PINLAB_SERVE_PORT"),
+    ]:
+        with monkeypatch.context() as env:
+            env.setenv(name, value)
+            code, error = serve()
+            assert code == 2 and message in error, error
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        monkeypatch.setenv("PINLAB_SERVE_PORT", port)
+        code, error = serve()  # the environment's port is the one tried
+        assert code == 2 and error.startswith(f"cannot listen on 127.0.0.1 port {port}: ")
+        monkeypatch.setenv("PINLAB_SERVE_HOST", "")
+        code, error = serve("--host", "127.0.0.1")  # the option overrides the environment
+        assert code == 2 and error.startswith(f"cannot listen on 127.0.0.1 port {port}: ")
+
+
 def test_serve_stops_with_exit_2_when_the_run_fails_to_load(
     serve_run: Path, tmp_path: Path
 ) -> None:

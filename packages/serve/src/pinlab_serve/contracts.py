@@ -284,7 +284,11 @@ class ServeSettings(BaseSettings):
     run_dir: Path | None = Field(
         default=None, description="Run directory to serve (the app factory's default)."
     )
-    host: str = Field(default="127.0.0.1", description="Bind address; loopback by default.")
+    host: str = Field(
+        default="127.0.0.1",
+        min_length=1,  # "" binds every interface
+        description="Bind address; loopback by default.",
+    )
     port: int = Field(default=8000, ge=0, le=65535)
     workers: int = Field(default=1, ge=1, le=64)
     max_upload_bytes: int = Field(default=10 * 2**20, ge=1024, le=200 * 2**20)

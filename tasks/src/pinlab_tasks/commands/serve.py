@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import typer
 
+from pinlab_models import Runtime
 from pinlab_serve import ServeSettings, check_run, http_url, listen, run_server
-from pinlab_tasks._app import JsonFlag, RuntimeOpt, settings
+from pinlab_tasks._app import JsonFlag, settings
 from pinlab_tasks._output import stderr
 
 
@@ -19,24 +20,39 @@ def register(app: typer.Typer) -> None:
 
 def serve(
     run: Annotated[Path, typer.Option("--run", help="Run directory (encoder, index, data).")],
-    host: Annotated[str, typer.Option(help="Bind address; loopback unless you mean it.")] = (
-        "127.0.0.1"
-    ),
-    port: Annotated[int, typer.Option(help="TCP port (0: any free one).")] = 8000,
-    workers: Annotated[int, typer.Option(help="Worker processes, each with its own copy.")] = 1,
+    host: Annotated[
+        str | None,
+        typer.Option(help="Bind address; loopback unless you mean it [default: 127.0.0.1]."),
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="TCP port (0: any free one) [default: 8000].")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Worker processes, each with its own copy [default: 1].")
+    ] = None,
     backend: Annotated[
-        Literal["faiss", "numpy"],
-        typer.Option(help="Search backend; numpy is the brute-force baseline."),
-    ] = "faiss",
+        Literal["faiss", "numpy"] | None,
+        typer.Option(help="Search backend; numpy is the brute-force baseline [default: faiss]."),
+    ] = None,
     watch: Annotated[
-        float, typer.Option(help="Swap in a rebuilt index when index.json changes (poll seconds).")
-    ] = 0.0,
-    runtime: RuntimeOpt = "torch",
+        float | None,
+        typer.Option(
+            help="Swap in a rebuilt index when index.json changes (poll seconds) [default: 0]."
+        ),
+    ] = None,
+    runtime: Annotated[
+        Runtime | None,
+        typer.Option(
+            help="What embeds queries: torch (eager), onnx or onnx-int8 (ONNX Runtime on the "
+            "run's export: `pinlab export onnx --run RUN [--int8]`) [default: torch]."
+        ),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Serve a run over HTTP until interrupted: /v1 API, /docs, /metrics and a web page at /.
 
-    Other settings (upload limits, CORS origins, batching) come from PINLAB_SERVE_* variables.
+    Every setting may come from its PINLAB_SERVE_* variable (PINLAB_SERVE_HOST, ..._RUNTIME);
+    an option overrides it. Upload limits, CORS origins and batching come from them alone.
     POST /v1/admin/reload is off unless PINLAB_SERVE_ADMIN_TOKEN is set (16+ characters; an
     environment variable, never an option, so it stays out of `ps`); then it needs
     `Authorization: Bearer TOKEN`. With --runtime onnx or onnx-int8, query images and texts
@@ -45,18 +61,16 @@ def serve(
 
     Writes: nothing (reads RUN; POST /v1/admin/reload re-reads RUN/index/).
     """
-    resolved = ServeSettings(
-        host=host,
-        port=port,
-        workers=workers,
-        search_backend=backend,
-        watch_interval_s=watch,
-        runtime=runtime,
-    )
-    check_run(run, runtime)
-    sock = listen(host, port)  # before the models load: a busy port is refused at once
+    # An option overrides its PINLAB_SERVE_* variable, which overrides the default.
+    given: dict[str, Any] = {
+        "host": host, "port": port, "workers": workers, "search_backend": backend,
+        "watch_interval_s": watch, "runtime": runtime,
+    }  # fmt: skip
+    resolved = ServeSettings(**{k: v for k, v in given.items() if v is not None})
+    check_run(run, resolved.runtime)
+    sock = listen(resolved.host, resolved.port)  # before the models load: a busy port at once
     resolved = resolved.model_copy(update={"port": sock.getsockname()[1]})  # 0: the one got
-    url = http_url(host, sock)
+    url = http_url(resolved.host, sock)
     if as_json:
         print(json.dumps({"url": url, "run": str(run), **resolved.model_dump(mode="json")}))
     else:
