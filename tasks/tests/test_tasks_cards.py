@@ -192,6 +192,24 @@ def test_card_with_an_unknown_user_group_exits_2(
     assert run(["card", str(root), "--user-group", "age", "--json"]) == 2
     assert "choose from activity" in json.loads(capsys.readouterr().out)["error"]
     assert not (root / "cards").exists()
+    shutil.rmtree(root / "recommender")  # no group is measured, and the name is still checked
+    assert run(["card", str(root), "--user-group", "age", "--json"]) == 2
+    assert "choose from activity" in json.loads(capsys.readouterr().out)["error"]
+
+
+def test_cards_never_go_beside_other_files(
+    tiny_demo: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--out DATASET put the cards in it, which changed its fingerprint under every run."""
+    root = _copy(tiny_demo, tmp_path)
+    data = tmp_path / "data"  # a dataset; a copy, so a failure leaves the shared one alone
+    shutil.copytree(Path(tiny_demo["run_dir"]) / "data", data)
+    before = sorted(p.name for p in data.iterdir())
+    assert run(["card", str(root), "--out", str(data), "--json"]) == 2
+    assert "which card did not write" in json.loads(capsys.readouterr().out)["error"]
+    assert sorted(p.name for p in data.iterdir()) == before
+    for _ in range(2):  # an earlier --out is written again
+        _card(root, capsys, "--out", str(tmp_path / "cards"))
 
 
 def test_report_shows_the_cards(tiny_demo: dict[str, Any], tmp_path: Path) -> None:

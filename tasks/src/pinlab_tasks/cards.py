@@ -79,10 +79,21 @@ def write_cards(
 ) -> Cards:
     """Measure the run, then write both cards atomically to `out` (default RUN/cards)."""
     run = open_run(run_dir)
-    facts = card_facts(run, seed, resamples, user_columns)
     directory = out if out is not None else run.root / CARDS_DIR
     if directory.exists() and not directory.is_dir():
         raise PinlabDataError(f"{directory} is a file; pass a directory to --out")
+    # Never beside other files: in a dataset's folder the cards would change its fingerprint.
+    foreign = sorted(
+        p.name
+        for p in directory.glob("*")
+        if p.name not in (MODEL_CARD, DATA_CARD) and not p.name.startswith(".")
+    )
+    if foreign:
+        raise PinlabDataError(
+            f"--out {directory} holds {', '.join(foreign[:3])}{', ...' * (len(foreign) > 3)}, "
+            "which card did not write; pass a new or empty folder, or an earlier --out"
+        )
+    facts = card_facts(run, seed, resamples, user_columns)
     model, data = directory / MODEL_CARD, directory / DATA_CARD
     write_bytes_atomic(model, model_card(facts).encode("utf-8"))
     write_bytes_atomic(data, data_card(facts).encode("utf-8"))
@@ -114,6 +125,8 @@ def card_facts(
     record = run.read_record()
     missing: list[str] = []
     ds = _dataset(run, record)
+    if ds is not None:
+        user_group_columns(ds, user_columns)  # before any measuring, and without a recommender
     if ds is None:
         missing.append("no dataset in this run (run.json names none, and RUN/data is absent)")
     facts: dict[str, Any] = {
@@ -336,11 +349,9 @@ def user_column_groups(column: str, values: Sequence[Any]) -> tuple[Int64Array, 
     return _with_missing(np.asarray(codes, dtype=np.int64), names, values)
 
 
-def user_groupings(
-    ds: Dataset, user_ids: Int64Array, activity: Int64Array, columns: Sequence[str] | None
-) -> list[tuple[str, Int64Array, list[str]]]:
-    """(what, each user's group, group labels) for `columns` (None: activity and every user
-    attribute column); an unknown name is an error that lists the ones that exist."""
+def user_group_columns(ds: Dataset, columns: Sequence[str] | None) -> list[str]:
+    """`columns` (None: activity and every user attribute column); an unknown name is an
+    error that lists the ones that exist."""
     attributes = [c for c in ds.users.column_names if c not in ("user_id", "external_id")]
     known = [ACTIVITY, *attributes]
     wanted = known if columns is None else list(columns)
@@ -350,6 +361,14 @@ def user_groupings(
             f"--user-group {unknown[0]!r} is not a user column of this run's data; choose from "
             f"{', '.join(known)}"
         )
+    return wanted
+
+
+def user_groupings(
+    ds: Dataset, user_ids: Int64Array, activity: Int64Array, columns: Sequence[str] | None
+) -> list[tuple[str, Int64Array, list[str]]]:
+    """(what, each user's group, group labels) for `columns` (`user_group_columns`)."""
+    wanted = user_group_columns(ds, columns)
     row_of = {int(u): r for r, u in enumerate(ds.user_ids().tolist())}
     rows = [row_of.get(int(u)) for u in user_ids]
     out = []
