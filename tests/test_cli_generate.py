@@ -116,6 +116,11 @@ def test_train_generate_and_evaluate_through_the_cli(
         assert len(out["files"]) == 2
         made.append([Path(f).read_bytes() for f in out["files"]])
     assert made[0] == made[1]  # the same seed, the same PNGs
+    code, refused = cli(
+        capsys, "generate", "--run", str(run_dir), "--text", "a star", "--out",
+        str(run_dir / "data"),
+    )  # fmt: skip
+    assert code == 2 and "which generate did not write" in refused["error"]  # a dataset
     meta = png_text(made[0][0])
     assert meta["pinlab:generated"] == "true"
     assert meta["pinlab:prompt"] == "a striped warm star"

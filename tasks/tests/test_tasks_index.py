@@ -81,6 +81,26 @@ def test_impossible_targets_exit_2_with_one_line(
     assert not (tmp_path / "i").exists()
 
 
+def test_index_out_is_never_a_dataset_or_a_file(
+    capsys: pytest.CaptureFixture[str], shards: Path, tmp_path: Path
+) -> None:
+    """--out DATASET wrote the index into it, changing its fingerprint under every run."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "dataset.json").write_text("{}")
+    note = tmp_path / "note.txt"
+    note.write_text("mine")
+    build = ["index", "build", "--vectors", str(shards), "--model-id", "m", "--out"]
+    for out, message in ((data, "holds dataset.json, which index build did not write"),
+                         (note, "is a file; pass a folder")):  # fmt: skip
+        code, result, _ = cli(capsys, *build, str(out))
+        assert code == 2 and message in result["error"], result
+    assert [p.name for p in data.iterdir()] == ["dataset.json"] and note.read_text() == "mine"
+    for _ in range(2):  # an earlier --out is built again
+        code, result, err = cli(capsys, *build, str(tmp_path / "index"))
+        assert code == 0, err
+
+
 def test_interrupted_build_keeps_the_previous_index(
     shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -43,7 +43,7 @@ from pinlab_eval import (
 )
 from pinlab_models import CNNEncoder, load_recommender
 from pinlab_tasks.recsys import RANKING_KS, split_for, stored_protocol
-from pinlab_tasks.runs import DATA_CHANGED_FIX, RunLayout, utc_now
+from pinlab_tasks.runs import DATA_CHANGED_FIX, RunLayout, check_output_folder, utc_now
 from pinlab_tasks.visual import VISUAL_KS, pin_images, pin_labels, visual_test_rows
 
 CARDS_DIR = "cards"
@@ -80,19 +80,7 @@ def write_cards(
     """Measure the run, then write both cards atomically to `out` (default RUN/cards)."""
     run = open_run(run_dir)
     directory = out if out is not None else run.root / CARDS_DIR
-    if directory.exists() and not directory.is_dir():
-        raise PinlabDataError(f"{directory} is a file; pass a directory to --out")
-    # Never beside other files: in a dataset's folder the cards would change its fingerprint.
-    foreign = sorted(
-        p.name
-        for p in directory.glob("*")
-        if p.name not in (MODEL_CARD, DATA_CARD) and not p.name.startswith(".")
-    )
-    if foreign:
-        raise PinlabDataError(
-            f"--out {directory} holds {', '.join(foreign[:3])}{', ...' * (len(foreign) > 3)}, "
-            "which card did not write; pass a new or empty folder, or an earlier --out"
-        )
+    check_output_folder(directory, lambda name: name in (MODEL_CARD, DATA_CARD), "--out", "card")
     facts = card_facts(run, seed, resamples, user_columns)
     model, data = directory / MODEL_CARD, directory / DATA_CARD
     write_bytes_atomic(model, model_card(facts).encode("utf-8"))

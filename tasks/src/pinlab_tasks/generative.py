@@ -69,7 +69,7 @@ from pinlab_models import (
 from pinlab_serve import PinIndex
 from pinlab_tasks._output import log
 from pinlab_tasks.presets import PRESETS
-from pinlab_tasks.runs import RunLayout, trained_seed
+from pinlab_tasks.runs import RunLayout, check_output_folder, trained_seed
 from pinlab_tasks.visual import pin_images, train_align, train_visual, visual_split
 
 EVAL_FILE = "eval.json"
@@ -228,8 +228,7 @@ def generate(
     """
     check_request(text, n, steps, guidance, GenerateLimits(), autoguidance)
     require_generator(run)
-    if out.exists() and not out.is_dir():
-        raise PinlabDataError(f"{out} is a file; pass a directory to --out")
+    check_output_folder(out, lambda name: name.endswith(".png"), "--out", "generate")
     model = load_generator(run.generator, resolve_device(device))
     model.category_index(category)  # an unknown category fails before any work
     if autoguidance not in (None, 1.0) and model.guide is None:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from pinlab_data import PinlabDataError, atomic_writer, make_directory, write_json_atomic
+from pinlab_data import atomic_writer, make_directory, write_json_atomic
 from pinlab_serve import (
     ClusteredVectors,
     EmbeddingShards,
@@ -37,6 +37,7 @@ from pinlab_serve import (
 from pinlab_serve._pq import nlist_for
 from pinlab_serve._tuner import Queries, exact_neighbours, recall_per_query, summarise
 from pinlab_tasks._measure import added_peak_rss, run_measured
+from pinlab_tasks.runs import check_output_folder
 
 SHARD_ROWS = 1_000_000
 SHARDS_SPEC = "shards.json"
@@ -286,25 +287,12 @@ def _tuned(
     }
 
 
-def _check_work(work: Path) -> None:
-    """--work is new, empty or an earlier --work: the bench writes shards/, queries.npz and
-    index-KIND/ there, which would change a dataset or a run under it."""
-    if work.exists() and not work.is_dir():
-        raise PinlabDataError(f"--work {work} is a file; pass a folder")
-    # Dot files: an editor's, or a stopped atomic write's.
-    ours = ("shards", "queries.npz", "index-", ".")
-    foreign = sorted(p.name for p in work.glob("*") if not p.name.startswith(ours))
-    if foreign:
-        raise PinlabDataError(
-            f"--work {work} holds {', '.join(foreign[:3])}{', ...' * (len(foreign) > 3)}, "
-            "which bench index did not write; pass a new or empty folder, or an earlier --work"
-        )
-
-
 @contextmanager
 def _workdir(work: Path | None) -> Iterator[Path]:
     if work is not None:
-        _check_work(work)
+        # bench index writes shards/, queries.npz and index-KIND/ there.
+        ours = ("shards", "queries.npz", "index-")
+        check_output_folder(work, lambda name: name.startswith(ours), "--work", "bench index")
         work.mkdir(parents=True, exist_ok=True)
         yield work
         return

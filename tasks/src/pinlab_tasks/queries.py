@@ -44,7 +44,7 @@ from pinlab_serve import (
     open_shards,
     tune,
 )
-from pinlab_tasks.runs import RunLayout
+from pinlab_tasks.runs import RunLayout, check_output_folder
 from pinlab_tasks.visual import pin_images
 
 BuildKind = IndexKind | str
@@ -87,6 +87,11 @@ def build_index(
     """
     if out is not None:
         destination = out
+        # The index's manifest and its file, or an older pinlab's one index.faiss.
+        ours = ("index.json", "index.faiss")
+        check_output_folder(
+            out, lambda name: name in ours or name.endswith(".faiss"), "--out", "index build"
+        )
     elif run is not None:
         destination = run.index
     else:

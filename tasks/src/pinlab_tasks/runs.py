@@ -199,6 +199,24 @@ class RunLayout:
             (self.root / INCOMPLETE).unlink()  # the stopped command has now run to its end
 
 
+def check_output_folder(
+    folder: Path, ours: Callable[[str], bool], option: str, command: str
+) -> None:
+    """Refuse an output folder that is a file, or that holds files `command` did not write
+    (`ours` knows its names; dot files pass): in a dataset's folder its files would change the
+    fingerprint under every run trained on it, in a run's or the user's they would mix in."""
+    if folder.exists() and not folder.is_dir():
+        raise PinlabDataError(f"{option} {folder} is a file; pass a folder")
+    foreign = sorted(
+        p.name for p in folder.glob("*") if not (p.name.startswith(".") or ours(p.name))
+    )
+    if foreign:
+        raise PinlabDataError(
+            f"{option} {folder} holds {', '.join(foreign[:3])}{', ...' * (len(foreign) > 3)}, "
+            f"which {command} did not write; pass a new or empty folder, or an earlier {option}"
+        )
+
+
 def check_output_file(out: Path, earlier: Callable[[Path], bool], what: str) -> None:
     """Refuse `--out FILE` where it is a folder, or an existing file that `earlier` does not
     recognise as an earlier `what` (this command's own output): replacing any other file could
