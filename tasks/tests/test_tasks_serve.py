@@ -102,15 +102,19 @@ def test_serve_refuses_a_bad_run(tmp_path: Path) -> None:
     assert "not a pinlab run" in json.loads(out.getvalue())["error"]
 
 
-def test_serve_refuses_a_busy_port_before_loading_anything(
-    serve_run: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def never_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pinlab serve` must refuse before it loads the run: loading fails the test."""
     import pinlab_serve._app
 
     def loaded(*_: object, **__: object) -> None:
         raise AssertionError("the run was loaded before the port was checked")
 
     monkeypatch.setattr(pinlab_serve._app, "create_app", loaded)
+
+
+@pytest.mark.usefixtures("never_loaded")
+def test_serve_refuses_a_busy_port_before_loading_anything(serve_run: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -126,16 +130,11 @@ def test_serve_refuses_a_busy_port_before_loading_anything(
         assert sock.getsockname()[1] > 0
 
 
+@pytest.mark.usefixtures("never_loaded")
 def test_serve_reads_its_settings_from_the_environment_under_its_options(
     serve_run: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """PINLAB_SERVE_HOST, _PORT, _RUNTIME, ... were ignored: the options' defaults won."""
-    import pinlab_serve._app
-
-    def loaded(*_: object, **__: object) -> None:
-        raise AssertionError("the run was loaded before the port was checked")
-
-    monkeypatch.setattr(pinlab_serve._app, "create_app", loaded)
 
     def serve(*args: str) -> tuple[int, str]:
         out = io.StringIO()
