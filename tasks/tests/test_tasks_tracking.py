@@ -247,6 +247,19 @@ def test_a_store_that_is_no_database_is_named_by_runs(
     )
 
 
+@pytest.mark.parametrize("command", [["runs", "list"], ["runs", "show", "0123456789abcdef"]])
+def test_a_store_named_on_purpose_that_is_not_there_is_named_by_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    """A mistyped --tracking-uri used to list no runs, as a store never written to does."""
+    store = tmp_path / "typo" / "mlflow.db"
+    code, result, _ = cli_json(["--tracking-uri", f"sqlite:///{store}", *command], capsys)
+    assert code == 2 and result["error"].startswith(f"no MLflow store at sqlite:///{store} ")
+    assert not store.parent.exists()
+    code, result, _ = cli_json(["--runs-dir", str(tmp_path / "fresh"), "runs", "list"], capsys)
+    assert (code, result) == (0, {"runs": []})  # the default store, before any run: none yet
+
+
 def test_keys_and_params_are_mlflow_safe() -> None:
     assert metric_key("ndcg@10") == "ndcg_at_10"
     assert metric_key("a:b") == "a_b"

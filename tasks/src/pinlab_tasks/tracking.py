@@ -289,7 +289,13 @@ def _reader() -> tuple[MlflowClient, str] | None:
     s = settings()
     uri = s.resolved_tracking_uri()
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        return None
+        if s.tracking_uri is None:
+            return None
+        # A store named on purpose that is not there: most likely a mistyped path.
+        raise PinlabDataError(
+            f"no MLflow store at {uri} (the file does not exist); check PINLAB_TRACKING_URI or "
+            "--tracking-uri"
+        )
     from mlflow.exceptions import MlflowException
     from sqlalchemy.exc import SQLAlchemyError
 
