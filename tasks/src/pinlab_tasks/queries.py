@@ -268,11 +268,10 @@ def recommend(
     position = np.flatnonzero(log.user_ids == user)
     if len(position) == 0:
         # A source's id given for pinlab's: name the pinlab id it has.
-        named = ds.users.filter(pc.equal(ds.users.column("external_id"), str(user)))
+        named = _source_user(ds, str(user))
         hint = (
-            f"; the source's user '{user}' is pinlab user {named.column('user_id')[0]} "
-            f"(or pass --external-user {user})"
-            if named.num_rows
+            f"; the source's user '{user}' is pinlab user {named} (or pass --external-user {user})"
+            if named is not None
             else ""
         )
         raise PinlabDataError(
@@ -292,9 +291,15 @@ def recommend(
     }
 
 
-def _user_by_external_id(ds: Dataset, external: str) -> int:
+def _source_user(ds: Dataset, external: str) -> int | None:
+    """pinlab's id of the user the loaded source calls `external`, if one has that id."""
     named = ds.users.filter(pc.equal(ds.users.column("external_id"), external))
-    if not named.num_rows:
+    return int(named.column("user_id")[0].as_py()) if named.num_rows else None
+
+
+def _user_by_external_id(ds: Dataset, external: str) -> int:
+    user = _source_user(ds, external)
+    if user is None:
         loaded = pc.count(ds.users.column("external_id")).as_py()  # nulls are not counted
         where = (
             "its users have no source ids (a synthetic world): use --user with pinlab's id"
@@ -302,7 +307,7 @@ def _user_by_external_id(ds: Dataset, external: str) -> int:
             else f"the source's ids are the users table's external_id ({loaded} users)"
         )
         raise PinlabDataError(f"no user has the source's id {external!r}; {where}")
-    return int(named.column("user_id")[0].as_py())
+    return user
 
 
 def recommend_session(

@@ -145,13 +145,10 @@ class Catalog:
         self.log = interaction_log(ds)
         self.item_order: Int64Array = np.argsort(self.log.item_ids, kind="stable")
         self.seen_indptr, self.seen_items = seen_csr(self.log)
-        self.user_position: dict[int, int] = {
-            int(u): i for i, u in enumerate(self.log.user_ids.tolist())
-        }
+        user_ids: list[int] = self.log.user_ids.tolist()  # the order GET /v1/users lists
+        self.user_position: dict[int, int] = {u: i for i, u in enumerate(user_ids)}
         users = ds.users.select(["user_id", "external_id"]).to_pydict()
         external = dict(zip(users["user_id"], users["external_id"], strict=True))
-        # In the log's user order, as GET /v1/users lists them.
-        user_ids = [int(u) for u in self.log.user_ids.tolist()]
         self.user_external_ids: list[str | None] = [external.get(u) for u in user_ids]
         self.user_by_external: dict[str, int] = {
             e: u for u, e in zip(user_ids, self.user_external_ids, strict=True) if e is not None
