@@ -58,6 +58,7 @@ def test_text_features_are_zeros_for_pins_without_a_caption(tmp_path: Path) -> N
         load_dataset,
         load_interactions,
     )
+    from pinlab_tasks.benchmarks import item_text_features
     from pinlab_tasks.cold_start import item_features
 
     columns = ColumnMapping(user="user", item="item", text="text")
@@ -69,6 +70,8 @@ def test_text_features_are_zeros_for_pins_without_a_caption(tmp_path: Path) -> N
     features = item_features(ds, interaction_log(ds), "text", RunLayout(tmp_path / "run"))
     norms = np.linalg.norm(features, axis=1)
     assert np.allclose(norms[[0, 2]], 1.0, atol=1e-4) and norms[1] == 0.0  # x, y, z
+    # bench recsys's content models read the same vectors (they embedded "untitled" before).
+    assert np.array_equal(item_text_features(tmp_path / "ds"), features)
     log.write_text("user,item,text\na,x,\nb,y,\n")
     load_interactions(log, tmp_path / "bare", columns=columns)
     bare = load_dataset(tmp_path / "bare")

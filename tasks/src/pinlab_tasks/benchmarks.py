@@ -30,7 +30,6 @@ from pinlab_eval import (
 )
 from pinlab_models import (
     IALSConfig,
-    TextEncoder,
     TrainContext,
     TrainProgress,
     build_recommender,
@@ -40,6 +39,7 @@ from pinlab_models import (
     resolve_device,
 )
 from pinlab_tasks._output import stdout
+from pinlab_tasks.cold_start import caption_vectors
 from pinlab_tasks.recsys import Say, split_for, tune_and_refit
 from pinlab_tasks.tracking import tracked
 
@@ -324,10 +324,9 @@ def _check_metric(metric: str, ks: Sequence[int]) -> None:
 
 
 def item_text_features(data_dir: Path) -> np.ndarray:
-    """Each pin's caption (titles and genres for MovieLens) embedded by the packaged MiniLM."""
-    ds = load_dataset(data_dir)
-    captions = [str(c) or "untitled" for c in ds.pins.column("caption").to_pylist()]
-    return TextEncoder().encode(captions)
+    """Each pin's caption (titles and genres for MovieLens) embedded by the packaged MiniLM,
+    in the log's item order (pins.parquet's); zeros where a pin has no caption."""
+    return caption_vectors(load_dataset(data_dir).pins.column("caption").to_pylist())
 
 
 RECSYS_COLUMNS = {

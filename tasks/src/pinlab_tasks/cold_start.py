@@ -67,25 +67,34 @@ def item_features(
     rows = _pin_rows(ds, log)
     if kind == "text":
         captions = ds.pins.column("caption").to_pylist()
-        texts = [captions[r] or "" for r in rows]
-        worded = np.array([bool(t.strip()) for t in texts], dtype=bool)
-        if not worded.any():
+        texts = [captions[r] for r in rows]
+        if not any(t.strip() for t in texts):
             raise PinlabDataError(
                 f"{ds.root} has no pin captions, and text item features are made of them; load "
                 "captions with the data (e.g. --text-col), or train a model that reads ids alone"
             )
-        if not worded.all():
-            logger.warning("%d of %d pins have no caption: their text features are zeros",
-                           int((~worded).sum()), len(texts))  # fmt: skip
-        vectors = np.zeros((len(texts), TextEncoder.embedding_dim), dtype=np.float32)
-        vectors[worded] = TextEncoder().encode([t for t, w in zip(texts, worded, strict=True) if w])
-        return vectors
+        return caption_vectors(texts)
     if ds.images is None:
         raise PinlabDataError(f"{ds.root} has no packed images for {kind} item features")
     images = np.asarray(ds.images[ds.pins.column("image_row").to_numpy()[rows]])
     if kind == "visual":
         return CNNEncoder.load(run.encoder).embed(images)
     return load_image_text_model(run.image_text).embed_images(images)
+
+
+def caption_vectors(captions: list[str]) -> Float32Array:
+    """MiniLM embeddings of `captions`, zeros for an empty one: no text, no signal (and no
+    made-up words standing in for it)."""
+    worded = np.array([bool(c.strip()) for c in captions], dtype=bool)
+    if not worded.all():
+        logger.warning("%d of %d pins have no caption: their text features are zeros",
+                       int((~worded).sum()), len(captions))  # fmt: skip
+    vectors = np.zeros((len(captions), TextEncoder.embedding_dim), dtype=np.float32)
+    if worded.any():
+        vectors[worded] = TextEncoder().encode(
+            [c for c, w in zip(captions, worded, strict=True) if w]
+        )
+    return vectors
 
 
 def item_categories(ds: Dataset, log: InteractionLog) -> np.ndarray:
