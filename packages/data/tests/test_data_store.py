@@ -22,6 +22,7 @@ from pinlab_data import (
     load_dataset,
     open_npz,
     read_json_object,
+    run_data_dir,
     save_dataset,
     write_bytes_atomic,
     write_json_atomic,
@@ -464,3 +465,16 @@ def test_an_npz_archive_that_cannot_be_read_is_bad_input_naming_the_file(
 def test_a_json_record_reads_back_what_was_written(tmp_path: Path) -> None:
     write_json_atomic(tmp_path / "r.json", {"seed": 3, "caption": "été"})
     assert read_json_object(tmp_path / "r.json") == {"seed": 3, "caption": "été"}
+
+
+def test_a_moved_run_reads_its_own_data_only_where_the_recorded_one_is_gone(
+    tmp_path: Path,
+) -> None:
+    run, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    (run / "data").mkdir(parents=True)
+    recorded = tmp_path / "gone"
+    assert run_data_dir(recorded, run) == recorded  # no data/ dataset inside: as recorded
+    (run / "data" / "dataset.json").write_text("{}")
+    assert run_data_dir(recorded, run) == run / "data"
+    elsewhere.mkdir()
+    assert run_data_dir(elsewhere, run) == elsewhere  # still there: never swapped

@@ -16,6 +16,7 @@ from pinlab_data import (
     dataset_fingerprint,
     make_directory,
     read_json_object,
+    run_data_dir,
     write_json_atomic,
 )
 from pinlab_tasks._output import log
@@ -128,7 +129,7 @@ class RunLayout:
         data = self.read_record().get("data_dir")
         if not data:
             raise PinlabDataError(f"run {self.root} records no dataset; train into it with --data")
-        return moved_data(Path(data), self.root)
+        return run_data_dir(Path(data), self.root)
 
     def trained_data_dir(self) -> Path:
         """`data_dir()`, refused where it changed since the run's steps read it: what measures
@@ -229,14 +230,6 @@ def check_output_file(out: Path, earlier: Callable[[Path], bool], what: str) -> 
             f"--out {out} exists and is not an earlier {what}, so it is not replaced; pass a "
             "new file name (or move that file away)"
         )
-
-
-def moved_data(recorded: Path, root: Path) -> Path:
-    """`recorded`, or the run's own data/ where the run (and its data) moved since; the
-    fingerprint checks (`check_dataset`) still say whether that is the data it read."""
-    if not recorded.exists() and (root / "data" / "dataset.json").is_file():
-        return root / "data"
-    return recorded
 
 
 def trained_seed(record: Path, retrain: str) -> int:

@@ -531,6 +531,14 @@ def dataset_fingerprint(data_dir: Path) -> str:
     return digest.hexdigest()
 
 
+def run_data_dir(recorded: Path, run_root: Path) -> Path:
+    """The dataset a run recorded, or the run's own data/ where the run (and its data) moved
+    since; `dataset_fingerprint` still says whether that is the data the run read."""
+    if not recorded.exists() and (run_root / "data" / "dataset.json").is_file():
+        return run_root / "data"
+    return recorded
+
+
 @functools.cache
 def _file_digest(path: Path, size: int, mtime_ns: int) -> bytes:
     del size, mtime_ns  # part of the cache key only

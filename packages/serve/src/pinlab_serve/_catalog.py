@@ -9,7 +9,13 @@ from typing import Any
 
 import numpy as np
 
-from pinlab_data import dataset_fingerprint, interaction_log, load_dataset, seen_csr
+from pinlab_data import (
+    dataset_fingerprint,
+    interaction_log,
+    load_dataset,
+    run_data_dir,
+    seen_csr,
+)
 from pinlab_data.contracts import ImageArray, Int64Array
 from pinlab_serve.contracts import PinlabServeError, PinNotFoundError, PinOut
 
@@ -63,15 +69,14 @@ class RunFiles:
             raise PinlabServeError(f"{record} is not a valid run record; remake the run") from exc
         if not data:
             raise PinlabServeError(f"run {self.root} records no dataset; train into it first")
-        if not Path(data).exists() and (self.root / "data" / "dataset.json").is_file():
-            data = str(self.root / "data")  # the run moved, its data/ with it
+        found = run_data_dir(Path(data), self.root)
         # Models answer in the ids of the data they were trained on: never serve them on other.
-        if trained_on and Path(data).is_dir() and dataset_fingerprint(Path(data)) != trained_on:
+        if trained_on and found.is_dir() and dataset_fingerprint(found) != trained_on:
             raise PinlabServeError(
-                f"{data} changed since the steps of {self.root} read it (dataset fingerprint "
+                f"{found} changed since the steps of {self.root} read it (dataset fingerprint "
                 f"{trained_on[:12]}); restore it, or train again into a new run"
             )
-        return Path(data)
+        return found
 
     def best_recommender(self) -> str | None:
         """The recommender with the best ndcg@10 in eval.json, else the last trained one."""
