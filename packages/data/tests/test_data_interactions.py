@@ -135,6 +135,23 @@ def test_parquet_with_typed_columns_and_a_null_id(tmp_path: Path) -> None:
     check_valid(tmp_path / "ds")
 
 
+def test_a_duration_time_column_is_read_in_its_own_unit(tmp_path: Path) -> None:
+    """Time since a session started, in ms: 90,000 ms is 90 s (it was read as 90,000 s)."""
+    table = pa.table(
+        {
+            "u": pa.array([1, 1, 2]),
+            "i": pa.array([7, 8, 7]),
+            "t": pa.array([90_000, 150_500, 1_000], pa.duration("ms")),
+        }
+    )
+    pq.write_table(table, tmp_path / "log.parquet")
+    mapping = ColumnMapping(user="u", item="i", time="t")
+    load_interactions(tmp_path / "log.parquet", tmp_path / "ds", columns=mapping)
+    ds = load_dataset(tmp_path / "ds")
+    assert ds.interactions.column("timestamp").to_pylist() == [90, 150, 1]
+    check_valid(tmp_path / "ds")
+
+
 def test_missing_columns_are_named_with_the_flag_that_maps_them(tmp_path: Path) -> None:
     source = write(tmp_path / "log.csv", LOG)
     mapping = ColumnMapping(user="user", item="sku", time="when")

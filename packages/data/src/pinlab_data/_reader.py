@@ -349,7 +349,8 @@ def parse_numbers(values: Any) -> Parsed:
 
 @dataclass
 class TimeParser:
-    """Unix seconds from seconds (or ms, us, ns), ISO 8601 text, or Arrow dates and timestamps.
+    """Unix seconds from seconds (or ms, us, ns), ISO 8601 text, or Arrow dates and timestamps;
+    seconds from Arrow durations (in their own unit).
 
     Text is read as numbers or as datetimes, decided by the first value seen, so one column is
     read one way throughout. Naive datetimes are taken as UTC.
@@ -364,6 +365,11 @@ class TimeParser:
                 pa.timestamp("s", tz=kind.tz) if pa.types.is_timestamp(kind) else pa.timestamp("s")
             )
             seconds = pc.cast(pc.cast(values, target, safe=False), pa.int64())
+            return self._checked(
+                np.asarray(pc.fill_null(seconds, 0), dtype=np.int64), pc.is_null(seconds)
+            )
+        if pa.types.is_duration(kind):  # time since some start, in the column's own unit
+            seconds = pc.cast(pc.cast(values, pa.duration("s"), safe=False), pa.int64())
             return self._checked(
                 np.asarray(pc.fill_null(seconds, 0), dtype=np.int64), pc.is_null(seconds)
             )

@@ -185,8 +185,8 @@ def load_interactions_command(
         str | None,
         typer.Option(
             "--time-col",
-            help="Column of times: unix s or ms, or ISO 8601 (default: 'timestamp' if there, "
-            "else the row order).",
+            help="Column of times: unix s or ms, ISO 8601, or a Parquet timestamp, date or "
+            "duration (default: 'timestamp' if there, else the row order).",
         ),
     ] = None,
     rating_col: Annotated[
