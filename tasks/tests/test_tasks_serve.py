@@ -163,6 +163,19 @@ def test_serve_reads_its_settings_from_the_environment_under_its_options(
         assert code == 2 and error.startswith(f"cannot listen on 127.0.0.1 port {port}: ")
 
 
+@pytest.mark.usefixtures("never_loaded")
+def test_serve_refuses_a_recommender_the_run_has_not_trained(serve_run: Path) -> None:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = run(["serve", "--run", str(serve_run), "--recommender", "ease", "--json"])
+    assert code == 2
+    assert json.loads(out.getvalue())["error"] == (
+        f"run {serve_run} has no trained recommender 'ease' (trained: itemknn, popularity); "
+        f"train it with `pinlab train recommender --run {serve_run} --model ease`, or serve "
+        "one of those"
+    )
+
+
 def test_serve_stops_with_exit_2_when_the_run_fails_to_load(
     serve_run: Path, tmp_path: Path
 ) -> None:
@@ -191,14 +204,21 @@ def test_serve_stops_with_exit_2_when_the_run_fails_to_load(
 
 
 @pytest.mark.slow
-def test_serve_with_two_workers(serve_run: Path) -> None:
+@pytest.mark.parametrize("recommender", [None, "itemknn"])
+def test_serve_with_two_workers(serve_run: Path, recommender: str | None) -> None:
     """Workers read their settings from the environment: the admin token must arrive whole
-    (a JSON dump of the settings would hand them the masked '**********')."""
+    (a JSON dump of the settings would hand them the masked '**********'), an unset setting
+    unset (not the text "null"), a chosen recommender chosen."""
     token = "two-workers-admin-token"
     env = {"PINLAB_SERVE_ADMIN_TOKEN": token}
-    with serving(serve_run, "--workers", "2", ready_streak=20, env=env) as url:
+    chosen = () if recommender is None else ("--recommender", recommender)
+    with serving(serve_run, "--workers", "2", *chosen, ready_streak=20, env=env) as url:
         for _ in range(4):
-            assert httpx.get(f"{url}/v1/users", params={"limit": 2}).status_code == 200
+            users = httpx.get(f"{url}/v1/users", params={"limit": 2})
+            assert users.status_code == 200
+            user = users.json()["user_ids"][0]
+            listed = httpx.get(f"{url}/v1/users/{user}/recommendations", params={"k": 2}).json()
+            assert listed["model"] == (recommender or "popularity"), listed
             # Fresh connections, so both workers answer over the loop.
             reload = httpx.post(
                 f"{url}/v1/admin/reload", headers={"authorization": f"Bearer {token}"}

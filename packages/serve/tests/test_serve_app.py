@@ -25,8 +25,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import wait_ready
 from pinlab_data import load_dataset
-from pinlab_serve import Diversify, PinIndex, ServeSettings
-from pinlab_serve._app import STAGES, create_app
+from pinlab_serve import Diversify, PinIndex, PinlabServeError, ServeSettings
+from pinlab_serve._app import STAGES, check_run, create_app
 from pinlab_serve._service import PinService
 
 TOKEN = "s3cret-admin-token-for-tests"
@@ -187,6 +187,21 @@ def test_recommendations_exclude_seen(client: TestClient, pins: dict[str, Any]) 
         f"/v1/users/{user}/recommendations", params={"k": 8, "diversity": 1}
     ).json()
     assert len({h["category"] for h in diverse["hits"]}) == 4
+
+
+def test_a_chosen_recommender_answers_users_and_sessions(
+    serve_run: Path, pins: dict[str, Any]
+) -> None:
+    """The best by eval.json (popularity) answers unless another is chosen; sessions take the
+    chosen one where it reads histories."""
+    user, history = int(pins["ds"].user_ids()[0]), pins["ids"][:2]
+    with TestClient(create_app(serve_run, ServeSettings(recommender="itemknn"))) as chosen:
+        wait_ready(chosen)
+        listed = chosen.get(f"/v1/users/{user}/recommendations", params={"k": 3}).json()
+        session = chosen.post("/v1/recommendations/session", json={"history": history}).json()
+    assert (listed["model"], session["model"]) == ("itemknn", "itemknn"), (listed, session)
+    with pytest.raises(PinlabServeError, match=r"no trained recommender 'mf' \(trained: itemk"):
+        check_run(serve_run, recommender="mf")
 
 
 def test_session_recommendations_for_a_visitor(client: TestClient, pins: dict[str, Any]) -> None:

@@ -624,11 +624,13 @@ def create_app_from_env() -> FastAPI:
     return create_app(settings.run_dir, settings)
 
 
-def check_run(run_dir: Path, runtime: Runtime = "torch") -> None:
-    """Raise PinlabServeError, saying what to make, when `run_dir` cannot be served; with an
-    ONNX runtime, PinlabModelError when an export is missing or not of the run's models."""
+def check_run(run_dir: Path, runtime: Runtime = "torch", recommender: str | None = None) -> None:
+    """Raise PinlabServeError, saying what to make, when `run_dir` cannot be served (or has
+    no `recommender` of that name); with an ONNX runtime, PinlabModelError when an export is
+    missing or not of the run's models."""
     files = RunFiles(run_dir.resolve())
     files.check()
+    files.served_recommenders(recommender)
     if runtime != "torch":
         from pinlab_models import load_image_encoder, load_image_text, load_text_encoder
 
@@ -693,7 +695,7 @@ def run_server(
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
-    check_run(run_dir)
+    check_run(run_dir, recommender=settings.recommender)
     sock = sock or listen(settings.host, settings.port)
     if settings.workers == 1:
         app = create_app(run_dir, settings)
@@ -708,6 +710,8 @@ def run_server(
     if settings.admin_token is not None:  # JSON dumps a secret masked
         env["admin_token"] = settings.admin_token.get_secret_value()
     for key, value in env.items():
+        if value is None:  # unset: a variable would read as the text "null"
+            continue
         os.environ[f"PINLAB_SERVE_{key.upper()}"] = (
             value if isinstance(value, str) else json.dumps(value)
         )

@@ -83,6 +83,21 @@ class RunFiles:
         ranked = self.ranked_recommenders()
         return ranked[0] if ranked else None
 
+    def served_recommenders(self, chosen: str | None) -> list[str]:
+        """`ranked_recommenders()` with `chosen` first; a name the run has not trained is
+        refused, naming those it has."""
+        ranked = self.ranked_recommenders()
+        if chosen is None:
+            return ranked
+        if chosen not in ranked:
+            trained = ", ".join(sorted(ranked)) or "none"
+            raise PinlabServeError(
+                f"run {self.root} has no trained recommender {chosen!r} (trained: {trained}); "
+                f"train it with `pinlab train recommender --run {self.root} --model {chosen}`, "
+                "or serve one of those"
+            )
+        return [chosen, *(name for name in ranked if name != chosen)]
+
     def ranked_recommenders(self) -> list[str]:
         """Trained recommenders, best first: eval.json's best, the rest by its ndcg@10 where
         it has them, then by name from the last."""

@@ -156,7 +156,7 @@ class PinService:
         index = PinIndex.load(self.files.index, expect_model_id=encoder.model_id)
         self._state = _searcher(index, self.settings.search_backend)
         self._text = self._load_text()
-        for name in self.files.ranked_recommenders():
+        for name in self.files.served_recommenders(settings.recommender):
             model = load_recommender(self.files.recommenders / name / "model.pt")
             if self._score is None:
                 self.recommender_name, self._score = name, model.score

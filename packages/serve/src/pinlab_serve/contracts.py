@@ -336,6 +336,14 @@ class ServeSettings(BaseSettings):
     candidates: int = Field(
         default=200, ge=10, le=5000, description="Candidates fetched for a diversity re-rank."
     )
+    recommender: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=100,
+        description="The trained recommender that answers /v1/users/{id}/recommendations (a "
+        "name under RUN/recommender/); default: the best by eval.json's ndcg@10. Sessions use "
+        "it too where it reads histories, else the best one that does.",
+    )
     admin_token: SecretStr | None = Field(
         default=None,
         description="Bearer token POST /v1/admin/reload requires; unset: the endpoint is off.",

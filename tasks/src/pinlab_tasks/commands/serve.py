@@ -47,6 +47,13 @@ def serve(
             "run's export: `pinlab export onnx --run RUN [--int8]`) [default: torch]."
         ),
     ] = None,
+    recommender: Annotated[
+        str | None,
+        typer.Option(
+            help="The trained recommender to serve (RUN/recommender/NAME) [default: the best "
+            "by eval.json's ndcg@10]."
+        ),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Serve a run over HTTP until interrupted: /v1 API, /docs, /metrics and a web page at /.
@@ -64,10 +71,10 @@ def serve(
     # An option overrides its PINLAB_SERVE_* variable, which overrides the default.
     given: dict[str, Any] = {
         "host": host, "port": port, "workers": workers, "search_backend": backend,
-        "watch_interval_s": watch, "runtime": runtime,
+        "watch_interval_s": watch, "runtime": runtime, "recommender": recommender,
     }  # fmt: skip
     resolved = ServeSettings(**{k: v for k, v in given.items() if v is not None})
-    check_run(run, resolved.runtime)
+    check_run(run, resolved.runtime, resolved.recommender)
     sock = listen(resolved.host, resolved.port)  # before the models load: a busy port at once
     resolved = resolved.model_copy(update={"port": sock.getsockname()[1]})  # 0: the one got
     url = http_url(resolved.host, sock)
