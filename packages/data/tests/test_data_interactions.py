@@ -135,6 +135,44 @@ def test_parquet_with_typed_columns_and_a_null_id(tmp_path: Path) -> None:
     check_valid(tmp_path / "ds")
 
 
+def test_a_folder_of_parquet_parts_reads_as_one_log_in_path_order(tmp_path: Path) -> None:
+    """Spark's and Hive's layout: part files in key=value folders, beside _SUCCESS and .crc
+    files and a _temporary/ folder, none of which is data."""
+    rows = {
+        "user_id": ["a", "b", "a", "c", "b", "a"],
+        "item_id": [10, 11, 12, 10, 13, 11],
+        "timestamp": [5, 6, 7, 8, 9, 10],
+    }
+    whole = pa.table(rows)
+    logs = tmp_path / "logs"
+    for day, (start, stop) in (("day=2", (2, 5)), ("day=1", (0, 2)), ("day=3", (5, 6))):
+        (logs / day).mkdir(parents=True)
+        pq.write_table(whole.slice(start, stop - start), logs / day / "part-00000.parquet")
+    (logs / "_SUCCESS").write_bytes(b"")
+    (logs / "day=1" / ".part-00000.parquet.crc").write_bytes(b"not parquet")
+    (logs / "_temporary").mkdir()
+    (logs / "_temporary" / "part-00009.parquet").write_bytes(b"a torn write")
+    pq.write_table(whole, tmp_path / "whole.parquet")
+    report = load_interactions(logs, tmp_path / "parts")
+    assert (report.layout, report.rows_read) == ("parquet", 6)
+    load_interactions(tmp_path / "whole.parquet", tmp_path / "one")
+    parts, one = load_dataset(tmp_path / "parts"), load_dataset(tmp_path / "one")
+    for table in ("interactions", "pins", "users"):  # same ids, first seen in the same order
+        assert getattr(parts, table).equals(getattr(one, table)), table
+    check_valid(tmp_path / "parts")
+
+    pq.write_table(whole.drop_columns(["item_id"]), logs / "day=4.parquet")
+    with pytest.raises(PinlabDataError, match=r"day=4.parquet has no column 'item_id' \(--item"):
+        load_interactions(logs, tmp_path / "missing")
+    (logs / "day=4.parquet").unlink()
+    with pytest.raises(PinlabDataError, match=r"logs is a folder, read as Parquet part files, not"):
+        load_interactions(logs, tmp_path / "csv", file_format="csv")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PinlabDataError, match=r"empty is a folder with no .parquet or .pq file"):
+        load_interactions(tmp_path / "empty", tmp_path / "none")
+    assert not any((tmp_path / name).exists() for name in ("missing", "csv", "none"))
+
+
 def test_a_duration_time_column_is_read_in_its_own_unit(tmp_path: Path) -> None:
     """Time since a session started, in ms: 90,000 ms is 90 s (it was read as 90,000 s)."""
     table = pa.table(

@@ -29,6 +29,7 @@ from pinlab_data._reader import (
     Parsed,
     TextFormat,
     TimeParser,
+    parquet_parts,
     parquet_schema,
     parse_ids,
     parse_keys,
@@ -142,7 +143,8 @@ def load_interactions(
     filters: InteractionFilters | None = None,
     overwrite: bool = False,
 ) -> LoadReport:
-    """Convert an interaction log (CSV, TSV or Parquet) to a dataset.
+    """Convert an interaction log (CSV, TSV or Parquet, or a folder of Parquet part files read
+    in path order, `parquet_parts`) to a dataset.
 
     Users and items get dense ids in the order first seen; their ids in the log are kept as
     `external_id`. Times are unix seconds (milliseconds and finer are scaled down) or ISO 8601;
@@ -154,23 +156,36 @@ def load_interactions(
     source, out = Path(source), Path(out)
     mapping = columns or ColumnMapping()
     check_writable(out.resolve(), overwrite)
-    if not source.is_file():
-        raise PinlabDataError(f"{source} is not a file; pass a CSV, TSV or Parquet log")
+    if source.is_dir():
+        if file_format not in (None, "parquet"):
+            raise PinlabDataError(
+                f"{source} is a folder, read as Parquet part files, not {file_format}; pass "
+                f"the {file_format} file itself"
+            )
+        file_format = "parquet"
+    elif not source.is_file():
+        raise PinlabDataError(
+            f"{source} is not a file; pass a CSV, TSV or Parquet log, or a folder of Parquet "
+            "part files"
+        )
     file_format = file_format or _format_of(source)
+    parts: list[Path] = []
     if file_format == "parquet":
-        schema = parquet_schema(source)
-        names = schema.names
+        parts = parquet_parts(source)
+        schemas = {part: parquet_schema(part) for part in parts}
+        roles = _resolve_columns(mapping, schemas[parts[0]].names, parts[0])
+        for part, schema in schemas.items():
+            _resolve_columns(mapping, schema.names, part)  # every part has the columns
+            _require_plain_values(schema, roles, part)
     else:
         fmt = TextFormat("," if file_format == "csv" else "\t")
         names = text_columns(lambda: str(source), fmt, str(source), LOG_TEXT_HINT)
-    roles = _resolve_columns(mapping, names, source)
-    if file_format == "parquet":
-        _require_plain_values(schema, roles, source)
+        roles = _resolve_columns(mapping, names, source)
     wanted = list(dict.fromkeys(roles.values()))
     unit = "row" if file_format == "parquet" else "line"
     bad = BadLines(str(source), on_bad_lines, BAD_LINES_HINT, unit=unit)
     chunks: Iterator[Chunk] = (
-        read_parquet(source, wanted, bad)
+        read_parquet(parts, wanted, bad)
         if file_format == "parquet"
         else read_text(lambda: str(source), fmt, wanted, bad, LOG_TEXT_HINT)
     )

@@ -38,6 +38,7 @@ Opener = Callable[[], "str | IO[bytes]"]
 BLOCK_BYTES = 16 << 20
 """Text read per batch: large enough that per-batch Python work is noise, small enough to bound
 memory whatever the file's size."""
+PARQUET_SUFFIXES = (".parquet", ".pq")
 PARQUET_ROWS = 1 << 20
 SNIFF_BYTES = 1 << 16
 """The start of a text file checked for being UTF-8 text at all, before Arrow parses it."""
@@ -262,20 +263,44 @@ def require_named_once(names: list[str], column: str, flag: str, file: object) -
         )
 
 
+def parquet_parts(path: Path) -> list[Path]:
+    """The files of a Parquet log: `path`, or for a folder every .parquet or .pq file below it
+    in path order (what Spark, Hive and pyarrow write: part files, key=value folders, whose keys
+    are not read as columns), but hidden and _-prefixed ones (_SUCCESS, .crc, _temporary/)."""
+    if not path.is_dir():
+        return [path]
+    parts = sorted(
+        part
+        for part in path.rglob("*")
+        if part.is_file()
+        and part.suffix.lower() in PARQUET_SUFFIXES
+        and not any(name.startswith((".", "_")) for name in part.relative_to(path).parts)
+    )
+    if not parts:
+        raise PinlabDataError(
+            f"{path} is a folder with no .parquet or .pq file below it; pass a CSV, TSV or "
+            "Parquet log, or a folder of Parquet part files"
+        )
+    return parts
+
+
 def parquet_schema(path: Path) -> pa.Schema:
     with _arrow_errors(str(path), "pass a Parquet file"):
         return pq.read_schema(path)
 
 
-def read_parquet(path: Path, columns: list[str], bad: BadLines) -> Iterator[Chunk]:
-    """The wanted columns of a Parquet file as stored, a million rows at a time."""
+def read_parquet(parts: list[Path], columns: list[str], bad: BadLines) -> Iterator[Chunk]:
+    """The wanted columns of a Parquet log's files as stored, a million rows at a time; rows
+    are numbered on through the files, in their order."""
     start = 0
-    with _arrow_errors(str(path), "pass a readable Parquet file"):
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=PARQUET_ROWS, columns=columns):
-            rows = np.arange(start, start + batch.num_rows, dtype=np.int64)
-            start += batch.num_rows
-            yield Chunk(rows, {name: batch.column(name) for name in columns})
-            bad.check(start - 1)
+    for part in parts:
+        with _arrow_errors(str(part), "pass a readable Parquet file"):
+            batches = pq.ParquetFile(part).iter_batches(batch_size=PARQUET_ROWS, columns=columns)
+            for batch in batches:
+                rows = np.arange(start, start + batch.num_rows, dtype=np.int64)
+                start += batch.num_rows
+                yield Chunk(rows, {name: batch.column(name) for name in columns})
+                bad.check(start - 1)
     bad.finish()
 
 

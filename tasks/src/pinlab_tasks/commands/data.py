@@ -177,7 +177,13 @@ def load_movielens_command(
 
 @load_app.command("interactions")
 def load_interactions_command(
-    source: Annotated[Path, typer.Argument(help="A CSV, TSV or Parquet log (.gz or .bz2 too).")],
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="A CSV, TSV or Parquet log (.gz or .bz2 too), or a folder of Parquet part "
+            "files (Spark's, Hive's: read in path order)."
+        ),
+    ],
     out: OutDir,
     user_col: Annotated[str, typer.Option("--user-col", help="Column of user ids.")] = "user_id",
     item_col: Annotated[str, typer.Option("--item-col", help="Column of item ids.")] = "item_id",
@@ -211,7 +217,9 @@ def load_interactions_command(
 ) -> None:
     """Convert an interaction log (CSV, TSV or Parquet); ids of any kind get dense ids.
 
-    The log's own ids are kept as external_id.
+    The log's own ids are kept as external_id. A folder is read as Parquet part files: every
+    .parquet or .pq file below it, in path order, but _-prefixed and hidden ones (_SUCCESS);
+    key=value folder names are not read as columns.
 
     Writes: OUT/{dataset.json, pins/users/interactions.parquet, bad_lines.csv with report}.
     """
