@@ -164,6 +164,9 @@ def test_a_folder_of_parquet_parts_reads_as_one_log_in_path_order(tmp_path: Path
     pq.write_table(whole.drop_columns(["item_id"]), logs / "day=4.parquet")
     with pytest.raises(PinlabDataError, match=r"day=4.parquet has no column 'item_id' \(--item"):
         load_interactions(logs, tmp_path / "missing")
+    pq.write_table(whole.drop_columns(["timestamp"]), logs / "day=4.parquet")
+    with pytest.raises(PinlabDataError, match=r"day=4.parquet has no column 'timestamp' \(--t"):
+        load_interactions(logs, tmp_path / "missing")
     (logs / "day=4.parquet").unlink()
     with pytest.raises(PinlabDataError, match=r"logs is a folder, read as Parquet part files, not"):
         load_interactions(logs, tmp_path / "csv", file_format="csv")

@@ -174,8 +174,10 @@ def load_interactions(
         parts = parquet_parts(source)
         schemas = {part: parquet_schema(part) for part in parts}
         roles = _resolve_columns(mapping, schemas[parts[0]].names, parts[0])
+        # Every part has the first part's columns, its 'timestamp' too where that was taken.
+        resolved = mapping.model_copy(update={"time": roles.get("time")})
         for part, schema in schemas.items():
-            _resolve_columns(mapping, schema.names, part)  # every part has the columns
+            _resolve_columns(resolved, schema.names, part)
             _require_plain_values(schema, roles, part)
     else:
         fmt = TextFormat("," if file_format == "csv" else "\t")

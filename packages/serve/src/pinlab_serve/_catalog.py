@@ -78,11 +78,6 @@ class RunFiles:
             )
         return found
 
-    def best_recommender(self) -> str | None:
-        """The recommender with the best ndcg@10 in eval.json, else the last trained one."""
-        ranked = self.ranked_recommenders()
-        return ranked[0] if ranked else None
-
     def served_recommenders(self, chosen: str | None) -> list[str]:
         """`ranked_recommenders()` with `chosen` first; a name the run has not trained is
         refused, naming those it has."""
