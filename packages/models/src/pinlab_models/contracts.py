@@ -473,8 +473,9 @@ class GeneratorConfig(BaseModel):
     )
     logit_std: PositiveFloat = Field(default=1.0, description="Flow: their standard deviation.")
     patch: Literal[1, 2, 4] = Field(default=4, description="Pixel (un)shuffle factor.")
-    # (64, 96): 28% fewer FLOPs a step than (64, 128), and level with it on validation (split
-    # 0's unseen captions, 3 seeds each, one judge, 2026-12-07; README, "Generating pins").
+    # (64, 96): 28% fewer FLOPs a step than (64, 128), level with it on validation but for the
+    # probe, 0.008 lower within the seeds' spread (split 0's unseen captions, 3 seeds each, one
+    # judge, 2026-12-07; README, "Generating pins").
     widths: tuple[PositiveInt, ...] = Field(
         default=(64, 96), min_length=2, description="UNet channels per resolution level."
     )
