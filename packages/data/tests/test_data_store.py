@@ -19,6 +19,7 @@ from pinlab_data import (
     DatasetManifest,
     ImageArray,
     PinlabDataError,
+    RunPaths,
     load_dataset,
     open_npz,
     read_json_object,
@@ -478,3 +479,18 @@ def test_a_moved_run_reads_its_own_data_only_where_the_recorded_one_is_gone(
     assert run_data_dir(recorded, run) == run / "data"
     elsewhere.mkdir()
     assert run_data_dir(elsewhere, run) == elsewhere  # still there: never swapped
+
+
+def test_run_paths_lie_inside_the_run_and_name_only_saved_recommenders(tmp_path: Path) -> None:
+    run = RunPaths(tmp_path / "run")
+    assert run.trained_recommenders() == []  # no recommender/ folder yet
+    for name in ("mf", "ease", "popularity"):
+        run.recommender(name).parent.mkdir(parents=True)
+    for name in ("mf", "ease"):
+        run.recommender(name).write_bytes(b"")
+    (run.recommenders / "eval.json").write_text("{}")
+    assert run.trained_recommenders() == ["ease", "mf"]  # popularity has no model.pt
+    paths = [run.record, run.data, run.encoder, run.untrained_encoder, run.image_text,
+             run.generator, run.classifier, run.index, run.onnx, run.embeddings]  # fmt: skip
+    assert len(set(paths)) == len(paths)
+    assert all(p.is_relative_to(run.root) and p != run.root for p in paths)

@@ -13,6 +13,7 @@ from typing import Any
 
 from pinlab_data import (
     PinlabDataError,
+    RunPaths,
     dataset_fingerprint,
     make_directory,
     read_json_object,
@@ -34,75 +35,9 @@ def utc_now() -> str:
 
 
 @dataclass(frozen=True)
-class RunLayout:
-    """Paths inside one run directory; nothing a run writes lies outside it."""
-
-    root: Path
-
-    @property
-    def record(self) -> Path:
-        return self.root / "run.json"
-
-    @property
-    def data(self) -> Path:
-        return self.root / "data"
-
-    @property
-    def visual(self) -> Path:
-        return self.root / "visual"
-
-    @property
-    def encoder(self) -> Path:
-        return self.visual / "encoder.pt"
-
-    @property
-    def untrained_encoder(self) -> Path:
-        return self.visual / "encoder_untrained.pt"
-
-    @property
-    def image_text(self) -> Path:
-        """The image tower aligned to the MiniLM text space (`pinlab train align`)."""
-        return self.visual / "image_text.pt"
-
-    @property
-    def generator_dir(self) -> Path:
-        """The text-to-image generator (`pinlab train generator`) and its evaluation."""
-        return self.root / "generator"
-
-    @property
-    def generator(self) -> Path:
-        return self.generator_dir / "generator.pt"
-
-    @property
-    def classifier(self) -> Path:
-        """The classifier of real pins that judges generated ones (`pinlab eval generator`)."""
-        return self.visual / "classifier" / "classifier.pt"
-
-    @property
-    def recommenders(self) -> Path:
-        return self.root / "recommender"
-
-    def recommender(self, name: str) -> Path:
-        return self.recommenders / name / "model.pt"
-
-    @property
-    def index(self) -> Path:
-        return self.root / "index"
-
-    @property
-    def onnx(self) -> Path:
-        """ONNX exports of the run's models (`pinlab export onnx`), read by `--runtime onnx`."""
-        return self.root / "onnx"
-
-    @property
-    def embeddings(self) -> Path:
-        """Vectors of every pin as Parquet shards (`pinlab embed`)."""
-        return self.root / "embeddings"
-
-    def trained_recommenders(self) -> list[str]:
-        if not self.recommenders.is_dir():
-            return []
-        return sorted(p.parent.name for p in self.recommenders.glob("*/model.pt"))
+class RunLayout(RunPaths):
+    """Paths inside one run directory (`RunPaths`; nothing a run writes lies outside it), and
+    its record."""
 
     def read_record(self) -> dict[str, Any]:
         marker = incomplete(self.root)

@@ -56,6 +56,7 @@ from pinlab_data._simulator import (
 from pinlab_data._splits import holdout_mask, interaction_log, leave_last_out, seen_csr
 from pinlab_data._store import (
     DUPLICATES_FILE,
+    RunPaths,
     atomic_directory,
     atomic_writer,
     check_writable,
@@ -191,6 +192,7 @@ __all__ = [
     "Pin",
     "PinlabDataError",
     "Problem",
+    "RunPaths",
     "SequenceLayout",
     "SessionHistory",
     "Severity",

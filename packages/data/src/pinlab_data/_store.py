@@ -17,6 +17,7 @@ import shutil
 import zipfile
 import zlib
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -529,6 +530,78 @@ def dataset_fingerprint(data_dir: Path) -> str:
         digest.update(str(path.relative_to(root)).encode())
         digest.update(_file_digest(path, stat.st_size, stat.st_mtime_ns))
     return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where a run directory keeps each artifact: one layout for the commands that write a
+    run (pinlab_tasks' `RunLayout`) and the service that reads it (pinlab_serve's `RunFiles`)."""
+
+    root: Path
+
+    @property
+    def record(self) -> Path:
+        return self.root / "run.json"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def visual(self) -> Path:
+        return self.root / "visual"
+
+    @property
+    def encoder(self) -> Path:
+        return self.visual / "encoder.pt"
+
+    @property
+    def untrained_encoder(self) -> Path:
+        return self.visual / "encoder_untrained.pt"
+
+    @property
+    def image_text(self) -> Path:
+        """The image tower aligned to the MiniLM text space (`pinlab train align`)."""
+        return self.visual / "image_text.pt"
+
+    @property
+    def generator_dir(self) -> Path:
+        """The text-to-image generator (`pinlab train generator`) and its evaluation."""
+        return self.root / "generator"
+
+    @property
+    def generator(self) -> Path:
+        return self.generator_dir / "generator.pt"
+
+    @property
+    def classifier(self) -> Path:
+        """The classifier of real pins that judges generated ones (`pinlab eval generator`)."""
+        return self.visual / "classifier" / "classifier.pt"
+
+    @property
+    def recommenders(self) -> Path:
+        return self.root / "recommender"
+
+    def recommender(self, name: str) -> Path:
+        return self.recommenders / name / "model.pt"
+
+    def trained_recommenders(self) -> list[str]:
+        """The names of the recommenders with a saved model, sorted."""
+        return sorted(p.parent.name for p in self.recommenders.glob("*/model.pt"))
+
+    @property
+    def index(self) -> Path:
+        return self.root / "index"
+
+    @property
+    def onnx(self) -> Path:
+        """ONNX exports of the run's models (`pinlab export onnx`), read by `--runtime onnx`."""
+        return self.root / "onnx"
+
+    @property
+    def embeddings(self) -> Path:
+        """Vectors of every pin as Parquet shards (`pinlab embed`)."""
+        return self.root / "embeddings"
 
 
 def run_data_dir(recorded: Path, run_root: Path) -> Path:

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from pinlab_data import (
+    RunPaths,
     dataset_fingerprint,
     interaction_log,
     load_dataset,
@@ -21,38 +22,11 @@ from pinlab_serve.contracts import PinlabServeError, PinNotFoundError, PinOut
 
 
 @dataclass(frozen=True)
-class RunFiles:
-    """The paths of a run directory the service reads (the layout `pinlab demo` writes)."""
-
-    root: Path
-
-    @property
-    def encoder(self) -> Path:
-        return self.root / "visual" / "encoder.pt"
-
-    @property
-    def image_text(self) -> Path:
-        return self.root / "visual" / "image_text.pt"
-
-    @property
-    def index(self) -> Path:
-        return self.root / "index"
-
-    @property
-    def onnx(self) -> Path:
-        """The ONNX exports `--runtime onnx` / `onnx-int8` read (`pinlab export onnx`)."""
-        return self.root / "onnx"
-
-    @property
-    def generator(self) -> Path:
-        return self.root / "generator" / "generator.pt"
-
-    @property
-    def recommenders(self) -> Path:
-        return self.root / "recommender"
+class RunFiles(RunPaths):
+    """The run directory the service reads (`RunPaths`, the layout the commands write)."""
 
     def data_dir(self) -> Path:
-        record = self.root / "run.json"
+        record = self.record
         if not record.is_file():
             if (self.root / "dataset.json").is_file():
                 raise PinlabServeError(
@@ -96,7 +70,7 @@ class RunFiles:
     def ranked_recommenders(self) -> list[str]:
         """Trained recommenders, best first: eval.json's best, the rest by its ndcg@10 where
         it has them, then by name from the last."""
-        names = sorted(p.parent.name for p in self.recommenders.glob("*/model.pt"))
+        names = self.trained_recommenders()
         evaluation = self.recommenders / "eval.json"
         record: Any = {}
         if evaluation.is_file():
