@@ -607,8 +607,9 @@ class RunPaths:
 def run_data_dir(recorded: Path, run_root: Path) -> Path:
     """The dataset a run recorded, or the run's own data/ where the run (and its data) moved
     since; `dataset_fingerprint` still says whether that is the data the run read."""
-    if not recorded.exists() and (run_root / "data" / "dataset.json").is_file():
-        return run_root / "data"
+    own = RunPaths(run_root).data
+    if not recorded.exists() and (own / "dataset.json").is_file():
+        return own
     return recorded
 
 
