@@ -41,7 +41,7 @@ from pinlab_tasks._app import app
 from pinlab_tasks.cards import CARDS_DIR, DATA_CARD, MODEL_CARD
 from pinlab_tasks.cli import run  # importing cli also registers every command on `app`
 from pinlab_tasks.commands.meta import walk_commands
-from pinlab_tasks.runs import INCOMPLETE, mark_incomplete
+from pinlab_tasks.runs import INCOMPLETE, RunLayout, mark_incomplete
 from pinlab_tasks.settings import PinlabSettings
 
 # `serve` runs a web server until interrupted, so its tool call would never return; `mcp` is
@@ -473,7 +473,7 @@ async def call_tool(
 
 def run_dirs(root: Path, depth: int = RUN_DEPTH) -> Iterator[Path]:
     """Folders holding a run.json: `root` and its folders `depth` levels down (not hidden ones)."""
-    if (root / "run.json").is_file():
+    if RunLayout(root).record.is_file():
         yield root
     if depth == 0:
         return

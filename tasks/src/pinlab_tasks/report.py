@@ -30,7 +30,7 @@ from pinlab_tasks.cards import CARDS_DIR, DATA_CARD, MODEL_CARD, write_cards
 from pinlab_tasks.ope_bench import OPE_FILE
 from pinlab_tasks.ope_bench import PLOT_FILE as OPE_PLOT
 from pinlab_tasks.rerank_bench import RERANK_FILE
-from pinlab_tasks.runs import check_output_file, utc_now
+from pinlab_tasks.runs import RunLayout, check_output_file, utc_now
 
 ReportKind = Literal[
     "bench recsys",
@@ -403,7 +403,7 @@ def detect_kind(root: Path) -> ReportKind:
         return "bench bandits"
     if (root / GENERATIVE_FILE).is_file():
         return "bench generative"
-    if (root / "run.json").is_file() and any((root / p).is_file() for p in RUN_RESULTS):
+    if RunLayout(root).record.is_file() and any((root / p).is_file() for p in RUN_RESULTS):
         return "run"
     raise PinlabDataError(
         f"{root} holds nothing to report: expected bench.json (`pinlab bench recsys --run DIR`),"
@@ -430,7 +430,7 @@ def build_report(root: Path) -> Report:
     root = root.resolve() if root.exists() else root
     kind = detect_kind(root)
     page = _Page()
-    record = _json_or_empty(root / "run.json")
+    record = _json_or_empty(RunLayout(root).record)
     if kind == "bench recsys":
         bench = _read(root / "bench.json", RecsysBench, "`pinlab bench recsys`")
         if not bench.seeds:  # a bench from before --seeds: its one seed is in run.json
@@ -1487,7 +1487,8 @@ def _inside(root: Path, recorded: str) -> Path:
 
 def _run_sections(root: Path, page: _Page) -> None:
     parts = []
-    visual_path = root / "visual" / "eval.json"
+    run = RunLayout(root)
+    visual_path = run.visual / "eval.json"
     if visual_path.is_file():
         visual = _read(visual_path, EvalTable, "`pinlab eval visual`")
         rows = [
@@ -1502,7 +1503,7 @@ def _run_sections(root: Path, page: _Page) -> None:
             _metrics_table(rows, columns),
             _definitions(columns, "retrieval"),
         ]
-    align_path = root / "visual" / "align" / "eval.json"
+    align_path = run.visual / "align" / "eval.json"
     if align_path.is_file():
         align = _read(align_path, EvalTable, "`pinlab eval align`")
         rows = [Row(name="aligned encoder", metrics=dict(align.metrics or {}))]
@@ -1512,7 +1513,7 @@ def _run_sections(root: Path, page: _Page) -> None:
             _metrics_table(rows, columns),
             _definitions(columns, "retrieval"),
         ]
-    rec_path = root / "recommender" / "eval.json"
+    rec_path = run.recommenders / "eval.json"
     if rec_path.is_file():
         rec = _read(rec_path, EvalTable, "`pinlab eval recommender`")
         rows = [Row(name=name, metrics=metrics) for name, metrics in rec.models.items()]

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from pinlab_data import PinlabDataError
+from pinlab_data import PinlabDataError, RunPaths
 from pinlab_tasks._app import settings
 from pinlab_tasks._output import stderr
 from pinlab_tasks.provenance import provenance
@@ -220,7 +220,7 @@ def _log_provenance(tracker: Tracker) -> None:
 
 def _log_record(tracker: Tracker, run_dir: Path) -> None:
     """The run directory's run.json (config, seeds, dataset fingerprint) as an artifact."""
-    record = run_dir / "run.json"
+    record = RunPaths(run_dir).record
     if not record.is_file() or tracker.run_id is None:
         return
     tracker.log_artifact(record)
