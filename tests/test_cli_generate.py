@@ -125,10 +125,24 @@ def test_train_generate_and_evaluate_through_the_cli(
     assert meta["pinlab:generated"] == "true"
     assert meta["pinlab:prompt"] == "a striped warm star"
     assert meta["pinlab:model_id"] == out["model_id"] and meta["pinlab:seed"] == "4"
+    # Without --category, the caption prior's category, and the PNG says which it was.
+    assert out["category_inferred"] == (out["category"] is not None)
+    assert meta["pinlab:category"] == (out["category"] or "")
+    assert meta["pinlab:category_inferred"] == str(out["category_inferred"]).lower()
+    code, alone = cli(
+        capsys, "generate", "--run", str(run_dir), "--text", "a striped warm star", "-n", "2",
+        "--steps", "3", "--seed", "4", "--out", str(tmp_path / "alone"), "--no-infer-category",
+    )  # fmt: skip
+    assert code == 0 and alone["category"] is None and alone["category_inferred"] is False
+    if out["category"] is not None:
+        assert [Path(f).read_bytes() for f in alone["files"]] != made[0]
 
     code, out = cli(capsys, "eval", "generator", "--run", str(run_dir), "--steps", "3")
     assert code == 0, out
     assert out["prompts"] >= 4 and out["text_image_agreement"] is None  # no `train align`
+    prior = out["category_prior"]
+    assert prior["infer_category"] is True and 0 <= prior["inferred_share"] <= 1
+    assert 0 <= prior["accuracy"] <= prior["inferred_share"]  # an uninferred one counts wrong
     for name in ("generated", "baseline", "real"):
         fidelity = out["fidelity"][name]
         assert fidelity["frechet_distance"] >= 0 and 0 <= fidelity["precision"] <= 1

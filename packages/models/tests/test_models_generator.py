@@ -26,6 +26,7 @@ from pinlab_models import (
     train_generator,
     validation_loss,
 )
+from pinlab_models._category_prior import CategoryPrior
 from pinlab_models._cnn_encoder import ConvNet, to_input
 from pinlab_models._generator import FeatureAlignment, GeneratorNet, denoising_loss
 
@@ -109,14 +110,18 @@ def test_the_prompt_and_the_category_change_the_images(
     trained: tuple[TextToImage, list[float]],
 ) -> None:
     model, _ = trained
-    circle = model.generate(["a striped warm circle"], steps=3, seed=1)
-    square = model.generate(["a plain icy square"], steps=3, seed=1)
+    circle = model.generate(["a striped warm circle"], steps=3, seed=1, infer_category=False)
+    square = model.generate(["a plain icy square"], steps=3, seed=1, infer_category=False)
     named = model.generate(["a striped warm circle"], steps=3, seed=1, category=model.categories[0])
     assert not np.array_equal(circle, square)
     assert not np.array_equal(circle, named)
 
 
-def test_checkpoint_round_trip(trained: tuple[TextToImage, list[float]], tmp_path: Path) -> None:
+def test_checkpoint_round_trip(
+    trained: tuple[TextToImage, list[float]],
+    world: tuple[np.ndarray, list[str], np.ndarray, list[str]],
+    tmp_path: Path,
+) -> None:
     model, _ = trained
     model_id = model.save(tmp_path / "generator.pt")
     loaded = load_generator(tmp_path / "generator.pt")
@@ -126,6 +131,54 @@ def test_checkpoint_round_trip(trained: tuple[TextToImage, list[float]], tmp_pat
         loaded.generate(["a dotted cool ring"], steps=2, seed=4),
         model.generate(["a dotted cool ring"], steps=2, seed=4),
     )
+    captions = world[1]
+    assert loaded.prior is not None
+    assert loaded.infer_categories(captions) == model.infer_categories(captions)
+    # Generators saved before the caption prior load without one: a caption alone, as then.
+    payload = torch.load(tmp_path / "generator.pt", weights_only=True)
+    del payload["prior"]
+    torch.save(payload, tmp_path / "old.pt")
+    old = load_generator(tmp_path / "old.pt")
+    assert old.prior is None and old.infer_categories(captions[:3]) == [None] * 3
+
+
+def test_the_caption_prior_names_the_category_and_sampling_conditions_on_it(
+    trained: tuple[TextToImage, list[float]],
+    world: tuple[np.ndarray, list[str], np.ndarray, list[str]],
+) -> None:
+    model, _ = trained
+    _, captions, labels, names = world
+    inferred = model.infer_categories(captions)
+    assert np.mean([c == names[k] for c, k in zip(inferred, labels, strict=True)]) >= 0.9
+    prompt, category = next((p, c) for p, c in zip(captions, inferred, strict=True) if c)
+    assert model.resolve_categories([prompt], None, True) == [category]
+    assert model.resolve_categories([prompt], None, False) == [None]
+    assert model.resolve_categories([prompt], names[0], True) == [names[0]]  # given wins
+    same = model.generate([prompt], steps=2, seed=4, category=category)
+    np.testing.assert_array_equal(model.generate([prompt], steps=2, seed=4), same)
+    alone = model.generate([prompt], steps=2, seed=4, infer_category=False)
+    assert not np.array_equal(alone, same)
+    meta = model.png_text(prompt, seed=4, index=0, steps=2, guidance=3.0, category=category,
+                          category_inferred=True)  # fmt: skip
+    assert meta["pinlab:category"] == category and meta["pinlab:category_inferred"] == "true"
+
+
+def test_the_caption_prior_is_sure_only_where_the_caption_says() -> None:
+    """Hand-made: two categories along two axes. The fit is convex, so it is the same each
+    time; a vector between them is named by neither at a threshold above one half."""
+    x = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+    y = torch.tensor([0, 0, 1, 1])
+    prior = CategoryPrior.fit(x, y, 2)
+    again = CategoryPrior.fit(x, y, 2)
+    assert torch.equal(prior.weight, again.weight) and torch.equal(prior.bias, again.bias)
+    probs = prior.probabilities(torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]]))
+    assert probs[0, 0] > 0.9 and probs[1, 1] > 0.9
+    assert abs(float(probs[2, 0]) - 0.5) < 0.05
+    test = torch.tensor([[1.0, 0.0], [0.5, 0.5]])
+    assert prior.infer(test, ["star", "ring"], 0.6) == ["star", None]
+    assert prior.infer(test, ["star", "ring"], 0.4)[1] is not None  # its argmax, below 0.6
+    loaded = CategoryPrior.from_state(prior.state())
+    assert torch.equal(loaded.probabilities(test), prior.probabilities(test))
 
 
 @pytest.mark.parametrize(
@@ -392,7 +445,7 @@ def test_autoguidance_steps_away_from_what_the_guide_predicts(guided: TextToImag
     # changes nothing, at any weight and with or without classifier-free guidance.
     same = TextToImage(
         guided.net, guided.config, guided.categories, text_encoder=guided.text_encoder,
-        guide=copy.deepcopy(guided.net),
+        guide=copy.deepcopy(guided.net), prior=guided.prior,
     )  # fmt: skip
     # (atol 1: the guide runs on half the batch the net does, so float round-off may differ)
     np.testing.assert_allclose(

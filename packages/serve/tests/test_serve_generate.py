@@ -35,6 +35,11 @@ def test_generate_returns_pngs_that_say_what_made_them(client: TestClient) -> No
     assert meta["pinlab:model_id"] == out["model_id"] and meta["pinlab:seed"] == "3"
     # This generator kept no autoguidance guide: none is used, and both say so.
     assert out["autoguidance"] == 1.0 and meta["pinlab:autoguidance"] == "1.0"
+    # The category the caption prior inferred from the text, in the answer and the PNG.
+    assert meta["pinlab:category"] == (out["category"] or "")
+    alone = client.post("/v1/generate", json={**body, "infer_category": False}).json()
+    assert alone["category"] is None
+    assert png_text(base64.b64decode(alone["images"][0].split(",")[1]))["pinlab:category"] == ""
     assert client.post("/v1/generate", json=body).json()["images"] == out["images"]
     # A generated image goes straight to visual search.
     found = client.post("/v1/search/image", files={"image": ("g.png", first, "image/png")})

@@ -220,17 +220,20 @@ def generate(
     category: str | None = None,
     device: str = "cpu",
     autoguidance: float | None = None,
+    infer_category: bool = True,
 ) -> dict[str, Any]:
     """Generate `n` images for `text` with the run's generator; one PNG each under `out`.
 
     Arguments are checked before the model loads. Writes OUT/SLUG-sSEED-II.png.
-    `autoguidance` None takes the generator's own setting.
+    `autoguidance` None takes the generator's own setting; without `category`, the one the
+    caption prior infers from `text` is used unless `infer_category` is False.
     """
     check_request(text, n, steps, guidance, GenerateLimits(), autoguidance)
     require_generator(run)
     check_output_folder(out, lambda name: name.endswith(".png"), "--out", "generate")
     model = load_generator(run.generator, resolve_device(device))
-    model.category_index(category)  # an unknown category fails before any work
+    used = model.resolve_categories([text], category, infer_category)[0]  # fails before work
+    inferred = category is None and used is not None
     if autoguidance not in (None, 1.0) and model.guide is None:
         log.warning(
             "this generator has no autoguidance guide, so --autoguidance %s has no effect "
@@ -239,7 +242,7 @@ def generate(
     model.text_encoder  # noqa: B018 - load MiniLM before the clock starts
     start = time.perf_counter()
     images = model.generate(
-        [text] * n, steps=steps, guidance=guidance, seed=seed, category=category,
+        [text] * n, steps=steps, guidance=guidance, seed=seed, category=used,
         autoguidance=autoguidance,
     )  # fmt: skip
     seconds = time.perf_counter() - start
@@ -248,15 +251,16 @@ def generate(
     for i, image in enumerate(images):
         path = out / f"{_slug(text)}-s{seed}-{i:02d}.png"
         meta = model.png_text(
-            text, seed=seed, index=i, steps=steps, guidance=guidance, category=category,
-            autoguidance=autoguidance,
+            text, seed=seed, index=i, steps=steps, guidance=guidance, category=used,
+            autoguidance=autoguidance, category_inferred=inferred,
         )  # fmt: skip
         write_bytes_atomic(path, encode_png(image, meta))
         files.append(str(path))
     return {
         "model_id": model.model_id,
         "prompt": text,
-        "category": category,
+        "category": used,
+        "category_inferred": inferred,
         "n": n,
         "steps": steps,
         "guidance": guidance,
@@ -361,13 +365,16 @@ def eval_generator(
     progress: TrainProgress = True,
     max_prompts: int = MAX_EVAL_PROMPTS,
     autoguidance: float | None = None,
+    infer_category: bool = True,
 ) -> dict[str, Any]:
     """Measure the run's generator on held-out captions; see the module docstring.
 
     Held-out pins (of the split the generator trained under) whose caption no training pin
     has are cut in two halves, A and B. A's captions are the prompts; B is the real reference
     of Fréchet distance and precision/recall, and A against B is the real-vs-real floor, all
-    of equal size. The baseline (`mean_image_baseline`) answers the same prompts.
+    of equal size. The baseline (`mean_image_baseline`) answers the same prompts. The
+    generator is given the captions alone; it conditions on the category its caption prior
+    infers unless `infer_category` is False (the prior's accuracy is in the result).
     Writes DIR/{eval.json, samples.png} (DIR: RUN/generator by default).
     """
     directory = run.generator_dir if directory is None else directory
@@ -404,14 +411,24 @@ def eval_generator(
 
     model = load_generator(generator_file, device)
     classifier, truth = _classifier(run, ds, images, split_seed, device, progress)
-    cond = model.conditioning(prompts, [len(model.categories)] * len(prompts))
     clock = time.perf_counter()
+    inferred = model.resolve_categories(prompts, None, infer_category)
+    cond = model.conditioning(prompts, [model.category_index(c) for c in inferred])
     autoguidance = model.autoguidance(autoguidance)
     generated = model.sample(
         cond, steps=steps, guidance=guidance, seed=seed, autoguidance=autoguidance
     )
     generation_seconds = time.perf_counter() - clock
-    labels = _category_names(ds)[1]
+    names, labels = _category_names(ds)
+    prior = {
+        "infer_category": infer_category,
+        "inferred_share": round(sum(c is not None for c in inferred) / len(inferred), 4),
+        # Of every prompt: one the prior left without a category counts as wrong here.
+        "accuracy": None if labels is None else round(
+            float(np.mean([c == names[labels[r]] for c, r in zip(inferred, rows_a, strict=True)])),
+            4,
+        ),
+    }  # fmt: skip
     baseline = mean_image_baseline(
         images[train_rows],
         None if labels is None else labels[train_rows],
@@ -501,7 +518,9 @@ def eval_generator(
         "nn_distance": "RMS pixel difference (0-1 scale) to the nearest training image",
     }  # fmt: skip
 
-    grid = _sample_grid(model, ds, captions, rows_a, steps, guidance, autoguidance, seed)
+    grid = _sample_grid(
+        model, ds, captions, rows_a, steps, guidance, autoguidance, seed, infer_category
+    )
     write_bytes_atomic(directory / SAMPLES_FILE, grid)
     result: dict[str, Any] = {
         "model_id": model.model_id,
@@ -514,6 +533,7 @@ def eval_generator(
         "autoguidance": autoguidance,
         "prompts": len(prompts),
         "prompts_are": "captions of held-out pins that no training pin has",
+        "category_prior": prior,
         "fidelity": fidelity,
         "real_vs_real_floor": floor,
         "conditional": conditional,
@@ -542,7 +562,7 @@ def _pixels(images: np.ndarray) -> np.ndarray:
 
 def _sample_grid(
     model: TextToImage, ds: Dataset, captions: list[str], rows: np.ndarray, steps: int,
-    guidance: float, autoguidance: float, seed: int,
+    guidance: float, autoguidance: float, seed: int, infer_category: bool,
 ) -> bytes:  # fmt: skip
     """A few held-out prompts: real pins of that caption, then generated samples of it."""
     picked = rows[:GRID_PROMPTS]
@@ -553,7 +573,7 @@ def _sample_grid(
     images = pin_images(ds)
     generated = model.generate(
         [p for p in prompts for _ in range(GRID_SAMPLES)], steps=steps, guidance=guidance,
-        seed=seed + 1, autoguidance=autoguidance,
+        seed=seed + 1, autoguidance=autoguidance, infer_category=infer_category,
     )  # fmt: skip
     return sample_grid_png(
         [

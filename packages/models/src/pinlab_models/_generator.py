@@ -11,7 +11,9 @@ Captions (MiniLM, frozen) and categories are dropped at random in training, so o
 conditional and unconditional at once: classifier-free guidance (Ho & Salimans 2022) mixes the
 two at sampling. The weights kept are an exponential moving average (diffusers' `EMAModel`);
 the average after an early epoch is kept too, as the guide of autoguidance (Karras et al.
-2024): sampling also steps away from what that weaker network predicts.
+2024): sampling also steps away from what that weaker network predicts. Where the data has
+categories, a caption prior (`_category_prior`) learns which one each caption names, so a
+prompt given as text alone is conditioned on its category too.
 With `align_weight` > 0, training adds REPA (Yu et al. 2025): the mid block's features of
 the noisy image, through a small head used only in training, are pulled towards a frozen image
 encoder's feature map of the clean image.
@@ -36,6 +38,7 @@ import torch.nn.functional as F  # noqa: N812 - the PyTorch convention
 from torch import nn
 
 from pinlab_data.contracts import ImageArray, Int64Array
+from pinlab_models._category_prior import CategoryPrior
 from pinlab_models._cnn_encoder import input_chunks, to_input
 from pinlab_models._runtime import (
     bfloat16_pays,
@@ -231,9 +234,11 @@ class TextToImage:
         device: str = "cpu",
         text_encoder: TextEncoder | None = None,
         guide: GeneratorNet | None = None,
+        prior: CategoryPrior | None = None,
     ) -> None:
         self.net = net.to(device)
         self.guide = None if guide is None else guide.to(device).eval()
+        self.prior = prior  # None: generators trained without categories, or before the prior
         self.config = config
         self.categories = list(categories)
         self.device = device
@@ -270,6 +275,28 @@ class TextToImage:
             )
         return self.categories.index(category)
 
+    def infer_categories(self, prompts: Sequence[str]) -> list[str | None]:
+        """The category each prompt names, by the caption prior, where it is at least
+        `config.prior_threshold` sure; None elsewhere, and for every prompt of a generator
+        without a prior."""
+        if self.prior is None:
+            return [None] * len(prompts)
+        distinct = list(dict.fromkeys(prompts))  # each text encoded once
+        sentences = torch.from_numpy(self.text_encoder.encode(distinct))
+        named = self.prior.infer(sentences, self.categories, self.config.prior_threshold)
+        by_text = dict(zip(distinct, named, strict=True))
+        return [by_text[p] for p in prompts]
+
+    def resolve_categories(
+        self, prompts: Sequence[str], category: str | None, infer_category: bool
+    ) -> list[str | None]:
+        """What each prompt is conditioned on: `category` where given, else the inferred one
+        (`infer_categories`) when `infer_category`, else none."""
+        self.category_index(category)  # an unknown name fails before any work
+        if category is not None or not infer_category:
+            return [category] * len(prompts)
+        return self.infer_categories(prompts)
+
     def conditioning(self, prompts: Sequence[str], categories: Sequence[int]) -> Conditioning:
         """Encode prompts once per distinct text; `categories` are embedding rows."""
         return encode_conditioning(
@@ -287,17 +314,21 @@ class TextToImage:
         category: str | None = None,
         limits: GenerateLimits | None = None,
         autoguidance: float | None = None,
+        infer_category: bool = True,
     ) -> ImageArray:
         """One (S, S, 3) uint8 image per prompt; the same seed gives the same images.
 
         Image i's starting noise is the i-th draw of the seed, so the first images of a batch
-        do not change when more are asked for. `autoguidance` None takes the config's.
+        do not change when more are asked for. `autoguidance` None takes the config's. Without
+        a `category`, each prompt's is inferred by the caption prior unless `infer_category`
+        is False (`resolve_categories`).
         """
         for prompt in dict.fromkeys(prompts) or [""]:  # no prompt at all is refused too
             check_request(
                 prompt, len(prompts), steps, guidance, limits or GenerateLimits(), autoguidance
             )
-        cond = self.conditioning(prompts, [self.category_index(category)] * len(prompts))
+        names = self.resolve_categories(prompts, category, infer_category)
+        cond = self.conditioning(prompts, [self.category_index(c) for c in names])
         return self.sample(
             cond, steps=steps, guidance=guidance, seed=seed, autoguidance=autoguidance
         )
@@ -355,8 +386,10 @@ class TextToImage:
     def png_text(
         self, prompt: str, *, seed: int, index: int, steps: int, guidance: float,
         category: str | None = None, autoguidance: float | None = None,
+        category_inferred: bool = False,
     ) -> dict[str, str]:  # fmt: skip
-        """What a generated PNG says about itself: generated, by which model, from what."""
+        """What a generated PNG says about itself: generated, by which model, from what
+        (`category` is the one it was conditioned on, given or inferred from the prompt)."""
         return {
             "Software": "pinlab",
             "pinlab:generated": "true",
@@ -364,6 +397,7 @@ class TextToImage:
             "pinlab:text_model": MINILM_ID,
             "pinlab:prompt": prompt,
             "pinlab:category": category or "",
+            "pinlab:category_inferred": str(category_inferred).lower(),
             "pinlab:seed": str(seed),
             "pinlab:index": str(index),
             "pinlab:steps": str(steps),
@@ -383,6 +417,8 @@ class TextToImage:
         }
         if self.guide is not None:
             payload["guide"] = {k: v.cpu() for k, v in self.guide.state_dict().items()}
+        if self.prior is not None:
+            payload["prior"] = self.prior.state()
         self.model_id = f"gen-{save_checkpoint(path, payload)}"
         return self.model_id
 
@@ -409,7 +445,8 @@ def load_generator(path: Path, device: str = "cpu") -> TextToImage:
     if "guide" in payload:
         guide = GeneratorNet(config, len(categories))
         guide.load_state_dict(payload["guide"])
-    model = TextToImage(net, config, categories, device, guide=guide)
+    prior = CategoryPrior.from_state(payload["prior"]) if "prior" in payload else None
+    model = TextToImage(net, config, categories, device, guide=guide, prior=prior)
     model.model_id = f"gen-{file_digest(path)}"
     return model
 
@@ -671,6 +708,12 @@ def train_generator(
     if guide_state is not None and config.guide_epoch is not None and kept > config.guide_epoch:
         model.guide = copy.deepcopy(ema_net)
         model.guide.load_state_dict(guide_state)
+    named = torch.from_numpy(labels < num_categories)
+    if named.any():
+        model.prior = CategoryPrior.fit(
+            all_cond.sentence[named.to(ctx.device)], torch.from_numpy(labels)[named],
+            num_categories,
+        )  # fmt: skip
     return model, report
 
 

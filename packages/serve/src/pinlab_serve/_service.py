@@ -297,9 +297,13 @@ class PinService:
         assert self._generator is not None
         with self._generate_lock, self.stage("generate"):
             start = time.perf_counter()
+            category = self._generator.resolve_categories(
+                [request.text], None, request.infer_category
+            )[0]
             images = self._generator.generate(
                 [request.text] * request.n, steps=request.steps, guidance=request.guidance,
                 seed=request.seed, limits=self._limits(), autoguidance=request.autoguidance,
+                category=category, infer_category=False,  # resolved just above
             )  # fmt: skip
             seconds = time.perf_counter() - start
         urls = []
@@ -307,6 +311,7 @@ class PinService:
             text = self._generator.png_text(
                 request.text, seed=request.seed, index=i, steps=request.steps,
                 guidance=request.guidance, autoguidance=request.autoguidance,
+                category=category, category_inferred=category is not None,
             )  # fmt: skip
             urls.append(
                 "data:image/png;base64," + base64.b64encode(encode_png(image, text)).decode()
@@ -314,7 +319,8 @@ class PinService:
         return GenerateResponse(
             model_id=self._generator.model_id, text=request.text, n=request.n,
             steps=request.steps, guidance=request.guidance,
-            autoguidance=self._generator.autoguidance(request.autoguidance), seed=request.seed,
+            autoguidance=self._generator.autoguidance(request.autoguidance), category=category,
+            seed=request.seed,
             seconds=round(seconds, 3), estimate_s=round(estimate, 3), images=urls,
         )  # fmt: skip
 

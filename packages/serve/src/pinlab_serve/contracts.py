@@ -559,6 +559,11 @@ class GenerateRequest(BaseModel):
         description="The early-epoch guide's weight (1: none; default: the generator's own).",
     )  # fmt: skip
     seed: int = Field(default=0, ge=0, le=2**31 - 1, description="The same seed, the same images.")
+    infer_category: bool = Field(
+        default=True,
+        description="Also condition on the category the generator's caption prior infers from "
+        "the text, where it is sure (false: the text alone).",
+    )
 
 
 class GenerateResponse(BaseModel):
@@ -571,6 +576,9 @@ class GenerateResponse(BaseModel):
     steps: int
     guidance: float
     autoguidance: float = Field(description="The guide's weight used (1: the generator has none).")
+    category: str | None = Field(
+        default=None, description="The category inferred from the text and conditioned on."
+    )
     seed: int
     seconds: float
     estimate_s: float = Field(description="What the budget check expected it to take.")

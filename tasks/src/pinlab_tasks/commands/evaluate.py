@@ -243,6 +243,14 @@ def generator(
         float, typer.Option("--guidance", help="Classifier-free guidance scale (0..20).")
     ] = 3.0,
     autoguidance: AutoguidanceOpt = None,
+    infer_category: Annotated[
+        bool,
+        typer.Option(
+            "--infer-category/--no-infer-category",
+            help="Condition each caption on the category the generator's caption prior "
+            "infers from it (--no-infer-category: on the caption alone).",
+        ),
+    ] = True,
     seed: SeedOpt = None,
     device: DeviceOpt = None,
     as_json: JsonFlag = False,
@@ -261,7 +269,7 @@ def generator(
     layout = RunLayout(run)
     params = {
         "run": str(run), "steps": steps, "guidance": guidance, "autoguidance": autoguidance,
-        "seed": seed,
+        "seed": seed, "infer_category": infer_category,
     }  # fmt: skip
     with tracked("eval generator", params, run_dir=run) as tracker:
         result = generative.eval_generator(
@@ -269,6 +277,7 @@ def generator(
             steps=steps,
             guidance=guidance,
             autoguidance=autoguidance,
+            infer_category=infer_category,
             seed=seed,
             device=device or s.device,
             progress=train_progress(not as_json, "eval generator"),
@@ -302,4 +311,13 @@ def render_generator(result: dict[str, Any]) -> None:
         for metric, value in row.items():
             by_metric.setdefault(metric, {})[name] = value
     stdout.print(metrics_table(title, by_metric))
+    prior = result.get("category_prior")
+    if prior and prior["infer_category"]:
+        right = (
+            "" if prior["accuracy"] is None else f", the caption's own for {prior['accuracy']:.1%}"
+        )
+        stdout.print(
+            f"generated from the caption and the category the caption prior inferred "
+            f"(for {prior['inferred_share']:.1%} of the prompts{right})"
+        )
     stdout.print(f"samples: {result['samples']}")

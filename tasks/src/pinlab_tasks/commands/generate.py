@@ -32,8 +32,19 @@ def generate(
     autoguidance: AutoguidanceOpt = None,
     category: Annotated[
         str | None,
-        typer.Option("--category", help="Also condition on this category of the dataset."),
+        typer.Option(
+            "--category",
+            help="Also condition on this category of the dataset (default: the one the "
+            "generator's caption prior infers from the text, if it is sure).",
+        ),
     ] = None,
+    infer_category: Annotated[
+        bool,
+        typer.Option(
+            "--infer-category/--no-infer-category",
+            help="Without --category, condition on the category the caption prior infers.",
+        ),
+    ] = True,
     seed: SeedOpt = None,
     device: DeviceOpt = None,
     as_json: JsonFlag = False,
@@ -55,12 +66,16 @@ def generate(
         category=category,
         device=device or s.device,
         autoguidance=autoguidance,
+        infer_category=infer_category,
     )
 
     def render() -> None:
         stdout.print(
             f"generated {result['n']} images in {result['seconds']:.2f} s "
-            f"({result['images_per_s']} images/s) with {result['model_id']}:"
+            f"({result['images_per_s']} images/s) with {result['model_id']}"
+            + (f", category {result['category']}" if result["category"] else "")
+            + (" (inferred from the text)" if result["category_inferred"] else "")
+            + ":"
         )
         for path in result["files"]:
             stdout.print(f"  {path}")
