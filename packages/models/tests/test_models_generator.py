@@ -158,8 +158,9 @@ def test_the_caption_prior_names_the_category_and_sampling_conditions_on_it(
     np.testing.assert_array_equal(model.generate([prompt], steps=2, seed=4), same)
     alone = model.generate([prompt], steps=2, seed=4, infer_category=False)
     assert not np.array_equal(alone, same)
-    meta = model.png_text(prompt, seed=4, index=0, steps=2, guidance=3.0, category=category,
-                          category_inferred=True)  # fmt: skip
+    meta = model.png_text(
+        prompt, seed=4, index=0, steps=2, guidance=3.0, category=category, category_inferred=True
+    )
     assert meta["pinlab:category"] == category and meta["pinlab:category_inferred"] == "true"
 
 
@@ -231,6 +232,9 @@ def test_config_refuses_a_unet_that_does_not_fit() -> None:
         GeneratorConfig(image_size=20, patch=2, widths=(16, 32, 64))
     with pytest.raises(ValueError, match="multiples of 8"):
         GeneratorConfig(widths=(12, 24))
+    for threshold in (0.0, 1.5):
+        with pytest.raises(ValueError, match="prior_threshold"):
+            GeneratorConfig(prior_threshold=threshold)
 
 
 def test_ddpm_v_still_trains_and_samples(

@@ -243,7 +243,7 @@ def generate(
     start = time.perf_counter()
     images = model.generate(
         [text] * n, steps=steps, guidance=guidance, seed=seed, category=used,
-        autoguidance=autoguidance,
+        autoguidance=autoguidance, infer_category=False,  # resolved above
     )  # fmt: skip
     seconds = time.perf_counter() - start
     make_directory(out)
