@@ -76,6 +76,13 @@ def test_a_run_page_shows_the_generator_and_its_samples(tmp_path: Path) -> None:
     assert "generator-generator" in report.sections
     assert "0.123" in report.html and "near-duplicate share" in report.html
     assert report.plots >= 1
+    assert "the caption alone" in report.html  # an evaluation from before the caption prior
+    prior = {"infer_category": True, "inferred_share": 0.975, "accuracy": 0.95}
+    (tmp_path / "generator" / "eval.json").write_text(
+        json.dumps({**_eval(0.123), "category_prior": prior})
+    )
+    html = build_report(tmp_path).html
+    assert "caption prior inferred (inferred for 0.975 of them" in html and "for 0.95)" in html
 
 
 def test_a_bench_generative_page_has_targets_and_every_seed(tmp_path: Path) -> None:

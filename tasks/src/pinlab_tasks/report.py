@@ -1611,9 +1611,17 @@ def _generator_section(directory: Path, page: _Page, title: str = "Generated pin
         page.missing("generated pins", "no generator/eval.json (`pinlab eval generator --run`)")
         return
     agreement = result.get("text_image_agreement") or {}
+    prior = result.get("category_prior") or {}  # absent from evaluations before the prior
+    named = (
+        f"each also conditioned on the category the generator's caption prior inferred "
+        f"(inferred for {esc(prior['inferred_share'])} of them, the pin's own category for "
+        f"{esc(prior['accuracy'])}); "
+        if prior.get("infer_category")
+        else "the caption alone; "
+    )
     parts = [
-        f'<p class="note">{esc(result["prompts"])} prompts: {esc(result["prompts_are"])}; '
-        f"{esc(result['steps'])} sampling steps, guidance {esc(result['guidance'])}, "
+        f'<p class="note">{esc(result["prompts"])} prompts: {esc(result["prompts_are"])}, '
+        f"{named}{esc(result['steps'])} sampling steps, guidance {esc(result['guidance'])}, "
         f"autoguidance {esc(result.get('autoguidance', 1.0))}, seed "
         f"{esc(result['seed'])}. <b>real</b>: held-out pins of the same captions (FD against the "
         "other half of the held-out pins: the real-vs-real floor); <b>baseline</b>: the "
