@@ -164,6 +164,20 @@ def test_the_caption_prior_names_the_category_and_sampling_conditions_on_it(
     assert meta["pinlab:category"] == category and meta["pinlab:category_inferred"] == "true"
 
 
+def test_data_without_categories_trains_no_prior(
+    world: tuple[np.ndarray, list[str], np.ndarray, list[str]], tmp_path: Path
+) -> None:
+    images, captions, _, _ = world
+    config = TINY.model_copy(update={"epochs": 1, "align_weight": 0.0})
+    ctx = TrainContext(run_dir=tmp_path, seed=1, progress=False)
+    model, _ = train_generator(images, captions, None, [], config, ctx)
+    assert model.prior is None and model.infer_categories(captions[:2]) == [None, None]
+    np.testing.assert_array_equal(
+        model.generate(captions[:1], steps=2, seed=3),
+        model.generate(captions[:1], steps=2, seed=3, infer_category=False),
+    )
+
+
 def test_the_caption_prior_is_sure_only_where_the_caption_says() -> None:
     """Hand-made: two categories along two axes. The fit is convex, so it is the same each
     time; a vector between them is named by neither at a threshold above one half."""
