@@ -411,9 +411,9 @@ def eval_generator(
 
     model = load_generator(generator_file, device)
     classifier, truth = _classifier(run, ds, images, split_seed, device, progress)
-    clock = time.perf_counter()
     inferred = model.resolve_categories(prompts, None, infer_category)
     cond = model.conditioning(prompts, [model.category_index(c) for c in inferred])
+    clock = time.perf_counter()
     autoguidance = model.autoguidance(autoguidance)
     generated = model.sample(
         cond, steps=steps, guidance=guidance, seed=seed, autoguidance=autoguidance
