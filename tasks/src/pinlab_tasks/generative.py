@@ -411,8 +411,7 @@ def eval_generator(
 
     model = load_generator(generator_file, device)
     classifier, truth = _classifier(run, ds, images, split_seed, device, progress)
-    inferred = model.resolve_categories(prompts, None, infer_category)
-    cond = model.conditioning(prompts, [model.category_index(c) for c in inferred])
+    cond, inferred = model.prompt_conditioning(prompts, None, infer_category)
     clock = time.perf_counter()
     autoguidance = model.autoguidance(autoguidance)
     generated = model.sample(

@@ -28,7 +28,7 @@ import copy
 import functools
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -275,27 +275,30 @@ class TextToImage:
             )
         return self.categories.index(category)
 
+    def prompt_conditioning(
+        self, prompts: Sequence[str], category: str | None = None, infer_category: bool = True
+    ) -> tuple[Conditioning, list[str | None]]:
+        """The prompts encoded once, and the category each is conditioned on: `category` where
+        given, else (when `infer_category`) the one the caption prior names from the same
+        sentence vectors it was fitted on, where it is at least `config.prior_threshold`
+        sure; None elsewhere, and for every prompt of a generator without a prior."""
+        given = self.category_index(category)  # an unknown name fails before any work
+        cond = self.conditioning(prompts, [given] * len(prompts))
+        if category is not None or not infer_category or self.prior is None:
+            return cond, [category] * len(prompts)
+        names = self.prior.infer(cond.sentence, self.categories, self.config.prior_threshold)
+        rows = torch.tensor([self.category_index(c) for c in names], device=cond.category.device)
+        return replace(cond, category=rows), names
+
     def infer_categories(self, prompts: Sequence[str]) -> list[str | None]:
-        """The category each prompt names, by the caption prior, where it is at least
-        `config.prior_threshold` sure; None elsewhere, and for every prompt of a generator
-        without a prior."""
-        if self.prior is None:
-            return [None] * len(prompts)
-        distinct = list(dict.fromkeys(prompts))  # each text encoded once
-        sentences = torch.from_numpy(self.text_encoder.encode(distinct))
-        named = self.prior.infer(sentences, self.categories, self.config.prior_threshold)
-        by_text = dict(zip(distinct, named, strict=True))
-        return [by_text[p] for p in prompts]
+        """The category the caption prior names for each prompt (`prompt_conditioning`)."""
+        return self.prompt_conditioning(prompts)[1]
 
     def resolve_categories(
         self, prompts: Sequence[str], category: str | None, infer_category: bool
     ) -> list[str | None]:
-        """What each prompt is conditioned on: `category` where given, else the inferred one
-        (`infer_categories`) when `infer_category`, else none."""
-        self.category_index(category)  # an unknown name fails before any work
-        if category is not None or not infer_category:
-            return [category] * len(prompts)
-        return self.infer_categories(prompts)
+        """What each prompt is conditioned on (`prompt_conditioning`)."""
+        return self.prompt_conditioning(prompts, category, infer_category)[1]
 
     def conditioning(self, prompts: Sequence[str], categories: Sequence[int]) -> Conditioning:
         """Encode prompts once per distinct text; `categories` are embedding rows."""
@@ -327,8 +330,7 @@ class TextToImage:
             check_request(
                 prompt, len(prompts), steps, guidance, limits or GenerateLimits(), autoguidance
             )
-        names = self.resolve_categories(prompts, category, infer_category)
-        cond = self.conditioning(prompts, [self.category_index(c) for c in names])
+        cond, _ = self.prompt_conditioning(prompts, category, infer_category)
         return self.sample(
             cond, steps=steps, guidance=guidance, seed=seed, autoguidance=autoguidance
         )
