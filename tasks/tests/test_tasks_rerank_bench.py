@@ -6,12 +6,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from pinlab_data import SynthConfig, write_synth
 from pinlab_tasks.cli import run
 from pinlab_tasks.report import build_report
-from pinlab_tasks.rerank_bench import TRADEOFFS, pick
+from pinlab_tasks.rerank_bench import PRICES, TRADEOFFS, Lists, hit_calibration, hits, pick
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +40,7 @@ def test_bench_rerank_frontier(
     assert set(frontier) == {
         "mmr",
         "dpp",
+        "category_pairs",
         "calibrated",
         "exposure",
         "exposure_dithered",
@@ -49,9 +51,10 @@ def test_bench_rerank_frontier(
     ndcg = {m: row["ndcg@10"]["mean"] for m, row in base.items()}
     assert len(set(ndcg.values())) == 1, ndcg
     assert [r["tradeoff"] for r in frontier["dpp"]] == list(TRADEOFFS)
+    assert [r["tradeoff"] for r in frontier["category_pairs"]] == list(PRICES)
     # Re-ranking buys what it is for: diversity, calibration, the protected group's share.
     last = {m: rows[-1] for m, rows in frontier.items()}
-    for method in ("mmr", "dpp"):
+    for method in ("mmr", "dpp", "category_pairs"):
         assert (
             last[method]["category_diversity"]["mean"] > base[method]["category_diversity"]["mean"]
         )
@@ -96,3 +99,25 @@ def test_pick_takes_the_most_gain_inside_the_budget() -> None:
     points = {0.0: point(0.5, 0.3), 0.1: point(0.498, 0.4), 0.2: point(0.49, 0.6)}
     assert pick(points, "dpp") == 0.1  # 0.2 loses 2%, past DPP's 1%
     assert pick({0.0: point(0.5, 0.3), 0.1: point(0.3, 0.9)}, "dpp") == 0.0
+
+
+def test_hit_calibration_by_hand() -> None:
+    # Two users, three candidates each, best first; user 0 holds out items 7 and 9, user 1 item 4.
+    lists = Lists(
+        users=np.array([0, 1]),
+        candidates=np.array([[7, 8, 9], [4, 5, 6]]),
+        scores=np.array([[0.9, 0.5, 0.1], [0.8, 0.4, 0.2]]),
+        relevant=(np.array([0, 2, 3]), np.array([7, 9, 4])),
+        history=(np.array([0, 0, 0]), np.array([], dtype=np.int64)),
+    )
+    assert hits(lists).tolist() == [[True, False, True], [True, False, False]]
+    probability = hit_calibration(lists)
+    # Sorted by score: 0.1 hit, 0.2 miss, 0.4 miss, 0.5 miss, 0.8 hit, 0.9 hit. The isotonic
+    # fit pools the first four (1 hit in 4: 0.25, centred at score 0.3), then 0.8 and 0.9 at 1
+    # (centred at 0.85); in between a straight line, outside the two centres it clips.
+    got = probability(np.array([[0.1, 0.45, 0.85], [0.0, 2.0, 0.3]]))
+    between = 0.25 + (0.45 - 0.3) / (0.85 - 0.3) * (1.0 - 0.25)
+    np.testing.assert_allclose(got, [[0.25, between, 1.0], [0.25, 1.0, 0.25]])
+    # Strictly rising between the centres: a price never outweighs a better score for free.
+    inside = probability(np.linspace(0.31, 0.84, 50))
+    assert (np.diff(inside) > 0).all()

@@ -1,4 +1,5 @@
-"""Re-rankers: MMR, DPP greedy MAP, calibrated, exposure-constrained and the self-adjusting mode."""
+"""Re-rankers: MMR, DPP greedy MAP, category pairs, calibrated, exposure-constrained and the
+self-adjusting mode."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pinlab_models import (
     PinlabModelError,
     calibrated,
     category_diversity,
+    category_pairs,
     dpp,
     exposure_boost,
     exposure_constrained,
@@ -105,6 +107,75 @@ def test_dpp_hand_case_skips_duplicate() -> None:
     assert dpp([1.0, 0.9, 0.0], vectors, 2, 0.5) == [0, 1]
     # At diversity 0.9 (alpha 1/18): 1: exp(0.1) * 0.64 = 0.707 < 1 -> 2 second.
     assert dpp([1.0, 0.9, 0.0], vectors, 2, 0.9) == [0, 2]
+
+
+# ---------------------------------------------------------------- category pairs
+
+
+def _pairs_objective(
+    chosen: tuple[int, ...], relevance: list[float], categories: list[str], price: float
+) -> float:
+    picked = [categories[i] for i in chosen]
+    same = sum(c * (c - 1) // 2 for c in (picked.count(x) for x in set(picked)))
+    return sum(relevance[i] for i in chosen) - price * same
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_category_pairs_is_the_exact_maximiser(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    m = int(rng.integers(2, 10))
+    relevance = list(rng.random(m))
+    categories = [str(c) for c in rng.choice(list("abc"), m)]
+    for price in (0.05, 0.2, 0.6, 3.0):
+        k = int(rng.integers(1, m + 1))
+        best = max(  # every k-subset
+            itertools.combinations(range(m), k),
+            key=lambda s: _pairs_objective(s, relevance, categories, price),
+        )
+        got = category_pairs(relevance, categories, k, price)
+        assert sorted(got) == sorted(best), (price, k)
+
+
+def test_category_pairs_hand_case() -> None:
+    # a, a, b at 0.5, 0.45, 0.3; the second pick: 0.45 - price (another a) against 0.3 (a b).
+    rel, cats = [0.5, 0.45, 0.3], ["a", "a", "b"]
+    assert category_pairs(rel, cats, 2, 0.0) == [0, 1]
+    assert category_pairs(rel, cats, 2, 0.1) == [0, 1]  # 0.35 > 0.3
+    assert category_pairs(rel, cats, 2, 0.2) == [0, 2]  # 0.25 < 0.3
+    # The third pick is the second a whatever the price: nothing else is left.
+    assert category_pairs(rel, cats, 3, 5.0) == [0, 2, 1]
+
+
+def test_category_pairs_spreads_categories_as_the_price_grows() -> None:
+    rng = np.random.default_rng(7)
+    relevance = list(rng.random(40))
+    categories = [str(c) for c in rng.choice(list("abcdef"), 40)]
+    diversity = [
+        category_diversity([categories[i] for i in category_pairs(relevance, categories, 6, p)])
+        for p in (0.0, 0.01, 0.05, 0.2, 10.0)
+    ]
+    assert diversity == sorted(diversity) and diversity[0] < 1.0
+    assert diversity[-1] == 1.0  # six picks, six categories: one of each
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_category_pairs_is_permutation_consistent(seed: int) -> None:
+    rel, _, cats, _ = _instance(seed)
+    perm = [int(i) for i in np.random.default_rng(seed + 100).permutation(len(rel))]
+    for price in (0.0, 0.1, 0.5, 2.0):
+        base = category_pairs(rel, cats, 5, price)
+        moved = category_pairs([rel[i] for i in perm], [cats[i] for i in perm], 5, price)
+        assert [perm[i] for i in moved] == base
+
+
+def test_category_pairs_refuses_bad_input() -> None:
+    for price in (-0.1, math.nan):
+        with pytest.raises(PinlabModelError, match=r"price must be in \[0.0, inf\]"):
+            category_pairs([0.1, 0.2], ["a", "b"], 2, price)
+    with pytest.raises(PinlabModelError, match="categories has 1 rows but there are 2"):
+        category_pairs([0.1, 0.2], ["a"], 2, 0.1)
+    with pytest.raises(PinlabModelError, match="must be finite"):
+        category_pairs([0.1, math.inf], ["a", "b"], 2, 0.1)
 
 
 # ---------------------------------------------------------------- calibrated

@@ -71,6 +71,7 @@ from pinlab_models._reinforce import ReinforcePolicy, train_reinforce
 from pinlab_models._rerank import (
     calibrated,
     category_diversity,
+    category_pairs,
     dpp,
     exposure_boost,
     exposure_constrained,
@@ -252,6 +253,7 @@ __all__ = [
     "builtin_archs",
     "calibrated",
     "category_diversity",
+    "category_pairs",
     "check_arch",
     "check_data_parallel",
     "check_request",

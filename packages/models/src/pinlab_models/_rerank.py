@@ -158,6 +158,38 @@ def calibrated(
     return chosen
 
 
+def category_pairs(
+    relevance: Sequence[float], categories: Sequence[str], k: int, price: float
+) -> list[int]:
+    """Positions of the `k` candidates that maximise `sum rel - price * same-category pairs`,
+    exactly; `price` >= 0, in relevance's own units (0 keeps the relevance order).
+
+    Each step picks the free candidate maximising `rel_i - price * (picked of i's category)`.
+    That greedy pass is exact: for a given count a category's best members are its most
+    relevant, and its pairs grow by its count with each pick, so every category's term is
+    concave in its count and the marginal gains fall. With `rel` a calibrated probability of a
+    hit, one price for every list is the Lagrangian of a bound on the mean same-category
+    pairs (the mean intra-list category diversity) over lists: each list buys diversity as
+    far as its expected hits allow, and the price says how far.
+    """
+    n = _check(relevance, k, ("price", price, 0.0, math.inf))
+    _check_rows("categories", len(categories), n)
+    if price == 0 or n <= 1:
+        return _by_relevance(relevance, k)
+    rel = np.asarray(relevance, dtype=np.float64)
+    _, cat = np.unique(np.asarray(categories), return_inverse=True)
+    picked = np.zeros(int(cat.max()) + 1)
+    free = np.ones(n, dtype=bool)
+    chosen: list[int] = []
+    for _ in range(min(k, n)):
+        gain = np.where(free, rel - price * picked[cat], -np.inf)
+        pick = int(np.argmax(gain))
+        chosen.append(pick)
+        free[pick] = False
+        picked[cat[pick]] += 1
+    return chosen
+
+
 def in_relevance_order(chosen: Sequence[int], relevance: Sequence[float]) -> list[int]:
     """The candidates `chosen` by a set re-ranker, most relevant first.
 
