@@ -180,11 +180,11 @@ def test_bench_generative_trains_its_instruments_and_checks_the_targets(
     # float32: where bfloat16 times about as fast, the probe may choose either, run to run.
     bench += ["--set", "mixed_precision=false"]
     threads = torch.get_num_threads()
-    # By default on 2 threads, a worker per seed on one thread each.
+    # By default on 2 threads, a worker per seed and one for the instruments, a thread each.
     code, out = cli(capsys, "--threads", "2", *bench, "--seeds", "2", "--epochs", "1", *TINY_UNET)
     assert code == 0, out
     assert out["seeds"] == [3, 4] and out["split_seed"] == 3
-    assert (out["workers"], out["threads_per_worker"]) == (2, 1)
+    assert (out["workers"], out["threads_per_worker"]) == (3, 1)
     steps = [step["command"] for step in json.loads((run_dir / "run.json").read_text())["steps"]]
     for command, times in [("train visual", 1), ("train align", 1), ("train generator", 2)]:
         assert steps.count(command) == times, steps  # the workers' records interleave, none lost

@@ -959,7 +959,7 @@ def generative_(
             "--workers",
             min=1,
             help="Processes sharing the --threads budget, one job each. Default on CPU: one "
-            "per seed, at most two per thread; on a GPU, 1.",
+            "per seed and one for the instruments, at most two per thread; on a GPU, 1.",
         ),
     ] = None,
     seed: SeedOpt = None,
@@ -981,9 +981,10 @@ def generative_(
     config = validated(GeneratorConfig, fields)
     device = resolve_device(device or s.device)
     if workers is None:
-        # A thread each beats two each for these small networks, and a worker per seed keeps
-        # every core busy to the end (README, "Generating pins").
-        workers = 1 if device != "cpu" else min(seeds, 2 * s.threads)
+        # A thread each beats two each for these small networks; a worker per seed keeps every
+        # core busy to the end, and one more trains the CNN judge beside the seeds rather than
+        # ahead of the last one (README, "Generating pins").
+        workers = 1 if device != "cpu" else min(seeds + 1, 2 * s.threads)
     layout = RunLayout(run or new_run_dir(s.runs_dir, "bench-generative"))
     params = {
         "data": str(data), "seeds": seeds, "seed": seed, "workers": workers,
