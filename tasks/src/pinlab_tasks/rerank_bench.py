@@ -40,6 +40,7 @@ from pinlab_eval import (
     seed_std,
     top_k,
 )
+from pinlab_eval._ranking import _hits
 from pinlab_eval.contracts import Csr, Holdout
 from pinlab_models import (
     TrainContext,
@@ -191,10 +192,7 @@ class Lists:
 
 def hits(lists: Lists) -> np.ndarray:
     """Whether each candidate is one of its user's held-out items."""
-    indptr, indices = lists.relevant
-    return np.stack(
-        [np.isin(c, indices[indptr[r] : indptr[r + 1]]) for r, c in enumerate(lists.candidates)]
-    )
+    return _hits(lists.candidates, lists.relevant)[0]  # the ranking metrics' own lookup
 
 
 def hit_calibration(lists: Lists) -> Callable[[np.ndarray], np.ndarray]:
@@ -212,8 +210,9 @@ def hit_calibration(lists: Lists) -> Callable[[np.ndarray], np.ndarray]:
     x = lists.scores.ravel().astype(np.float64)
     fit = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
     level = fit.fit_transform(x, hits(lists).ravel().astype(np.float64))
-    levels = np.unique(level)  # blocks are runs of x, so their centres rise with their levels
-    centres = np.array([x[level == v].mean() for v in levels])
+    # Blocks are runs of x, so their centres rise with their levels.
+    levels, block = np.unique(level, return_inverse=True)
+    centres = np.bincount(block, weights=x) / np.bincount(block)
 
     def probability(scores: np.ndarray) -> np.ndarray:
         return np.asarray(np.interp(scores.astype(np.float64), centres, levels))
